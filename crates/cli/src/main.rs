@@ -1,0 +1,52 @@
+//! `visual-search`: the command-line edge of the system. Each subcommand lives in its own file
+//! under `commands/`, wires the library crates together and owns the user-facing output; this
+//! is the only place a compute backend is chosen.
+
+mod commands;
+mod table;
+
+use clap::{Parser, Subcommand};
+
+/// Visual product recognition: find the same product in a catalogue from a photo.
+///
+/// Train image-embedding models with metric-learning heads, evaluate them with the challenge
+/// metric (mAP@1000), rank galleries fast and serve search. Data is read in the formats of the
+/// Visual Product Recognition Challenge 2023 (Product10K lists, dev-set gallery/queries CSVs).
+#[derive(Parser)]
+#[command(name = "visual-search", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect, validate and import datasets.
+    #[command(subcommand)]
+    Data(commands::DataCommand),
+    /// Measure throughput against a PyTorch baseline run in the same process tree.
+    #[command(subcommand)]
+    Bench(commands::BenchCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Data(c) => c.run(),
+        Command::Bench(c) => c.run(),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

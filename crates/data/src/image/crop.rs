@@ -1,0 +1,144 @@
+//! Crops as pixel rectangles: the query box (clamped to the image) and the gallery white border.
+//!
+//! Crops are computed as a `Rect` rather than copied out, so the resizer can read the crop
+//! straight from the decoded image.
+
+use image::RgbImage;
+
+use crate::formats::{BBox, Crop};
+
+/// A rectangle of whole pixels inside an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rect {
+    pub x: u32,
+    pub y: u32,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl Rect {
+    /// The whole of a `width` x `height` image.
+    pub fn full(width: u32, height: u32) -> Self {
+        Rect {
+            x: 0,
+            y: 0,
+            width,
+            height,
+        }
+    }
+}
+
+/// The rectangle of `image` that `crop` keeps.
+pub fn crop_rect(image: &RgbImage, crop: &Crop) -> Rect {
+    let (w, h) = image.dimensions();
+    match crop {
+        Crop::None => Rect::full(w, h),
+        Crop::Box(b) => box_rect(b, w, h),
+        Crop::WhiteBorder => white_border_rect(image),
+    }
+}
+
+/// The box clamped to the image, covering every pixel the box touches (floor of the start, ceil
+/// of the end). A box that misses the image entirely keeps the whole image.
+pub fn box_rect(b: &BBox, width: u32, height: u32) -> Rect {
+    let clamp = |v: f64, max: u32| v.clamp(0.0, max as f64) as u32;
+    let x0 = clamp(b.x.floor(), width);
+    let y0 = clamp(b.y.floor(), height);
+    let x1 = clamp((b.x + b.w).ceil(), width);
+    let y1 = clamp((b.y + b.h).ceil(), height);
+    if x1 <= x0 || y1 <= y0 {
+        return Rect::full(width, height);
+    }
+    Rect {
+        x: x0,
+        y: y0,
+        width: x1 - x0,
+        height: y1 - y0,
+    }
+}
+
+/// Removes edge rows and columns whose mean intensity is exactly 255 (SPEC), i.e. whose every
+/// channel value is 255. An all-white image is kept whole.
+pub fn white_border_rect(image: &RgbImage) -> Rect {
+    let (w, h) = image.dimensions();
+    let stride = w as usize * 3;
+    let raw = image.as_raw();
+    let row_white = |y: u32| {
+        let start = y as usize * stride;
+        raw[start..start + stride].iter().all(|&v| v == 255)
+    };
+    let Some(top) = (0..h).find(|&y| !row_white(y)) else {
+        return Rect::full(w, h);
+    };
+    let bottom = (0..h).rev().find(|&y| !row_white(y)).unwrap_or(top);
+    let col_white = |x: u32| {
+        (top..=bottom).all(|y| {
+            let i = y as usize * stride + x as usize * 3;
+            raw[i] == 255 && raw[i + 1] == 255 && raw[i + 2] == 255
+        })
+    };
+    let left = (0..w).find(|&x| !col_white(x)).unwrap_or(0);
+    let right = (0..w).rev().find(|&x| !col_white(x)).unwrap_or(w - 1);
+    Rect {
+        x: left,
+        y: top,
+        width: right - left + 1,
+        height: bottom - top + 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::Rgb;
+
+    #[test]
+    fn white_border_is_removed_exactly() {
+        let mut img = RgbImage::from_pixel(10, 8, Rgb([255, 255, 255]));
+        img.put_pixel(2, 3, Rgb([255, 254, 255]));
+        img.put_pixel(6, 5, Rgb([0, 0, 0]));
+        assert_eq!(
+            white_border_rect(&img),
+            Rect {
+                x: 2,
+                y: 3,
+                width: 5,
+                height: 3
+            }
+        );
+    }
+
+    #[test]
+    fn all_white_or_no_border_keeps_everything() {
+        let white = RgbImage::from_pixel(4, 3, Rgb([255, 255, 255]));
+        assert_eq!(white_border_rect(&white), Rect::full(4, 3));
+        let grey = RgbImage::from_pixel(4, 3, Rgb([254, 255, 255]));
+        assert_eq!(white_border_rect(&grey), Rect::full(4, 3));
+    }
+
+    #[test]
+    fn box_is_clamped_to_the_image() {
+        let b = BBox {
+            x: -5.0,
+            y: 2.5,
+            w: 20.0,
+            h: 3.0,
+        };
+        assert_eq!(
+            box_rect(&b, 10, 10),
+            Rect {
+                x: 0,
+                y: 2,
+                width: 10,
+                height: 4
+            }
+        );
+        let outside = BBox {
+            x: 50.0,
+            y: 50.0,
+            w: 5.0,
+            h: 5.0,
+        };
+        assert_eq!(box_rect(&outside, 10, 10), Rect::full(10, 10));
+    }
+}

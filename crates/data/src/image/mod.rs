@@ -1,0 +1,15 @@
+//! Image decoding and the deterministic preprocessing steps shared by training, ranking and serving.
+//!
+//! Each step is one file: `decode` (bytes → RGB8 with limits and EXIF orientation), `crop`
+//! (query boxes and the gallery's white border, as pixel rectangles), `resize` (Pillow/torchvision
+//! antialiased bilinear via fast_image_resize), `normalize` (mean/std → f32 CHW).
+
+pub mod crop;
+pub mod decode;
+pub mod normalize;
+pub mod resize;
+
+pub use crop::{Rect, crop_rect};
+pub use decode::{DecodeLimits, decode_rgb_bytes, decode_rgb_file};
+pub use normalize::Normalization;
+pub use resize::{resize_rgb, shorter_side_size};

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test suite: installs missing system packages, then runs every crate's tests.
+set -euo pipefail
+cd "$(dirname "$0")"
+./tools/install_system_deps.sh
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/visual-search/target}"
+cargo test --workspace --all-targets "$@"
