@@ -3,5 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 ./tools/install_system_deps.sh
+./tools/fetch_weights.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/visual-search/target}"
 cargo test --workspace --all-targets "$@"

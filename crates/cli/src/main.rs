@@ -3,6 +3,9 @@
 //! is the only place a compute backend is chosen.
 
 mod commands;
+mod model_args;
+mod progress;
+mod sample_lists;
 mod table;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +27,13 @@ enum Command {
     /// Inspect, validate and import datasets.
     #[command(subcommand)]
     Data(commands::DataCommand),
+    /// Embed every image of a challenge CSV with a model.
+    Embed(commands::embed::Args),
+    /// Inspect weight files.
+    #[command(subcommand)]
+    Weights(commands::WeightsCommand),
+    /// List the registered models.
+    Models,
     /// Measure throughput against a PyTorch baseline run in the same process tree.
     #[command(subcommand)]
     Bench(commands::BenchCommand),
@@ -40,6 +50,9 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Data(c) => c.run(),
+        Command::Embed(a) => commands::embed::run(a),
+        Command::Weights(c) => c.run(),
+        Command::Models => commands::list_models(),
         Command::Bench(c) => c.run(),
     };
     match result {

@@ -5,5 +5,12 @@
 //! `cuda`, `wgpu`), set only by the binary; model code itself is backend-free (burn 0.22 picks
 //! the backend from the runtime `Device`).
 
+pub mod backbones;
 pub mod device;
+pub mod embedder;
+pub mod interpolate;
+pub mod layers;
+pub mod pooling;
+pub mod pretrained;
+pub mod registry;
 pub mod weights;

@@ -1,8 +1,11 @@
 //! Subcommand groups; one file per command.
 
+mod bench_embed;
 mod bench_preprocess;
 mod data_check;
 mod data_import;
+pub mod embed;
+mod weights_inspect;
 
 use clap::Subcommand;
 
@@ -28,12 +31,50 @@ impl DataCommand {
 pub enum BenchCommand {
     /// Decode + crop + resize + normalise throughput vs PIL + torchvision.
     Preprocess(bench_preprocess::Args),
+    /// Model embedding throughput per backend vs PyTorch eager.
+    Embed(bench_embed::Args),
 }
 
 impl BenchCommand {
     pub fn run(self) -> anyhow::Result<()> {
         match self {
             BenchCommand::Preprocess(a) => bench_preprocess::run(a),
+            BenchCommand::Embed(a) => bench_embed::run(a),
         }
     }
+}
+
+#[derive(Subcommand)]
+pub enum WeightsCommand {
+    /// List the tensors of a weight file.
+    Inspect(weights_inspect::Args),
+}
+
+impl WeightsCommand {
+    pub fn run(self) -> anyhow::Result<()> {
+        match self {
+            WeightsCommand::Inspect(a) => weights_inspect::run(a),
+        }
+    }
+}
+
+/// Lists the registered models with their input size and embedding width.
+pub fn list_models() -> anyhow::Result<()> {
+    use visual_search_model::registry::{Architecture, lookup, model_names};
+    let mut rows = Vec::new();
+    for name in model_names() {
+        let spec = lookup(&name)?;
+        let family = match &spec.architecture {
+            Architecture::EfficientNetLite(_) => "EfficientNet-Lite",
+            Architecture::ConvNext(_) => "ConvNeXt",
+            Architecture::Vit(_) => "OpenCLIP ViT",
+            Architecture::ResNet(_) => "ResNet",
+        };
+        rows.push(vec![name, family.to_string(), spec.input_size.to_string()]);
+    }
+    print!(
+        "{}",
+        crate::table::render(&["model", "family", "input"], &rows)
+    );
+    Ok(())
 }

@@ -90,10 +90,10 @@ struct Applier<'a> {
 }
 
 impl Applier<'_> {
-    /// The type of the module that owns the parameter being mapped (`Struct:Linear`, ...).
+    /// The type of the module that owns the parameter being mapped (`Struct:Linear`, ...):
+    /// burn's derive enters each field with the type of the struct that holds it.
     fn owner(&self) -> &str {
-        let n = self.containers.len();
-        if n >= 2 { &self.containers[n - 2] } else { "" }
+        self.containers.last().map_or("", String::as_str)
     }
 
     /// The parameter's path in PyTorch naming.
@@ -135,18 +135,24 @@ impl ModuleMapper for Applier<'_> {
         }
         let path = self.torch_path();
         let Some(original) = self.by_path.get(&path) else {
-            self.missing.push(path);
+            // Pooling parameters (GeM's p) are this crate's own: never in a pretrained file.
+            if !path.starts_with("pooling.") && !path.contains(".pooling.") {
+                self.missing.push(path);
+            }
             return param;
         };
         self.used.insert(path.clone());
         let entry = &self.file.entries[original];
         let target: Vec<usize> = param.lazy_shape().dims::<D>().to_vec();
-        let linear_weight = self.owner() == "Struct:Linear" && path.ends_with(".weight") && D == 2;
-        // burn's Linear stores [in, out]; PyTorch stores [out, in].
-        let file_shape: Vec<usize> = if linear_weight {
-            entry.shape.iter().rev().copied().collect()
-        } else {
-            entry.shape.clone()
+        // burn's Linear stores [in, out]; PyTorch stores [out, in] (or [out, in, 1, 1] for a
+        // 1x1 convolution used as a linear layer, as timm's ConvMlp does).
+        let linear_shape = match entry.shape.as_slice() {
+            [o, i] | [o, i, 1, 1]
+                if self.owner() == "Struct:Linear" && path.ends_with(".weight") =>
+            {
+                Some((*o, *i))
+            }
+            _ => None,
         };
         let mut data = match entry.read_f32(&self.file.path) {
             Ok(d) => d,
@@ -155,9 +161,13 @@ impl ModuleMapper for Applier<'_> {
                 return param;
             }
         };
-        if linear_weight {
-            data = transpose_2d(&data, entry.shape[0], entry.shape[1]);
-        }
+        let file_shape = match linear_shape {
+            Some((o, i)) => {
+                data = transpose_2d(&data, o, i);
+                vec![i, o]
+            }
+            None => entry.shape.clone(),
+        };
         let data = if file_shape == target {
             data
         } else if file_shape.iter().product::<usize>() == target.iter().product::<usize>()

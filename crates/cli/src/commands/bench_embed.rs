@@ -1,0 +1,207 @@
+//! `visual-search bench embed`: model throughput on each compiled backend against PyTorch eager
+//! on the same weights and the same preprocessed images, measured in the same run by
+//! `tools/bench_embed_torch.py`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use burn::tensor::{Tensor, TensorData};
+use visual_search_data::datasets::locate_grocery;
+use visual_search_data::formats::product10k::{parse_product10k, product10k_samples};
+use visual_search_data::transform::{EvalTransform, SampleTransform};
+use visual_search_model::device::compiled_backends;
+use visual_search_model::registry::lookup;
+
+use super::bench_preprocess::tools_dir;
+use crate::model_args::ModelArgs;
+use crate::table;
+
+/// Times `embed` (forward + L2 normalisation, no preprocessing) on one batch of real photos,
+/// best of several passes after a warm-up, on every requested backend, then runs PyTorch eager
+/// (all cores, inference mode) on the same batch and prints the ratios and PyTorch's top ops.
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, default_value = "efficientnet_lite0")]
+    model: String,
+    /// Pretrained weights (used on both sides; random weights otherwise).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    #[arg(long)]
+    size: Option<usize>,
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Timed passes (the best is kept).
+    #[arg(long, default_value_t = 3)]
+    iters: usize,
+    /// Backends to time [default: every compiled one: flex, tch, ...].
+    #[arg(long, value_delimiter = ',')]
+    devices: Vec<String>,
+    /// Dataset root with the photos (train.csv) [default: the bundled grocery set].
+    #[arg(long)]
+    dataset_dir: Option<PathBuf>,
+    /// Python with torch, timm and open_clip [default: $VISUAL_SEARCH_PYTHON or python3].
+    #[arg(long)]
+    python: Option<String>,
+    #[arg(long)]
+    no_baseline: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let spec = lookup(&args.model)?;
+    let size = args.size.unwrap_or(spec.input_size);
+    let root = match args.dataset_dir.clone() {
+        Some(d) => d,
+        None => locate_grocery().context("grocery dataset not found; pass --dataset-dir")?,
+    };
+    let rows = parse_product10k(&root.join("train.csv"))?.into_strict()?;
+    let samples = product10k_samples(&rows, &root, "");
+    if samples.len() < args.batch {
+        bail!(
+            "{} lists only {} images",
+            root.join("train.csv").display(),
+            samples.len()
+        );
+    }
+    let transform = EvalTransform::new(
+        size as u32,
+        visual_search_data::image::Normalization {
+            mean: spec.mean,
+            std: spec.std,
+        },
+    );
+    let per = 3 * size * size;
+    let mut input = vec![0.0f32; args.batch * per];
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+    for (i, s) in samples.iter().take(args.batch).enumerate() {
+        transform.load(s, &mut rng, &mut input[i * per..(i + 1) * per])?;
+    }
+
+    let devices = if args.devices.is_empty() {
+        compiled_backends().into_iter().map(String::from).collect()
+    } else {
+        args.devices.clone()
+    };
+    let mut results = Vec::new();
+    for device in &devices {
+        let loaded = ModelArgs {
+            model: args.model.clone(),
+            weights: args.weights.clone(),
+            size: Some(size),
+            device: device.clone(),
+        }
+        .load()?;
+        let batch = || {
+            Tensor::<4>::from_data(
+                TensorData::new(input.clone(), [args.batch, 3, size, size]),
+                &loaded.device,
+            )
+        };
+        let run_once = || -> f64 {
+            let t = Instant::now();
+            let out = loaded.model.embed(batch());
+            let _ = out.into_data(); // wait for the device
+            t.elapsed().as_secs_f64()
+        };
+        run_once();
+        let best = (0..args.iters.max(1))
+            .map(|_| run_once())
+            .fold(f64::INFINITY, f64::min);
+        results.push((device.clone(), args.batch as f64 / best));
+    }
+
+    let baseline = if args.no_baseline {
+        None
+    } else {
+        match run_baseline(&args, &input, size) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                eprintln!("baseline unavailable ({e:#}); printing our figures only");
+                None
+            }
+        }
+    };
+    let torch_ips = baseline.as_ref().and_then(|b| b["images_per_s"].as_f64());
+    println!(
+        "embed: {} at {size}x{size}, batch {}, {} weights, best of {} passes, {} threads",
+        args.model,
+        args.batch,
+        if args.weights.is_some() {
+            "pretrained"
+        } else {
+            "random"
+        },
+        args.iters,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .map(|(d, ips)| {
+            vec![
+                d.clone(),
+                format!("{ips:.1}"),
+                torch_ips.map_or("-".into(), |t| format!("{t:.1}")),
+                torch_ips.map_or("-".into(), |t| format!("{:.2}x", ips / t)),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(&["backend", "img/s", "PyTorch eager img/s", "ratio"], &rows)
+    );
+    if let Some(ops) = baseline.as_ref().and_then(|b| b["top_ops_ms"].as_array()) {
+        println!("PyTorch's heaviest ops (one batch, self CPU ms):");
+        for op in ops {
+            println!(
+                "  {:<40} {:>8.1}",
+                op[0].as_str().unwrap_or("?"),
+                op[1].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn run_baseline(args: &Args, input: &[f32], size: usize) -> anyhow::Result<serde_json::Value> {
+    let python = args
+        .python
+        .clone()
+        .or_else(|| std::env::var("VISUAL_SEARCH_PYTHON").ok())
+        .unwrap_or_else(|| "python3".to_string());
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(
+        file.path(),
+        input
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>(),
+    )?;
+    let script = tools_dir().join("bench_embed_torch.py");
+    let mut cmd = Command::new(&python);
+    cmd.arg(&script)
+        .args([
+            "--model",
+            &args.model,
+            "--input",
+            &file.path().display().to_string(),
+        ])
+        .args([
+            "--batch",
+            &args.batch.to_string(),
+            "--size",
+            &size.to_string(),
+            "--iters",
+            &args.iters.to_string(),
+        ]);
+    if let Some(w) = &args.weights {
+        cmd.args(["--weights", &w.display().to_string()]);
+    }
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {python} {}", script.display()))?;
+    if !out.status.success() {
+        bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    serde_json::from_slice(&out.stdout).context("parsing the baseline's JSON")
+}

@@ -1,0 +1,114 @@
+//! `visual-search embed`: one embedding per CSV row.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use visual_search_data::loader::LoaderConfig;
+use visual_search_data::transform::EvalTransform;
+use visual_search_retrieval::embedding_file::{StoredDtype, write_embeddings};
+use visual_search_train::embedding::embed_samples;
+
+use crate::model_args::ModelArgs;
+use crate::progress::images_bar;
+use crate::sample_lists::read_samples;
+
+/// Embeds every image of a Product10K, gallery or queries CSV (queries cropped to their box,
+/// gallery images without their white border) and writes an (n, d) matrix whose row i is CSV
+/// row i: `.npy` or `.safetensors` (the latter also stores the labels). Unreadable images are
+/// reported and get an all-zero row.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The list to embed (kind recognised from its header).
+    #[arg(long)]
+    csv: PathBuf,
+    /// Folder the CSV's image paths are relative to [default: the CSV's folder].
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Image prefix folder for Product10K lists (e.g. `train/`).
+    #[arg(long, default_value = "")]
+    prefix: String,
+    /// Output file (.npy or .safetensors).
+    #[arg(long)]
+    out: PathBuf,
+    /// Stored precision.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DtypeArg,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Image-loading threads [default: all cores].
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum DtypeArg {
+    F32,
+    F16,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let root = match &args.root {
+        Some(r) => r.clone(),
+        None => args.csv.parent().map(PathBuf::from).unwrap_or_default(),
+    };
+    let (kind, samples) = read_samples(&args.csv, &root, &args.prefix)?;
+    let loaded = args.model.load()?;
+    let transform = Arc::new(EvalTransform::new(
+        loaded.image_size as u32,
+        loaded.normalization,
+    ));
+    let loader = LoaderConfig {
+        batch_size: args.batch_size,
+        num_workers: args
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        ..LoaderConfig::default()
+    };
+    let bar = images_bar(samples.len(), &format!("embedding {kind:?}"));
+    let result = embed_samples(
+        &loaded.model,
+        samples.into(),
+        transform,
+        &loader,
+        &loaded.device,
+        |done, _| bar.set_position(done as u64),
+    );
+    bar.finish_and_clear();
+    let dtype = match args.dtype {
+        DtypeArg::F32 => StoredDtype::F32,
+        DtypeArg::F16 => StoredDtype::F16,
+    };
+    write_embeddings(&args.out, &result.embeddings, dtype)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    let t = &result.timings;
+    println!(
+        "wrote {} x {} embeddings ({}, {:?}) to {} in {:.1}s ({:.1} images/s; model {:.1}s, waiting for images {:.1}s)",
+        result.embeddings.rows,
+        result.embeddings.dim,
+        loaded.spec.name,
+        args.dtype,
+        args.out.display(),
+        t.total.as_secs_f64(),
+        result.embeddings.rows as f64 / t.total.as_secs_f64(),
+        t.model.as_secs_f64(),
+        t.waiting_for_data.as_secs_f64(),
+    );
+    if !result.skipped.is_empty() {
+        println!(
+            "{} image(s) could not be read; their rows are all zero:",
+            result.skipped.len()
+        );
+        for s in result.skipped.iter().take(20) {
+            println!(
+                "  row {}: {}: {}",
+                s.sample_index,
+                s.path.display(),
+                s.reason
+            );
+        }
+    }
+    Ok(())
+}

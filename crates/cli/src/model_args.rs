@@ -1,0 +1,71 @@
+//! The model-choosing flags shared by `embed`, `rank`, `eval` and friends, and turning them into
+//! a loaded model on a device.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use burn::tensor::Device;
+use visual_search_data::image::Normalization;
+use visual_search_model::device::parse_device;
+use visual_search_model::embedder::EmbeddingModel;
+use visual_search_model::registry::{BuildOptions, ModelSpec, lookup};
+
+/// Which model, which weights, which device.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Registered model name (`visual-search models` lists them), e.g. efficientnet_lite0.
+    #[arg(long)]
+    pub model: String,
+    /// Pretrained weights (safetensors or PyTorch .pth/.pt, timm/OpenCLIP/efficientnet_pytorch names).
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Input side in pixels [default: the model's training size].
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// Compute device: flex (CPU), tch, tch-cuda:N, cuda:N, wgpu or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+/// A ready model and how to feed it.
+pub struct LoadedModel {
+    pub spec: ModelSpec,
+    pub model: EmbeddingModel,
+    pub device: Device,
+    pub image_size: usize,
+    pub normalization: Normalization,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> anyhow::Result<LoadedModel> {
+        let spec = lookup(&self.model)?;
+        let device = parse_device(&self.device)?;
+        let image_size = self.size.unwrap_or(spec.input_size);
+        let options = BuildOptions {
+            image_size,
+            ..spec.default_options()
+        };
+        let mut model = EmbeddingModel::new(&spec, &options, None, &device);
+        match &self.weights {
+            Some(path) => {
+                model = model
+                    .load_pretrained_backbone(&spec, &options, path)
+                    .with_context(|| format!("loading {} weights", spec.name))?;
+            }
+            None => eprintln!(
+                "warning: no --weights given; {} has random weights (fine for testing the pipeline only)",
+                spec.name
+            ),
+        }
+        Ok(LoadedModel {
+            normalization: Normalization {
+                mean: spec.mean,
+                std: spec.std,
+            },
+            spec,
+            model,
+            device,
+            image_size,
+        })
+    }
+}

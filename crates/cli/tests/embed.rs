@@ -1,0 +1,67 @@
+//! `visual-search embed` end to end on real grocery photos.
+
+use std::process::Command;
+
+use visual_search_retrieval::embedding_file::read_embeddings;
+
+#[test]
+fn embeds_a_gallery_in_csv_order_and_reports_bad_rows() {
+    let Some(root) = visual_search_data::datasets::locate_grocery() else {
+        eprintln!("SKIPPED: grocery dataset not found (set VISUAL_SEARCH_DATASETS)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let gallery = std::fs::read_to_string(root.join("gallery.csv")).unwrap();
+    let mut lines: Vec<&str> = gallery.lines().take(7).collect();
+    lines.insert(3, "no/such/image.jpg,999");
+    let csv = dir.path().join("gallery.csv");
+    std::fs::write(&csv, lines.join("\n") + "\n").unwrap();
+    let out = dir.path().join("emb.safetensors");
+
+    let mut args = vec![
+        "embed",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--root",
+        root.to_str().unwrap(),
+    ];
+    args.extend([
+        "--out",
+        out.to_str().unwrap(),
+        "--batch-size",
+        "3",
+        "--device",
+        "flex",
+    ]);
+    let weights = visual_search_model::pretrained::efficientnet_lite0_weights();
+    let weights_arg = weights.as_ref().map(|w| w.to_str().unwrap().to_string());
+    match &weights_arg {
+        Some(w) => args.extend(["--model", "efficientnet_lite0", "--weights", w.as_str()]),
+        None => args.extend(["--model", "tiny_convnext", "--size", "32"]),
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_visual-search"))
+        .args(&args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains("1 image(s) could not be read") && text.contains("row 2"),
+        "{text}"
+    );
+
+    let e = read_embeddings(&out).unwrap();
+    assert_eq!(e.rows, 7);
+    let labels = e.labels.clone().unwrap();
+    assert_eq!(labels[2], 999);
+    for i in 0..e.rows {
+        let norm: f32 = e.row(i).iter().map(|v| v * v).sum::<f32>().sqrt();
+        if i == 2 {
+            assert_eq!(norm, 0.0, "the unreadable image's row is zero");
+        } else {
+            assert!((norm - 1.0).abs() < 1e-4, "row {i} has norm {norm}");
+        }
+    }
+    assert_eq!(e.dim, if weights_arg.is_some() { 1280 } else { 32 });
+}

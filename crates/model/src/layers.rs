@@ -1,0 +1,87 @@
+//! Small functional pieces shared by the backbone families: TF "same" convolution padding,
+//! channels-first LayerNorm, stochastic depth, global average pooling and QuickGELU.
+//!
+//! They are functions over burn's own layers (not wrapper modules) so that module paths stay
+//! exactly the PyTorch parameter names.
+
+use burn::nn::LayerNorm;
+use burn::nn::conv::Conv2d;
+use burn::tensor::activation::sigmoid;
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Distribution, Tensor};
+
+/// TensorFlow "same" padding for one dimension: `(before, after)`.
+pub fn tf_same_padding(
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+) -> (usize, usize) {
+    let out = input.div_ceil(stride);
+    let needed = ((out - 1) * stride + (kernel - 1) * dilation + 1).saturating_sub(input);
+    (needed / 2, needed - needed / 2)
+}
+
+/// Runs `conv` with TF "same" padding computed for this input (asymmetric when stride > 1),
+/// as TF-trained weights (EfficientNet-Lite) expect.
+pub fn conv2d_tf_same(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let [_, _, h, w] = x.dims();
+    let pad_h = tf_same_padding(h, conv.kernel_size[0], conv.stride[0], conv.dilation[0]);
+    let pad_w = tf_same_padding(w, conv.kernel_size[1], conv.stride[1], conv.dilation[1]);
+    let options =
+        ConvOptions::new_with_padding(conv.stride, [pad_h, pad_w], conv.dilation, conv.groups);
+    conv2d(
+        x,
+        conv.weight.val(),
+        conv.bias.as_ref().map(|b| b.val()),
+        options,
+    )
+}
+
+/// LayerNorm over the channels of an NCHW tensor (timm's `LayerNorm2d`).
+pub fn layer_norm_2d(norm: &LayerNorm, x: Tensor<4>) -> Tensor<4> {
+    norm.forward(x.permute([0, 2, 3, 1])).permute([0, 3, 1, 2])
+}
+
+/// Whether a forward pass is a training pass (gradients are being recorded).
+pub fn is_training<const D: usize>(x: &Tensor<D>) -> bool {
+    x.device().is_autodiff()
+}
+
+/// Stochastic depth: during training, zeroes whole samples of a residual branch with
+/// probability `rate` and scales the rest by `1 / (1 - rate)`; identity otherwise.
+pub fn drop_path<const D: usize>(x: Tensor<D>, rate: f64) -> Tensor<D> {
+    if rate <= 0.0 || !is_training(&x) {
+        return x;
+    }
+    let keep = 1.0 - rate;
+    let mut shape = [1usize; D];
+    shape[0] = x.dims()[0];
+    let mask = Tensor::<D>::random(shape, Distribution::Bernoulli(keep), &x.device());
+    x.mul(mask).div_scalar(keep)
+}
+
+/// Mean over H and W: `[B, C, H, W]` → `[B, C]`.
+pub fn global_avg_pool(x: Tensor<4>) -> Tensor<2> {
+    let [b, c, _, _] = x.dims();
+    x.mean_dim(3).mean_dim(2).reshape([b, c])
+}
+
+/// OpenAI CLIP's `x * sigmoid(1.702 x)`.
+pub fn quick_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    x.clone().mul(sigmoid(x.mul_scalar(1.702)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tf_same_padding;
+
+    #[test]
+    fn tf_same_padding_matches_tensorflow() {
+        assert_eq!(tf_same_padding(224, 3, 2, 1), (0, 1));
+        assert_eq!(tf_same_padding(112, 3, 1, 1), (1, 1));
+        assert_eq!(tf_same_padding(113, 5, 2, 1), (2, 2));
+        assert_eq!(tf_same_padding(7, 1, 1, 1), (0, 0));
+    }
+}
