@@ -3,6 +3,7 @@
 //! is the only place a compute backend is chosen.
 
 mod commands;
+mod dev_set_run;
 mod model_args;
 mod progress;
 mod sample_lists;
@@ -29,6 +30,10 @@ enum Command {
     Data(commands::DataCommand),
     /// Embed every image of a challenge CSV with a model.
     Embed(commands::embed::Args),
+    /// Rank a dev set's gallery for its queries (the submission): top-k indices as .npy + CSV.
+    Rank(commands::rank::Args),
+    /// Score a model (or precomputed embeddings) on a dev set: mAP@1000, R@1, mAP@R.
+    Eval(commands::eval::Args),
     /// Inspect weight files.
     #[command(subcommand)]
     Weights(commands::WeightsCommand),
@@ -51,6 +56,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Data(c) => c.run(),
         Command::Embed(a) => commands::embed::run(a),
+        Command::Rank(a) => commands::rank::run(a),
+        Command::Eval(a) => commands::eval::run(a),
         Command::Weights(c) => c.run(),
         Command::Models => commands::list_models(),
         Command::Bench(c) => c.run(),

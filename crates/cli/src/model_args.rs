@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use burn::tensor::Device;
+use burn::tensor::{Device, FloatDType};
 use visual_search_data::image::Normalization;
 use visual_search_model::device::parse_device;
 use visual_search_model::embedder::EmbeddingModel;
@@ -25,6 +25,17 @@ pub struct ModelArgs {
     /// Compute device: flex (CPU), tch, tch-cuda:N, cuda:N, wgpu or auto.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Float precision of the model: f32, or f16/bf16 where the device supports it.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: Precision,
+}
+
+/// Model precision.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    F16,
+    Bf16,
 }
 
 /// A ready model and how to feed it.
@@ -39,7 +50,17 @@ pub struct LoadedModel {
 impl ModelArgs {
     pub fn load(&self) -> anyhow::Result<LoadedModel> {
         let spec = lookup(&self.model)?;
-        let device = parse_device(&self.device)?;
+        let mut device = parse_device(&self.device)?;
+        let float = match self.dtype {
+            Precision::F32 => FloatDType::F32,
+            Precision::F16 => FloatDType::F16,
+            Precision::Bf16 => FloatDType::BF16,
+        };
+        if float != FloatDType::F32 {
+            device.configure(float).with_context(|| {
+                format!("device {} cannot compute in {:?}", self.device, self.dtype)
+            })?;
+        }
         let image_size = self.size.unwrap_or(spec.input_size);
         let options = BuildOptions {
             image_size,

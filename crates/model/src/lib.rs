@@ -8,6 +8,7 @@
 pub mod backbones;
 pub mod device;
 pub mod embedder;
+pub mod heads;
 pub mod interpolate;
 pub mod layers;
 pub mod pooling;

@@ -4,6 +4,11 @@
 
 pub mod embedding_file;
 pub mod error;
+pub mod matrix;
+pub mod metrics;
 pub mod npy;
+pub mod pipeline;
+pub mod rerank;
+pub mod topk;
 
 pub use error::RetrievalError;

@@ -63,7 +63,8 @@ pub fn embed_samples(
         if !batch.is_empty() {
             let forward = Instant::now();
             let shape = batch.shape();
-            let x = Tensor::<4>::from_data(TensorData::new(batch.images, shape), device);
+            let x = Tensor::<4>::from_data(TensorData::new(batch.images, shape), device)
+                .cast(device.settings().float_dtype);
             let rows: Vec<f32> = model
                 .embed(x)
                 .into_data()

@@ -90,6 +90,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             weights: args.weights.clone(),
             size: Some(size),
             device: device.clone(),
+            dtype: crate::model_args::Precision::F32,
         }
         .load()?;
         let batch = || {

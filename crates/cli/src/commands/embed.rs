@@ -33,9 +33,9 @@ pub struct Args {
     /// Output file (.npy or .safetensors).
     #[arg(long)]
     out: PathBuf,
-    /// Stored precision.
+    /// Precision of the stored embeddings.
     #[arg(long, value_enum, default_value = "f32")]
-    dtype: DtypeArg,
+    out_dtype: DtypeArg,
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
     /// Image-loading threads [default: all cores].
@@ -77,7 +77,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         |done, _| bar.set_position(done as u64),
     );
     bar.finish_and_clear();
-    let dtype = match args.dtype {
+    let dtype = match args.out_dtype {
         DtypeArg::F32 => StoredDtype::F32,
         DtypeArg::F16 => StoredDtype::F16,
     };
@@ -89,7 +89,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         result.embeddings.rows,
         result.embeddings.dim,
         loaded.spec.name,
-        args.dtype,
+        args.out_dtype,
         args.out.display(),
         t.total.as_secs_f64(),
         result.embeddings.rows as f64 / t.total.as_secs_f64(),

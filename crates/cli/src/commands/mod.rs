@@ -2,9 +2,12 @@
 
 mod bench_embed;
 mod bench_preprocess;
+mod bench_topk;
 mod data_check;
 mod data_import;
 pub mod embed;
+pub mod eval;
+pub mod rank;
 mod weights_inspect;
 
 use clap::Subcommand;
@@ -33,6 +36,8 @@ pub enum BenchCommand {
     Preprocess(bench_preprocess::Args),
     /// Model embedding throughput per backend vs PyTorch eager.
     Embed(bench_embed::Args),
+    /// Exact top-k search vs faiss IndexFlatIP and NumPy.
+    Topk(bench_topk::Args),
 }
 
 impl BenchCommand {
@@ -40,6 +45,7 @@ impl BenchCommand {
         match self {
             BenchCommand::Preprocess(a) => bench_preprocess::run(a),
             BenchCommand::Embed(a) => bench_embed::run(a),
+            BenchCommand::Topk(a) => bench_topk::run(a),
         }
     }
 }

@@ -2,11 +2,12 @@
 //!
 //! Each step is one file: `decode` (bytes → RGB8 with limits and EXIF orientation), `crop`
 //! (query boxes and the gallery's white border, as pixel rectangles), `resize` (Pillow/torchvision
-//! antialiased bilinear via fast_image_resize), `normalize` (mean/std → f32 CHW).
+//! antialiased bilinear, reimplemented to the bit), `normalize` (mean/std → f32 CHW).
 
 pub mod crop;
 pub mod decode;
 pub mod normalize;
+pub mod pillow_resample;
 pub mod resize;
 
 pub use crop::{Rect, crop_rect};

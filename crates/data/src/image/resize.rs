@@ -1,25 +1,11 @@
-//! Antialiased bilinear resizing that matches Pillow's `Image.resize(..., BILINEAR)`, which is
-//! what torchvision's `Resize((s, s), antialias=True)` does on PIL images.
-//!
-//! fast_image_resize's `Convolution(Bilinear)` implements the same separable, support-scaled
-//! filter with the same 8-bit fixed-point arithmetic as Pillow, with SIMD; its output differs
-//! from Pillow's by at most one grey level on identical input. (JPEG decoding is a separate
-//! source of difference: zune-jpeg and PIL's libjpeg-turbo disagree by up to a few levels on
-//! some pixels, mean ~0.3; after downscaling the whole pipeline stays within 2/255 of PIL —
-//! `tests/preprocess_parity.rs`.)
+//! Antialiased bilinear resizing, pixel-identical to Pillow's `Image.resize(..., BILINEAR)`
+//! (what torchvision's `Resize((s, s), antialias=True)` does on PIL images); see
+//! [`super::pillow_resample`] for why it is not fast_image_resize.
 
-use std::cell::RefCell;
-
-use fast_image_resize::images::{Image, ImageRef};
-use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::RgbImage;
 
 use super::crop::Rect;
-
-thread_local! {
-    // A resizer keeps scratch buffers; one per thread avoids reallocating them per image.
-    static RESIZER: RefCell<Resizer> = RefCell::new(Resizer::new());
-}
+use super::pillow_resample::resize_rgb8;
 
 /// Resizes the `rect` part of `src` to `width` x `height`.
 ///
@@ -29,8 +15,7 @@ pub fn resize_rgb(src: &RgbImage, rect: Rect, width: u32, height: u32) -> RgbIma
     let (w, h) = src.dimensions();
     debug_assert!(rect.x + rect.width <= w && rect.y + rect.height <= h);
     if rect != Rect::full(w, h) {
-        // fast_image_resize's own crop lets the filter read pixels outside the box; PIL crops
-        // first, so the box's edge pixels are clamped. Copy the box out to match.
+        // PIL crops first, so the filter never reads pixels outside the box.
         let cropped =
             image::imageops::crop_imm(src, rect.x, rect.y, rect.width, rect.height).to_image();
         return resize_rgb(&cropped, Rect::full(rect.width, rect.height), width, height);
@@ -38,16 +23,14 @@ pub fn resize_rgb(src: &RgbImage, rect: Rect, width: u32, height: u32) -> RgbIma
     if (w, h) == (width, height) {
         return src.clone();
     }
-    let src_view = ImageRef::new(w, h, src.as_raw(), PixelType::U8x3)
-        .expect("an RgbImage buffer always holds width*height*3 bytes");
-    let mut dst = Image::new(width, height, PixelType::U8x3);
-    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
-    RESIZER.with(|r| {
-        r.borrow_mut()
-            .resize(&src_view, &mut dst, &options)
-            .expect("source and destination are both U8x3 and non-empty")
-    });
-    RgbImage::from_raw(width, height, dst.into_vec())
+    let out = resize_rgb8(
+        src.as_raw(),
+        w as usize,
+        h as usize,
+        width as usize,
+        height as usize,
+    );
+    RgbImage::from_raw(width, height, out)
         .expect("the destination buffer holds width*height*3 bytes")
 }
 

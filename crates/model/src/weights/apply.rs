@@ -184,7 +184,9 @@ impl ModuleMapper for Applier<'_> {
             return param;
         };
         let device = param.lazy_device();
-        let tensor = Tensor::<D>::from_data(TensorData::new(data, target), &device);
+        // Files hold f32 here; a model on an f16/bf16 device gets its parameters in that type.
+        let tensor = Tensor::<D>::from_data(TensorData::new(data, target), &device)
+            .cast(device.settings().float_dtype);
         let id = param.id;
         param.transform_for_load(tensor, id)
     }

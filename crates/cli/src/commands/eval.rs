@@ -1,0 +1,154 @@
+//! `visual-search eval`: mAP@1000, R@1 and mAP@R on a dev set.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use visual_search_retrieval::embedding_file::read_embeddings;
+use visual_search_retrieval::metrics::evaluate;
+use visual_search_retrieval::pipeline::rank;
+
+use crate::dev_set_run::{DevSetArgs, EmbeddedDevSet, RankArgs, embed_dev_set};
+use crate::model_args::ModelArgs;
+use crate::sample_lists::read_samples;
+use crate::table;
+
+/// Runs the ranking pipeline of `rank` on a dev set and scores it: mAP@k (the challenge metric
+/// at k = 1000), R@1 and mAP@R. With `--query-embeddings`/`--gallery-embeddings` (files written
+/// by `embed`) no model is run; labels come from the files or, for `.npy`, from the dev set's CSVs.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Registered model name (omit when giving embedding files).
+    #[arg(long)]
+    model: Option<String>,
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    #[arg(long)]
+    size: Option<usize>,
+    #[arg(long, default_value = "auto")]
+    device: String,
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: crate::model_args::Precision,
+    #[command(flatten)]
+    data: DevSetArgs,
+    #[command(flatten)]
+    ranking: RankArgs,
+    /// Precomputed query embeddings (.npy / .safetensors from `embed`).
+    #[arg(long, requires = "gallery_embeddings")]
+    query_embeddings: Option<PathBuf>,
+    /// Precomputed gallery embeddings.
+    #[arg(long, requires = "query_embeddings")]
+    gallery_embeddings: Option<PathBuf>,
+    /// Print one JSON line instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let (queries, gallery, dim, q_labels, g_labels, source) = match (
+        &args.query_embeddings,
+        &args.gallery_embeddings,
+        &args.model,
+    ) {
+        (Some(qf), Some(gf), _) => {
+            let q = read_embeddings(qf)?;
+            let g = read_embeddings(gf)?;
+            if q.dim != g.dim {
+                bail!(
+                    "{} has {}-d rows but {} has {}-d rows",
+                    qf.display(),
+                    q.dim,
+                    gf.display(),
+                    g.dim
+                );
+            }
+            let labels = |file_labels: Option<Vec<i64>>,
+                          csv: &str,
+                          rows: usize|
+             -> anyhow::Result<Vec<i64>> {
+                let l = match file_labels {
+                    Some(l) => l,
+                    None => {
+                        read_samples(&args.data.dataset_dir.join(csv), &args.data.dataset_dir, "")?
+                            .1
+                            .iter()
+                            .map(|s| s.label)
+                            .collect()
+                    }
+                };
+                if l.len() != rows {
+                    bail!("{rows} embeddings but {} labels for {csv}", l.len());
+                }
+                Ok(l)
+            };
+            let ql = labels(q.labels.clone(), &args.data.queries, q.rows)?;
+            let gl = labels(g.labels.clone(), &args.data.gallery, g.rows)?;
+            (q.data, g.data, q.dim, ql, gl, "embedding files".to_string())
+        }
+        (None, None, Some(model)) => {
+            let loaded = ModelArgs {
+                model: model.clone(),
+                weights: args.weights.clone(),
+                size: args.size,
+                device: args.device.clone(),
+                dtype: args.dtype,
+            }
+            .load()?;
+            let set = embed_dev_set(&loaded, &args.data)?;
+            let (ql, gl) = (
+                EmbeddedDevSet::labels(&set.queries),
+                EmbeddedDevSet::labels(&set.gallery),
+            );
+            let dim = set.queries.embeddings.dim;
+            let source = format!("{} at {} px", loaded.spec.name, loaded.image_size);
+            (
+                set.queries.embeddings.data,
+                set.gallery.embeddings.data,
+                dim,
+                ql,
+                gl,
+                source,
+            )
+        }
+        _ => bail!("give --model (and --weights), or --query-embeddings and --gallery-embeddings"),
+    };
+    // Rank deep enough for mAP@R: R can exceed k for large classes.
+    let max_r = {
+        let mut counts = std::collections::HashMap::<i64, usize>::new();
+        g_labels
+            .iter()
+            .for_each(|l| *counts.entry(*l).or_default() += 1);
+        counts.values().copied().max().unwrap_or(0)
+    };
+    let mut options = args.ranking.options();
+    let k = options.top_k;
+    options.top_k = k.max(max_r);
+    let (ranking, _) = rank(queries, gallery, dim, &options);
+    let m = evaluate(&ranking, &q_labels, &g_labels, k);
+    if args.json {
+        let line = serde_json::json!({
+            "map_at_k": m.map_at_k, "k": k, "recall_at_1": m.recall_at_1, "map_at_r": m.map_at_r,
+            "queries": m.queries, "evaluated_queries": m.evaluated_queries, "gallery": g_labels.len(),
+            "source": source, "dba_k": args.ranking.dba_k, "qe_k": args.ranking.qe_k,
+        });
+        println!("{line}");
+    } else {
+        println!(
+            "{} queries, {} gallery images, {source}",
+            m.queries,
+            g_labels.len()
+        );
+        let rows = vec![
+            vec![format!("mAP@{k}"), format!("{:.4}", m.map_at_k)],
+            vec!["R@1".into(), format!("{:.4}", m.recall_at_1)],
+            vec!["mAP@R".into(), format!("{:.4}", m.map_at_r)],
+        ];
+        print!("{}", table::render(&["metric", "value"], &rows));
+        if m.evaluated_queries < m.queries {
+            println!(
+                "({} queries have no gallery image of their product and score 0)",
+                m.queries - m.evaluated_queries
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! Embedding both halves of a dev set (queries box-cropped, gallery without white border) with
+//! one model — the common first half of `rank` and `eval`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use visual_search_data::formats::dev_set::load_dev_set;
+use visual_search_data::loader::LoaderConfig;
+use visual_search_data::transform::EvalTransform;
+use visual_search_train::embedding::{EmbeddedSet, embed_samples};
+
+use crate::model_args::LoadedModel;
+use crate::progress::images_bar;
+
+/// Where the dev set is and how to load it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DevSetArgs {
+    /// Dev-set root holding gallery.csv and queries.csv.
+    #[arg(long)]
+    pub dataset_dir: PathBuf,
+    #[arg(long, default_value = "gallery.csv")]
+    pub gallery: String,
+    #[arg(long, default_value = "queries.csv")]
+    pub queries: String,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Image-loading threads [default: all cores].
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+/// Embedded queries and gallery.
+pub struct EmbeddedDevSet {
+    pub queries: EmbeddedSet,
+    pub gallery: EmbeddedSet,
+}
+
+impl EmbeddedDevSet {
+    pub fn labels(set: &EmbeddedSet) -> Vec<i64> {
+        set.embeddings.labels.clone().unwrap_or_default()
+    }
+}
+
+pub fn embed_dev_set(model: &LoadedModel, args: &DevSetArgs) -> anyhow::Result<EmbeddedDevSet> {
+    let dev = load_dev_set(&args.dataset_dir, &args.gallery, &args.queries)?;
+    let transform = Arc::new(EvalTransform::new(
+        model.image_size as u32,
+        model.normalization,
+    ));
+    let loader = LoaderConfig {
+        batch_size: args.batch_size,
+        num_workers: args
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        ..LoaderConfig::default()
+    };
+    let run = |samples: Vec<visual_search_data::Sample>, what: &str| {
+        let bar = images_bar(samples.len(), what);
+        let set = embed_samples(
+            &model.model,
+            samples.into(),
+            transform.clone(),
+            &loader,
+            &model.device,
+            |d, _| bar.set_position(d as u64),
+        );
+        bar.finish_and_clear();
+        for s in set.skipped.iter().take(20) {
+            eprintln!(
+                "warning: {what} row {}: {}: {} (embedding left at zero)",
+                s.sample_index,
+                s.path.display(),
+                s.reason
+            );
+        }
+        set
+    };
+    let queries = run(dev.queries, "queries");
+    let gallery = run(dev.gallery, "gallery");
+    Ok(EmbeddedDevSet { queries, gallery })
+}
+
+/// `--top-k`, `--dba-k`, `--qe-k`, `--qe-alpha`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RankArgs {
+    /// Results per query.
+    #[arg(long, default_value_t = 1000)]
+    pub top_k: usize,
+    /// Database-side augmentation with K neighbours (the solution used 5).
+    #[arg(long)]
+    pub dba_k: Option<usize>,
+    /// α-query expansion with K neighbours.
+    #[arg(long)]
+    pub qe_k: Option<usize>,
+    /// α of query expansion.
+    #[arg(long, default_value_t = 3.0)]
+    pub qe_alpha: f32,
+}
+
+impl RankArgs {
+    pub fn options(&self) -> visual_search_retrieval::pipeline::RankOptions {
+        visual_search_retrieval::pipeline::RankOptions {
+            top_k: self.top_k,
+            dba_k: self.dba_k,
+            qe_k: self.qe_k,
+            qe_alpha: self.qe_alpha,
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! `rank` and `eval` end to end on a small dev set cut from the grocery data.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use visual_search_retrieval::npy::read_f32;
+
+fn visual_search(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_visual-search"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{args:?}\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// A dev-set root whose CSVs point into the grocery dataset: the first `nq` queries and `ng`
+/// gallery rows (absolute paths are not allowed, so images are reached through a symlink).
+fn small_dev_set(dir: &Path, grocery: &Path, nq: usize, ng: usize) -> PathBuf {
+    let root = dir.join("dev");
+    std::fs::create_dir_all(&root).unwrap();
+    for sub in ["train", "val", "test", "iconic-images-and-descriptions"] {
+        std::os::unix::fs::symlink(grocery.join(sub), root.join(sub)).unwrap();
+    }
+    let head = |name: &str, n: usize| -> String {
+        let text = std::fs::read_to_string(grocery.join(name)).unwrap();
+        text.lines().take(n + 1).collect::<Vec<_>>().join("\n") + "\n"
+    };
+    std::fs::write(root.join("queries.csv"), head("queries.csv", nq)).unwrap();
+    std::fs::write(root.join("gallery.csv"), head("gallery.csv", ng)).unwrap();
+    root
+}
+
+fn model_args() -> Vec<String> {
+    match visual_search_model::pretrained::efficientnet_lite0_weights() {
+        Some(w) => vec![
+            "--model".into(),
+            "efficientnet_lite0".into(),
+            "--weights".into(),
+            w.display().to_string(),
+        ],
+        None => vec![
+            "--model".into(),
+            "tiny_convnext".into(),
+            "--size".into(),
+            "32".into(),
+        ],
+    }
+}
+
+#[test]
+fn rank_writes_a_valid_submission_and_eval_agrees_with_precomputed_embeddings() {
+    let Some(grocery) = visual_search_data::datasets::locate_grocery() else {
+        eprintln!("SKIPPED: grocery dataset not found (set VISUAL_SEARCH_DATASETS)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = small_dev_set(dir.path(), &grocery, 24, 40);
+    let root_s = root.to_str().unwrap();
+    let model = model_args();
+    let model: Vec<&str> = model.iter().map(String::as_str).collect();
+    let out = dir.path().join("ranking.npy");
+
+    let mut args = vec![
+        "rank",
+        "--dataset-dir",
+        root_s,
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "flex",
+        "--dba-k",
+        "2",
+    ];
+    args.extend(&model);
+    let text = visual_search(&args);
+    assert!(text.contains("ranking") && text.contains("model"), "{text}");
+    let (values, rows, cols) = read_f32_i64(&out);
+    assert_eq!(
+        (rows, cols),
+        (24, 40),
+        "k = 1000 > gallery returns the whole gallery"
+    );
+    for r in 0..rows {
+        let mut row: Vec<i64> = values[r * cols..(r + 1) * cols].to_vec();
+        row.sort();
+        assert_eq!(
+            row,
+            (0..40).collect::<Vec<i64>>(),
+            "row {r} is a permutation of the gallery"
+        );
+    }
+    let csv = std::fs::read_to_string(out.with_extension("csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 24 * 40);
+
+    let mut args = vec![
+        "eval",
+        "--dataset-dir",
+        root_s,
+        "--device",
+        "flex",
+        "--json",
+    ];
+    args.extend(&model);
+    let direct: serde_json::Value = serde_json::from_str(visual_search(&args).trim()).unwrap();
+
+    let mut emb = Vec::new();
+    for list in ["queries", "gallery"] {
+        let file = dir.path().join(format!("{list}.safetensors"));
+        let csv = root.join(format!("{list}.csv"));
+        let mut args = vec![
+            "embed",
+            "--csv",
+            csv.to_str().unwrap(),
+            "--out",
+            file.to_str().unwrap(),
+            "--device",
+            "flex",
+        ];
+        args.extend(&model);
+        visual_search(&args);
+        emb.push(file);
+    }
+    let args = vec![
+        "eval",
+        "--dataset-dir",
+        root_s,
+        "--json",
+        "--query-embeddings",
+        emb[0].to_str().unwrap(),
+        "--gallery-embeddings",
+        emb[1].to_str().unwrap(),
+    ];
+    let from_files: serde_json::Value = serde_json::from_str(visual_search(&args).trim()).unwrap();
+    for key in ["map_at_k", "recall_at_1", "map_at_r"] {
+        let (a, b) = (
+            direct[key].as_f64().unwrap(),
+            from_files[key].as_f64().unwrap(),
+        );
+        assert!(
+            (a - b).abs() < 1e-9,
+            "{key}: model {a} vs embedding files {b}"
+        );
+    }
+    assert_eq!(direct["queries"], 24);
+}
+
+/// Reads the int64 ranking through the float reader's header parsing rules.
+fn read_f32_i64(path: &Path) -> (Vec<i64>, usize, usize) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..6], b"\x93NUMPY");
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
+    assert!(header.contains("'descr': '<i8'"), "{header}");
+    let shape = header.split('(').nth(1).unwrap().split(')').next().unwrap();
+    let dims: Vec<usize> = shape
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let data = &bytes[10 + header_len..];
+    let values = data
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let _ = read_f32; // the float reader refuses integer arrays, which is what rank writes
+    (values, dims[0], dims[1])
+}

@@ -1,0 +1,3 @@
+//! Training heads that sit on the embedding: sub-centre ArcFace with dynamic margins.
+
+pub mod arcface_subcenter;

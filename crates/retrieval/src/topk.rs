@@ -1,0 +1,295 @@
+//! Exact top-k by inner product (cosine on unit vectors), blocked so that the full
+//! `queries x gallery` score matrix never exists.
+//!
+//! The gallery is walked in blocks of rows (converted to f32 once per block when stored as f16);
+//! for each block, query chunks run in parallel: a GEMM (the `gemm` crate) writes a
+//! `chunk x block` score tile, and each query's collector keeps candidates above its current
+//! k-th best score. When a collector holds 2k candidates it is cut back to k with
+//! `select_nth_unstable` — a partial sort; only the final k are fully sorted. Order is score
+//! descending, ties broken by the lower gallery index (the gallery is scanned in index order,
+//! so a later candidate equal to the k-th best loses the tie and is skipped by a strict `>`).
+
+use std::cmp::Ordering;
+
+use rayon::prelude::*;
+
+use crate::matrix::MatrixView;
+
+/// Gallery rows per block (a block of 512-d f32 rows is 8 MiB).
+const GALLERY_BLOCK: usize = 4096;
+/// Queries per GEMM tile.
+const QUERY_CHUNK: usize = 64;
+
+/// The best `k` gallery rows per query, best first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopK {
+    pub queries: usize,
+    /// `min(k, gallery rows)`.
+    pub k: usize,
+    /// `queries x k` gallery row indices.
+    pub indices: Vec<u32>,
+    /// `queries x k` scores.
+    pub scores: Vec<f32>,
+}
+
+impl TopK {
+    pub fn row(&self, q: usize) -> &[u32] {
+        &self.indices[q * self.k..(q + 1) * self.k]
+    }
+
+    pub fn row_scores(&self, q: usize) -> &[f32] {
+        &self.scores[q * self.k..(q + 1) * self.k]
+    }
+}
+
+/// Ranking order: higher score first, then lower index. NaN ranks last.
+fn better(a: &(f32, u32), b: &(f32, u32)) -> Ordering {
+    let (sa, sb) = (
+        if a.0.is_nan() { f32::NEG_INFINITY } else { a.0 },
+        if b.0.is_nan() { f32::NEG_INFINITY } else { b.0 },
+    );
+    sb.partial_cmp(&sa)
+        .unwrap_or(Ordering::Equal)
+        .then(a.1.cmp(&b.1))
+}
+
+/// Keeps the best `k` of a stream of (score, index) pairs arriving in increasing index order.
+#[derive(Debug, Clone)]
+struct Collector {
+    k: usize,
+    threshold: f32,
+    candidates: Vec<(f32, u32)>,
+}
+
+impl Collector {
+    fn new(k: usize) -> Self {
+        Collector {
+            k,
+            threshold: f32::NEG_INFINITY,
+            candidates: Vec::with_capacity(2 * k),
+        }
+    }
+
+    #[inline]
+    fn push_block(&mut self, scores: &[f32], first_index: usize) {
+        for (j, &s) in scores.iter().enumerate() {
+            // While fewer than k are held, everything (even -inf / NaN) is a candidate.
+            if s > self.threshold || self.candidates.len() < self.k {
+                self.candidates.push((s, (first_index + j) as u32));
+                if self.candidates.len() >= 2 * self.k {
+                    self.shrink();
+                }
+            }
+        }
+    }
+
+    fn shrink(&mut self) {
+        if self.candidates.len() > self.k {
+            self.candidates.select_nth_unstable_by(self.k - 1, better);
+            self.candidates.truncate(self.k);
+        }
+        if self.candidates.len() == self.k {
+            let worst = self
+                .candidates
+                .iter()
+                .copied()
+                .max_by(better)
+                .expect("k > 0");
+            self.threshold = if worst.0.is_nan() {
+                f32::NEG_INFINITY
+            } else {
+                worst.0
+            };
+        }
+    }
+
+    fn finish(mut self) -> Vec<(f32, u32)> {
+        self.shrink();
+        self.candidates.sort_unstable_by(better);
+        self.candidates
+    }
+}
+
+/// Scores `tile[i * cols + j] = queries[i] · gallery[j]` for row-major inputs.
+fn gemm_tile(
+    queries: &[f32],
+    n_q: usize,
+    gallery: &[f32],
+    n_g: usize,
+    dim: usize,
+    tile: &mut [f32],
+) {
+    assert!(queries.len() >= n_q * dim && gallery.len() >= n_g * dim && tile.len() >= n_q * n_g);
+    // SAFETY: the asserts above bound every access the strides below describe: lhs is n_q x dim
+    // row-major, rhs (gallery transposed) is dim x n_g with element (d, j) at j*dim + d, and dst
+    // is n_q x n_g row-major.
+    unsafe {
+        gemm::gemm(
+            n_q,
+            n_g,
+            dim,
+            tile.as_mut_ptr(),
+            1,
+            n_g as isize,
+            false,
+            queries.as_ptr(),
+            1,
+            dim as isize,
+            gallery.as_ptr(),
+            dim as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Exact top-`k` gallery rows for every query by inner product.
+pub fn top_k(queries: MatrixView<'_>, gallery: MatrixView<'_>, k: usize) -> TopK {
+    assert_eq!(
+        queries.dim, gallery.dim,
+        "queries and gallery have different widths"
+    );
+    let k = k.min(gallery.rows);
+    let dim = queries.dim;
+    let mut query_scratch = Vec::new();
+    let q_all = queries
+        .rows_f32(0, queries.rows, &mut query_scratch)
+        .to_vec();
+    if k == 0 || queries.rows == 0 {
+        return TopK {
+            queries: queries.rows,
+            k,
+            indices: Vec::new(),
+            scores: Vec::new(),
+        };
+    }
+    let mut collectors: Vec<Collector> = (0..queries.rows).map(|_| Collector::new(k)).collect();
+    let mut gallery_scratch = Vec::new();
+    for start in (0..gallery.rows).step_by(GALLERY_BLOCK) {
+        let end = (start + GALLERY_BLOCK).min(gallery.rows);
+        let block = gallery.rows_f32(start, end, &mut gallery_scratch);
+        let n_g = end - start;
+        collectors
+            .par_chunks_mut(QUERY_CHUNK)
+            .enumerate()
+            .for_each_init(Vec::new, |tile, (chunk, group)| {
+                let q0 = chunk * QUERY_CHUNK;
+                let n_q = group.len();
+                tile.resize(n_q * n_g, 0.0);
+                gemm_tile(
+                    &q_all[q0 * dim..(q0 + n_q) * dim],
+                    n_q,
+                    block,
+                    n_g,
+                    dim,
+                    tile,
+                );
+                for (i, c) in group.iter_mut().enumerate() {
+                    c.push_block(&tile[i * n_g..(i + 1) * n_g], start);
+                }
+            });
+    }
+    let mut indices = Vec::with_capacity(queries.rows * k);
+    let mut scores = Vec::with_capacity(queries.rows * k);
+    for c in collectors {
+        for (s, i) in c.finish() {
+            scores.push(s);
+            indices.push(i);
+        }
+    }
+    TopK {
+        queries: queries.rows,
+        k,
+        indices,
+        scores,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reference: full scores, full stable sort.
+    fn brute(q: &[f32], g: &[f32], dim: usize, k: usize) -> (Vec<u32>, Vec<f32>) {
+        let (nq, ng) = (q.len() / dim, g.len() / dim);
+        let mut idx = Vec::new();
+        let mut sc = Vec::new();
+        for i in 0..nq {
+            let mut all: Vec<(f32, u32)> = (0..ng)
+                .map(|j| {
+                    (
+                        (0..dim).map(|d| q[i * dim + d] * g[j * dim + d]).sum(),
+                        j as u32,
+                    )
+                })
+                .collect();
+            all.sort_by(better);
+            for (s, j) in all.into_iter().take(k.min(ng)) {
+                idx.push(j);
+                sc.push(s);
+            }
+        }
+        (idx, sc)
+    }
+
+    fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(2_654_435_761) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                // Coarse values so that ties happen.
+                ((x % 7) as f32 - 3.0) * 0.25
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matches_brute_force_with_ties_and_blocks() {
+        let dim = 5;
+        let q = pseudo_random(70 * dim, 1);
+        let g = pseudo_random(9000 * dim, 2); // more than two gallery blocks, many ties
+        for k in [1, 10, 1000] {
+            let got = top_k(
+                MatrixView::f32(&q, 70, dim),
+                MatrixView::f32(&g, 9000, dim),
+                k,
+            );
+            let (idx, sc) = brute(&q, &g, dim, k);
+            assert_eq!(got.indices, idx, "k = {k}");
+            assert_eq!(got.scores, sc);
+        }
+    }
+
+    #[test]
+    fn k_larger_than_gallery_returns_everything_and_f16_matches() {
+        let dim = 4;
+        let q = pseudo_random(3 * dim, 3);
+        let g = pseudo_random(11 * dim, 4);
+        let got = top_k(
+            MatrixView::f32(&q, 3, dim),
+            MatrixView::f32(&g, 11, dim),
+            1000,
+        );
+        assert_eq!(got.k, 11);
+        for r in 0..3 {
+            let mut row = got.row(r).to_vec();
+            row.sort();
+            assert_eq!(row, (0..11).collect::<Vec<u32>>());
+        }
+        // Quarter-step values are exact in f16, so f16 storage gives the same ranking.
+        let g16: Vec<half::f16> = g.iter().map(|v| half::f16::from_f32(*v)).collect();
+        let got16 = top_k(
+            MatrixView::f32(&q, 3, dim),
+            MatrixView::f16(&g16, 11, dim),
+            1000,
+        );
+        assert_eq!(got16, got);
+    }
+}
