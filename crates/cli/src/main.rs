@@ -28,6 +28,10 @@ enum Command {
     /// Inspect, validate and import datasets.
     #[command(subcommand)]
     Data(commands::DataCommand),
+    /// Train a model (one phase of the recipe) from a YAML config; --resume continues a run.
+    Train(commands::train::Args),
+    /// Export a checkpoint as a self-contained inference model folder.
+    Export(commands::export::Args),
     /// Embed every image of a challenge CSV with a model.
     Embed(commands::embed::Args),
     /// Rank a dev set's gallery for its queries (the submission): top-k indices as .npy + CSV.
@@ -55,6 +59,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Data(c) => c.run(),
+        Command::Train(a) => commands::train::run(a),
+        Command::Export(a) => commands::export::run(a),
         Command::Embed(a) => commands::embed::run(a),
         Command::Rank(a) => commands::rank::run(a),
         Command::Eval(a) => commands::eval::run(a),

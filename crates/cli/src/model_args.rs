@@ -9,13 +9,21 @@ use visual_search_data::image::Normalization;
 use visual_search_model::device::parse_device;
 use visual_search_model::embedder::EmbeddingModel;
 use visual_search_model::registry::{BuildOptions, ModelSpec, lookup};
+use visual_search_train::export::load_model_dir;
 
 /// Which model, which weights, which device.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
     /// Registered model name (`visual-search models` lists them), e.g. efficientnet_lite0.
+    #[arg(
+        long,
+        required_unless_present = "model_dir",
+        conflicts_with = "model_dir"
+    )]
+    pub model: Option<String>,
+    /// An exported model folder (`visual-search export`) instead of --model/--weights.
     #[arg(long)]
-    pub model: String,
+    pub model_dir: Option<PathBuf>,
     /// Pretrained weights (safetensors or PyTorch .pth/.pt, timm/OpenCLIP/efficientnet_pytorch names).
     #[arg(long)]
     pub weights: Option<PathBuf>,
@@ -49,7 +57,6 @@ pub struct LoadedModel {
 
 impl ModelArgs {
     pub fn load(&self) -> anyhow::Result<LoadedModel> {
-        let spec = lookup(&self.model)?;
         let mut device = parse_device(&self.device)?;
         let float = match self.dtype {
             Precision::F32 => FloatDType::F32,
@@ -61,6 +68,21 @@ impl ModelArgs {
                 format!("device {} cannot compute in {:?}", self.device, self.dtype)
             })?;
         }
+        if let Some(dir) = &self.model_dir {
+            let (model, info) = load_model_dir(dir, self.size, &device)
+                .with_context(|| format!("loading the model folder {}", dir.display()))?;
+            return Ok(LoadedModel {
+                normalization: Normalization {
+                    mean: info.mean,
+                    std: info.std,
+                },
+                spec: lookup(&info.model)?,
+                model,
+                device,
+                image_size: self.size.unwrap_or(info.input_size),
+            });
+        }
+        let spec = lookup(self.model.as_deref().unwrap_or_default())?;
         let image_size = self.size.unwrap_or(spec.input_size);
         let options = BuildOptions {
             image_size,

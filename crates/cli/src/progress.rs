@@ -13,3 +13,14 @@ pub fn images_bar(total: usize, what: &str) -> ProgressBar {
     bar.set_message(what.to_string());
     bar
 }
+
+/// A bar counting optimiser steps, with a free-form message (epoch, loss, lr, images/s).
+pub fn steps_bar(total: usize) -> ProgressBar {
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(
+        ProgressStyle::with_template("[{bar:30}] step {pos}/{len}  {msg}  ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}

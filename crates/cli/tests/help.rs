@@ -9,6 +9,8 @@ fn every_subcommand_has_help() {
         &[],
         &["data", "check"],
         &["data", "import", "fashion-mnist"],
+        &["train"],
+        &["export"],
         &["embed"],
         &["rank"],
         &["eval"],

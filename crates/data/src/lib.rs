@@ -9,6 +9,7 @@
 //!   install.
 
 pub mod atomic_write;
+pub mod augment;
 pub mod check;
 pub mod csv_table;
 pub mod datasets;

@@ -35,6 +35,9 @@ pub struct LoaderConfig {
     pub drop_last: bool,
     /// Seeds the per-sample RNG handed to the transform.
     pub seed: u64,
+    /// Added to each sample's position in `order` when seeding its RNG, so a pass resumed at
+    /// position p draws the same augmentations as the uninterrupted pass did.
+    pub position_offset: u64,
 }
 
 impl Default for LoaderConfig {
@@ -46,6 +49,7 @@ impl Default for LoaderConfig {
             ordered: true,
             drop_last: false,
             seed: 0,
+            position_offset: 0,
         }
     }
 }
@@ -94,6 +98,7 @@ struct Shared {
     transform: Arc<dyn SampleTransform>,
     batch_size: usize,
     seed: u64,
+    position_offset: u64,
 }
 
 impl Shared {
@@ -112,7 +117,10 @@ impl Shared {
             let sample = &self.samples[sample_index];
             let slot = labels.len() * per_image;
             let out = &mut images[slot..slot + per_image];
-            let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(self.seed, position as u64));
+            let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(
+                self.seed,
+                self.position_offset + position as u64,
+            ));
             let result = catch_unwind(AssertUnwindSafe(|| {
                 self.transform.load(sample, &mut rng, out)
             }));
@@ -191,6 +199,7 @@ impl BatchLoader {
             transform,
             batch_size: config.batch_size,
             seed: config.seed,
+            position_offset: config.position_offset,
         });
         let (job_tx, job_rx) = unbounded::<usize>();
         let (result_tx, result_rx) = unbounded::<Batch>();

@@ -56,6 +56,7 @@ fn run(
         ordered,
         drop_last: false,
         seed: 7,
+        position_offset: 0,
     };
     let mut loader = BatchLoader::new(samples.clone(), order, transform, &config);
     assert_eq!(loader.n_batches(), 4);

@@ -36,6 +36,14 @@ impl EmbeddingModel {
         }
     }
 
+    /// The same model prepared for `size` x `size` inputs (see [`Backbone::with_image_size`]).
+    pub fn with_image_size(self, size: usize) -> Self {
+        EmbeddingModel {
+            backbone: self.backbone.with_image_size(size),
+            neck: self.neck,
+        }
+    }
+
     /// Width of the embedding.
     pub fn dim(&self) -> usize {
         match &self.neck {

@@ -1,5 +1,17 @@
 //! visual-search-train: everything that runs a model over data — embedding a list of images
-//! (used by `embed`, `rank`, `eval` and validation during training) and, in later modules, the
-//! training loop itself.
+//! (used by `embed`, `rank`, `eval` and validation) and the training loop of a phase with its
+//! config, schedule, checkpoints and metrics log.
 
+pub mod checkpoint;
+pub mod config;
 pub mod embedding;
+pub mod error;
+pub mod export;
+pub mod grads;
+pub mod labels;
+pub mod metrics_log;
+pub mod schedule;
+pub mod train_model;
+pub mod trainer;
+
+pub use error::TrainError;

@@ -86,7 +86,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for device in &devices {
         let loaded = ModelArgs {
-            model: args.model.clone(),
+            model: Some(args.model.clone()),
+            model_dir: None,
             weights: args.weights.clone(),
             size: Some(size),
             device: device.clone(),

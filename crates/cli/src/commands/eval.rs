@@ -18,8 +18,11 @@ use crate::table;
 #[derive(clap::Args)]
 pub struct Args {
     /// Registered model name (omit when giving embedding files).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "model_dir")]
     model: Option<String>,
+    /// An exported model folder instead of --model/--weights.
+    #[arg(long)]
+    model_dir: Option<PathBuf>,
     #[arg(long)]
     weights: Option<PathBuf>,
     #[arg(long)]
@@ -44,10 +47,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let model_given = args.model.is_some() || args.model_dir.is_some();
     let (queries, gallery, dim, q_labels, g_labels, source) = match (
         &args.query_embeddings,
         &args.gallery_embeddings,
-        &args.model,
+        model_given,
     ) {
         (Some(qf), Some(gf), _) => {
             let q = read_embeddings(qf)?;
@@ -84,9 +88,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let gl = labels(g.labels.clone(), &args.data.gallery, g.rows)?;
             (q.data, g.data, q.dim, ql, gl, "embedding files".to_string())
         }
-        (None, None, Some(model)) => {
+        (None, None, true) => {
             let loaded = ModelArgs {
-                model: model.clone(),
+                model: args.model.clone(),
+                model_dir: args.model_dir.clone(),
                 weights: args.weights.clone(),
                 size: args.size,
                 device: args.device.clone(),
@@ -109,7 +114,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 source,
             )
         }
-        _ => bail!("give --model (and --weights), or --query-embeddings and --gallery-embeddings"),
+        _ => bail!(
+            "give --model (and --weights) or --model-dir, or --query-embeddings and --gallery-embeddings"
+        ),
     };
     // Rank deep enough for mAP@R: R can exceed k for large classes.
     let max_r = {

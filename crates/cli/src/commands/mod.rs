@@ -7,7 +7,9 @@ mod data_check;
 mod data_import;
 pub mod embed;
 pub mod eval;
+pub mod export;
 pub mod rank;
+pub mod train;
 mod weights_inspect;
 
 use clap::Subcommand;

@@ -45,6 +45,15 @@ impl Backbone {
         }
     }
 
+    /// The same backbone prepared for `size` x `size` inputs (ViT position embeddings are
+    /// resampled; convolutional backbones take any size as they are).
+    pub fn with_image_size(self, size: usize) -> Self {
+        match self {
+            Backbone::Vit(m) => Backbone::Vit(m.with_image_size(size)),
+            other => other,
+        }
+    }
+
     pub fn out_dim(&self) -> usize {
         match self {
             Backbone::EfficientNetLite(m) => m.out_dim(),

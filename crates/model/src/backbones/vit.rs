@@ -11,7 +11,7 @@ use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::{gelu, softmax};
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::interpolate::bicubic_resize;
@@ -150,6 +150,7 @@ impl VitConfig {
                 ))
             }),
             patch_size: self.patch_size,
+            pos_embed_antialias: self.pos_embed_antialias,
         }
     }
 }
@@ -256,9 +257,34 @@ pub struct VisionTransformer {
     pub ln_post: LayerNorm,
     pub proj: Option<Param<Tensor<2>>>,
     pub patch_size: usize,
+    pub pos_embed_antialias: bool,
 }
 
 impl VisionTransformer {
+    /// The same model with its position embeddings resampled for `size` x `size` inputs.
+    pub fn with_image_size(mut self, size: usize) -> Self {
+        let [tokens, width] = self.positional_embedding.dims();
+        let old = ((tokens - 1) as f64).sqrt().round() as usize;
+        let new = size / self.patch_size;
+        if old == new {
+            return self;
+        }
+        let antialias = self.pos_embed_antialias;
+        self.positional_embedding = self.positional_embedding.map(|t| {
+            let device = t.device();
+            let data: Vec<f32> = t.into_data().iter::<f32>().collect();
+            let mut out = data[..width].to_vec();
+            out.extend(bicubic_resize(
+                &data[width..],
+                (old, old, width),
+                (new, new),
+                antialias,
+            ));
+            Tensor::from_data(TensorData::new(out, [new * new + 1, width]), &device)
+        });
+        self
+    }
+
     /// The image side this model's position embeddings are laid out for.
     pub fn image_size(&self) -> usize {
         let tokens = self.positional_embedding.dims()[0];

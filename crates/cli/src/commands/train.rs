@@ -1,0 +1,149 @@
+//! `visual-search train`: one phase of the recipe from a YAML config.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use visual_search_model::device::parse_device;
+use visual_search_train::config::TrainConfig;
+use visual_search_train::trainer::{TrainEvent, TrainOptions, train};
+
+use crate::progress::steps_bar;
+
+/// Trains a model with the sub-centre ArcFace head as a config describes (see configs/ and
+/// the README): progress with loss, lr, images/s and ETA; validation (dev mAP@1000, R@1,
+/// mAP@R, val accuracy) several times per epoch; checkpoints, metrics.csv and plots under
+/// runs/NAME. `--resume runs/NAME` continues a stopped or killed run from its last checkpoint.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Phase config (YAML).
+    #[arg(long, required_unless_present = "resume")]
+    config: Option<PathBuf>,
+    /// Run name (folder under --runs-dir) [default: the config's file name].
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long, default_value = "runs")]
+    runs_dir: PathBuf,
+    /// Continue the run in this folder from its last checkpoint (uses its config.yml).
+    #[arg(long, conflicts_with_all = ["config", "name"])]
+    resume: Option<PathBuf>,
+    /// Compute device: flex (CPU), tch, tch-cuda:N, cuda:N, wgpu or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Skip the validation before the first step (the zero-shot baseline).
+    #[arg(long)]
+    no_initial_eval: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let (config_path, run_dir, resume) = match (&args.resume, &args.config) {
+        (Some(dir), _) => {
+            if !dir.join("config.yml").is_file() {
+                bail!("{} is not a run folder (no config.yml)", dir.display());
+            }
+            (dir.join("config.yml"), dir.clone(), true)
+        }
+        (None, Some(config)) => {
+            let name = match &args.name {
+                Some(n) => n.clone(),
+                None => config
+                    .file_stem()
+                    .map_or("run".into(), |s| s.to_string_lossy().into_owned()),
+            };
+            (config.clone(), args.runs_dir.join(name), false)
+        }
+        (None, None) => bail!("give --config or --resume"),
+    };
+    let config = TrainConfig::load(&config_path)?;
+    let device = parse_device(&args.device)?;
+    let options = TrainOptions {
+        run_dir: run_dir.clone(),
+        device,
+        resume,
+        validate_at_start: !args.no_initial_eval,
+    };
+    println!(
+        "run: {} ({}; model {})",
+        run_dir.display(),
+        if resume { "resumed" } else { "new" },
+        config.model.name
+    );
+    let mut bar = None;
+    let summary = train(&config, &options, &mut |event| match event {
+        TrainEvent::Started { total_steps, steps_per_epoch, start_step, train_images, classes } => {
+            println!("{train_images} training images, {classes} classes, {steps_per_epoch} steps per epoch, {total_steps} steps");
+            let b = steps_bar(total_steps);
+            b.set_position(start_step as u64);
+            bar = Some(b);
+        }
+        TrainEvent::Step { step, epoch, loss, lr, images_per_s, .. } => {
+            if let Some(b) = &bar {
+                b.set_position(step as u64);
+                b.set_message(format!("epoch {epoch} loss {loss:.4} lr {lr:.2e} {images_per_s:.1} img/s"));
+            }
+        }
+        TrainEvent::Validation { step, metrics } => {
+            let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
+            let line = format!(
+                "step {step}: dev mAP@1000 {}  R@1 {}  mAP@R {}  val accuracy {}",
+                f(metrics.map_at_k),
+                f(metrics.recall_at_1),
+                f(metrics.map_at_r),
+                f(metrics.val_accuracy)
+            );
+            match &bar {
+                Some(b) => b.println(line),
+                None => println!("{line}"),
+            }
+        }
+        TrainEvent::Checkpoint { path, best } => {
+            let line = format!(
+                "checkpoint {}{}",
+                path.display(),
+                best.filter(|b| *b == path).map_or(String::new(), |_| " (best)".to_string())
+            );
+            match &bar {
+                Some(b) => b.println(line),
+                None => println!("{line}"),
+            }
+        }
+        TrainEvent::Skipped { path, reason } => eprintln!("skipped {}: {reason}", path.display()),
+        TrainEvent::EarlyStop { step } => println!("early stopping at step {step}: no improvement"),
+    })
+    .with_context(|| format!("training {}", run_dir.display()))?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
+    println!(
+        "done: {} steps in {:.1} min ({:.1} img/s){}",
+        summary.steps,
+        summary.wall_time.as_secs_f64() / 60.0,
+        summary.images_per_s,
+        if summary.stopped_early {
+            ", stopped early"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "dev mAP@1000: {} before -> {} after (best {})",
+        f(summary.first_validation.and_then(|m| m.map_at_k)),
+        f(summary.last_validation.and_then(|m| m.map_at_k)),
+        f(summary.best_map)
+    );
+    if let Some(best) = &summary.best_checkpoint {
+        println!(
+            "best checkpoint: {}  (export it with: visual-search export --checkpoint {} --out DIR)",
+            best.display(),
+            run_dir.display()
+        );
+    }
+    if summary.skipped_images > 0 {
+        println!(
+            "{} training image(s) could not be read and were skipped",
+            summary.skipped_images
+        );
+    }
+    println!("metrics: {}", run_dir.join("metrics.csv").display());
+    Ok(())
+}

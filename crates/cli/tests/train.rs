@@ -1,0 +1,254 @@
+//! `train`, `--resume` after SIGKILL, a non-finite loss, and `export` on a small cut of the
+//! grocery data with a tiny ConvNeXt (fast enough for the test suite).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_visual-search"))
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let out = bin().args(args).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{args:?}\n{text}");
+    text
+}
+
+/// A Product10K + dev-set root of `n` training images and a 12 x 24 dev set, reaching the
+/// grocery images through symlinks.
+fn small_dataset(dir: &Path, grocery: &Path, n: usize) -> PathBuf {
+    let root = dir.join("data");
+    std::fs::create_dir_all(&root).unwrap();
+    for sub in ["train", "val", "test", "iconic-images-and-descriptions"] {
+        std::os::unix::fs::symlink(grocery.join(sub), root.join(sub)).unwrap();
+    }
+    let head = |name: &str, n: usize, step: usize| -> String {
+        let text = std::fs::read_to_string(grocery.join(name)).unwrap();
+        let mut lines = text.lines();
+        let header = lines.next().unwrap().to_string();
+        let rows: Vec<&str> = lines.step_by(step).take(n).collect();
+        format!("{header}\n{}\n", rows.join("\n"))
+    };
+    std::fs::write(root.join("train.csv"), head("train.csv", n, 5)).unwrap();
+    std::fs::write(
+        root.join("test_kaggletest.csv"),
+        head("test_kaggletest.csv", 30, 40),
+    )
+    .unwrap();
+    std::fs::write(root.join("queries.csv"), head("queries.csv", 12, 90)).unwrap();
+    std::fs::write(root.join("gallery.csv"), head("gallery.csv", 24, 60)).unwrap();
+    root
+}
+
+fn config(root: &Path, steps: usize, extra_head: &str) -> String {
+    format!(
+        "dataset:
+  product10k:
+    train_valid_root: {root}
+    train_list: train.csv
+    val_list: test_kaggletest.csv
+  dev_set:
+    eval_root: {root}
+  seed: 7
+  input_size: 32
+  batch_size: 8
+  augmentations: default
+  num_workers: 2
+model:
+  name: tiny_convnext
+head:
+  s: 30.0{extra_head}
+optim:
+  lr_head: 0.003
+  backbone_lr_factor: 1.0
+  warmup_steps: 4
+  epochs: 3
+  max_steps: {steps}
+eval:
+  validations_per_epoch: 4
+  keep_best: 2
+",
+        root = root.display()
+    )
+}
+
+fn losses(run: &Path) -> Vec<(usize, f64)> {
+    let text = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let c: Vec<&str> = l.split(',').collect();
+            Some((c[0].parse().ok()?, c[2].parse().ok()?))
+        })
+        .collect()
+}
+
+fn last_step(run: &Path) -> Option<usize> {
+    let text = std::fs::read_to_string(run.join("last")).ok()?;
+    text.trim().rsplit('-').next()?.parse().ok()
+}
+
+#[test]
+fn sigkill_then_resume_continues_the_same_run() {
+    let Some(grocery) = visual_search_data::datasets::locate_grocery() else {
+        eprintln!("SKIPPED: grocery dataset not found (set VISUAL_SEARCH_DATASETS)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = small_dataset(dir.path(), &grocery, 96); // 12 batches per epoch, a checkpoint every 3 steps
+    let cfg = dir.path().join("phase.yml");
+    std::fs::write(&cfg, config(&root, 30, "")).unwrap();
+    let runs = dir.path().join("runs");
+    let (runs_s, cfg_s) = (runs.to_str().unwrap(), cfg.to_str().unwrap());
+
+    // The reference: an uninterrupted run.
+    run_ok(&[
+        "train",
+        "--config",
+        cfg_s,
+        "--runs-dir",
+        runs_s,
+        "--name",
+        "straight",
+        "--device",
+        "flex",
+        "--no-initial-eval",
+    ]);
+    let reference = losses(&runs.join("straight"));
+    assert_eq!(reference.last().unwrap().0, 30);
+
+    // The same run, killed once it has a checkpoint past step 6, then resumed.
+    let killed = runs.join("killed");
+    let mut child = bin()
+        .args([
+            "train",
+            "--config",
+            cfg_s,
+            "--runs-dir",
+            runs_s,
+            "--name",
+            "killed",
+            "--device",
+            "flex",
+            "--no-initial-eval",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while last_step(&killed).is_none_or(|s| s < 9) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let at_kill = last_step(&killed).unwrap();
+    assert!(at_kill < 30, "killed too late to test anything");
+
+    let text = run_ok(&[
+        "train",
+        "--resume",
+        killed.to_str().unwrap(),
+        "--device",
+        "flex",
+    ]);
+    assert!(text.contains("resumed"), "{text}");
+    let resumed = losses(&killed);
+    let steps: Vec<usize> = resumed.iter().map(|r| r.0).collect();
+    assert_eq!(
+        steps,
+        (1..=30).collect::<Vec<_>>(),
+        "every step exactly once, up to the same count"
+    );
+    for ((s, a), (_, b)) in resumed.iter().zip(&reference) {
+        assert!(
+            (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+            "step {s}: loss {a} after resume vs {b} uninterrupted"
+        );
+    }
+
+    // export → eval --model-dir gives the run's final validation mAP.
+    let model_dir = dir.path().join("model");
+    run_ok(&[
+        "export",
+        "--checkpoint",
+        killed
+            .join("last")
+            .parent()
+            .unwrap()
+            .join(format!("checkpoints/step-{:07}", 30))
+            .to_str()
+            .unwrap(),
+        "--out",
+        model_dir.to_str().unwrap(),
+    ]);
+    let eval = run_ok(&[
+        "eval",
+        "--model-dir",
+        model_dir.to_str().unwrap(),
+        "--dataset-dir",
+        root.to_str().unwrap(),
+        "--device",
+        "flex",
+        "--json",
+    ]);
+    let json: serde_json::Value = serde_json::from_str(eval.lines().last().unwrap()).unwrap();
+    let metrics = std::fs::read_to_string(killed.join("metrics.csv")).unwrap();
+    let last_map: f64 = metrics
+        .lines()
+        .rev()
+        .find_map(|l| l.split(',').nth(5).and_then(|v| v.parse().ok()))
+        .unwrap();
+    assert!(
+        (json["map_at_k"].as_f64().unwrap() - last_map).abs() < 1e-6,
+        "{json} vs {last_map}"
+    );
+}
+
+#[test]
+fn a_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint() {
+    let Some(grocery) = visual_search_data::datasets::locate_grocery() else {
+        eprintln!("SKIPPED: grocery dataset not found (set VISUAL_SEARCH_DATASETS)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = small_dataset(dir.path(), &grocery, 48);
+    let cfg = dir.path().join("nan.yml");
+    // A logit scale beyond f32's range makes the logits infinite and the loss NaN at step 1.
+    std::fs::write(&cfg, config(&root, 10, "").replace("s: 30.0", "s: 1.0e39")).unwrap();
+    let runs = dir.path().join("runs");
+    let out = bin()
+        .args([
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--runs-dir",
+            runs.to_str().unwrap(),
+            "--device",
+            "flex",
+            "--no-initial-eval",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("not finite") && text.contains("step 1"),
+        "{text}"
+    );
+    assert!(
+        !runs.join("nan/last").exists(),
+        "nothing may be saved from a diverged step"
+    );
+}

@@ -1,0 +1,232 @@
+//! Crash-safe checkpoints of a run: `runs/NAME/checkpoints/step-NNNNNNN/` holding the embedder
+//! and head weights, the three optimiser states and `state.json` (step, epoch position, class
+//! index, validation metrics). A checkpoint is written into a hidden temporary folder and
+//! renamed into place, then `runs/NAME/last` (a one-line file, itself replaced atomically) is
+//! pointed at it — a kill at any moment leaves the previous checkpoint intact and referenced.
+//! The best checkpoints by dev mAP (and the latest) are kept; `runs/NAME/best` links the best.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::optim::ModuleOptimizer;
+use burn::store::ModuleRecord;
+use serde::{Deserialize, Serialize};
+
+use crate::error::TrainError;
+use crate::labels::ClassIndex;
+use crate::train_model::TrainModel;
+
+/// Validation results of one checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ValidationMetrics {
+    pub map_at_k: Option<f64>,
+    pub recall_at_1: Option<f64>,
+    pub map_at_r: Option<f64>,
+    /// Closed-set top-1 accuracy of the head on the Product10K val list.
+    pub val_accuracy: Option<f64>,
+}
+
+/// Everything besides tensors that a resumed run needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimiser steps done.
+    pub step: usize,
+    /// Epoch in progress (0-based).
+    pub epoch: usize,
+    /// Batches of this epoch already consumed.
+    pub batches_in_epoch: usize,
+    pub image_size: usize,
+    pub model_name: String,
+    /// Width of the linear neck, if the model has one.
+    #[serde(default)]
+    pub neck_dim: Option<usize>,
+    #[serde(default)]
+    pub gem: bool,
+    pub classes: ClassIndex,
+    pub metrics: Option<ValidationMetrics>,
+    /// (step, dev mAP) of every validation so far, for early stopping.
+    pub history: Vec<(usize, f64)>,
+}
+
+/// The three optimisers of a run.
+pub struct Optimizers {
+    pub backbone: ModuleOptimizer,
+    pub neck: ModuleOptimizer,
+    pub head: ModuleOptimizer,
+}
+
+fn ck_err(path: &Path, message: impl Into<String>) -> TrainError {
+    TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+/// Writes a checkpoint for `state.step` and points `last` at it.
+pub fn save_checkpoint(
+    run_dir: &Path,
+    model: &TrainModel,
+    optimizers: &Optimizers,
+    state: &TrainState,
+) -> Result<PathBuf, TrainError> {
+    let dir = run_dir.join("checkpoints");
+    std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
+    let name = format!("step-{:07}", state.step);
+    let final_dir = dir.join(&name);
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .tempdir_in(&dir)
+        .map_err(|e| TrainError::io(&dir, e))?;
+    let save_err = |what: &str, e: burn::store::RecordError| {
+        ck_err(tmp.path(), format!("writing {what}: {e}"))
+    };
+    model
+        .embedder
+        .clone()
+        .save_file(tmp.path().join("embedder.bpk"))
+        .map_err(|e| save_err("embedder", e))?;
+    model
+        .head
+        .clone()
+        .save_file(tmp.path().join("head.bpk"))
+        .map_err(|e| save_err("head", e))?;
+    optimizers
+        .backbone
+        .save(tmp.path().join("optim_backbone.bpk"))
+        .map_err(|e| save_err("optimizer", e))?;
+    optimizers
+        .neck
+        .save(tmp.path().join("optim_neck.bpk"))
+        .map_err(|e| save_err("optimizer", e))?;
+    optimizers
+        .head
+        .save(tmp.path().join("optim_head.bpk"))
+        .map_err(|e| save_err("optimizer", e))?;
+    let json = serde_json::to_vec_pretty(state).map_err(|e| ck_err(tmp.path(), e.to_string()))?;
+    std::fs::write(tmp.path().join("state.json"), json)
+        .map_err(|e| TrainError::io(tmp.path(), e))?;
+    for f in std::fs::read_dir(tmp.path()).map_err(|e| TrainError::io(tmp.path(), e))? {
+        let f = f.map_err(|e| TrainError::io(tmp.path(), e))?;
+        std::fs::File::open(f.path())
+            .and_then(|h| h.sync_all())
+            .map_err(|e| TrainError::io(&f.path(), e))?;
+    }
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
+    }
+    let tmp_path = tmp.keep();
+    std::fs::rename(&tmp_path, &final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
+    write_pointer(run_dir, "last", &format!("checkpoints/{name}"))?;
+    Ok(final_dir)
+}
+
+/// Atomically replaces `run_dir/file` with `content`.
+fn write_pointer(run_dir: &Path, file: &str, content: &str) -> Result<(), TrainError> {
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
+    std::io::Write::write_all(&mut tmp, format!("{content}\n").as_bytes())
+        .map_err(|e| TrainError::io(run_dir, e))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| TrainError::io(run_dir, e))?;
+    tmp.persist(run_dir.join(file))
+        .map_err(|e| TrainError::io(&run_dir.join(file), e.error))?;
+    Ok(())
+}
+
+/// The checkpoint `run_dir/last` points at, if any.
+pub fn last_checkpoint(run_dir: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(run_dir.join("last")).ok()?;
+    let dir = run_dir.join(text.trim());
+    dir.join("state.json").is_file().then_some(dir)
+}
+
+/// A checkpoint folder given directly, or a run folder (its `best`, else `last`).
+pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf, TrainError> {
+    if path.join("state.json").is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let best = path.join("best");
+    if best.join("state.json").is_file() {
+        return Ok(std::fs::canonicalize(&best).unwrap_or(best));
+    }
+    last_checkpoint(path)
+        .ok_or_else(|| ck_err(path, "not a checkpoint folder nor a run folder with one"))
+}
+
+/// Reads a checkpoint's state.
+pub fn read_state(dir: &Path) -> Result<TrainState, TrainError> {
+    let path = dir.join("state.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| ck_err(&path, format!("damaged state: {e}")))
+}
+
+/// Loads a module's weights from a checkpoint file (strict: every tensor must fit).
+pub fn load_module<M: Module>(module: M, file: &Path) -> Result<M, TrainError> {
+    let record = ModuleRecord::load(file)
+        .map_err(|e| ck_err(file, format!("cannot read (damaged or truncated?): {e}")))?;
+    module
+        .try_load_record(record)
+        .map_err(|e| ck_err(file, format!("does not fit the model: {e}")))
+}
+
+/// Loads the optimiser states of a checkpoint.
+pub fn load_optimizers(dir: &Path, optimizers: Optimizers) -> Result<Optimizers, TrainError> {
+    let load = |o: ModuleOptimizer, f: &str| {
+        let p = dir.join(f);
+        o.load(&p)
+            .map_err(|e| ck_err(&p, format!("cannot read optimizer state: {e}")))
+    };
+    Ok(Optimizers {
+        backbone: load(optimizers.backbone, "optim_backbone.bpk")?,
+        neck: load(optimizers.neck, "optim_neck.bpk")?,
+        head: load(optimizers.head, "optim_head.bpk")?,
+    })
+}
+
+/// Keeps the `keep` best checkpoints by dev mAP (by step when there is no mAP) plus the one
+/// `last` points at, deletes the others, and links `best`.
+pub fn prune_checkpoints(run_dir: &Path, keep: usize) -> Result<Option<PathBuf>, TrainError> {
+    let dir = run_dir.join("checkpoints");
+    let last = last_checkpoint(run_dir);
+    let mut all: Vec<(PathBuf, f64, usize)> = Vec::new();
+    for entry in std::fs::read_dir(&dir).map_err(|e| TrainError::io(&dir, e))? {
+        let path = entry.map_err(|e| TrainError::io(&dir, e))?.path();
+        let hidden = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
+        if hidden || !path.is_dir() {
+            continue;
+        }
+        if let Ok(state) = read_state(&path) {
+            let map = state
+                .metrics
+                .and_then(|m| m.map_at_k)
+                .unwrap_or(f64::NEG_INFINITY);
+            all.push((path, map, state.step));
+        }
+    }
+    // Best first: higher mAP, then later step.
+    all.sort_by(|a, b| {
+        b.1.partial_cmp(&a.1)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(b.2.cmp(&a.2))
+    });
+    let best = all.first().map(|b| b.0.clone());
+    for (i, (path, _, _)) in all.iter().enumerate() {
+        if i >= keep.max(1) && Some(path) != last.as_ref() {
+            std::fs::remove_dir_all(path).map_err(|e| TrainError::io(path, e))?;
+        }
+    }
+    if let Some(best) = &best {
+        let link = run_dir.join("best");
+        let tmp = run_dir.join(".best.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let target =
+            Path::new("checkpoints").join(best.file_name().expect("checkpoint folders have names"));
+        std::os::unix::fs::symlink(&target, &tmp).map_err(|e| TrainError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &link).map_err(|e| TrainError::io(&link, e))?;
+    }
+    Ok(best)
+}

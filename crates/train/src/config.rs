@@ -1,0 +1,376 @@
+//! The training configuration: one YAML file per phase, read into these structs.
+//!
+//! The `dataset:` section keeps the original solution's keys (`product10k.train_valid_root`,
+//! `train_prefix`, `train_list`, `val_prefix`, `val_list`; `dev_set.eval_root`, `gallery`,
+//! `queries`; `seed`, `num_of_classes`, `input_size`, `batch_size`, `augmentations`,
+//! `augmentations_valid`, `num_workers`) so its configs port over; `model:`, `head:`, `optim:`
+//! and `eval:` hold the rest. Every struct denies unknown keys, so a typo is an error naming the
+//! key and the file instead of a silently ignored setting. Defaults live here, in one place.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::TrainError;
+
+/// A whole phase.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub dataset: DatasetConfig,
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub head: HeadConfig,
+    pub optim: OptimConfig,
+    #[serde(default)]
+    pub eval: EvalConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetConfig {
+    pub product10k: Product10kConfig,
+    pub dev_set: Option<DevSetConfig>,
+    #[serde(default = "defaults::seed")]
+    pub seed: u64,
+    /// Classifier width; must cover the distinct training labels (`null`: exactly those).
+    pub num_of_classes: Option<usize>,
+    pub input_size: usize,
+    pub batch_size: usize,
+    #[serde(default)]
+    pub augmentations: Augmentation,
+    /// `default` (Resize((s, s))) is the only evaluation transform.
+    #[serde(default)]
+    pub augmentations_valid: ValidTransform,
+    #[serde(default = "defaults::workers")]
+    pub num_workers: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Product10kConfig {
+    pub train_valid_root: PathBuf,
+    #[serde(default)]
+    pub train_prefix: String,
+    pub train_list: String,
+    #[serde(default)]
+    pub val_prefix: String,
+    /// Closed-set accuracy is measured on this list when given.
+    pub val_list: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevSetConfig {
+    pub eval_root: PathBuf,
+    #[serde(default = "defaults::gallery")]
+    pub gallery: String,
+    #[serde(default = "defaults::queries")]
+    pub queries: String,
+}
+
+/// Training-time augmentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Augmentation {
+    /// Resize(s) → AutoAugment (ImageNet policy) → Resize((s, s)).
+    #[default]
+    Default,
+    /// Resize(s) → RandAugment → Resize((s, s)).
+    Randaugment,
+    /// Resize((s, s)) only.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValidTransform {
+    #[default]
+    Default,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Registry name (`visual-search models`).
+    pub name: String,
+    /// Pretrained backbone weights (timm / OpenCLIP / efficientnet_pytorch names).
+    pub weights: Option<PathBuf>,
+    /// A checkpoint (or run folder) of an earlier phase to start from; the head is taken only
+    /// where its shape matches.
+    pub pretrain_model: Option<PathBuf>,
+    /// Width of a linear neck after the backbone (`null`: none).
+    pub embedding_dim: Option<usize>,
+    #[serde(default)]
+    pub gem: bool,
+    /// Dropout on the embedding before the head.
+    #[serde(default = "defaults::dropout")]
+    pub dropout: f64,
+    /// Stochastic depth rate of the backbone.
+    #[serde(default)]
+    pub drop_path: f64,
+    /// Keep batch-norm running statistics frozen (eval-mode BN) while fine-tuning.
+    #[serde(default = "defaults::yes")]
+    pub freeze_batchnorm: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadConfig {
+    #[serde(rename = "type", default)]
+    pub kind: HeadKind,
+    #[serde(default = "defaults::s")]
+    pub s: f64,
+    #[serde(default = "defaults::m")]
+    pub m: f64,
+    #[serde(default = "defaults::m_min")]
+    pub m_min: f64,
+    /// Sub-centres per class.
+    #[serde(default = "defaults::k")]
+    pub k: usize,
+}
+
+impl Default for HeadConfig {
+    fn default() -> Self {
+        HeadConfig {
+            kind: HeadKind::Arcface,
+            s: defaults::s(),
+            m: defaults::m(),
+            m_min: defaults::m_min(),
+            k: defaults::k(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadKind {
+    #[default]
+    Arcface,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimConfig {
+    pub lr_head: f64,
+    /// Backbone learning rate = this × `lr_head`.
+    #[serde(default = "defaults::backbone_factor")]
+    pub backbone_lr_factor: f64,
+    /// AdamW weight decay on tensors with ≥ 2 dimensions (biases and norms get none).
+    #[serde(default = "defaults::weight_decay")]
+    pub weight_decay: f64,
+    pub warmup_steps: usize,
+    pub epochs: usize,
+    /// Stop after this many optimiser steps (a budget for quick runs).
+    pub max_steps: Option<usize>,
+    /// Clip the global gradient norm to this value (`null`: no clipping).
+    #[serde(default = "defaults::grad_clip")]
+    pub grad_clip: Option<f64>,
+    #[serde(default = "defaults::one")]
+    pub grad_accumulation: usize,
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    #[serde(default = "defaults::validations")]
+    pub validations_per_epoch: usize,
+    /// Checkpoints kept by dev mAP (plus the latest).
+    #[serde(default = "defaults::keep")]
+    pub keep_best: usize,
+    /// Stop after this many validations without an improvement of `min_delta`.
+    pub early_stopping_patience: Option<usize>,
+    #[serde(default)]
+    pub early_stopping_min_delta: f64,
+    #[serde(default = "defaults::top_k")]
+    pub top_k: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig {
+            validations_per_epoch: defaults::validations(),
+            keep_best: defaults::keep(),
+            early_stopping_patience: None,
+            early_stopping_min_delta: 0.0,
+            top_k: defaults::top_k(),
+        }
+    }
+}
+
+mod defaults {
+    pub fn seed() -> u64 {
+        42
+    }
+    pub fn workers() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+    pub fn gallery() -> String {
+        "gallery.csv".into()
+    }
+    pub fn queries() -> String {
+        "queries.csv".into()
+    }
+    pub fn dropout() -> f64 {
+        0.2
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn s() -> f64 {
+        30.0
+    }
+    pub fn m() -> f64 {
+        0.45
+    }
+    pub fn m_min() -> f64 {
+        0.05
+    }
+    pub fn k() -> usize {
+        3
+    }
+    pub fn backbone_factor() -> f64 {
+        0.01
+    }
+    pub fn weight_decay() -> f64 {
+        0.1
+    }
+    pub fn grad_clip() -> Option<f64> {
+        Some(5.0)
+    }
+    pub fn one() -> usize {
+        1
+    }
+    pub fn validations() -> usize {
+        4
+    }
+    pub fn keep() -> usize {
+        3
+    }
+    pub fn top_k() -> usize {
+        1000
+    }
+}
+
+impl TrainConfig {
+    /// Reads and checks a YAML config.
+    pub fn load(path: &Path) -> Result<Self, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses YAML text; `path` names the source in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, TrainError> {
+        let config: TrainConfig =
+            serde_yaml_ng::from_str(text).map_err(|e| TrainError::Config {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        config.check().map_err(|message| TrainError::Config {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let d = &self.dataset;
+        let o = &self.optim;
+        let bad = |key: &str, why: &str| Err(format!("`{key}` {why}"));
+        if d.batch_size == 0 {
+            return bad("dataset.batch_size", "must be at least 1");
+        }
+        if d.input_size < 16 {
+            return bad("dataset.input_size", "must be at least 16");
+        }
+        if o.grad_accumulation == 0 {
+            return bad("optim.grad_accumulation", "must be at least 1");
+        }
+        if o.epochs == 0 && o.max_steps.is_none() {
+            return bad(
+                "optim.epochs",
+                "must be at least 1 (or set optim.max_steps)",
+            );
+        }
+        if o.lr_head.is_nan() || o.lr_head <= 0.0 {
+            return bad("optim.lr_head", "must be positive");
+        }
+        if !(0.0..1.0).contains(&self.model.dropout) {
+            return bad("model.dropout", "must be in [0, 1)");
+        }
+        if self.head.k == 0 {
+            return bad("head.k", "must be at least 1");
+        }
+        if self.eval.validations_per_epoch == 0 {
+            return bad("eval.validations_per_epoch", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "
+dataset:
+  product10k:
+    train_valid_root: data
+    train_list: train.csv
+  input_size: 64
+  batch_size: 8
+model:
+  name: tiny_convnext
+optim:
+  lr_head: 0.001
+  warmup_steps: 10
+  epochs: 1
+";
+
+    #[test]
+    fn minimal_config_gets_the_recipe_defaults() {
+        let c = TrainConfig::parse(MINIMAL, Path::new("x.yml")).unwrap();
+        assert_eq!(
+            (c.head.s, c.head.m, c.head.m_min, c.head.k),
+            (30.0, 0.45, 0.05, 3)
+        );
+        assert_eq!(
+            (
+                c.optim.backbone_lr_factor,
+                c.optim.weight_decay,
+                c.optim.grad_clip
+            ),
+            (0.01, 0.1, Some(5.0))
+        );
+        assert_eq!(c.dataset.augmentations, Augmentation::Default);
+        assert!(c.model.freeze_batchnorm);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_key_and_file() {
+        let text = MINIMAL.replace("  epochs: 1", "  epochs: 1\n  learning_rate: 0.1");
+        let err = TrainConfig::parse(&text, Path::new("phase.yml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("phase.yml") && err.contains("learning_rate"),
+            "{err}"
+        );
+        let text = MINIMAL.replace("  batch_size: 8", "  batch_size: 0");
+        let err = TrainConfig::parse(&text, Path::new("p.yml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dataset.batch_size"), "{err}");
+    }
+}
