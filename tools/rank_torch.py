@@ -13,6 +13,7 @@ import argparse
 import csv
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -20,19 +21,10 @@ import torch
 from PIL import Image, ImageOps
 from torchvision import transforms
 
+sys.path.insert(0, os.path.dirname(__file__))
+from make_preprocess_fixtures import white_border_box  # noqa: E402 (the SPEC crop, written once)
+
 NORMS = {"efficientnet_lite": ((127 / 255,) * 3, (128 / 255,) * 3)}
-
-
-def white_border_box(a):
-    rows = a.mean(axis=(1, 2)) == 255
-    cols = a.mean(axis=(0, 2)) == 255
-    if rows.all():
-        return 0, 0, a.shape[1], a.shape[0]
-    top = int(np.argmin(rows))
-    bottom = len(rows) - int(np.argmin(rows[::-1]))
-    left = int(np.argmin(cols))
-    right = len(cols) - int(np.argmin(cols[::-1]))
-    return left, top, right, bottom
 
 
 class DevList(torch.utils.data.Dataset):
@@ -101,8 +93,6 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--top-k", type=int, default=1000)
     a = ap.parse_args()
-    import sys
-    sys.path.insert(0, os.path.dirname(__file__))
     from bench_embed_torch import build
     model = build(a.model, a.weights).eval()
     mean, std = next(v for k, v in NORMS.items() if a.model.startswith(k))

@@ -29,6 +29,16 @@ pub struct DevSetArgs {
     pub workers: Option<usize>,
 }
 
+/// Ordered batches for embedding, on `workers` threads (default: all cores).
+pub fn eval_loader(batch_size: usize, workers: Option<usize>) -> LoaderConfig {
+    LoaderConfig {
+        batch_size,
+        num_workers: workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        ..LoaderConfig::default()
+    }
+}
+
 /// Embedded queries and gallery.
 pub struct EmbeddedDevSet {
     pub queries: EmbeddedSet,
@@ -47,13 +57,7 @@ pub fn embed_dev_set(model: &LoadedModel, args: &DevSetArgs) -> anyhow::Result<E
         model.image_size as u32,
         model.normalization,
     ));
-    let loader = LoaderConfig {
-        batch_size: args.batch_size,
-        num_workers: args
-            .workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-        ..LoaderConfig::default()
-    };
+    let loader = eval_loader(args.batch_size, args.workers);
     let run = |samples: Vec<visual_search_data::Sample>, what: &str| {
         let bar = images_bar(samples.len(), what);
         let set = embed_samples(

@@ -119,6 +119,13 @@ fn sigkill_then_resume_continues_the_same_run() {
     ]);
     let reference = losses(&runs.join("straight"));
     assert_eq!(reference.last().unwrap().0, 30);
+    for plot in ["loss.png", "lr.png", "map.png"] {
+        let bytes = std::fs::read(runs.join("straight").join(plot)).unwrap();
+        assert!(
+            bytes.starts_with(b"\x89PNG") && bytes.len() > 1000,
+            "{plot}"
+        );
+    }
 
     // The same run, killed once it has a checkpoint past step 6, then resumed.
     let killed = runs.join("killed");

@@ -217,46 +217,45 @@ impl ModelSpec {
         } else {
             PoolingKind::Avg
         };
+        // The ImageNet classifier: the family's own width, or 1000 classes.
+        let classes = |own: Option<usize>| options.with_classifier.then(|| own.unwrap_or(1000));
+        let rate = options.drop_path_rate;
         match &self.architecture {
-            Architecture::EfficientNetLite(c) => {
-                let mut c = c.clone();
-                c.pooling = pooling;
-                c.drop_connect_rate = options.drop_path_rate;
-                c.num_classes = if options.with_classifier {
-                    c.num_classes.or(Some(1000))
-                } else {
-                    None
-                };
-                Backbone::EfficientNetLite(c.init(device))
-            }
-            Architecture::ConvNext(c) => {
-                let mut c = c.clone();
-                c.pooling = pooling;
-                c.drop_path_rate = options.drop_path_rate;
-                c.num_classes = if options.with_classifier {
-                    c.num_classes.or(Some(1000))
-                } else {
-                    None
-                };
-                Backbone::ConvNext(c.init(device))
-            }
-            Architecture::Vit(c) => {
-                let mut c = c.clone();
-                c.image_size = options.image_size;
-                c.drop_path_rate = options.drop_path_rate;
-                Backbone::Vit(c.init(device))
-            }
-            Architecture::ResNet(c) => {
-                let mut c = c.clone();
-                c.pooling = pooling;
-                c.drop_path_rate = options.drop_path_rate;
-                c.num_classes = if options.with_classifier {
-                    c.num_classes.or(Some(1000))
-                } else {
-                    None
-                };
-                Backbone::ResNet(c.init(device))
-            }
+            Architecture::EfficientNetLite(c) => Backbone::EfficientNetLite(
+                EfficientNetLiteConfig {
+                    pooling,
+                    drop_connect_rate: rate,
+                    num_classes: classes(c.num_classes),
+                    ..c.clone()
+                }
+                .init(device),
+            ),
+            Architecture::ConvNext(c) => Backbone::ConvNext(
+                ConvNextConfig {
+                    pooling,
+                    drop_path_rate: rate,
+                    num_classes: classes(c.num_classes),
+                    ..c.clone()
+                }
+                .init(device),
+            ),
+            Architecture::Vit(c) => Backbone::Vit(
+                VitConfig {
+                    image_size: options.image_size,
+                    drop_path_rate: rate,
+                    ..c.clone()
+                }
+                .init(device),
+            ),
+            Architecture::ResNet(c) => Backbone::ResNet(
+                ResNetConfig {
+                    pooling,
+                    drop_path_rate: rate,
+                    num_classes: classes(c.num_classes),
+                    ..c.clone()
+                }
+                .init(device),
+            ),
         }
     }
 

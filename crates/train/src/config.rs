@@ -209,6 +209,14 @@ impl Default for EvalConfig {
     }
 }
 
+/// `~/x` → `$HOME/x`; anything else unchanged.
+fn expand_home(path: &Path) -> PathBuf {
+    match (path.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => path.to_path_buf(),
+    }
+}
+
 mod defaults {
     pub fn seed() -> u64 {
         42
@@ -271,12 +279,21 @@ impl TrainConfig {
     }
 
     /// Parses YAML text; `path` names the source in errors.
+    /// Paths starting with `~/` are taken relative to `$HOME`; other relative paths are
+    /// relative to the working directory.
     pub fn parse(text: &str, path: &Path) -> Result<Self, TrainError> {
-        let config: TrainConfig =
+        let mut config: TrainConfig =
             serde_yaml_ng::from_str(text).map_err(|e| TrainError::Config {
                 path: path.to_path_buf(),
                 message: e.to_string(),
             })?;
+        let p = &mut config.dataset.product10k;
+        p.train_valid_root = expand_home(&p.train_valid_root);
+        if let Some(d) = &mut config.dataset.dev_set {
+            d.eval_root = expand_home(&d.eval_root);
+        }
+        config.model.weights = config.model.weights.as_deref().map(expand_home);
+        config.model.pretrain_model = config.model.pretrain_model.as_deref().map(expand_home);
         config.check().map_err(|message| TrainError::Config {
             path: path.to_path_buf(),
             message,

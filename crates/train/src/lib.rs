@@ -10,6 +10,7 @@ pub mod export;
 pub mod grads;
 pub mod labels;
 pub mod metrics_log;
+pub mod plots;
 pub mod schedule;
 pub mod train_model;
 pub mod trainer;

@@ -41,6 +41,7 @@ use crate::error::TrainError;
 use crate::grads::{clip_factor, no_decay_ids, scale, squared_norm};
 use crate::labels::ClassIndex;
 use crate::metrics_log::MetricsLog;
+use crate::plots::plot_run;
 use crate::schedule::WarmupCosine;
 use crate::train_model::{TrainModel, dropout, materialize, set_training_flags};
 
@@ -609,6 +610,7 @@ pub fn train(
                     state.epoch = epoch + 1;
                     state.batches_in_epoch = 0;
                 }
+                plot_run(run_dir)?;
                 let path = save_checkpoint(run_dir, &model, &optimizers, &state)?;
                 let best = prune_checkpoints(run_dir, config.eval.keep_best)?;
                 observer(TrainEvent::Checkpoint { path, best });

@@ -4,11 +4,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use visual_search_data::loader::LoaderConfig;
 use visual_search_data::transform::EvalTransform;
 use visual_search_retrieval::embedding_file::{StoredDtype, write_embeddings};
 use visual_search_train::embedding::embed_samples;
 
+use crate::dev_set_run::eval_loader;
 use crate::model_args::ModelArgs;
 use crate::progress::images_bar;
 use crate::sample_lists::read_samples;
@@ -60,13 +60,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         loaded.image_size as u32,
         loaded.normalization,
     ));
-    let loader = LoaderConfig {
-        batch_size: args.batch_size,
-        num_workers: args
-            .workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-        ..LoaderConfig::default()
-    };
+    let loader = eval_loader(args.batch_size, args.workers);
     let bar = images_bar(samples.len(), &format!("embedding {kind:?}"));
     let result = embed_samples(
         &loaded.model,

@@ -90,10 +90,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 f(metrics.map_at_r),
                 f(metrics.val_accuracy)
             );
-            match &bar {
-                Some(b) => b.println(line),
-                None => println!("{line}"),
-            }
+            say(&bar, line);
         }
         TrainEvent::Checkpoint { path, best } => {
             let line = format!(
@@ -101,10 +98,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 path.display(),
                 best.filter(|b| *b == path).map_or(String::new(), |_| " (best)".to_string())
             );
-            match &bar {
-                Some(b) => b.println(line),
-                None => println!("{line}"),
-            }
+            say(&bar, line);
         }
         TrainEvent::Skipped { path, reason } => eprintln!("skipped {}: {reason}", path.display()),
         TrainEvent::EarlyStop { step } => println!("early stopping at step {step}: no improvement"),
@@ -146,4 +140,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     println!("metrics: {}", run_dir.join("metrics.csv").display());
     Ok(())
+}
+
+/// Prints above the progress bar, or plainly when the bar is hidden (not a terminal).
+fn say(bar: &Option<indicatif::ProgressBar>, line: String) {
+    match bar {
+        Some(b) if !b.is_hidden() => b.println(line),
+        _ => println!("{line}"),
+    }
 }
