@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
-"""The issue-5 recipe in PyTorch, for comparison with `visual-search train`.
+"""The recipe's phases in PyTorch, for comparison with `visual-search train`.
 
 EfficientNet-Lite0 (timm tf_efficientnet_lite0 + the efficientnet_pytorch ImageNet weights),
 frozen batch norm, embedding dropout 0.2, sub-centre ArcFace (k=3) with dynamic margins (s=30,
 m=0.45, m_min=0.05), AdamW (backbone lr = factor x head lr, weight decay only on >=2-D tensors,
 eps 1e-8), linear warmup + cosine per step, global-norm clipping at 5, AutoAugment pipeline
 (Resize(s) -> AutoAugment(IMAGENET) -> Resize((s, s))), DataLoader workers, dev mAP@1000 before
-and after. Reads the same YAML config as `visual-search train`. Prints JSON.
+and after. Reads the same YAML configs as `visual-search train`; several configs run as
+consecutive phases on the same model. `head.type: xbm` phases use XBM's reference contrastive
+loss and a correct FIFO memory (tools/make_xbm_fixtures.py), class-balanced P x K batches with
+classes drawn in proportion to their size, the train list plus mined-pair CSVs with their label
+offsets, and no classifier (one AdamW group set: the backbone at lr_head x backbone_lr_factor).
+Prints one JSON line per phase.
 
-  python tools/train_torch.py --config configs/grocery_lite0.yml --weights W
+  python tools/train_torch.py --weights W --config configs/grocery_lite0.yml [configs/grocery_xbm_lite0.yml]
 """
 import argparse
 import csv
@@ -28,16 +33,35 @@ from torchvision import transforms
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_embed_torch import build  # noqa: E402
 from make_arcface_fixtures import ArcMarginProductSubcenter, margins_from_counts  # noqa: E402
+from make_xbm_fixtures import XbmContrastiveLoss, fifo_enqueue  # noqa: E402
 from rank_torch import DevList, embed, mean_ap  # noqa: E402
 
 MEAN, STD = (127 / 255,) * 3, (128 / 255,) * 3
 
 
+def read_rows(dataset):
+    """(path, label) of the train list, the val list with add_val_to_train, and mined pairs."""
+    p = dataset["product10k"]
+    root = os.path.expanduser(p["train_valid_root"])
+    lists = [(p.get("train_prefix", ""), p["train_list"])]
+    if p.get("add_val_to_train"):
+        lists.append((p.get("val_prefix", ""), p["val_list"]))
+    rows = []
+    for prefix, name in lists:
+        with open(os.path.join(root, name)) as f:
+            rows += [(os.path.join(root, prefix, r["name"]), int(r["class"])) for r in csv.DictReader(f)]
+    for m in dataset.get("mined_pairs", []):
+        path = os.path.expanduser(m["csv"])
+        mroot = os.path.expanduser(m.get("root") or os.path.dirname(path))
+        with open(path) as f:
+            rows += [(os.path.join(mroot, r["image_path"]), int(r["label"]) + m.get("label_offset", 10000))
+                     for r in csv.DictReader(f)]
+    return rows
+
+
 class TrainList(torch.utils.data.Dataset):
-    def __init__(self, root, csv_name, size, classes):
-        with open(os.path.join(root, csv_name)) as f:
-            self.rows = list(csv.DictReader(f))
-        self.root, self.classes = root, classes
+    def __init__(self, rows, size, classes):
+        self.rows, self.classes = rows, classes
         self.t = transforms.Compose([
             transforms.Resize(size), transforms.AutoAugment(transforms.AutoAugmentPolicy.IMAGENET),
             transforms.Resize((size, size)), transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
@@ -46,9 +70,37 @@ class TrainList(torch.utils.data.Dataset):
         return len(self.rows)
 
     def __getitem__(self, i):
-        r = self.rows[i]
-        img = ImageOps.exif_transpose(Image.open(os.path.join(self.root, r["name"]))).convert("RGB")
-        return self.t(img), self.classes[int(r["class"])]
+        path, label = self.rows[i]
+        img = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
+        return self.t(img), self.classes[label]
+
+
+class ClassBalancedBatches(torch.utils.data.Sampler):
+    """P classes x K images; a class is drawn by drawing a random image (so in proportion to its
+    size), redrawn if already in the batch; images without replacement when the class has K."""
+
+    def __init__(self, labels, batch, k, seed):
+        self.labels, self.p, self.k = labels, batch // k, k
+        self.members = {}
+        for i, l in enumerate(labels):
+            self.members.setdefault(l, []).append(i)
+        self.rng, self.batches = np.random.default_rng(seed), len(labels) // batch
+
+    def __len__(self):
+        return self.batches
+
+    def __iter__(self):
+        for _ in range(self.batches):
+            chosen, batch = [], []
+            while len(chosen) < self.p:
+                c = self.labels[self.rng.integers(len(self.labels))]
+                if c in chosen and len(chosen) < len(self.members):
+                    continue
+                chosen.append(c)
+                m = self.members[c]
+                pick = self.rng.choice(len(m), self.k, replace=len(m) < self.k)
+                batch += [m[j] for j in pick]
+            yield batch
 
 
 def arcface_loss(cosine, labels, margins, s):
@@ -72,29 +124,20 @@ def dev_map(model, dev_root, size, batch):
     return mean_ap(order, ql, gl, 1000)[0]
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--weights", required=True)
-    a = ap.parse_args()
-    c = yaml.safe_load(open(a.config))
-    d, o, m = c["dataset"], c["optim"], c["model"]
-    root = os.path.expanduser(d["product10k"]["train_valid_root"])
-    dev_root = os.path.expanduser(d["dev_set"]["eval_root"])
+def train_phase(model, c, weights_state):
+    """One phase; returns (head or None, steps, images seen, seconds)."""
+    d, o, m, h = c["dataset"], c["optim"], c["model"], c.get("head", {})
     size, bs = d["input_size"], d["batch_size"]
-    torch.manual_seed(d.get("seed", 42))
-    with open(os.path.join(root, d["product10k"]["train_list"])) as f:
-        labels = [int(r["class"]) for r in csv.DictReader(f)]
+    rows = read_rows(d)
+    labels = [l for _, l in rows]
     uniq = sorted(set(labels))
     classes = {l: i for i, l in enumerate(uniq)}
-    counts = np.array([labels.count(l) for l in uniq])
-    margins = margins_from_counts(counts)
-    model = build("efficientnet_lite0", a.weights)
-    head = ArcMarginProductSubcenter(1280, len(uniq), 3)
-    t0 = time.perf_counter()
-    model.eval()
-    before = dev_map(model, dev_root, size, bs)
-    t_eval = time.perf_counter() - t0
+    xbm = h.get("type", "arcface") == "xbm"
+    head = None
+    if not xbm:
+        counts = np.array([labels.count(l) for l in uniq])
+        margins = margins_from_counts(counts)
+        head = ArcMarginProductSubcenter(1280, len(uniq), h.get("k", 3))
 
     def groups(module, lr):
         decay = [p for p in module.parameters() if p.ndim >= 2]
@@ -103,37 +146,81 @@ def main():
                 {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
     lr = o["lr_head"]
     factor = o.get("backbone_lr_factor", 0.01)
-    optim = torch.optim.AdamW(groups(model, lr * factor) + groups(head, lr), eps=1e-8)
+    optim = torch.optim.AdamW(groups(model, lr * factor) + (groups(head, lr) if head else []), eps=1e-8)
     base_lrs = [g["lr"] for g in optim.param_groups]
-    loader = torch.utils.data.DataLoader(TrainList(root, d["product10k"]["train_list"], size, classes), batch_size=bs,
-                                         shuffle=True, drop_last=True, num_workers=d.get("num_workers", 2))
+    ds = TrainList(rows, size, classes)
+    workers = d.get("num_workers", 2)
+    if xbm:
+        sampler = ClassBalancedBatches([classes[l] for l in labels], bs, d.get("images_per_class", 2), d.get("seed", 42))
+        loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=workers)
+        crit = XbmContrastiveLoss(h.get("margin", 0.5))
+        cap = h.get("memory_size", 55000)
+        mem_f, mem_l, nxt, length = torch.zeros(cap, 1280), torch.zeros(cap, dtype=torch.long), 0, 0
+        start_it, weight = h.get("start_iteration", 0), h.get("weight", 1.0)
+    else:
+        loader = torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=True, drop_last=True, num_workers=workers)
     total = len(loader) * o["epochs"]
+    if o.get("max_steps"):
+        total = min(total, o["max_steps"])
     warmup = o["warmup_steps"]
     step, seen = 0, 0
     model.train()
     for mod in model.modules():  # frozen batch norm
         if isinstance(mod, torch.nn.BatchNorm2d):
             mod.eval()
+    params = list(model.parameters()) + (list(head.parameters()) if head else [])
     t1 = time.perf_counter()
-    for _ in range(o["epochs"]):
+    while step < total:
         for x, y in loader:
             mult = step / max(1, warmup) if step < warmup else max(0.0, 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
             for g, b in zip(optim.param_groups, base_lrs):
                 g["lr"] = b * mult
-            feats = F.dropout(model(x), m.get("dropout", 0.2), training=True)
-            loss = arcface_loss(head(feats), y, margins, 30.0)
+            if xbm:
+                feats = F.normalize(model(x), dim=1)
+                loss = crit(feats, y, feats, y)
+                if step >= start_it:
+                    mem_f, mem_l, nxt, length = fifo_enqueue(mem_f, mem_l, nxt, length, feats.detach(), y, cap)
+                    loss = loss + weight * crit(feats, y, mem_f[:length], mem_l[:length])
+            else:
+                feats = F.dropout(model(x), m.get("dropout", 0.2), training=True)
+                loss = arcface_loss(head(feats), y, margins, h.get("s", 30.0))
             optim.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(head.parameters()), o.get("grad_clip", 5.0))
+            torch.nn.utils.clip_grad_norm_(params, o.get("grad_clip", 5.0))
             optim.step()
             step += 1
             seen += x.shape[0]
-    t_train = time.perf_counter() - t1
-    model.eval()
-    after = dev_map(model, dev_root, size, bs)
-    print(json.dumps({"map_before": before, "map_after": after, "steps": step, "train_seconds": t_train,
-                      "train_images_per_s": seen / t_train, "eval_seconds": t_eval,
-                      "wall_seconds": time.perf_counter() - t0, "torch": torch.__version__}))
+            if step >= total:
+                break
+    return step, seen, time.perf_counter() - t1
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", required=True, nargs="+", help="phase configs, run in order")
+    ap.add_argument("--weights", required=True)
+    ap.add_argument("--skip-initial-eval", action="store_true")
+    a = ap.parse_args()
+    model = build("efficientnet_lite0", a.weights)
+    before = None
+    for i, path in enumerate(a.config):
+        c = yaml.safe_load(open(path))
+        d = c["dataset"]
+        torch.manual_seed(d.get("seed", 42))
+        dev_root = os.path.expanduser(d["dev_set"]["eval_root"])
+        size, bs = d["input_size"], d["batch_size"]
+        t0 = time.perf_counter()
+        if i == 0 and not a.skip_initial_eval:
+            model.eval()
+            before = dev_map(model, dev_root, size, bs)
+        t_eval = time.perf_counter() - t0
+        steps, seen, t_train = train_phase(model, c, a.weights)
+        model.eval()
+        after = dev_map(model, dev_root, size, bs)
+        print(json.dumps({"phase": path, "map_before": before, "map_after": after, "steps": steps,
+                          "train_seconds": t_train, "train_images_per_s": seen / t_train, "eval_seconds": t_eval,
+                          "wall_seconds": time.perf_counter() - t0, "torch": torch.__version__}), flush=True)
+        before = after
 
 
 if __name__ == "__main__":

@@ -43,6 +43,34 @@ fn small_dataset(dir: &Path, grocery: &Path, n: usize) -> PathBuf {
     root
 }
 
+/// `train` arguments for a new run on the CPU without the initial validation.
+fn train_args<'a>(cfg: &'a str, runs: &'a str, name: &'a str) -> [&'a str; 10] {
+    [
+        "train",
+        "--config",
+        cfg,
+        "--runs-dir",
+        runs,
+        "--name",
+        name,
+        "--device",
+        "flex",
+        "--no-initial-eval",
+    ]
+}
+
+/// A temporary folder with a grocery cut of `n` training images, or `None` (reported as
+/// skipped) when the grocery data is not on this machine.
+fn grocery_cut(n: usize) -> Option<(tempfile::TempDir, PathBuf)> {
+    let Some(grocery) = visual_search_data::datasets::locate_grocery() else {
+        eprintln!("SKIPPED: grocery dataset not found (set VISUAL_SEARCH_DATASETS)");
+        return None;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = small_dataset(dir.path(), &grocery, n);
+    Some((dir, root))
+}
+
 fn config(root: &Path, steps: usize, extra_head: &str) -> String {
     format!(
         "dataset:
@@ -91,63 +119,18 @@ fn last_step(run: &Path) -> Option<usize> {
     text.trim().rsplit('-').next()?.parse().ok()
 }
 
-#[test]
-fn sigkill_then_resume_continues_the_same_run() {
-    let Some(grocery) = visual_search_data::datasets::locate_grocery() else {
-        eprintln!("SKIPPED: grocery dataset not found (set VISUAL_SEARCH_DATASETS)");
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let root = small_dataset(dir.path(), &grocery, 96); // 12 batches per epoch, a checkpoint every 3 steps
-    let cfg = dir.path().join("phase.yml");
-    std::fs::write(&cfg, config(&root, 30, "")).unwrap();
-    let runs = dir.path().join("runs");
-    let (runs_s, cfg_s) = (runs.to_str().unwrap(), cfg.to_str().unwrap());
-
-    // The reference: an uninterrupted run.
-    run_ok(&[
-        "train",
-        "--config",
-        cfg_s,
-        "--runs-dir",
-        runs_s,
-        "--name",
-        "straight",
-        "--device",
-        "flex",
-        "--no-initial-eval",
-    ]);
-    let reference = losses(&runs.join("straight"));
-    assert_eq!(reference.last().unwrap().0, 30);
-    for plot in ["loss.png", "lr.png", "map.png"] {
-        let bytes = std::fs::read(runs.join("straight").join(plot)).unwrap();
-        assert!(
-            bytes.starts_with(b"\x89PNG") && bytes.len() > 1000,
-            "{plot}"
-        );
-    }
-
-    // The same run, killed once it has a checkpoint past step 6, then resumed.
-    let killed = runs.join("killed");
+/// Starts `train` and SIGKILLs it once a checkpoint at `min_step` or later exists (before
+/// `total` steps); returns the run folder.
+fn train_until_killed(cfg: &str, runs: &str, name: &str, min_step: usize, total: usize) -> PathBuf {
+    let run = Path::new(runs).join(name);
     let mut child = bin()
-        .args([
-            "train",
-            "--config",
-            cfg_s,
-            "--runs-dir",
-            runs_s,
-            "--name",
-            "killed",
-            "--device",
-            "flex",
-            "--no-initial-eval",
-        ])
+        .args(train_args(cfg, runs, name))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let start = Instant::now();
-    while last_step(&killed).is_none_or(|s| s < 9) {
+    while last_step(&run).is_none_or(|s| s < min_step) {
         assert!(
             child.try_wait().unwrap().is_none(),
             "the run ended before it could be killed"
@@ -160,30 +143,62 @@ fn sigkill_then_resume_continues_the_same_run() {
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    let at_kill = last_step(&killed).unwrap();
-    assert!(at_kill < 30, "killed too late to test anything");
+    let at_kill = last_step(&run).unwrap();
+    assert!(at_kill < total, "killed too late to test anything");
+    run
+}
 
+/// Resumes `run` to the end and checks every step's loss against the uninterrupted run.
+fn resume_and_compare(run: &Path, reference: &[(usize, f64)], total: usize) {
     let text = run_ok(&[
         "train",
         "--resume",
-        killed.to_str().unwrap(),
+        run.to_str().unwrap(),
         "--device",
         "flex",
     ]);
     assert!(text.contains("resumed"), "{text}");
-    let resumed = losses(&killed);
+    let resumed = losses(run);
     let steps: Vec<usize> = resumed.iter().map(|r| r.0).collect();
     assert_eq!(
         steps,
-        (1..=30).collect::<Vec<_>>(),
+        (1..=total).collect::<Vec<_>>(),
         "every step exactly once, up to the same count"
     );
-    for ((s, a), (_, b)) in resumed.iter().zip(&reference) {
+    for ((s, a), (_, b)) in resumed.iter().zip(reference) {
         assert!(
             (a - b).abs() <= 1e-6 * b.abs().max(1.0),
             "step {s}: loss {a} after resume vs {b} uninterrupted"
         );
     }
+}
+
+#[test]
+fn sigkill_then_resume_continues_the_same_run() {
+    // 12 batches per epoch, a checkpoint every 3 steps.
+    let Some((dir, root)) = grocery_cut(96) else {
+        return;
+    };
+    let cfg = dir.path().join("phase.yml");
+    std::fs::write(&cfg, config(&root, 30, "")).unwrap();
+    let runs = dir.path().join("runs");
+    let (runs_s, cfg_s) = (runs.to_str().unwrap(), cfg.to_str().unwrap());
+
+    // The reference: an uninterrupted run.
+    run_ok(&train_args(cfg_s, runs_s, "straight"));
+    let reference = losses(&runs.join("straight"));
+    assert_eq!(reference.last().unwrap().0, 30);
+    for plot in ["loss.png", "lr.png", "map.png"] {
+        let bytes = std::fs::read(runs.join("straight").join(plot)).unwrap();
+        assert!(
+            bytes.starts_with(b"\x89PNG") && bytes.len() > 1000,
+            "{plot}"
+        );
+    }
+
+    // The same run, killed once it has a checkpoint past step 9, then resumed.
+    let killed = train_until_killed(cfg_s, runs_s, "killed", 9, 30);
+    resume_and_compare(&killed, &reference, 30);
 
     // export → eval --model-dir gives the run's final validation mAP.
     let model_dir = dir.path().join("model");
@@ -223,14 +238,85 @@ fn sigkill_then_resume_continues_the_same_run() {
     );
 }
 
+/// An XBM phase starting from an ArcFace checkpoint, on the grocery cut plus a mined-pair list
+/// (the test photos, labels offset by 1000); a 20-row memory wraps around every few steps and
+/// is used from step 3. Killed and resumed, it must repeat the uninterrupted run's losses, which
+/// it can only do if the memory was saved and restored exactly.
 #[test]
-fn a_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint() {
-    let Some(grocery) = visual_search_data::datasets::locate_grocery() else {
-        eprintln!("SKIPPED: grocery dataset not found (set VISUAL_SEARCH_DATASETS)");
+fn xbm_phase_from_an_arcface_checkpoint_resumes_with_its_memory() {
+    let Some((dir, root)) = grocery_cut(96) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let root = small_dataset(dir.path(), &grocery, 48);
+    let runs = dir.path().join("runs");
+    let runs_s = runs.to_str().unwrap();
+    let arc_cfg = dir.path().join("arc.yml");
+    std::fs::write(&arc_cfg, config(&root, 6, "")).unwrap();
+    run_ok(&train_args(arc_cfg.to_str().unwrap(), runs_s, "arc"));
+
+    let val = std::fs::read_to_string(root.join("test_kaggletest.csv")).unwrap();
+    let pairs: Vec<String> = val
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let c: Vec<&str> = l.split(',').collect();
+            format!("{},{}", c[0], c[1])
+        })
+        .collect();
+    let pairs_csv = dir.path().join("pairs.csv");
+    std::fs::write(
+        &pairs_csv,
+        format!("image_path,label\n{}\n", pairs.join("\n")),
+    )
+    .unwrap();
+    let xbm = config(
+        &root,
+        16,
+        "\n  type: xbm\n  memory_size: 20\n  start_iteration: 2",
+    )
+    .replace(
+        "  num_workers: 2\n",
+        &format!(
+            "  num_workers: 2\n  mined_pairs:\n    - csv: {}\n      root: {}\n      label_offset: 1000\n",
+            pairs_csv.display(),
+            root.display()
+        ),
+    )
+    .replace(
+        "  name: tiny_convnext\n",
+        &format!(
+            "  name: tiny_convnext\n  pretrain_model: {}\n",
+            runs.join("arc").display()
+        ),
+    );
+    let cfg = dir.path().join("xbm.yml");
+    std::fs::write(&cfg, xbm).unwrap();
+    let cfg_s = cfg.to_str().unwrap();
+    let text = run_ok(&train_args(cfg_s, runs_s, "straight"));
+    assert!(
+        text.contains("126 training images") && text.contains("XBM memory: 20 rows"),
+        "{text}"
+    );
+    let straight = runs.join("straight");
+    let reference = losses(&straight);
+    assert_eq!(reference.len(), 16);
+    assert!(reference.iter().all(|r| r.1.is_finite() && r.1 > 0.0));
+    let last = straight.join(
+        std::fs::read_to_string(straight.join("last"))
+            .unwrap()
+            .trim(),
+    );
+    assert!(last.join("xbm_memory.safetensors").is_file());
+    assert!(!last.join("head.bpk").exists(), "XBM phases have no head");
+
+    let killed = train_until_killed(cfg_s, runs_s, "killed", 6, 16);
+    resume_and_compare(&killed, &reference, 16);
+}
+
+#[test]
+fn a_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint() {
+    let Some((dir, root)) = grocery_cut(48) else {
+        return;
+    };
     let cfg = dir.path().join("nan.yml");
     // A logit scale beyond f32's range makes the logits infinite and the loss NaN at step 1.
     std::fs::write(&cfg, config(&root, 10, "").replace("s: 30.0", "s: 1.0e39")).unwrap();

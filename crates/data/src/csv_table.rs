@@ -225,6 +225,15 @@ pub(crate) fn parse_rows<T>(
     Parsed { rows, errors }
 }
 
+/// A temporary CSV file holding `text` (for the readers' tests).
+#[cfg(test)]
+pub(crate) fn temp_csv(text: &str) -> tempfile::NamedTempFile {
+    use std::io::Write;
+    let mut f = tempfile::NamedTempFile::new().expect("temp file");
+    f.write_all(text.as_bytes()).expect("write temp file");
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,9 @@
 //! augmentation can plug in beside the deterministic evaluation pipeline defined here:
 //! decode → crop (box / white border) → `Resize((s, s))` antialiased bilinear → normalise.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use image::RgbImage;
 use rand_chacha::ChaCha8Rng;
 
@@ -61,5 +64,48 @@ impl SampleTransform for EvalTransform {
         let resized = self.load_rgb(sample)?;
         self.normalization.write_chw(&resized, out);
         Ok(())
+    }
+}
+
+/// Routes each sample to the transform of the source whose root its path lies under (the
+/// longest matching root wins), else to a default — so one training set can mix sources that
+/// each keep their own normalisation. All transforms must produce the same output size.
+pub struct PerRootTransform {
+    default: Arc<dyn SampleTransform>,
+    routes: Vec<(PathBuf, Arc<dyn SampleTransform>)>,
+}
+
+impl PerRootTransform {
+    pub fn new(
+        default: Arc<dyn SampleTransform>,
+        mut routes: Vec<(PathBuf, Arc<dyn SampleTransform>)>,
+    ) -> Self {
+        for (root, t) in &routes {
+            assert_eq!(
+                t.output_size(),
+                default.output_size(),
+                "transform for {} has another output size",
+                root.display()
+            );
+        }
+        routes.sort_by_key(|(root, _)| std::cmp::Reverse(root.components().count()));
+        PerRootTransform { default, routes }
+    }
+
+    fn route(&self, sample: &Sample) -> &dyn SampleTransform {
+        self.routes
+            .iter()
+            .find(|(root, _)| sample.path.starts_with(root))
+            .map_or(self.default.as_ref(), |(_, t)| t.as_ref())
+    }
+}
+
+impl SampleTransform for PerRootTransform {
+    fn output_size(&self) -> (u32, u32) {
+        self.default.output_size()
+    }
+
+    fn load(&self, sample: &Sample, rng: &mut ChaCha8Rng, out: &mut [f32]) -> Result<()> {
+        self.route(sample).load(sample, rng, out)
     }
 }

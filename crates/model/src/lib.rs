@@ -11,6 +11,7 @@ pub mod embedder;
 pub mod heads;
 pub mod interpolate;
 pub mod layers;
+pub mod losses;
 pub mod pooling;
 pub mod pretrained;
 pub mod registry;

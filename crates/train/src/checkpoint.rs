@@ -1,6 +1,7 @@
 //! Crash-safe checkpoints of a run: `runs/NAME/checkpoints/step-NNNNNNN/` holding the embedder
-//! and head weights, the three optimiser states and `state.json` (step, epoch position, class
-//! index, validation metrics). A checkpoint is written into a hidden temporary folder and
+//! and head weights (no head in XBM phases), the three optimiser states, the XBM memory
+//! (`xbm_memory.safetensors`) and `state.json` (step, epoch position, class index, validation
+//! metrics). A checkpoint is written into a hidden temporary folder and
 //! renamed into place, then `runs/NAME/last` (a one-line file, itself replaced atomically) is
 //! pointed at it — a kill at any moment leaves the previous checkpoint intact and referenced.
 //! The best checkpoints by dev mAP (and the latest) are kept; `runs/NAME/best` links the best.
@@ -10,7 +11,9 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
 use burn::store::ModuleRecord;
+use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
+use visual_search_model::losses::xbm::MemorySnapshot;
 
 use crate::error::TrainError;
 use crate::labels::ClassIndex;
@@ -68,6 +71,7 @@ pub fn save_checkpoint(
     model: &TrainModel,
     optimizers: &Optimizers,
     state: &TrainState,
+    memory: Option<&MemorySnapshot>,
 ) -> Result<PathBuf, TrainError> {
     let dir = run_dir.join("checkpoints");
     std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
@@ -85,11 +89,14 @@ pub fn save_checkpoint(
         .clone()
         .save_file(tmp.path().join("embedder.bpk"))
         .map_err(|e| save_err("embedder", e))?;
-    model
-        .head
-        .clone()
-        .save_file(tmp.path().join("head.bpk"))
-        .map_err(|e| save_err("head", e))?;
+    if let Some(head) = &model.head {
+        head.clone()
+            .save_file(tmp.path().join("head.bpk"))
+            .map_err(|e| save_err("head", e))?;
+    }
+    if let Some(memory) = memory {
+        write_memory(&tmp.path().join(MEMORY_FILE), memory)?;
+    }
     optimizers
         .backbone
         .save(tmp.path().join("optim_backbone.bpk"))
@@ -118,6 +125,76 @@ pub fn save_checkpoint(
     std::fs::rename(&tmp_path, &final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
     write_pointer(run_dir, "last", &format!("checkpoints/{name}"))?;
     Ok(final_dir)
+}
+
+const MEMORY_FILE: &str = "xbm_memory.safetensors";
+
+fn write_memory(path: &Path, m: &MemorySnapshot) -> Result<(), TrainError> {
+    let len = m.labels.len();
+    let feats: Vec<u8> = m.feats.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let labels: Vec<u8> = m.labels.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view_err = |e: safetensors::SafeTensorError| ck_err(path, e.to_string());
+    let tensors = [
+        (
+            "feats",
+            TensorView::new(Dtype::F32, vec![len, m.dim], &feats).map_err(view_err)?,
+        ),
+        (
+            "labels",
+            TensorView::new(Dtype::I64, vec![len], &labels).map_err(view_err)?,
+        ),
+    ];
+    let meta = std::collections::HashMap::from([
+        ("capacity".to_string(), m.capacity.to_string()),
+        ("dim".to_string(), m.dim.to_string()),
+        ("next".to_string(), m.next.to_string()),
+    ]);
+    safetensors::serialize_to_file(tensors, Some(meta), path)
+        .map_err(|e| ck_err(path, format!("writing the XBM memory: {e}")))
+}
+
+/// The XBM memory saved in a checkpoint, if it has one.
+pub fn read_memory(dir: &Path) -> Result<Option<MemorySnapshot>, TrainError> {
+    let path = dir.join(MEMORY_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
+    let bad = |m: String| ck_err(&path, format!("damaged XBM memory: {m}"));
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let number = |k: &str| -> Result<usize, TrainError> {
+        meta.get(k)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad(format!("no `{k}` in its metadata")))
+    };
+    let tensor = |name: &str, dtype: Dtype| {
+        let t = st.tensor(name).map_err(|e| bad(e.to_string()))?;
+        if t.dtype() != dtype {
+            return Err(bad(format!(
+                "`{name}` is {:?}, expected {dtype:?}",
+                t.dtype()
+            )));
+        }
+        Ok(t.data().to_vec())
+    };
+    let feats = tensor("feats", Dtype::F32)?
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let labels = tensor("labels", Dtype::I64)?
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect();
+    Ok(Some(MemorySnapshot {
+        capacity: number("capacity")?,
+        dim: number("dim")?,
+        next: number("next")?,
+        feats,
+        labels,
+    }))
 }
 
 /// Atomically replaces `run_dir/file` with `content`.

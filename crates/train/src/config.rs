@@ -34,6 +34,7 @@ pub struct DatasetConfig {
     #[serde(default = "defaults::seed")]
     pub seed: u64,
     /// Classifier width; must cover the distinct training labels (`null`: exactly those).
+    /// Not used by `xbm` heads, which have no classifier.
     pub num_of_classes: Option<usize>,
     pub input_size: usize,
     pub batch_size: usize,
@@ -44,6 +45,53 @@ pub struct DatasetConfig {
     pub augmentations_valid: ValidTransform,
     #[serde(default = "defaults::workers")]
     pub num_workers: usize,
+    /// Mined-pair lists (`image_path,label`) added to the training set, each with its own image
+    /// root and label offset (SPEC "Data formats").
+    #[serde(default)]
+    pub mined_pairs: Vec<MinedPairsConfig>,
+    /// How batches are drawn; `null` picks by head: `class_balanced` for `xbm` (pair losses need
+    /// several images per class in a batch), `shuffled` for `arcface`.
+    pub sampler: Option<SamplerKind>,
+    /// Images of each class in a class-balanced batch (K); a batch holds
+    /// `batch_size / images_per_class` classes (P): 16 × 2 for the recipe's batch of 32.
+    #[serde(default = "defaults::images_per_class")]
+    pub images_per_class: usize,
+}
+
+/// One mined-pair list in the training mix.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MinedPairsConfig {
+    /// The CSV (`image_path,label`).
+    pub csv: PathBuf,
+    /// Folder that `image_path` is relative to (default: the CSV's folder).
+    pub root: Option<PathBuf>,
+    /// Added to every label so this list's classes never collide with the others'.
+    #[serde(default = "defaults::label_offset")]
+    pub label_offset: i64,
+    /// Per-source normalisation (`null`: the model's).
+    pub mean: Option<[f32; 3]>,
+    pub std: Option<[f32; 3]>,
+}
+
+impl MinedPairsConfig {
+    /// The image root: `root`, else the CSV's folder.
+    pub fn image_root(&self) -> PathBuf {
+        self.root
+            .clone()
+            .unwrap_or_else(|| self.csv.parent().map(Path::to_path_buf).unwrap_or_default())
+    }
+}
+
+/// Batch composition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SamplerKind {
+    /// A seeded permutation of the training set per epoch.
+    Shuffled,
+    /// `batch_size / images_per_class` classes drawn ∝ their size, `images_per_class` images
+    /// of each.
+    ClassBalanced,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +105,9 @@ pub struct Product10kConfig {
     pub val_prefix: String,
     /// Closed-set accuracy is measured on this list when given.
     pub val_list: Option<String>,
+    /// Train on the val list too (the XBM phases' "Product10K train+test").
+    #[serde(default)]
+    pub add_val_to_train: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,7 +154,7 @@ pub struct ModelConfig {
     pub embedding_dim: Option<usize>,
     #[serde(default)]
     pub gem: bool,
-    /// Dropout on the embedding before the head.
+    /// Dropout on the embedding before the ArcFace head (XBM phases use none).
     #[serde(default = "defaults::dropout")]
     pub dropout: f64,
     /// Stochastic depth rate of the backbone.
@@ -128,6 +179,19 @@ pub struct HeadConfig {
     /// Sub-centres per class.
     #[serde(default = "defaults::k")]
     pub k: usize,
+    /// XBM: rows in the cross-batch memory. It costs `memory_size × dim × 4` bytes of device
+    /// memory plus 8 per label (55,000 × 1024 → 225 MB).
+    #[serde(default = "defaults::memory_size")]
+    pub memory_size: usize,
+    /// XBM: weight of the loss against the memory.
+    #[serde(default = "defaults::one_f")]
+    pub weight: f64,
+    /// XBM: negatives count above this similarity.
+    #[serde(default = "defaults::margin")]
+    pub margin: f64,
+    /// XBM: optimiser steps before the memory is used (and filled).
+    #[serde(default)]
+    pub start_iteration: usize,
 }
 
 impl Default for HeadConfig {
@@ -138,6 +202,10 @@ impl Default for HeadConfig {
             m: defaults::m(),
             m_min: defaults::m_min(),
             k: defaults::k(),
+            memory_size: defaults::memory_size(),
+            weight: defaults::one_f(),
+            margin: defaults::margin(),
+            start_iteration: 0,
         }
     }
 }
@@ -145,8 +213,12 @@ impl Default for HeadConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HeadKind {
+    /// Sub-centre ArcFace with dynamic margins (`s`, `m`, `m_min`, `k`).
     #[default]
     Arcface,
+    /// Contrastive loss on the batch and a cross-batch memory (`memory_size`, `weight`,
+    /// `margin`, `start_iteration`); no classifier, so any number of classes.
+    Xbm,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -269,6 +341,21 @@ mod defaults {
     pub fn top_k() -> usize {
         1000
     }
+    pub fn images_per_class() -> usize {
+        2
+    }
+    pub fn label_offset() -> i64 {
+        10_000
+    }
+    pub fn memory_size() -> usize {
+        55_000
+    }
+    pub fn one_f() -> f64 {
+        1.0
+    }
+    pub fn margin() -> f64 {
+        0.5
+    }
 }
 
 impl TrainConfig {
@@ -294,11 +381,23 @@ impl TrainConfig {
         }
         config.model.weights = config.model.weights.as_deref().map(expand_home);
         config.model.pretrain_model = config.model.pretrain_model.as_deref().map(expand_home);
+        for m in &mut config.dataset.mined_pairs {
+            m.csv = expand_home(&m.csv);
+            m.root = m.root.as_deref().map(expand_home);
+        }
         config.check().map_err(|message| TrainError::Config {
             path: path.to_path_buf(),
             message,
         })?;
         Ok(config)
+    }
+
+    /// The batch sampler in effect (`dataset.sampler`, else the head's natural one).
+    pub fn sampler(&self) -> SamplerKind {
+        self.dataset.sampler.unwrap_or(match self.head.kind {
+            HeadKind::Arcface => SamplerKind::Shuffled,
+            HeadKind::Xbm => SamplerKind::ClassBalanced,
+        })
     }
 
     fn check(&self) -> Result<(), String> {
@@ -328,6 +427,20 @@ impl TrainConfig {
         }
         if self.head.k == 0 {
             return bad("head.k", "must be at least 1");
+        }
+        if self.head.kind == HeadKind::Xbm && self.head.memory_size == 0 {
+            return bad("head.memory_size", "must be at least 1");
+        }
+        if self.sampler() == SamplerKind::ClassBalanced
+            && (d.images_per_class == 0 || !d.batch_size.is_multiple_of(d.images_per_class))
+        {
+            return bad(
+                "dataset.images_per_class",
+                &format!(
+                    "must divide dataset.batch_size ({}) for class-balanced batches",
+                    d.batch_size
+                ),
+            );
         }
         if self.eval.validations_per_epoch == 0 {
             return bad("eval.validations_per_epoch", "must be at least 1");
@@ -389,5 +502,23 @@ optim:
             .unwrap_err()
             .to_string();
         assert!(err.contains("dataset.batch_size"), "{err}");
+    }
+
+    #[test]
+    fn xbm_heads_default_to_class_balanced_batches_that_must_divide() {
+        let text = format!("{MINIMAL}head:\n  type: xbm\n  memory_size: 100\n");
+        let c = TrainConfig::parse(&text, Path::new("x.yml")).unwrap();
+        assert_eq!(c.sampler(), SamplerKind::ClassBalanced);
+        assert_eq!(
+            (c.head.weight, c.head.margin, c.head.start_iteration),
+            (1.0, 0.5, 0)
+        );
+        let text = text.replace("  batch_size: 8", "  batch_size: 8\n  images_per_class: 3");
+        let err = TrainConfig::parse(&text, Path::new("x.yml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("images_per_class"), "{err}");
+        let c = TrainConfig::parse(MINIMAL, Path::new("x.yml")).unwrap();
+        assert_eq!(c.sampler(), SamplerKind::Shuffled);
     }
 }

@@ -14,5 +14,6 @@ pub mod plots;
 pub mod schedule;
 pub mod train_model;
 pub mod trainer;
+pub mod training_data;
 
 pub use error::TrainError;

@@ -1,5 +1,6 @@
-//! What is trained: the embedding model plus the sub-centre ArcFace head, and the switch that
-//! keeps batch-norm statistics frozen while the weights train.
+//! What is trained: the embedding model plus, in ArcFace phases, the sub-centre ArcFace head (XBM
+//! phases have no classifier), and the switch that keeps batch-norm statistics frozen while the
+//! weights train.
 
 use burn::module::{Flag, Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::Tensor;
@@ -10,7 +11,8 @@ use visual_search_model::heads::arcface_subcenter::ArcFaceSubcenter;
 #[derive(Module, Debug)]
 pub struct TrainModel {
     pub embedder: EmbeddingModel,
-    pub head: ArcFaceSubcenter,
+    /// `None` in XBM phases.
+    pub head: Option<ArcFaceSubcenter>,
 }
 
 struct TrainingFlags(bool);

@@ -1,7 +1,10 @@
 //! The training loop of one phase (SPEC "Training recipe").
 //!
-//! Per micro-batch: features → dropout → sub-centre ArcFace cosine → adaptive-margin loss
-//! (divided by the accumulation count) → backward, gradients accumulated per model part. Per
+//! Per micro-batch, ArcFace phases: features → dropout → sub-centre ArcFace cosine →
+//! adaptive-margin loss. XBM phases: L2-normalised features → enqueue into the cross-batch memory
+//! (from `start_iteration` on) → `Contrastive(batch, batch) + weight · Contrastive(batch,
+//! memory)`. Then (divided by the accumulation count) backward, gradients accumulated per model
+//! part. Per
 //! optimiser step: clip by the global norm, AdamW on the backbone at `lr × backbone_lr_factor`
 //! and on neck and head at `lr` (weight decay only on tensors with ≥ 2 dimensions), lr from
 //! warmup + cosine. Several times per epoch: dev-set mAP@k and val-list accuracy, a checkpoint,
@@ -14,28 +17,26 @@ use std::time::{Duration, Instant};
 
 use burn::module::{Module, ParamGroup};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Tensor, TensorData};
-use visual_search_data::Sample;
-use visual_search_data::augment::{AugmentPolicy, TrainTransform};
-use visual_search_data::formats::dev_set::load_dev_set;
-use visual_search_data::formats::product10k::load_product10k;
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use visual_search_data::image::Normalization;
 use visual_search_data::loader::{BatchLoader, LoaderConfig};
-use visual_search_data::sampler::{mix_seed, shuffled_order};
+use visual_search_data::sampler::{class_balanced_order, mix_seed, shuffled_order};
 use visual_search_data::transform::{EvalTransform, SampleTransform};
-use visual_search_model::embedder::EmbeddingModel;
+use visual_search_model::embedder::{EmbeddingModel, l2_normalize};
 use visual_search_model::heads::arcface_subcenter::{
     ArcFaceLoss, ArcFaceSubcenter, dynamic_margins,
 };
+use visual_search_model::losses::contrastive::ContrastiveLoss;
+use visual_search_model::losses::xbm::{CrossBatchMemory, memory_bytes, xbm_loss};
 use visual_search_model::registry::{BuildOptions, ModelSpec, lookup};
 use visual_search_retrieval::metrics::evaluate;
 use visual_search_retrieval::pipeline::{RankOptions, rank};
 
 use crate::checkpoint::{
     Optimizers, TrainState, ValidationMetrics, last_checkpoint, load_module, load_optimizers,
-    prune_checkpoints, read_state, resolve_checkpoint, save_checkpoint,
+    prune_checkpoints, read_memory, read_state, resolve_checkpoint, save_checkpoint,
 };
-use crate::config::{Augmentation, Precision, TrainConfig};
+use crate::config::{HeadKind, Precision, SamplerKind, TrainConfig};
 use crate::embedding::embed_samples;
 use crate::error::TrainError;
 use crate::grads::{clip_factor, no_decay_ids, scale, squared_norm};
@@ -44,6 +45,7 @@ use crate::metrics_log::MetricsLog;
 use crate::plots::plot_run;
 use crate::schedule::WarmupCosine;
 use crate::train_model::{TrainModel, dropout, materialize, set_training_flags};
+use crate::training_data::{Data, load_data, train_transform};
 
 /// How to run a phase.
 #[derive(Debug, Clone)]
@@ -66,6 +68,8 @@ pub enum TrainEvent {
         start_step: usize,
         train_images: usize,
         classes: usize,
+        /// Device bytes of the XBM memory (XBM phases).
+        memory_bytes: Option<usize>,
     },
     Step {
         step: usize,
@@ -104,41 +108,6 @@ pub struct TrainSummary {
     pub images_per_s: f64,
     pub stopped_early: bool,
     pub skipped_images: usize,
-}
-
-struct Data {
-    train: Arc<[Sample]>,
-    val: Option<Arc<[Sample]>>,
-    queries: Option<Arc<[Sample]>>,
-    gallery: Option<Arc<[Sample]>>,
-}
-
-fn load_data(config: &TrainConfig) -> Result<Data, TrainError> {
-    let p = &config.dataset.product10k;
-    let train = load_product10k(&p.train_valid_root, &p.train_prefix, &p.train_list)?;
-    if train.is_empty() {
-        return Err(TrainError::Invalid(format!(
-            "{} lists no images",
-            p.train_valid_root.join(&p.train_list).display()
-        )));
-    }
-    let val = match &p.val_list {
-        Some(list) => Some(load_product10k(&p.train_valid_root, &p.val_prefix, list)?.into()),
-        None => None,
-    };
-    let (queries, gallery) = match &config.dataset.dev_set {
-        Some(d) => {
-            let dev = load_dev_set(&d.eval_root, &d.gallery, &d.queries)?;
-            (Some(dev.queries.into()), Some(dev.gallery.into()))
-        }
-        None => (None, None),
-    };
-    Ok(Data {
-        train: train.into(),
-        val,
-        queries,
-        gallery,
-    })
 }
 
 fn optimizer(weight_decay: f64, no_decay: Vec<burn::module::ParamId>) -> ModuleOptimizer {
@@ -181,7 +150,9 @@ fn build_model(
     if let Some(w) = &m.weights {
         embedder = embedder.load_pretrained_backbone(spec, &options, w)?;
     }
-    let mut head = ArcFaceSubcenter::new(embedder.dim(), classes.len(), config.head.k, device);
+    let arcface = config.head.kind == HeadKind::Arcface;
+    let mut head = arcface
+        .then(|| ArcFaceSubcenter::new(embedder.dim(), classes.len(), config.head.k, device));
     if let Some(pre) = &m.pretrain_model {
         let dir = resolve_checkpoint(pre)?;
         let state = read_state(&dir)?;
@@ -203,10 +174,13 @@ fn build_model(
             &dir.join("embedder.bpk"),
         )?
         .with_image_size(size);
-        let previous =
-            ArcFaceSubcenter::new(embedder.dim(), state.classes.len(), config.head.k, device);
-        if state.classes == *classes {
-            head = load_module(previous, &dir.join("head.bpk"))?;
+        let saved_head = dir.join("head.bpk");
+        if !arcface || !saved_head.exists() {
+            // An XBM phase has no head; an ArcFace phase after an XBM one starts a fresh head.
+        } else if state.classes == *classes {
+            let previous =
+                ArcFaceSubcenter::new(embedder.dim(), state.classes.len(), config.head.k, device);
+            head = Some(load_module(previous, &saved_head)?);
         } else {
             tracing::info!(
                 "pretrain_model head has other classes ({} vs {}); the head starts fresh",
@@ -216,26 +190,6 @@ fn build_model(
         }
     }
     Ok(TrainModel { embedder, head })
-}
-
-fn train_transform(config: &TrainConfig, norm: Normalization) -> Arc<dyn SampleTransform> {
-    let size = config.dataset.input_size as u32;
-    match config.dataset.augmentations {
-        Augmentation::None => Arc::new(EvalTransform::new(size, norm)),
-        Augmentation::Default => Arc::new(TrainTransform::new(
-            AugmentPolicy::AutoAugmentImageNet,
-            size,
-            norm,
-        )),
-        Augmentation::Randaugment => Arc::new(TrainTransform::new(
-            AugmentPolicy::RandAugment {
-                ops: 2,
-                magnitude: 9,
-            },
-            size,
-            norm,
-        )),
-    }
 }
 
 /// Validation: dev-set retrieval metrics and closed-set accuracy on the val list.
@@ -297,7 +251,7 @@ fn validate(
         metrics.recall_at_1 = Some(m.recall_at_1);
         metrics.map_at_r = Some(m.map_at_r);
     }
-    if let Some(val) = &data.val {
+    if let (Some(val), Some(head)) = (&data.val, &model.head) {
         let v = embed_samples(
             &embedder,
             val.clone(),
@@ -317,8 +271,7 @@ fn validate(
                 .flat_map(|&i| v.embeddings.data[i * dim..(i + 1) * dim].to_vec())
                 .collect();
             let x = Tensor::<2>::from_data(TensorData::new(rows, [keep.len(), dim]), device);
-            let predicted: Vec<i64> = model
-                .head
+            let predicted: Vec<i64> = head
                 .valid()
                 .cosine(x)
                 .argmax(1)
@@ -383,6 +336,7 @@ pub fn train(
     };
     let classes = state.classes.clone();
     if let Some(n) = config.dataset.num_of_classes
+        && config.head.kind == HeadKind::Arcface
         && n < classes.len()
     {
         return Err(TrainError::Invalid(format!(
@@ -394,7 +348,9 @@ pub fn train(
     materialize(&model);
     if let Some(dir) = &resume_from {
         model.embedder = load_module(model.embedder, &dir.join("embedder.bpk"))?;
-        model.head = load_module(model.head, &dir.join("head.bpk"))?;
+        if let Some(head) = model.head.take() {
+            model.head = Some(load_module(head, &dir.join("head.bpk"))?);
+        }
     }
     // Built after loading: loaded parameters carry their saved ids, and the no-decay group is
     // a set of ids.
@@ -440,12 +396,29 @@ pub fn train(
         s: config.head.s,
     };
     let transform = train_transform(config, norm);
+    let contrastive = ContrastiveLoss {
+        margin: config.head.margin,
+    };
+    let mut memory = match config.head.kind {
+        HeadKind::Arcface => None,
+        HeadKind::Xbm => Some(xbm_memory(
+            config,
+            model.embedder.dim(),
+            resume_from.as_deref(),
+            &train_device,
+        )?),
+    };
+    let sampler = config.sampler();
+    let train_labels: Vec<i64> = data.train.iter().map(|s| s.label).collect();
     observer(TrainEvent::Started {
         total_steps,
         steps_per_epoch,
         start_step: state.step,
         train_images: data.train.len(),
         classes: classes.len(),
+        memory_bytes: memory
+            .as_ref()
+            .map(|m| memory_bytes(m.capacity(), model.embedder.dim())),
     });
 
     let mut first_validation = None;
@@ -473,7 +446,22 @@ pub fn train(
     let mut micro = 0usize;
     let mut loss_sum = 0.0f64;
     'epochs: for epoch in state.epoch..epochs {
-        let order = shuffled_order(data.train.len(), config.dataset.seed, epoch as u64);
+        let order = match sampler {
+            SamplerKind::Shuffled => {
+                shuffled_order(data.train.len(), config.dataset.seed, epoch as u64)
+            }
+            SamplerKind::ClassBalanced => {
+                let k = config.dataset.images_per_class;
+                class_balanced_order(
+                    &train_labels,
+                    bs / k,
+                    k,
+                    batches_per_epoch,
+                    config.dataset.seed,
+                    epoch as u64,
+                )
+            }
+        };
         let skip = if epoch == state.epoch {
             state.batches_in_epoch
         } else {
@@ -517,8 +505,28 @@ pub fn train(
             ));
             let shape = batch.shape();
             let x = Tensor::<4>::from_data(TensorData::new(batch.images, shape), &train_device);
-            let features = dropout(model.embedder.features(x), config.model.dropout);
-            let loss = loss_fn.forward(model.head.cosine(features), &targets);
+            let loss = match &model.head {
+                Some(head) => {
+                    let features = dropout(model.embedder.features(x), config.model.dropout);
+                    loss_fn.forward(head.cosine(features), &targets)
+                }
+                None => {
+                    let emb = l2_normalize(model.embedder.features(x));
+                    let labels = Tensor::<1, Int>::from_data(
+                        TensorData::new(batch.labels.clone(), [batch.labels.len()]),
+                        &train_device,
+                    );
+                    let memory = memory.as_mut().expect("XBM phases always have a memory");
+                    xbm_loss(
+                        &contrastive,
+                        memory,
+                        emb,
+                        labels,
+                        config.head.weight,
+                        state.step >= config.head.start_iteration,
+                    )
+                }
+            };
             let value = loss.clone().into_scalar::<f32>();
             if !value.is_finite() {
                 return Err(TrainError::NonFiniteLoss {
@@ -611,7 +619,9 @@ pub fn train(
                     state.batches_in_epoch = 0;
                 }
                 plot_run(run_dir)?;
-                let path = save_checkpoint(run_dir, &model, &optimizers, &state)?;
+                let snapshot = memory.as_ref().map(CrossBatchMemory::snapshot);
+                let path =
+                    save_checkpoint(run_dir, &model, &optimizers, &state, snapshot.as_ref())?;
                 let best = prune_checkpoints(run_dir, config.eval.keep_best)?;
                 observer(TrainEvent::Checkpoint { path, best });
                 if let Some(patience) = config.eval.early_stopping_patience
@@ -648,6 +658,32 @@ pub fn train(
         stopped_early,
         skipped_images,
     })
+}
+
+/// The XBM memory of a phase: restored from the checkpoint being resumed, else empty.
+fn xbm_memory(
+    config: &TrainConfig,
+    dim: usize,
+    resume_from: Option<&Path>,
+    device: &Device,
+) -> Result<CrossBatchMemory, TrainError> {
+    let capacity = config.head.memory_size;
+    let Some(dir) = resume_from else {
+        return Ok(CrossBatchMemory::new(capacity, dim, device));
+    };
+    let bad = |message: String| TrainError::Checkpoint {
+        path: dir.to_path_buf(),
+        message,
+    };
+    let snapshot = read_memory(dir)?
+        .ok_or_else(|| bad("has no XBM memory (xbm_memory.safetensors) to resume".into()))?;
+    if (snapshot.capacity, snapshot.dim) != (capacity, dim) {
+        return Err(bad(format!(
+            "its XBM memory is {} × {}, the config asks for {capacity} × {dim} (head.memory_size)",
+            snapshot.capacity, snapshot.dim
+        )));
+    }
+    CrossBatchMemory::restore(&snapshot, device).map_err(bad)
 }
 
 /// Early stopping: no improvement of at least `min_delta` over the best so far in the last

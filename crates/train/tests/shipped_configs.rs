@@ -36,6 +36,37 @@ fn shipped_configs_parse_with_the_recipe_values() {
         (256, 32, 5)
     );
     assert!(second.model.pretrain_model.is_some());
+    use visual_search_train::config::{HeadKind, SamplerKind};
+    // (file, lr, warmup, grad accumulation, previous phase) of SPEC's phase table.
+    for (file, lr, warmup, accum, previous) in [
+        ("xbm_1st.yml", 1e-4, 1000, 1, "arcface_2nd"),
+        ("xbm_2nd.yml", 1e-5, 1500, 4, "xbm_1st"),
+        ("xbm_3rd.yml", 6e-6, 1500, 4, "xbm_2nd"),
+    ] {
+        let c = load(file);
+        assert_eq!(c.head.kind, HeadKind::Xbm, "{file}");
+        assert_eq!(c.sampler(), SamplerKind::ClassBalanced, "{file}");
+        assert_eq!(
+            (c.dataset.input_size, c.dataset.batch_size, c.optim.epochs),
+            (256, 32, 3),
+            "{file}"
+        );
+        assert_eq!(
+            (
+                c.optim.lr_head,
+                c.optim.warmup_steps,
+                c.optim.grad_accumulation
+            ),
+            (lr, warmup, accum),
+            "{file}"
+        );
+        assert!(c.dataset.product10k.add_val_to_train, "{file}");
+        assert_eq!(c.dataset.mined_pairs[0].label_offset, 10_000, "{file}");
+        assert!(
+            c.model.pretrain_model.as_ref().unwrap().ends_with(previous),
+            "{file}"
+        );
+    }
     let quick = load("quickstart.yml");
     assert_eq!(quick.model.name, "efficientnet_lite0");
     assert!(

@@ -9,10 +9,13 @@ use visual_search_train::trainer::{TrainEvent, TrainOptions, train};
 
 use crate::progress::steps_bar;
 
-/// Trains a model with the sub-centre ArcFace head as a config describes (see configs/ and
-/// the README): progress with loss, lr, images/s and ETA; validation (dev mAP@1000, R@1,
-/// mAP@R, val accuracy) several times per epoch; checkpoints, metrics.csv and plots under
-/// runs/NAME. `--resume runs/NAME` continues a stopped or killed run from its last checkpoint.
+/// Trains one phase as a config describes (see configs/ and the README): the sub-centre
+/// ArcFace head (`head.type: arcface`) or the XBM contrastive loss with a cross-batch memory
+/// (`head.type: xbm`; the memory takes head.memory_size × embedding dim × 4 bytes of device
+/// memory plus 8 bytes per label: 55,000 × 1024 is ~225 MB). Progress with loss, lr, images/s
+/// and ETA; validation (dev mAP@1000, R@1, mAP@R, val accuracy) several times per epoch;
+/// checkpoints, metrics.csv and plots under runs/NAME. `--resume runs/NAME` continues a
+/// stopped or killed run from its last checkpoint, XBM memory included.
 #[derive(clap::Args)]
 pub struct Args {
     /// Phase config (YAML).
@@ -69,8 +72,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     let mut bar = None;
     let summary = train(&config, &options, &mut |event| match event {
-        TrainEvent::Started { total_steps, steps_per_epoch, start_step, train_images, classes } => {
+        TrainEvent::Started { total_steps, steps_per_epoch, start_step, train_images, classes, memory_bytes } => {
             println!("{train_images} training images, {classes} classes, {steps_per_epoch} steps per epoch, {total_steps} steps");
+            if let Some(bytes) = memory_bytes {
+                println!("XBM memory: {} rows, {:.1} MB on the device", config.head.memory_size, bytes as f64 / 1e6);
+            }
             let b = steps_bar(total_steps);
             b.set_position(start_step as u64);
             bar = Some(b);

@@ -143,13 +143,7 @@ pub fn load_dev_set(root: &Path, gallery: &str, queries: &str) -> Result<DevSet>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-
-    fn csv(text: &str) -> tempfile::NamedTempFile {
-        let mut f = tempfile::NamedTempFile::new().unwrap();
-        f.write_all(text.as_bytes()).unwrap();
-        f
-    }
+    use crate::csv_table::temp_csv as csv;
 
     #[test]
     fn real_dev_set_column_orders_with_extra_ids() {

@@ -5,6 +5,7 @@
 //! be cropped before resizing. Loaders and transforms only ever see `Sample`s.
 
 pub mod dev_set;
+pub mod mined_pairs;
 pub mod product10k;
 
 use std::path::PathBuf;

@@ -58,14 +58,8 @@ pub fn load_product10k(root: &Path, prefix: &str, list: &str) -> Result<Vec<Samp
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::csv_table::temp_csv as csv;
     use crate::error::DataError;
-    use std::io::Write;
-
-    fn csv(text: &str) -> tempfile::NamedTempFile {
-        let mut f = tempfile::NamedTempFile::new().unwrap();
-        f.write_all(text.as_bytes()).unwrap();
-        f
-    }
 
     #[test]
     fn reads_by_header_name_in_any_order() {
