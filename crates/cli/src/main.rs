@@ -4,6 +4,7 @@
 
 mod commands;
 mod dev_set_run;
+mod index_model;
 mod model_args;
 mod progress;
 mod sample_lists;
@@ -44,6 +45,11 @@ enum Command {
     Rank(commands::rank::Args),
     /// Score a model (or precomputed embeddings) on a dev set: mAP@1000, R@1, mAP@R.
     Eval(commands::eval::Args),
+    /// Build, extend and inspect the on-disk search index of a catalogue.
+    #[command(subcommand)]
+    Index(commands::index::IndexCommand),
+    /// Serve an index over HTTP: JSON search API, thumbnails, metrics and a web page.
+    Serve(commands::serve::Args),
     /// Inspect weight files.
     #[command(subcommand)]
     Weights(commands::WeightsCommand),
@@ -70,6 +76,8 @@ fn main() -> std::process::ExitCode {
         Command::Embed(a) => commands::embed::run(a),
         Command::Rank(a) => commands::rank::run(a),
         Command::Eval(a) => commands::eval::run(a),
+        Command::Index(c) => c.run(),
+        Command::Serve(a) => commands::serve::run(a),
         Command::Weights(c) => c.run(),
         Command::Models => commands::list_models(),
         Command::Bench(c) => c.run(),

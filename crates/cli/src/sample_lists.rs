@@ -2,7 +2,7 @@
 //! queries (`img_path` + bbox columns), dev-set gallery (`img_path`, `product_id`) or a
 //! Product10K list (`name`, `class`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 use visual_search_data::Sample;
@@ -55,4 +55,34 @@ pub fn read_samples(
         }
     };
     Ok((kind, samples))
+}
+
+/// The images to embed.
+#[derive(clap::Args)]
+pub struct ListArgs {
+    /// The list (kind recognised from its header; gallery images lose their white border).
+    #[arg(long)]
+    pub csv: PathBuf,
+    /// Folder the CSV's image paths are relative to [default: the CSV's folder].
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    /// Image prefix folder for Product10K lists (e.g. `train/`).
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Image-loading threads [default: all cores].
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+impl ListArgs {
+    /// The list's samples (kind recognised from its header).
+    pub fn read(&self) -> anyhow::Result<(ListKind, Vec<Sample>)> {
+        let root = match &self.root {
+            Some(r) => r.clone(),
+            None => self.csv.parent().map(PathBuf::from).unwrap_or_default(),
+        };
+        read_samples(&self.csv, &root, &self.prefix)
+    }
 }

@@ -2,20 +2,12 @@
 //! grocery data with a tiny ConvNeXt (fast enough for the test suite).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_visual-search"))
-}
+mod common;
 
-fn run_ok(args: &[&str]) -> String {
-    let out = bin().args(args).output().unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{args:?}\n{text}");
-    text
-}
+use common::{bin, run_ok};
 
 /// A Product10K + dev-set root of `n` training images and a 12 x 24 dev set, reaching the
 /// grocery images through symlinks.

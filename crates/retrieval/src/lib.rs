@@ -4,6 +4,7 @@
 
 pub mod embedding_file;
 pub mod error;
+pub mod index;
 pub mod matrix;
 pub mod metrics;
 pub mod npy;

@@ -11,7 +11,7 @@ use visual_search_train::embedding::embed_samples;
 use crate::dev_set_run::eval_loader;
 use crate::model_args::ModelArgs;
 use crate::progress::images_bar;
-use crate::sample_lists::read_samples;
+use crate::sample_lists::ListArgs;
 
 /// Embeds every image of a Product10K, gallery or queries CSV (queries cropped to their box,
 /// gallery images without their white border) and writes an (n, d) matrix whose row i is CSV
@@ -21,26 +21,14 @@ use crate::sample_lists::read_samples;
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
-    /// The list to embed (kind recognised from its header).
-    #[arg(long)]
-    csv: PathBuf,
-    /// Folder the CSV's image paths are relative to [default: the CSV's folder].
-    #[arg(long)]
-    root: Option<PathBuf>,
-    /// Image prefix folder for Product10K lists (e.g. `train/`).
-    #[arg(long, default_value = "")]
-    prefix: String,
+    #[command(flatten)]
+    list: ListArgs,
     /// Output file (.npy or .safetensors).
     #[arg(long)]
     out: PathBuf,
     /// Precision of the stored embeddings.
     #[arg(long, value_enum, default_value = "f32")]
     out_dtype: DtypeArg,
-    #[arg(long, default_value_t = 32)]
-    batch_size: usize,
-    /// Image-loading threads [default: all cores].
-    #[arg(long)]
-    workers: Option<usize>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -50,17 +38,13 @@ pub enum DtypeArg {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let root = match &args.root {
-        Some(r) => r.clone(),
-        None => args.csv.parent().map(PathBuf::from).unwrap_or_default(),
-    };
-    let (kind, samples) = read_samples(&args.csv, &root, &args.prefix)?;
+    let (kind, samples) = args.list.read()?;
     let loaded = args.model.load()?;
     let transform = Arc::new(EvalTransform::new(
         loaded.image_size as u32,
         loaded.normalization,
     ));
-    let loader = eval_loader(args.batch_size, args.workers);
+    let loader = eval_loader(args.list.batch_size, args.list.workers);
     let bar = images_bar(samples.len(), &format!("embedding {kind:?}"));
     let result = embed_samples(
         &loaded.model,

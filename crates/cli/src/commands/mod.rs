@@ -8,7 +8,9 @@ mod data_import;
 pub mod embed;
 pub mod eval;
 pub mod export;
+pub mod index;
 pub mod rank;
+pub mod serve;
 pub mod train;
 mod weights_inspect;
 

@@ -1,0 +1,113 @@
+//! `visual-search serve`: the HTTP search service over an index (see the serve crate).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use burn::tensor::{Tensor, TensorData};
+use visual_search_retrieval::index::Index;
+use visual_search_serve::inference::{Embedder, InferenceQueue};
+use visual_search_serve::metrics::Metrics;
+use visual_search_serve::{AppState, ServeConfig, serve};
+
+use crate::index_model::ModelRef;
+use crate::model_args::LoadedModel;
+
+/// Serves an index: `POST /search` (image as multipart field `image` or raw body; `k`,
+/// `bbox=x,y,w,h`), `GET /images/{id}`, `GET /healthz`, `GET /metrics` and a web page at `/`.
+/// Concurrent searches are batched through the model; when more than --queue wait, new ones
+/// get 503.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The index folder (`visual-search index build`).
+    #[arg(long)]
+    index: PathBuf,
+    /// Address to listen on (port 0 picks a free port; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: String,
+    /// Compute device: flex (CPU), tch, tch-cuda:N, cuda:N, wgpu or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Most searches embedded in one forward pass.
+    #[arg(long, default_value_t = 8)]
+    max_batch: usize,
+    /// Most searches waiting for the model.
+    #[arg(long, default_value_t = 64)]
+    queue: usize,
+    /// Largest request body, MB.
+    #[arg(long, default_value_t = 20)]
+    max_body_mb: usize,
+    /// Largest decoded upload, megapixels.
+    #[arg(long, default_value_t = 40)]
+    max_megapixels: u64,
+    /// Deadline of one search, seconds.
+    #[arg(long, default_value_t = 30)]
+    timeout_s: u64,
+}
+
+struct ModelEmbedder(LoadedModel);
+
+impl Embedder for ModelEmbedder {
+    fn embed(&mut self, pixels: Vec<f32>, n: usize) -> Result<Vec<f32>, String> {
+        let m = &self.0;
+        let s = m.image_size;
+        if pixels.len() != n * 3 * s * s {
+            return Err(format!(
+                "{} input values for {n} images of {s} px",
+                pixels.len()
+            ));
+        }
+        let x = Tensor::<4>::from_data(TensorData::new(pixels, [n, 3, s, s]), &m.device)
+            .cast(m.device.settings().float_dtype);
+        Ok(m.model
+            .embed(x)
+            .into_data()
+            .iter::<f32>()
+            .map(|v| if v.is_finite() { v } else { 0.0 })
+            .collect())
+    }
+
+    fn dim(&self) -> usize {
+        self.0.model.dim()
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let index = Index::open(&args.index)?;
+    let loaded = ModelRef::from_json(&index.meta.model)?.load(&args.device)?;
+    if loaded.model.dim() != index.meta.dim {
+        bail!(
+            "the index's model gives {}-d embeddings, the index holds {}-d",
+            loaded.model.dim(),
+            index.meta.dim
+        );
+    }
+    let config = ServeConfig {
+        max_body_bytes: args.max_body_mb << 20,
+        max_pixels: args.max_megapixels * 1_000_000,
+        request_timeout: Duration::from_secs(args.timeout_s),
+        ..ServeConfig::default()
+    };
+    let state = Arc::new(AppState {
+        index_bytes: index.size_on_disk(),
+        index,
+        queue: InferenceQueue::start(Box::new(ModelEmbedder(loaded)), args.max_batch, args.queue),
+        config,
+        metrics: Metrics::default(),
+    });
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&args.addr)
+            .await
+            .with_context(|| format!("listening on {}", args.addr))?;
+        println!(
+            "serving {} images on http://{}",
+            state.index.meta.rows,
+            listener.local_addr()?
+        );
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        serve(listener, state).await.context("serving")
+    })
+}

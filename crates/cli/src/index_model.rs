@@ -1,0 +1,65 @@
+//! The model reference an index stores (`meta.json` → `model`), so `index add` and `serve`
+//! embed new images exactly as the catalogue was embedded: the same registry model and
+//! weights, or the same exported model folder, at the same input size.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use visual_search_retrieval::index::Preprocessing;
+
+use crate::model_args::{LoadedModel, ModelArgs, Precision};
+
+/// Which model made an index.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelRef {
+    pub model: Option<String>,
+    pub model_dir: Option<PathBuf>,
+    pub weights: Option<PathBuf>,
+    pub size: usize,
+}
+
+fn absolute(p: &Option<PathBuf>) -> anyhow::Result<Option<PathBuf>> {
+    p.as_ref()
+        .map(|p| std::path::absolute(p).with_context(|| format!("resolving {}", p.display())))
+        .transpose()
+}
+
+impl ModelRef {
+    /// The reference of a model loaded from `args` (paths made absolute).
+    pub fn from_args(args: &ModelArgs, loaded: &LoadedModel) -> anyhow::Result<Self> {
+        Ok(ModelRef {
+            model: args.model.clone(),
+            model_dir: absolute(&args.model_dir)?,
+            weights: absolute(&args.weights)?,
+            size: loaded.image_size,
+        })
+    }
+
+    /// Reads it back from an index's metadata.
+    pub fn from_json(value: &serde_json::Value) -> anyhow::Result<Self> {
+        serde_json::from_value(value.clone()).context("the index's model reference is damaged")
+    }
+
+    /// Loads the model on `device`.
+    pub fn load(&self, device: &str) -> anyhow::Result<LoadedModel> {
+        ModelArgs {
+            model: self.model.clone(),
+            model_dir: self.model_dir.clone(),
+            weights: self.weights.clone(),
+            size: Some(self.size),
+            device: device.to_string(),
+            dtype: Precision::F32,
+        }
+        .load()
+    }
+}
+
+/// What a query image must go through, from a loaded model.
+pub fn preprocessing(loaded: &LoadedModel) -> Preprocessing {
+    Preprocessing {
+        size: loaded.image_size,
+        mean: loaded.normalization.mean,
+        std: loaded.normalization.std,
+    }
+}

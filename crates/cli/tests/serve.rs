@@ -1,0 +1,285 @@
+//! `index build | add | info` and `serve` end to end: a grocery catalogue indexed with the real
+//! EfficientNet-Lite0 weights, searched over HTTP with an in-store photo, then attacked with
+//! hostile uploads — each must get a 4xx with a message while the server keeps serving.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+
+mod common;
+
+use common::{bin, run_ok};
+
+/// Kills the server when the test ends, however it ends.
+struct Server(Child, String);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_server(index: &Path) -> Server {
+    let mut child = bin()
+        .args([
+            "serve",
+            "--index",
+            index.to_str().unwrap(),
+            "--addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--device", "flex", "--max-body-mb", "8"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .rsplit("http://")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(line.contains("serving"), "{line}");
+    Server(child, addr)
+}
+
+/// One HTTP/1.1 request; returns (status, headers, body). A body the server refuses early may
+/// not be sent completely, so write errors after the headers are ignored.
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    for chunk in body.chunks(1 << 20).take(4) {
+        if s.write_all(chunk).is_err() {
+            break;
+        }
+    }
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP response");
+    let headers = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = headers[9..12].parse().unwrap();
+    let mut body = raw[split + 4..].to_vec();
+    if headers
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, headers, body)
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16)
+                .unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[line_end + 2..line_end + 2 + size]);
+        data = &data[line_end + 4 + size..];
+    }
+}
+
+fn json(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)))
+}
+
+/// A PNG whose header claims `w` × `h` pixels, followed by a scrap of image data.
+fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+    let chunk = |kind: &[u8], data: &[u8]| {
+        let mut c = (data.len() as u32).to_be_bytes().to_vec();
+        c.extend_from_slice(kind);
+        c.extend_from_slice(data);
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(kind);
+        crc.update(data);
+        c.extend_from_slice(&crc.finalize().to_be_bytes());
+        c
+    };
+    let mut ihdr = w.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(chunk(b"IHDR", &ihdr));
+    png.extend(chunk(b"IDAT", &[0x78, 0x9c, 0x63, 0, 0, 0, 1, 0, 1]));
+    png.extend(chunk(b"IEND", &[]));
+    png
+}
+
+/// A gallery list of every `step`-th row of the grocery gallery, reached through a symlink.
+fn catalogue(dir: &Path, grocery: &Path, step: usize) -> PathBuf {
+    let root = dir.join("shop");
+    std::fs::create_dir_all(&root).unwrap();
+    for sub in ["train", "val", "test", "iconic-images-and-descriptions"] {
+        std::os::unix::fs::symlink(grocery.join(sub), root.join(sub)).unwrap();
+    }
+    let text = std::fs::read_to_string(grocery.join("gallery.csv")).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    let rows: Vec<&str> = lines.step_by(step).collect();
+    std::fs::write(
+        root.join("gallery.csv"),
+        format!("{header}\n{}\n", rows.join("\n")),
+    )
+    .unwrap();
+    root
+}
+
+#[test]
+fn index_and_serve_the_grocery_catalogue() {
+    let (Some(grocery), Some(weights)) = (
+        visual_search_data::datasets::locate_grocery(),
+        visual_search_model::pretrained::efficientnet_lite0_weights(),
+    ) else {
+        eprintln!("SKIPPED: grocery dataset or Lite0 weights not found");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = catalogue(dir.path(), &grocery, 10);
+    let index = dir.path().join("index");
+    let text = run_ok(&[
+        "index",
+        "build",
+        "--model",
+        "efficientnet_lite0",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--device",
+        "flex",
+        "--csv",
+        root.join("gallery.csv").to_str().unwrap(),
+        "--out",
+        index.to_str().unwrap(),
+    ]);
+    assert!(text.contains("indexed 149 images"), "{text}");
+    // `add` embeds with the index's own model reference.
+    let extra = dir.path().join("extra.csv");
+    std::fs::write(
+        &extra,
+        "img_path,product_id\niconic-images-and-descriptions/Fruit/Kiwi/Kiwi_Iconic.jpg,7\n",
+    )
+    .unwrap();
+    run_ok(&[
+        "index",
+        "add",
+        "--index",
+        index.to_str().unwrap(),
+        "--device",
+        "flex",
+        "--csv",
+        extra.to_str().unwrap(),
+        "--root",
+        root.to_str().unwrap(),
+    ]);
+    let info = run_ok(&["index", "info", "--index", index.to_str().unwrap()]);
+    assert!(
+        info.contains("images     150") && info.contains("dimension  1280") && info.contains("F16"),
+        "{info}"
+    );
+
+    let server = start_server(&index);
+    let addr = server.1.as_str();
+    let photo = std::fs::read(grocery.join("test/Fruit/Kiwi/Kiwi_005.jpg")).unwrap();
+
+    // A raw-body search: the top hit is the same product (a kiwi among 40 products).
+    let (status, _, body) = http(addr, "POST", "/search?k=5", "image/jpeg", &photo);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let hits = json(&body);
+    assert_eq!(hits["results"].as_array().unwrap().len(), 5);
+    assert_eq!(hits["results"][0]["label"], 7, "{hits}");
+    let boundary = "XyZ";
+    let mut form = format!("--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"k.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n").into_bytes();
+    form.extend_from_slice(&photo);
+    form.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let multipart = format!("multipart/form-data; boundary={boundary}");
+    let (status, _, body) = http(addr, "POST", "/search?k=3", &multipart, &form);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let whole = json(&body);
+    assert_eq!(
+        whole["results"][0], hits["results"][0],
+        "multipart = raw body"
+    );
+    // A box changes what is embedded, so the scores change.
+    let (status, _, body) = http(
+        addr,
+        "POST",
+        "/search?k=3&bbox=100,100,150,150",
+        &multipart,
+        &form,
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_ne!(
+        json(&body)["results"][0]["score"],
+        whole["results"][0]["score"]
+    );
+
+    // Hostile input: 4xx with a message, and the server keeps serving.
+    let mut truncated = photo.clone();
+    truncated.truncate(photo.len() / 3);
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("not an image", b"hello, world".to_vec(), 400),
+        ("truncated JPEG", truncated, 400),
+        ("30000x30000 PNG", png_claiming(30_000, 30_000), 400),
+        ("100 MB upload", vec![0u8; 100 << 20], 413),
+    ];
+    for (what, body, want) in cases {
+        let (status, _, reply) = http(addr, "POST", "/search", "application/octet-stream", &body);
+        assert_eq!(status, want, "{what}: {}", String::from_utf8_lossy(&reply));
+        if want == 400 {
+            assert!(
+                json(&reply)["error"]
+                    .as_str()
+                    .is_some_and(|e| !e.is_empty()),
+                "{what}"
+            );
+        }
+    }
+    let (status, _, body) = http(addr, "POST", "/search?k=0", "image/jpeg", &photo);
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    let (status, _, _) = http(addr, "POST", "/search?bbox=1,2,3", "image/jpeg", &photo);
+    assert_eq!(status, 400);
+
+    let (status, _, body) = http(addr, "POST", "/search?k=1", "image/jpeg", &photo);
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)["results"][0]["label"], 7);
+    let (status, headers, body) = http(addr, "GET", "/images/149", "text/plain", b"");
+    assert_eq!(status, 200);
+    assert!(headers.to_ascii_lowercase().contains("image/jpeg") && body.starts_with(&[0xFF, 0xD8]));
+    assert_eq!(http(addr, "GET", "/images/9999", "text/plain", b"").0, 404);
+    assert_eq!(http(addr, "GET", "/healthz", "text/plain", b"").0, 200);
+    let (_, _, page) = http(addr, "GET", "/", "text/plain", b"");
+    assert!(String::from_utf8_lossy(&page).contains("find a product by photo"));
+    let (_, _, metrics) = http(addr, "GET", "/metrics", "text/plain", b"");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("visual_search_requests_total{route=\"search\",status=\"200\"} 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("visual_search_index_rows 150"),
+        "{metrics}"
+    );
+}

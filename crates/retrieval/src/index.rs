@@ -1,0 +1,453 @@
+//! The on-disk search index: a catalogue's embeddings plus what each row is, in a folder that
+//! `serve` memory-maps.
+//!
+//! ```text
+//! INDEX/
+//!   current            one line naming the live version folder (replaced atomically)
+//!   v000002/
+//!     meta.json        format version, dtype, dim, rows, CRC-32s, model reference, preprocessing
+//!     items.csv        id,label,path (row i of the embeddings is id i)
+//!     embeddings.bin   rows × dim little-endian f16 (default) or f32, nothing else
+//! ```
+//!
+//! Every write (`build`, `add`) creates a new version folder, syncs it, then swaps `current`,
+//! so a reader sees either the old index or the new one, never a mix, and a killed write leaves
+//! the old one in place. On open, the file sizes and the CRC-32 of both data files are checked
+//! against `meta.json`: a truncated, edited or mismatched index is refused with the reason.
+//! `embeddings.bin` starts at offset 0 of a page-aligned mapping, so its rows are read in place.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use half::f16;
+use memmap2::Mmap;
+use serde::{Deserialize, Serialize};
+
+use crate::error::RetrievalError;
+use crate::matrix::MatrixView;
+use crate::topk::{TopK, top_k};
+
+pub const INDEX_FORMAT_VERSION: u32 = 1;
+
+/// Stored precision of the embeddings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IndexDtype {
+    F16,
+    F32,
+}
+
+impl IndexDtype {
+    fn bytes(self) -> usize {
+        match self {
+            IndexDtype::F16 => 2,
+            IndexDtype::F32 => 4,
+        }
+    }
+}
+
+/// How query images must be prepared to match the catalogue (same as at build time).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Preprocessing {
+    pub size: usize,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+/// `meta.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IndexMeta {
+    pub format_version: u32,
+    pub dtype: IndexDtype,
+    pub dim: usize,
+    pub rows: usize,
+    pub embeddings_crc32: u32,
+    pub items_crc32: u32,
+    /// The model that made the embeddings (opaque here; the CLI reads it back to load it).
+    pub model: serde_json::Value,
+    pub preprocessing: Preprocessing,
+}
+
+/// One catalogue image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexItem {
+    pub label: i64,
+    /// Where the image is (absolute, or relative to where the index was built).
+    pub path: PathBuf,
+}
+
+/// An open index: metadata, items and the mapped embeddings.
+pub struct Index {
+    pub dir: PathBuf,
+    pub version_dir: PathBuf,
+    pub meta: IndexMeta,
+    pub items: Vec<IndexItem>,
+    data: Option<Mmap>,
+}
+
+fn fmt_err(path: &Path, message: impl Into<String>) -> RetrievalError {
+    RetrievalError::format(path, message)
+}
+
+fn items_csv(items: &[IndexItem]) -> Result<Vec<u8>, RetrievalError> {
+    let mut out = b"id,label,path\n".to_vec();
+    for (i, item) in items.iter().enumerate() {
+        let path = item.path.to_str().ok_or_else(|| {
+            RetrievalError::Invalid(format!("{}: path is not UTF-8", item.path.display()))
+        })?;
+        let quoted = if path.contains([',', '"', '\n']) {
+            format!("\"{}\"", path.replace('"', "\"\""))
+        } else {
+            path.to_string()
+        };
+        writeln!(out, "{i},{},{quoted}", item.label).expect("writing to a Vec");
+    }
+    Ok(out)
+}
+
+fn parse_items(path: &Path, bytes: &[u8]) -> Result<Vec<IndexItem>, RetrievalError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| fmt_err(path, "not UTF-8"))?;
+    let mut lines = text.lines();
+    if lines.next() != Some("id,label,path") {
+        return Err(fmt_err(path, "header is not `id,label,path`"));
+    }
+    let mut items = Vec::new();
+    for (n, line) in lines.enumerate() {
+        let bad = |what: &str| fmt_err(path, format!("line {}: {what}", n + 2));
+        let mut parts = line.splitn(3, ',');
+        let id: usize = parts
+            .next()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad("bad id"))?;
+        if id != n {
+            return Err(bad("ids must be 0, 1, 2, … in order"));
+        }
+        let label: i64 = parts
+            .next()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad("bad label"))?;
+        let raw = parts.next().ok_or_else(|| bad("no path"))?;
+        let p = match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+            Some(inner) => inner.replace("\"\"", "\""),
+            None => raw.to_string(),
+        };
+        items.push(IndexItem {
+            label,
+            path: PathBuf::from(p),
+        });
+    }
+    Ok(items)
+}
+
+fn encode(embeddings: &[f32], dtype: IndexDtype) -> Vec<u8> {
+    match dtype {
+        IndexDtype::F32 => embeddings.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        IndexDtype::F16 => embeddings
+            .iter()
+            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+            .collect(),
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), RetrievalError> {
+    let mut f = std::fs::File::create(path).map_err(|e| RetrievalError::io(path, e))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| RetrievalError::io(path, e))
+}
+
+fn current_version(dir: &Path) -> Option<String> {
+    std::fs::read_to_string(dir.join("current"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// Writes a new version of the index at `dir` from raw embedding bytes, then makes it current.
+fn write_version(
+    dir: &Path,
+    mut meta: IndexMeta,
+    items: &[IndexItem],
+    embedding_bytes: &[u8],
+) -> Result<(), RetrievalError> {
+    std::fs::create_dir_all(dir).map_err(|e| RetrievalError::io(dir, e))?;
+    let previous = current_version(dir);
+    let number = previous
+        .as_deref()
+        .and_then(|v| v.strip_prefix('v'))
+        .and_then(|n| n.parse::<u64>().ok())
+        .map_or(1, |n| n + 1);
+    let name = format!("v{number:06}");
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .tempdir_in(dir)
+        .map_err(|e| RetrievalError::io(dir, e))?;
+    let items_bytes = items_csv(items)?;
+    meta.rows = items.len();
+    meta.embeddings_crc32 = crc32fast::hash(embedding_bytes);
+    meta.items_crc32 = crc32fast::hash(&items_bytes);
+    write_synced(&tmp.path().join("embeddings.bin"), embedding_bytes)?;
+    write_synced(&tmp.path().join("items.csv"), &items_bytes)?;
+    let json =
+        serde_json::to_vec_pretty(&meta).map_err(|e| RetrievalError::Invalid(e.to_string()))?;
+    write_synced(&tmp.path().join("meta.json"), &json)?;
+    let final_dir = dir.join(&name);
+    let kept = tmp.keep();
+    std::fs::rename(&kept, &final_dir).map_err(|e| RetrievalError::io(&final_dir, e))?;
+    crate::npy::write_atomically(&dir.join("current"), format!("{name}\n").as_bytes())?;
+    if let Some(old) = previous.filter(|p| *p != name) {
+        // Readers that mapped the old version keep their mapping; the folder can go.
+        let _ = std::fs::remove_dir_all(dir.join(old));
+    }
+    Ok(())
+}
+
+/// Writes a new index (replacing any index at `dir` atomically).
+pub fn build_index(
+    dir: &Path,
+    meta: IndexMeta,
+    items: &[IndexItem],
+    embeddings: &[f32],
+) -> Result<(), RetrievalError> {
+    if embeddings.len() != items.len() * meta.dim {
+        return Err(RetrievalError::Invalid(format!(
+            "{} embedding values for {} items of dim {}",
+            embeddings.len(),
+            items.len(),
+            meta.dim
+        )));
+    }
+    let bytes = encode(embeddings, meta.dtype);
+    write_version(dir, meta, items, &bytes)
+}
+
+impl Index {
+    /// Opens and verifies the current version of the index at `dir`.
+    pub fn open(dir: &Path) -> Result<Index, RetrievalError> {
+        let version = current_version(dir).ok_or_else(|| {
+            fmt_err(
+                dir,
+                "not an index (no `current` file); build one with `visual-search index build`",
+            )
+        })?;
+        let version_dir = dir.join(&version);
+        let meta_path = version_dir.join("meta.json");
+        let text =
+            std::fs::read_to_string(&meta_path).map_err(|e| RetrievalError::io(&meta_path, e))?;
+        let meta: IndexMeta = serde_json::from_str(&text)
+            .map_err(|e| fmt_err(&meta_path, format!("damaged: {e}")))?;
+        if meta.format_version != INDEX_FORMAT_VERSION {
+            return Err(fmt_err(
+                &meta_path,
+                format!(
+                    "index format {} (this build reads {INDEX_FORMAT_VERSION})",
+                    meta.format_version
+                ),
+            ));
+        }
+        let items_path = version_dir.join("items.csv");
+        let items_bytes =
+            std::fs::read(&items_path).map_err(|e| RetrievalError::io(&items_path, e))?;
+        if crc32fast::hash(&items_bytes) != meta.items_crc32 {
+            return Err(fmt_err(
+                &items_path,
+                "checksum mismatch (damaged or edited)",
+            ));
+        }
+        let items = parse_items(&items_path, &items_bytes)?;
+        if items.len() != meta.rows {
+            return Err(fmt_err(
+                &items_path,
+                format!("{} items, meta.json says {}", items.len(), meta.rows),
+            ));
+        }
+        let data_path = version_dir.join("embeddings.bin");
+        let file =
+            std::fs::File::open(&data_path).map_err(|e| RetrievalError::io(&data_path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| RetrievalError::io(&data_path, e))?
+            .len() as usize;
+        let want = meta.rows * meta.dim * meta.dtype.bytes();
+        if len != want {
+            return Err(fmt_err(
+                &data_path,
+                format!(
+                    "{len} bytes, expected {want} ({} rows × {} × {:?}): truncated or mismatched",
+                    meta.rows, meta.dim, meta.dtype
+                ),
+            ));
+        }
+        let data = if len == 0 {
+            None
+        } else {
+            // SAFETY: the file is only ever replaced by writing a new version folder, never
+            // modified in place, so the mapping stays valid while it is held.
+            Some(unsafe { Mmap::map(&file) }.map_err(|e| RetrievalError::io(&data_path, e))?)
+        };
+        if crc32fast::hash(data.as_deref().unwrap_or(&[])) != meta.embeddings_crc32 {
+            return Err(fmt_err(&data_path, "checksum mismatch (damaged or edited)"));
+        }
+        Ok(Index {
+            dir: dir.to_path_buf(),
+            version_dir,
+            meta,
+            items,
+            data,
+        })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self.data.as_deref().unwrap_or(&[])
+    }
+
+    /// The embeddings as a matrix, read in place.
+    pub fn view(&self) -> Result<MatrixView<'_>, RetrievalError> {
+        let (rows, dim) = (self.meta.rows, self.meta.dim);
+        let misaligned = |_| fmt_err(&self.version_dir, "embeddings are not aligned in memory");
+        Ok(match self.meta.dtype {
+            IndexDtype::F32 => MatrixView::f32(
+                bytemuck::try_cast_slice(self.bytes()).map_err(misaligned)?,
+                rows,
+                dim,
+            ),
+            IndexDtype::F16 => MatrixView::f16(
+                bytemuck::try_cast_slice(self.bytes()).map_err(misaligned)?,
+                rows,
+                dim,
+            ),
+        })
+    }
+
+    /// Exact top-`k` rows for each of `queries` (row-major, `dim` wide, L2-normalised).
+    pub fn search(&self, queries: &[f32], k: usize) -> Result<TopK, RetrievalError> {
+        let dim = self.meta.dim;
+        if !queries.len().is_multiple_of(dim) {
+            return Err(RetrievalError::Invalid(format!(
+                "query width does not divide by the index dimension {dim}"
+            )));
+        }
+        Ok(top_k(
+            MatrixView::f32(queries, queries.len() / dim, dim),
+            self.view()?,
+            k,
+        ))
+    }
+
+    /// Bytes of the current version on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        std::fs::read_dir(&self.version_dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Appends items and their embeddings as a new version; the open `Index` keeps reading the
+    /// old one.
+    pub fn append(&self, items: &[IndexItem], embeddings: &[f32]) -> Result<(), RetrievalError> {
+        if embeddings.len() != items.len() * self.meta.dim {
+            return Err(RetrievalError::Invalid(format!(
+                "{} embedding values for {} items of dim {}",
+                embeddings.len(),
+                items.len(),
+                self.meta.dim
+            )));
+        }
+        let mut bytes = self.bytes().to_vec();
+        bytes.extend(encode(embeddings, self.meta.dtype));
+        let mut all = self.items.clone();
+        all.extend(items.iter().cloned());
+        write_version(&self.dir, self.meta.clone(), &all, &bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(dtype: IndexDtype) -> IndexMeta {
+        IndexMeta {
+            format_version: INDEX_FORMAT_VERSION,
+            dtype,
+            dim: 2,
+            rows: 0,
+            embeddings_crc32: 0,
+            items_crc32: 0,
+            model: serde_json::json!({"model": "tiny"}),
+            preprocessing: Preprocessing {
+                size: 32,
+                mean: [0.5; 3],
+                std: [0.5; 3],
+            },
+        }
+    }
+
+    fn item(label: i64, path: &str) -> IndexItem {
+        IndexItem {
+            label,
+            path: PathBuf::from(path),
+        }
+    }
+
+    #[test]
+    fn build_search_append_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = dir.path().join("idx");
+        let items = [item(1, "a.jpg"), item(2, "dir, with comma/b \"x\".jpg")];
+        build_index(&idx, meta(IndexDtype::F16), &items, &[1.0, 0.0, 0.0, 1.0]).unwrap();
+        let index = Index::open(&idx).unwrap();
+        assert_eq!(index.items, items);
+        let hits = index.search(&[0.6, 0.8], 2).unwrap();
+        assert_eq!(hits.row(0), &[1, 0]);
+        index.append(&[item(3, "c.jpg")], &[0.0, -1.0]).unwrap();
+        // The open index still reads its own version; a new open sees three rows.
+        assert_eq!(index.search(&[0.0, -1.0], 1).unwrap().row(0), &[0]);
+        let reopened = Index::open(&idx).unwrap();
+        assert_eq!(reopened.meta.rows, 3);
+        assert_eq!(reopened.search(&[0.0, -1.0], 1).unwrap().row(0), &[2]);
+        assert_eq!(reopened.items[2], item(3, "c.jpg"));
+        assert!(
+            !index.version_dir.exists(),
+            "the replaced version is removed"
+        );
+    }
+
+    #[test]
+    fn truncated_or_edited_indexes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = dir.path().join("idx");
+        build_index(
+            &idx,
+            meta(IndexDtype::F32),
+            &[item(1, "a.jpg")],
+            &[1.0, 0.0],
+        )
+        .unwrap();
+        let version = Index::open(&idx).unwrap().version_dir;
+        let data = version.join("embeddings.bin");
+        let bytes = std::fs::read(&data).unwrap();
+        std::fs::write(&data, &bytes[..6]).unwrap();
+        let err = Index::open(&idx).err().unwrap().to_string();
+        assert!(
+            err.contains("embeddings.bin") && err.contains("truncated"),
+            "{err}"
+        );
+        let mut edited = bytes.clone();
+        edited[0] ^= 1;
+        std::fs::write(&data, &edited).unwrap();
+        let err = Index::open(&idx).err().unwrap().to_string();
+        assert!(err.contains("checksum"), "{err}");
+        std::fs::write(&data, &bytes).unwrap();
+        std::fs::write(version.join("items.csv"), "id,label,path\n0,7,a.jpg\n").unwrap();
+        let err = Index::open(&idx).err().unwrap().to_string();
+        assert!(
+            err.contains("items.csv") && err.contains("checksum"),
+            "{err}"
+        );
+        let err = Index::open(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("not an index"), "{err}");
+    }
+}

@@ -1,0 +1,115 @@
+//! The model runs on one dedicated thread fed by a bounded queue. Requests that arrive while a
+//! batch is running wait in the queue and go into the next batch together (up to `max_batch`),
+//! so concurrent searches share one forward pass; when the queue is full a request is turned
+//! away at once (503) instead of piling up memory and latency.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+
+use tokio::sync::oneshot;
+
+/// Turns preprocessed images into L2-normalised embeddings.
+pub trait Embedder: Send + 'static {
+    /// `pixels` holds `n` images of `3 × size × size` floats; returns `n × dim` values.
+    fn embed(&mut self, pixels: Vec<f32>, n: usize) -> Result<Vec<f32>, String>;
+    fn dim(&self) -> usize;
+}
+
+struct Job {
+    pixels: Vec<f32>,
+    reply: oneshot::Sender<Result<Vec<f32>, String>>,
+}
+
+/// Counters the metrics page reports.
+#[derive(Default)]
+pub struct InferenceStats {
+    pub batches: AtomicU64,
+    pub images: AtomicU64,
+}
+
+/// Handle to the inference thread.
+#[derive(Clone)]
+pub struct InferenceQueue {
+    tx: SyncSender<Job>,
+    pub stats: Arc<InferenceStats>,
+}
+
+/// Why a request could not be queued.
+#[derive(Debug)]
+pub enum QueueError {
+    Busy,
+    Stopped,
+}
+
+impl InferenceQueue {
+    /// Starts the inference thread with `embedder`; at most `capacity` requests wait.
+    pub fn start(embedder: Box<dyn Embedder>, max_batch: usize, capacity: usize) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel(capacity.max(1));
+        let stats = Arc::new(InferenceStats::default());
+        let worker_stats = stats.clone();
+        std::thread::Builder::new()
+            .name("inference".into())
+            .spawn(move || run(embedder, rx, max_batch.max(1), &worker_stats))
+            .expect("spawning the inference thread");
+        InferenceQueue { tx, stats }
+    }
+
+    /// Queues one image; the receiver yields its embedding.
+    pub fn submit(
+        &self,
+        pixels: Vec<f32>,
+    ) -> Result<oneshot::Receiver<Result<Vec<f32>, String>>, QueueError> {
+        let (reply, rx) = oneshot::channel();
+        match self.tx.try_send(Job { pixels, reply }) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => Err(QueueError::Busy),
+            Err(TrySendError::Disconnected(_)) => Err(QueueError::Stopped),
+        }
+    }
+}
+
+fn run(
+    mut embedder: Box<dyn Embedder>,
+    rx: Receiver<Job>,
+    max_batch: usize,
+    stats: &InferenceStats,
+) {
+    let dim = embedder.dim();
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < max_batch {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let n = jobs.len();
+        let mut pixels = Vec::with_capacity(n * jobs[0].pixels.len());
+        let mut replies = Vec::with_capacity(n);
+        for job in jobs {
+            pixels.extend_from_slice(&job.pixels);
+            replies.push(job.reply);
+        }
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats.images.fetch_add(n as u64, Ordering::Relaxed);
+        match embedder.embed(pixels, n) {
+            Ok(rows) if rows.len() == n * dim => {
+                for (i, reply) in replies.into_iter().enumerate() {
+                    let _ = reply.send(Ok(rows[i * dim..(i + 1) * dim].to_vec()));
+                }
+            }
+            Ok(rows) => {
+                let message = format!("model returned {} values for {n} × {dim}", rows.len());
+                for reply in replies {
+                    let _ = reply.send(Err(message.clone()));
+                }
+            }
+            Err(message) => {
+                for reply in replies {
+                    let _ = reply.send(Err(message.clone()));
+                }
+            }
+        }
+    }
+}

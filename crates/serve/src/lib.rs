@@ -1,0 +1,361 @@
+//! visual-search-serve: the search service over an on-disk index (`visual-search serve`).
+//!
+//! - `POST /search` — an image as `multipart/form-data` (field `image`) or as the raw body;
+//!   query `k` (default 10) and optional `bbox=x,y,w,h` → JSON top-k with ids, labels, scores
+//!   and image URLs, plus phase timings.
+//! - `GET /images/{id}` — a JPEG thumbnail (≤ 256 px) of a catalogue image.
+//! - `GET /healthz`, `GET /metrics` (Prometheus text), `GET /` (the web page, `page.html`,
+//!   plain HTML/JS compiled into the binary).
+//!
+//! Hostile input gets a 4xx with a JSON `{"error": …}` and never reaches the model: the body
+//! size is capped, images are decoded under a pixel limit, decoding runs on the blocking pool,
+//! each search has a deadline, and the model queue is bounded (503 when full). The model itself
+//! is behind [`inference::Embedder`], so this crate knows nothing of burn.
+
+pub mod inference;
+pub mod metrics;
+pub mod query_image;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{
+    DefaultBodyLimit, FromRequest, Multipart, Path as UrlPath, Query, Request, State,
+};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use visual_search_data::image::DecodeLimits;
+use visual_search_retrieval::index::Index;
+
+use crate::inference::{InferenceQueue, QueueError};
+use crate::metrics::Metrics;
+use crate::query_image::{parse_bbox, prepare_query, thumbnail_jpeg};
+
+/// Limits and sizes of the service.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+    /// Largest decoded image (width × height).
+    pub max_pixels: u64,
+    /// Deadline of one search, queueing included.
+    pub request_timeout: Duration,
+    /// Largest `k` a client may ask for.
+    pub max_k: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            max_body_bytes: 20 << 20,
+            max_pixels: 40_000_000,
+            request_timeout: Duration::from_secs(30),
+            max_k: 1000,
+        }
+    }
+}
+
+/// What handlers share.
+pub struct AppState {
+    pub index: Index,
+    pub index_bytes: u64,
+    pub queue: InferenceQueue,
+    pub config: ServeConfig,
+    pub metrics: Metrics,
+}
+
+/// A JSON error response.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, axum::Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, message.into())
+}
+
+#[derive(Deserialize)]
+struct SearchParams {
+    k: Option<usize>,
+    bbox: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Hit {
+    rank: usize,
+    id: u32,
+    label: i64,
+    score: f32,
+    path: String,
+    image_url: String,
+}
+
+#[derive(Serialize)]
+struct Timings {
+    decode: f64,
+    model: f64,
+    search: f64,
+    total: f64,
+}
+
+#[derive(Serialize)]
+struct SearchResponse {
+    k: usize,
+    results: Vec<Hit>,
+    timings_ms: Timings,
+}
+
+/// The image bytes of a search request: a multipart `image` field or the raw body.
+async fn request_image(state: &Arc<AppState>, request: Request) -> Result<Bytes, ApiError> {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > state.config.max_body_bytes as u64) {
+        // Refused before reading a byte of it.
+        return Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body over {} bytes", state.config.max_body_bytes),
+        ));
+    }
+    let is_multipart = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let too_big = |e: String| {
+        if e.contains("length limit") || e.contains("too large") {
+            ApiError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body over {} bytes", state.config.max_body_bytes),
+            )
+        } else {
+            bad_request(e)
+        }
+    };
+    if is_multipart {
+        let mut form = Multipart::from_request(request, state)
+            .await
+            .map_err(|e| bad_request(e.body_text()))?;
+        while let Some(field) = form
+            .next_field()
+            .await
+            .map_err(|e| too_big(e.body_text()))?
+        {
+            if field.name() == Some("image") {
+                return field.bytes().await.map_err(|e| too_big(e.body_text()));
+            }
+        }
+        return Err(bad_request("multipart body has no `image` field"));
+    }
+    Bytes::from_request(request, state)
+        .await
+        .map_err(|e| too_big(e.body_text()))
+}
+
+async fn search(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<SearchParams>,
+    request: Request,
+) -> Response {
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(
+        state.config.request_timeout,
+        run_search(state.clone(), params, request, started),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(ApiError(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("search took longer than {:?}", state.config.request_timeout),
+        ))
+    });
+    let response = match outcome {
+        Ok(body) => axum::Json(body).into_response(),
+        Err(e) => e.into_response(),
+    };
+    state.metrics.request("search", response.status().as_u16());
+    if response.status().is_success() {
+        state.metrics.search_latency(started.elapsed());
+    }
+    response
+}
+
+async fn run_search(
+    state: Arc<AppState>,
+    params: SearchParams,
+    request: Request,
+    started: Instant,
+) -> Result<SearchResponse, ApiError> {
+    let k = params.k.unwrap_or(10);
+    if k == 0 || k > state.config.max_k {
+        return Err(bad_request(format!(
+            "k must be in 1..={}",
+            state.config.max_k
+        )));
+    }
+    let bbox = match &params.bbox {
+        Some(text) => Some(parse_bbox(text).map_err(bad_request)?),
+        None => None,
+    };
+    let bytes = request_image(&state, request).await?;
+    if bytes.is_empty() {
+        return Err(bad_request(
+            "empty body: send an image (raw or multipart field `image`)",
+        ));
+    }
+    let limits = DecodeLimits {
+        max_pixels: state.config.max_pixels,
+        max_file_bytes: state.config.max_body_bytes as u64,
+        ..DecodeLimits::default()
+    };
+    let pre = state.index.meta.preprocessing.clone();
+    let pixels = tokio::task::spawn_blocking(move || prepare_query(&bytes, bbox, &pre, &limits))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(bad_request)?;
+    let decoded = Instant::now();
+    let pending = state.queue.submit(pixels).map_err(|e| match e {
+        QueueError::Busy => ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy: too many searches in flight, retry".into(),
+        ),
+        QueueError::Stopped => ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the model thread stopped".into(),
+        ),
+    })?;
+    let embedding = pending
+        .await
+        .map_err(|_| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the model thread stopped".into(),
+            )
+        })?
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let embedded = Instant::now();
+    let searcher = state.clone();
+    let top = tokio::task::spawn_blocking(move || searcher.index.search(&embedding, k))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let done = Instant::now();
+    let results = top
+        .row(0)
+        .iter()
+        .zip(top.row_scores(0))
+        .enumerate()
+        .map(|(r, (&id, &score))| {
+            let item = &state.index.items[id as usize];
+            Hit {
+                rank: r + 1,
+                id,
+                label: item.label,
+                score,
+                path: item.path.display().to_string(),
+                image_url: format!("/images/{id}"),
+            }
+        })
+        .collect();
+    let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+    Ok(SearchResponse {
+        k: top.k,
+        results,
+        timings_ms: Timings {
+            decode: ms(started, decoded),
+            model: ms(decoded, embedded),
+            search: ms(embedded, done),
+            total: ms(started, done),
+        },
+    })
+}
+
+async fn image(State(state): State<Arc<AppState>>, UrlPath(id): UrlPath<String>) -> Response {
+    let response = match id
+        .parse::<usize>()
+        .ok()
+        .and_then(|i| state.index.items.get(i))
+    {
+        None => ApiError(StatusCode::NOT_FOUND, format!("no catalogue image {id}")).into_response(),
+        Some(item) => {
+            let path = item.path.clone();
+            let limits = DecodeLimits {
+                max_pixels: state.config.max_pixels,
+                ..DecodeLimits::default()
+            };
+            match tokio::task::spawn_blocking(move || {
+                thumbnail_jpeg(Path::new(&path), 256, &limits)
+            })
+            .await
+            {
+                Ok(Ok(jpeg)) => (
+                    [
+                        (header::CONTENT_TYPE, "image/jpeg"),
+                        (header::CACHE_CONTROL, "max-age=3600"),
+                    ],
+                    jpeg,
+                )
+                    .into_response(),
+                Ok(Err(e)) => ApiError(StatusCode::NOT_FOUND, e).into_response(),
+                Err(e) => {
+                    ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+                }
+            }
+        }
+    };
+    state.metrics.request("images", response.status().as_u16());
+    response
+}
+
+async fn healthz(State(state): State<Arc<AppState>>) -> &'static str {
+    state.metrics.request("healthz", 200);
+    "ok\n"
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    state.metrics.request("metrics", 200);
+    let stats = &state.queue.stats;
+    let text = state.metrics.render(
+        state.index.meta.rows,
+        state.index_bytes,
+        stats.batches.load(std::sync::atomic::Ordering::Relaxed),
+        stats.images.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn page() -> Html<&'static str> {
+    Html(include_str!("page.html"))
+}
+
+/// The service's routes.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/", get(page))
+        .route("/search", post(search))
+        .route("/images/{id}", get(image))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Serves until Ctrl-C.
+pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+}
