@@ -2,52 +2,12 @@
 //! EfficientNet-Lite0 weights, searched over HTTP with an in-store photo, then attacked with
 //! hostile uploads — each must get a 4xx with a message while the server keeps serving.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 
 mod common;
 
-use common::{bin, run_ok};
-
-/// Kills the server when the test ends, however it ends.
-struct Server(Child, String);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_server(index: &Path) -> Server {
-    let mut child = bin()
-        .args([
-            "serve",
-            "--index",
-            index.to_str().unwrap(),
-            "--addr",
-            "127.0.0.1:0",
-        ])
-        .args(["--device", "flex", "--max-body-mb", "8"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .rsplit("http://")
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    assert!(line.contains("serving"), "{line}");
-    Server(child, addr)
-}
+use common::{catalogue, run_ok, start_server};
 
 /// One HTTP/1.1 request; returns (status, headers, body). A body the server refuses early may
 /// not be sent completely, so write errors after the headers are ignored.
@@ -129,25 +89,6 @@ fn png_claiming(w: u32, h: u32) -> Vec<u8> {
     png
 }
 
-/// A gallery list of every `step`-th row of the grocery gallery, reached through a symlink.
-fn catalogue(dir: &Path, grocery: &Path, step: usize) -> PathBuf {
-    let root = dir.join("shop");
-    std::fs::create_dir_all(&root).unwrap();
-    for sub in ["train", "val", "test", "iconic-images-and-descriptions"] {
-        std::os::unix::fs::symlink(grocery.join(sub), root.join(sub)).unwrap();
-    }
-    let text = std::fs::read_to_string(grocery.join("gallery.csv")).unwrap();
-    let mut lines = text.lines();
-    let header = lines.next().unwrap();
-    let rows: Vec<&str> = lines.step_by(step).collect();
-    std::fs::write(
-        root.join("gallery.csv"),
-        format!("{header}\n{}\n", rows.join("\n")),
-    )
-    .unwrap();
-    root
-}
-
 #[test]
 fn index_and_serve_the_grocery_catalogue() {
     let (Some(grocery), Some(weights)) = (
@@ -201,7 +142,7 @@ fn index_and_serve_the_grocery_catalogue() {
     );
 
     let server = start_server(&index);
-    let addr = server.1.as_str();
+    let addr = server.addr.as_str();
     let photo = std::fs::read(grocery.join("test/Fruit/Kiwi/Kiwi_005.jpg")).unwrap();
 
     // A raw-body search: the top hit is the same product (a kiwi among 40 products).

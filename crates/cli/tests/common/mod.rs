@@ -1,6 +1,10 @@
-//! Helpers shared by the CLI's end-to-end tests: running the built binary.
+//! Helpers shared by the CLI's end-to-end tests: running the built binary, a small catalogue
+//! cut from the grocery data, and a `serve` process on a free port.
+#![allow(dead_code)] // each test file uses a different subset
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
 /// The `visual-search` binary under test.
 pub fn bin() -> Command {
@@ -14,4 +18,66 @@ pub fn run_ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{args:?}\n{text}");
     text
+}
+
+/// Kills the server when the test ends, however it ends.
+pub struct Server {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `serve` on the index at a free loopback port.
+pub fn start_server(index: &Path) -> Server {
+    let mut child = bin()
+        .args([
+            "serve",
+            "--index",
+            index.to_str().unwrap(),
+            "--addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--device", "flex", "--max-body-mb", "8"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .rsplit("http://")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(line.contains("serving"), "{line}");
+    Server { child, addr }
+}
+
+/// A gallery list of every `step`-th row of the grocery gallery, reached through a symlink.
+pub fn catalogue(dir: &Path, grocery: &Path, step: usize) -> PathBuf {
+    let root = dir.join("shop");
+    std::fs::create_dir_all(&root).unwrap();
+    for sub in ["train", "val", "test", "iconic-images-and-descriptions"] {
+        std::os::unix::fs::symlink(grocery.join(sub), root.join(sub)).unwrap();
+    }
+    let text = std::fs::read_to_string(grocery.join("gallery.csv")).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    let rows: Vec<&str> = lines.step_by(step).collect();
+    std::fs::write(
+        root.join("gallery.csv"),
+        format!("{header}\n{}\n", rows.join("\n")),
+    )
+    .unwrap();
+    root
 }

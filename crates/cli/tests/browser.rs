@@ -1,0 +1,63 @@
+//! The web page in headless Chromium: index a grocery catalogue, serve it, and let
+//! `tools/browser/search_page.mjs` (playwright-core) pick an in-store photo of a kiwi on the
+//! page, wait for the result grid, check that the first result is a kiwi and its thumbnail
+//! loads, then draw a box and check the boxed search. `tools/install_test_deps.sh` (run by
+//! test.sh and CI) installs Chromium, Node and playwright-core.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{catalogue, run_ok, start_server};
+
+#[test]
+fn the_page_finds_the_product_in_headless_chromium() {
+    let (Some(grocery), Some(weights)) = (
+        visual_search_data::datasets::locate_grocery(),
+        visual_search_model::pretrained::efficientnet_lite0_weights(),
+    ) else {
+        eprintln!("SKIPPED: grocery dataset or Lite0 weights not found");
+        return;
+    };
+    let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/browser");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !tools.join("node_modules/playwright-core").is_dir() || !Path::new(&chromium).exists() {
+        eprintln!("SKIPPED: Chromium or playwright-core missing (run tools/install_test_deps.sh)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = catalogue(dir.path(), &grocery, 10);
+    let index = dir.path().join("index");
+    run_ok(&[
+        "index",
+        "build",
+        "--model",
+        "efficientnet_lite0",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--device",
+        "flex",
+        "--csv",
+        root.join("gallery.csv").to_str().unwrap(),
+        "--out",
+        index.to_str().unwrap(),
+    ]);
+    let server = start_server(&index);
+    let photo = grocery.join("test/Fruit/Kiwi/Kiwi_005.jpg");
+    let out = Command::new("node")
+        .current_dir(&tools)
+        .env("CHROMIUM", &chromium)
+        .args([
+            "search_page.mjs",
+            &format!("http://{}/", server.addr),
+            photo.to_str().unwrap(),
+            "7",
+        ])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("\"thumbnail\":true"), "{text}");
+}
