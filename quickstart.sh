@@ -5,7 +5,9 @@
 #  2. builds visual-search, imports Fashion-MNIST into the challenge's formats and checks it;
 #  3. fine-tunes EfficientNet-Lite0 with the sub-centre ArcFace head (configs/quickstart.yml),
 #     printing dev mAP@1000 before and after;
-#  4. exports the best checkpoint and evaluates the exported model.
+#  4. exports the best checkpoint and evaluates the exported model;
+#  5. indexes the dev gallery with it and searches with a query photo (`serve` does the same over
+#     HTTP: the last line says how to start it).
 set -euo pipefail
 cd "$(dirname "$0")"
 ./tools/install_system_deps.sh
@@ -20,3 +22,9 @@ rm -rf runs/quickstart
 "$vs" train --config configs/quickstart.yml --name quickstart
 "$vs" export --checkpoint runs/quickstart --out runs/quickstart/model
 "$vs" eval --model-dir runs/quickstart/model --dataset-dir "$data"
+rm -rf runs/quickstart/index
+"$vs" index build --model-dir runs/quickstart/model --csv "$data/gallery.csv" --out runs/quickstart/index
+query=$(sed -n 2p "$data/queries.csv" | cut -d, -f1)
+echo "query $query is product $(sed -n 2p "$data/queries.csv" | cut -d, -f2); its nearest catalogue images:"
+"$vs" search --index runs/quickstart/index --k 5 "$data/$query"
+echo "search in a browser: $vs serve --index runs/quickstart/index  (then open http://127.0.0.1:8080/)"

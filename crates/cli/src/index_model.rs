@@ -2,11 +2,12 @@
 //! embed new images exactly as the catalogue was embedded: the same registry model and
 //! weights, or the same exported model folder, at the same input size.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
+use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
-use visual_search_retrieval::index::Preprocessing;
+use visual_search_retrieval::index::{Index, Preprocessing};
 
 use crate::model_args::{LoadedModel, ModelArgs, Precision};
 
@@ -62,4 +63,40 @@ pub fn preprocessing(loaded: &LoadedModel) -> Preprocessing {
         mean: loaded.normalization.mean,
         std: loaded.normalization.std,
     }
+}
+
+/// L2-normalised embeddings (`n × dim`, NaN/inf → 0) of `n` prepared images
+/// (`n × 3 × size × size` floats).
+pub fn embed_pixels(loaded: &LoadedModel, pixels: Vec<f32>, n: usize) -> Result<Vec<f32>, String> {
+    let s = loaded.image_size;
+    if pixels.len() != n * 3 * s * s {
+        return Err(format!(
+            "{} input values for {n} images of {s} px",
+            pixels.len()
+        ));
+    }
+    let x = Tensor::<4>::from_data(TensorData::new(pixels, [n, 3, s, s]), &loaded.device)
+        .cast(loaded.device.settings().float_dtype);
+    Ok(loaded
+        .model
+        .embed(x)
+        .into_data()
+        .iter::<f32>()
+        .map(|v| if v.is_finite() { v } else { 0.0 })
+        .collect())
+}
+
+/// Opens an index and loads the model that made it, on `device`; a model whose width no longer
+/// matches the index (weights replaced since) is an error.
+pub fn open_with_model(dir: &Path, device: &str) -> anyhow::Result<(Index, LoadedModel)> {
+    let index = Index::open(dir)?;
+    let loaded = ModelRef::from_json(&index.meta.model)?.load(device)?;
+    if loaded.model.dim() != index.meta.dim {
+        bail!(
+            "the index's model gives {}-d embeddings, the index holds {}-d",
+            loaded.model.dim(),
+            index.meta.dim
+        );
+    }
+    Ok((index, loaded))
 }

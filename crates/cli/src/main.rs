@@ -48,6 +48,8 @@ enum Command {
     /// Build, extend and inspect the on-disk search index of a catalogue.
     #[command(subcommand)]
     Index(commands::index::IndexCommand),
+    /// Search an index with photos from the command line.
+    Search(commands::search::Args),
     /// Serve an index over HTTP: JSON search API, thumbnails, metrics and a web page.
     Serve(commands::serve::Args),
     /// Inspect weight files.
@@ -77,6 +79,7 @@ fn main() -> std::process::ExitCode {
         Command::Rank(a) => commands::rank::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Index(c) => c.run(),
+        Command::Search(a) => commands::search::run(a),
         Command::Serve(a) => commands::serve::run(a),
         Command::Weights(c) => c.run(),
         Command::Models => commands::list_models(),

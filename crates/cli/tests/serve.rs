@@ -141,6 +141,26 @@ fn index_and_serve_the_grocery_catalogue() {
         "{info}"
     );
 
+    // The command-line search gives what the server will.
+    let kiwi = grocery.join("test/Fruit/Kiwi/Kiwi_005.jpg");
+    let found = run_ok(&[
+        "search",
+        "--index",
+        index.to_str().unwrap(),
+        "--device",
+        "flex",
+        "--k",
+        "3",
+        kiwi.to_str().unwrap(),
+    ]);
+    let first: Vec<&str> = found
+        .lines()
+        .find(|l| l.trim_start().starts_with("1 "))
+        .unwrap_or_else(|| panic!("{found}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(first[2], "7", "{found}");
+
     let server = start_server(&index);
     let addr = server.addr.as_str();
     let photo = std::fs::read(grocery.join("test/Fruit/Kiwi/Kiwi_005.jpg")).unwrap();

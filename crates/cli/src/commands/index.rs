@@ -12,7 +12,7 @@ use visual_search_retrieval::index::{
 use visual_search_train::embedding::embed_samples;
 
 use crate::dev_set_run::eval_loader;
-use crate::index_model::{ModelRef, preprocessing};
+use crate::index_model::{ModelRef, open_with_model, preprocessing};
 use crate::model_args::{LoadedModel, ModelArgs};
 use crate::progress::images_bar;
 use crate::sample_lists::ListArgs;
@@ -160,15 +160,7 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
 }
 
 fn add(args: AddArgs) -> anyhow::Result<()> {
-    let index = Index::open(&args.index)?;
-    let loaded = ModelRef::from_json(&index.meta.model)?.load(&args.device)?;
-    if loaded.model.dim() != index.meta.dim {
-        bail!(
-            "the index's model now gives {}-d embeddings, the index holds {}-d",
-            loaded.model.dim(),
-            index.meta.dim
-        );
-    }
+    let (index, loaded) = open_with_model(&args.index, &args.device)?;
     let (items, rows) = embed_list(&loaded, &args.list)?;
     index
         .append(&items, &rows)

@@ -10,6 +10,7 @@ pub mod eval;
 pub mod export;
 pub mod index;
 pub mod rank;
+pub mod search;
 pub mod serve;
 pub mod train;
 mod weights_inspect;

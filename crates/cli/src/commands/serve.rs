@@ -4,14 +4,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use burn::tensor::{Tensor, TensorData};
-use visual_search_retrieval::index::Index;
+use anyhow::Context;
 use visual_search_serve::inference::{Embedder, InferenceQueue};
 use visual_search_serve::metrics::Metrics;
 use visual_search_serve::{AppState, ServeConfig, serve};
 
-use crate::index_model::ModelRef;
+use crate::index_model::{embed_pixels, open_with_model};
 use crate::model_args::LoadedModel;
 
 /// Serves an index: `POST /search` (image as multipart field `image` or raw body; `k`,
@@ -50,22 +48,7 @@ struct ModelEmbedder(LoadedModel);
 
 impl Embedder for ModelEmbedder {
     fn embed(&mut self, pixels: Vec<f32>, n: usize) -> Result<Vec<f32>, String> {
-        let m = &self.0;
-        let s = m.image_size;
-        if pixels.len() != n * 3 * s * s {
-            return Err(format!(
-                "{} input values for {n} images of {s} px",
-                pixels.len()
-            ));
-        }
-        let x = Tensor::<4>::from_data(TensorData::new(pixels, [n, 3, s, s]), &m.device)
-            .cast(m.device.settings().float_dtype);
-        Ok(m.model
-            .embed(x)
-            .into_data()
-            .iter::<f32>()
-            .map(|v| if v.is_finite() { v } else { 0.0 })
-            .collect())
+        embed_pixels(&self.0, pixels, n)
     }
 
     fn dim(&self) -> usize {
@@ -74,15 +57,7 @@ impl Embedder for ModelEmbedder {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let index = Index::open(&args.index)?;
-    let loaded = ModelRef::from_json(&index.meta.model)?.load(&args.device)?;
-    if loaded.model.dim() != index.meta.dim {
-        bail!(
-            "the index's model gives {}-d embeddings, the index holds {}-d",
-            loaded.model.dim(),
-            index.meta.dim
-        );
-    }
+    let (index, loaded) = open_with_model(&args.index, &args.device)?;
     let config = ServeConfig {
         max_body_bytes: args.max_body_mb << 20,
         max_pixels: args.max_megapixels * 1_000_000,
