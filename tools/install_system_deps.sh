@@ -10,10 +10,4 @@ command -v cmake >/dev/null || need+=(cmake)
 command -v nasm >/dev/null || need+=(nasm)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 [ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing: ${need[*]}"
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}"
-fi
+"$(dirname "$0")/apt_install_missing.sh" ${need[@]+"${need[@]}"}

@@ -8,13 +8,7 @@ need=()
 command -v chromium >/dev/null || need+=(chromium)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing: ${need[*]}"
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}"
-fi
+./tools/apt_install_missing.sh ${need[@]+"${need[@]}"}
 if [ ! -d tools/browser/node_modules/playwright-core ]; then
   (cd tools/browser && npm ci --no-audit --no-fund)
 fi

@@ -2,15 +2,13 @@
 //! one model — the common first half of `rank` and `eval`.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use visual_search_data::formats::dev_set::load_dev_set;
 use visual_search_data::loader::LoaderConfig;
-use visual_search_data::transform::EvalTransform;
-use visual_search_train::embedding::{EmbeddedSet, embed_samples};
+use visual_search_train::embedding::EmbeddedSet;
 
+use crate::embedding_run::embed_with_progress;
 use crate::model_args::LoadedModel;
-use crate::progress::images_bar;
 
 /// Where the dev set is and how to load it.
 #[derive(clap::Args, Debug, Clone)]
@@ -53,31 +51,15 @@ impl EmbeddedDevSet {
 
 pub fn embed_dev_set(model: &LoadedModel, args: &DevSetArgs) -> anyhow::Result<EmbeddedDevSet> {
     let dev = load_dev_set(&args.dataset_dir, &args.gallery, &args.queries)?;
-    let transform = Arc::new(EvalTransform::new(
-        model.image_size as u32,
-        model.normalization,
-    ));
     let loader = eval_loader(args.batch_size, args.workers);
     let run = |samples: Vec<visual_search_data::Sample>, what: &str| {
-        let bar = images_bar(samples.len(), what);
-        let set = embed_samples(
-            &model.model,
+        embed_with_progress(
+            model,
             samples.into(),
-            transform.clone(),
             &loader,
-            &model.device,
-            |d, _| bar.set_position(d as u64),
-        );
-        bar.finish_and_clear();
-        for s in set.skipped.iter().take(20) {
-            eprintln!(
-                "warning: {what} row {}: {}: {} (embedding left at zero)",
-                s.sample_index,
-                s.path.display(),
-                s.reason
-            );
-        }
-        set
+            what,
+            "their embeddings are left at zero",
+        )
     };
     let queries = run(dev.queries, "queries");
     let gallery = run(dev.gallery, "gallery");

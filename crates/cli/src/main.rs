@@ -4,6 +4,7 @@
 
 mod commands;
 mod dev_set_run;
+mod embedding_run;
 mod index_model;
 mod model_args;
 mod progress;

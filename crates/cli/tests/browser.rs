@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{catalogue, run_ok, start_server};
+use common::{catalogue, lite0_index, start_server};
 
 #[test]
 fn the_page_finds_the_product_in_headless_chromium() {
@@ -28,21 +28,7 @@ fn the_page_finds_the_product_in_headless_chromium() {
     }
     let dir = tempfile::tempdir().unwrap();
     let root = catalogue(dir.path(), &grocery, 10);
-    let index = dir.path().join("index");
-    run_ok(&[
-        "index",
-        "build",
-        "--model",
-        "efficientnet_lite0",
-        "--weights",
-        weights.to_str().unwrap(),
-        "--device",
-        "flex",
-        "--csv",
-        root.join("gallery.csv").to_str().unwrap(),
-        "--out",
-        index.to_str().unwrap(),
-    ]);
+    let (index, _) = lite0_index(dir.path(), &root, &weights);
     let server = start_server(&index);
     let photo = grocery.join("test/Fruit/Kiwi/Kiwi_005.jpg");
     let out = Command::new("node")

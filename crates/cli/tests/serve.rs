@@ -7,7 +7,7 @@ use std::net::TcpStream;
 
 mod common;
 
-use common::{catalogue, run_ok, start_server};
+use common::{catalogue, lite0_index, run_ok, start_server};
 
 /// One HTTP/1.1 request; returns (status, headers, body). A body the server refuses early may
 /// not be sent completely, so write errors after the headers are ignored.
@@ -100,21 +100,7 @@ fn index_and_serve_the_grocery_catalogue() {
     };
     let dir = tempfile::tempdir().unwrap();
     let root = catalogue(dir.path(), &grocery, 10);
-    let index = dir.path().join("index");
-    let text = run_ok(&[
-        "index",
-        "build",
-        "--model",
-        "efficientnet_lite0",
-        "--weights",
-        weights.to_str().unwrap(),
-        "--device",
-        "flex",
-        "--csv",
-        root.join("gallery.csv").to_str().unwrap(),
-        "--out",
-        index.to_str().unwrap(),
-    ]);
+    let (index, text) = lite0_index(dir.path(), &root, &weights);
     assert!(text.contains("indexed 149 images"), "{text}");
     // `add` embeds with the index's own model reference.
     let extra = dir.path().join("extra.csv");

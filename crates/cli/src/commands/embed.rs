@@ -1,16 +1,13 @@
 //! `visual-search embed`: one embedding per CSV row.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
-use visual_search_data::transform::EvalTransform;
 use visual_search_retrieval::embedding_file::{StoredDtype, write_embeddings};
-use visual_search_train::embedding::embed_samples;
 
 use crate::dev_set_run::eval_loader;
+use crate::embedding_run::embed_with_progress;
 use crate::model_args::ModelArgs;
-use crate::progress::images_bar;
 use crate::sample_lists::ListArgs;
 
 /// Embeds every image of a Product10K, gallery or queries CSV (queries cropped to their box,
@@ -40,21 +37,14 @@ pub enum DtypeArg {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let (kind, samples) = args.list.read()?;
     let loaded = args.model.load()?;
-    let transform = Arc::new(EvalTransform::new(
-        loaded.image_size as u32,
-        loaded.normalization,
-    ));
     let loader = eval_loader(args.list.batch_size, args.list.workers);
-    let bar = images_bar(samples.len(), &format!("embedding {kind:?}"));
-    let result = embed_samples(
-        &loaded.model,
+    let result = embed_with_progress(
+        &loaded,
         samples.into(),
-        transform,
         &loader,
-        &loaded.device,
-        |done, _| bar.set_position(done as u64),
+        &format!("embedding {kind:?}"),
+        "their rows are all zero",
     );
-    bar.finish_and_clear();
     let dtype = match args.out_dtype {
         DtypeArg::F32 => StoredDtype::F32,
         DtypeArg::F16 => StoredDtype::F16,
@@ -74,19 +64,5 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         t.model.as_secs_f64(),
         t.waiting_for_data.as_secs_f64(),
     );
-    if !result.skipped.is_empty() {
-        println!(
-            "{} image(s) could not be read; their rows are all zero:",
-            result.skipped.len()
-        );
-        for s in result.skipped.iter().take(20) {
-            println!(
-                "  row {}: {}: {}",
-                s.sample_index,
-                s.path.display(),
-                s.reason
-            );
-        }
-    }
     Ok(())
 }

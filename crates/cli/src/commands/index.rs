@@ -5,16 +5,14 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use visual_search_data::Sample;
-use visual_search_data::transform::EvalTransform;
 use visual_search_retrieval::index::{
     INDEX_FORMAT_VERSION, Index, IndexDtype, IndexItem, IndexMeta, build_index,
 };
-use visual_search_train::embedding::embed_samples;
 
 use crate::dev_set_run::eval_loader;
+use crate::embedding_run::embed_with_progress;
 use crate::index_model::{ModelRef, open_with_model, preprocessing};
 use crate::model_args::{LoadedModel, ModelArgs};
-use crate::progress::images_bar;
 use crate::sample_lists::ListArgs;
 
 #[derive(clap::Subcommand)]
@@ -82,39 +80,18 @@ fn embed_list(loaded: &LoadedModel, list: &ListArgs) -> anyhow::Result<(Vec<Inde
     if samples.is_empty() {
         bail!("{} lists no images", list.csv.display());
     }
-    let transform = Arc::new(EvalTransform::new(
-        loaded.image_size as u32,
-        loaded.normalization,
-    ));
     let loader = eval_loader(list.batch_size, list.workers);
-    let bar = images_bar(samples.len(), &format!("embedding {kind:?}"));
     let samples: Arc<[Sample]> = samples.into();
-    let result = embed_samples(
-        &loaded.model,
+    let result = embed_with_progress(
+        loaded,
         samples.clone(),
-        transform,
         &loader,
-        &loaded.device,
-        |done, _| bar.set_position(done as u64),
+        &format!("embedding {kind:?}"),
+        "they are left out of the index",
     );
-    bar.finish_and_clear();
     let dim = result.embeddings.dim;
     let skipped: std::collections::HashSet<usize> =
         result.skipped.iter().map(|s| s.sample_index).collect();
-    for s in result.skipped.iter().take(20) {
-        eprintln!(
-            "skipped row {}: {}: {}",
-            s.sample_index,
-            s.path.display(),
-            s.reason
-        );
-    }
-    if !skipped.is_empty() {
-        eprintln!(
-            "{} image(s) could not be read and are not in the index",
-            skipped.len()
-        );
-    }
     let mut items = Vec::with_capacity(samples.len());
     let mut rows = Vec::with_capacity(samples.len() * dim);
     for (i, s) in samples.iter().enumerate() {

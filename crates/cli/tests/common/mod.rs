@@ -81,3 +81,24 @@ pub fn catalogue(dir: &Path, grocery: &Path, step: usize) -> PathBuf {
     .unwrap();
     root
 }
+
+/// Builds `dir/index` over `root/gallery.csv` with the real EfficientNet-Lite0 `weights`;
+/// returns the index folder and the command's output.
+pub fn lite0_index(dir: &Path, root: &Path, weights: &Path) -> (PathBuf, String) {
+    let index = dir.join("index");
+    let text = run_ok(&[
+        "index",
+        "build",
+        "--model",
+        "efficientnet_lite0",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--device",
+        "flex",
+        "--csv",
+        root.join("gallery.csv").to_str().unwrap(),
+        "--out",
+        index.to_str().unwrap(),
+    ]);
+    (index, text)
+}

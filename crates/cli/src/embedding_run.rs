@@ -1,0 +1,62 @@
+//! Embedding a sample list with a loaded model the way every command does it: the evaluation
+//! transform, a progress bar, and a report of the images that could not be read (the loader
+//! skips and counts them; each command says what that means for its output).
+
+use std::sync::Arc;
+
+use visual_search_data::Sample;
+use visual_search_data::loader::{LoaderConfig, SkippedSample};
+use visual_search_data::transform::EvalTransform;
+use visual_search_train::embedding::{EmbeddedSet, embed_samples};
+
+use crate::model_args::LoadedModel;
+use crate::progress::images_bar;
+
+/// Embeds `samples` (row i = sample i), showing a bar labelled `what`; unreadable images are
+/// listed on stderr followed by `consequence` ("their rows are all zero", …).
+pub fn embed_with_progress(
+    model: &LoadedModel,
+    samples: Arc<[Sample]>,
+    loader: &LoaderConfig,
+    what: &str,
+    consequence: &str,
+) -> EmbeddedSet {
+    let transform = Arc::new(EvalTransform::new(
+        model.image_size as u32,
+        model.normalization,
+    ));
+    let bar = images_bar(samples.len(), what);
+    let set = embed_samples(
+        &model.model,
+        samples,
+        transform,
+        loader,
+        &model.device,
+        |done, _| bar.set_position(done as u64),
+    );
+    bar.finish_and_clear();
+    report_skipped(&set.skipped, what, consequence);
+    set
+}
+
+/// Lists (up to 20 of) the images that could not be read.
+fn report_skipped(skipped: &[SkippedSample], what: &str, consequence: &str) {
+    if skipped.is_empty() {
+        return;
+    }
+    eprintln!(
+        "{what}: {} image(s) could not be read; {consequence}:",
+        skipped.len()
+    );
+    for s in skipped.iter().take(20) {
+        eprintln!(
+            "  row {}: {}: {}",
+            s.sample_index,
+            s.path.display(),
+            s.reason
+        );
+    }
+    if skipped.len() > 20 {
+        eprintln!("  … and {} more", skipped.len() - 20);
+    }
+}
