@@ -2,14 +2,16 @@
 //! embed new images exactly as the catalogue was embedded: the same registry model and
 //! weights, or the same exported model folder, at the same input size.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
-use visual_search_retrieval::index::{Index, Preprocessing};
+use visual_search_retrieval::catalogue::Catalogue;
+use visual_search_retrieval::index::Preprocessing;
 
 use crate::model_args::{LoadedModel, ModelArgs, Precision};
+use crate::pg_args::{PgArgs, open_catalogue};
 
 /// Which model made an index.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -86,16 +88,22 @@ pub fn embed_pixels(loaded: &LoadedModel, pixels: Vec<f32>, n: usize) -> Result<
         .collect())
 }
 
-/// Opens an index and loads the model that made it, on `device`; a model whose width no longer
-/// matches the index (weights replaced since) is an error.
-pub fn open_with_model(dir: &Path, device: &str) -> anyhow::Result<(Index, LoadedModel)> {
-    let index = Index::open(dir)?;
-    let loaded = ModelRef::from_json(&index.meta.model)?.load(device)?;
-    if loaded.model.dim() != index.meta.dim {
+/// Opens an index (a folder or a `postgres://` URL) and loads the model that made it, on
+/// `device`; a model whose width no longer matches the index (weights replaced since) is an
+/// error.
+pub fn open_with_model(
+    location: &str,
+    pg: &PgArgs,
+    device: &str,
+) -> anyhow::Result<(Box<dyn Catalogue>, LoadedModel)> {
+    let index = open_catalogue(location, pg)?;
+    let meta = index.meta();
+    let loaded = ModelRef::from_json(&meta.model)?.load(device)?;
+    if loaded.model.dim() != meta.dim {
         bail!(
             "the index's model gives {}-d embeddings, the index holds {}-d",
             loaded.model.dim(),
-            index.meta.dim
+            meta.dim
         );
     }
     Ok((index, loaded))

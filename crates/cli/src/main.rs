@@ -7,6 +7,7 @@ mod dev_set_run;
 mod embedding_run;
 mod index_model;
 mod model_args;
+mod pg_args;
 mod progress;
 mod sample_lists;
 mod table;
@@ -49,6 +50,9 @@ enum Command {
     /// Build, extend and inspect the on-disk search index of a catalogue.
     #[command(subcommand)]
     Index(commands::index::IndexCommand),
+    /// Mine training pairs from Amazon reviews: pairs → features → filter → download → merge.
+    #[command(subcommand)]
+    Mine(commands::mine::MineCommand),
     /// Search an index with photos from the command line.
     Search(commands::search::Args),
     /// Serve an index over HTTP: JSON search API, thumbnails, metrics and a web page.
@@ -80,6 +84,7 @@ fn main() -> std::process::ExitCode {
         Command::Rank(a) => commands::rank::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Index(c) => c.run(),
+        Command::Mine(c) => c.run(),
         Command::Search(a) => commands::search::run(a),
         Command::Serve(a) => commands::serve::run(a),
         Command::Weights(c) => c.run(),

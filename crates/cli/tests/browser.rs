@@ -13,11 +13,7 @@ use common::{catalogue, lite0_index, start_server};
 
 #[test]
 fn the_page_finds_the_product_in_headless_chromium() {
-    let (Some(grocery), Some(weights)) = (
-        visual_search_data::datasets::locate_grocery(),
-        visual_search_model::pretrained::efficientnet_lite0_weights(),
-    ) else {
-        eprintln!("SKIPPED: grocery dataset or Lite0 weights not found");
+    let Some((grocery, weights)) = common::grocery_and_lite0() else {
         return;
     };
     let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/browser");

@@ -2,65 +2,9 @@
 //! EfficientNet-Lite0 weights, searched over HTTP with an in-store photo, then attacked with
 //! hostile uploads — each must get a 4xx with a message while the server keeps serving.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-
 mod common;
 
-use common::{catalogue, lite0_index, run_ok, start_server};
-
-/// One HTTP/1.1 request; returns (status, headers, body). A body the server refuses early may
-/// not be sent completely, so write errors after the headers are ignored.
-fn http(
-    addr: &str,
-    method: &str,
-    path: &str,
-    content_type: &str,
-    body: &[u8],
-) -> (u16, String, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).unwrap();
-    for chunk in body.chunks(1 << 20).take(4) {
-        if s.write_all(chunk).is_err() {
-            break;
-        }
-    }
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("an HTTP response");
-    let headers = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status = headers[9..12].parse().unwrap();
-    let mut body = raw[split + 4..].to_vec();
-    if headers
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body = dechunk(&body);
-    }
-    (status, headers, body)
-}
-
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size =
-            usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16)
-                .unwrap();
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&data[line_end + 2..line_end + 2 + size]);
-        data = &data[line_end + 4 + size..];
-    }
-}
+use common::{catalogue, http, lite0_index, run_ok, start_server};
 
 fn json(body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(body)
@@ -91,11 +35,7 @@ fn png_claiming(w: u32, h: u32) -> Vec<u8> {
 
 #[test]
 fn index_and_serve_the_grocery_catalogue() {
-    let (Some(grocery), Some(weights)) = (
-        visual_search_data::datasets::locate_grocery(),
-        visual_search_model::pretrained::efficientnet_lite0_weights(),
-    ) else {
-        eprintln!("SKIPPED: grocery dataset or Lite0 weights not found");
+    let Some((grocery, weights)) = common::grocery_and_lite0() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

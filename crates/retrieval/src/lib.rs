@@ -2,6 +2,7 @@
 //! nearest neighbours, scoring rankings with the challenge metric — with no deep-learning
 //! dependency, so it is fast to build and usable on its own.
 
+pub mod catalogue;
 pub mod embedding_file;
 pub mod error;
 pub mod index;
@@ -9,6 +10,7 @@ pub mod matrix;
 pub mod metrics;
 pub mod npy;
 pub mod pipeline;
+pub mod postgres_index;
 pub mod rerank;
 pub mod topk;
 

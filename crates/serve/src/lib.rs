@@ -30,7 +30,8 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use visual_search_data::image::DecodeLimits;
-use visual_search_retrieval::index::Index;
+use visual_search_retrieval::catalogue::Catalogue;
+use visual_search_retrieval::error::RetrievalError;
 
 use crate::inference::{InferenceQueue, QueueError};
 use crate::metrics::Metrics;
@@ -62,7 +63,8 @@ impl Default for ServeConfig {
 
 /// What handlers share.
 pub struct AppState {
-    pub index: Index,
+    /// The embedded on-disk index or a PostgreSQL + pgvector one.
+    pub index: Box<dyn Catalogue>,
     pub index_bytes: u64,
     pub queue: InferenceQueue,
     pub config: ServeConfig,
@@ -91,7 +93,7 @@ struct SearchParams {
 #[derive(Serialize)]
 struct Hit {
     rank: usize,
-    id: u32,
+    id: u64,
     label: i64,
     score: f32,
     path: String,
@@ -218,7 +220,7 @@ async fn run_search(
         max_file_bytes: state.config.max_body_bytes as u64,
         ..DecodeLimits::default()
     };
-    let pre = state.index.meta.preprocessing.clone();
+    let pre = state.index.meta().preprocessing.clone();
     let pixels = tokio::task::spawn_blocking(move || prepare_query(&bytes, bbox, &pre, &limits))
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
@@ -245,31 +247,28 @@ async fn run_search(
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     let embedded = Instant::now();
     let searcher = state.clone();
-    let top = tokio::task::spawn_blocking(move || searcher.index.search(&embedding, k))
+    let mut hits = tokio::task::spawn_blocking(move || searcher.index.search_items(&embedding, k))
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let done = Instant::now();
-    let results = top
-        .row(0)
-        .iter()
-        .zip(top.row_scores(0))
+    let results: Vec<Hit> = hits
+        .pop()
+        .unwrap_or_default()
+        .into_iter()
         .enumerate()
-        .map(|(r, (&id, &score))| {
-            let item = &state.index.items[id as usize];
-            Hit {
-                rank: r + 1,
-                id,
-                label: item.label,
-                score,
-                path: item.path.display().to_string(),
-                image_url: format!("/images/{id}"),
-            }
+        .map(|(r, hit)| Hit {
+            rank: r + 1,
+            id: hit.id,
+            label: hit.item.label,
+            score: hit.score,
+            path: hit.item.path.display().to_string(),
+            image_url: format!("/images/{}", hit.id),
         })
         .collect();
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
     Ok(SearchResponse {
-        k: top.k,
+        k: results.len(),
         results,
         timings_ms: Timings {
             decode: ms(started, decoded),
@@ -281,13 +280,21 @@ async fn run_search(
 }
 
 async fn image(State(state): State<Arc<AppState>>, UrlPath(id): UrlPath<String>) -> Response {
-    let response = match id
-        .parse::<usize>()
-        .ok()
-        .and_then(|i| state.index.items.get(i))
-    {
-        None => ApiError(StatusCode::NOT_FOUND, format!("no catalogue image {id}")).into_response(),
-        Some(item) => {
+    let lookup = match id.parse::<u64>() {
+        Err(_) => Ok(None),
+        Ok(i) => {
+            let s = state.clone();
+            tokio::task::spawn_blocking(move || s.index.item(i))
+                .await
+                .unwrap_or_else(|e| Err(RetrievalError::Invalid(e.to_string())))
+        }
+    };
+    let response = match lookup {
+        Err(e) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Ok(None) => {
+            ApiError(StatusCode::NOT_FOUND, format!("no catalogue image {id}")).into_response()
+        }
+        Ok(Some(item)) => {
             let path = item.path.clone();
             let limits = DecodeLimits {
                 max_pixels: state.config.max_pixels,
@@ -326,7 +333,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     state.metrics.request("metrics", 200);
     let stats = &state.queue.stats;
     let text = state.metrics.render(
-        state.index.meta.rows,
+        state.index.rows(),
         state.index_bytes,
         stats.batches.load(std::sync::atomic::Ordering::Relaxed),
         stats.images.load(std::sync::atomic::Ordering::Relaxed),

@@ -1,6 +1,6 @@
 //! `visual-search index build | add | info`: the on-disk catalogue index that `serve` searches.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
@@ -13,7 +13,12 @@ use crate::dev_set_run::eval_loader;
 use crate::embedding_run::embed_with_progress;
 use crate::index_model::{ModelRef, open_with_model, preprocessing};
 use crate::model_args::{LoadedModel, ModelArgs};
+use crate::pg_args::{PgArgs, open_catalogue};
+use crate::progress::images_bar;
 use crate::sample_lists::ListArgs;
+use visual_search_retrieval::postgres_index::{
+    PgOptions, create_hnsw, create_tables, is_postgres_url, redact, write_rows,
+};
 
 #[derive(clap::Subcommand)]
 pub enum IndexCommand {
@@ -23,6 +28,8 @@ pub enum IndexCommand {
     Add(AddArgs),
     /// Print what an index holds.
     Info(InfoArgs),
+    /// Copy an on-disk index into PostgreSQL + pgvector (rows, metadata, then the HNSW index).
+    Migrate(MigrateArgs),
 }
 
 #[derive(clap::Args)]
@@ -31,9 +38,13 @@ pub struct BuildArgs {
     model: ModelArgs,
     #[command(flatten)]
     list: ListArgs,
-    /// The index folder to write (replaced atomically if it exists).
-    #[arg(long)]
-    out: PathBuf,
+    /// The index to write: a folder (replaced atomically if it exists) or a `postgres://` URL.
+    #[arg(long, visible_alias = "index")]
+    out: String,
+    #[command(flatten)]
+    pg: PgArgs,
+    #[command(flatten)]
+    hnsw: HnswArgs,
     /// Stored precision of the embeddings (f16 halves the size; scores differ by ~1e-3).
     #[arg(long, value_enum, default_value = "f16")]
     store: StoreDtype,
@@ -45,11 +56,56 @@ pub enum StoreDtype {
     F32,
 }
 
+/// How a PostgreSQL index is loaded and indexed.
+#[derive(clap::Args)]
+pub struct HnswArgs {
+    /// HNSW graph degree (pgvector's `m`).
+    #[arg(long, default_value_t = 16)]
+    m: u32,
+    /// HNSW build beam width (pgvector's `ef_construction`).
+    #[arg(long, default_value_t = 64)]
+    ef_construction: u32,
+    /// Rows per COPY transaction (the unit a lost connection resumes from).
+    #[arg(long, default_value_t = 10_000)]
+    batch_rows: usize,
+    /// Do not build the HNSW index (searches are then exact scans).
+    #[arg(long)]
+    no_hnsw: bool,
+    /// Drop an existing PostgreSQL index in the table first (a folder is always replaced).
+    #[arg(long)]
+    replace: bool,
+}
+
+impl HnswArgs {
+    fn apply(&self, mut o: PgOptions) -> PgOptions {
+        o.m = self.m;
+        o.ef_construction = self.ef_construction;
+        o.batch_rows = self.batch_rows;
+        o
+    }
+}
+
+#[derive(clap::Args)]
+pub struct MigrateArgs {
+    /// The on-disk index folder.
+    #[arg(long)]
+    from: PathBuf,
+    /// `postgres://user@host:port/db`.
+    #[arg(long)]
+    to: String,
+    #[command(flatten)]
+    pg: PgArgs,
+    #[command(flatten)]
+    hnsw: HnswArgs,
+}
+
 #[derive(clap::Args)]
 pub struct AddArgs {
-    /// The index folder.
+    /// The index: a folder or a `postgres://` URL.
     #[arg(long)]
-    index: PathBuf,
+    index: String,
+    #[command(flatten)]
+    pg: PgArgs,
     #[command(flatten)]
     list: ListArgs,
     /// Compute device: flex (CPU), tch, tch-cuda:N, cuda:N, wgpu or auto.
@@ -59,9 +115,11 @@ pub struct AddArgs {
 
 #[derive(clap::Args)]
 pub struct InfoArgs {
-    /// The index folder.
+    /// The index: a folder or a `postgres://` URL.
     #[arg(long)]
-    index: PathBuf,
+    index: String,
+    #[command(flatten)]
+    pg: PgArgs,
 }
 
 impl IndexCommand {
@@ -70,6 +128,7 @@ impl IndexCommand {
             IndexCommand::Build(a) => build(a),
             IndexCommand::Add(a) => add(a),
             IndexCommand::Info(a) => info(a),
+            IndexCommand::Migrate(a) => migrate(a),
         }
     }
 }
@@ -123,46 +182,117 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         model: serde_json::to_value(ModelRef::from_args(&args.model, &loaded)?)?,
         preprocessing: preprocessing(&loaded),
     };
-    build_index(&args.out, meta, &items, &rows)
-        .with_context(|| format!("writing the index {}", args.out.display()))?;
+    if is_postgres_url(&args.out) {
+        let opts = args.hnsw.apply(args.pg.options(&args.out));
+        load_into_postgres(&opts, &args.hnsw, &meta, &items, &rows)?;
+    } else {
+        build_index(Path::new(&args.out), meta, &items, &rows)
+            .with_context(|| format!("writing the index {}", args.out))?;
+    }
     println!(
         "indexed {} images ({} × {}, {:?}) into {}",
         items.len(),
         items.len(),
         loaded.model.dim(),
         args.store,
-        args.out.display()
+        redact(&args.out)
+    );
+    Ok(())
+}
+
+/// Creates the tables, COPYs the rows (resuming after lost connections) and builds HNSW.
+fn load_into_postgres(
+    opts: &PgOptions,
+    hnsw: &HnswArgs,
+    meta: &IndexMeta,
+    items: &[IndexItem],
+    rows: &[f32],
+) -> anyhow::Result<()> {
+    create_tables(opts, meta, hnsw.replace)?;
+    let bar = images_bar(items.len(), "writing rows");
+    write_rows(opts, meta.dtype, 0, items, rows, &mut |done, _| {
+        bar.set_position(done as u64)
+    })?;
+    bar.finish_and_clear();
+    if !hnsw.no_hnsw {
+        let t = std::time::Instant::now();
+        create_hnsw(opts, meta.dtype)?;
+        println!(
+            "built the HNSW index (m {}, ef_construction {}) in {:.1} s",
+            opts.m,
+            opts.ef_construction,
+            t.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    if !is_postgres_url(&args.to) {
+        bail!("--to must be a postgres:// URL, got {}", args.to);
+    }
+    let index = Index::open(&args.from)?;
+    let view = index.view()?;
+    let mut scratch = Vec::new();
+    let rows = view.rows_f32(0, view.rows, &mut scratch).to_vec();
+    let opts = args.hnsw.apply(args.pg.options(&args.to));
+    let t = std::time::Instant::now();
+    load_into_postgres(&opts, &args.hnsw, &index.meta, &index.items, &rows)?;
+    println!(
+        "migrated {} rows ({}-d, {:?}) from {} to {} table {} in {:.1} s",
+        index.meta.rows,
+        index.meta.dim,
+        index.meta.dtype,
+        args.from.display(),
+        redact(&args.to),
+        opts.table,
+        t.elapsed().as_secs_f64()
     );
     Ok(())
 }
 
 fn add(args: AddArgs) -> anyhow::Result<()> {
-    let (index, loaded) = open_with_model(&args.index, &args.device)?;
+    let (index, loaded) = open_with_model(&args.index, &args.pg, &args.device)?;
     let (items, rows) = embed_list(&loaded, &args.list)?;
-    index
-        .append(&items, &rows)
-        .with_context(|| format!("appending to {}", args.index.display()))?;
+    let before = index.rows();
+    if is_postgres_url(&args.index) {
+        let opts = args.pg.options(&args.index);
+        write_rows(
+            &opts,
+            index.meta().dtype,
+            before as i64,
+            &items,
+            &rows,
+            &mut |_, _| {},
+        )?;
+    } else {
+        Index::open(Path::new(&args.index))?
+            .append(&items, &rows)
+            .with_context(|| format!("appending to {}", args.index))?;
+    }
     println!(
         "added {} images to {} (now {})",
         items.len(),
-        args.index.display(),
-        index.meta.rows + items.len()
+        index.location(),
+        before + items.len()
     );
     Ok(())
 }
 
 fn info(args: InfoArgs) -> anyhow::Result<()> {
-    let index = Index::open(&args.index)?;
-    let m = &index.meta;
-    let labels: std::collections::HashSet<i64> = index.items.iter().map(|i| i.label).collect();
-    println!("index      {}", args.index.display());
-    println!("version    {}", index.version_dir.display());
+    let index = open_catalogue(&args.index, &args.pg)?;
+    let m = index.meta();
+    println!("index      {}", index.location());
+    if let Ok(disk) = Index::open(Path::new(&args.index)) {
+        let labels: std::collections::HashSet<i64> = disk.items.iter().map(|i| i.label).collect();
+        println!("version    {}", disk.version_dir.display());
+        println!("labels     {}", labels.len());
+    }
     println!("format     {}", m.format_version);
-    println!("images     {}", m.rows);
-    println!("labels     {}", labels.len());
+    println!("images     {}", index.rows());
     println!("dimension  {}", m.dim);
     println!("dtype      {:?}", m.dtype);
-    println!("on disk    {:.1} MB", index.size_on_disk() as f64 / 1e6);
+    println!("size       {:.1} MB", index.size_bytes() as f64 / 1e6);
     println!(
         "input      {} px, mean {:?}, std {:?}",
         m.preprocessing.size, m.preprocessing.mean, m.preprocessing.std

@@ -1,6 +1,8 @@
 //! Subcommand groups; one file per command.
 
 mod bench_embed;
+mod bench_index;
+mod bench_mine;
 mod bench_preprocess;
 mod bench_topk;
 mod data_check;
@@ -9,6 +11,7 @@ pub mod embed;
 pub mod eval;
 pub mod export;
 pub mod index;
+pub mod mine;
 pub mod rank;
 pub mod search;
 pub mod serve;
@@ -43,6 +46,10 @@ pub enum BenchCommand {
     Embed(bench_embed::Args),
     /// Exact top-k search vs faiss IndexFlatIP and NumPy.
     Topk(bench_topk::Args),
+    /// Embedded index vs PostgreSQL + pgvector: build time, latency, HNSW recall.
+    Index(bench_index::Args),
+    /// Mining throughput (`mine pairs` reviews/s, `mine features` images/s) vs plain Python.
+    Mine(bench_mine::Args),
 }
 
 impl BenchCommand {
@@ -51,6 +58,8 @@ impl BenchCommand {
             BenchCommand::Preprocess(a) => bench_preprocess::run(a),
             BenchCommand::Embed(a) => bench_embed::run(a),
             BenchCommand::Topk(a) => bench_topk::run(a),
+            BenchCommand::Mine(a) => bench_mine::run(a),
+            BenchCommand::Index(a) => bench_index::run(a),
         }
     }
 }

@@ -8,14 +8,17 @@ use visual_search_data::image::DecodeLimits;
 use visual_search_serve::query_image::{parse_bbox, prepare_query};
 
 use crate::index_model::{embed_pixels, open_with_model};
+use crate::pg_args::PgArgs;
 use crate::table::render;
 
 /// Finds the catalogue images nearest to each photo and prints rank, score, label and path.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The index folder (`visual-search index build`).
+    /// The index: a folder (`visual-search index build`) or a `postgres://` URL.
     #[arg(long)]
-    index: PathBuf,
+    index: String,
+    #[command(flatten)]
+    pg: PgArgs,
     /// Photos to search with.
     #[arg(required = true)]
     images: Vec<PathBuf>,
@@ -31,33 +34,31 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let (index, loaded) = open_with_model(&args.index, &args.device)?;
+    let (index, loaded) = open_with_model(&args.index, &args.pg, &args.device)?;
     let bbox = args
         .bbox
         .as_deref()
         .map(parse_bbox)
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let pre = &index.meta.preprocessing;
+    let pre = &index.meta().preprocessing;
     for path in &args.images {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let pixels = prepare_query(&bytes, bbox, pre, &DecodeLimits::default())
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let embedding = embed_pixels(&loaded, pixels, 1).map_err(anyhow::Error::msg)?;
-        let top = index.search(&embedding, args.k)?;
+        let hits = index.search_items(&embedding, args.k)?;
         println!("{}:", path.display());
-        let rows: Vec<Vec<String>> = top
-            .row(0)
-            .iter()
-            .zip(top.row_scores(0))
+        let rows: Vec<Vec<String>> = hits
+            .into_iter()
+            .flatten()
             .enumerate()
-            .map(|(r, (&id, score))| {
-                let item = &index.items[id as usize];
+            .map(|(r, hit)| {
                 vec![
                     (r + 1).to_string(),
-                    format!("{score:.4}"),
-                    item.label.to_string(),
-                    item.path.display().to_string(),
+                    format!("{:.4}", hit.score),
+                    hit.item.label.to_string(),
+                    hit.item.path.display().to_string(),
                 ]
             })
             .collect();

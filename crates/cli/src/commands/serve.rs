@@ -1,6 +1,5 @@
 //! `visual-search serve`: the HTTP search service over an index (see the serve crate).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +10,7 @@ use visual_search_serve::{AppState, ServeConfig, serve};
 
 use crate::index_model::{embed_pixels, open_with_model};
 use crate::model_args::LoadedModel;
+use crate::pg_args::PgArgs;
 
 /// Serves an index: `POST /search` (image as multipart field `image` or raw body; `k`,
 /// `bbox=x,y,w,h`), `GET /images/{id}`, `GET /healthz`, `GET /metrics` and a web page at `/`.
@@ -18,9 +18,11 @@ use crate::model_args::LoadedModel;
 /// get 503.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The index folder (`visual-search index build`).
+    /// The index: a folder (`visual-search index build`) or a `postgres://` URL.
     #[arg(long)]
-    index: PathBuf,
+    index: String,
+    #[command(flatten)]
+    pg: PgArgs,
     /// Address to listen on (port 0 picks a free port; the address is printed).
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: String,
@@ -57,7 +59,7 @@ impl Embedder for ModelEmbedder {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let (index, loaded) = open_with_model(&args.index, &args.device)?;
+    let (index, loaded) = open_with_model(&args.index, &args.pg, &args.device)?;
     let config = ServeConfig {
         max_body_bytes: args.max_body_mb << 20,
         max_pixels: args.max_megapixels * 1_000_000,
@@ -65,7 +67,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ..ServeConfig::default()
     };
     let state = Arc::new(AppState {
-        index_bytes: index.size_on_disk(),
+        index_bytes: index.size_bytes(),
         index,
         queue: InferenceQueue::start(Box::new(ModelEmbedder(loaded)), args.max_batch, args.queue),
         config,
@@ -78,7 +80,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("listening on {}", args.addr))?;
         println!(
             "serving {} images on http://{}",
-            state.index.meta.rows,
+            state.index.rows(),
             listener.local_addr()?
         );
         use std::io::Write;

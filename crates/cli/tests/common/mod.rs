@@ -2,7 +2,11 @@
 //! cut from the grocery data, and a `serve` process on a free port.
 #![allow(dead_code)] // each test file uses a different subset
 
-use std::io::{BufRead, BufReader};
+pub mod image_server;
+pub mod pg_cluster;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -18,6 +22,20 @@ pub fn run_ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{args:?}\n{text}");
     text
+}
+
+/// The grocery photos and the EfficientNet-Lite0 weights, or None (after saying SKIPPED).
+pub fn grocery_and_lite0() -> Option<(PathBuf, PathBuf)> {
+    match (
+        visual_search_data::datasets::locate_grocery(),
+        visual_search_model::pretrained::efficientnet_lite0_weights(),
+    ) {
+        (Some(g), Some(w)) => Some((g, w)),
+        _ => {
+            eprintln!("SKIPPED: grocery dataset or Lite0 weights not found");
+            None
+        }
+    }
 }
 
 /// Kills the server when the test ends, however it ends.
@@ -101,4 +119,57 @@ pub fn lite0_index(dir: &Path, root: &Path, weights: &Path) -> (PathBuf, String)
         index.to_str().unwrap(),
     ]);
     (index, text)
+}
+
+/// One HTTP/1.1 request; returns (status, headers, body). A body the server refuses early may
+/// not be sent completely, so write errors after the headers are ignored.
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    for chunk in body.chunks(1 << 20).take(4) {
+        if s.write_all(chunk).is_err() {
+            break;
+        }
+    }
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP response");
+    let headers = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = headers[9..12].parse().unwrap();
+    let mut body = raw[split + 4..].to_vec();
+    if headers
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, headers, body)
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16)
+                .unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[line_end + 2..line_end + 2 + size]);
+        data = &data[line_end + 4 + size..];
+    }
 }

@@ -1,0 +1,221 @@
+//! `visual-search bench index`: the embedded on-disk index against PostgreSQL + pgvector on the
+//! same synthetic catalogue (clustered unit vectors, like real embeddings) — build time, search
+//! latency p50/p99 for one query at a time (what `serve` does), and HNSW recall@k against exact
+//! search. The embedded exact search is the baseline the ratios are taken against.
+
+use std::time::Instant;
+
+use anyhow::bail;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use visual_search_retrieval::catalogue::{Catalogue, CatalogueHit};
+use visual_search_retrieval::index::{
+    INDEX_FORMAT_VERSION, Index, IndexDtype, IndexItem, IndexMeta, Preprocessing, build_index,
+};
+use visual_search_retrieval::postgres_index::{
+    PgIndex, PgOptions, create_hnsw, create_tables, is_postgres_url, write_rows,
+};
+
+use crate::table;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A PostgreSQL server with pgvector (`postgres://user@host:port/db`); the table is replaced.
+    #[arg(long)]
+    url: String,
+    #[arg(long, default_value = "bench_items")]
+    table: String,
+    #[arg(long, default_value_t = 100_000)]
+    rows: usize,
+    #[arg(long, default_value_t = 512)]
+    dim: usize,
+    /// Queries timed per engine (exact PostgreSQL search uses a fifth of them).
+    #[arg(long, default_value_t = 200)]
+    queries: usize,
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    /// HNSW search beam widths to time.
+    #[arg(long, value_delimiter = ',', default_value = "40,100")]
+    ef_search: Vec<u32>,
+}
+
+/// `rows` unit vectors around `rows / 100` random centres, and queries near random rows.
+fn clustered(rows: usize, dim: usize, queries: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let mut gauss = move || -> f32 {
+        let (u, v): (f32, f32) = (rng.random::<f32>().max(1e-9), rng.random());
+        (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+    };
+    let normalize = |v: &mut [f32]| {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+        v.iter_mut().for_each(|x| *x /= n);
+    };
+    let centres: Vec<Vec<f32>> = (0..(rows / 100).max(1))
+        .map(|_| {
+            let mut c: Vec<f32> = (0..dim).map(|_| gauss()).collect();
+            normalize(&mut c);
+            c
+        })
+        .collect();
+    let noise = 0.6 / (dim as f32).sqrt();
+    let mut data = Vec::with_capacity(rows * dim);
+    for i in 0..rows {
+        let c = &centres[i % centres.len()];
+        let mut v: Vec<f32> = c.iter().map(|x| x + noise * gauss()).collect();
+        normalize(&mut v);
+        data.extend(v);
+    }
+    let mut q = Vec::with_capacity(queries * dim);
+    for i in 0..queries {
+        let row = (i * 7919) % rows;
+        let mut v: Vec<f32> = data[row * dim..(row + 1) * dim]
+            .iter()
+            .map(|x| x + noise * gauss())
+            .collect();
+        normalize(&mut v);
+        q.extend(v);
+    }
+    (data, q)
+}
+
+/// p50 and p99 of per-query latencies (ms), and the results.
+fn time_queries(
+    index: &dyn Catalogue,
+    queries: &[f32],
+    dim: usize,
+    k: usize,
+) -> anyhow::Result<(f64, f64, Vec<Vec<CatalogueHit>>)> {
+    let mut ms = Vec::new();
+    let mut out = Vec::new();
+    for q in queries.chunks(dim) {
+        let t = Instant::now();
+        let hits = index.search_items(q, k)?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+        out.extend(hits);
+    }
+    ms.sort_by(f64::total_cmp);
+    let pct = |p: f64| ms[((ms.len() as f64 - 1.0) * p).round() as usize];
+    Ok((pct(0.5), pct(0.99), out))
+}
+
+fn recall(found: &[Vec<CatalogueHit>], exact: &[Vec<CatalogueHit>]) -> f64 {
+    let mut hits = 0;
+    let mut total = 0;
+    for (f, e) in found.iter().zip(exact) {
+        let want: std::collections::HashSet<u64> = e.iter().map(|h| h.id).collect();
+        hits += f.iter().filter(|h| want.contains(&h.id)).count();
+        total += e.len();
+    }
+    hits as f64 / total.max(1) as f64
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if !is_postgres_url(&args.url) {
+        bail!("--url must be a postgres:// URL");
+    }
+    let (data, queries) = clustered(args.rows, args.dim, args.queries);
+    let items: Vec<IndexItem> = (0..args.rows)
+        .map(|i| IndexItem {
+            label: (i / 4) as i64,
+            path: format!("img/{i}.jpg").into(),
+        })
+        .collect();
+    let meta = IndexMeta {
+        format_version: INDEX_FORMAT_VERSION,
+        dtype: IndexDtype::F32,
+        dim: args.dim,
+        rows: args.rows,
+        embeddings_crc32: 0,
+        items_crc32: 0,
+        model: serde_json::json!({"synthetic": true}),
+        preprocessing: Preprocessing {
+            size: 224,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+        },
+    };
+    let mut rows_out: Vec<Vec<String>> = Vec::new();
+
+    let dir = tempfile::tempdir()?;
+    let t = Instant::now();
+    build_index(dir.path(), meta.clone(), &items, &data)?;
+    let embedded_build = t.elapsed().as_secs_f64();
+    let embedded = Index::open(dir.path())?;
+    let (p50, p99, exact) = time_queries(&embedded, &queries, args.dim, args.k)?;
+    let base = p50;
+    rows_out.push(vec![
+        "embedded exact (f32)".into(),
+        format!("{embedded_build:.1}"),
+        format!("{p50:.2}"),
+        format!("{p99:.2}"),
+        "1.00x".into(),
+        "1.000".into(),
+    ]);
+
+    let opts = PgOptions {
+        batch_rows: 10_000,
+        ..PgOptions::new(&args.url, &args.table)
+    };
+    let t = Instant::now();
+    create_tables(&opts, &meta, true)?;
+    write_rows(&opts, IndexDtype::F32, 0, &items, &data, &mut |_, _| {})?;
+    let load = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    create_hnsw(&opts, IndexDtype::F32)?;
+    let hnsw_build = t.elapsed().as_secs_f64();
+    let mut pg = PgIndex::open(&PgOptions {
+        pool: 1,
+        ..opts.clone()
+    })?;
+    pg.exact = true;
+    let few = &queries[..(args.queries / 5).max(1) * args.dim];
+    let (p50, p99, pg_exact) = time_queries(&pg, few, args.dim, args.k)?;
+    rows_out.push(vec![
+        "pgvector exact (vector)".into(),
+        format!("{load:.1} (COPY)"),
+        format!("{p50:.2}"),
+        format!("{p99:.2}"),
+        format!("{:.2}x", base / p50),
+        format!("{:.3}", recall(&pg_exact, &exact[..pg_exact.len()])),
+    ]);
+    for ef in &args.ef_search {
+        let mut pg = PgIndex::open(&PgOptions {
+            pool: 1,
+            ef_search: *ef,
+            ..opts.clone()
+        })?;
+        pg.exact = false;
+        let (p50, p99, found) = time_queries(&pg, &queries, args.dim, args.k)?;
+        rows_out.push(vec![
+            format!("pgvector HNSW ef_search {ef}"),
+            format!("{:.1} (COPY + HNSW {hnsw_build:.1})", load + hnsw_build),
+            format!("{p50:.2}"),
+            format!("{p99:.2}"),
+            format!("{:.2}x", base / p50),
+            format!("{:.3}", recall(&found, &exact)),
+        ]);
+    }
+    println!(
+        "index: {} clustered {}-d vectors, {} single queries, top {}, {} cores; ratio = embedded exact p50 / p50",
+        args.rows,
+        args.dim,
+        args.queries,
+        args.k,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    print!(
+        "{}",
+        table::render(
+            &[
+                "engine",
+                "build s",
+                "p50 ms",
+                "p99 ms",
+                "speed",
+                &format!("recall@{}", args.k)
+            ],
+            &rows_out
+        )
+    );
+    Ok(())
+}

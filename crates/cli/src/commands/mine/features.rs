@@ -1,0 +1,116 @@
+//! `mine features`: embed every image of WORK_DIR/pairs.parquet into WORK_DIR/features/.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use visual_search_data::image::{DecodeLimits, Normalization};
+use visual_search_mining::features::{FeaturesOptions, ImageEmbedder, mine_features};
+
+use super::WorkDir;
+use super::fetch_args::FetchArgs;
+use crate::index_model::{ModelRef, embed_pixels};
+use crate::model_args::{LoadedModel, ModelArgs};
+use crate::progress::images_bar;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The category's work folder (holding pairs.parquet).
+    #[arg(long)]
+    work_dir: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    fetch: FetchArgs,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Save the embeddings made so far every this many images.
+    #[arg(long, default_value_t = 1000)]
+    snapshot_every: usize,
+    /// Fetch again the URLs an earlier run recorded as failed.
+    #[arg(long)]
+    retry_failed: bool,
+}
+
+/// A loaded registry/exported model as the mining crate's embedder.
+pub(crate) struct ModelEmbedder {
+    loaded: LoadedModel,
+    description: String,
+}
+
+impl ModelEmbedder {
+    /// Loads the model of `args`; its description is the model reference an index stores.
+    pub(crate) fn load(args: &ModelArgs) -> anyhow::Result<Self> {
+        let loaded = args.load()?;
+        let description = serde_json::to_string(&ModelRef::from_args(args, &loaded)?)?;
+        Ok(ModelEmbedder {
+            loaded,
+            description,
+        })
+    }
+}
+
+impl ImageEmbedder for ModelEmbedder {
+    fn input_size(&self) -> usize {
+        self.loaded.image_size
+    }
+    fn normalization(&self) -> Normalization {
+        self.loaded.normalization
+    }
+    fn dim(&self) -> usize {
+        self.loaded.model.dim()
+    }
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+    fn embed(&mut self, pixels: Vec<f32>, n: usize) -> Result<Vec<f32>, String> {
+        embed_pixels(&self.loaded, pixels, n)
+    }
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let work = WorkDir::new(&a.work_dir);
+    work.require(&work.pairs(), "pairs")?;
+    let loaded = a.model.load()?;
+    let description = serde_json::to_string(&ModelRef::from_args(&a.model, &loaded)?)?;
+    let mut embedder = ModelEmbedder {
+        loaded,
+        description,
+    };
+    let options = FeaturesOptions {
+        fetch: a.fetch.config()?,
+        batch_size: a.batch_size,
+        snapshot_every: a.snapshot_every,
+        retry_failed: a.retry_failed,
+        limits: DecodeLimits::default(),
+    };
+    let bar = images_bar(0, "embedding");
+    let start = Instant::now();
+    let r = mine_features(
+        &work.pairs(),
+        &work.features(),
+        &mut embedder,
+        &options,
+        &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )
+    .context("mine features")?;
+    bar.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    let fresh = r.embedded + r.failed;
+    println!(
+        "{} image URLs: {} done before, {} embedded now, {} failed ({:.1} images/s, {} snapshots) → {}",
+        r.urls,
+        r.already_done,
+        r.embedded,
+        r.failed,
+        fresh as f64 / secs.max(1e-9),
+        r.snapshots,
+        work.features().display()
+    );
+    println!("failed URLs: {}", r.failed_report.display());
+    Ok(())
+}

