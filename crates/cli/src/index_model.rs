@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use visual_search_retrieval::catalogue::Catalogue;
-use visual_search_retrieval::index::Preprocessing;
+use visual_search_retrieval::index::{IndexMeta, Preprocessing};
 
 use crate::model_args::{LoadedModel, ModelArgs, Precision};
 use crate::pg_args::{PgArgs, open_catalogue};
@@ -97,7 +97,13 @@ pub fn open_with_model(
     device: &str,
 ) -> anyhow::Result<(Box<dyn Catalogue>, LoadedModel)> {
     let index = open_catalogue(location, pg)?;
-    let meta = index.meta();
+    let loaded = load_index_model(index.meta(), device)?;
+    Ok((index, loaded))
+}
+
+/// Loads the model an index's metadata names, checking that its width matches the index
+/// (weights replaced since would not).
+pub fn load_index_model(meta: &IndexMeta, device: &str) -> anyhow::Result<LoadedModel> {
     let loaded = ModelRef::from_json(&meta.model)?.load(device)?;
     if loaded.model.dim() != meta.dim {
         bail!(
@@ -106,5 +112,5 @@ pub fn open_with_model(
             meta.dim
         );
     }
-    Ok((index, loaded))
+    Ok(loaded)
 }

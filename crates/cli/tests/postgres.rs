@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::pg_cluster::PgCluster;
-use common::{bin, catalogue, http, lite0_index, run_ok, start_server};
+use common::{bin, catalogue, http, lite0_build, lite0_index, run_ok, start_server};
 use visual_search_retrieval::index::{
     INDEX_FORMAT_VERSION, IndexDtype, IndexItem, IndexMeta, Preprocessing, build_index,
 };
@@ -62,24 +62,11 @@ fn postgres_index_answers_like_the_embedded_index() {
     );
 
     // `index build` straight into PostgreSQL, f32 → vector, in its own table.
-    let text = run_ok(&[
-        "index",
-        "build",
-        "--model",
-        "efficientnet_lite0",
-        "--weights",
-        weights.to_str().unwrap(),
-        "--device",
-        "flex",
-        "--csv",
-        root.join("gallery.csv").to_str().unwrap(),
-        "--index",
-        &url,
-        "--table",
-        "built_f32",
-        "--store",
-        "f32",
-    ]);
+    let text = lite0_build(
+        &root,
+        &weights,
+        &["--index", &url, "--table", "built_f32", "--store", "f32"],
+    );
     assert!(text.contains("indexed 149 images"), "{text}");
 
     let photos: Vec<String> = [

@@ -14,7 +14,7 @@ use visual_search_data::transform::{EvalTransform, SampleTransform};
 use visual_search_model::device::compiled_backends;
 use visual_search_model::registry::lookup;
 
-use super::bench_preprocess::tools_dir;
+use super::bench_preprocess::{baseline_python, tools_dir};
 use crate::model_args::ModelArgs;
 use crate::table;
 
@@ -166,11 +166,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn run_baseline(args: &Args, input: &[f32], size: usize) -> anyhow::Result<serde_json::Value> {
-    let python = args
-        .python
-        .clone()
-        .or_else(|| std::env::var("VISUAL_SEARCH_PYTHON").ok())
-        .unwrap_or_else(|| "python3".to_string());
+    let python = baseline_python(&args.python);
     let file = tempfile::NamedTempFile::new()?;
     std::fs::write(
         file.path(),

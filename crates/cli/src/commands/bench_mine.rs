@@ -21,7 +21,7 @@ use visual_search_mining::fetch::FetchConfig;
 use visual_search_mining::pairs::mine_pairs;
 use visual_search_mining::pairs_table::{ProductRow, ProductWriter};
 
-use super::bench_preprocess::tools_dir;
+use super::bench_preprocess::{baseline_python, tools_dir};
 use super::mine::features::ModelEmbedder;
 use crate::model_args::{ModelArgs, Precision};
 use crate::table;
@@ -45,13 +45,6 @@ pub struct Args {
     /// Only the `mine pairs` benchmark.
     #[arg(long)]
     pairs_only: bool,
-}
-
-fn python(args: &Args) -> String {
-    args.python
-        .clone()
-        .or_else(|| std::env::var("VISUAL_SEARCH_PYTHON").ok())
-        .unwrap_or_else(|| "python3".to_string())
 }
 
 /// Runs a `tools/` script that prints one JSON object.
@@ -151,7 +144,7 @@ fn bench_pairs(args: &Args, dir: &Path) -> anyhow::Result<()> {
         let out = dir.join("pairs_py.parquet");
         let s = |p: &Path| p.display().to_string();
         match run_script(
-            &python(args),
+            &baseline_python(&args.python),
             "bench_mine_pairs.py",
             &[
                 "--reviews".into(),
@@ -244,7 +237,7 @@ fn start_http_server(python: &str, root: &Path) -> anyhow::Result<HttpServer> {
 fn bench_features(args: &Args, dir: &Path) -> anyhow::Result<()> {
     let grocery =
         locate_grocery().context("the grocery dataset is needed for the features benchmark")?;
-    let python = python(args);
+    let python = baseline_python(&args.python);
     let server = start_http_server(&python, &grocery)?;
     let text = std::fs::read_to_string(grocery.join("train.csv"))?;
     let urls: Vec<String> = text

@@ -67,11 +67,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let baseline = if args.no_baseline {
         None
     } else {
-        let python = args
-            .python
-            .clone()
-            .or_else(|| std::env::var("VISUAL_SEARCH_PYTHON").ok())
-            .unwrap_or_else(|| "python3".to_string());
+        let python = baseline_python(&args.python);
         match run_baseline(&python, &samples, args.size, threads, args.repeat) {
             Ok(b) => Some(b),
             Err(e) => {
@@ -202,6 +198,14 @@ fn run_baseline(
             .with_context(|| format!("baseline output lacks {k}"))
     };
     Ok((get("single_ips")?, get("multi_ips")?))
+}
+
+/// The Python that runs a baseline script: `--python`, else `$VISUAL_SEARCH_PYTHON`, else
+/// `python3`.
+pub fn baseline_python(flag: &Option<String>) -> String {
+    flag.clone()
+        .or_else(|| std::env::var("VISUAL_SEARCH_PYTHON").ok())
+        .unwrap_or_else(|| "python3".to_string())
 }
 
 /// `tools/` of this checkout (benchmarks are run from a checkout).

@@ -12,7 +12,7 @@ use visual_search_retrieval::npy::{NpyDtype, encode_f32, encode_i64, write_atomi
 use visual_search_retrieval::rerank::sanitize_and_normalize;
 use visual_search_retrieval::topk::top_k;
 
-use super::bench_preprocess::tools_dir;
+use super::bench_preprocess::{baseline_python, tools_dir};
 use crate::table;
 
 /// Generates seeded random unit vectors (queries and gallery), times our blocked GEMM + partial
@@ -95,11 +95,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         drop(g);
         let idx: Vec<i64> = ours.indices.iter().map(|&i| i as i64).collect();
         write_atomically(&op, &encode_i64(&idx, ours.queries, ours.k))?;
-        let python = args
-            .python
-            .clone()
-            .or_else(|| std::env::var("VISUAL_SEARCH_PYTHON").ok())
-            .unwrap_or_else(|| "python3".to_string());
+        let python = baseline_python(&args.python);
         let script = tools_dir().join("bench_topk_faiss.py");
         let mut cmd = Command::new(&python);
         cmd.arg(&script)

@@ -11,11 +11,12 @@ use visual_search_retrieval::index::{
 
 use crate::dev_set_run::eval_loader;
 use crate::embedding_run::embed_with_progress;
-use crate::index_model::{ModelRef, open_with_model, preprocessing};
+use crate::index_model::{ModelRef, load_index_model, open_with_model, preprocessing};
 use crate::model_args::{LoadedModel, ModelArgs};
 use crate::pg_args::{PgArgs, open_catalogue};
 use crate::progress::images_bar;
 use crate::sample_lists::ListArgs;
+use visual_search_retrieval::catalogue::Catalogue;
 use visual_search_retrieval::postgres_index::{
     PgOptions, create_hnsw, create_tables, is_postgres_url, redact, write_rows,
 };
@@ -252,42 +253,54 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
 }
 
 fn add(args: AddArgs) -> anyhow::Result<()> {
-    let (index, loaded) = open_with_model(&args.index, &args.pg, &args.device)?;
-    let (items, rows) = embed_list(&loaded, &args.list)?;
-    let before = index.rows();
-    if is_postgres_url(&args.index) {
+    let (location, before, added) = if is_postgres_url(&args.index) {
+        let (index, loaded) = open_with_model(&args.index, &args.pg, &args.device)?;
+        let (items, rows) = embed_list(&loaded, &args.list)?;
         let opts = args.pg.options(&args.index);
         write_rows(
             &opts,
             index.meta().dtype,
-            before as i64,
+            index.rows() as i64,
             &items,
             &rows,
             &mut |_, _| {},
         )?;
+        (index.location(), index.rows(), items.len())
     } else {
-        Index::open(Path::new(&args.index))?
+        let index = Index::open(Path::new(&args.index))?;
+        let loaded = load_index_model(&index.meta, &args.device)?;
+        let (items, rows) = embed_list(&loaded, &args.list)?;
+        index
             .append(&items, &rows)
             .with_context(|| format!("appending to {}", args.index))?;
-    }
+        (index.location(), index.meta.rows, items.len())
+    };
     println!(
-        "added {} images to {} (now {})",
-        items.len(),
-        index.location(),
-        before + items.len()
+        "added {added} images to {location} (now {})",
+        before + added
     );
     Ok(())
 }
 
 fn info(args: InfoArgs) -> anyhow::Result<()> {
-    let index = open_catalogue(&args.index, &args.pg)?;
-    let m = index.meta();
-    println!("index      {}", index.location());
-    if let Ok(disk) = Index::open(Path::new(&args.index)) {
-        let labels: std::collections::HashSet<i64> = disk.items.iter().map(|i| i.label).collect();
-        println!("version    {}", disk.version_dir.display());
+    if is_postgres_url(&args.index) {
+        let index = open_catalogue(&args.index, &args.pg)?;
+        println!("index      {}", index.location());
+        print_info(index.as_ref());
+    } else {
+        let index = Index::open(Path::new(&args.index))?;
+        let labels: std::collections::HashSet<i64> = index.items.iter().map(|i| i.label).collect();
+        println!("index      {}", index.location());
+        println!("version    {}", index.version_dir.display());
         println!("labels     {}", labels.len());
+        print_info(&index);
     }
+    Ok(())
+}
+
+/// What every engine can say about its index.
+fn print_info(index: &dyn Catalogue) {
+    let m = index.meta();
     println!("format     {}", m.format_version);
     println!("images     {}", index.rows());
     println!("dimension  {}", m.dim);
@@ -298,5 +311,4 @@ fn info(args: InfoArgs) -> anyhow::Result<()> {
         m.preprocessing.size, m.preprocessing.mean, m.preprocessing.std
     );
     println!("model      {}", m.model);
-    Ok(())
 }

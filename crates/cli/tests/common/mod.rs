@@ -104,7 +104,14 @@ pub fn catalogue(dir: &Path, grocery: &Path, step: usize) -> PathBuf {
 /// returns the index folder and the command's output.
 pub fn lite0_index(dir: &Path, root: &Path, weights: &Path) -> (PathBuf, String) {
     let index = dir.join("index");
-    let text = run_ok(&[
+    let text = lite0_build(root, weights, &["--out", index.to_str().unwrap()]);
+    (index, text)
+}
+
+/// `index build` of `root/gallery.csv` with the real EfficientNet-Lite0 `weights` into the
+/// destination `target` names (`--out DIR`, `--index URL --table T`, …); returns the output.
+pub fn lite0_build(root: &Path, weights: &Path, target: &[&str]) -> String {
+    let mut args = vec![
         "index",
         "build",
         "--model",
@@ -114,11 +121,11 @@ pub fn lite0_index(dir: &Path, root: &Path, weights: &Path) -> (PathBuf, String)
         "--device",
         "flex",
         "--csv",
-        root.join("gallery.csv").to_str().unwrap(),
-        "--out",
-        index.to_str().unwrap(),
-    ]);
-    (index, text)
+    ];
+    let csv = root.join("gallery.csv");
+    args.push(csv.to_str().unwrap());
+    args.extend_from_slice(target);
+    run_ok(&args)
 }
 
 /// One HTTP/1.1 request; returns (status, headers, body). A body the server refuses early may
