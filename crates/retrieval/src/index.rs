@@ -90,50 +90,46 @@ fn fmt_err(path: &Path, message: impl Into<String>) -> RetrievalError {
 }
 
 fn items_csv(items: &[IndexItem]) -> Result<Vec<u8>, RetrievalError> {
-    let mut out = b"id,label,path\n".to_vec();
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let csv_err = |e: csv::Error| RetrievalError::Invalid(format!("writing items.csv: {e}"));
+    w.write_record(["id", "label", "path"]).map_err(csv_err)?;
     for (i, item) in items.iter().enumerate() {
         let path = item.path.to_str().ok_or_else(|| {
             RetrievalError::Invalid(format!("{}: path is not UTF-8", item.path.display()))
         })?;
-        let quoted = if path.contains([',', '"', '\n']) {
-            format!("\"{}\"", path.replace('"', "\"\""))
-        } else {
-            path.to_string()
-        };
-        writeln!(out, "{i},{},{quoted}", item.label).expect("writing to a Vec");
+        w.write_record([i.to_string().as_str(), &item.label.to_string(), path])
+            .map_err(csv_err)?;
     }
-    Ok(out)
+    w.into_inner()
+        .map_err(|e| RetrievalError::Invalid(format!("writing items.csv: {e}")))
 }
 
+/// Reads `items.csv` as CSV (a path may hold commas, quotes or newlines).
 fn parse_items(path: &Path, bytes: &[u8]) -> Result<Vec<IndexItem>, RetrievalError> {
-    let text = std::str::from_utf8(bytes).map_err(|_| fmt_err(path, "not UTF-8"))?;
-    let mut lines = text.lines();
-    if lines.next() != Some("id,label,path") {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(bytes);
+    let header = reader
+        .headers()
+        .map_err(|e| fmt_err(path, format!("header: {e}")))?;
+    if header != vec!["id", "label", "path"] {
         return Err(fmt_err(path, "header is not `id,label,path`"));
     }
     let mut items = Vec::new();
-    for (n, line) in lines.enumerate() {
-        let bad = |what: &str| fmt_err(path, format!("line {}: {what}", n + 2));
-        let mut parts = line.splitn(3, ',');
-        let id: usize = parts
-            .next()
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| bad("bad id"))?;
+    for (n, record) in reader.records().enumerate() {
+        let bad = |what: &str| fmt_err(path, format!("record {}: {what}", n + 1));
+        let record = record.map_err(|e| bad(&e.to_string()))?;
+        if record.len() != 3 {
+            return Err(bad("expected id,label,path"));
+        }
+        let id: usize = record[0].parse().map_err(|_| bad("bad id"))?;
         if id != n {
             return Err(bad("ids must be 0, 1, 2, … in order"));
         }
-        let label: i64 = parts
-            .next()
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| bad("bad label"))?;
-        let raw = parts.next().ok_or_else(|| bad("no path"))?;
-        let p = match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
-            Some(inner) => inner.replace("\"\"", "\""),
-            None => raw.to_string(),
-        };
+        let label: i64 = record[1].parse().map_err(|_| bad("bad label"))?;
         items.push(IndexItem {
             label,
-            path: PathBuf::from(p),
+            path: PathBuf::from(&record[2]),
         });
     }
     Ok(items)
@@ -156,13 +152,64 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), RetrievalError> {
         .map_err(|e| RetrievalError::io(path, e))
 }
 
-fn current_version(dir: &Path) -> Option<String> {
-    std::fs::read_to_string(dir.join("current"))
-        .ok()
-        .map(|s| s.trim().to_string())
+/// Whether `name` is a version folder name this index writes (`v` + digits).
+fn is_version_name(name: &str) -> bool {
+    name.strip_prefix('v').is_some_and(|digits| {
+        (6..=20).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
+    })
 }
 
-/// Writes a new version of the index at `dir` from raw embedding bytes, then makes it current.
+/// The live version named by `current`: `None` when there is no `current`, an error when it
+/// names anything but a version this index writes (so nothing else is ever opened or deleted).
+fn current_version(dir: &Path) -> Result<Option<String>, RetrievalError> {
+    let path = dir.join("current");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(RetrievalError::io(&path, e)),
+    };
+    let name = text.trim();
+    if !is_version_name(name) {
+        return Err(fmt_err(
+            &path,
+            format!(
+                "names {name:?}, which is not a version folder this index writes (vNNNNNN);                  refusing to use or replace it"
+            ),
+        ));
+    }
+    Ok(Some(name.to_string()))
+}
+
+/// Removes temp version folders (`.vNNNNNN.*`) that a killed write left behind.
+fn sweep_leftovers(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let leftover = name
+            .strip_prefix('.')
+            .and_then(|rest| rest.split_once('.'))
+            .is_some_and(|(version, _)| is_version_name(version));
+        if leftover && entry.path().is_dir() {
+            tracing::info!(
+                "removing {} left by an interrupted write",
+                entry.path().display()
+            );
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Makes renames inside `dir` durable.
+fn sync_dir(dir: &Path) -> Result<(), RetrievalError> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| RetrievalError::io(dir, e))
+}
+
+/// Writes a new version of the index at `dir` from raw embedding bytes, checks that it opens,
+/// then makes it current.
 fn write_version(
     dir: &Path,
     mut meta: IndexMeta,
@@ -170,7 +217,8 @@ fn write_version(
     embedding_bytes: &[u8],
 ) -> Result<(), RetrievalError> {
     std::fs::create_dir_all(dir).map_err(|e| RetrievalError::io(dir, e))?;
-    let previous = current_version(dir);
+    let previous = current_version(dir)?;
+    sweep_leftovers(dir);
     let number = previous
         .as_deref()
         .and_then(|v| v.strip_prefix('v'))
@@ -190,10 +238,19 @@ fn write_version(
     let json =
         serde_json::to_vec_pretty(&meta).map_err(|e| RetrievalError::Invalid(e.to_string()))?;
     write_synced(&tmp.path().join("meta.json"), &json)?;
+    sync_dir(tmp.path())?;
+    // Verify the new version reads back before it replaces anything.
+    Index::open_version(dir, tmp.path().to_path_buf()).map_err(|e| {
+        RetrievalError::Invalid(format!(
+            "the new index version does not read back ({e}); the previous one is kept"
+        ))
+    })?;
     let final_dir = dir.join(&name);
     let kept = tmp.keep();
     std::fs::rename(&kept, &final_dir).map_err(|e| RetrievalError::io(&final_dir, e))?;
+    sync_dir(dir)?;
     crate::npy::write_atomically(&dir.join("current"), format!("{name}\n").as_bytes())?;
+    sync_dir(dir)?;
     if let Some(old) = previous.filter(|p| *p != name) {
         // Readers that mapped the old version keep their mapping; the folder can go.
         let _ = std::fs::remove_dir_all(dir.join(old));
@@ -208,6 +265,12 @@ pub fn build_index(
     items: &[IndexItem],
     embeddings: &[f32],
 ) -> Result<(), RetrievalError> {
+    if items.is_empty() {
+        return Err(RetrievalError::Invalid(
+            "no catalogue image could be embedded; refusing to replace the index with an empty one"
+                .into(),
+        ));
+    }
     if embeddings.len() != items.len() * meta.dim {
         return Err(RetrievalError::Invalid(format!(
             "{} embedding values for {} items of dim {}",
@@ -223,13 +286,17 @@ pub fn build_index(
 impl Index {
     /// Opens and verifies the current version of the index at `dir`.
     pub fn open(dir: &Path) -> Result<Index, RetrievalError> {
-        let version = current_version(dir).ok_or_else(|| {
+        let version = current_version(dir)?.ok_or_else(|| {
             fmt_err(
                 dir,
                 "not an index (no `current` file); build one with `visual-search index build`",
             )
         })?;
-        let version_dir = dir.join(&version);
+        Index::open_version(dir, dir.join(&version))
+    }
+
+    /// Opens and verifies one version folder of the index at `dir`.
+    fn open_version(dir: &Path, version_dir: PathBuf) -> Result<Index, RetrievalError> {
         let meta_path = version_dir.join("meta.json");
         let text =
             std::fs::read_to_string(&meta_path).map_err(|e| RetrievalError::io(&meta_path, e))?;
@@ -241,6 +308,15 @@ impl Index {
                 format!(
                     "index format {} (this build reads {INDEX_FORMAT_VERSION})",
                     meta.format_version
+                ),
+            ));
+        }
+        if meta.dim == 0 || !(1..=4096).contains(&meta.preprocessing.size) {
+            return Err(fmt_err(
+                &meta_path,
+                format!(
+                    "dim {} / preprocessing.size {} out of range (dim ≥ 1, size 1..=4096)",
+                    meta.dim, meta.preprocessing.size
                 ),
             ));
         }
@@ -449,5 +525,86 @@ mod tests {
         );
         let err = Index::open(dir.path()).err().unwrap().to_string();
         assert!(err.contains("not an index"), "{err}");
+    }
+
+    #[test]
+    fn a_current_pointing_outside_the_index_is_refused_and_nothing_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        std::fs::write(victim.join("precious.txt"), "keep me").unwrap();
+        let idx = dir.path().join("idx");
+        std::fs::create_dir(&idx).unwrap();
+        for bad in ["../victim\n", "\n", "v1/../../victim", "/tmp"] {
+            std::fs::write(idx.join("current"), bad).unwrap();
+            let err = build_index(
+                &idx,
+                meta(IndexDtype::F32),
+                &[item(1, "a.jpg")],
+                &[1.0, 0.0],
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("not a version folder"), "{bad:?}: {err}");
+            assert!(Index::open(&idx).is_err());
+            assert!(
+                victim.join("precious.txt").exists(),
+                "{bad:?} deleted a sibling"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_build_keeps_the_previous_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = dir.path().join("idx");
+        build_index(
+            &idx,
+            meta(IndexDtype::F32),
+            &[item(1, "a.jpg")],
+            &[1.0, 0.0],
+        )
+        .unwrap();
+        let err = build_index(&idx, meta(IndexDtype::F32), &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("empty"), "{err}");
+        assert_eq!(Index::open(&idx).unwrap().meta.rows, 1);
+    }
+
+    #[test]
+    fn paths_with_newlines_and_quotes_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = dir.path().join("idx");
+        let items = [item(1, "line\nbreak.jpg"), item(2, "q\"uote,comma.jpg")];
+        build_index(&idx, meta(IndexDtype::F32), &items, &[1.0, 0.0, 0.0, 1.0]).unwrap();
+        assert_eq!(Index::open(&idx).unwrap().items, items);
+    }
+
+    #[test]
+    fn leftovers_of_a_killed_write_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = dir.path().join("idx");
+        build_index(
+            &idx,
+            meta(IndexDtype::F32),
+            &[item(1, "a.jpg")],
+            &[1.0, 0.0],
+        )
+        .unwrap();
+        let leftover = idx.join(".v000002.abc123");
+        std::fs::create_dir(&leftover).unwrap();
+        std::fs::write(leftover.join("embeddings.bin"), [0u8; 8]).unwrap();
+        let unrelated = idx.join(".keep-me");
+        std::fs::create_dir(&unrelated).unwrap();
+        build_index(
+            &idx,
+            meta(IndexDtype::F32),
+            &[item(1, "a.jpg")],
+            &[0.0, 1.0],
+        )
+        .unwrap();
+        assert!(!leftover.exists());
+        assert!(unrelated.exists());
     }
 }

@@ -151,11 +151,17 @@ pub fn read_f32(path: &Path) -> Result<(Vec<f32>, usize, usize), RetrievalError>
             )));
         }
     };
-    if data.len() != rows * cols * size {
+    if cols == 0 {
+        return Err(bad(&format!("shape ({rows}, 0): rows have no values")));
+    }
+    let needed = rows
+        .checked_mul(cols)
+        .and_then(|n| n.checked_mul(size))
+        .ok_or_else(|| bad(&format!("shape ({rows}, {cols}) is too large")))?;
+    if data.len() != needed {
         return Err(bad(&format!(
-            "holds {} data bytes, shape ({rows}, {cols}) needs {}",
-            data.len(),
-            rows * cols * size
+            "holds {} data bytes, shape ({rows}, {cols}) needs {needed}",
+            data.len()
         )));
     }
     let values = match size {
@@ -196,5 +202,29 @@ mod tests {
         let p = dir.path().join("t.npy");
         std::fs::write(&p, truncated).unwrap();
         assert!(read_f32(&p).unwrap_err().to_string().contains("t.npy"));
+    }
+
+    fn npy_with_shape(shape: &str, data_bytes: usize) -> Vec<u8> {
+        let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend((header.len() as u16).to_le_bytes());
+        out.extend(header.as_bytes());
+        out.extend(vec![0u8; data_bytes]);
+        out
+    }
+
+    #[test]
+    fn crafted_shapes_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.npy");
+        for (shape, bytes) in [("(3, 4611686018427387904)", 24), ("(5, 0)", 0), ("(0,)", 0)] {
+            std::fs::write(&p, npy_with_shape(shape, bytes)).unwrap();
+            let err = read_f32(&p).unwrap_err().to_string();
+            assert!(err.contains("shape"), "{shape}: {err}");
+        }
     }
 }

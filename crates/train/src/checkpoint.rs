@@ -212,6 +212,54 @@ fn write_pointer(run_dir: &Path, file: &str, content: &str) -> Result<(), TrainE
 }
 
 /// The checkpoint `run_dir/last` points at, if any.
+/// What `--resume` continues from: the checkpoint `last` names, or an error that says what
+/// the run folder holds instead (no `last`, or a `last` naming a missing or broken checkpoint)
+/// — resuming never silently restarts at step 0 over an existing run.
+pub fn resume_checkpoint(run_dir: &Path) -> Result<PathBuf, TrainError> {
+    let last = run_dir.join("last");
+    let text = match std::fs::read_to_string(&last) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let held: Vec<String> = std::fs::read_dir(run_dir)
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .take(8)
+                        .collect()
+                })
+                .unwrap_or_default();
+            return Err(ck_err(
+                run_dir,
+                format!(
+                    "nothing to resume: no `last` checkpoint pointer (the folder holds: {}). \
+                     Start a new run with --config instead",
+                    if held.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        held.join(", ")
+                    }
+                ),
+            ));
+        }
+        Err(e) => return Err(TrainError::io(&last, e)),
+    };
+    let name = text.trim();
+    let dir = run_dir.join(name);
+    let escapes = Path::new(name)
+        .components()
+        .any(|c| !matches!(c, std::path::Component::Normal(_)));
+    if name.is_empty() || escapes || !dir.join("state.json").is_file() {
+        return Err(ck_err(
+            &last,
+            format!(
+                "names {name:?}, which is not a checkpoint folder with a state.json; cannot resume \
+                 (the run's files are left as they are)"
+            ),
+        ));
+    }
+    Ok(dir)
+}
+
 pub fn last_checkpoint(run_dir: &Path) -> Option<PathBuf> {
     let text = std::fs::read_to_string(run_dir.join("last")).ok()?;
     let dir = run_dir.join(text.trim());
@@ -306,4 +354,38 @@ pub fn prune_checkpoints(run_dir: &Path, keep: usize) -> Result<Option<PathBuf>,
         std::fs::rename(&tmp, &link).map_err(|e| TrainError::io(&link, e))?;
     }
     Ok(best)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resume_checkpoint;
+
+    #[test]
+    fn resume_without_a_usable_last_is_an_error_that_says_what_is_there() {
+        let run = tempfile::tempdir().unwrap();
+        std::fs::write(run.path().join("metrics.csv"), "step,loss\n1,2\n").unwrap();
+        let err = resume_checkpoint(run.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("no `last`") && err.contains("metrics.csv"),
+            "{err}"
+        );
+        std::fs::write(run.path().join("last"), "checkpoints/step-000040\n").unwrap();
+        let err = resume_checkpoint(run.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("step-000040") && err.contains("cannot resume"),
+            "{err}"
+        );
+        std::fs::write(run.path().join("last"), "../elsewhere\n").unwrap();
+        assert!(resume_checkpoint(run.path()).is_err());
+        let ck = run.path().join("checkpoints/step-000040");
+        std::fs::create_dir_all(&ck).unwrap();
+        std::fs::write(ck.join("state.json"), "{}").unwrap();
+        std::fs::write(run.path().join("last"), "checkpoints/step-000040\n").unwrap();
+        assert_eq!(resume_checkpoint(run.path()).unwrap(), ck);
+        assert_eq!(
+            std::fs::read_to_string(run.path().join("metrics.csv")).unwrap(),
+            "step,loss\n1,2\n",
+            "nothing is truncated"
+        );
+    }
 }
