@@ -6,5 +6,6 @@ cd "$(dirname "$0")"
 ./tools/fetch_weights.sh
 ./tools/install_test_deps.sh
 ./tools/install_postgres.sh
+./tools/install_onnxruntime.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/visual-search/target}"
 cargo test --workspace --all-targets "$@"

@@ -1,11 +1,18 @@
 #!/usr/bin/env python3
-"""Baseline for `visual-search bench embed`: PyTorch eager inference on the same model and input.
+"""Baselines for `visual-search bench embed`, on the same model and input, in one run:
+  - PyTorch eager (inference mode);
+  - PyTorch with batch norm folded into the convolutions (torch.fx's fuse) and channels-last
+    memory format, the fastest plain-PyTorch CPU setup;
+  - ONNX Runtime (Python, CPU EP, all graph optimisations) on the model exported by
+    torch.onnx.export (opset 17, dynamic batch), as a deployment would run it.
 
 Models: efficientnet_lite0 (timm tf_efficientnet_lite0 with the real weights, when --weights is
 given), convnext_<size> (timm), vit_<b32|b16|...>_clip (open_clip VisionTransformer), resnet<N>
 (timm); random weights otherwise (speed does not depend on the values). The input batch is read
 from --input (raw little-endian f32, shape [batch, 3, size, size]) so both sides see the same
-images. Prints JSON: {"images_per_s": ..., "threads": ..., "top_ops": [...]}.
+images. Prints JSON: {"images_per_s": eager, "folded_channels_last": ..., "onnxruntime": ...,
+"onnxruntime_version": ..., "threads": ..., "top_ops_ms": [...]}; a baseline that cannot run
+reports null and its error.
 """
 import argparse
 import json
@@ -44,6 +51,45 @@ def build(name, weights):
     raise SystemExit(f"unknown model {name}")
 
 
+def best_of(fn, iters):
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def folded_channels_last(model, x, iters):
+    import copy
+    from torch.fx.experimental.optimization import fuse
+    try:
+        m = fuse(copy.deepcopy(model))  # folds Conv2d + BatchNorm2d for eval
+    except Exception:
+        m = torch.jit.freeze(torch.jit.trace(copy.deepcopy(model), x))  # folds conv-bn too
+    m = m.to(memory_format=torch.channels_last)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        return best_of(lambda: m(xc), iters)
+
+
+def onnxruntime_baseline(model, x, iters):
+    import os
+    import tempfile
+    import onnxruntime as ort
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "model.onnx")
+        torch.onnx.export(model, (x[:1],), path, opset_version=17, input_names=["input"],
+                          output_names=["embedding"], dynamic_axes={"input": {0: "batch"}},
+                          dynamo=False)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        xn = x.numpy()
+        return best_of(lambda: sess.run(None, {"input": xn}), iters), ort.__version__
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
@@ -66,8 +112,21 @@ def main():
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             model(x)
     ops = sorted(((e.key, e.self_cpu_time_total / 1e3) for e in prof.key_averages()), key=lambda kv: -kv[1])[:6]
-    print(json.dumps({"images_per_s": a.batch / best, "threads": torch.get_num_threads(),
-                      "torch": torch.__version__, "top_ops_ms": ops}))
+    result = {"images_per_s": a.batch / best, "threads": torch.get_num_threads(),
+              "torch": torch.__version__, "top_ops_ms": ops}
+    try:
+        result["folded_channels_last"] = a.batch / folded_channels_last(model, x, a.iters)
+    except Exception as e:  # noqa: BLE001 - reported, not fatal
+        result["folded_channels_last"] = None
+        result["folded_channels_last_error"] = repr(e)
+    try:
+        t, version = onnxruntime_baseline(model, x, a.iters)
+        result["onnxruntime"] = a.batch / t
+        result["onnxruntime_version"] = version
+    except Exception as e:  # noqa: BLE001
+        result["onnxruntime"] = None
+        result["onnxruntime_error"] = repr(e)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

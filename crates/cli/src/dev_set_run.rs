@@ -8,7 +8,7 @@ use visual_search_data::loader::LoaderConfig;
 use visual_search_train::embedding::EmbeddedSet;
 
 use crate::embedding_run::embed_with_progress;
-use crate::model_args::LoadedModel;
+use visual_search_inference::InferenceModel;
 
 /// Where the dev set is and how to load it.
 #[derive(clap::Args, Debug, Clone)]
@@ -49,7 +49,7 @@ impl EmbeddedDevSet {
     }
 }
 
-pub fn embed_dev_set(model: &LoadedModel, args: &DevSetArgs) -> anyhow::Result<EmbeddedDevSet> {
+pub fn embed_dev_set(model: &InferenceModel, args: &DevSetArgs) -> anyhow::Result<EmbeddedDevSet> {
     let dev = load_dev_set(&args.dataset_dir, &args.gallery, &args.queries)?;
     let loader = eval_loader(args.batch_size, args.workers);
     let run = |samples: Vec<visual_search_data::Sample>, what: &str| {
@@ -61,8 +61,8 @@ pub fn embed_dev_set(model: &LoadedModel, args: &DevSetArgs) -> anyhow::Result<E
             "their embeddings are left at zero",
         )
     };
-    let queries = run(dev.queries, "queries");
-    let gallery = run(dev.gallery, "gallery");
+    let queries = run(dev.queries, "queries")?;
+    let gallery = run(dev.gallery, "gallery")?;
     Ok(EmbeddedDevSet { queries, gallery })
 }
 

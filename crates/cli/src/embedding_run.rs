@@ -9,34 +9,30 @@ use visual_search_data::loader::{LoaderConfig, SkippedSample};
 use visual_search_data::transform::EvalTransform;
 use visual_search_train::embedding::{EmbeddedSet, embed_samples};
 
-use crate::model_args::LoadedModel;
 use crate::progress::images_bar;
+use visual_search_inference::InferenceModel;
 
 /// Embeds `samples` (row i = sample i), showing a bar labelled `what`; unreadable images are
 /// listed on stderr followed by `consequence` ("their rows are all zero", …).
 pub fn embed_with_progress(
-    model: &LoadedModel,
+    model: &InferenceModel,
     samples: Arc<[Sample]>,
     loader: &LoaderConfig,
     what: &str,
     consequence: &str,
-) -> EmbeddedSet {
+) -> anyhow::Result<EmbeddedSet> {
     let transform = Arc::new(EvalTransform::new(
-        model.image_size as u32,
-        model.normalization,
+        model.preprocessing.size as u32,
+        model.preprocessing.normalization(),
     ));
     let bar = images_bar(samples.len(), what);
-    let set = embed_samples(
-        &model.model,
-        samples,
-        transform,
-        loader,
-        &model.device,
-        |done, _| bar.set_position(done as u64),
-    );
+    let set = embed_samples(model, samples, transform, loader, |done, _| {
+        bar.set_position(done as u64)
+    });
     bar.finish_and_clear();
+    let set = set?;
     report_skipped(&set.skipped, what, consequence);
-    set
+    Ok(set)
 }
 
 /// Lists (up to 20 of) the images that could not be read.

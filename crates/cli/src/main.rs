@@ -2,12 +2,11 @@
 //! under `commands/`, wires the library crates together and owns the user-facing output; this
 //! is the only place a compute backend is chosen.
 
+mod args;
 mod commands;
 mod dev_set_run;
 mod embedding_run;
 mod index_model;
-mod model_args;
-mod pg_args;
 mod progress;
 mod sample_lists;
 mod table;

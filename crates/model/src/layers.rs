@@ -4,8 +4,8 @@
 //! They are functions over burn's own layers (not wrapper modules) so that module paths stay
 //! exactly the PyTorch parameter names.
 
-use burn::nn::LayerNorm;
 use burn::nn::conv::Conv2d;
+use burn::nn::{BatchNorm, LayerNorm};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
@@ -37,6 +37,14 @@ pub fn conv2d_tf_same(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         conv.bias.as_ref().map(|b| b.val()),
         options,
     )
+}
+
+/// A batch norm, or nothing once it has been folded into the convolution before it.
+pub fn batch_norm(bn: &Option<BatchNorm>, x: Tensor<4>) -> Tensor<4> {
+    match bn {
+        Some(bn) => bn.forward(x),
+        None => x,
+    }
 }
 
 /// LayerNorm over the channels of an NCHW tensor (timm's `LayerNorm2d`).

@@ -6,12 +6,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use burn::tensor::{Device, Tensor, TensorData};
 use visual_search_data::Sample;
 use visual_search_data::loader::{BatchLoader, LoaderConfig, SkippedSample};
 use visual_search_data::sampler::sequential_order;
 use visual_search_data::transform::SampleTransform;
-use visual_search_model::embedder::EmbeddingModel;
+use visual_search_inference::{BatchEmbedder, InferenceError};
 use visual_search_retrieval::embedding_file::Embeddings;
 
 /// Where the time went.
@@ -31,15 +30,15 @@ pub struct EmbeddedSet {
     pub timings: EmbedTimings,
 }
 
-/// Embeds every sample; `progress(done, total)` is called after each batch.
+/// Embeds every sample; `progress(done, total)` is called after each batch. A failing model
+/// run (not a bad image: those are skipped) stops it with that error.
 pub fn embed_samples(
-    model: &EmbeddingModel,
+    model: &dyn BatchEmbedder,
     samples: Arc<[Sample]>,
     transform: Arc<dyn SampleTransform>,
     loader: &LoaderConfig,
-    device: &Device,
     mut progress: impl FnMut(usize, usize),
-) -> EmbeddedSet {
+) -> Result<EmbeddedSet, InferenceError> {
     let start = Instant::now();
     let n = samples.len();
     let dim = model.dim();
@@ -62,15 +61,8 @@ pub fn embed_samples(
         skipped.extend(batch.skipped.iter().cloned());
         if !batch.is_empty() {
             let forward = Instant::now();
-            let shape = batch.shape();
-            let x = Tensor::<4>::from_data(TensorData::new(batch.images, shape), device)
-                .cast(device.settings().float_dtype);
-            let rows: Vec<f32> = model
-                .embed(x)
-                .into_data()
-                .iter::<f32>()
-                .map(|v| if v.is_finite() { v } else { 0.0 })
-                .collect();
+            let n_images = batch.len();
+            let rows = model.embed_batch(batch.images, n_images)?;
             timings.model += forward.elapsed();
             for (k, &i) in batch.sample_indices.iter().enumerate() {
                 data[i * dim..(i + 1) * dim].copy_from_slice(&rows[k * dim..(k + 1) * dim]);
@@ -80,7 +72,7 @@ pub fn embed_samples(
     }
     skipped.sort_by_key(|s| s.sample_index);
     timings.total = start.elapsed();
-    EmbeddedSet {
+    Ok(EmbeddedSet {
         embeddings: Embeddings {
             rows: n,
             dim,
@@ -89,5 +81,5 @@ pub fn embed_samples(
         },
         skipped,
         timings,
-    }
+    })
 }

@@ -17,6 +17,8 @@ pub enum TrainError {
     #[error(transparent)]
     Weights(#[from] visual_search_model::weights::WeightError),
     #[error(transparent)]
+    Inference(#[from] visual_search_inference::InferenceError),
+    #[error(transparent)]
     Retrieval(#[from] visual_search_retrieval::RetrievalError),
     #[error("{path}: checkpoint: {message}")]
     Checkpoint { path: PathBuf, message: String },

@@ -33,8 +33,8 @@ use visual_search_retrieval::metrics::evaluate;
 use visual_search_retrieval::pipeline::{RankOptions, rank};
 
 use crate::checkpoint::{
-    Optimizers, TrainState, ValidationMetrics, last_checkpoint, load_module, load_optimizers,
-    prune_checkpoints, read_memory, read_state, resolve_checkpoint, save_checkpoint,
+    Optimizers, TrainState, ValidationMetrics, load_module, load_optimizers, prune_checkpoints,
+    read_memory, read_state, resolve_checkpoint, resume_checkpoint, save_checkpoint,
 };
 use crate::config::{HeadKind, Precision, SamplerKind, TrainConfig};
 use crate::embedding::embed_samples;
@@ -46,6 +46,7 @@ use crate::plots::plot_run;
 use crate::schedule::WarmupCosine;
 use crate::train_model::{TrainModel, dropout, materialize, set_training_flags};
 use crate::training_data::{Data, load_data, train_transform};
+use visual_search_inference::BurnEmbedder;
 
 /// How to run a phase.
 #[derive(Debug, Clone)]
@@ -200,8 +201,13 @@ fn validate(
     config: &TrainConfig,
     norm: Normalization,
     device: &Device,
-) -> ValidationMetrics {
-    let embedder = model.embedder.valid();
+) -> Result<ValidationMetrics, TrainError> {
+    let valid = model.embedder.valid();
+    let embedder = BurnEmbedder {
+        model: &valid,
+        device,
+        size: config.dataset.input_size,
+    };
     let transform: Arc<dyn SampleTransform> =
         Arc::new(EvalTransform::new(config.dataset.input_size as u32, norm));
     let loader = LoaderConfig {
@@ -216,22 +222,8 @@ fn validate(
         val_accuracy: None,
     };
     if let (Some(q), Some(g)) = (&data.queries, &data.gallery) {
-        let qe = embed_samples(
-            &embedder,
-            q.clone(),
-            transform.clone(),
-            &loader,
-            device,
-            |_, _| {},
-        );
-        let ge = embed_samples(
-            &embedder,
-            g.clone(),
-            transform.clone(),
-            &loader,
-            device,
-            |_, _| {},
-        );
+        let qe = embed_samples(&embedder, q.clone(), transform.clone(), &loader, |_, _| {})?;
+        let ge = embed_samples(&embedder, g.clone(), transform.clone(), &loader, |_, _| {})?;
         let (ql, gl) = (
             qe.embeddings.labels.unwrap_or_default(),
             ge.embeddings.labels.unwrap_or_default(),
@@ -252,14 +244,7 @@ fn validate(
         metrics.map_at_r = Some(m.map_at_r);
     }
     if let (Some(val), Some(head)) = (&data.val, &model.head) {
-        let v = embed_samples(
-            &embedder,
-            val.clone(),
-            transform,
-            &loader,
-            device,
-            |_, _| {},
-        );
+        let v = embed_samples(&embedder, val.clone(), transform, &loader, |_, _| {})?;
         let labels = v.embeddings.labels.unwrap_or_default();
         let keep: Vec<usize> = (0..labels.len())
             .filter(|&i| classes.index_of(labels[i]).is_some())
@@ -286,7 +271,7 @@ fn validate(
             metrics.val_accuracy = Some(correct as f64 / keep.len() as f64);
         }
     }
-    metrics
+    Ok(metrics)
 }
 
 /// Runs one phase; events go to `observer`.
@@ -315,7 +300,7 @@ pub fn train(
     device.seed(config.dataset.seed);
 
     let resume_from = if options.resume {
-        last_checkpoint(run_dir)
+        Some(resume_checkpoint(run_dir)?)
     } else {
         None
     };
@@ -423,7 +408,7 @@ pub fn train(
 
     let mut first_validation = None;
     if options.validate_at_start && resume_from.is_none() {
-        let m = validate(&model, &data, &classes, config, norm, &device);
+        let m = validate(&model, &data, &classes, config, norm, &device)?;
         log.validation(0, 0, &m)?;
         observer(TrainEvent::Validation {
             step: 0,
@@ -603,7 +588,7 @@ pub fn train(
 
             let end = state.step >= total_steps;
             if state.step % validate_every == 0 || end {
-                let m = validate(&model, &data, &classes, config, norm, &device);
+                let m = validate(&model, &data, &classes, config, norm, &device)?;
                 log.validation(state.step, epoch, &m)?;
                 observer(TrainEvent::Validation {
                     step: state.step,

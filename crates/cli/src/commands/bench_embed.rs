@@ -7,7 +7,6 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use burn::tensor::{Tensor, TensorData};
 use visual_search_data::datasets::locate_grocery;
 use visual_search_data::formats::product10k::{parse_product10k, product10k_samples};
 use visual_search_data::transform::{EvalTransform, SampleTransform};
@@ -15,12 +14,14 @@ use visual_search_model::device::compiled_backends;
 use visual_search_model::registry::lookup;
 
 use super::bench_preprocess::{baseline_python, tools_dir};
-use crate::model_args::ModelArgs;
+use crate::args::model::{DeviceArgs, ModelArgs};
 use crate::table;
 
 /// Times `embed` (forward + L2 normalisation, no preprocessing) on one batch of real photos,
-/// best of several passes after a warm-up, on every requested backend, then runs PyTorch eager
-/// (all cores, inference mode) on the same batch and prints the ratios and PyTorch's top ops.
+/// best of several passes after a warm-up, on every requested engine (default: every compiled
+/// backend, plus ONNX Runtime when its library is found), then, on the same batch and weights,
+/// the baselines a PyTorch user would run instead: eager, BN-folded channels-last, and Python
+/// ONNX Runtime on PyTorch's own ONNX export. Prints every ratio and PyTorch's top ops.
 #[derive(clap::Args)]
 pub struct Args {
     #[arg(long, default_value = "efficientnet_lite0")]
@@ -79,7 +80,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let devices = if args.devices.is_empty() {
-        compiled_backends().into_iter().map(String::from).collect()
+        let mut d: Vec<String> = compiled_backends().into_iter().map(String::from).collect();
+        if visual_search_inference::ort_runtime::available() {
+            d.push("ort".into());
+        }
+        d
     } else {
         args.devices.clone()
     };
@@ -90,26 +95,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             model_dir: None,
             weights: args.weights.clone(),
             size: Some(size),
-            device: device.clone(),
-            dtype: crate::model_args::Precision::F32,
+            device: DeviceArgs {
+                device: device.clone(),
+                ..DeviceArgs::default()
+            },
         }
         .load()?;
-        let batch = || {
-            Tensor::<4>::from_data(
-                TensorData::new(input.clone(), [args.batch, 3, size, size]),
-                &loaded.device,
-            )
-        };
-        let run_once = || -> f64 {
+        let run_once = || -> anyhow::Result<f64> {
             let t = Instant::now();
-            let out = loaded.model.embed(batch());
-            let _ = out.into_data(); // wait for the device
-            t.elapsed().as_secs_f64()
+            loaded.embed(input.clone(), args.batch)?;
+            Ok(t.elapsed().as_secs_f64())
         };
-        run_once();
-        let best = (0..args.iters.max(1))
-            .map(|_| run_once())
-            .fold(f64::INFINITY, f64::min);
+        run_once()?;
+        let mut best = f64::INFINITY;
+        for _ in 0..args.iters.max(1) {
+            best = best.min(run_once()?);
+        }
         results.push((device.clone(), args.batch as f64 / best));
     }
 
@@ -124,7 +125,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     };
-    let torch_ips = baseline.as_ref().and_then(|b| b["images_per_s"].as_f64());
+    let figure = |key: &str| baseline.as_ref().and_then(|b| b[key].as_f64());
+    let ort_version = baseline
+        .as_ref()
+        .and_then(|b| b["onnxruntime_version"].as_str())
+        .unwrap_or("?")
+        .to_string();
+    let baselines = [
+        ("PyTorch eager".to_string(), figure("images_per_s")),
+        (
+            "PyTorch, BN folded + channels-last".to_string(),
+            figure("folded_channels_last"),
+        ),
+        (
+            format!("ONNX Runtime {ort_version} (Python, PyTorch's ONNX)"),
+            figure("onnxruntime"),
+        ),
+    ];
     println!(
         "embed: {} at {size}x{size}, batch {}, {} weights, best of {} passes, {} threads",
         args.model,
@@ -137,21 +154,32 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.iters,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    let rows: Vec<Vec<String>> = results
+    let mut header = vec!["engine".to_string(), "img/s".to_string()];
+    header.extend(baselines.iter().map(|(name, _)| format!("vs {name}")));
+    let mut rows: Vec<Vec<String>> = results
         .iter()
         .map(|(d, ips)| {
-            vec![
-                d.clone(),
-                format!("{ips:.1}"),
-                torch_ips.map_or("-".into(), |t| format!("{t:.1}")),
-                torch_ips.map_or("-".into(), |t| format!("{:.2}x", ips / t)),
-            ]
+            let mut row = vec![format!("visual-search {d}"), format!("{ips:.1}")];
+            row.extend(
+                baselines
+                    .iter()
+                    .map(|(_, b)| b.map_or("-".into(), |t| format!("{:.2}x", ips / t))),
+            );
+            row
         })
         .collect();
-    print!(
-        "{}",
-        table::render(&["backend", "img/s", "PyTorch eager img/s", "ratio"], &rows)
-    );
+    for (name, ips) in &baselines {
+        let mut row = vec![name.clone(), ips.map_or("-".into(), |v| format!("{v:.1}"))];
+        row.extend(baselines.iter().map(|_| String::new()));
+        rows.push(row);
+    }
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    print!("{}", table::render(&header, &rows));
+    for key in ["folded_channels_last_error", "onnxruntime_error"] {
+        if let Some(e) = baseline.as_ref().and_then(|b| b[key].as_str()) {
+            eprintln!("baseline {key}: {e}");
+        }
+    }
     if let Some(ops) = baseline.as_ref().and_then(|b| b["top_ops_ms"].as_array()) {
         println!("PyTorch's heaviest ops (one batch, self CPU ms):");
         for op in ops {

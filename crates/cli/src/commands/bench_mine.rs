@@ -23,7 +23,7 @@ use visual_search_mining::pairs_table::{ProductRow, ProductWriter};
 
 use super::bench_preprocess::{baseline_python, tools_dir};
 use super::mine::features::ModelEmbedder;
-use crate::model_args::{ModelArgs, Precision};
+use crate::args::model::{DeviceArgs, ModelArgs};
 use crate::table;
 
 #[derive(clap::Args)]
@@ -265,8 +265,10 @@ fn bench_features(args: &Args, dir: &Path) -> anyhow::Result<()> {
         model_dir: None,
         weights: args.weights.clone(),
         size: None,
-        device: "flex".into(),
-        dtype: Precision::F32,
+        device: DeviceArgs {
+            device: "flex".into(),
+            ..DeviceArgs::default()
+        },
     };
     let mut embedder = ModelEmbedder::load(&model)?;
     let options = FeaturesOptions {

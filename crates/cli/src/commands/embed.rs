@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use visual_search_retrieval::embedding_file::{StoredDtype, write_embeddings};
 
+use crate::args::model::ModelArgs;
 use crate::dev_set_run::eval_loader;
 use crate::embedding_run::embed_with_progress;
-use crate::model_args::ModelArgs;
 use crate::sample_lists::ListArgs;
 
 /// Embeds every image of a Product10K, gallery or queries CSV (queries cropped to their box,
@@ -44,7 +44,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &loader,
         &format!("embedding {kind:?}"),
         "their rows are all zero",
-    );
+    )?;
     let dtype = match args.out_dtype {
         DtypeArg::F32 => StoredDtype::F32,
         DtypeArg::F16 => StoredDtype::F16,
@@ -53,10 +53,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", args.out.display()))?;
     let t = &result.timings;
     println!(
-        "wrote {} x {} embeddings ({}, {:?}) to {} in {:.1}s ({:.1} images/s; model {:.1}s, waiting for images {:.1}s)",
+        "wrote {} x {} embeddings ({} on {}, {:?}) to {} in {:.1}s ({:.1} images/s; model {:.1}s, waiting for images {:.1}s)",
         result.embeddings.rows,
         result.embeddings.dim,
         loaded.spec.name,
+        loaded.device_name,
         args.out_dtype,
         args.out.display(),
         t.total.as_secs_f64(),

@@ -7,8 +7,8 @@ use visual_search_retrieval::embedding_file::read_embeddings;
 use visual_search_retrieval::metrics::evaluate;
 use visual_search_retrieval::pipeline::rank;
 
+use crate::args::model::{DeviceArgs, ModelArgs};
 use crate::dev_set_run::{DevSetArgs, EmbeddedDevSet, RankArgs, embed_dev_set};
-use crate::model_args::ModelArgs;
 use crate::sample_lists::read_samples;
 use crate::table;
 
@@ -27,10 +27,8 @@ pub struct Args {
     weights: Option<PathBuf>,
     #[arg(long)]
     size: Option<usize>,
-    #[arg(long, default_value = "auto")]
-    device: String,
-    #[arg(long, value_enum, default_value = "f32")]
-    dtype: crate::model_args::Precision,
+    #[command(flatten)]
+    device: DeviceArgs,
     #[command(flatten)]
     data: DevSetArgs,
     #[command(flatten)]
@@ -95,7 +93,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 weights: args.weights.clone(),
                 size: args.size,
                 device: args.device.clone(),
-                dtype: args.dtype,
             }
             .load()?;
             let set = embed_dev_set(&loaded, &args.data)?;
@@ -104,7 +101,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 EmbeddedDevSet::labels(&set.gallery),
             );
             let dim = set.queries.embeddings.dim;
-            let source = format!("{} at {} px", loaded.spec.name, loaded.image_size);
+            let source = format!(
+                "{} at {} px on {}",
+                loaded.spec.name, loaded.preprocessing.size, loaded.device_name
+            );
             (
                 set.queries.embeddings.data,
                 set.gallery.embeddings.data,

@@ -11,9 +11,11 @@ use visual_search_retrieval::index::{
 
 use crate::dev_set_run::eval_loader;
 use crate::embedding_run::embed_with_progress;
-use crate::index_model::{ModelRef, load_index_model, open_with_model, preprocessing};
-use crate::model_args::{LoadedModel, ModelArgs};
-use crate::pg_args::{PgArgs, open_catalogue};
+use visual_search_inference::InferenceModel;
+
+use crate::args::model::{DeviceArgs, ModelArgs};
+use crate::args::postgres::{PgArgs, open_catalogue};
+use crate::index_model::{load_index_model, open_with_model, preprocessing};
 use crate::progress::images_bar;
 use crate::sample_lists::ListArgs;
 use visual_search_retrieval::catalogue::Catalogue;
@@ -109,9 +111,8 @@ pub struct AddArgs {
     pg: PgArgs,
     #[command(flatten)]
     list: ListArgs,
-    /// Compute device: flex (CPU), tch, tch-cuda:N, cuda:N, wgpu or auto.
-    #[arg(long, default_value = "auto")]
-    device: String,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 #[derive(clap::Args)]
@@ -135,7 +136,10 @@ impl IndexCommand {
 }
 
 /// Embeds a list; unreadable images are reported and left out.
-fn embed_list(loaded: &LoadedModel, list: &ListArgs) -> anyhow::Result<(Vec<IndexItem>, Vec<f32>)> {
+fn embed_list(
+    loaded: &InferenceModel,
+    list: &ListArgs,
+) -> anyhow::Result<(Vec<IndexItem>, Vec<f32>)> {
     let (kind, samples) = list.read()?;
     if samples.is_empty() {
         bail!("{} lists no images", list.csv.display());
@@ -148,7 +152,7 @@ fn embed_list(loaded: &LoadedModel, list: &ListArgs) -> anyhow::Result<(Vec<Inde
         &loader,
         &format!("embedding {kind:?}"),
         "they are left out of the index",
-    );
+    )?;
     let dim = result.embeddings.dim;
     let skipped: std::collections::HashSet<usize> =
         result.skipped.iter().map(|s| s.sample_index).collect();
@@ -176,11 +180,11 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
             StoreDtype::F16 => IndexDtype::F16,
             StoreDtype::F32 => IndexDtype::F32,
         },
-        dim: loaded.model.dim(),
+        dim: loaded.dim,
         rows: items.len(),
         embeddings_crc32: 0,
         items_crc32: 0,
-        model: serde_json::to_value(ModelRef::from_args(&args.model, &loaded)?)?,
+        model: serde_json::to_value(&loaded.reference)?,
         preprocessing: preprocessing(&loaded),
     };
     if is_postgres_url(&args.out) {
@@ -194,7 +198,7 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         "indexed {} images ({} × {}, {:?}) into {}",
         items.len(),
         items.len(),
-        loaded.model.dim(),
+        loaded.dim,
         args.store,
         redact(&args.out)
     );

@@ -4,6 +4,7 @@ mod bench_embed;
 mod bench_index;
 mod bench_mine;
 mod bench_preprocess;
+mod bench_rank;
 mod bench_topk;
 mod data_check;
 mod data_import;
@@ -42,8 +43,10 @@ impl DataCommand {
 pub enum BenchCommand {
     /// Decode + crop + resize + normalise throughput vs PIL + torchvision.
     Preprocess(bench_preprocess::Args),
-    /// Model embedding throughput per backend vs PyTorch eager.
+    /// Model embedding throughput per engine vs PyTorch eager, folded and ONNX Runtime.
     Embed(bench_embed::Args),
+    /// The whole dev-set ranker vs Python rankers (PyTorch folded, ONNX Runtime).
+    Rank(bench_rank::Args),
     /// Exact top-k search vs faiss IndexFlatIP and NumPy.
     Topk(bench_topk::Args),
     /// Embedded index vs PostgreSQL + pgvector: build time, latency, HNSW recall.
@@ -57,6 +60,7 @@ impl BenchCommand {
         match self {
             BenchCommand::Preprocess(a) => bench_preprocess::run(a),
             BenchCommand::Embed(a) => bench_embed::run(a),
+            BenchCommand::Rank(a) => bench_rank::run(a),
             BenchCommand::Topk(a) => bench_topk::run(a),
             BenchCommand::Mine(a) => bench_mine::run(a),
             BenchCommand::Index(a) => bench_index::run(a),

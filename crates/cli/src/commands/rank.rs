@@ -7,8 +7,8 @@ use anyhow::Context;
 use visual_search_retrieval::npy::{encode_i64, write_atomically};
 use visual_search_retrieval::pipeline::rank;
 
+use crate::args::model::ModelArgs;
 use crate::dev_set_run::{DevSetArgs, RankArgs, embed_dev_set};
-use crate::model_args::ModelArgs;
 use crate::table;
 
 /// Embeds the dev set's queries (cropped to their boxes) and gallery (white border removed),
@@ -64,12 +64,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         vec!["total".into(), secs(total)],
     ];
     println!(
-        "ranked {} queries against {} gallery images ({} at {} px, {:?}); top {} written to {} and {}",
+        "ranked {} queries against {} gallery images ({} at {} px on {}, {:?}); top {} written to {} and {}",
         ranking.queries,
         set.gallery.embeddings.rows,
         loaded.spec.name,
-        loaded.image_size,
-        args.model.dtype,
+        loaded.preprocessing.size,
+        loaded.device_name,
+        args.model.device.dtype,
         ranking.k,
         args.out.display(),
         csv_path.display()

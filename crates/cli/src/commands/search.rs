@@ -7,8 +7,9 @@ use anyhow::Context;
 use visual_search_data::image::DecodeLimits;
 use visual_search_serve::query_image::{parse_bbox, prepare_query};
 
-use crate::index_model::{embed_pixels, open_with_model};
-use crate::pg_args::PgArgs;
+use crate::args::model::DeviceArgs;
+use crate::args::postgres::PgArgs;
+use crate::index_model::open_with_model;
 use crate::table::render;
 
 /// Finds the catalogue images nearest to each photo and prints rank, score, label and path.
@@ -29,8 +30,8 @@ pub struct Args {
     #[arg(long)]
     bbox: Option<String>,
     /// Compute device: flex (CPU), tch, tch-cuda:N, cuda:N, wgpu or auto.
-    #[arg(long, default_value = "auto")]
-    device: String,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -46,7 +47,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let pixels = prepare_query(&bytes, bbox, pre, &DecodeLimits::default())
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let embedding = embed_pixels(&loaded, pixels, 1).map_err(anyhow::Error::msg)?;
+        let embedding = loaded.embed(pixels, 1)?;
         let hits = index.search_items(&embedding, args.k)?;
         println!("{}:", path.display());
         let rows: Vec<Vec<String>> = hits

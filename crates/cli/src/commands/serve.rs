@@ -8,9 +8,11 @@ use visual_search_serve::inference::{Embedder, InferenceQueue};
 use visual_search_serve::metrics::Metrics;
 use visual_search_serve::{AppState, ServeConfig, serve};
 
-use crate::index_model::{embed_pixels, open_with_model};
-use crate::model_args::LoadedModel;
-use crate::pg_args::PgArgs;
+use visual_search_inference::InferenceModel;
+
+use crate::args::model::DeviceArgs;
+use crate::args::postgres::PgArgs;
+use crate::index_model::open_with_model;
 
 /// Serves an index: `POST /search` (image as multipart field `image` or raw body; `k`,
 /// `bbox=x,y,w,h`), `GET /images/{id}`, `GET /healthz`, `GET /metrics` and a web page at `/`.
@@ -26,9 +28,8 @@ pub struct Args {
     /// Address to listen on (port 0 picks a free port; the address is printed).
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: String,
-    /// Compute device: flex (CPU), tch, tch-cuda:N, cuda:N, wgpu or auto.
-    #[arg(long, default_value = "auto")]
-    device: String,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Most searches embedded in one forward pass.
     #[arg(long, default_value_t = 8)]
     max_batch: usize,
@@ -46,15 +47,15 @@ pub struct Args {
     timeout_s: u64,
 }
 
-struct ModelEmbedder(LoadedModel);
+struct ModelEmbedder(InferenceModel);
 
 impl Embedder for ModelEmbedder {
     fn embed(&mut self, pixels: Vec<f32>, n: usize) -> Result<Vec<f32>, String> {
-        embed_pixels(&self.0, pixels, n)
+        self.0.embed(pixels, n).map_err(|e| e.to_string())
     }
 
     fn dim(&self) -> usize {
-        self.0.model.dim()
+        self.0.dim
     }
 }
 

@@ -13,7 +13,7 @@ use burn::tensor::activation::relu6;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{conv2d_tf_same, drop_path};
+use crate::layers::{batch_norm, conv2d_tf_same, drop_path};
 use crate::pooling::{Pooling, PoolingKind};
 use crate::weights::WeightMapping;
 
@@ -136,9 +136,9 @@ impl EfficientNetLiteConfig {
                     expand_conv: (e != 1).then(|| conv(i, mid, 1, 1, 1)),
                     bn0: (e != 1).then(|| bn(mid)),
                     depthwise_conv: conv(mid, mid, k, s, mid),
-                    bn1: bn(mid),
+                    bn1: Some(bn(mid)),
                     project_conv: conv(mid, o, 1, 1, 1),
-                    bn2: bn(o),
+                    bn2: Some(bn(o)),
                     skip: s == 1 && i == o,
                     drop_connect_rate: self.drop_connect_rate * idx as f64 / n as f64,
                 }
@@ -147,10 +147,10 @@ impl EfficientNetLiteConfig {
         let last = specs.last().map_or(self.stem_channels, |b| b.4);
         EfficientNetLite {
             conv_stem: conv(3, self.stem_channels, 3, 2, 1),
-            bn0: bn(self.stem_channels),
+            bn0: Some(bn(self.stem_channels)),
             blocks,
             conv_head: conv(last, self.head_channels, 1, 1, 1),
-            bn1: bn(self.head_channels),
+            bn1: Some(bn(self.head_channels)),
             pooling: Pooling::new(self.pooling, device),
             fc: self
                 .num_classes
@@ -159,15 +159,16 @@ impl EfficientNetLiteConfig {
     }
 }
 
-/// Mobile inverted bottleneck without squeeze-excitation.
+/// Mobile inverted bottleneck without squeeze-excitation. A batch norm is `None` once folded
+/// into its convolution for inference (`visual_search_inference`'s batch-norm folding).
 #[derive(Module, Debug)]
 pub struct MbConvBlock {
     pub expand_conv: Option<Conv2d>,
     pub bn0: Option<BatchNorm>,
     pub depthwise_conv: Conv2d,
-    pub bn1: BatchNorm,
+    pub bn1: Option<BatchNorm>,
     pub project_conv: Conv2d,
-    pub bn2: BatchNorm,
+    pub bn2: Option<BatchNorm>,
     pub skip: bool,
     pub drop_connect_rate: f64,
 }
@@ -175,11 +176,14 @@ pub struct MbConvBlock {
 impl MbConvBlock {
     fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         let mut x = input.clone();
-        if let (Some(conv), Some(bn)) = (&self.expand_conv, &self.bn0) {
-            x = relu6(bn.forward(conv2d_tf_same(conv, x)));
+        if let Some(conv) = &self.expand_conv {
+            x = relu6(batch_norm(&self.bn0, conv2d_tf_same(conv, x)));
         }
-        x = relu6(self.bn1.forward(conv2d_tf_same(&self.depthwise_conv, x)));
-        x = self.bn2.forward(conv2d_tf_same(&self.project_conv, x));
+        x = relu6(batch_norm(
+            &self.bn1,
+            conv2d_tf_same(&self.depthwise_conv, x),
+        ));
+        x = batch_norm(&self.bn2, conv2d_tf_same(&self.project_conv, x));
         if self.skip {
             x = drop_path(x, self.drop_connect_rate) + input;
         }
@@ -191,10 +195,10 @@ impl MbConvBlock {
 #[derive(Module, Debug)]
 pub struct EfficientNetLite {
     pub conv_stem: Conv2d,
-    pub bn0: BatchNorm,
+    pub bn0: Option<BatchNorm>,
     pub blocks: Vec<MbConvBlock>,
     pub conv_head: Conv2d,
-    pub bn1: BatchNorm,
+    pub bn1: Option<BatchNorm>,
     pub pooling: Pooling,
     pub fc: Option<Linear>,
 }
@@ -202,11 +206,11 @@ pub struct EfficientNetLite {
 impl EfficientNetLite {
     /// Pooled features `[B, head_channels]` of normalised images `[B, 3, H, W]`.
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = relu6(self.bn0.forward(conv2d_tf_same(&self.conv_stem, x)));
+        let mut x = relu6(batch_norm(&self.bn0, conv2d_tf_same(&self.conv_stem, x)));
         for block in &self.blocks {
             x = block.forward(x);
         }
-        x = relu6(self.bn1.forward(conv2d_tf_same(&self.conv_head, x)));
+        x = relu6(batch_norm(&self.bn1, conv2d_tf_same(&self.conv_head, x)));
         self.pooling.forward(x)
     }
 
@@ -216,7 +220,7 @@ impl EfficientNetLite {
     }
 
     pub fn out_dim(&self) -> usize {
-        self.bn1.gamma.dims()[0]
+        self.conv_head.weight.dims()[0]
     }
 }
 

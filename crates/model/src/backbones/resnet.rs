@@ -10,7 +10,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::layers::drop_path;
+use crate::layers::{batch_norm, drop_path};
 use crate::pooling::{Pooling, PoolingKind};
 use crate::weights::WeightMapping;
 
@@ -92,28 +92,28 @@ impl ResNetConfig {
                         let block = if self.bottleneck {
                             ResBlock {
                                 conv1: conv(in_ch, width, 1, 1),
-                                bn1: bn(width),
+                                bn1: Some(bn(width)),
                                 conv2: conv(width, width, 3, stride),
-                                bn2: bn(width),
+                                bn2: Some(bn(width)),
                                 conv3: Some(conv(width, out, 1, 1)),
                                 bn3: Some(bn(out)),
                                 downsample: (stride != 1 || in_ch != out).then(|| Downsample {
                                     conv: conv(in_ch, out, 1, stride),
-                                    bn: bn(out),
+                                    bn: Some(bn(out)),
                                 }),
                                 drop_path: rate,
                             }
                         } else {
                             ResBlock {
                                 conv1: conv(in_ch, width, 3, stride),
-                                bn1: bn(width),
+                                bn1: Some(bn(width)),
                                 conv2: conv(width, width, 3, 1),
-                                bn2: bn(width),
+                                bn2: Some(bn(width)),
                                 conv3: None,
                                 bn3: None,
                                 downsample: (stride != 1 || in_ch != out).then(|| Downsample {
                                     conv: conv(in_ch, out, 1, stride),
-                                    bn: bn(out),
+                                    bn: Some(bn(out)),
                                 }),
                                 drop_path: rate,
                             }
@@ -126,7 +126,7 @@ impl ResNetConfig {
             .collect();
         ResNet {
             conv1: conv(3, self.stem_width, 7, 2),
-            bn1: bn(self.stem_width),
+            bn1: Some(bn(self.stem_width)),
             maxpool: MaxPool2dConfig::new([3, 3])
                 .with_strides([2, 2])
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
@@ -144,16 +144,16 @@ impl ResNetConfig {
 #[derive(Module, Debug)]
 pub struct Downsample {
     pub conv: Conv2d,
-    pub bn: BatchNorm,
+    pub bn: Option<BatchNorm>,
 }
 
 /// A basic (two 3x3) or bottleneck (1x1, 3x3, 1x1) residual block.
 #[derive(Module, Debug)]
 pub struct ResBlock {
     pub conv1: Conv2d,
-    pub bn1: BatchNorm,
+    pub bn1: Option<BatchNorm>,
     pub conv2: Conv2d,
-    pub bn2: BatchNorm,
+    pub bn2: Option<BatchNorm>,
     pub conv3: Option<Conv2d>,
     pub bn3: Option<BatchNorm>,
     pub downsample: Option<Downsample>,
@@ -162,13 +162,13 @@ pub struct ResBlock {
 
 impl ResBlock {
     fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        let mut x = relu(self.bn1.forward(self.conv1.forward(input.clone())));
-        x = self.bn2.forward(self.conv2.forward(x));
-        if let (Some(conv3), Some(bn3)) = (&self.conv3, &self.bn3) {
-            x = bn3.forward(conv3.forward(relu(x)));
+        let mut x = relu(batch_norm(&self.bn1, self.conv1.forward(input.clone())));
+        x = batch_norm(&self.bn2, self.conv2.forward(x));
+        if let Some(conv3) = &self.conv3 {
+            x = batch_norm(&self.bn3, conv3.forward(relu(x)));
         }
         let shortcut = match &self.downsample {
-            Some(d) => d.bn.forward(d.conv.forward(input)),
+            Some(d) => batch_norm(&d.bn, d.conv.forward(input)),
             None => input,
         };
         relu(drop_path(x, self.drop_path) + shortcut)
@@ -179,7 +179,7 @@ impl ResBlock {
 #[derive(Module, Debug)]
 pub struct ResNet {
     pub conv1: Conv2d,
-    pub bn1: BatchNorm,
+    pub bn1: Option<BatchNorm>,
     pub maxpool: MaxPool2d,
     pub layers: Vec<Vec<ResBlock>>,
     pub pooling: Pooling,
@@ -190,7 +190,7 @@ impl ResNet {
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = self
             .maxpool
-            .forward(relu(self.bn1.forward(self.conv1.forward(x))));
+            .forward(relu(batch_norm(&self.bn1, self.conv1.forward(x))));
         for stage in &self.layers {
             for block in stage {
                 x = block.forward(x);
@@ -206,8 +206,8 @@ impl ResNet {
     pub fn out_dim(&self) -> usize {
         let last = self.layers.last().and_then(|s| s.last());
         match last {
-            Some(b) => b.bn3.as_ref().unwrap_or(&b.bn2).gamma.dims()[0],
-            None => self.bn1.gamma.dims()[0],
+            Some(b) => b.conv3.as_ref().unwrap_or(&b.conv2).weight.dims()[0],
+            None => self.conv1.weight.dims()[0],
         }
     }
 }

@@ -9,8 +9,9 @@ use visual_search_mining::features::{FeaturesOptions, ImageEmbedder, mine_featur
 
 use super::WorkDir;
 use super::fetch_args::FetchArgs;
-use crate::index_model::{ModelRef, embed_pixels};
-use crate::model_args::{LoadedModel, ModelArgs};
+use visual_search_inference::InferenceModel;
+
+use crate::args::model::ModelArgs;
 use crate::progress::images_bar;
 
 #[derive(clap::Args)]
@@ -35,7 +36,7 @@ pub struct Args {
 
 /// A loaded registry/exported model as the mining crate's embedder.
 pub(crate) struct ModelEmbedder {
-    loaded: LoadedModel,
+    loaded: InferenceModel,
     description: String,
 }
 
@@ -43,7 +44,7 @@ impl ModelEmbedder {
     /// Loads the model of `args`; its description is the model reference an index stores.
     pub(crate) fn load(args: &ModelArgs) -> anyhow::Result<Self> {
         let loaded = args.load()?;
-        let description = serde_json::to_string(&ModelRef::from_args(args, &loaded)?)?;
+        let description = serde_json::to_string(&loaded.reference)?;
         Ok(ModelEmbedder {
             loaded,
             description,
@@ -53,31 +54,26 @@ impl ModelEmbedder {
 
 impl ImageEmbedder for ModelEmbedder {
     fn input_size(&self) -> usize {
-        self.loaded.image_size
+        self.loaded.preprocessing.size
     }
     fn normalization(&self) -> Normalization {
-        self.loaded.normalization
+        self.loaded.preprocessing.normalization()
     }
     fn dim(&self) -> usize {
-        self.loaded.model.dim()
+        self.loaded.dim
     }
     fn describe(&self) -> String {
         self.description.clone()
     }
     fn embed(&mut self, pixels: Vec<f32>, n: usize) -> Result<Vec<f32>, String> {
-        embed_pixels(&self.loaded, pixels, n)
+        self.loaded.embed(pixels, n).map_err(|e| e.to_string())
     }
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let work = WorkDir::new(&a.work_dir);
     work.require(&work.pairs(), "pairs")?;
-    let loaded = a.model.load()?;
-    let description = serde_json::to_string(&ModelRef::from_args(&a.model, &loaded)?)?;
-    let mut embedder = ModelEmbedder {
-        loaded,
-        description,
-    };
+    let mut embedder = ModelEmbedder::load(&a.model)?;
     let options = FeaturesOptions {
         fetch: a.fetch.config()?,
         batch_size: a.batch_size,

@@ -1,0 +1,106 @@
+//! `--model/--weights | --model-dir`, `--size`, `--device`, `--dtype`: which model runs where,
+//! turned into a loaded [`InferenceModel`].
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use visual_search_inference::{
+    DeviceChoice, InferenceModel, LoadOptions, ModelSource, Precision as LibPrecision,
+};
+
+/// Which model, which weights, which device.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Registered model name (`visual-search models` lists them), e.g. efficientnet_lite0.
+    #[arg(
+        long,
+        required_unless_present = "model_dir",
+        conflicts_with = "model_dir"
+    )]
+    pub model: Option<String>,
+    /// An exported model folder (`visual-search export`) instead of --model/--weights.
+    #[arg(long)]
+    pub model_dir: Option<PathBuf>,
+    /// Pretrained weights (safetensors or PyTorch .pth/.pt, timm/OpenCLIP/efficientnet_pytorch names).
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Input side in pixels [default: the model's training size].
+    #[arg(long)]
+    pub size: Option<usize>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// `--device` and `--dtype`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// Compute device: ort (ONNX Runtime, CPU), ort-cuda:N, flex (pure-Rust CPU), tch,
+    /// tch-cuda:N, cuda:N, wgpu, or auto: a compiled GPU backend, else ONNX Runtime when its
+    /// library is found (tools/install_onnxruntime.sh), else flex. Registry models and folders
+    /// without model.onnx are exported to ONNX once, into ~/.cache/visual-search/onnx.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Float precision of the model: f32, or f16/bf16 on burn devices that support it.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: Precision,
+}
+
+impl Default for DeviceArgs {
+    fn default() -> Self {
+        DeviceArgs {
+            device: "auto".into(),
+            dtype: Precision::F32,
+        }
+    }
+}
+
+/// Model precision.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl From<Precision> for LibPrecision {
+    fn from(p: Precision) -> Self {
+        match p {
+            Precision::F32 => LibPrecision::F32,
+            Precision::F16 => LibPrecision::F16,
+            Precision::Bf16 => LibPrecision::Bf16,
+        }
+    }
+}
+
+impl DeviceArgs {
+    pub fn options(&self, size: Option<usize>) -> anyhow::Result<LoadOptions> {
+        Ok(LoadOptions {
+            size,
+            device: self.device.parse::<DeviceChoice>()?,
+            precision: self.dtype.into(),
+            ..LoadOptions::default()
+        })
+    }
+}
+
+impl ModelArgs {
+    pub fn source(&self) -> ModelSource {
+        match &self.model_dir {
+            Some(dir) => ModelSource::Dir(dir.clone()),
+            None => ModelSource::Registry {
+                name: self.model.clone().unwrap_or_default(),
+                weights: self.weights.clone(),
+            },
+        }
+    }
+
+    pub fn load(&self) -> anyhow::Result<InferenceModel> {
+        let source = self.source();
+        let what = match &source {
+            ModelSource::Dir(d) => format!("the model folder {}", d.display()),
+            ModelSource::Registry { name, .. } => name.clone(),
+        };
+        InferenceModel::load(&source, &self.device.options(self.size)?)
+            .with_context(|| format!("loading {what}"))
+    }
+}

@@ -1,0 +1,342 @@
+//! "A model ready to embed images": which model (a registry name + weights, or an exported
+//! folder), the preprocessing its inputs need, and the engine that runs it — a burn device
+//! (flex, tch, GPU) or ONNX Runtime. Every command embeds through [`InferenceModel::embed`],
+//! the one place where non-finite features become 0 and rows are L2-normalised.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, FloatDType, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use visual_search_data::image::Normalization;
+use visual_search_model::embedder::EmbeddingModel;
+use visual_search_model::registry::{BuildOptions, ModelSpec, lookup};
+
+use crate::device_choice::{DeviceChoice, Precision};
+use crate::error::{InferenceError, Result};
+use crate::model_dir::{ONNX_FILE, load_model_dir, read_info};
+use crate::onnx_cache::cached_onnx_export;
+use crate::ort_runtime::OrtModel;
+
+/// How images must be prepared for a model: square side and pixel statistics (0..1 scale).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Preprocessing {
+    pub size: usize,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Preprocessing {
+    pub fn normalization(&self) -> Normalization {
+        Normalization {
+            mean: self.mean,
+            std: self.std,
+        }
+    }
+}
+
+/// Which model made an embedding: what an index stores and the mining feature store records,
+/// so a later command embeds new images exactly the same way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelRef {
+    /// Registry name (with `weights`), or `None` for an exported folder.
+    pub model: Option<String>,
+    pub model_dir: Option<PathBuf>,
+    pub weights: Option<PathBuf>,
+    /// Input side.
+    pub size: usize,
+}
+
+/// Where a model comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelSource {
+    /// A registered architecture with pretrained backbone weights (random without).
+    Registry {
+        name: String,
+        weights: Option<PathBuf>,
+    },
+    /// A folder written by `visual-search export`.
+    Dir(PathBuf),
+}
+
+impl ModelSource {
+    /// The source a [`ModelRef`] names.
+    pub fn from_ref(r: &ModelRef) -> Result<Self> {
+        match (&r.model_dir, &r.model) {
+            (Some(dir), _) => Ok(ModelSource::Dir(dir.clone())),
+            (None, Some(name)) => Ok(ModelSource::Registry {
+                name: name.clone(),
+                weights: r.weights.clone(),
+            }),
+            (None, None) => Err(InferenceError::Invalid(
+                "the model reference names neither a model nor a model folder".into(),
+            )),
+        }
+    }
+}
+
+/// The engine a model runs on.
+#[allow(clippy::large_enum_variant)] // one per loaded model
+pub enum Engine {
+    Burn {
+        model: EmbeddingModel,
+        device: Device,
+    },
+    Ort(OrtModel),
+}
+
+/// A loaded model.
+pub struct InferenceModel {
+    pub spec: ModelSpec,
+    pub preprocessing: Preprocessing,
+    pub dim: usize,
+    pub reference: ModelRef,
+    pub engine: Engine,
+    /// The device as the user would name it (`flex`, `ort`, `ort-cuda:0`, …).
+    pub device_name: String,
+}
+
+/// Loading choices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadOptions {
+    /// Input side [default: the model's own].
+    pub size: Option<usize>,
+    pub device: DeviceChoice,
+    pub precision: Precision,
+    /// Say nothing about random weights (tests, benchmarks).
+    pub quiet: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            size: None,
+            device: DeviceChoice::Auto,
+            precision: Precision::F32,
+            quiet: false,
+        }
+    }
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    std::path::absolute(p).map_err(|e| InferenceError::io(p, e))
+}
+
+/// Builds the burn model of `source` on `device`.
+pub fn load_burn(
+    source: &ModelSource,
+    size: Option<usize>,
+    device: &Device,
+    quiet: bool,
+) -> Result<(EmbeddingModel, ModelSpec, Preprocessing)> {
+    match source {
+        ModelSource::Dir(dir) => {
+            let (model, info) = load_model_dir(dir, size, device)?;
+            let spec = lookup(&info.model)?;
+            let pre = Preprocessing {
+                size: size.unwrap_or(info.input_size),
+                mean: info.mean,
+                std: info.std,
+            };
+            Ok((model, spec, pre))
+        }
+        ModelSource::Registry { name, weights } => {
+            let spec = lookup(name)?;
+            let image_size = size.unwrap_or(spec.input_size);
+            let options = BuildOptions {
+                image_size,
+                ..spec.default_options()
+            };
+            let mut model = EmbeddingModel::new(&spec, &options, None, device);
+            match weights {
+                Some(path) => {
+                    model = model.load_pretrained_backbone(&spec, &options, path)?;
+                }
+                None if !quiet => eprintln!(
+                    "warning: no --weights given; {} has random weights (fine for testing the pipeline only)",
+                    spec.name
+                ),
+                None => {}
+            }
+            let pre = Preprocessing {
+                size: image_size,
+                mean: spec.mean,
+                std: spec.std,
+            };
+            Ok((model, spec, pre))
+        }
+    }
+}
+
+fn check_size(size: Option<usize>) -> Result<()> {
+    match size {
+        Some(s) if s == 0 || s > crate::MAX_INPUT_SIZE => Err(InferenceError::Invalid(format!(
+            "input size {s} is outside 1..={}",
+            crate::MAX_INPUT_SIZE
+        ))),
+        _ => Ok(()),
+    }
+}
+
+impl InferenceModel {
+    /// Loads `source` as `options` say.
+    pub fn load(source: &ModelSource, options: &LoadOptions) -> Result<Self> {
+        check_size(options.size)?;
+        let reference = match source {
+            ModelSource::Dir(dir) => ModelRef {
+                model: None,
+                model_dir: Some(absolute(dir)?),
+                weights: None,
+                size: 0,
+            },
+            ModelSource::Registry { name, weights } => ModelRef {
+                model: Some(name.clone()),
+                model_dir: None,
+                weights: weights.as_deref().map(absolute).transpose()?,
+                size: 0,
+            },
+        };
+        let device = options.device.resolve(options.precision)?;
+        let mut model = match device {
+            DeviceChoice::Ort(target) => {
+                if options.precision != Precision::F32 {
+                    return Err(InferenceError::Invalid(
+                        "ONNX Runtime runs the exported model in f32; use --dtype f32 (or the int8 export)"
+                            .into(),
+                    ));
+                }
+                Self::load_ort(source, options, target)?
+            }
+            DeviceChoice::Burn(name) => {
+                let mut device = visual_search_model::device::parse_device(&name)?;
+                let float = match options.precision {
+                    Precision::F32 => FloatDType::F32,
+                    Precision::F16 => FloatDType::F16,
+                    Precision::Bf16 => FloatDType::BF16,
+                };
+                if float != FloatDType::F32 {
+                    device.configure(float).map_err(|e| {
+                        InferenceError::Invalid(format!(
+                            "device {name} cannot compute in {:?}: {e}",
+                            options.precision
+                        ))
+                    })?;
+                }
+                let (model, spec, preprocessing) =
+                    load_burn(source, options.size, &device, options.quiet)?;
+                let model = crate::batch_norm_folding::fold_batch_norms(model);
+                InferenceModel {
+                    dim: model.dim(),
+                    spec,
+                    preprocessing,
+                    reference: reference.clone(),
+                    engine: Engine::Burn { model, device },
+                    device_name: name,
+                }
+            }
+            DeviceChoice::Auto => unreachable!("resolve never returns Auto"),
+        };
+        model.reference = ModelRef {
+            size: model.preprocessing.size,
+            ..reference
+        };
+        Ok(model)
+    }
+
+    fn load_ort(
+        source: &ModelSource,
+        options: &LoadOptions,
+        target: crate::ort_runtime::OrtTarget,
+    ) -> Result<Self> {
+        // An exported folder at its own size runs its own model.onnx; anything else is exported
+        // once into the cache.
+        let own = match source {
+            ModelSource::Dir(dir) => {
+                let info = read_info(dir)?;
+                let onnx = dir.join(ONNX_FILE);
+                (onnx.exists() && options.size.is_none_or(|s| s == info.input_size))
+                    .then_some((onnx, info))
+            }
+            ModelSource::Registry { .. } => None,
+        };
+        let (onnx, spec, preprocessing, dim) = match own {
+            Some((onnx, info)) => (
+                onnx,
+                lookup(&info.model)?,
+                Preprocessing {
+                    size: info.input_size,
+                    mean: info.mean,
+                    std: info.std,
+                },
+                info.embedding_dim,
+            ),
+            None => cached_onnx_export(source, options.size, options.quiet)?,
+        };
+        let session = OrtModel::open(&onnx, target)?;
+        Ok(InferenceModel {
+            spec,
+            preprocessing,
+            dim,
+            reference: ModelRef {
+                model: None,
+                model_dir: None,
+                weights: None,
+                size: 0,
+            },
+            engine: Engine::Ort(session),
+            device_name: match target {
+                crate::ort_runtime::OrtTarget::Cpu => "ort".into(),
+                crate::ort_runtime::OrtTarget::Cuda(i) => format!("ort-cuda:{i}"),
+            },
+        })
+    }
+
+    /// L2-normalised embeddings (`n × dim`) of `n` prepared images (`n × 3 × size × size`
+    /// floats); non-finite features are set to 0 first.
+    pub fn embed(&self, pixels: Vec<f32>, n: usize) -> Result<Vec<f32>> {
+        let s = self.preprocessing.size;
+        if pixels.len() != n * 3 * s * s {
+            return Err(InferenceError::Invalid(format!(
+                "{} input values for {n} images of {s} px",
+                pixels.len()
+            )));
+        }
+        let mut rows = match &self.engine {
+            Engine::Burn { model, device } => burn_features(model, device, pixels, n, s),
+            Engine::Ort(session) => session.run(&pixels, n, s)?,
+        };
+        finish_rows(&mut rows, self.dim);
+        Ok(rows)
+    }
+}
+
+/// Un-normalised features of a burn model, as host floats.
+pub fn burn_features(
+    model: &EmbeddingModel,
+    device: &Device,
+    pixels: Vec<f32>,
+    n: usize,
+    size: usize,
+) -> Vec<f32> {
+    let x = Tensor::<4>::from_data(TensorData::new(pixels, [n, 3, size, size]), device)
+        .cast(device.settings().float_dtype);
+    model.features(x).into_data().iter::<f32>().collect()
+}
+
+/// NaN/inf → 0, then each row scaled to unit L2 norm (all-zero rows stay zero): the SPEC's
+/// ranking input, done here and nowhere else.
+pub fn finish_rows(rows: &mut [f32], dim: usize) {
+    if dim == 0 {
+        return;
+    }
+    for row in rows.chunks_mut(dim) {
+        let mut sum = 0.0f64;
+        for v in row.iter_mut() {
+            if !v.is_finite() {
+                *v = 0.0;
+            }
+            sum += (*v as f64) * (*v as f64);
+        }
+        let norm = sum.sqrt().max(1e-12) as f32;
+        row.iter_mut().for_each(|v| *v /= norm);
+    }
+}

@@ -1,0 +1,189 @@
+//! Self-contained inference model folders: `model.safetensors` (the embedder's weights, f32 or
+//! f16 — norms stay f32), `model.json` (registry name, input size, pixel statistics, neck,
+//! pooling) and, after `export --onnx`, `model.onnx` — so `embed`, `rank`, `eval`, `index` and
+//! `serve` need only the folder.
+//!
+//! Writing never deletes what it did not create: a folder is replaced only when it is empty or
+//! holds an earlier export (its `model.json` and nothing but export files).
+
+use std::path::{Path, PathBuf};
+
+use burn::store::{FloatCastAdapter, HalfPrecisionAdapter, ModuleSnapshot, SafetensorsStore};
+use burn::tensor::{DType, Device};
+use serde::{Deserialize, Serialize};
+use visual_search_model::embedder::EmbeddingModel;
+use visual_search_model::registry::{BuildOptions, lookup};
+
+use crate::error::{InferenceError, Result};
+
+/// `model.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelDirInfo {
+    pub format_version: u32,
+    /// Registry name of the architecture.
+    pub model: String,
+    /// Input side the model was trained at (and should be fed).
+    pub input_size: usize,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub embedding_dim: usize,
+    pub neck_dim: Option<usize>,
+    pub gem: bool,
+    /// Stored precision of the weights: `f32` or `f16`.
+    pub dtype: String,
+    /// The checkpoint it was exported from.
+    pub source: String,
+}
+
+pub const FORMAT_VERSION: u32 = 1;
+pub const INFO_FILE: &str = "model.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const ONNX_FILE: &str = "model.onnx";
+/// Files an export writes; a folder holding anything else is not ours to replace.
+const EXPORT_FILES: [&str; 4] = [INFO_FILE, WEIGHTS_FILE, ONNX_FILE, "model.int8.onnx"];
+
+/// Refuses to replace `out` unless it is absent, empty, or an earlier export.
+pub fn check_replaceable(out: &Path) -> Result<()> {
+    if !out.exists() {
+        return Ok(());
+    }
+    if !out.is_dir() {
+        return Err(InferenceError::model_dir(
+            out,
+            "exists and is not a folder; refusing to replace it",
+        ));
+    }
+    let entries: Vec<String> = std::fs::read_dir(out)
+        .map_err(|e| InferenceError::io(out, e))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let foreign: Vec<&String> = entries
+        .iter()
+        .filter(|n| !EXPORT_FILES.contains(&n.as_str()))
+        .collect();
+    if entries.is_empty() || (foreign.is_empty() && entries.iter().any(|n| n == INFO_FILE)) {
+        return Ok(());
+    }
+    Err(InferenceError::model_dir(
+        out,
+        format!(
+            "is not empty and is not an exported model folder (it holds {}); refusing to \
+             delete it — choose another --out",
+            foreign
+                .iter()
+                .take(5)
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    ))
+}
+
+/// Writes a model folder: weights (f16 when `half`), `model.json`, and any `extra` files
+/// (e.g. `model.onnx`) produced by `extra(tmp_dir)`. The folder appears at once, complete.
+pub fn write_model_dir(
+    model: &EmbeddingModel,
+    info: &ModelDirInfo,
+    out: &Path,
+    half: bool,
+    extra: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    check_replaceable(out)?;
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| InferenceError::io(parent, e))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".export.")
+        .tempdir_in(parent)
+        .map_err(|e| InferenceError::io(parent, e))?;
+    let mut store = SafetensorsStore::from_file(tmp.path().join(WEIGHTS_FILE));
+    if half {
+        store = store.with_to_adapter(HalfPrecisionAdapter::new());
+    }
+    model
+        .save_into(&mut store)
+        .map_err(|e| InferenceError::model_dir(out, format!("writing weights: {e}")))?;
+    let json = serde_json::to_vec_pretty(info)
+        .map_err(|e| InferenceError::model_dir(out, e.to_string()))?;
+    std::fs::write(tmp.path().join(INFO_FILE), json)
+        .map_err(|e| InferenceError::io(tmp.path(), e))?;
+    extra(tmp.path())?;
+    // Re-checked just before the swap: only an earlier export is ever removed.
+    check_replaceable(out)?;
+    if out.exists() {
+        std::fs::remove_dir_all(out).map_err(|e| InferenceError::io(out, e))?;
+    }
+    let kept: PathBuf = tmp.keep();
+    std::fs::rename(&kept, out).map_err(|e| InferenceError::io(out, e))?;
+    Ok(())
+}
+
+/// Reads `model.json`.
+pub fn read_info(dir: &Path) -> Result<ModelDirInfo> {
+    let json_path = dir.join(INFO_FILE);
+    let text =
+        std::fs::read_to_string(&json_path).map_err(|e| InferenceError::io(&json_path, e))?;
+    let info: ModelDirInfo = serde_json::from_str(&text)
+        .map_err(|e| InferenceError::model_dir(&json_path, format!("invalid model.json: {e}")))?;
+    if info.format_version != FORMAT_VERSION {
+        return Err(InferenceError::model_dir(
+            &json_path,
+            format!(
+                "format version {} (this build reads {FORMAT_VERSION})",
+                info.format_version
+            ),
+        ));
+    }
+    if info.input_size == 0 || info.input_size > crate::MAX_INPUT_SIZE {
+        return Err(InferenceError::model_dir(
+            &json_path,
+            format!(
+                "input_size {} is outside 1..={}",
+                info.input_size,
+                crate::MAX_INPUT_SIZE
+            ),
+        ));
+    }
+    Ok(info)
+}
+
+/// Loads a model folder's burn weights; `image_size` overrides the size it was trained at
+/// (ViT position embeddings are resampled).
+pub fn load_model_dir(
+    dir: &Path,
+    image_size: Option<usize>,
+    device: &Device,
+) -> Result<(EmbeddingModel, ModelDirInfo)> {
+    let info = read_info(dir)?;
+    let json_path = dir.join(INFO_FILE);
+    let spec =
+        lookup(&info.model).map_err(|e| InferenceError::model_dir(&json_path, e.to_string()))?;
+    let options = BuildOptions {
+        image_size: info.input_size,
+        gem: info.gem,
+        ..spec.default_options()
+    };
+    let mut model = EmbeddingModel::new(&spec, &options, info.neck_dim, device);
+    let weights = dir.join(WEIGHTS_FILE);
+    let mut store =
+        SafetensorsStore::from_file(&weights).with_from_adapter(FloatCastAdapter::to(DType::F32));
+    let result = model.load_from(&mut store).map_err(|e| {
+        InferenceError::model_dir(
+            &weights,
+            format!("cannot read (damaged or truncated?): {e}"),
+        )
+    })?;
+    if !result.errors.is_empty() || !result.missing.is_empty() || !result.unused.is_empty() {
+        return Err(InferenceError::model_dir(
+            &weights,
+            format!("weights do not fit {}: {result}", info.model),
+        ));
+    }
+    if let Some(size) = image_size {
+        model = model.with_image_size(size);
+    }
+    Ok((model, info))
+}

@@ -1,0 +1,110 @@
+//! ONNX exports made on the fly for `--device ort`: a registry model with its weights, or a
+//! model folder at a size other than its own, is exported once into
+//! `~/.cache/visual-search/onnx/<key>/`, keyed by a SHA-256 of the weights' bytes, the model
+//! name and the input size — so changed weights never reuse a stale export.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use visual_search_model::registry::{ModelSpec, lookup};
+
+use crate::error::{InferenceError, Result};
+use crate::model::{ModelSource, Preprocessing, load_burn};
+use crate::model_dir::{INFO_FILE, WEIGHTS_FILE};
+use crate::onnx::{export_model, write_model};
+
+/// What the cache remembers next to each `model.onnx`.
+#[derive(Debug, Serialize, Deserialize)]
+struct CachedExport {
+    model: String,
+    preprocessing: Preprocessing,
+    dim: usize,
+}
+
+/// The cache root (`$XDG_CACHE_HOME` or `~/.cache`, then `visual-search/onnx`).
+pub fn cache_root() -> Result<PathBuf> {
+    crate::ort_runtime::default_library_dir()
+        .and_then(|d| d.parent().map(|p| p.join("onnx")))
+        .ok_or_else(|| InferenceError::Invalid("no HOME to keep the ONNX export cache in".into()))
+}
+
+fn hash_file(hasher: &mut Sha256, path: &Path) -> Result<()> {
+    let mut file = std::fs::File::open(path).map_err(|e| InferenceError::io(path, e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| InferenceError::io(path, e))?;
+        if n == 0 {
+            return Ok(());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+fn cache_key(source: &ModelSource, size: Option<usize>) -> Result<String> {
+    let mut h = Sha256::new();
+    h.update(format!(
+        "format 1; opset {}; size {size:?};",
+        crate::onnx::OPSET
+    ));
+    match source {
+        ModelSource::Registry { name, weights } => {
+            h.update(format!("registry {name};"));
+            if let Some(w) = weights {
+                hash_file(&mut h, w)?;
+            }
+        }
+        ModelSource::Dir(dir) => {
+            h.update("dir;");
+            hash_file(&mut h, &dir.join(INFO_FILE))?;
+            hash_file(&mut h, &dir.join(WEIGHTS_FILE))?;
+        }
+    }
+    Ok(h.finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// The path of an up-to-date ONNX export of `source` at `size`, exporting it first if needed;
+/// also its spec, preprocessing and width.
+pub fn cached_onnx_export(
+    source: &ModelSource,
+    size: Option<usize>,
+    quiet: bool,
+) -> Result<(PathBuf, ModelSpec, Preprocessing, usize)> {
+    let dir = cache_root()?.join(cache_key(source, size)?);
+    let onnx = dir.join("model.onnx");
+    let info_path = dir.join("export.json");
+    if let Ok(text) = std::fs::read_to_string(&info_path)
+        && let Ok(info) = serde_json::from_str::<CachedExport>(&text)
+        && onnx.exists()
+    {
+        return Ok((onnx, lookup(&info.model)?, info.preprocessing, info.dim));
+    }
+    let device = crate::cpu_device()?;
+    let (model, spec, preprocessing) = load_burn(source, size, &device, quiet)?;
+    if !quiet {
+        eprintln!(
+            "exporting {} at {} px to ONNX for ONNX Runtime (once; cached in {})",
+            spec.name,
+            preprocessing.size,
+            dir.display()
+        );
+    }
+    let proto = export_model(&model, &spec.architecture, preprocessing.size, &spec.name)?;
+    write_model(&proto, &onnx)?;
+    let info = CachedExport {
+        model: spec.name.clone(),
+        preprocessing,
+        dim: model.dim(),
+    };
+    let json =
+        serde_json::to_vec_pretty(&info).map_err(|e| InferenceError::Export(e.to_string()))?;
+    visual_search_data::atomic_write::write_atomically(&info_path, &json)?;
+    Ok((onnx, spec, preprocessing, info.dim))
+}
