@@ -8,13 +8,15 @@ use std::str::FromStr;
 use crate::error::{InferenceError, Result};
 use crate::ort_runtime::{self, OrtTarget};
 
-/// Float precision of a burn model.
+/// Precision a model runs in: f32; f16/bf16 on burn devices that support them; int8 on ONNX
+/// Runtime, from a folder's gated `model.int8.onnx` (`export --onnx --int8`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
     #[default]
     F32,
     F16,
     Bf16,
+    Int8,
 }
 
 /// A device as named on the command line.
@@ -66,7 +68,8 @@ impl DeviceChoice {
                 if let Some(gpu) = gpu {
                     return Ok(DeviceChoice::Burn(gpu.to_string()));
                 }
-                if precision == Precision::F32 && ort_runtime::available() {
+                if matches!(precision, Precision::F32 | Precision::Int8) && ort_runtime::available()
+                {
                     return Ok(DeviceChoice::Ort(OrtTarget::Cpu));
                 }
                 let first = compiled.first().ok_or_else(|| {

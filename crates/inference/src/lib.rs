@@ -13,6 +13,7 @@ pub mod batch_embedder;
 pub mod batch_norm_folding;
 pub mod device_choice;
 pub mod error;
+pub mod int8;
 pub mod model;
 pub mod model_dir;
 pub mod onnx;

@@ -198,20 +198,25 @@ impl InferenceModel {
         let device = options.device.resolve(options.precision)?;
         let mut model = match device {
             DeviceChoice::Ort(target) => {
-                if options.precision != Precision::F32 {
+                if matches!(options.precision, Precision::F16 | Precision::Bf16) {
                     return Err(InferenceError::Invalid(
-                        "ONNX Runtime runs the exported model in f32; use --dtype f32 (or the int8 export)"
+                        "ONNX Runtime runs the exported model in f32 or int8 (--dtype f32|int8)"
                             .into(),
                     ));
                 }
                 Self::load_ort(source, options, target)?
             }
+            DeviceChoice::Burn(name) if options.precision == Precision::Int8 => {
+                return Err(InferenceError::Invalid(format!(
+                    "int8 runs on ONNX Runtime (--device ort), not on {name}"
+                )));
+            }
             DeviceChoice::Burn(name) => {
                 let mut device = visual_search_model::device::parse_device(&name)?;
                 let float = match options.precision {
-                    Precision::F32 => FloatDType::F32,
                     Precision::F16 => FloatDType::F16,
                     Precision::Bf16 => FloatDType::BF16,
+                    Precision::F32 | Precision::Int8 => FloatDType::F32,
                 };
                 if float != FloatDType::F32 {
                     device.configure(float).map_err(|e| {
@@ -250,11 +255,33 @@ impl InferenceModel {
         // An exported folder at its own size runs its own model.onnx; anything else is exported
         // once into the cache.
         let own = match source {
+            ModelSource::Dir(dir) if options.precision == Precision::Int8 => {
+                let info = read_info(dir)?;
+                let onnx = dir.join(crate::int8::INT8_FILE);
+                if !onnx.exists() || options.size.is_some_and(|s| s != info.input_size) {
+                    return Err(InferenceError::model_dir(
+                        dir,
+                        format!(
+                            "has no {} at {} px; make one with `visual-search export --onnx --int8`",
+                            crate::int8::INT8_FILE,
+                            info.input_size
+                        ),
+                    ));
+                }
+                Some((onnx, info))
+            }
             ModelSource::Dir(dir) => {
                 let info = read_info(dir)?;
                 let onnx = dir.join(ONNX_FILE);
                 (onnx.exists() && options.size.is_none_or(|s| s == info.input_size))
                     .then_some((onnx, info))
+            }
+            ModelSource::Registry { .. } if options.precision == Precision::Int8 => {
+                return Err(InferenceError::Invalid(
+                    "int8 needs an exported model folder with a gated int8 model \
+                     (`visual-search export --onnx --int8`)"
+                        .into(),
+                ));
             }
             ModelSource::Registry { .. } => None,
         };

@@ -97,6 +97,7 @@ pub fn write_model_dir(
     std::fs::create_dir_all(parent).map_err(|e| InferenceError::io(parent, e))?;
     let tmp = tempfile::Builder::new()
         .prefix(".export.")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o777))
         .tempdir_in(parent)
         .map_err(|e| InferenceError::io(parent, e))?;
     let mut store = SafetensorsStore::from_file(tmp.path().join(WEIGHTS_FILE));

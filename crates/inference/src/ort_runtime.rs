@@ -108,6 +108,11 @@ impl OrtModel {
                 .with_intra_threads(threads)
                 .map_err(ort::Error::from)?;
         }
+        if std::env::var("VISUAL_SEARCH_ORT_SPIN").is_ok_and(|v| v == "0") {
+            builder = builder
+                .with_config_entry("session.intra_op.allow_spinning", "0")
+                .map_err(ort::Error::from)?;
+        }
         if let OrtTarget::Cuda(device) = target {
             builder = builder
                 .with_execution_providers([ort::ep::CUDA::default()
@@ -140,5 +145,31 @@ impl OrtModel {
         let outputs = session.run(ort::inputs![INPUT_NAME => input])?;
         let (_, values) = outputs[OUTPUT_NAME].try_extract_tensor::<f32>()?;
         Ok(values.to_vec())
+    }
+
+    /// Runs `n` images and returns the named values (any tensors the graph outputs), flattened.
+    pub fn run_named(
+        &self,
+        pixels: &[f32],
+        n: usize,
+        size: usize,
+        names: &[String],
+    ) -> Result<Vec<Vec<f32>>> {
+        let input = TensorRef::from_array_view(([n, 3, size, size], pixels))?;
+        let mut session = self
+            .session
+            .lock()
+            .map_err(|_| InferenceError::Ort("a previous run panicked".into()))?;
+        let outputs = session.run(ort::inputs![INPUT_NAME => input])?;
+        names
+            .iter()
+            .map(|name| {
+                let value = outputs.get(name.as_str()).ok_or_else(|| {
+                    InferenceError::Ort(format!("the model has no output {name}"))
+                })?;
+                let (_, values) = value.try_extract_tensor::<f32>()?;
+                Ok(values.to_vec())
+            })
+            .collect()
     }
 }

@@ -227,6 +227,7 @@ fn write_version(
     let name = format!("v{number:06}");
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o777))
         .tempdir_in(dir)
         .map_err(|e| RetrievalError::io(dir, e))?;
     let items_bytes = items_csv(items)?;

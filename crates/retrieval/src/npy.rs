@@ -86,7 +86,10 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), RetrievalError>
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| RetrievalError::io(dir, e))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| RetrievalError::io(dir, e))?;
+    let mut tmp = tempfile::Builder::new()
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .tempfile_in(dir)
+        .map_err(|e| RetrievalError::io(dir, e))?;
     tmp.write_all(bytes)
         .map_err(|e| RetrievalError::io(path, e))?;
     tmp.as_file()

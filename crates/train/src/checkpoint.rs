@@ -79,6 +79,7 @@ pub fn save_checkpoint(
     let final_dir = dir.join(&name);
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o777))
         .tempdir_in(&dir)
         .map_err(|e| TrainError::io(&dir, e))?;
     let save_err = |what: &str, e: burn::store::RecordError| {
@@ -199,8 +200,10 @@ pub fn read_memory(dir: &Path) -> Result<Option<MemorySnapshot>, TrainError> {
 
 /// Atomically replaces `run_dir/file` with `content`.
 fn write_pointer(run_dir: &Path, file: &str, content: &str) -> Result<(), TrainError> {
-    let mut tmp =
-        tempfile::NamedTempFile::new_in(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
+    let mut tmp = tempfile::Builder::new()
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .tempfile_in(run_dir)
+        .map_err(|e| TrainError::io(run_dir, e))?;
     std::io::Write::write_all(&mut tmp, format!("{content}\n").as_bytes())
         .map_err(|e| TrainError::io(run_dir, e))?;
     tmp.as_file()

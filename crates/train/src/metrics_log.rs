@@ -51,8 +51,10 @@ impl MetricsLog {
         for r in &kept {
             text += &format_row(r);
         }
-        let mut tmp =
-            tempfile::NamedTempFile::new_in(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
+        let mut tmp = tempfile::Builder::new()
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+            .tempfile_in(run_dir)
+            .map_err(|e| TrainError::io(run_dir, e))?;
         tmp.write_all(text.as_bytes())
             .map_err(|e| TrainError::io(&path, e))?;
         tmp.persist(&path)

@@ -40,7 +40,8 @@ pub struct DeviceArgs {
     /// without model.onnx are exported to ONNX once, into ~/.cache/visual-search/onnx.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Float precision of the model: f32, or f16/bf16 on burn devices that support it.
+    /// Precision of the model: f32; f16/bf16 on burn devices that support them; int8 on
+    /// ONNX Runtime from a folder's gated model.int8.onnx (export --onnx --int8).
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: Precision,
 }
@@ -60,6 +61,7 @@ pub enum Precision {
     F32,
     F16,
     Bf16,
+    Int8,
 }
 
 impl From<Precision> for LibPrecision {
@@ -68,6 +70,7 @@ impl From<Precision> for LibPrecision {
             Precision::F32 => LibPrecision::F32,
             Precision::F16 => LibPrecision::F16,
             Precision::Bf16 => LibPrecision::Bf16,
+            Precision::Int8 => LibPrecision::Int8,
         }
     }
 }

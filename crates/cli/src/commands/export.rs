@@ -1,13 +1,25 @@
-//! `visual-search export`: a checkpoint → a self-contained inference model folder.
+//! `visual-search export`: a checkpoint → a self-contained inference model folder, optionally
+//! with its ONNX graph and a gated int8 version of it.
 
 use std::path::PathBuf;
 
+use anyhow::{Context, bail};
+use visual_search_data::transform::{EvalTransform, SampleTransform};
+use visual_search_inference::int8::{INT8_FILE, quantize_model_dir};
+use visual_search_inference::model_dir::read_info;
+use visual_search_inference::{InferenceModel, LoadOptions, ModelSource, Precision};
 use visual_search_model::device::parse_device;
+use visual_search_retrieval::metrics::evaluate;
+use visual_search_retrieval::pipeline::{RankOptions, rank};
 use visual_search_train::export::{ExportOptions, export_model_dir};
+
+use crate::dev_set_run::{DevSetArgs, EmbeddedDevSet, embed_dev_set};
+use crate::sample_lists::read_samples;
 
 /// Writes OUT/model.safetensors (embedder weights, f32 or f16) and OUT/model.json (model name,
 /// input size, mean/std, embedding width) from a checkpoint folder or a run folder (its best
-/// checkpoint). `embed`, `rank` and `eval` take the folder with --model-dir.
+/// checkpoint). `embed`, `rank`, `eval`, `index` and `serve` take the folder with --model-dir.
+/// OUT must not exist, be empty, or be an earlier export: nothing else is ever deleted.
 #[derive(clap::Args)]
 pub struct Args {
     /// A checkpoint folder, or a run folder (its `best`, else `last`).
@@ -22,7 +34,30 @@ pub struct Args {
     /// convolutions, L2-normalised `embedding` output) for `--device ort` and any ONNX runtime.
     #[arg(long)]
     onnx: bool,
+    /// Also write OUT/model.int8.onnx (static int8, QDQ), calibrated on --calibration-csv, but
+    /// only if every held-out image keeps cosine ≥ --int8-min-cosine to its f32 embedding (and,
+    /// with --int8-gate-dataset, dev mAP@1000 within 0.005); otherwise report and refuse. Run
+    /// it with `--device ort --dtype int8`.
+    #[arg(long, requires_all = ["onnx", "calibration_csv"])]
+    int8: bool,
+    /// Catalogue images to calibrate on (any list kind: gallery.csv, train.csv, …).
+    #[arg(long)]
+    calibration_csv: Option<PathBuf>,
+    /// Folder the calibration list's paths are relative to [default: the CSV's folder].
+    #[arg(long)]
+    calibration_root: Option<PathBuf>,
+    /// Images taken (evenly spread over the list): half calibrate, half check.
+    #[arg(long, default_value_t = 256)]
+    calibration_images: usize,
+    #[arg(long, default_value_t = 0.99)]
+    int8_min_cosine: f64,
+    /// A dev set (gallery.csv + queries.csv) on which int8 must keep mAP@1000 within 0.005.
+    #[arg(long)]
+    int8_gate_dataset: Option<PathBuf>,
 }
+
+/// Largest mAP@1000 drop the int8 gate accepts.
+const INT8_MAX_MAP_DROP: f64 = 0.005;
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device = parse_device("flex").or_else(|_| parse_device("auto"))?;
@@ -32,13 +67,136 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let info = export_model_dir(&args.checkpoint, &args.out, options, &device)?;
     println!(
-        "exported {} ({} px, {}-d embeddings, {}) from {} to {}",
+        "exported {} ({} px, {}-d embeddings, {}{}) from {} to {}",
         info.model,
         info.input_size,
         info.embedding_dim,
         info.dtype,
+        if args.onnx { ", with model.onnx" } else { "" },
         info.source,
         args.out.display()
     );
+    if args.int8 {
+        int8(&args)?;
+    }
+    Ok(())
+}
+
+fn int8(args: &Args) -> anyhow::Result<()> {
+    let csv = args
+        .calibration_csv
+        .as_ref()
+        .context("--int8 needs --calibration-csv")?;
+    let root = args
+        .calibration_root
+        .clone()
+        .or_else(|| csv.parent().map(|p| p.to_path_buf()))
+        .unwrap_or_default();
+    let (_, samples) = read_samples(csv, &root, "")?;
+    if samples.len() < 2 {
+        bail!("{} lists fewer than 2 images", csv.display());
+    }
+    let take = args.calibration_images.clamp(2, samples.len());
+    let info = read_info(&args.out)?;
+    let size = info.input_size;
+    let transform = EvalTransform::new(
+        size as u32,
+        visual_search_data::image::Normalization {
+            mean: info.mean,
+            std: info.std,
+        },
+    );
+    let per = 3 * size * size;
+    let mut pixels = Vec::with_capacity(take * per);
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+    let mut skipped = 0;
+    for i in 0..take {
+        let sample = &samples[i * samples.len() / take];
+        let mut buf = vec![0.0f32; per];
+        match transform.load(sample, &mut rng, &mut buf) {
+            Ok(()) => pixels.extend(buf),
+            Err(e) => {
+                skipped += 1;
+                eprintln!("calibration: skipping {}: {e}", sample.path.display());
+            }
+        }
+    }
+    let n = pixels.len() / per;
+    let report = quantize_model_dir(&args.out, &pixels, n, args.int8_min_cosine)?;
+    println!(
+        "int8: {} activations quantised; calibrated on {} images, checked on {} ({} unreadable): \
+         cosine to f32 min {:.5}, mean {:.5} (gate ≥ {})",
+        report.quantized_tensors,
+        report.calibration_images,
+        report.gate_images,
+        skipped,
+        report.min_cosine,
+        report.mean_cosine,
+        args.int8_min_cosine
+    );
+    if !report.written {
+        bail!(
+            "int8 refused: an image's embedding moved to cosine {:.5} of f32 (< {}); {} not \
+             written (the f32 export is complete)",
+            report.min_cosine,
+            args.int8_min_cosine,
+            INT8_FILE
+        );
+    }
+    if let Some(dataset) = &args.int8_gate_dataset {
+        let map = |precision: Precision| -> anyhow::Result<f64> {
+            let model = InferenceModel::load(
+                &ModelSource::Dir(args.out.clone()),
+                &LoadOptions {
+                    device: visual_search_inference::DeviceChoice::Ort(
+                        visual_search_inference::ort_runtime::OrtTarget::Cpu,
+                    ),
+                    precision,
+                    quiet: true,
+                    ..LoadOptions::default()
+                },
+            )?;
+            let set = embed_dev_set(
+                &model,
+                &DevSetArgs {
+                    dataset_dir: dataset.clone(),
+                    gallery: "gallery.csv".into(),
+                    queries: "queries.csv".into(),
+                    batch_size: 32,
+                    workers: None,
+                },
+            )?;
+            let (ql, gl) = (
+                EmbeddedDevSet::labels(&set.queries),
+                EmbeddedDevSet::labels(&set.gallery),
+            );
+            let dim = set.queries.embeddings.dim;
+            let (ranking, _) = rank(
+                set.queries.embeddings.data,
+                set.gallery.embeddings.data,
+                dim,
+                &RankOptions {
+                    top_k: 1000,
+                    ..RankOptions::default()
+                },
+            );
+            Ok(evaluate(&ranking, &ql, &gl, 1000).map_at_k)
+        };
+        let (full, quant) = (map(Precision::F32)?, map(Precision::Int8)?);
+        println!(
+            "int8 gate on {}: mAP@1000 f32 {full:.4}, int8 {quant:.4} (drop {:.4}, allowed {INT8_MAX_MAP_DROP})",
+            dataset.display(),
+            full - quant
+        );
+        if full - quant > INT8_MAX_MAP_DROP {
+            let path = args.out.join(INT8_FILE);
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            bail!(
+                "int8 refused: mAP@1000 drops by {:.4} (> {INT8_MAX_MAP_DROP}); {INT8_FILE} removed",
+                full - quant
+            );
+        }
+    }
+    println!("wrote {}", args.out.join(INT8_FILE).display());
     Ok(())
 }

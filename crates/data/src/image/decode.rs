@@ -31,6 +31,10 @@ pub struct DecodeLimits {
     pub max_file_bytes: u64,
     /// Rotate/flip by the EXIF orientation tag (default true).
     pub apply_exif_orientation: bool,
+    /// Largest long-side / short-side ratio accepted (default 50). Resizing keeps one full-height
+    /// intermediate (output width × input height), so a 1 × 40,000,000 image that passes the
+    /// pixel limit would need tens of GB; no product photo is that shape.
+    pub max_aspect_ratio: u32,
 }
 
 impl Default for DecodeLimits {
@@ -39,6 +43,7 @@ impl Default for DecodeLimits {
             max_pixels: 89_478_485,
             max_file_bytes: 256 << 20,
             apply_exif_orientation: true,
+            max_aspect_ratio: 50,
         }
     }
 }
@@ -105,6 +110,18 @@ fn check_pixels(name: &Path, width: u32, height: u32, limits: &DecodeLimits) -> 
             height,
             max_pixels: limits.max_pixels,
         });
+    }
+    let (long, short) = (width.max(height) as u64, width.min(height) as u64);
+    if long > short * limits.max_aspect_ratio as u64 {
+        return Err(decode_error(
+            name,
+            format!(
+                "image is {width}x{height}, more than {}:1 (refused: resizing it would need an \
+                 intermediate of {} MB)",
+                limits.max_aspect_ratio,
+                long * 224 * 3 / 1_000_000
+            ),
+        ));
     }
     Ok(())
 }
@@ -296,5 +313,19 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn extreme_aspect_ratios_are_refused_before_decoding() {
+        // A 1 x 2,000,000 PNG is small on disk but would need ~1.3 GB to resize.
+        let img = RgbImage::new(1, 2_000_000);
+        let bytes = encode(DynamicImage::ImageRgb8(img), ImageFormat::Png);
+        let err = decode_rgb_bytes(&bytes, Path::new("thin.png"), &DecodeLimits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("thin.png") && err.contains("50:1"), "{err}");
+        let ok = RgbImage::new(10, 400);
+        let bytes = encode(DynamicImage::ImageRgb8(ok), ImageFormat::Png);
+        assert!(decode_rgb_bytes(&bytes, Path::new("ok.png"), &DecodeLimits::default()).is_ok());
     }
 }

@@ -42,7 +42,8 @@ pub fn shorter_side_size(width: u32, height: u32, size: u32) -> (u32, u32) {
     } else {
         (height, width)
     };
-    let new_long = ((size as u64 * long as u64) / short.max(1) as u64).max(1) as u32;
+    let new_long =
+        ((size as u64 * long as u64) / short.max(1) as u64).clamp(1, u32::MAX as u64) as u32;
     if width <= height {
         (size, new_long)
     } else {

@@ -12,6 +12,7 @@ mod convnext;
 mod graph;
 mod params;
 pub mod proto;
+pub mod quantize;
 mod vit;
 
 use std::path::Path;

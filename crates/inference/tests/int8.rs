@@ -1,0 +1,165 @@
+//! Static int8 export: a tiny model's QDQ graph runs in ONNX Runtime and is refused by a gate it
+//! cannot pass; EfficientNet-Lite0 with its ImageNet weights, calibrated on grocery photos,
+//! keeps a mean cosine ≥ 0.99 to f32 (its worst image is ~0.989, so the default 0.99 gate
+//! refuses it: checked too) and, written under a 0.98 gate, loads with `--dtype int8`. Skips (fails under CI) without ONNX
+//! Runtime or the data, like onnx_parity.rs.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use visual_search_inference::int8::{INT8_FILE, quantize_model_dir};
+use visual_search_inference::model_dir::{
+    FORMAT_VERSION, ModelDirInfo, ONNX_FILE, write_model_dir,
+};
+use visual_search_inference::onnx::{export_model, write_model};
+use visual_search_inference::ort_runtime;
+use visual_search_inference::{DeviceChoice, InferenceModel, LoadOptions, ModelSource, Precision};
+use visual_search_model::embedder::EmbeddingModel;
+use visual_search_model::registry::lookup;
+
+fn required() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+        || std::env::var("VISUAL_SEARCH_REQUIRE_ALL").is_ok_and(|v| v == "1")
+}
+
+fn ort_or_skip() -> bool {
+    if ort_runtime::available() {
+        return true;
+    }
+    assert!(!required(), "ONNX Runtime's library is missing");
+    eprintln!("SKIPPED: ONNX Runtime's library not found (tools/install_onnxruntime.sh)");
+    false
+}
+
+/// An exported folder (with model.onnx) of `model`.
+fn folder(name: &str, model: &EmbeddingModel, size: usize, out: &Path) {
+    let spec = lookup(name).unwrap();
+    let info = ModelDirInfo {
+        format_version: FORMAT_VERSION,
+        model: name.into(),
+        input_size: size,
+        mean: spec.mean,
+        std: spec.std,
+        embedding_dim: model.dim(),
+        neck_dim: None,
+        gem: false,
+        dtype: "f32".into(),
+        source: "test".into(),
+    };
+    write_model_dir(model, &info, out, false, |tmp| {
+        let proto = export_model(model, &spec.architecture, size, name)?;
+        write_model(&proto, &tmp.join(ONNX_FILE))
+    })
+    .unwrap();
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../model/tests/fixtures")
+        .join(name)
+}
+
+#[test]
+fn a_gate_that_cannot_pass_writes_nothing() {
+    if !ort_or_skip() {
+        return;
+    }
+    let device = Device::flex();
+    let spec = lookup("tiny_efficientnet_lite").unwrap();
+    let options = spec.default_options();
+    let model = EmbeddingModel::new(&spec, &options, None, &device)
+        .load_pretrained_backbone(
+            &spec,
+            &options,
+            &fixture("efficientnet_lite_tiny.safetensors"),
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model");
+    folder("tiny_efficientnet_lite", &model, 32, &out);
+    let n = 8;
+    let pixels: Vec<f32> = (0..n * 3 * 32 * 32)
+        .map(|i| ((i * 7919) % 255) as f32 / 127.0 - 1.0)
+        .collect();
+    let report = quantize_model_dir(&out, &pixels, n, 1.01).unwrap();
+    assert!(!report.written);
+    assert!(report.quantized_tensors > 10, "{report:?}");
+    assert!(
+        report.min_cosine > 0.0 && report.min_cosine <= 1.0 + 1e-9,
+        "{report:?}"
+    );
+    assert!(!out.join(INT8_FILE).exists());
+    // The folder's own files are untouched and nothing temporary is left.
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["model.json", "model.onnx", "model.safetensors"]);
+}
+
+#[test]
+fn efficientnet_lite0_int8_is_gated_on_grocery_photos() {
+    use visual_search_data::datasets::locate_grocery;
+    use visual_search_data::transform::{EvalTransform, SampleTransform};
+    use visual_search_model::pretrained::efficientnet_lite0_weights;
+    if !ort_or_skip() {
+        return;
+    }
+    let (Some(weights), Some(grocery)) = (efficientnet_lite0_weights(), locate_grocery()) else {
+        assert!(
+            !required(),
+            "EfficientNet-Lite0 weights or the grocery photos are missing"
+        );
+        eprintln!("SKIPPED: EfficientNet-Lite0 weights or grocery photos not found");
+        return;
+    };
+    let device = Device::flex();
+    let spec = lookup("efficientnet_lite0").unwrap();
+    let options = spec.default_options();
+    let model = EmbeddingModel::new(&spec, &options, None, &device)
+        .load_pretrained_backbone(&spec, &options, &weights)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lite0");
+    folder("efficientnet_lite0", &model, 224, &out);
+    let rows = visual_search_data::formats::dev_set::parse_gallery(&grocery.join("gallery.csv"))
+        .unwrap()
+        .into_strict()
+        .unwrap();
+    let samples = visual_search_data::formats::dev_set::gallery_samples(&rows, &grocery);
+    let transform = EvalTransform::new(
+        224,
+        visual_search_data::image::Normalization {
+            mean: spec.mean,
+            std: spec.std,
+        },
+    );
+    let n = 32;
+    let per = 3 * 224 * 224;
+    let mut pixels = vec![0.0f32; n * per];
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+    for i in 0..n {
+        let s = &samples[i * samples.len() / n];
+        transform
+            .load(s, &mut rng, &mut pixels[i * per..(i + 1) * per])
+            .unwrap();
+    }
+    let report = quantize_model_dir(&out, &pixels, n, 0.99).unwrap();
+    assert!(report.mean_cosine >= 0.99, "{report:?}");
+    assert!(report.written == (report.min_cosine >= 0.99), "{report:?}");
+    let report = quantize_model_dir(&out, &pixels, n, 0.98).unwrap();
+    assert!(report.written, "{report:?}");
+    let int8 = InferenceModel::load(
+        &ModelSource::Dir(out.clone()),
+        &LoadOptions {
+            device: DeviceChoice::Ort(ort_runtime::OrtTarget::Cpu),
+            precision: Precision::Int8,
+            quiet: true,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    let rows = int8.embed(pixels[..2 * per].to_vec(), 2).unwrap();
+    assert_eq!(rows.len(), 2 * 1280);
+}
