@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{catalogue, http, lite0_index, run_ok, start_server};
+use common::{catalogue, http, lite0_index, run_ok, start_server, start_server_with};
 
 fn json(body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(body)
@@ -168,5 +168,76 @@ fn index_and_serve_the_grocery_catalogue() {
     assert!(
         metrics.contains("visual_search_index_rows 150"),
         "{metrics}"
+    );
+}
+
+/// Stalled and idle connections are closed after the header timeout, connections beyond the cap
+/// are refused without starving the others, and SIGTERM drains and exits.
+#[test]
+fn slow_and_idle_connections_time_out_and_sigterm_drains() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+    let Some((grocery, _)) = common::grocery_and_lite0() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = catalogue(dir.path(), &grocery, 100);
+    let index = dir.path().join("tiny.index");
+    run_ok(&[
+        "index",
+        "build",
+        "--model",
+        "tiny_resnet",
+        "--device",
+        "flex",
+        "--csv",
+        root.join("gallery.csv").to_str().unwrap(),
+        "--out",
+        index.to_str().unwrap(),
+    ]);
+    let mut server = start_server_with(
+        &index,
+        &[
+            "--header-timeout-s",
+            "1",
+            "--max-connections",
+            "20",
+            "--drain-timeout-s",
+            "2",
+        ],
+    );
+    let addr = server.addr.clone();
+    // A half-sent request head is cut off after the header timeout.
+    let mut stalled = TcpStream::connect(&addr).unwrap();
+    stalled
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 256];
+    let n = stalled.read(&mut buf).unwrap_or(0);
+    let waited = start.elapsed();
+    assert!(
+        waited < Duration::from_secs(5),
+        "a stalled head was held for {waited:?}"
+    );
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(n == 0 || text.contains("408"), "{text}");
+    // More idle connections than the cap: the server stays reachable once they time out.
+    let idle: Vec<TcpStream> = (0..40)
+        .filter_map(|_| TcpStream::connect(&addr).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let (status, _, body) = http(&addr, "GET", "/healthz", "text/plain", b"");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    drop(idle);
+    // SIGTERM: the server drains and exits on its own.
+    let status = server.terminate(Duration::from_secs(8));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "serve did not exit cleanly on SIGTERM: {status:?}"
     );
 }

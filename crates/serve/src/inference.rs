@@ -84,6 +84,12 @@ fn run(
                 Err(_) => break,
             }
         }
+        // A request that timed out (or whose client left) dropped its receiver: skip its job
+        // rather than spend the model on it.
+        jobs.retain(|job| !job.reply.is_closed());
+        if jobs.is_empty() {
+            continue;
+        }
         let n = jobs.len();
         let mut pixels = Vec::with_capacity(n * jobs[0].pixels.len());
         let mut replies = Vec::with_capacity(n);

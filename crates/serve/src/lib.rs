@@ -48,15 +48,28 @@ pub struct ServeConfig {
     pub request_timeout: Duration,
     /// Largest `k` a client may ask for.
     pub max_k: usize,
+    /// A connection must send a complete request head within this time, also when idle
+    /// between keep-alive requests; otherwise it is closed.
+    pub header_timeout: Duration,
+    /// Most open connections; more are closed at once (and counted in /metrics).
+    pub max_connections: usize,
+    /// On SIGINT/SIGTERM, how long open requests may finish before the server exits.
+    pub drain_timeout: Duration,
+    /// Most uploads decoded at the same time (decoding a photo takes tens of MB).
+    pub max_concurrent_decodes: usize,
 }
 
 impl Default for ServeConfig {
     fn default() -> Self {
         ServeConfig {
             max_body_bytes: 20 << 20,
-            max_pixels: 40_000_000,
+            max_pixels: 25_000_000,
             request_timeout: Duration::from_secs(30),
             max_k: 1000,
+            header_timeout: Duration::from_secs(10),
+            max_connections: 256,
+            drain_timeout: Duration::from_secs(10),
+            max_concurrent_decodes: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
 }
@@ -69,6 +82,26 @@ pub struct AppState {
     pub queue: InferenceQueue,
     pub config: ServeConfig,
     pub metrics: Metrics,
+    /// Permits for upload decodes (`config.max_concurrent_decodes`).
+    pub decoders: tokio::sync::Semaphore,
+}
+
+impl AppState {
+    pub fn new(
+        index: Box<dyn Catalogue>,
+        index_bytes: u64,
+        queue: InferenceQueue,
+        config: ServeConfig,
+    ) -> Self {
+        AppState {
+            decoders: tokio::sync::Semaphore::new(config.max_concurrent_decodes.max(1)),
+            index,
+            index_bytes,
+            queue,
+            config,
+            metrics: Metrics::default(),
+        }
+    }
 }
 
 /// A JSON error response.
@@ -221,6 +254,12 @@ async fn run_search(
         ..DecodeLimits::default()
     };
     let pre = state.index.meta().preprocessing.clone();
+    // Decodes wait for a permit (bounded memory); the request's deadline still applies.
+    let _permit = state
+        .decoders
+        .acquire()
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let pixels = tokio::task::spawn_blocking(move || prepare_query(&bytes, bbox, &pre, &limits))
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
@@ -358,11 +397,77 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Serves until Ctrl-C.
-pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async {
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
+        }
+    }
+}
+
+/// Serves until SIGINT/SIGTERM, then lets open requests finish for up to
+/// `config.drain_timeout`. Each connection must deliver a request head within
+/// `config.header_timeout` (idle keep-alive connections included); beyond
+/// `config.max_connections` new connections are closed at once.
+pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> std::io::Result<()> {
+    use hyper::server::conn::http1::Builder;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let app = router(state.clone());
+    let config = state.config.clone();
+    let permits = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    // HTTP/1.1 only: hyper-util's auto (h1/h2) builder waits for a client's first bytes with no
+    // deadline, so an idle connection would never time out.
+    let mut builder = Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout);
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    state.metrics.request("refused_connection", 503);
+                    drop(stream);
+                    continue;
+                };
+                let service = TowerToHyperService::new(app.clone());
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                    drop(permit);
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(config.drain_timeout) => {
+            tracing::warn!("drain deadline passed; closing the remaining connections");
+        }
+    }
+    Ok(())
 }

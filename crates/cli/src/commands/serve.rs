@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use visual_search_serve::inference::{Embedder, InferenceQueue};
-use visual_search_serve::metrics::Metrics;
 use visual_search_serve::{AppState, ServeConfig, serve};
 
 use visual_search_inference::InferenceModel;
@@ -39,12 +38,24 @@ pub struct Args {
     /// Largest request body, MB.
     #[arg(long, default_value_t = 20)]
     max_body_mb: usize,
-    /// Largest decoded upload, megapixels.
-    #[arg(long, default_value_t = 40)]
+    /// Largest decoded upload, megapixels (a 12-24 MP phone photo fits; bigger is refused, 400).
+    #[arg(long, default_value_t = ServeConfig::default().max_pixels / 1_000_000)]
     max_megapixels: u64,
-    /// Deadline of one search, seconds.
-    #[arg(long, default_value_t = 30)]
+    /// Deadline of one search, seconds (504 after it; its queued model job is dropped).
+    #[arg(long, default_value_t = ServeConfig::default().request_timeout.as_secs())]
     timeout_s: u64,
+    /// Seconds a connection may take to send a request head, idle keep-alive included.
+    #[arg(long, default_value_t = ServeConfig::default().header_timeout.as_secs())]
+    header_timeout_s: u64,
+    /// Most open connections; more are closed at once.
+    #[arg(long, default_value_t = ServeConfig::default().max_connections)]
+    max_connections: usize,
+    /// On SIGINT/SIGTERM, seconds open requests get to finish.
+    #[arg(long, default_value_t = ServeConfig::default().drain_timeout.as_secs())]
+    drain_timeout_s: u64,
+    /// Most uploads decoded at once [default: the number of cores].
+    #[arg(long)]
+    max_decodes: Option<usize>,
 }
 
 struct ModelEmbedder(InferenceModel);
@@ -61,19 +72,23 @@ impl Embedder for ModelEmbedder {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let (index, loaded) = open_with_model(&args.index, &args.pg, &args.device)?;
+    let defaults = ServeConfig::default();
     let config = ServeConfig {
         max_body_bytes: args.max_body_mb << 20,
-        max_pixels: args.max_megapixels * 1_000_000,
+        max_pixels: args.max_megapixels.saturating_mul(1_000_000),
         request_timeout: Duration::from_secs(args.timeout_s),
-        ..ServeConfig::default()
+        header_timeout: Duration::from_secs(args.header_timeout_s.max(1)),
+        max_connections: args.max_connections.max(1),
+        drain_timeout: Duration::from_secs(args.drain_timeout_s),
+        max_concurrent_decodes: args
+            .max_decodes
+            .unwrap_or(defaults.max_concurrent_decodes)
+            .max(1),
+        ..defaults
     };
-    let state = Arc::new(AppState {
-        index_bytes: index.size_bytes(),
-        index,
-        queue: InferenceQueue::start(Box::new(ModelEmbedder(loaded)), args.max_batch, args.queue),
-        config,
-        metrics: Metrics::default(),
-    });
+    let queue = InferenceQueue::start(Box::new(ModelEmbedder(loaded)), args.max_batch, args.queue);
+    let index_bytes = index.size_bytes();
+    let state = Arc::new(AppState::new(index, index_bytes, queue, config));
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(&args.addr)
