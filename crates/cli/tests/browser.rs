@@ -19,7 +19,9 @@ fn the_page_finds_the_product_in_headless_chromium() {
     let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/browser");
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     if !tools.join("node_modules/playwright-core").is_dir() || !Path::new(&chromium).exists() {
-        eprintln!("SKIPPED: Chromium or playwright-core missing (run tools/install_test_deps.sh)");
+        visual_search_data::datasets::missing_test_dependency(
+            "Chromium or playwright-core missing (run tools/install_test_deps.sh)",
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -18,7 +18,9 @@ fn visual_search(args: &[&str]) -> (bool, String) {
 #[test]
 fn grocery_dataset_passes_with_81_classes() {
     let Some(root) = visual_search_data::datasets::locate_grocery() else {
-        eprintln!("SKIPPED: grocery dataset not found (set VISUAL_SEARCH_DATASETS)");
+        visual_search_data::datasets::missing_test_dependency(
+            "grocery dataset not found (set VISUAL_SEARCH_DATASETS)",
+        );
         return;
     };
     let (ok, out) = visual_search(&["data", "check", "--dataset-dir", root.to_str().unwrap()]);

@@ -7,7 +7,9 @@ use visual_search_retrieval::embedding_file::read_embeddings;
 #[test]
 fn embeds_a_gallery_in_csv_order_and_reports_bad_rows() {
     let Some(root) = visual_search_data::datasets::locate_grocery() else {
-        eprintln!("SKIPPED: grocery dataset not found (set VISUAL_SEARCH_DATASETS)");
+        visual_search_data::datasets::missing_test_dependency(
+            "grocery dataset not found (set VISUAL_SEARCH_DATASETS)",
+        );
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -56,7 +56,9 @@ fn model_args() -> Vec<String> {
 #[test]
 fn rank_writes_a_valid_submission_and_eval_agrees_with_precomputed_embeddings() {
     let Some(grocery) = visual_search_data::datasets::locate_grocery() else {
-        eprintln!("SKIPPED: grocery dataset not found (set VISUAL_SEARCH_DATASETS)");
+        visual_search_data::datasets::missing_test_dependency(
+            "grocery dataset not found (set VISUAL_SEARCH_DATASETS)",
+        );
         return;
     };
     let dir = tempfile::tempdir().unwrap();

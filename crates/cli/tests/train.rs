@@ -55,7 +55,9 @@ fn train_args<'a>(cfg: &'a str, runs: &'a str, name: &'a str) -> [&'a str; 10] {
 /// skipped) when the grocery data is not on this machine.
 fn grocery_cut(n: usize) -> Option<(tempfile::TempDir, PathBuf)> {
     let Some(grocery) = visual_search_data::datasets::locate_grocery() else {
-        eprintln!("SKIPPED: grocery dataset not found (set VISUAL_SEARCH_DATASETS)");
+        visual_search_data::datasets::missing_test_dependency(
+            "grocery dataset not found (set VISUAL_SEARCH_DATASETS)",
+        );
         return None;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -21,7 +21,9 @@ fn checksum(bytes: &[u8]) -> u64 {
 #[test]
 fn every_operation_matches_torchvision_on_pil() {
     let Some(root) = locate_grocery() else {
-        eprintln!("SKIPPED: grocery dataset not found (set VISUAL_SEARCH_DATASETS)");
+        visual_search_data::datasets::missing_test_dependency(
+            "grocery dataset not found (set VISUAL_SEARCH_DATASETS)",
+        );
         return;
     };
     let manifest: Value =

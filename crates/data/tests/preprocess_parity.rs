@@ -19,7 +19,9 @@ fn manifest() -> Value {
 #[test]
 fn resize_crop_and_normalise_match_pil_torchvision() {
     let Some(root) = locate_grocery() else {
-        eprintln!("SKIPPED: grocery dataset not found (set VISUAL_SEARCH_DATASETS)");
+        visual_search_data::datasets::missing_test_dependency(
+            "grocery dataset not found (set VISUAL_SEARCH_DATASETS)",
+        );
         return;
     };
     let manifest = manifest();

@@ -45,9 +45,15 @@ fn hash_file(hasher: &mut Sha256, path: &Path) -> Result<()> {
 }
 
 fn cache_key(source: &ModelSource, size: Option<usize>) -> Result<String> {
+    // The size the export is laid out for, whether given or the model's own.
+    let size = match (size, source) {
+        (Some(s), _) => s,
+        (None, ModelSource::Registry { name, .. }) => lookup(name)?.input_size,
+        (None, ModelSource::Dir(dir)) => crate::model_dir::read_info(dir)?.input_size,
+    };
     let mut h = Sha256::new();
     h.update(format!(
-        "format 1; opset {}; size {size:?};",
+        "format 1; opset {}; size {size};",
         crate::onnx::OPSET
     ));
     match source {

@@ -17,17 +17,13 @@ use visual_search_inference::{DeviceChoice, InferenceModel, LoadOptions, ModelSo
 use visual_search_model::embedder::EmbeddingModel;
 use visual_search_model::registry::lookup;
 
-fn required() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-        || std::env::var("VISUAL_SEARCH_REQUIRE_ALL").is_ok_and(|v| v == "1")
-}
-
 fn ort_or_skip() -> bool {
     if ort_runtime::available() {
         return true;
     }
-    assert!(!required(), "ONNX Runtime's library is missing");
-    eprintln!("SKIPPED: ONNX Runtime's library not found (tools/install_onnxruntime.sh)");
+    visual_search_data::datasets::missing_test_dependency(
+        "ONNX Runtime's library not found (tools/install_onnxruntime.sh)",
+    );
     false
 }
 
@@ -107,11 +103,9 @@ fn efficientnet_lite0_int8_is_gated_on_grocery_photos() {
         return;
     }
     let (Some(weights), Some(grocery)) = (efficientnet_lite0_weights(), locate_grocery()) else {
-        assert!(
-            !required(),
-            "EfficientNet-Lite0 weights or the grocery photos are missing"
+        visual_search_data::datasets::missing_test_dependency(
+            "EfficientNet-Lite0 weights or grocery photos not found",
         );
-        eprintln!("SKIPPED: EfficientNet-Lite0 weights or grocery photos not found");
         return;
     };
     let device = Device::flex();

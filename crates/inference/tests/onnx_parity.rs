@@ -23,20 +23,13 @@ fn model_fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Whether a missing dependency must fail the test (CI) rather than skip it.
-fn required() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-        || std::env::var("VISUAL_SEARCH_REQUIRE_ALL").is_ok_and(|v| v == "1")
-}
-
 fn ort_or_skip() -> bool {
     if ort_runtime::available() {
         return true;
     }
-    if required() {
-        panic!("ONNX Runtime's library is missing (run tools/install_onnxruntime.sh)");
-    }
-    eprintln!("SKIPPED: ONNX Runtime's library not found (tools/install_onnxruntime.sh)");
+    visual_search_data::datasets::missing_test_dependency(
+        "ONNX Runtime's library not found (tools/install_onnxruntime.sh)",
+    );
     false
 }
 
@@ -164,10 +157,9 @@ fn efficientnet_lite0_real_weights_onnx_matches_flex_on_grocery_photos() {
         return;
     }
     let (Some(weights), Some(grocery)) = (efficientnet_lite0_weights(), locate_grocery()) else {
-        if required() {
-            panic!("EfficientNet-Lite0 weights or the grocery photos are missing");
-        }
-        eprintln!("SKIPPED: EfficientNet-Lite0 weights or grocery photos not found");
+        visual_search_data::datasets::missing_test_dependency(
+            "EfficientNet-Lite0 weights or grocery photos not found",
+        );
         return;
     };
     let device = Device::flex();

@@ -16,8 +16,8 @@ use visual_search_model::weights::{TensorFile, load_weights};
 #[test]
 fn efficientnet_lite0_real_weights_classify_like_pytorch() {
     let (Some(weights), Some(grocery)) = (efficientnet_lite0_weights(), locate_grocery()) else {
-        eprintln!(
-            "SKIPPED: EfficientNet-Lite0 weights (tools/fetch_weights.sh) or grocery photos not found"
+        visual_search_data::datasets::missing_test_dependency(
+            "EfficientNet-Lite0 weights (tools/fetch_weights.sh) or grocery photos not found",
         );
         return;
     };

@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use visual_search_data::transform::{EvalTransform, SampleTransform};
 use visual_search_inference::int8::{INT8_FILE, quantize_model_dir};
-use visual_search_inference::model_dir::read_info;
+use visual_search_inference::model::load_burn;
+use visual_search_inference::model_dir::{
+    FORMAT_VERSION, ModelDirInfo, ONNX_FILE, read_info, write_model_dir,
+};
+use visual_search_inference::onnx::{export_model, write_model};
 use visual_search_inference::{InferenceModel, LoadOptions, ModelSource, Precision};
 use visual_search_model::device::parse_device;
 use visual_search_retrieval::metrics::evaluate;
@@ -18,13 +22,23 @@ use crate::sample_lists::read_samples;
 
 /// Writes OUT/model.safetensors (embedder weights, f32 or f16) and OUT/model.json (model name,
 /// input size, mean/std, embedding width) from a checkpoint folder or a run folder (its best
-/// checkpoint). `embed`, `rank`, `eval`, `index` and `serve` take the folder with --model-dir.
-/// OUT must not exist, be empty, or be an earlier export: nothing else is ever deleted.
+/// checkpoint), or from a registry model with pretrained weights (--model/--weights). `embed`,
+/// `rank`, `eval`, `index` and `serve` take the folder with --model-dir. OUT must not exist,
+/// be empty, or be an earlier export: nothing else is ever deleted.
 #[derive(clap::Args)]
 pub struct Args {
     /// A checkpoint folder, or a run folder (its `best`, else `last`).
+    #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+    checkpoint: Option<PathBuf>,
+    /// A registered model (with --weights) instead of a checkpoint, e.g. efficientnet_lite0.
     #[arg(long)]
-    checkpoint: PathBuf,
+    model: Option<String>,
+    /// Pretrained weights of --model (timm/OpenCLIP/efficientnet_pytorch names).
+    #[arg(long, requires = "model")]
+    weights: Option<PathBuf>,
+    /// Input size of a --model export [default: the model's own].
+    #[arg(long, requires = "model")]
+    size: Option<usize>,
     #[arg(long)]
     out: PathBuf,
     /// Store weights as f16 (norm layers stay f32).
@@ -65,7 +79,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         half: args.f16,
         onnx: args.onnx,
     };
-    let info = export_model_dir(&args.checkpoint, &args.out, options, &device)?;
+    let info = match (&args.checkpoint, &args.model) {
+        (Some(checkpoint), _) => export_model_dir(checkpoint, &args.out, options, &device)?,
+        (None, Some(name)) => export_pretrained(name, &args, options, &device)?,
+        (None, None) => bail!("give --checkpoint or --model"),
+    };
     println!(
         "exported {} ({} px, {}-d embeddings, {}{}) from {} to {}",
         info.model,
@@ -80,6 +98,43 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         int8(&args)?;
     }
     Ok(())
+}
+
+/// A registry model with pretrained weights as a model folder.
+fn export_pretrained(
+    name: &str,
+    args: &Args,
+    options: ExportOptions,
+    device: &burn::tensor::Device,
+) -> anyhow::Result<ModelDirInfo> {
+    let source = ModelSource::Registry {
+        name: name.to_string(),
+        weights: args.weights.clone(),
+    };
+    let (model, spec, pre) = load_burn(&source, args.size, device, false)?;
+    let info = ModelDirInfo {
+        format_version: FORMAT_VERSION,
+        model: spec.name.clone(),
+        input_size: pre.size,
+        mean: pre.mean,
+        std: pre.std,
+        embedding_dim: model.dim(),
+        neck_dim: None,
+        gem: false,
+        dtype: if options.half { "f16" } else { "f32" }.to_string(),
+        source: args
+            .weights
+            .as_ref()
+            .map_or("random weights".to_string(), |w| w.display().to_string()),
+    };
+    write_model_dir(&model, &info, &args.out, options.half, |tmp| {
+        if options.onnx {
+            let proto = export_model(&model, &spec.architecture, pre.size, &spec.name)?;
+            write_model(&proto, &tmp.join(ONNX_FILE))?;
+        }
+        Ok(())
+    })?;
+    Ok(info)
 }
 
 fn int8(args: &Args) -> anyhow::Result<()> {

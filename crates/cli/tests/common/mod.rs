@@ -32,7 +32,9 @@ pub fn grocery_and_lite0() -> Option<(PathBuf, PathBuf)> {
     ) {
         (Some(g), Some(w)) => Some((g, w)),
         _ => {
-            eprintln!("SKIPPED: grocery dataset or Lite0 weights not found");
+            visual_search_data::datasets::missing_test_dependency(
+                "grocery dataset or Lite0 weights not found",
+            );
             None
         }
     }
@@ -45,6 +47,23 @@ pub struct Server {
     pub addr: String,
 }
 
+impl Server {
+    /// Sends SIGTERM and waits (up to `within`) for the exit status.
+    pub fn terminate(&mut self, within: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let start = std::time::Instant::now();
+        while start.elapsed() < within {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        None
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -54,6 +73,11 @@ impl Drop for Server {
 
 /// Starts `serve` on the index at a free loopback port.
 pub fn start_server(index: &Path) -> Server {
+    start_server_with(index, &[])
+}
+
+/// `start_server` with more `serve` flags.
+pub fn start_server_with(index: &Path, extra: &[&str]) -> Server {
     let mut child = bin()
         .args([
             "serve",
@@ -63,6 +87,7 @@ pub fn start_server(index: &Path) -> Server {
             "127.0.0.1:0",
         ])
         .args(["--device", "flex", "--max-body-mb", "8"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

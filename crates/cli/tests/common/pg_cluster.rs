@@ -41,7 +41,9 @@ impl PgCluster {
     /// installed.
     pub fn start() -> Option<Self> {
         let Some(bin) = pg_bin() else {
-            eprintln!("SKIPPED: PostgreSQL not installed (run tools/install_postgres.sh)");
+            visual_search_data::datasets::missing_test_dependency(
+                "PostgreSQL not installed (run tools/install_postgres.sh)",
+            );
             return None;
         };
         let dir = tempfile::tempdir().unwrap();
