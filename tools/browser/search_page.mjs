@@ -16,7 +16,14 @@ try {
   if ((await first).status() !== 200) throw new Error(`search answered ${(await first).status()}`);
   await page.waitForSelector('#results .hit img');
   const label = await page.$eval('#results .hit', el => el.dataset.label);
-  const thumbnail = await page.$eval('#results .hit img', img => img.complete && img.naturalWidth > 0);
+  // The thumbnail is a separate request made when the grid appears: wait for it (up to 10 s)
+  // rather than race it.
+  const thumbnail = await page
+    .waitForFunction(() => {
+      const img = document.querySelector('#results .hit img');
+      return img && img.complete && img.naturalWidth > 0;
+    }, null, { timeout: 10000 })
+    .then(() => true, () => false);
   const status = await page.textContent('#status');
   // Draw a box over the middle of the photo: the page searches again with `bbox`.
   const img = await page.$('#preview');

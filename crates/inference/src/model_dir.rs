@@ -12,7 +12,7 @@ use burn::store::{FloatCastAdapter, HalfPrecisionAdapter, ModuleSnapshot, Safete
 use burn::tensor::{DType, Device};
 use serde::{Deserialize, Serialize};
 use visual_search_model::embedder::EmbeddingModel;
-use visual_search_model::registry::{BuildOptions, lookup};
+use visual_search_model::registry::{BuildOptions, ModelSpec, lookup};
 
 use crate::error::{InferenceError, Result};
 
@@ -120,6 +120,57 @@ pub fn write_model_dir(
     let kept: PathBuf = tmp.keep();
     std::fs::rename(&kept, out).map_err(|e| InferenceError::io(out, e))?;
     Ok(())
+}
+
+/// What an export writes besides the weights.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExportOptions {
+    /// Store the weights as f16.
+    pub half: bool,
+    /// Also write `model.onnx` (batch norm folded, L2-normalised output).
+    pub onnx: bool,
+}
+
+/// How the exported model was built: its registry spec and choices.
+pub struct ExportedModel<'a> {
+    pub model: &'a EmbeddingModel,
+    pub spec: &'a ModelSpec,
+    /// Input side it is laid out for.
+    pub size: usize,
+    pub neck_dim: Option<usize>,
+    pub gem: bool,
+    /// Where it came from (a checkpoint, a weights file).
+    pub source: String,
+}
+
+/// Writes an embedder as a model folder at `out` (see [`write_model_dir`]), with its ONNX
+/// graph when `options.onnx`.
+pub fn export_embedder(
+    e: &ExportedModel<'_>,
+    out: &Path,
+    options: ExportOptions,
+) -> Result<ModelDirInfo> {
+    let info = ModelDirInfo {
+        format_version: FORMAT_VERSION,
+        model: e.spec.name.clone(),
+        input_size: e.size,
+        mean: e.spec.mean,
+        std: e.spec.std,
+        embedding_dim: e.model.dim(),
+        neck_dim: e.neck_dim,
+        gem: e.gem,
+        dtype: if options.half { "f16" } else { "f32" }.to_string(),
+        source: e.source.clone(),
+    };
+    write_model_dir(e.model, &info, out, options.half, |tmp| {
+        if options.onnx {
+            let proto =
+                crate::onnx::export_model(e.model, &e.spec.architecture, e.size, &e.spec.name)?;
+            crate::onnx::write_model(&proto, &tmp.join(ONNX_FILE))?;
+        }
+        Ok(())
+    })?;
+    Ok(info)
 }
 
 /// Reads `model.json`.

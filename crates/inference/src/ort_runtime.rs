@@ -137,14 +137,8 @@ impl OrtModel {
 
     /// Runs `n` images (`n × 3 × size × size` floats); returns `n × dim` values.
     pub fn run(&self, pixels: &[f32], n: usize, size: usize) -> Result<Vec<f32>> {
-        let input = TensorRef::from_array_view(([n, 3, size, size], pixels))?;
-        let mut session = self
-            .session
-            .lock()
-            .map_err(|_| InferenceError::Ort("a previous run panicked".into()))?;
-        let outputs = session.run(ort::inputs![INPUT_NAME => input])?;
-        let (_, values) = outputs[OUTPUT_NAME].try_extract_tensor::<f32>()?;
-        Ok(values.to_vec())
+        let mut outputs = self.run_named(pixels, n, size, &[OUTPUT_NAME.to_string()])?;
+        Ok(outputs.pop().unwrap_or_default())
     }
 
     /// Runs `n` images and returns the named values (any tensors the graph outputs), flattened.

@@ -4,9 +4,12 @@
 //! refuses it: checked too) and, written under a 0.98 gate, loads with `--dtype int8`. Skips (fails under CI) without ONNX
 //! Runtime or the data, like onnx_parity.rs.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 
 use burn::tensor::Device;
+use common::{lite0_and_grocery, lite0_pixels, model_fixture, ort_or_skip};
 use visual_search_inference::int8::{INT8_FILE, quantize_model_dir};
 use visual_search_inference::model_dir::{
     FORMAT_VERSION, ModelDirInfo, ONNX_FILE, write_model_dir,
@@ -16,16 +19,6 @@ use visual_search_inference::ort_runtime;
 use visual_search_inference::{DeviceChoice, InferenceModel, LoadOptions, ModelSource, Precision};
 use visual_search_model::embedder::EmbeddingModel;
 use visual_search_model::registry::lookup;
-
-fn ort_or_skip() -> bool {
-    if ort_runtime::available() {
-        return true;
-    }
-    visual_search_data::datasets::missing_test_dependency(
-        "ONNX Runtime's library not found (tools/install_onnxruntime.sh)",
-    );
-    false
-}
 
 /// An exported folder (with model.onnx) of `model`.
 fn folder(name: &str, model: &EmbeddingModel, size: usize, out: &Path) {
@@ -49,12 +42,6 @@ fn folder(name: &str, model: &EmbeddingModel, size: usize, out: &Path) {
     .unwrap();
 }
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../model/tests/fixtures")
-        .join(name)
-}
-
 #[test]
 fn a_gate_that_cannot_pass_writes_nothing() {
     if !ort_or_skip() {
@@ -67,7 +54,7 @@ fn a_gate_that_cannot_pass_writes_nothing() {
         .load_pretrained_backbone(
             &spec,
             &options,
-            &fixture("efficientnet_lite_tiny.safetensors"),
+            &model_fixture("efficientnet_lite_tiny.safetensors"),
         )
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -96,24 +83,12 @@ fn a_gate_that_cannot_pass_writes_nothing() {
 
 #[test]
 fn efficientnet_lite0_int8_is_gated_on_grocery_photos() {
-    use visual_search_data::datasets::locate_grocery;
-    use visual_search_data::transform::{EvalTransform, SampleTransform};
-    use visual_search_model::pretrained::efficientnet_lite0_weights;
     if !ort_or_skip() {
         return;
     }
-    let (Some(weights), Some(grocery)) = (efficientnet_lite0_weights(), locate_grocery()) else {
-        visual_search_data::datasets::missing_test_dependency(
-            "EfficientNet-Lite0 weights or grocery photos not found",
-        );
+    let Some((model, grocery)) = lite0_and_grocery() else {
         return;
     };
-    let device = Device::flex();
-    let spec = lookup("efficientnet_lite0").unwrap();
-    let options = spec.default_options();
-    let model = EmbeddingModel::new(&spec, &options, None, &device)
-        .load_pretrained_backbone(&spec, &options, &weights)
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("lite0");
     folder("efficientnet_lite0", &model, 224, &out);
@@ -121,24 +96,11 @@ fn efficientnet_lite0_int8_is_gated_on_grocery_photos() {
         .unwrap()
         .into_strict()
         .unwrap();
-    let samples = visual_search_data::formats::dev_set::gallery_samples(&rows, &grocery);
-    let transform = EvalTransform::new(
-        224,
-        visual_search_data::image::Normalization {
-            mean: spec.mean,
-            std: spec.std,
-        },
-    );
+    let all = visual_search_data::formats::dev_set::gallery_samples(&rows, &grocery);
     let n = 32;
+    let samples: Vec<_> = (0..n).map(|i| all[i * all.len() / n].clone()).collect();
+    let pixels = lite0_pixels(&samples);
     let per = 3 * 224 * 224;
-    let mut pixels = vec![0.0f32; n * per];
-    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
-    for i in 0..n {
-        let s = &samples[i * samples.len() / n];
-        transform
-            .load(s, &mut rng, &mut pixels[i * per..(i + 1) * per])
-            .unwrap();
-    }
     let report = quantize_model_dir(&out, &pixels, n, 0.99).unwrap();
     assert!(report.mean_cosine >= 0.99, "{report:?}");
     assert!(report.written == (report.min_cosine >= 0.99), "{report:?}");

@@ -6,32 +6,17 @@
 //! Needs ONNX Runtime's library (`tools/install_onnxruntime.sh`, run by `test.sh`); locally a
 //! missing library or dataset is SKIPPED, under CI (`CI=true`) it fails the test.
 
-use std::path::{Path, PathBuf};
+mod common;
 
 use burn::tensor::Device;
+use common::{lite0_and_grocery, lite0_pixels, model_fixture, ort_or_skip};
 use visual_search_inference::model::finish_rows;
 use visual_search_inference::onnx::{export_model, write_model};
-use visual_search_inference::ort_runtime::{self, OrtModel, OrtTarget};
+use visual_search_inference::ort_runtime::{OrtModel, OrtTarget};
 use visual_search_inference::{BatchEmbedder, BurnEmbedder};
 use visual_search_model::embedder::EmbeddingModel;
 use visual_search_model::registry::{BuildOptions, lookup};
 use visual_search_model::weights::TensorFile;
-
-fn model_fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../model/tests/fixtures")
-        .join(name)
-}
-
-fn ort_or_skip() -> bool {
-    if ort_runtime::available() {
-        return true;
-    }
-    visual_search_data::datasets::missing_test_dependency(
-        "ONNX Runtime's library not found (tools/install_onnxruntime.sh)",
-    );
-    false
-}
 
 /// Exports `model` at `size`, runs `input` through ONNX Runtime and through flex, and checks
 /// every row's cosine.
@@ -149,52 +134,31 @@ fn gem_pooling_and_neck_onnx_match_flex() {
 
 #[test]
 fn efficientnet_lite0_real_weights_onnx_matches_flex_on_grocery_photos() {
-    use visual_search_data::datasets::locate_grocery;
-    use visual_search_data::image::{DecodeLimits, decode_rgb_file};
-    use visual_search_data::transform::{EvalTransform, SampleTransform};
-    use visual_search_model::pretrained::efficientnet_lite0_weights;
     if !ort_or_skip() {
         return;
     }
-    let (Some(weights), Some(grocery)) = (efficientnet_lite0_weights(), locate_grocery()) else {
-        visual_search_data::datasets::missing_test_dependency(
-            "EfficientNet-Lite0 weights or grocery photos not found",
-        );
+    let Some((model, grocery)) = lite0_and_grocery() else {
         return;
     };
-    let device = Device::flex();
-    let spec = lookup("efficientnet_lite0").unwrap();
-    let options = spec.default_options();
-    let model = EmbeddingModel::new(&spec, &options, None, &device)
-        .load_pretrained_backbone(&spec, &options, &weights)
-        .unwrap();
     let photos = [
         "test/Fruit/Apple/Granny-Smith/Granny-Smith_001.jpg",
         "test/Fruit/Banana/Banana_001.jpg",
         "test/Packages/Milk/Arla-Standard-Milk/Arla-Standard-Milk_001.jpg",
         "test/Vegetables/Carrots/Carrots_001.jpg",
     ];
-    let transform = EvalTransform::new(
-        224,
-        visual_search_data::image::Normalization {
-            mean: spec.mean,
-            std: spec.std,
-        },
-    );
-    let per = 3 * 224 * 224;
-    let mut input = vec![0.0f32; photos.len() * per];
-    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
-    for (i, p) in photos.iter().enumerate() {
-        let path = grocery.join(p);
-        decode_rgb_file(&path, &DecodeLimits::default()).unwrap_or_else(|e| panic!("{e}"));
-        let sample = visual_search_data::Sample {
-            path,
+    let samples: Vec<visual_search_data::Sample> = photos
+        .iter()
+        .map(|p| visual_search_data::Sample {
+            path: grocery.join(p),
             label: 0,
             crop: visual_search_data::Crop::None,
-        };
-        transform
-            .load(&sample, &mut rng, &mut input[i * per..(i + 1) * per])
-            .unwrap();
-    }
-    check("efficientnet_lite0", &model, 224, input, photos.len());
+        })
+        .collect();
+    check(
+        "efficientnet_lite0",
+        &model,
+        224,
+        lite0_pixels(&samples),
+        photos.len(),
+    );
 }

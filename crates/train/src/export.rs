@@ -4,10 +4,8 @@
 use std::path::Path;
 
 use burn::tensor::Device;
-use visual_search_inference::model_dir::{
-    FORMAT_VERSION, ModelDirInfo, ONNX_FILE, write_model_dir,
-};
-use visual_search_inference::onnx::{export_model, write_model};
+pub use visual_search_inference::model_dir::ExportOptions;
+use visual_search_inference::model_dir::{ExportedModel, ModelDirInfo, export_embedder};
 use visual_search_model::embedder::EmbeddingModel;
 use visual_search_model::registry::{BuildOptions, lookup};
 
@@ -19,15 +17,6 @@ fn bad(path: &Path, message: impl Into<String>) -> TrainError {
         path: path.to_path_buf(),
         message: message.into(),
     }
-}
-
-/// What to write besides the weights.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ExportOptions {
-    /// Store the weights as f16.
-    pub half: bool,
-    /// Also write `model.onnx` (batch norm folded, L2-normalised output).
-    pub onnx: bool,
 }
 
 /// Exports the embedder of a checkpoint (or of a run's best checkpoint) into `out`. `out` must
@@ -51,24 +40,13 @@ pub fn export_model_dir(
         EmbeddingModel::new(&spec, &build, state.neck_dim, device),
         &dir.join("embedder.bpk"),
     )?;
-    let info = ModelDirInfo {
-        format_version: FORMAT_VERSION,
-        model: spec.name.clone(),
-        input_size: state.image_size,
-        mean: spec.mean,
-        std: spec.std,
-        embedding_dim: model.dim(),
+    let exported = ExportedModel {
+        model: &model,
+        spec: &spec,
+        size: state.image_size,
         neck_dim: state.neck_dim,
         gem: state.gem,
-        dtype: if options.half { "f16" } else { "f32" }.to_string(),
         source: dir.display().to_string(),
     };
-    write_model_dir(&model, &info, out, options.half, |tmp| {
-        if options.onnx {
-            let proto = export_model(&model, &spec.architecture, state.image_size, &spec.name)?;
-            write_model(&proto, &tmp.join(ONNX_FILE))?;
-        }
-        Ok(())
-    })?;
-    Ok(info)
+    Ok(export_embedder(&exported, out, options)?)
 }

@@ -7,10 +7,7 @@ use anyhow::{Context, bail};
 use visual_search_data::transform::{EvalTransform, SampleTransform};
 use visual_search_inference::int8::{INT8_FILE, quantize_model_dir};
 use visual_search_inference::model::load_burn;
-use visual_search_inference::model_dir::{
-    FORMAT_VERSION, ModelDirInfo, ONNX_FILE, read_info, write_model_dir,
-};
-use visual_search_inference::onnx::{export_model, write_model};
+use visual_search_inference::model_dir::{ExportedModel, ModelDirInfo, export_embedder, read_info};
 use visual_search_inference::{InferenceModel, LoadOptions, ModelSource, Precision};
 use visual_search_model::device::parse_device;
 use visual_search_retrieval::metrics::evaluate;
@@ -112,29 +109,18 @@ fn export_pretrained(
         weights: args.weights.clone(),
     };
     let (model, spec, pre) = load_burn(&source, args.size, device, false)?;
-    let info = ModelDirInfo {
-        format_version: FORMAT_VERSION,
-        model: spec.name.clone(),
-        input_size: pre.size,
-        mean: pre.mean,
-        std: pre.std,
-        embedding_dim: model.dim(),
+    let exported = ExportedModel {
+        model: &model,
+        spec: &spec,
+        size: pre.size,
         neck_dim: None,
         gem: false,
-        dtype: if options.half { "f16" } else { "f32" }.to_string(),
         source: args
             .weights
             .as_ref()
             .map_or("random weights".to_string(), |w| w.display().to_string()),
     };
-    write_model_dir(&model, &info, &args.out, options.half, |tmp| {
-        if options.onnx {
-            let proto = export_model(&model, &spec.architecture, pre.size, &spec.name)?;
-            write_model(&proto, &tmp.join(ONNX_FILE))?;
-        }
-        Ok(())
-    })?;
-    Ok(info)
+    Ok(export_embedder(&exported, &args.out, options)?)
 }
 
 fn int8(args: &Args) -> anyhow::Result<()> {

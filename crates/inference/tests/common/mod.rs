@@ -1,0 +1,72 @@
+//! What the inference tests share: the model crate's fixtures, ONNX Runtime or a SKIPPED (a
+//! failure under CI), and EfficientNet-Lite0 with its ImageNet weights on grocery photos.
+
+#![allow(dead_code)] // each test binary uses a part
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use visual_search_data::Sample;
+use visual_search_data::transform::{EvalTransform, SampleTransform};
+use visual_search_inference::ort_runtime;
+use visual_search_model::embedder::EmbeddingModel;
+use visual_search_model::registry::lookup;
+
+/// A file of the model crate's PyTorch fixtures.
+pub fn model_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../model/tests/fixtures")
+        .join(name)
+}
+
+/// Whether ONNX Runtime's library is there (else SKIPPED, or a failure under CI).
+pub fn ort_or_skip() -> bool {
+    if ort_runtime::available() {
+        return true;
+    }
+    visual_search_data::datasets::missing_test_dependency(
+        "ONNX Runtime's library not found (tools/install_onnxruntime.sh)",
+    );
+    false
+}
+
+/// EfficientNet-Lite0 with its ImageNet weights on flex, and the grocery dataset root.
+pub fn lite0_and_grocery() -> Option<(EmbeddingModel, PathBuf)> {
+    use visual_search_model::pretrained::efficientnet_lite0_weights;
+    let (Some(weights), Some(grocery)) = (
+        efficientnet_lite0_weights(),
+        visual_search_data::datasets::locate_grocery(),
+    ) else {
+        visual_search_data::datasets::missing_test_dependency(
+            "EfficientNet-Lite0 weights or grocery photos not found",
+        );
+        return None;
+    };
+    let spec = lookup("efficientnet_lite0").unwrap();
+    let options = spec.default_options();
+    let model = EmbeddingModel::new(&spec, &options, None, &Device::flex())
+        .load_pretrained_backbone(&spec, &options, &weights)
+        .unwrap();
+    Some((model, grocery))
+}
+
+/// `samples` prepared for Lite0 (224 px, its normalisation) into one batch buffer.
+pub fn lite0_pixels(samples: &[Sample]) -> Vec<f32> {
+    let spec = lookup("efficientnet_lite0").unwrap();
+    let transform = EvalTransform::new(
+        224,
+        visual_search_data::image::Normalization {
+            mean: spec.mean,
+            std: spec.std,
+        },
+    );
+    let per = 3 * 224 * 224;
+    let mut pixels = vec![0.0f32; samples.len() * per];
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+    for (i, s) in samples.iter().enumerate() {
+        transform
+            .load(s, &mut rng, &mut pixels[i * per..(i + 1) * per])
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    pixels
+}
