@@ -445,6 +445,87 @@ impl TrainConfig {
         if self.eval.validations_per_epoch == 0 {
             return bad("eval.validations_per_epoch", "must be at least 1");
         }
+        self.check_ranges()
+    }
+
+    /// Upper bounds and signs of every numeric key: a value outside them would abort the
+    /// process (a 100000-px input, a 10^12-row memory) or silently train nonsense (a negative
+    /// learning rate factor).
+    fn check_ranges(&self) -> Result<(), String> {
+        fn int(key: &str, v: usize, lo: usize, hi: usize) -> Result<(), String> {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("`{key}` is {v}; it must be in {lo}..={hi}"))
+            }
+        }
+        fn real(key: &str, v: f64, lo: f64, hi: f64) -> Result<(), String> {
+            if v.is_finite() && (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "`{key}` is {v}; it must be a number in [{lo}, {hi}]"
+                ))
+            }
+        }
+        let (d, m, h, o, e) = (
+            &self.dataset,
+            &self.model,
+            &self.head,
+            &self.optim,
+            &self.eval,
+        );
+        int("dataset.input_size", d.input_size, 16, 1024)?;
+        int("dataset.batch_size", d.batch_size, 1, 4096)?;
+        int("dataset.num_workers", d.num_workers, 0, 256)?;
+        int(
+            "dataset.images_per_class",
+            d.images_per_class,
+            0,
+            d.batch_size,
+        )?;
+        if let Some(n) = d.num_of_classes {
+            int("dataset.num_of_classes", n, 1, 10_000_000)?;
+        }
+        if let Some(n) = m.embedding_dim {
+            int("model.embedding_dim", n, 1, 16_384)?;
+        }
+        real("model.drop_path", m.drop_path, 0.0, 0.99)?;
+        // No upper bound on the logit scale: a scale beyond f32's range is how the NaN-loss
+        // path is exercised (the run then stops with a clear error and its last checkpoint).
+        real("head.s", h.s, 1e-3, f64::MAX)?;
+        real("head.m", h.m, 0.0, std::f64::consts::PI)?;
+        real("head.m_min", h.m_min, 0.0, std::f64::consts::PI)?;
+        int("head.k", h.k, 1, 64)?;
+        int("head.memory_size", h.memory_size, 0, 1_000_000)?;
+        real("head.weight", h.weight, 0.0, 1000.0)?;
+        real("head.margin", h.margin, -1.0, 1.0)?;
+        real("optim.lr_head", o.lr_head, 0.0, 10.0)?;
+        real("optim.backbone_lr_factor", o.backbone_lr_factor, 0.0, 100.0)?;
+        real("optim.weight_decay", o.weight_decay, 0.0, 10.0)?;
+        int("optim.warmup_steps", o.warmup_steps, 0, 10_000_000)?;
+        int("optim.epochs", o.epochs, 0, 100_000)?;
+        if let Some(n) = o.max_steps {
+            int("optim.max_steps", n, 1, 100_000_000)?;
+        }
+        if let Some(c) = o.grad_clip {
+            real("optim.grad_clip", c, 1e-6, 1e6)?;
+        }
+        int("optim.grad_accumulation", o.grad_accumulation, 1, 1024)?;
+        int(
+            "eval.validations_per_epoch",
+            e.validations_per_epoch,
+            1,
+            1000,
+        )?;
+        int("eval.keep_best", e.keep_best, 0, 1000)?;
+        real(
+            "eval.early_stopping_min_delta",
+            e.early_stopping_min_delta,
+            -1.0,
+            1.0,
+        )?;
+        int("eval.top_k", e.top_k, 1, 100_000)?;
         Ok(())
     }
 }
@@ -502,6 +583,39 @@ optim:
             .unwrap_err()
             .to_string();
         assert!(err.contains("dataset.batch_size"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_errors_naming_the_key() {
+        for (from, to, key) in [
+            (
+                "  input_size: 64",
+                "  input_size: 100000",
+                "dataset.input_size",
+            ),
+            (
+                "  lr_head: 0.001",
+                "  lr_head: 0.001\n  backbone_lr_factor: -100",
+                "optim.backbone_lr_factor",
+            ),
+            ("  lr_head: 0.001", "  lr_head: .nan", "optim.lr_head"),
+            (
+                "  epochs: 1",
+                "  epochs: 1\n  grad_clip: -1",
+                "optim.grad_clip",
+            ),
+        ] {
+            let text = MINIMAL.replace(from, to);
+            let err = TrainConfig::parse(&text, Path::new("p.yml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains("p.yml"), "{to}: {err}");
+        }
+        let text = format!("{MINIMAL}head:\n  type: xbm\n  memory_size: 1000000000000\n");
+        let err = TrainConfig::parse(&text, Path::new("p.yml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("head.memory_size"), "{err}");
     }
 
     #[test]
