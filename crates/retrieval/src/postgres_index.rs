@@ -118,6 +118,9 @@ fn is_transient(e: &postgres::Error) -> bool {
     }
 }
 
+/// Longest a single search statement may run (milliseconds granularity).
+const SEARCH_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
 fn connect(url: &str) -> Result<Client, postgres::Error> {
     Client::connect(url, NoTls)
 }
@@ -141,16 +144,38 @@ fn connect_retrying(opts: &PgOptions) -> Result<Client, RetrievalError> {
 
 /// The URL without its password, for messages.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match (base.find("://"), base.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
+            let creds = &base[s + 3..at];
             match creds.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
-                None => url.to_string(),
+                Some(c) => format!("{}{}:***{}", &base[..s + 3], &creds[..c], &base[at..]),
+                None => base.to_string(),
             }
         }
-        _ => url.to_string(),
+        _ => base.to_string(),
+    };
+    if let Some(q) = query {
+        // `?password=…` (and any other secret-looking parameter) is hidden too.
+        let params: Vec<String> = q
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _))
+                    if k.eq_ignore_ascii_case("password")
+                        || k.to_ascii_lowercase().contains("secret") =>
+                {
+                    format!("{k}=***")
+                }
+                _ => p.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
     }
+    out
 }
 
 fn column_type(dtype: IndexDtype) -> &'static str {
@@ -473,11 +498,17 @@ impl Catalogue for PgIndex {
             "SELECT id, label, path, (1 - (embedding <=> $1::vector::{cast}))::real FROM {t} \
              ORDER BY embedding <=> $1::vector::{cast} LIMIT $2"
         );
+        // A search never holds the server longer than SEARCH_STATEMENT_TIMEOUT (a runaway
+        // exact scan of a huge table would otherwise outlive any HTTP deadline).
+        let timeout = format!(
+            "SET LOCAL statement_timeout = {};",
+            SEARCH_STATEMENT_TIMEOUT.as_millis()
+        );
         let settings = if self.exact {
-            "SET LOCAL enable_indexscan = off".to_string()
+            format!("{timeout} SET LOCAL enable_indexscan = off")
         } else {
             format!(
-                "SET LOCAL hnsw.ef_search = {}",
+                "{timeout} SET LOCAL hnsw.ef_search = {}",
                 self.opts.ef_search.max(k as u32).min(1000)
             )
         };
@@ -550,6 +581,14 @@ mod tests {
             "postgres://u:***@h:5432/db"
         );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            redact("postgres://u@h/db?sslmode=require&password=hunter2"),
+            "postgres://u@h/db?sslmode=require&password=***"
+        );
+        assert_eq!(
+            redact("postgres://u:pw@h/db?password=x"),
+            "postgres://u:***@h/db?password=***"
+        );
         assert!(is_postgres_url("postgresql://h/db") && !is_postgres_url("/data/index"));
     }
 }
