@@ -239,3 +239,30 @@ pub fn load_model_dir(
     }
     Ok((model, info))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::check_replaceable;
+
+    #[test]
+    fn only_absent_empty_or_export_folders_may_be_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        assert!(check_replaceable(&out).is_ok(), "absent");
+        std::fs::create_dir(&out).unwrap();
+        assert!(check_replaceable(&out).is_ok(), "empty");
+        std::fs::write(out.join("model.json"), "{}").unwrap();
+        std::fs::write(out.join("model.onnx"), "x").unwrap();
+        assert!(check_replaceable(&out).is_ok(), "an earlier export");
+        // A run folder (what `export --checkpoint runs/x --out runs/x` used to wipe).
+        std::fs::write(out.join("metrics.csv"), "step\n").unwrap();
+        let err = check_replaceable(&out).unwrap_err().to_string();
+        assert!(
+            err.contains("metrics.csv") && err.contains("refusing"),
+            "{err}"
+        );
+        let file = dir.path().join("a.txt");
+        std::fs::write(&file, "x").unwrap();
+        assert!(check_replaceable(&file).is_err(), "a file");
+    }
+}
