@@ -119,3 +119,48 @@ fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+
+    /// Blocks in `embed` until told to go on (or 2 s pass), so jobs pile up behind it.
+    struct Gated {
+        go: mpsc::Receiver<()>,
+    }
+
+    impl Embedder for Gated {
+        fn embed(&mut self, _pixels: Vec<f32>, n: usize) -> Result<Vec<f32>, String> {
+            let _ = self.go.recv_timeout(std::time::Duration::from_secs(2));
+            Ok(vec![1.0; n])
+        }
+        fn dim(&self) -> usize {
+            1
+        }
+    }
+
+    #[test]
+    fn jobs_whose_request_gave_up_are_not_embedded() {
+        let (go, gate) = mpsc::channel();
+        let queue = InferenceQueue::start(Box::new(Gated { go: gate }), 1, 8);
+        let first = queue.submit(vec![0.0]).unwrap();
+        // Wait until the first job is inside the model, then queue one whose caller leaves.
+        while queue.stats.batches.load(Ordering::Relaxed) == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let abandoned = queue.submit(vec![0.0]).unwrap();
+        drop(abandoned);
+        let kept = queue.submit(vec![0.0]).unwrap();
+        go.send(()).unwrap();
+        go.send(()).unwrap();
+        assert_eq!(first.blocking_recv().unwrap().unwrap(), vec![1.0]);
+        assert_eq!(kept.blocking_recv().unwrap().unwrap(), vec![1.0]);
+        assert_eq!(
+            queue.stats.images.load(Ordering::Relaxed),
+            2,
+            "the abandoned job was embedded"
+        );
+    }
+}
