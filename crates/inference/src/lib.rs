@@ -28,6 +28,15 @@ pub use model::{InferenceModel, LoadOptions, ModelRef, ModelSource, Preprocessin
 /// Largest input side accepted anywhere (a 4096² f32 image is 200 MB per batch row).
 pub const MAX_INPUT_SIZE: usize = 4096;
 
+/// visual-search's cache folder: `$XDG_CACHE_HOME/visual-search`, else
+/// `~/.cache/visual-search` (weights, ONNX Runtime's library, ONNX exports).
+pub fn cache_dir() -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))?;
+    Some(base.join("visual-search"))
+}
+
 /// The CPU device models are built on for export: flex when compiled in, else the first
 /// compiled backend.
 pub fn cpu_device() -> Result<burn::tensor::Device> {

@@ -95,6 +95,15 @@ pub struct InferenceModel {
     pub device_name: String,
 }
 
+/// What an engine's loader yields; [`InferenceModel::load`] adds the reference.
+struct Loaded {
+    spec: ModelSpec,
+    preprocessing: Preprocessing,
+    dim: usize,
+    engine: Engine,
+    device_name: String,
+}
+
 /// Loading choices.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadOptions {
@@ -131,13 +140,7 @@ pub fn load_burn(
     match source {
         ModelSource::Dir(dir) => {
             let (model, info) = load_model_dir(dir, size, device)?;
-            let spec = lookup(&info.model)?;
-            let pre = Preprocessing {
-                size: size.unwrap_or(info.input_size),
-                mean: info.mean,
-                std: info.std,
-            };
-            Ok((model, spec, pre))
+            Ok((model, lookup(&info.model)?, info.preprocessing(size)))
         }
         ModelSource::Registry { name, weights } => {
             let spec = lookup(name)?;
@@ -195,8 +198,7 @@ impl InferenceModel {
                 size: 0,
             },
         };
-        let device = options.device.resolve(options.precision)?;
-        let mut model = match device {
+        let loaded = match options.device.resolve(options.precision)? {
             DeviceChoice::Ort(target) => {
                 if matches!(options.precision, Precision::F16 | Precision::Bf16) {
                     return Err(InferenceError::Invalid(
@@ -211,47 +213,53 @@ impl InferenceModel {
                     "int8 runs on ONNX Runtime (--device ort), not on {name}"
                 )));
             }
-            DeviceChoice::Burn(name) => {
-                let mut device = visual_search_model::device::parse_device(&name)?;
-                let float = match options.precision {
-                    Precision::F16 => FloatDType::F16,
-                    Precision::Bf16 => FloatDType::BF16,
-                    Precision::F32 | Precision::Int8 => FloatDType::F32,
-                };
-                if float != FloatDType::F32 {
-                    device.configure(float).map_err(|e| {
-                        InferenceError::Invalid(format!(
-                            "device {name} cannot compute in {:?}: {e}",
-                            options.precision
-                        ))
-                    })?;
-                }
-                let (model, spec, preprocessing) =
-                    load_burn(source, options.size, &device, options.quiet)?;
-                let model = crate::batch_norm_folding::fold_batch_norms(model);
-                InferenceModel {
-                    dim: model.dim(),
-                    spec,
-                    preprocessing,
-                    reference: reference.clone(),
-                    engine: Engine::Burn { model, device },
-                    device_name: name,
-                }
-            }
+            DeviceChoice::Burn(name) => Self::load_on_burn(source, options, name)?,
             DeviceChoice::Auto => unreachable!("resolve never returns Auto"),
         };
-        model.reference = ModelRef {
-            size: model.preprocessing.size,
-            ..reference
+        Ok(InferenceModel {
+            reference: ModelRef {
+                size: loaded.preprocessing.size,
+                ..reference
+            },
+            spec: loaded.spec,
+            preprocessing: loaded.preprocessing,
+            dim: loaded.dim,
+            engine: loaded.engine,
+            device_name: loaded.device_name,
+        })
+    }
+
+    fn load_on_burn(source: &ModelSource, options: &LoadOptions, name: String) -> Result<Loaded> {
+        let mut device = visual_search_model::device::parse_device(&name)?;
+        let float = match options.precision {
+            Precision::F16 => FloatDType::F16,
+            Precision::Bf16 => FloatDType::BF16,
+            Precision::F32 | Precision::Int8 => FloatDType::F32,
         };
-        Ok(model)
+        if float != FloatDType::F32 {
+            device.configure(float).map_err(|e| {
+                InferenceError::Invalid(format!(
+                    "device {name} cannot compute in {:?}: {e}",
+                    options.precision
+                ))
+            })?;
+        }
+        let (model, spec, preprocessing) = load_burn(source, options.size, &device, options.quiet)?;
+        let model = crate::batch_norm_folding::fold_batch_norms(model);
+        Ok(Loaded {
+            dim: model.dim(),
+            spec,
+            preprocessing,
+            engine: Engine::Burn { model, device },
+            device_name: name,
+        })
     }
 
     fn load_ort(
         source: &ModelSource,
         options: &LoadOptions,
         target: crate::ort_runtime::OrtTarget,
-    ) -> Result<Self> {
+    ) -> Result<Loaded> {
         // An exported folder at its own size runs its own model.onnx; anything else is exported
         // once into the cache.
         let own = match source {
@@ -289,27 +297,16 @@ impl InferenceModel {
             Some((onnx, info)) => (
                 onnx,
                 lookup(&info.model)?,
-                Preprocessing {
-                    size: info.input_size,
-                    mean: info.mean,
-                    std: info.std,
-                },
+                info.preprocessing(None),
                 info.embedding_dim,
             ),
             None => cached_onnx_export(source, options.size, options.quiet)?,
         };
-        let session = OrtModel::open(&onnx, target)?;
-        Ok(InferenceModel {
+        Ok(Loaded {
             spec,
             preprocessing,
             dim,
-            reference: ModelRef {
-                model: None,
-                model_dir: None,
-                weights: None,
-                size: 0,
-            },
-            engine: Engine::Ort(session),
+            engine: Engine::Ort(OrtModel::open(&onnx, target)?),
             device_name: match target {
                 crate::ort_runtime::OrtTarget::Cpu => "ort".into(),
                 crate::ort_runtime::OrtTarget::Cuda(i) => format!("ort-cuda:{i}"),

@@ -35,6 +35,17 @@ pub struct ModelDirInfo {
     pub source: String,
 }
 
+impl ModelDirInfo {
+    /// The preprocessing the folder's model expects, at `size` (default: its own).
+    pub fn preprocessing(&self, size: Option<usize>) -> crate::model::Preprocessing {
+        crate::model::Preprocessing {
+            size: size.unwrap_or(self.input_size),
+            mean: self.mean,
+            std: self.std,
+        }
+    }
+}
+
 pub const FORMAT_VERSION: u32 = 1;
 pub const INFO_FILE: &str = "model.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";

@@ -25,8 +25,8 @@ struct CachedExport {
 
 /// The cache root (`$XDG_CACHE_HOME` or `~/.cache`, then `visual-search/onnx`).
 pub fn cache_root() -> Result<PathBuf> {
-    crate::ort_runtime::default_library_dir()
-        .and_then(|d| d.parent().map(|p| p.join("onnx")))
+    crate::cache_dir()
+        .map(|c| c.join("onnx"))
         .ok_or_else(|| InferenceError::Invalid("no HOME to keep the ONNX export cache in".into()))
 }
 

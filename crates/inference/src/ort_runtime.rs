@@ -31,10 +31,7 @@ const HOW_TO_GET: &str = "ONNX Runtime's library (libonnxruntime.so) was not fou
 
 /// The folder `tools/install_onnxruntime.sh` fills.
 pub fn default_library_dir() -> Option<PathBuf> {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(cache.join("visual-search").join("onnxruntime"))
+    crate::cache_dir().map(|c| c.join("onnxruntime"))
 }
 
 fn newest_library_in(dir: &Path) -> Option<PathBuf> {
