@@ -264,7 +264,6 @@ pub fn quantize(model: &ModelProto, ranges: &Ranges) -> Result<ModelProto> {
         {
             let dims: Vec<usize> = w.dims.iter().map(|&d| d as usize).collect();
             let values = floats(&w);
-            let channels = dims[ax];
             let w_scales = per_channel_scales(&values, &dims, ax);
             let q: Vec<u8> = values
                 .iter()
@@ -274,30 +273,14 @@ pub fn quantize(model: &ModelProto, ranges: &Ranges) -> Result<ModelProto> {
                     ((v / w_scales[c]).round().clamp(-127.0, 127.0) as i8) as u8
                 })
                 .collect();
-            let wq = format!("{w_name}_int8");
-            let ws = format!("{w_name}_scale");
-            let wz = format!("{w_name}_zp");
-            let wd = format!("{w_name}_dq");
-            new_inits.push(tensor(wq.clone(), w.dims.clone(), data_type::INT8, q));
-            new_inits.push(tensor(
-                ws.clone(),
-                vec![channels as i64],
-                data_type::FLOAT,
-                w_scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
-            ));
-            new_inits.push(tensor(
-                wz.clone(),
-                vec![channels as i64],
-                data_type::INT8,
-                vec![0; channels],
-            ));
-            nodes.push(node(
-                "DequantizeLinear",
-                vec![wq, ws, wz],
-                wd.clone(),
-                vec![axis(ax as i64)],
-            ));
-            n.input[1] = wd;
+            n.input[1] = dequantized(
+                &w_name,
+                (w.dims.clone(), data_type::INT8, q),
+                &w_scales,
+                ax,
+                &mut new_inits,
+                &mut nodes,
+            );
             // Conv bias as int32 at input scale × weight scale.
             if ax == 0
                 && let Some(b_name) = n.input.get(2).cloned()
@@ -316,30 +299,14 @@ pub fn quantize(model: &ModelProto, ranges: &Ranges) -> Result<ModelProto> {
                             .to_le_bytes()
                     })
                     .collect();
-                let bq = format!("{b_name}_int32");
-                let bs = format!("{b_name}_scale");
-                let bz = format!("{b_name}_zp");
-                let bd = format!("{b_name}_dq");
-                new_inits.push(tensor(bq.clone(), b.dims.clone(), data_type::INT32, q));
-                new_inits.push(tensor(
-                    bs.clone(),
-                    vec![channels as i64],
-                    data_type::FLOAT,
-                    scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
-                ));
-                new_inits.push(tensor(
-                    bz.clone(),
-                    vec![channels as i64],
-                    data_type::INT32,
-                    vec![0; channels * 4],
-                ));
-                nodes.push(node(
-                    "DequantizeLinear",
-                    vec![bq, bs, bz],
-                    bd.clone(),
-                    vec![axis(0)],
-                ));
-                n.input[2] = bd;
+                n.input[2] = dequantized(
+                    &b_name,
+                    (b.dims.clone(), data_type::INT32, q),
+                    &scales,
+                    0,
+                    &mut new_inits,
+                    &mut nodes,
+                );
             }
         }
         let outputs = n.output.clone();
@@ -364,6 +331,51 @@ pub fn quantize(model: &ModelProto, ranges: &Ranges) -> Result<ModelProto> {
     g.initializer = all_inits;
     m.doc_string = format!("{} (int8, static QDQ)", m.doc_string);
     Ok(m)
+}
+
+/// Adds a per-channel quantised initializer `(dims, type, raw)` with its scales (zero points
+/// 0) and the `DequantizeLinear` along `axis` that restores it; returns the restored name.
+fn dequantized(
+    name: &str,
+    (dims, ty, raw): (Vec<i64>, i32, Vec<u8>),
+    scales: &[f32],
+    axis_index: usize,
+    new_inits: &mut Vec<TensorProto>,
+    nodes: &mut Vec<NodeProto>,
+) -> String {
+    let suffix = if ty == data_type::INT32 {
+        "int32"
+    } else {
+        "int8"
+    };
+    let zero_bytes = if ty == data_type::INT32 { 4 } else { 1 };
+    let (q, s, z, d) = (
+        format!("{name}_{suffix}"),
+        format!("{name}_scale"),
+        format!("{name}_zp"),
+        format!("{name}_dq"),
+    );
+    let channels = scales.len();
+    new_inits.push(tensor(q.clone(), dims, ty, raw));
+    new_inits.push(tensor(
+        s.clone(),
+        vec![channels as i64],
+        data_type::FLOAT,
+        scales.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    ));
+    new_inits.push(tensor(
+        z.clone(),
+        vec![channels as i64],
+        ty,
+        vec![0; channels * zero_bytes],
+    ));
+    nodes.push(node(
+        "DequantizeLinear",
+        vec![q, s, z],
+        d.clone(),
+        vec![axis(axis_index as i64)],
+    ));
+    d
 }
 
 /// Index of the channel (along `axis`) of flat element `i` of a row-major tensor.
