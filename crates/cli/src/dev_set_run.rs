@@ -66,6 +66,51 @@ pub fn embed_dev_set(model: &InferenceModel, args: &DevSetArgs) -> anyhow::Resul
     Ok(EmbeddedDevSet { queries, gallery })
 }
 
+/// The dev set ranked by `model` (plain top-k over the whole gallery, no DBA/QE) with the
+/// query and gallery labels: what `bench rank` times and `export --int8` gates on.
+pub struct RankedDevSet {
+    pub ranking: visual_search_retrieval::topk::TopK,
+    pub query_labels: Vec<i64>,
+    pub gallery_labels: Vec<i64>,
+}
+
+impl RankedDevSet {
+    pub fn evaluate(&self, k: usize) -> visual_search_retrieval::metrics::Metrics {
+        visual_search_retrieval::metrics::evaluate(
+            &self.ranking,
+            &self.query_labels,
+            &self.gallery_labels,
+            k,
+        )
+    }
+}
+
+pub fn rank_dev_set(
+    model: &InferenceModel,
+    args: &DevSetArgs,
+    k: usize,
+) -> anyhow::Result<RankedDevSet> {
+    let set = embed_dev_set(model, args)?;
+    let query_labels = EmbeddedDevSet::labels(&set.queries);
+    let gallery_labels = EmbeddedDevSet::labels(&set.gallery);
+    let dim = set.queries.embeddings.dim;
+    let options = visual_search_retrieval::pipeline::RankOptions {
+        top_k: k,
+        ..Default::default()
+    };
+    let (ranking, _) = visual_search_retrieval::pipeline::rank(
+        set.queries.embeddings.data,
+        set.gallery.embeddings.data,
+        dim,
+        &options,
+    );
+    Ok(RankedDevSet {
+        ranking,
+        query_labels,
+        gallery_labels,
+    })
+}
+
 /// `--top-k`, `--dba-k`, `--qe-k`, `--qe-alpha`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RankArgs {

@@ -48,6 +48,25 @@ impl EvalTransform {
         Ok(self.prepare_rgb(&image, sample))
     }
 
+    /// `samples` prepared one after another into a single `n × 3 × size × size` buffer, in
+    /// order; images that cannot be read are left out and returned with their index.
+    pub fn load_all(&self, samples: &[Sample]) -> (Vec<f32>, Vec<(usize, crate::DataError)>) {
+        let per = 3 * self.size as usize * self.size as usize;
+        let mut pixels = Vec::with_capacity(samples.len() * per);
+        let mut failed = Vec::new();
+        for (i, sample) in samples.iter().enumerate() {
+            match self.load_rgb(sample) {
+                Ok(rgb) => {
+                    let start = pixels.len();
+                    pixels.resize(start + per, 0.0);
+                    self.normalization.write_chw(&rgb, &mut pixels[start..]);
+                }
+                Err(e) => failed.push((i, e)),
+            }
+        }
+        (pixels, failed)
+    }
+
     /// Crop and resize of an already-decoded image.
     pub fn prepare_rgb(&self, image: &RgbImage, sample: &Sample) -> RgbImage {
         let rect = crop_rect(image, &sample.crop);

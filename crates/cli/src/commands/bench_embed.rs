@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use visual_search_data::datasets::locate_grocery;
 use visual_search_data::formats::product10k::{parse_product10k, product10k_samples};
-use visual_search_data::transform::{EvalTransform, SampleTransform};
+use visual_search_data::transform::EvalTransform;
 use visual_search_model::device::compiled_backends;
 use visual_search_model::registry::lookup;
 
@@ -72,11 +72,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             std: spec.std,
         },
     );
-    let per = 3 * size * size;
-    let mut input = vec![0.0f32; args.batch * per];
-    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
-    for (i, s) in samples.iter().take(args.batch).enumerate() {
-        transform.load(s, &mut rng, &mut input[i * per..(i + 1) * per])?;
+    let (input, failed) = transform.load_all(&samples[..args.batch]);
+    if let Some((_, e)) = failed.into_iter().next() {
+        return Err(e.into());
     }
 
     let devices = if args.devices.is_empty() {

@@ -9,12 +9,10 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use visual_search_data::datasets::locate_grocery;
-use visual_search_retrieval::metrics::evaluate;
-use visual_search_retrieval::pipeline::{RankOptions, rank};
 
 use super::bench_preprocess::{baseline_python, tools_dir};
 use crate::args::model::{DeviceArgs, ModelArgs};
-use crate::dev_set_run::{DevSetArgs, EmbeddedDevSet, embed_dev_set};
+use crate::dev_set_run::{DevSetArgs, rank_dev_set};
 use crate::table;
 
 /// Times whole rankers on a dev set (default: the bundled grocery dev set, 1,197 queries ×
@@ -71,28 +69,13 @@ fn ours(args: &Args, root: &Path, device: &str) -> anyhow::Result<Run> {
         batch_size: args.batch_size,
         workers: None,
     };
-    let set = embed_dev_set(&loaded, &data)?;
-    let (ql, gl) = (
-        EmbeddedDevSet::labels(&set.queries),
-        EmbeddedDevSet::labels(&set.gallery),
-    );
-    let dim = set.queries.embeddings.dim;
-    let options = RankOptions {
-        top_k: 1000,
-        ..RankOptions::default()
-    };
-    let (ranking, _) = rank(
-        set.queries.embeddings.data,
-        set.gallery.embeddings.data,
-        dim,
-        &options,
-    );
+    let ranked = rank_dev_set(&loaded, &data, 1000)?;
     let seconds = start.elapsed().as_secs_f64();
-    let m = evaluate(&ranking, &ql, &gl, 1000);
+    let map = ranked.evaluate(1000).map_at_k;
     Ok(Run {
         name: format!("visual-search rank --device {}", loaded.device_name),
         seconds,
-        map: m.map_at_k,
+        map,
     })
 }
 

@@ -4,17 +4,15 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use visual_search_data::transform::{EvalTransform, SampleTransform};
+use visual_search_data::transform::EvalTransform;
 use visual_search_inference::int8::{INT8_FILE, quantize_model_dir};
 use visual_search_inference::model::load_burn;
 use visual_search_inference::model_dir::{ExportedModel, ModelDirInfo, export_embedder, read_info};
 use visual_search_inference::{InferenceModel, LoadOptions, ModelSource, Precision};
 use visual_search_model::device::parse_device;
-use visual_search_retrieval::metrics::evaluate;
-use visual_search_retrieval::pipeline::{RankOptions, rank};
 use visual_search_train::export::{ExportOptions, export_model_dir};
 
-use crate::dev_set_run::{DevSetArgs, EmbeddedDevSet, embed_dev_set};
+use crate::dev_set_run::{DevSetArgs, rank_dev_set};
 use crate::sample_lists::read_samples;
 
 /// Writes OUT/model.safetensors (embedder weights, f32 or f16) and OUT/model.json (model name,
@@ -147,22 +145,15 @@ fn int8(args: &Args) -> anyhow::Result<()> {
             std: info.std,
         },
     );
-    let per = 3 * size * size;
-    let mut pixels = Vec::with_capacity(take * per);
-    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
-    let mut skipped = 0;
-    for i in 0..take {
-        let sample = &samples[i * samples.len() / take];
-        let mut buf = vec![0.0f32; per];
-        match transform.load(sample, &mut rng, &mut buf) {
-            Ok(()) => pixels.extend(buf),
-            Err(e) => {
-                skipped += 1;
-                eprintln!("calibration: skipping {}: {e}", sample.path.display());
-            }
-        }
+    let taken: Vec<_> = (0..take)
+        .map(|i| samples[i * samples.len() / take].clone())
+        .collect();
+    let (pixels, failed) = transform.load_all(&taken);
+    for (_, e) in &failed {
+        eprintln!("calibration: skipping {e}");
     }
-    let n = pixels.len() / per;
+    let skipped = failed.len();
+    let n = taken.len() - skipped;
     let report = quantize_model_dir(&args.out, &pixels, n, args.int8_min_cosine)?;
     println!(
         "int8: {} activations quantised; calibrated on {} images, checked on {} ({} unreadable): \
@@ -197,31 +188,14 @@ fn int8(args: &Args) -> anyhow::Result<()> {
                     ..LoadOptions::default()
                 },
             )?;
-            let set = embed_dev_set(
-                &model,
-                &DevSetArgs {
-                    dataset_dir: dataset.clone(),
-                    gallery: "gallery.csv".into(),
-                    queries: "queries.csv".into(),
-                    batch_size: 32,
-                    workers: None,
-                },
-            )?;
-            let (ql, gl) = (
-                EmbeddedDevSet::labels(&set.queries),
-                EmbeddedDevSet::labels(&set.gallery),
-            );
-            let dim = set.queries.embeddings.dim;
-            let (ranking, _) = rank(
-                set.queries.embeddings.data,
-                set.gallery.embeddings.data,
-                dim,
-                &RankOptions {
-                    top_k: 1000,
-                    ..RankOptions::default()
-                },
-            );
-            Ok(evaluate(&ranking, &ql, &gl, 1000).map_at_k)
+            let data = DevSetArgs {
+                dataset_dir: dataset.clone(),
+                gallery: "gallery.csv".into(),
+                queries: "queries.csv".into(),
+                batch_size: 32,
+                workers: None,
+            };
+            Ok(rank_dev_set(&model, &data, 1000)?.evaluate(1000).map_at_k)
         };
         let (full, quant) = (map(Precision::F32)?, map(Precision::Int8)?);
         println!(

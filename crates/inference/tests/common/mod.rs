@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 use visual_search_data::Sample;
-use visual_search_data::transform::{EvalTransform, SampleTransform};
+use visual_search_data::transform::EvalTransform;
 use visual_search_inference::ort_runtime;
 use visual_search_model::embedder::EmbeddingModel;
 use visual_search_model::registry::lookup;
@@ -60,13 +60,9 @@ pub fn lite0_pixels(samples: &[Sample]) -> Vec<f32> {
             std: spec.std,
         },
     );
-    let per = 3 * 224 * 224;
-    let mut pixels = vec![0.0f32; samples.len() * per];
-    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
-    for (i, s) in samples.iter().enumerate() {
-        transform
-            .load(s, &mut rng, &mut pixels[i * per..(i + 1) * per])
-            .unwrap_or_else(|e| panic!("{e}"));
+    let (pixels, failed) = transform.load_all(samples);
+    if let Some((i, e)) = failed.first() {
+        panic!("sample {i}: {e}");
     }
     pixels
 }
