@@ -9,6 +9,8 @@
 //! The largest image variant is taken. Other fields are ignored, so new fields never break
 //! parsing; a line that is not a JSON object, or that has no ASIN, is malformed.
 
+use std::collections::HashSet;
+
 use serde::Deserialize;
 
 /// One image entry: a bare URL (2018) or an object with size variants (2023).
@@ -92,19 +94,37 @@ impl RawRecord {
     }
 }
 
-fn urls(entries: Option<Vec<ImageEntry>>) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for u in entries
+/// The http(s) URLs of an image list, trimmed.
+fn urls(entries: Option<Vec<ImageEntry>>) -> impl Iterator<Item = String> {
+    entries
         .into_iter()
         .flatten()
         .filter_map(ImageEntry::largest)
-    {
-        let u = u.trim().to_string();
-        if (u.starts_with("http://") || u.starts_with("https://")) && !out.contains(&u) {
-            out.push(u);
+        .map(|u| u.trim().to_string())
+        .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+}
+
+/// URLs in first-seen order without repeats, in linear time (a crafted record can list
+/// hundreds of thousands), also answering "is this picture already kept at another size?".
+#[derive(Default)]
+struct UniqueUrls {
+    order: Vec<String>,
+    seen: HashSet<String>,
+    pictures: HashSet<String>,
+}
+
+impl UniqueUrls {
+    fn push(&mut self, url: String) {
+        if !self.seen.contains(&url) {
+            self.pictures.insert(image_id(&url).to_string());
+            self.seen.insert(url.clone());
+            self.order.push(url);
         }
     }
-    out
+
+    fn has_picture(&self, url: &str) -> bool {
+        self.pictures.contains(image_id(url))
+    }
 }
 
 /// A review: which product, and the photos its author attached.
@@ -126,15 +146,13 @@ pub struct ProductMeta {
 pub fn parse_review(line: &str) -> Result<Review, String> {
     let raw = RawRecord::parse(line)?;
     let product = raw.key()?;
-    let mut image_urls = urls(raw.images);
-    for u in urls(raw.image) {
-        if !image_urls.contains(&u) {
-            image_urls.push(u);
-        }
-    }
+    let mut image_urls = UniqueUrls::default();
+    urls(raw.images)
+        .chain(urls(raw.image))
+        .for_each(|u| image_urls.push(u));
     Ok(Review {
         product,
-        image_urls,
+        image_urls: image_urls.order,
     })
 }
 
@@ -147,31 +165,24 @@ pub fn parse_meta(line: &str) -> Result<ProductMeta, String> {
         _ => None,
     };
     let wrap = |v: Option<Vec<String>>| v.map(|v| v.into_iter().map(ImageEntry::Url).collect());
-    let mut image_urls = urls(raw.images);
-    for u in urls(wrap(raw.image_url_high_res))
-        .into_iter()
-        .chain(urls(wrap(raw.image_url)))
-    {
+    let mut image_urls = UniqueUrls::default();
+    urls(raw.images).for_each(|u| image_urls.push(u));
+    for u in urls(wrap(raw.image_url_high_res)).chain(urls(wrap(raw.image_url))) {
         // 2018 `imageURL` repeats `imageURLHighRes` at a smaller size; keep the large one only.
-        if !image_urls.contains(&u) && !is_resized_copy(&image_urls, &u) {
+        if !image_urls.has_picture(&u) {
             image_urls.push(u);
         }
     }
     Ok(ProductMeta {
         product,
         title,
-        image_urls,
+        image_urls: image_urls.order,
     })
 }
 
-/// 2018 metadata lists each picture twice: `…/I/71abc.jpg` in `imageURLHighRes` and
-/// `…/I/71abc._SS40_.jpg` in `imageURL`. True when `url` is such a resized copy of a kept URL.
-fn is_resized_copy(kept: &[String], url: &str) -> bool {
-    let base = image_id(url);
-    kept.iter().any(|k| image_id(k) == base)
-}
-
-/// The picture id of an Amazon image URL: the file name up to its first dot.
+/// The picture id of an Amazon image URL: the file name up to its first dot. 2018 metadata
+/// lists each picture twice, `…/I/71abc.jpg` in `imageURLHighRes` and `…/I/71abc._SS40_.jpg` in
+/// `imageURL`; both have the id `71abc`.
 fn image_id(url: &str) -> &str {
     let name = url.rsplit('/').next().unwrap_or(url);
     name.split('.').next().unwrap_or(name)
@@ -180,6 +191,24 @@ fn image_id(url: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_with_a_huge_image_list_is_deduplicated_in_order() {
+        // 100,000 URLs, each listed twice: a scan per URL would be 10^10 comparisons.
+        let urls: Vec<String> = (0..200_000)
+            .map(|i| format!("https://x/I/p{}.jpg", i % 100_000))
+            .collect();
+        let line = serde_json::json!({"asin": "B1", "image": urls}).to_string();
+        let r = parse_review(&line).unwrap();
+        assert_eq!(r.image_urls.len(), 100_000);
+        assert_eq!(r.image_urls[1], "https://x/I/p1.jpg");
+        let small: Vec<String> = (0..100_000)
+            .map(|i| format!("https://x/I/p{i}._SS40_.jpg"))
+            .collect();
+        let line = serde_json::json!({"asin": "B1", "imageURLHighRes": &urls[..100_000], "imageURL": small})
+            .to_string();
+        assert_eq!(parse_meta(&line).unwrap().image_urls.len(), 100_000);
+    }
 
     #[test]
     fn reviews_of_both_layouts() {

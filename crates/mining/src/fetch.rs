@@ -15,6 +15,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 
 use crate::error::{MiningError, Result};
+use crate::redirect_policy::check_redirect;
 
 /// How to fetch.
 #[derive(Debug, Clone)]
@@ -52,13 +53,16 @@ pub enum FetchError {
     TooLarge(u64),
     #[error("{0}")]
     Network(String),
+    /// A redirect [`check_redirect`] refused (never retried).
+    #[error("{0}")]
+    Redirect(String),
 }
 
 impl FetchError {
     fn is_transient(&self) -> bool {
         match self {
             FetchError::Status(s) => *s == 408 || *s == 429 || *s >= 500,
-            FetchError::TooLarge(_) => false,
+            FetchError::TooLarge(_) | FetchError::Redirect(_) => false,
             FetchError::Network(_) => true,
         }
     }
@@ -77,6 +81,12 @@ impl Fetcher {
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("visual-search/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::custom(
+                |attempt| match check_redirect(attempt.previous(), attempt.url()) {
+                    Ok(()) => attempt.follow(),
+                    Err(reason) => attempt.error(reason),
+                },
+            ))
             .build()
             .map_err(|e| MiningError::Http(e.to_string()))?;
         Ok(Fetcher { client, config })
@@ -99,7 +109,13 @@ impl Fetcher {
     }
 
     async fn get_once(&self, url: &str) -> std::result::Result<Vec<u8>, FetchError> {
-        let network = |e: reqwest::Error| FetchError::Network(describe(&e));
+        let network = |e: reqwest::Error| {
+            if e.is_redirect() {
+                FetchError::Redirect(describe(&e))
+            } else {
+                FetchError::Network(describe(&e))
+            }
+        };
         let response = self.client.get(url).send().await.map_err(network)?;
         let status = response.status();
         if !status.is_success() {
@@ -198,4 +214,59 @@ where
         })
         .map_err(|e| MiningError::Http(format!("cannot start the fetch thread: {e}")))?;
     Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::sync::atomic::AtomicU64;
+
+    /// A server on loopback that answers every request with a redirect to the next path.
+    fn redirecting_server() -> (String, Arc<AtomicU64>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let count = Arc::new(AtomicU64::new(0));
+        let seen = count.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 302 Found\r\nLocation: /hop/{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    n + 1
+                );
+            }
+        });
+        (base, count)
+    }
+
+    #[test]
+    fn an_endless_redirect_chain_stops_at_the_cap_and_is_not_retried() {
+        let (base, count) = redirecting_server();
+        let fetcher = Fetcher::new(FetchConfig {
+            retries: 3,
+            backoff: Duration::from_millis(1),
+            ..FetchConfig::default()
+        })
+        .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = runtime
+            .block_on(fetcher.get(&format!("{base}/hop/0")))
+            .unwrap_err();
+        assert!(matches!(err, FetchError::Redirect(_)), "{err:?}");
+        assert!(err.to_string().contains("redirects"), "{err}");
+        let requests = count.load(Ordering::SeqCst);
+        assert_eq!(requests as usize, crate::redirect_policy::MAX_REDIRECTS + 1);
+    }
 }

@@ -12,6 +12,12 @@ use std::path::Path;
 use crate::error::{MiningError, Result};
 
 const LINES_PER_CHUNK: usize = 4096;
+/// Most bytes of lines in one chunk, so a few chunks in flight stay small whatever the lines.
+const CHUNK_BYTES: usize = 32 << 20;
+/// Longest line parsed (the largest Amazon metadata records are a few hundred KB). A longer one
+/// is read past, counted as malformed and never held in memory, so a dump without newlines
+/// cannot exhaust it.
+pub const MAX_LINE_BYTES: usize = 8 << 20;
 /// How many malformed lines are kept verbatim for the report (all are counted).
 const MALFORMED_SAMPLES: usize = 20;
 
@@ -28,7 +34,13 @@ pub struct StreamStats {
 struct Chunk {
     seq: u64,
     first_line: u64,
-    lines: Vec<String>,
+    lines: Vec<Line>,
+}
+
+enum Line {
+    Text(String),
+    /// A line over [`MAX_LINE_BYTES`], with its length.
+    TooLong(usize),
 }
 
 struct Parsed<T> {
@@ -91,7 +103,18 @@ where
                         lines: chunk.lines.len() as u64,
                     };
                     for (i, line) in chunk.lines.iter().enumerate() {
-                        let line = line.trim();
+                        let line = match line {
+                            Line::Text(text) => text.trim(),
+                            Line::TooLong(n) => {
+                                parsed.malformed.push((
+                                    chunk.first_line + i as u64,
+                                    format!(
+                                        "line is {n} bytes, over the {MAX_LINE_BYTES}-byte limit"
+                                    ),
+                                ));
+                                continue;
+                            }
+                        };
                         if line.is_empty() {
                             continue;
                         }
@@ -135,6 +158,37 @@ where
     Ok(stats)
 }
 
+/// Reads one line (through its `\n`) into `buf`, keeping at most `max` bytes of it; the rest
+/// of a longer line is read and dropped. Returns the line's whole length, 0 at the end.
+fn read_line_bounded(
+    reader: &mut dyn BufRead,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<usize> {
+    let mut length = 0;
+    loop {
+        let available = match reader.fill_buf() {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            return Ok(length);
+        }
+        let (used, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (available.len(), false),
+        };
+        let room = max.saturating_sub(buf.len());
+        buf.extend_from_slice(&available[..used.min(room)]);
+        length += used;
+        reader.consume(used);
+        if done {
+            return Ok(length);
+        }
+    }
+}
+
 fn read_chunks(
     mut reader: Box<dyn BufRead + Send>,
     tx: crossbeam_channel::Sender<Chunk>,
@@ -143,23 +197,33 @@ fn read_chunks(
     let mut line_no = 1u64;
     loop {
         let mut lines = Vec::with_capacity(LINES_PER_CHUNK);
+        let mut bytes = 0;
         let first_line = line_no;
-        while lines.len() < LINES_PER_CHUNK {
+        let mut at_end = false;
+        while lines.len() < LINES_PER_CHUNK && bytes < CHUNK_BYTES {
             let mut buf = Vec::new();
-            if reader.read_until(b'\n', &mut buf)? == 0 {
+            let length = read_line_bounded(&mut reader, &mut buf, MAX_LINE_BYTES)?;
+            if length == 0 {
+                at_end = true;
                 break;
             }
-            // Invalid UTF-8 becomes replacement characters; the JSON parser then reports the line.
-            lines.push(
-                String::from_utf8(buf)
-                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
-            );
+            bytes += buf.len();
+            lines.push(if length > MAX_LINE_BYTES {
+                Line::TooLong(length)
+            } else {
+                // Invalid UTF-8 becomes replacement characters; the JSON parser then reports
+                // the line.
+                Line::Text(
+                    String::from_utf8(buf)
+                        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+                )
+            });
             line_no += 1;
         }
         if lines.is_empty() {
             return Ok(());
         }
-        let last = lines.len() < LINES_PER_CHUNK;
+        let last = at_end;
         if tx
             .send(Chunk {
                 seq,
@@ -214,5 +278,39 @@ mod tests {
         assert_eq!(stats.malformed_samples[0].0, 8, "line numbers are 1-based");
         assert_eq!(seen.len(), 9_990);
         assert!(seen.windows(2).all(|w| w[0] < w[1]), "file order is kept");
+    }
+
+    #[test]
+    fn an_overlong_line_is_counted_and_never_held_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.json");
+        let mut f = std::io::BufWriter::new(File::create(&path).unwrap());
+        writeln!(f, "{{\"n\": 1}}").unwrap();
+        let long = vec![b'x'; MAX_LINE_BYTES + 10];
+        f.write_all(&long).unwrap();
+        writeln!(f).unwrap();
+        writeln!(f, "{{\"n\": 2}}").unwrap();
+        f.write_all(&long).unwrap(); // and a last one without a newline
+        drop(f);
+        let mut seen = Vec::new();
+        let stats = stream_records(
+            &path,
+            2,
+            |line| {
+                let v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+                Ok(v["n"].as_u64())
+            },
+            |n| seen.push(n),
+        )
+        .unwrap();
+        assert_eq!(seen, [1, 2]);
+        assert_eq!(stats.lines, 4);
+        assert_eq!(stats.malformed, 2);
+        assert_eq!(stats.malformed_samples[0].0, 2);
+        assert!(
+            stats.malformed_samples[0].1.contains("over the"),
+            "{:?}",
+            stats.malformed_samples
+        );
     }
 }

@@ -23,6 +23,7 @@ pub mod merge;
 pub mod pairs;
 pub mod pairs_table;
 pub mod partial_files;
+pub mod redirect_policy;
 pub mod similarity_histogram;
 
 pub use error::{MiningError, Result};

@@ -59,14 +59,16 @@ pub fn mine_merge(
     labels: &Path,
 ) -> Result<MergeReport> {
     let mut report = MergeReport::default();
-    // asin → (title, images as absolute paths)
-    let mut products: BTreeMap<String, (Option<String>, Vec<PathBuf>)> = BTreeMap::new();
+    // asin → (title, images as absolute paths, the same as a set: a product may list
+    // thousands, so membership is not a scan)
+    type Images = (Option<String>, Vec<PathBuf>, HashSet<PathBuf>);
+    let mut products: BTreeMap<String, Images> = BTreeMap::new();
     for cat in categories {
         let journal = read_journal(&cat.journal, &cat.images_dir)?;
         for row in read_products(&cat.kept)? {
             let entry = products
                 .entry(row.asin.clone())
-                .or_insert_with(|| (row.title.clone(), Vec::new()));
+                .or_insert_with(|| (row.title.clone(), Vec::new(), HashSet::new()));
             let urls = options
                 .include_product_images
                 .then_some(&row.product_images)
@@ -77,7 +79,7 @@ pub fn mine_merge(
                 match journal.get(url) {
                     Some(Ok(rel)) => {
                         let path = cat.images_dir.join(rel);
-                        if !entry.1.contains(&path) {
+                        if entry.2.insert(path.clone()) {
                             entry.1.push(path);
                         }
                     }
@@ -88,7 +90,7 @@ pub fn mine_merge(
     }
     report.products_seen = products.len();
     let mut owners: HashMap<&PathBuf, HashSet<&String>> = HashMap::new();
-    for (asin, (_, images)) in &products {
+    for (asin, (_, images, _)) in &products {
         for p in images {
             owners.entry(p).or_default().insert(asin);
         }
@@ -109,7 +111,7 @@ pub fn mine_merge(
         .write_record(["label", "asin", "title", "images"])
         .map_err(label_err)?;
     let mut label = 0u64;
-    for (asin, (title, images)) in &products {
+    for (asin, (title, images, _)) in &products {
         let images: Vec<&PathBuf> = images.iter().filter(|p| !contested.contains(*p)).collect();
         if images.len() < options.min_images.max(1) {
             report.dropped_below_min_images += 1;
