@@ -4,13 +4,14 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use visual_search_data::Sample;
 use visual_search_data::csv_table::CsvTable;
 use visual_search_data::formats::dev_set::{
     gallery_samples, parse_gallery, parse_queries, query_samples,
 };
 use visual_search_data::formats::product10k::{parse_product10k, product10k_samples};
+use visual_search_data::root_containment::check_inside_root;
 
 /// What kind of list a CSV is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,15 +75,32 @@ pub struct ListArgs {
     /// Image-loading threads [default: all cores].
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Accept images that a symlink inside the root points to outside it (refused by default, so
+    /// a dataset cannot make an index serve files from elsewhere on the machine).
+    #[arg(long)]
+    pub follow_links: bool,
 }
 
 impl ListArgs {
+    /// The folder the list's image paths are relative to.
+    pub fn root(&self) -> PathBuf {
+        match &self.root {
+            Some(r) => r.clone(),
+            None => match self.csv.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+                _ => PathBuf::from("."),
+            },
+        }
+    }
+
     /// The list's samples (kind recognised from its header).
     pub fn read(&self) -> anyhow::Result<(ListKind, Vec<Sample>)> {
-        let root = match &self.root {
-            Some(r) => r.clone(),
-            None => self.csv.parent().map(PathBuf::from).unwrap_or_default(),
-        };
-        read_samples(&self.csv, &root, &self.prefix)
+        let root = self.root();
+        let (kind, samples) = read_samples(&self.csv, &root, &self.prefix)?;
+        if !self.follow_links {
+            check_inside_root(&root, &samples)
+                .with_context(|| format!("reading {}", self.csv.display()))?;
+        }
+        Ok((kind, samples))
     }
 }

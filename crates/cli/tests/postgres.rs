@@ -131,10 +131,22 @@ fn postgres_index_answers_like_the_embedded_index() {
         .map(|r| r["label"].to_string())
         .collect();
     assert_eq!(served.len(), 10);
-    // The server uses HNSW; its top 3 matches the exact top 3.
-    let expected: Vec<&String> = embedded[0].iter().map(|(_, p)| p).take(3).collect();
+    // The server uses HNSW; its top 3 matches the exact top 3, shown relative to the catalogue
+    // root (never the server's own paths).
+    let expected: Vec<String> = embedded[0]
+        .iter()
+        .take(3)
+        .map(|(_, p)| {
+            Path::new(p)
+                .strip_prefix(&root)
+                .unwrap()
+                .display()
+                .to_string()
+        })
+        .collect();
+    assert!(served.iter().all(|p| !p.starts_with('/')), "{served:?}");
     assert_eq!(
-        served.iter().take(3).collect::<Vec<_>>(),
+        served.iter().take(3).cloned().collect::<Vec<_>>(),
         expected,
         "{served_labels:?}"
     );
@@ -180,6 +192,7 @@ fn synthetic_index(dir: &Path, rows: usize, dim: usize) -> std::path::PathBuf {
         embeddings_crc32: 0,
         items_crc32: 0,
         model: serde_json::json!({"model": "efficientnet_lite0", "size": 224}),
+        catalogue_root: None,
         preprocessing: Preprocessing {
             size: 224,
             mean: [0.5; 3],

@@ -117,6 +117,7 @@ fn rank_writes_a_valid_submission_and_eval_agrees_with_precomputed_embeddings() 
         let csv = root.join(format!("{list}.csv"));
         let mut args = vec![
             "embed",
+            "--follow-links",
             "--csv",
             csv.to_str().unwrap(),
             "--out",

@@ -56,6 +56,7 @@ fn index_and_serve_the_grocery_catalogue() {
         index.to_str().unwrap(),
         "--device",
         "flex",
+        "--follow-links",
         "--csv",
         extra.to_str().unwrap(),
         "--root",
@@ -97,6 +98,11 @@ fn index_and_serve_the_grocery_catalogue() {
     let hits = json(&body);
     assert_eq!(hits["results"].as_array().unwrap().len(), 5);
     assert_eq!(hits["results"][0]["label"], 7, "{hits}");
+    // Paths are the catalogue's own (relative to the list's root), not the server's.
+    for hit in hits["results"].as_array().unwrap() {
+        let path = hit["path"].as_str().unwrap();
+        assert!(!path.starts_with('/') && root.join(path).is_file(), "{hit}");
+    }
     let boundary = "XyZ";
     let mut form = format!("--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"k.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n").into_bytes();
     form.extend_from_slice(&photo);
@@ -191,6 +197,7 @@ fn slow_and_idle_connections_time_out_and_sigterm_drains() {
         "tiny_resnet",
         "--device",
         "flex",
+        "--follow-links",
         "--csv",
         root.join("gallery.csv").to_str().unwrap(),
         "--out",
@@ -240,4 +247,41 @@ fn slow_and_idle_connections_time_out_and_sigterm_drains() {
         status.is_some_and(|s| s.success()),
         "serve did not exit cleanly on SIGTERM: {status:?}"
     );
+}
+
+/// A list whose image is a symlink out of the root cannot put that file in an index (and so on
+/// `/images/{id}`), unless the user says the link is theirs.
+#[test]
+fn index_build_refuses_a_symlink_out_of_the_root() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), b"not a photo").unwrap();
+    let root = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path().join("secret"), root.path().join("a.jpg")).unwrap();
+    std::fs::write(
+        root.path().join("gallery.csv"),
+        "img_path,product_id\na.jpg,1\n",
+    )
+    .unwrap();
+    let out = common::bin()
+        .args([
+            "index",
+            "build",
+            "--model",
+            "tiny_resnet",
+            "--device",
+            "flex",
+        ])
+        .arg("--csv")
+        .arg(root.path().join("gallery.csv"))
+        .arg("--out")
+        .arg(root.path().join("index"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("a.jpg") && text.contains("outside the list's root"),
+        "{text}"
+    );
+    assert!(!root.path().join("index").exists());
 }

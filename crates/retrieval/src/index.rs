@@ -66,6 +66,29 @@ pub struct IndexMeta {
     /// The model that made the embeddings (opaque here; the CLI reads it back to load it).
     pub model: serde_json::Value,
     pub preprocessing: Preprocessing,
+    /// The folder the build's list was relative to (absolute). Clients are shown item paths
+    /// relative to it, never the server's own paths. Absent in indexes built before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalogue_root: Option<PathBuf>,
+}
+
+impl IndexMeta {
+    /// How an item's path is shown to clients: relative to the catalogue root when it lies under
+    /// it, otherwise (an `index add` from elsewhere, an older index) only its file name.
+    pub fn client_path(&self, path: &Path) -> String {
+        let relative = self
+            .catalogue_root
+            .as_deref()
+            .and_then(|root| path.strip_prefix(root).ok())
+            .filter(|rel| !rel.as_os_str().is_empty());
+        match relative {
+            Some(rel) => rel.display().to_string(),
+            None => path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        }
+    }
 }
 
 /// One catalogue image.
@@ -454,6 +477,7 @@ mod tests {
             embeddings_crc32: 0,
             items_crc32: 0,
             model: serde_json::json!({"model": "tiny"}),
+            catalogue_root: None,
             preprocessing: Preprocessing {
                 size: 32,
                 mean: [0.5; 3],
@@ -467,6 +491,18 @@ mod tests {
             label,
             path: PathBuf::from(path),
         }
+    }
+
+    #[test]
+    fn clients_see_catalogue_relative_paths_never_server_paths() {
+        let mut m = meta(IndexDtype::F32);
+        m.catalogue_root = Some(PathBuf::from("/srv/shop"));
+        let shown = |p: &str| m.client_path(Path::new(p));
+        assert_eq!(shown("/srv/shop/test/Fruit/a.jpg"), "test/Fruit/a.jpg");
+        assert_eq!(shown("/elsewhere/b.jpg"), "b.jpg");
+        assert_eq!(shown("/srv/shop"), "shop");
+        m.catalogue_root = None;
+        assert_eq!(m.client_path(Path::new("/srv/shop/test/c.jpg")), "c.jpg");
     }
 
     #[test]

@@ -12,19 +12,18 @@
 //! each search has a deadline, and the model queue is bounded (503 when full). The model itself
 //! is behind [`inference::Embedder`], so this crate knows nothing of burn.
 
+pub mod api_error;
 pub mod inference;
 pub mod metrics;
 pub mod query_image;
+pub mod upload;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{
-    DefaultBodyLimit, FromRequest, Multipart, Path as UrlPath, Query, Request, State,
-};
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -33,9 +32,11 @@ use visual_search_data::image::DecodeLimits;
 use visual_search_retrieval::catalogue::Catalogue;
 use visual_search_retrieval::error::RetrievalError;
 
+use crate::api_error::{ApiError, bad_request};
 use crate::inference::{InferenceQueue, QueueError};
 use crate::metrics::Metrics;
 use crate::query_image::{parse_bbox, prepare_query, thumbnail_jpeg};
+use crate::upload::read_upload;
 
 /// Limits and sizes of the service.
 #[derive(Debug, Clone)]
@@ -104,19 +105,6 @@ impl AppState {
     }
 }
 
-/// A JSON error response.
-struct ApiError(StatusCode, String);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.0, axum::Json(serde_json::json!({ "error": self.1 }))).into_response()
-    }
-}
-
-fn bad_request(message: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, message.into())
-}
-
 #[derive(Deserialize)]
 struct SearchParams {
     k: Option<usize>,
@@ -146,55 +134,6 @@ struct SearchResponse {
     k: usize,
     results: Vec<Hit>,
     timings_ms: Timings,
-}
-
-/// The image bytes of a search request: a multipart `image` field or the raw body.
-async fn request_image(state: &Arc<AppState>, request: Request) -> Result<Bytes, ApiError> {
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > state.config.max_body_bytes as u64) {
-        // Refused before reading a byte of it.
-        return Err(ApiError(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body over {} bytes", state.config.max_body_bytes),
-        ));
-    }
-    let is_multipart = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("multipart/form-data"));
-    let too_big = |e: String| {
-        if e.contains("length limit") || e.contains("too large") {
-            ApiError(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body over {} bytes", state.config.max_body_bytes),
-            )
-        } else {
-            bad_request(e)
-        }
-    };
-    if is_multipart {
-        let mut form = Multipart::from_request(request, state)
-            .await
-            .map_err(|e| bad_request(e.body_text()))?;
-        while let Some(field) = form
-            .next_field()
-            .await
-            .map_err(|e| too_big(e.body_text()))?
-        {
-            if field.name() == Some("image") {
-                return field.bytes().await.map_err(|e| too_big(e.body_text()));
-            }
-        }
-        return Err(bad_request("multipart body has no `image` field"));
-    }
-    Bytes::from_request(request, state)
-        .await
-        .map_err(|e| too_big(e.body_text()))
 }
 
 async fn search(
@@ -242,7 +181,7 @@ async fn run_search(
         Some(text) => Some(parse_bbox(text).map_err(bad_request)?),
         None => None,
     };
-    let bytes = request_image(&state, request).await?;
+    let bytes = read_upload(request, state.config.max_body_bytes).await?;
     if bytes.is_empty() {
         return Err(bad_request(
             "empty body: send an image (raw or multipart field `image`)",
@@ -301,7 +240,7 @@ async fn run_search(
             id: hit.id,
             label: hit.item.label,
             score: hit.score,
-            path: hit.item.path.display().to_string(),
+            path: state.index.meta().client_path(&hit.item.path),
             image_url: format!("/images/{}", hit.id),
         })
         .collect();

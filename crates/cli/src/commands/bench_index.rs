@@ -128,6 +128,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         embeddings_crc32: 0,
         items_crc32: 0,
         model: serde_json::json!({"synthetic": true}),
+        catalogue_root: None,
         preprocessing: Preprocessing {
             size: 224,
             mean: [0.5; 3],

@@ -186,6 +186,7 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         items_crc32: 0,
         model: serde_json::to_value(&loaded.reference)?,
         preprocessing: preprocessing(&loaded),
+        catalogue_root: Some(std::path::absolute(args.list.root())?),
     };
     if is_postgres_url(&args.out) {
         let opts = args.hnsw.apply(args.pg.options(&args.out));

@@ -145,6 +145,7 @@ pub fn lite0_build(root: &Path, weights: &Path, target: &[&str]) -> String {
         weights.to_str().unwrap(),
         "--device",
         "flex",
+        "--follow-links",
         "--csv",
     ];
     let csv = root.join("gallery.csv");
