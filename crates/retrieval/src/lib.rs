@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod npy;
 pub mod pipeline;
 pub mod postgres_index;
+pub mod postgres_load;
 pub mod rerank;
 pub mod topk;
 

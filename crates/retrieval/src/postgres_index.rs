@@ -4,10 +4,9 @@
 //!
 //! Layout: a table `<table>` (`id bigint primary key, label bigint, path text, embedding
 //! vector(dim)` or `halfvec(dim)`) and `<table>_meta` (one row: the same [`IndexMeta`] JSON the
-//! on-disk index keeps, so `search`/`serve` load the same model). Rows are loaded with binary
-//! `COPY` in batches, one transaction each; ids are dense and written in order, so after a lost
-//! connection or a restarted server the writer reconnects (with backoff, up to `retry_for`) and
-//! continues after `max(id)`: nothing is written twice. An HNSW index (cosine ops) is created
+//! on-disk index keeps, so `search`/`serve` load the same model), plus `<table>_loads`, the
+//! journal through which concurrent and resumed loads get disjoint id ranges
+//! ([`crate::postgres_load`]). An HNSW index (cosine ops) is created
 //! after the bulk load, which is much faster than maintaining it row by row. Search is
 //! `ORDER BY embedding <=> $1 LIMIT k` under `SET LOCAL hnsw.ef_search`; `exact` disables index
 //! scans so pgvector compares against every row.
@@ -20,9 +19,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use pgvector::{HalfVector, Vector};
-use postgres::binary_copy::BinaryCopyInWriter;
-use postgres::types::{Kind, ToSql, Type};
+use pgvector::Vector;
+use postgres::types::{Kind, Type};
 use postgres::{Client, NoTls};
 
 use crate::catalogue::{Catalogue, CatalogueHit};
@@ -70,7 +68,7 @@ pub fn is_postgres_url(location: &str) -> bool {
     location.starts_with("postgres://") || location.starts_with("postgresql://")
 }
 
-fn pg_err(context: &str, e: postgres::Error) -> RetrievalError {
+pub(crate) fn pg_err(context: &str, e: postgres::Error) -> RetrievalError {
     // The top-level message of a server error is terse ("db error"); add the server's text.
     let detail = e
         .as_db_error()
@@ -88,7 +86,7 @@ fn pg_err(context: &str, e: postgres::Error) -> RetrievalError {
     RetrievalError::Invalid(format!("PostgreSQL: {context}: {detail}"))
 }
 
-fn check_table(name: &str) -> Result<(), RetrievalError> {
+pub(crate) fn check_table(name: &str) -> Result<(), RetrievalError> {
     let ok = !name.is_empty()
         && name.len() <= 50
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
@@ -108,7 +106,7 @@ fn check_table(name: &str) -> Result<(), RetrievalError> {
 /// the server saying it is starting, shutting down or recovering (SQLSTATE class 57:
 /// `cannot_connect_now`, `admin_shutdown`, `crash_shutdown`), a connection exception (08), or
 /// too many connections (53300).
-fn is_transient(e: &postgres::Error) -> bool {
+pub(crate) fn is_transient(e: &postgres::Error) -> bool {
     match e.as_db_error() {
         None => true,
         Some(d) => {
@@ -126,7 +124,7 @@ fn connect(url: &str) -> Result<Client, postgres::Error> {
 }
 
 /// Connects, retrying connection failures for up to `retry_for` (the server may be restarting).
-fn connect_retrying(opts: &PgOptions) -> Result<Client, RetrievalError> {
+pub(crate) fn connect_retrying(opts: &PgOptions) -> Result<Client, RetrievalError> {
     let start = Instant::now();
     let mut wait = Duration::from_millis(200);
     loop {
@@ -178,7 +176,7 @@ pub fn redact(url: &str) -> String {
     out
 }
 
-fn column_type(dtype: IndexDtype) -> &'static str {
+pub(crate) fn column_type(dtype: IndexDtype) -> &'static str {
     match dtype {
         IndexDtype::F32 => "vector",
         IndexDtype::F16 => "halfvec",
@@ -200,7 +198,7 @@ pub fn create_tables(
         .map_err(|e| pg_err("enabling pgvector (CREATE EXTENSION vector)", e))?;
     if replace {
         c.batch_execute(&format!(
-            "DROP TABLE IF EXISTS {t}; DROP TABLE IF EXISTS {t}_meta"
+            "DROP TABLE IF EXISTS {t}; DROP TABLE IF EXISTS {t}_meta; DROP TABLE IF EXISTS {t}_loads"
         ))
         .map_err(|e| pg_err("dropping the old index", e))?;
     }
@@ -248,7 +246,7 @@ fn meta_json(meta: &IndexMeta) -> serde_json::Value {
     serde_json::to_value(m).unwrap_or_default()
 }
 
-fn vector_type(c: &mut Client, name: &str) -> Result<Type, RetrievalError> {
+pub(crate) fn vector_type(c: &mut Client, name: &str) -> Result<Type, RetrievalError> {
     let row = c
         .query_one("SELECT oid FROM pg_type WHERE typname = $1", &[&name])
         .map_err(|e| pg_err(&format!("looking up type {name}"), e))?;
@@ -261,124 +259,13 @@ fn vector_type(c: &mut Client, name: &str) -> Result<Type, RetrievalError> {
     ))
 }
 
-/// Rows now in the table (`max(id) + 1`; ids are dense).
+/// Rows now in the table (`max(id) + 1`; ids are dense once running loads finish).
 fn next_id(c: &mut Client, table: &str) -> Result<i64, postgres::Error> {
     let row = c.query_one(
         &format!("SELECT COALESCE(MAX(id) + 1, 0) FROM {table}"),
         &[],
     )?;
     Ok(row.get(0))
-}
-
-/// Appends rows `first_id..first_id + items.len()` (`embeddings` row-major, `dim` wide) in COPY
-/// batches, reconnecting and resuming after a lost connection. Rows already present (a resumed
-/// run) are skipped. `progress(written, total)` follows the batches.
-pub fn write_rows(
-    opts: &PgOptions,
-    dtype: IndexDtype,
-    first_id: i64,
-    items: &[IndexItem],
-    embeddings: &[f32],
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<(), RetrievalError> {
-    check_table(&opts.table)?;
-    if items.is_empty() {
-        return Ok(());
-    }
-    let dim = embeddings.len() / items.len();
-    if dim * items.len() != embeddings.len() {
-        return Err(RetrievalError::Invalid(format!(
-            "{} values for {} items",
-            embeddings.len(),
-            items.len()
-        )));
-    }
-    let started = Instant::now();
-    loop {
-        match write_rows_once(opts, dtype, first_id, items, embeddings, dim, progress) {
-            Ok(()) => return Ok(()),
-            Err(WriteError::Connection(e)) if started.elapsed() < opts.retry_for => {
-                tracing::warn!(
-                    "PostgreSQL connection lost while writing ({e}); reconnecting and resuming"
-                );
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            Err(WriteError::Connection(e)) => {
-                return Err(pg_err("writing rows (connection lost, gave up)", e));
-            }
-            Err(WriteError::Other(e)) => return Err(e),
-        }
-    }
-}
-
-enum WriteError {
-    Connection(postgres::Error),
-    Other(RetrievalError),
-}
-
-fn classify(context: &str, e: postgres::Error) -> WriteError {
-    // A database error (constraint, type, permission) will not pass by retrying; a lost or
-    // restarting server may.
-    if is_transient(&e) {
-        WriteError::Connection(e)
-    } else {
-        WriteError::Other(pg_err(context, e))
-    }
-}
-
-fn write_rows_once(
-    opts: &PgOptions,
-    dtype: IndexDtype,
-    first_id: i64,
-    items: &[IndexItem],
-    embeddings: &[f32],
-    dim: usize,
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<(), WriteError> {
-    let mut c = connect_retrying(opts).map_err(WriteError::Other)?;
-    let t = &opts.table;
-    let present = next_id(&mut c, t).map_err(|e| classify("counting rows", e))?;
-    let last = first_id + items.len() as i64;
-    if present > first_id && present < last {
-        tracing::info!("resuming after row {present}");
-    }
-    let mut start = (present.max(first_id) - first_id) as usize;
-    let ty = vector_type(&mut c, column_type(dtype)).map_err(WriteError::Other)?;
-    progress(start, items.len());
-    while start < items.len() {
-        let end = (start + opts.batch_rows.max(1)).min(items.len());
-        let mut tx = c
-            .transaction()
-            .map_err(|e| classify("starting a transaction", e))?;
-        let sink = tx
-            .copy_in(&format!(
-                "COPY {t} (id, label, path, embedding) FROM STDIN (FORMAT binary)"
-            ))
-            .map_err(|e| classify("starting COPY", e))?;
-        let mut w =
-            BinaryCopyInWriter::new(sink, &[Type::INT8, Type::INT8, Type::TEXT, ty.clone()]);
-        for (i, item) in items.iter().enumerate().take(end).skip(start) {
-            let id = first_id + i as i64;
-            let path = item.path.to_string_lossy();
-            let values = &embeddings[i * dim..(i + 1) * dim];
-            let result = match dtype {
-                IndexDtype::F32 => {
-                    let v = Vector::from(values.to_vec());
-                    w.write(&[&id as &(dyn ToSql + Sync), &item.label, &path.as_ref(), &v])
-                }
-                IndexDtype::F16 => {
-                    let v = HalfVector::from_f32_slice(values);
-                    w.write(&[&id as &(dyn ToSql + Sync), &item.label, &path.as_ref(), &v])
-                }
-            };
-            result.map_err(|e| classify("COPY", e))?;
-        }
-        w.finish().map_err(|e| classify("finishing COPY", e))?;
-        tx.commit().map_err(|e| classify("committing a batch", e))?;
-        start = end;
-        progress(start, items.len());
-    }
-    Ok(())
 }
 
 /// Builds the HNSW index over the embeddings (after the bulk load).

@@ -13,8 +13,9 @@ use visual_search_retrieval::index::{
     INDEX_FORMAT_VERSION, Index, IndexDtype, IndexItem, IndexMeta, Preprocessing, build_index,
 };
 use visual_search_retrieval::postgres_index::{
-    PgIndex, PgOptions, create_hnsw, create_tables, is_postgres_url, write_rows,
+    PgIndex, PgOptions, create_hnsw, create_tables, is_postgres_url,
 };
+use visual_search_retrieval::postgres_load::{LoadKind, load_rows};
 
 use crate::table;
 
@@ -159,7 +160,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let t = Instant::now();
     create_tables(&opts, &meta, true)?;
-    write_rows(&opts, IndexDtype::F32, 0, &items, &data, &mut |_, _| {})?;
+    load_rows(
+        &opts,
+        IndexDtype::F32,
+        LoadKind::Build,
+        &items,
+        &data,
+        &mut |_, _| {},
+    )?;
     let load = t.elapsed().as_secs_f64();
     let t = Instant::now();
     create_hnsw(&opts, IndexDtype::F32)?;

@@ -20,8 +20,9 @@ use crate::progress::images_bar;
 use crate::sample_lists::ListArgs;
 use visual_search_retrieval::catalogue::Catalogue;
 use visual_search_retrieval::postgres_index::{
-    PgOptions, create_hnsw, create_tables, is_postgres_url, redact, write_rows,
+    PgOptions, create_hnsw, create_tables, is_postgres_url, redact,
 };
+use visual_search_retrieval::postgres_load::{LoadKind, LoadOutcome, load_rows};
 
 #[derive(clap::Subcommand)]
 pub enum IndexCommand {
@@ -216,10 +217,16 @@ fn load_into_postgres(
 ) -> anyhow::Result<()> {
     create_tables(opts, meta, hnsw.replace)?;
     let bar = images_bar(items.len(), "writing rows");
-    write_rows(opts, meta.dtype, 0, items, rows, &mut |done, _| {
-        bar.set_position(done as u64)
-    })?;
+    let outcome = load_rows(
+        opts,
+        meta.dtype,
+        LoadKind::Build,
+        items,
+        rows,
+        &mut |done, _| bar.set_position(done as u64),
+    )?;
     bar.finish_and_clear();
+    report_load(&outcome);
     if !hnsw.no_hnsw {
         let t = std::time::Instant::now();
         create_hnsw(opts, meta.dtype)?;
@@ -231,6 +238,23 @@ fn load_into_postgres(
         );
     }
     Ok(())
+}
+
+/// Says when a load resumed an interrupted run or found its rows already loaded.
+fn report_load(outcome: &LoadOutcome) {
+    if outcome.already_loaded {
+        println!(
+            "these {} rows were loaded before (ids {}..{}); nothing written",
+            outcome.rows,
+            outcome.first_id,
+            outcome.first_id + outcome.rows as i64
+        );
+    } else if outcome.resumed_from > 0 {
+        println!(
+            "resumed an interrupted load after {} of {} rows",
+            outcome.resumed_from, outcome.rows
+        );
+    }
 }
 
 fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
@@ -262,15 +286,17 @@ fn add(args: AddArgs) -> anyhow::Result<()> {
         let (index, loaded) = open_with_model(&args.index, &args.pg, &args.device)?;
         let (items, rows) = embed_list(&loaded, &args.list)?;
         let opts = args.pg.options(&args.index);
-        write_rows(
+        let outcome = load_rows(
             &opts,
             index.meta().dtype,
-            index.rows() as i64,
+            LoadKind::Add,
             &items,
             &rows,
             &mut |_, _| {},
         )?;
-        (index.location(), index.rows(), items.len())
+        report_load(&outcome);
+        // With other writers, this load's range may start after rows they reserved.
+        (index.location(), outcome.first_id as usize, items.len())
     } else {
         let index = Index::open(Path::new(&args.index))?;
         let loaded = load_index_model(&index.meta, &args.device)?;
