@@ -17,6 +17,7 @@ use visual_search_retrieval::index::{
 };
 use visual_search_retrieval::postgres_index::{PgOptions, create_tables};
 use visual_search_retrieval::postgres_load::{LoadKind, load_rows};
+use visual_search_retrieval::postgres_tls::PgConnector;
 
 /// (label, path) of each result row of `search` output, in order.
 fn results(text: &str) -> Vec<Vec<(String, String)>> {
@@ -414,4 +415,46 @@ fn concurrent_loads_get_disjoint_ranges() {
         .unwrap()
         .get(0);
     assert_eq!(n, 9500);
+}
+
+/// `sslmode=verify-full` with the server's CA connects, and the session is encrypted; without
+/// the CA (the public roots) or with a host name the certificate does not carry it is refused;
+/// `verify-ca` accepts the other name and `require` any certificate. Debian's server is used
+/// because the pgvector wheel's has no SSL; the index opens every connection this way.
+#[test]
+fn tls_modes_verify_as_libpq_does() {
+    let Some(pg) = PgCluster::start_system() else {
+        return;
+    };
+    let ca = pg.enable_tls();
+    let url = |host: &str, query: &str| {
+        format!("postgres://postgres@{host}:{}/postgres?{query}", pg.port)
+    };
+    let ca_param = format!("sslrootcert={}", ca.display());
+    let encrypted = |url: String| -> Result<bool, String> {
+        let mut c = PgConnector::from_url(&url)
+            .map_err(|e| e.to_string())?
+            .connect()
+            .map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
+        Ok(c.query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+        .get(0))
+    };
+    assert_eq!(
+        encrypted(url("localhost", &format!("sslmode=verify-full&{ca_param}"))),
+        Ok(true)
+    );
+    let err = encrypted(url("localhost", "sslmode=verify-full")).unwrap_err();
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    let err = encrypted(url("127.0.0.1", &format!("sslmode=verify-full&{ca_param}"))).unwrap_err();
+    assert!(err.contains("NotValidForName"), "{err}");
+    assert_eq!(
+        encrypted(url("127.0.0.1", &format!("sslmode=verify-ca&{ca_param}"))),
+        Ok(true)
+    );
+    assert_eq!(encrypted(url("127.0.0.1", "sslmode=require")), Ok(true));
+    assert_eq!(encrypted(url("127.0.0.1", "sslmode=disable")), Ok(false));
 }

@@ -12,6 +12,7 @@ pub mod npy;
 pub mod pipeline;
 pub mod postgres_index;
 pub mod postgres_load;
+pub mod postgres_tls;
 pub mod rerank;
 pub mod topk;
 

@@ -20,12 +20,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use pgvector::Vector;
+use postgres::Client;
 use postgres::types::{Kind, Type};
-use postgres::{Client, NoTls};
 
 use crate::catalogue::{Catalogue, CatalogueHit};
 use crate::error::RetrievalError;
 use crate::index::{IndexDtype, IndexItem, IndexMeta};
+use crate::postgres_tls::PgConnector;
 
 /// How a PostgreSQL index is reached and shaped.
 #[derive(Debug, Clone)]
@@ -119,16 +120,13 @@ pub(crate) fn is_transient(e: &postgres::Error) -> bool {
 /// Longest a single search statement may run (milliseconds granularity).
 const SEARCH_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn connect(url: &str) -> Result<Client, postgres::Error> {
-    Client::connect(url, NoTls)
-}
-
 /// Connects, retrying connection failures for up to `retry_for` (the server may be restarting).
 pub(crate) fn connect_retrying(opts: &PgOptions) -> Result<Client, RetrievalError> {
+    let connector = PgConnector::from_url(&opts.url)?;
     let start = Instant::now();
     let mut wait = Duration::from_millis(200);
     loop {
-        match connect(&opts.url) {
+        match connector.connect() {
             Ok(c) => return Ok(c),
             Err(e) if start.elapsed() < opts.retry_for && is_transient(&e) => {
                 tracing::warn!("PostgreSQL unreachable ({e}); retrying in {wait:?}");

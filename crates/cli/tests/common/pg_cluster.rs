@@ -36,9 +36,27 @@ fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
+/// Debian's own server (built with OpenSSL, no pgvector), newest version first.
+fn system_pg_bin() -> Option<PathBuf> {
+    let mut bins: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|b| b.join("postgres").is_file())
+        .collect();
+    bins.sort_by_key(|b| {
+        b.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    bins.pop()
+}
+
 impl PgCluster {
-    /// Initialises and starts a cluster; None (after saying SKIPPED) when PostgreSQL is not
-    /// installed.
+    /// Initialises and starts a cluster with pgvector; None (after saying SKIPPED) when
+    /// PostgreSQL is not installed.
     pub fn start() -> Option<Self> {
         let Some(bin) = pg_bin() else {
             visual_search_data::datasets::missing_test_dependency(
@@ -46,6 +64,21 @@ impl PgCluster {
             );
             return None;
         };
+        Some(Self::start_from(bin))
+    }
+
+    /// A cluster of Debian's server, which supports TLS (but has no pgvector).
+    pub fn start_system() -> Option<Self> {
+        let Some(bin) = system_pg_bin() else {
+            visual_search_data::datasets::missing_test_dependency(
+                "Debian's PostgreSQL server not installed (run tools/install_test_deps.sh)",
+            );
+            return None;
+        };
+        Some(Self::start_from(bin))
+    }
+
+    fn start_from(bin: PathBuf) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let run_as_postgres = is_root();
@@ -84,7 +117,7 @@ impl PgCluster {
             ],
         );
         cluster.start_server();
-        Some(cluster)
+        cluster
     }
 
     fn run(&self, tool: &str, args: &[&str]) {
@@ -153,6 +186,109 @@ impl PgCluster {
 
     pub fn client(&self) -> postgres::Client {
         postgres::Client::connect(&self.url(), postgres::NoTls).unwrap()
+    }
+
+    /// Turns TLS on with a certificate for `localhost` (only: not 127.0.0.1) signed by a fresh private
+    /// CA (made with the openssl command); returns the CA certificate's path.
+    pub fn enable_tls(&self) -> PathBuf {
+        let dir = self.data.parent().unwrap().join("tls");
+        std::fs::create_dir_all(&dir).unwrap();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .expect("openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.pem",
+        ]);
+        for f in ["server.pem", "server.key"] {
+            std::fs::copy(dir.join(f), self.data.join(f)).unwrap();
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            self.data.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        if self.run_as_postgres {
+            for f in ["server.pem", "server.key"] {
+                let path = self.data.join(f);
+                assert!(
+                    Command::new("chown")
+                        .args(["postgres", path.to_str().unwrap()])
+                        .status()
+                        .unwrap()
+                        .success()
+                );
+            }
+        }
+        let mut c = self.client();
+        for setting in [
+            "ALTER SYSTEM SET ssl = on",
+            "ALTER SYSTEM SET ssl_cert_file = 'server.pem'",
+            "ALTER SYSTEM SET ssl_key_file = 'server.key'",
+        ] {
+            c.batch_execute(setting).unwrap();
+        }
+        c.batch_execute("SELECT pg_reload_conf()").unwrap();
+        // The reload is asynchronous; wait until new connections see it.
+        for _ in 0..50 {
+            let on: String = self.client().query_one("SHOW ssl", &[]).unwrap().get(0);
+            if on == "on" {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        dir.join("ca.pem")
     }
 
     pub fn data_dir(&self) -> &Path {
