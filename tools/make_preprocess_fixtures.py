@@ -35,6 +35,10 @@ CASES = [
     ("bbox_272", "test/Vegetables/Carrots/Carrots_010.jpg", {"x": 30, "y": 20, "w": 300, "h": 310}, [272, 272]),
     ("shorter_side_256", None, None, 256),  # first 464x348 photo
     ("odd_97", "val/Packages/Milk/Arla-Standard-Milk/Arla-Standard-Milk_003.jpg", None, [97, 97]),
+    # Pillow 13 runs the vertical pass first when the height shrinks by more than twice as many
+    # pixels as the width (a tall query box, or a 563x1000 phone photo): both orders are pinned.
+    ("tall_bbox_vertical_first_224", "test/Fruit/Kiwi/Kiwi_005.jpg", {"x": 120, "y": 10, "w": 90, "h": 420}, [224, 224]),
+    ("tall_crop_vertical_first_97", "test/Fruit/Kiwi/Kiwi_005.jpg", {"x": 0, "y": 0, "w": 200, "h": 464}, [97, 97]),
 ]
 
 
