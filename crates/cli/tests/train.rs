@@ -65,7 +65,10 @@ fn grocery_cut(n: usize) -> Option<(tempfile::TempDir, PathBuf)> {
     Some((dir, root))
 }
 
-fn config(root: &Path, steps: usize, extra_head: &str) -> String {
+const ARCFACE: &str = "  s: 30.0";
+
+/// A phase config; `head` is the body of its `head:` section.
+fn config(root: &Path, steps: usize, head: &str) -> String {
     format!(
         "dataset:
   product10k:
@@ -82,7 +85,7 @@ fn config(root: &Path, steps: usize, extra_head: &str) -> String {
 model:
   name: tiny_convnext
 head:
-  s: 30.0{extra_head}
+{head}
 optim:
   lr_head: 0.003
   backbone_lr_factor: 1.0
@@ -174,7 +177,7 @@ fn sigkill_then_resume_continues_the_same_run() {
         return;
     };
     let cfg = dir.path().join("phase.yml");
-    std::fs::write(&cfg, config(&root, 30, "")).unwrap();
+    std::fs::write(&cfg, config(&root, 30, ARCFACE)).unwrap();
     let runs = dir.path().join("runs");
     let (runs_s, cfg_s) = (runs.to_str().unwrap(), cfg.to_str().unwrap());
 
@@ -244,7 +247,7 @@ fn xbm_phase_from_an_arcface_checkpoint_resumes_with_its_memory() {
     let runs = dir.path().join("runs");
     let runs_s = runs.to_str().unwrap();
     let arc_cfg = dir.path().join("arc.yml");
-    std::fs::write(&arc_cfg, config(&root, 6, "")).unwrap();
+    std::fs::write(&arc_cfg, config(&root, 6, ARCFACE)).unwrap();
     run_ok(&train_args(arc_cfg.to_str().unwrap(), runs_s, "arc"));
 
     let val = std::fs::read_to_string(root.join("test_kaggletest.csv")).unwrap();
@@ -265,7 +268,7 @@ fn xbm_phase_from_an_arcface_checkpoint_resumes_with_its_memory() {
     let xbm = config(
         &root,
         16,
-        "\n  type: xbm\n  memory_size: 20\n  start_iteration: 2",
+        "  type: xbm\n  memory_size: 20\n  start_iteration: 2",
     )
     .replace(
         "  num_workers: 2\n",
@@ -313,7 +316,11 @@ fn a_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint() {
     };
     let cfg = dir.path().join("nan.yml");
     // A logit scale beyond f32's range makes the logits infinite and the loss NaN at step 1.
-    std::fs::write(&cfg, config(&root, 10, "").replace("s: 30.0", "s: 1.0e39")).unwrap();
+    std::fs::write(
+        &cfg,
+        config(&root, 10, ARCFACE).replace("s: 30.0", "s: 1.0e39"),
+    )
+    .unwrap();
     let runs = dir.path().join("runs");
     let out = bin()
         .args([

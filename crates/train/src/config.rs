@@ -165,11 +165,20 @@ pub struct ModelConfig {
     pub freeze_batchnorm: bool,
 }
 
+/// The `head:` section: what turns features into a loss. `type: arcface` (the default when
+/// `type` is left out) or `type: xbm`, each with its own keys only: an XBM key under an ArcFace
+/// head (or the reverse) is an error naming it, not a setting silently ignored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum HeadConfig {
+    Arcface(ArcFaceHeadConfig),
+    Xbm(XbmHeadConfig),
+}
+
+/// Sub-centre ArcFace with dynamic margins.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct HeadConfig {
-    #[serde(rename = "type", default)]
-    pub kind: HeadKind,
+pub struct ArcFaceHeadConfig {
     #[serde(default = "defaults::s")]
     pub s: f64,
     #[serde(default = "defaults::m")]
@@ -179,46 +188,64 @@ pub struct HeadConfig {
     /// Sub-centres per class.
     #[serde(default = "defaults::k")]
     pub k: usize,
-    /// XBM: rows in the cross-batch memory. It costs `memory_size × dim × 4` bytes of device
-    /// memory plus 8 per label (55,000 × 1024 → 225 MB).
+}
+
+/// Contrastive loss on the batch and a cross-batch memory; no classifier, so any number of
+/// classes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XbmHeadConfig {
+    /// Rows in the cross-batch memory. It costs `memory_size × dim × 4` bytes of device memory
+    /// plus 8 per label (55,000 × 1024 → 225 MB).
     #[serde(default = "defaults::memory_size")]
     pub memory_size: usize,
-    /// XBM: weight of the loss against the memory.
+    /// Weight of the loss against the memory.
     #[serde(default = "defaults::one_f")]
     pub weight: f64,
-    /// XBM: negatives count above this similarity.
+    /// Negatives count above this similarity.
     #[serde(default = "defaults::margin")]
     pub margin: f64,
-    /// XBM: optimiser steps before the memory is used (and filled).
+    /// Optimiser steps before the memory is used (and filled).
     #[serde(default)]
     pub start_iteration: usize,
 }
 
-impl Default for HeadConfig {
+impl Default for ArcFaceHeadConfig {
     fn default() -> Self {
-        HeadConfig {
-            kind: HeadKind::Arcface,
+        ArcFaceHeadConfig {
             s: defaults::s(),
             m: defaults::m(),
             m_min: defaults::m_min(),
             k: defaults::k(),
-            memory_size: defaults::memory_size(),
-            weight: defaults::one_f(),
-            margin: defaults::margin(),
-            start_iteration: 0,
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HeadKind {
-    /// Sub-centre ArcFace with dynamic margins (`s`, `m`, `m_min`, `k`).
-    #[default]
-    Arcface,
-    /// Contrastive loss on the batch and a cross-batch memory (`memory_size`, `weight`,
-    /// `margin`, `start_iteration`); no classifier, so any number of classes.
-    Xbm,
+impl Default for HeadConfig {
+    fn default() -> Self {
+        HeadConfig::Arcface(ArcFaceHeadConfig::default())
+    }
+}
+
+impl<'de> Deserialize<'de> for HeadConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(tag = "type", rename_all = "lowercase")]
+        enum Tagged {
+            Arcface(ArcFaceHeadConfig),
+            Xbm(XbmHeadConfig),
+        }
+        let mut map = serde_yaml_ng::Mapping::deserialize(d)?;
+        if !map.contains_key("type") {
+            map.insert("type".into(), "arcface".into());
+        }
+        let tagged = Tagged::deserialize(serde_yaml_ng::Value::Mapping(map))
+            .map_err(|e| serde::de::Error::custom(format!("head: {e}")))?;
+        Ok(match tagged {
+            Tagged::Arcface(a) => HeadConfig::Arcface(a),
+            Tagged::Xbm(x) => HeadConfig::Xbm(x),
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -394,9 +421,9 @@ impl TrainConfig {
 
     /// The batch sampler in effect (`dataset.sampler`, else the head's natural one).
     pub fn sampler(&self) -> SamplerKind {
-        self.dataset.sampler.unwrap_or(match self.head.kind {
-            HeadKind::Arcface => SamplerKind::Shuffled,
-            HeadKind::Xbm => SamplerKind::ClassBalanced,
+        self.dataset.sampler.unwrap_or(match self.head {
+            HeadConfig::Arcface(_) => SamplerKind::Shuffled,
+            HeadConfig::Xbm(_) => SamplerKind::ClassBalanced,
         })
     }
 
@@ -425,10 +452,9 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.model.dropout) {
             return bad("model.dropout", "must be in [0, 1)");
         }
-        if self.head.k == 0 {
-            return bad("head.k", "must be at least 1");
-        }
-        if self.head.kind == HeadKind::Xbm && self.head.memory_size == 0 {
+        if let HeadConfig::Xbm(x) = &self.head
+            && x.memory_size == 0
+        {
             return bad("head.memory_size", "must be at least 1");
         }
         if self.sampler() == SamplerKind::ClassBalanced
@@ -468,13 +494,7 @@ impl TrainConfig {
                 ))
             }
         }
-        let (d, m, h, o, e) = (
-            &self.dataset,
-            &self.model,
-            &self.head,
-            &self.optim,
-            &self.eval,
-        );
+        let (d, m, o, e) = (&self.dataset, &self.model, &self.optim, &self.eval);
         int("dataset.input_size", d.input_size, 16, 1024)?;
         int("dataset.batch_size", d.batch_size, 1, 4096)?;
         int("dataset.num_workers", d.num_workers, 0, 256)?;
@@ -493,13 +513,19 @@ impl TrainConfig {
         real("model.drop_path", m.drop_path, 0.0, 0.99)?;
         // No upper bound on the logit scale: a scale beyond f32's range is how the NaN-loss
         // path is exercised (the run then stops with a clear error and its last checkpoint).
-        real("head.s", h.s, 1e-3, f64::MAX)?;
-        real("head.m", h.m, 0.0, std::f64::consts::PI)?;
-        real("head.m_min", h.m_min, 0.0, std::f64::consts::PI)?;
-        int("head.k", h.k, 1, 64)?;
-        int("head.memory_size", h.memory_size, 0, 1_000_000)?;
-        real("head.weight", h.weight, 0.0, 1000.0)?;
-        real("head.margin", h.margin, -1.0, 1.0)?;
+        match &self.head {
+            HeadConfig::Arcface(h) => {
+                real("head.s", h.s, 1e-3, f64::MAX)?;
+                real("head.m", h.m, 0.0, std::f64::consts::PI)?;
+                real("head.m_min", h.m_min, 0.0, std::f64::consts::PI)?;
+                int("head.k", h.k, 1, 64)?;
+            }
+            HeadConfig::Xbm(h) => {
+                int("head.memory_size", h.memory_size, 1, 1_000_000)?;
+                real("head.weight", h.weight, 0.0, 1000.0)?;
+                real("head.margin", h.margin, -1.0, 1.0)?;
+            }
+        }
         real("optim.lr_head", o.lr_head, 0.0, 10.0)?;
         real("optim.backbone_lr_factor", o.backbone_lr_factor, 0.0, 100.0)?;
         real("optim.weight_decay", o.weight_decay, 0.0, 10.0)?;
@@ -552,10 +578,11 @@ optim:
     #[test]
     fn minimal_config_gets_the_recipe_defaults() {
         let c = TrainConfig::parse(MINIMAL, Path::new("x.yml")).unwrap();
-        assert_eq!(
-            (c.head.s, c.head.m, c.head.m_min, c.head.k),
-            (30.0, 0.45, 0.05, 3)
-        );
+        assert_eq!(c.head, HeadConfig::Arcface(ArcFaceHeadConfig::default()));
+        let HeadConfig::Arcface(h) = &c.head else {
+            unreachable!()
+        };
+        assert_eq!((h.s, h.m, h.m_min, h.k), (30.0, 0.45, 0.05, 3));
         assert_eq!(
             (
                 c.optim.backbone_lr_factor,
@@ -623,10 +650,10 @@ optim:
         let text = format!("{MINIMAL}head:\n  type: xbm\n  memory_size: 100\n");
         let c = TrainConfig::parse(&text, Path::new("x.yml")).unwrap();
         assert_eq!(c.sampler(), SamplerKind::ClassBalanced);
-        assert_eq!(
-            (c.head.weight, c.head.margin, c.head.start_iteration),
-            (1.0, 0.5, 0)
-        );
+        let HeadConfig::Xbm(h) = &c.head else {
+            panic!("{:?}", c.head)
+        };
+        assert_eq!((h.weight, h.margin, h.start_iteration), (1.0, 0.5, 0));
         let text = text.replace("  batch_size: 8", "  batch_size: 8\n  images_per_class: 3");
         let err = TrainConfig::parse(&text, Path::new("x.yml"))
             .unwrap_err()
@@ -634,5 +661,31 @@ optim:
         assert!(err.contains("images_per_class"), "{err}");
         let c = TrainConfig::parse(MINIMAL, Path::new("x.yml")).unwrap();
         assert_eq!(c.sampler(), SamplerKind::Shuffled);
+    }
+
+    #[test]
+    fn head_keys_belong_to_their_head_type() {
+        let text = format!("{MINIMAL}head:\n  k: 2\n");
+        let c = TrainConfig::parse(&text, Path::new("x.yml")).unwrap();
+        assert!(matches!(
+            c.head,
+            HeadConfig::Arcface(ArcFaceHeadConfig { k: 2, .. })
+        ));
+        for (head, key) in [
+            ("  type: arcface\n  memory_size: 10\n", "memory_size"),
+            ("  type: xbm\n  k: 3\n", "`k`"),
+            ("  type: cosface\n", "cosface"),
+        ] {
+            let text = format!("{MINIMAL}head:\n{head}");
+            let err = TrainConfig::parse(&text, Path::new("x.yml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains("x.yml"), "{head}: {err}");
+        }
+        // The resolved config a run writes reads back the same.
+        let text = format!("{MINIMAL}head:\n  type: xbm\n  memory_size: 64\n");
+        let c = TrainConfig::parse(&text, Path::new("x.yml")).unwrap();
+        let again = serde_yaml_ng::to_string(&c).unwrap();
+        assert_eq!(TrainConfig::parse(&again, Path::new("y.yml")).unwrap(), c);
     }
 }

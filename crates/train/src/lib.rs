@@ -8,12 +8,15 @@ pub mod embedding;
 pub mod error;
 pub mod export;
 pub mod grads;
+pub mod head;
 pub mod labels;
 pub mod metrics_log;
+pub mod optimizer_step;
 pub mod plots;
 pub mod schedule;
 pub mod train_model;
 pub mod trainer;
 pub mod training_data;
+pub mod validation;
 
 pub use error::TrainError;

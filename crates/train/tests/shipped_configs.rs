@@ -36,7 +36,7 @@ fn shipped_configs_parse_with_the_recipe_values() {
         (256, 32, 5)
     );
     assert!(second.model.pretrain_model.is_some());
-    use visual_search_train::config::{HeadKind, SamplerKind};
+    use visual_search_train::config::{HeadConfig, SamplerKind};
     // (file, lr, warmup, grad accumulation, previous phase) of SPEC's phase table.
     for (file, lr, warmup, accum, previous) in [
         ("xbm_1st.yml", 1e-4, 1000, 1, "arcface_2nd"),
@@ -44,7 +44,7 @@ fn shipped_configs_parse_with_the_recipe_values() {
         ("xbm_3rd.yml", 6e-6, 1500, 4, "xbm_2nd"),
     ] {
         let c = load(file);
-        assert_eq!(c.head.kind, HeadKind::Xbm, "{file}");
+        assert!(matches!(c.head, HeadConfig::Xbm(_)), "{file}");
         assert_eq!(c.sampler(), SamplerKind::ClassBalanced, "{file}");
         assert_eq!(
             (c.dataset.input_size, c.dataset.batch_size, c.optim.epochs),

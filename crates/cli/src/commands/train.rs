@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use visual_search_model::device::parse_device;
-use visual_search_train::config::TrainConfig;
+use visual_search_train::config::{HeadConfig, TrainConfig};
 use visual_search_train::trainer::{TrainEvent, TrainOptions, train};
 
 use crate::progress::steps_bar;
@@ -74,8 +74,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let summary = train(&config, &options, &mut |event| match event {
         TrainEvent::Started { total_steps, steps_per_epoch, start_step, train_images, classes, memory_bytes } => {
             println!("{train_images} training images, {classes} classes, {steps_per_epoch} steps per epoch, {total_steps} steps");
-            if let Some(bytes) = memory_bytes {
-                println!("XBM memory: {} rows, {:.1} MB on the device", config.head.memory_size, bytes as f64 / 1e6);
+            if let (Some(bytes), HeadConfig::Xbm(x)) = (memory_bytes, &config.head) {
+                println!("XBM memory: {} rows, {:.1} MB on the device", x.memory_size, bytes as f64 / 1e6);
             }
             let b = steps_bar(total_steps);
             b.set_position(start_step as u64);
