@@ -246,6 +246,12 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    /// The `n` of a `{"n": …}` line.
+    fn number_field(line: &str) -> std::result::Result<Option<u64>, String> {
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+        Ok(v["n"].as_u64())
+    }
+
     #[test]
     fn records_come_back_in_order_with_malformed_lines_counted() {
         let dir = tempfile::tempdir().unwrap();
@@ -263,16 +269,7 @@ mod tests {
         }
         gz.finish().unwrap();
         let mut seen = Vec::new();
-        let stats = stream_records(
-            &path,
-            3,
-            |line| {
-                let v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
-                Ok(v["n"].as_u64())
-            },
-            |n| seen.push(n),
-        )
-        .unwrap();
+        let stats = stream_records(&path, 3, number_field, |n| seen.push(n)).unwrap();
         assert_eq!(stats.lines, 10_000);
         assert_eq!(stats.malformed, 10);
         assert_eq!(stats.malformed_samples[0].0, 8, "line numbers are 1-based");
@@ -293,16 +290,7 @@ mod tests {
         f.write_all(&long).unwrap(); // and a last one without a newline
         drop(f);
         let mut seen = Vec::new();
-        let stats = stream_records(
-            &path,
-            2,
-            |line| {
-                let v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
-                Ok(v["n"].as_u64())
-            },
-            |n| seen.push(n),
-        )
-        .unwrap();
+        let stats = stream_records(&path, 2, number_field, |n| seen.push(n)).unwrap();
         assert_eq!(seen, [1, 2]);
         assert_eq!(stats.lines, 4);
         assert_eq!(stats.malformed, 2);

@@ -2,7 +2,7 @@
 //! on the same weights and the same preprocessed images, measured in the same run by
 //! `tools/bench_embed_torch.py`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -11,7 +11,7 @@ use visual_search_data::datasets::locate_grocery;
 use visual_search_data::formats::product10k::{parse_product10k, product10k_samples};
 use visual_search_data::transform::EvalTransform;
 use visual_search_model::device::compiled_backends;
-use visual_search_model::registry::lookup;
+use visual_search_model::registry::{ModelSpec, lookup};
 
 use super::bench_preprocess::{baseline_python, tools_dir};
 use crate::args::model::{DeviceArgs, ModelArgs};
@@ -39,43 +39,28 @@ pub struct Args {
     /// Backends to time [default: every compiled one: flex, tch, ...].
     #[arg(long, value_delimiter = ',')]
     devices: Vec<String>,
+    #[command(flatten)]
+    photos: PhotoBenchArgs,
+}
+
+/// Where the photos and the PyTorch baseline of a model benchmark come from.
+#[derive(clap::Args)]
+pub(super) struct PhotoBenchArgs {
     /// Dataset root with the photos (train.csv) [default: the bundled grocery set].
     #[arg(long)]
-    dataset_dir: Option<PathBuf>,
+    pub dataset_dir: Option<PathBuf>,
     /// Python with torch, timm and open_clip [default: $VISUAL_SEARCH_PYTHON or python3].
     #[arg(long)]
-    python: Option<String>,
+    pub python: Option<String>,
+    /// Time our engines only.
     #[arg(long)]
-    no_baseline: bool,
+    pub no_baseline: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let spec = lookup(&args.model)?;
     let size = args.size.unwrap_or(spec.input_size);
-    let root = match args.dataset_dir.clone() {
-        Some(d) => d,
-        None => locate_grocery().context("grocery dataset not found; pass --dataset-dir")?,
-    };
-    let rows = parse_product10k(&root.join("train.csv"))?.into_strict()?;
-    let samples = product10k_samples(&rows, &root, "");
-    if samples.len() < args.batch {
-        bail!(
-            "{} lists only {} images",
-            root.join("train.csv").display(),
-            samples.len()
-        );
-    }
-    let transform = EvalTransform::new(
-        size as u32,
-        visual_search_data::image::Normalization {
-            mean: spec.mean,
-            std: spec.std,
-        },
-    );
-    let (input, failed) = transform.load_all(&samples[..args.batch]);
-    if let Some((_, e)) = failed.into_iter().next() {
-        return Err(e.into());
-    }
+    let input = photo_batch(args.photos.dataset_dir.as_deref(), &spec, size, args.batch)?;
 
     let devices = if args.devices.is_empty() {
         let mut d: Vec<String> = compiled_backends().into_iter().map(String::from).collect();
@@ -112,7 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         results.push((device.clone(), args.batch as f64 / best));
     }
 
-    let baseline = if args.no_baseline {
+    let baseline = if args.photos.no_baseline {
         None
     } else {
         match run_baseline(&args, &input, size) {
@@ -191,8 +176,43 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_baseline(args: &Args, input: &[f32], size: usize) -> anyhow::Result<serde_json::Value> {
-    let python = baseline_python(&args.python);
+/// The first `batch` photos of the grocery `train.csv` (or `dataset_dir`'s), prepared for
+/// `spec` at `size` (eval transform), as one NCHW f32 batch.
+pub(super) fn photo_batch(
+    dataset_dir: Option<&Path>,
+    spec: &ModelSpec,
+    size: usize,
+    batch: usize,
+) -> anyhow::Result<Vec<f32>> {
+    let root = match dataset_dir {
+        Some(d) => d.to_path_buf(),
+        None => locate_grocery().context("grocery dataset not found; pass --dataset-dir")?,
+    };
+    let rows = parse_product10k(&root.join("train.csv"))?.into_strict()?;
+    let samples = product10k_samples(&rows, &root, "");
+    if samples.len() < batch {
+        bail!(
+            "{} lists only {} images",
+            root.join("train.csv").display(),
+            samples.len()
+        );
+    }
+    let transform = EvalTransform::new(
+        size as u32,
+        visual_search_data::image::Normalization {
+            mean: spec.mean,
+            std: spec.std,
+        },
+    );
+    let (input, failed) = transform.load_all(&samples[..batch]);
+    if let Some((_, e)) = failed.into_iter().next() {
+        return Err(e.into());
+    }
+    Ok(input)
+}
+
+/// Writes `input` as raw little-endian f32 for a Python baseline to read.
+pub(super) fn raw_f32_file(input: &[f32]) -> anyhow::Result<tempfile::NamedTempFile> {
     let file = tempfile::NamedTempFile::new()?;
     std::fs::write(
         file.path(),
@@ -201,6 +221,12 @@ fn run_baseline(args: &Args, input: &[f32], size: usize) -> anyhow::Result<serde
             .flat_map(|v| v.to_le_bytes())
             .collect::<Vec<u8>>(),
     )?;
+    Ok(file)
+}
+
+fn run_baseline(args: &Args, input: &[f32], size: usize) -> anyhow::Result<serde_json::Value> {
+    let python = baseline_python(&args.photos.python);
+    let file = raw_f32_file(input)?;
     let script = tools_dir().join("bench_embed_torch.py");
     let mut cmd = Command::new(&python);
     cmd.arg(&script)

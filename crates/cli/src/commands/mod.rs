@@ -6,6 +6,7 @@ mod bench_mine;
 mod bench_preprocess;
 mod bench_rank;
 mod bench_topk;
+mod bench_train;
 mod data_check;
 mod data_import;
 pub mod embed;
@@ -53,6 +54,8 @@ pub enum BenchCommand {
     Index(bench_index::Args),
     /// Mining throughput (`mine pairs` reviews/s, `mine features` images/s) vs plain Python.
     Mine(bench_mine::Args),
+    /// Train-step throughput per model and backend vs PyTorch eager f32 and bf16 autocast.
+    Train(bench_train::Args),
 }
 
 impl BenchCommand {
@@ -64,6 +67,7 @@ impl BenchCommand {
             BenchCommand::Topk(a) => bench_topk::run(a),
             BenchCommand::Mine(a) => bench_mine::run(a),
             BenchCommand::Index(a) => bench_index::run(a),
+            BenchCommand::Train(a) => bench_train::run(a),
         }
     }
 }

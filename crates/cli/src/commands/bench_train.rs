@@ -1,0 +1,349 @@
+//! `visual-search bench train`: train-step throughput (forward + backward + AdamW, batch of real
+//! photos, sub-centre ArcFace head) per model and compiled backend, against PyTorch eager f32 and
+//! PyTorch bf16 autocast on the same batch and recipe, measured in the same run by
+//! `tools/bench_train_torch.py`. Both sides report the split of a step into forward, backward
+//! and optimiser, and how many cores each phase kept busy (process CPU time / wall time), which
+//! shows the phases that run on one thread.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use burn::tensor::{Tensor, TensorData};
+use visual_search_model::device::{compiled_backends, parse_device};
+use visual_search_model::embedder::EmbeddingModel;
+use visual_search_model::heads::arcface_subcenter::{
+    ArcFaceLoss, ArcFaceSubcenter, dynamic_margins,
+};
+use visual_search_model::registry::{BuildOptions, lookup};
+use visual_search_train::head::Head;
+use visual_search_train::labels::ClassIndex;
+use visual_search_train::optimizer_step::{Accumulators, StepSettings, optimizer_step};
+use visual_search_train::train_model::{
+    TrainModel, build_optimizers, materialize, set_training_flags,
+};
+
+use super::bench_embed::{PhotoBenchArgs, photo_batch, raw_f32_file};
+use super::bench_preprocess::{baseline_python, tools_dir};
+use crate::table;
+
+/// Times the recipe's train step on one batch of real photos: the median of `--steps` steps
+/// after `--warmup`, for each model on each backend, with the same step in PyTorch (eager f32
+/// and bf16 autocast) as the baselines.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Models to time.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "efficientnet_lite0,convnext_tiny,vit_b32_clip,resnet50"
+    )]
+    models: Vec<String>,
+    /// EfficientNet-Lite0 weights (both sides); other models start from random weights, which
+    /// does not change their speed.
+    #[arg(long)]
+    lite0_weights: Option<PathBuf>,
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Input side [default: each model's].
+    #[arg(long)]
+    size: Option<usize>,
+    /// Timed steps (the median is kept).
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Classes of the ArcFace head.
+    #[arg(long, default_value_t = 100)]
+    classes: usize,
+    /// Backends to time [default: every compiled one].
+    #[arg(long, value_delimiter = ',')]
+    devices: Vec<String>,
+    #[command(flatten)]
+    photos: PhotoBenchArgs,
+}
+
+/// Seconds of wall time and of process CPU time per phase, summed over steps.
+#[derive(Default, Clone, Copy)]
+struct PhaseTimes {
+    wall: [f64; 3],
+    cpu: [f64; 3],
+}
+
+const PHASES: [&str; 3] = ["forward", "backward", "optimizer"];
+
+impl PhaseTimes {
+    fn time<T>(&mut self, phase: usize, f: impl FnOnce() -> T) -> T {
+        let (w, c) = (Instant::now(), process_cpu_seconds());
+        let out = f();
+        self.wall[phase] += w.elapsed().as_secs_f64();
+        self.cpu[phase] += process_cpu_seconds() - c;
+        out
+    }
+}
+
+/// User + system CPU seconds of this process, from `/proc/self/stat` (0 where there is none).
+fn process_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // The kernel reports clock ticks; USER_HZ is 100 on every Linux architecture we build for.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// One model's figures on one side.
+struct StepFigures {
+    images_per_s: f64,
+    /// Mean seconds per step of each phase.
+    phases: [f64; 3],
+    /// Cores busy in each phase.
+    cores: [f64; 3],
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let devices = if args.devices.is_empty() {
+        compiled_backends().into_iter().map(String::from).collect()
+    } else {
+        args.devices.clone()
+    };
+    println!(
+        "train step: batch {}, ArcFace (k 3, {} classes), AdamW, frozen batch norm; median of {} steps after {} warm-up, {} threads",
+        args.batch,
+        args.classes,
+        args.steps,
+        args.warmup,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    let mut rows = Vec::new();
+    for model in &args.models {
+        let spec = lookup(model)?;
+        let size = args.size.unwrap_or(spec.input_size);
+        let input = photo_batch(args.photos.dataset_dir.as_deref(), &spec, size, args.batch)?;
+        let weights = (model == "efficientnet_lite0")
+            .then(|| args.lite0_weights.clone())
+            .flatten();
+        let baseline = if args.photos.no_baseline {
+            None
+        } else {
+            match run_baseline(&args, model, weights.as_ref(), &input, size) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    eprintln!("{model}: baseline unavailable ({e:#}); our figures only");
+                    None
+                }
+            }
+        };
+        let torch = |mode: &str| baseline.as_ref().and_then(|b| torch_figures(&b[mode]));
+        let (eager, bf16) = (torch("eager_f32"), torch("bf16_autocast"));
+        for device in &devices {
+            let ours = time_ours(&args, model, weights.as_ref(), &input, size, device)?;
+            rows.push(row(
+                &format!("{model} visual-search {device}"),
+                &ours,
+                eager.as_ref(),
+                bf16.as_ref(),
+            ));
+        }
+        if let Some(e) = &eager {
+            rows.push(row(&format!("{model} PyTorch eager f32"), e, None, None));
+        }
+        if let Some(b) = &bf16 {
+            rows.push(row(
+                &format!("{model} PyTorch bf16 autocast"),
+                b,
+                None,
+                None,
+            ));
+        }
+        if let Some(ops) = baseline.as_ref().and_then(|b| b["top_ops_ms"].as_array()) {
+            println!("{model}: PyTorch's heaviest ops in one eager step (self CPU ms):");
+            for op in ops.iter().take(8) {
+                println!(
+                    "  {:<44} {:>9.1}",
+                    op[0].as_str().unwrap_or("?"),
+                    op[1].as_f64().unwrap_or(0.0)
+                );
+            }
+        }
+    }
+    let header = [
+        "step",
+        "img/s",
+        "vs eager f32",
+        "vs bf16 autocast",
+        "forward s (cores)",
+        "backward s (cores)",
+        "optimizer s (cores)",
+    ];
+    print!("{}", table::render(&header, &rows));
+    Ok(())
+}
+
+fn row(
+    name: &str,
+    f: &StepFigures,
+    eager: Option<&StepFigures>,
+    bf16: Option<&StepFigures>,
+) -> Vec<String> {
+    let ratio = |b: Option<&StepFigures>| {
+        b.map_or(String::new(), |b| {
+            format!("{:.2}x", f.images_per_s / b.images_per_s)
+        })
+    };
+    let mut r = vec![
+        name.to_string(),
+        format!("{:.2}", f.images_per_s),
+        ratio(eager),
+        ratio(bf16),
+    ];
+    r.extend((0..3).map(|i| format!("{:.2} ({:.1})", f.phases[i], f.cores[i])));
+    r
+}
+
+fn torch_figures(v: &serde_json::Value) -> Option<StepFigures> {
+    let ips = v["images_per_s"].as_f64()?;
+    let phase = |key: &str, i: usize| v[key][PHASES[i]].as_f64().unwrap_or(f64::NAN);
+    Some(StepFigures {
+        images_per_s: ips,
+        phases: [0, 1, 2].map(|i| phase("phases_s", i)),
+        cores: [0, 1, 2].map(|i| phase("cores", i)),
+    })
+}
+
+/// Our train step, as the trainer runs it (`Head::loss`, `Accumulators`, `optimizer_step`).
+fn time_ours(
+    args: &Args,
+    model: &str,
+    weights: Option<&PathBuf>,
+    input: &[f32],
+    size: usize,
+    device: &str,
+) -> anyhow::Result<StepFigures> {
+    let spec = lookup(model)?;
+    let device = parse_device(device)?.autodiff();
+    let options = BuildOptions {
+        image_size: size,
+        with_classifier: false,
+        gem: false,
+        drop_path_rate: 0.0,
+    };
+    let mut embedder = EmbeddingModel::new(&spec, &options, None, &device);
+    if let Some(w) = weights {
+        embedder = embedder.load_pretrained_backbone(&spec, &options, w)?;
+    }
+    // Class sizes 1..7 in turn, so the adaptive margins differ per class as in real data.
+    let classes = ClassIndex::from_labels(
+        (0..args.classes as i64).flat_map(|c| std::iter::repeat_n(c, 1 + c as usize % 7)),
+    );
+    let head = ArcFaceSubcenter::new(embedder.dim(), classes.len(), 3, &device);
+    let mut model = TrainModel {
+        embedder,
+        head: Some(head),
+    };
+    materialize(&model);
+    model.embedder.backbone = set_training_flags(model.embedder.backbone, false);
+    let mut optimizers = build_optimizers(&model, 0.1);
+    let mut loss_side = Head::ArcFace {
+        loss: ArcFaceLoss {
+            margins: dynamic_margins(&classes.counts, 0.45, 0.05),
+            s: 30.0,
+        },
+        classes: classes.clone(),
+        dropout: 0.2,
+    };
+    let labels: Vec<i64> = (0..args.batch).map(|i| (i % args.classes) as i64).collect();
+    let shape = [args.batch, 3, size, size];
+    let mut accumulators = Accumulators::default();
+    let mut step = |model: TrainModel, times: &mut PhaseTimes| -> anyhow::Result<TrainModel> {
+        let x = Tensor::<4>::from_data(TensorData::new(input.to_vec(), shape), &device);
+        let loss = times.time(0, || {
+            let features = model.embedder.features(x);
+            let loss = loss_side.loss(model.head.as_ref(), features, &labels, 0);
+            let value = loss.clone().into_scalar::<f32>();
+            (loss, value)
+        });
+        if !loss.1.is_finite() {
+            bail!("{}: the loss is {}", spec.name, loss.1);
+        }
+        times.time(1, || {
+            let mut grads = loss.0.backward();
+            accumulators.accumulate(&model, &mut grads);
+        });
+        Ok(times.time(2, || {
+            optimizer_step(
+                model,
+                &mut accumulators,
+                &mut optimizers,
+                StepSettings {
+                    lr: 1e-3,
+                    backbone_lr_factor: 0.1,
+                    grad_clip: Some(5.0),
+                },
+            )
+        }))
+    };
+    for _ in 0..args.warmup {
+        model = step(model, &mut PhaseTimes::default())?;
+    }
+    let mut total = PhaseTimes::default();
+    let mut steps = Vec::new();
+    for _ in 0..args.steps.max(1) {
+        let mut t = PhaseTimes::default();
+        model = step(model, &mut t)?;
+        steps.push(t.wall.iter().sum::<f64>());
+        for i in 0..3 {
+            total.wall[i] += t.wall[i];
+            total.cpu[i] += t.cpu[i];
+        }
+    }
+    steps.sort_by(f64::total_cmp);
+    let median = steps[steps.len() / 2];
+    let n = steps.len() as f64;
+    Ok(StepFigures {
+        images_per_s: args.batch as f64 / median,
+        phases: total.wall.map(|w| w / n),
+        cores: [0, 1, 2].map(|i| total.cpu[i] / total.wall[i].max(1e-9)),
+    })
+}
+
+fn run_baseline(
+    args: &Args,
+    model: &str,
+    weights: Option<&PathBuf>,
+    input: &[f32],
+    size: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let python = baseline_python(&args.photos.python);
+    let file = raw_f32_file(input)?;
+    let script = tools_dir().join("bench_train_torch.py");
+    let mut cmd = Command::new(&python);
+    cmd.arg(&script)
+        .args(["--model", model, "--input"])
+        .arg(file.path())
+        .args(["--batch", &args.batch.to_string()])
+        .args(["--size", &size.to_string()])
+        .args(["--classes", &args.classes.to_string()])
+        .args(["--steps", &args.steps.to_string()])
+        .args(["--warmup", &args.warmup.to_string()]);
+    if let Some(w) = weights {
+        cmd.arg("--weights").arg(w);
+    }
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {python} {}", script.display()))?;
+    if !out.status.success() {
+        bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    serde_json::from_slice(&out.stdout).context("parsing the baseline's JSON")
+}
