@@ -6,14 +6,15 @@
 //!   current            one line naming the live version folder (replaced atomically)
 //!   v000002/
 //!     meta.json        format version, dtype, dim, rows, CRC-32s, model reference, preprocessing
+//!     meta.json.crc32  the CRC-32 of meta.json itself
 //!     items.csv        id,label,path (row i of the embeddings is id i)
 //!     embeddings.bin   rows × dim little-endian f16 (default) or f32, nothing else
 //! ```
 //!
 //! Every write (`build`, `add`) creates a new version folder, syncs it, then swaps `current`,
 //! so a reader sees either the old index or the new one, never a mix, and a killed write leaves
-//! the old one in place. On open, the file sizes and the CRC-32 of both data files are checked
-//! against `meta.json`: a truncated, edited or mismatched index is refused with the reason.
+//! the old one in place. On open, `meta.json` is checked against its CRC-32, and the file sizes
+//! and the CRC-32 of both data files against `meta.json`: a truncated, edited or mismatched index is refused with the reason.
 //! `embeddings.bin` starts at offset 0 of a page-aligned mapping, so its rows are read in place.
 
 use std::io::Write;
@@ -231,6 +232,31 @@ fn sync_dir(dir: &Path) -> Result<(), RetrievalError> {
         .map_err(|e| RetrievalError::io(dir, e))
 }
 
+/// The CRC-32 of `meta.json`, as 8 hex digits, beside it: the data files' checksums live in
+/// `meta.json`, so this one guards `meta.json` itself (an edited width, size or model).
+const META_CRC_FILE: &str = "meta.json.crc32";
+
+/// Checks `meta.json` against `meta.json.crc32`; versions written before that file existed
+/// have none and are accepted.
+fn check_meta_crc(
+    version_dir: &Path,
+    meta_path: &Path,
+    bytes: &[u8],
+) -> Result<(), RetrievalError> {
+    let crc_path = version_dir.join(META_CRC_FILE);
+    let text = match std::fs::read_to_string(&crc_path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(RetrievalError::io(&crc_path, e)),
+    };
+    let want = u32::from_str_radix(text.trim(), 16)
+        .map_err(|_| fmt_err(&crc_path, "not an 8-digit hex CRC-32"))?;
+    if crc32fast::hash(bytes) != want {
+        return Err(fmt_err(meta_path, "checksum mismatch (damaged or edited)"));
+    }
+    Ok(())
+}
+
 /// Writes a new version of the index at `dir` from raw embedding bytes, checks that it opens,
 /// then makes it current.
 fn write_version(
@@ -262,6 +288,10 @@ fn write_version(
     let json =
         serde_json::to_vec_pretty(&meta).map_err(|e| RetrievalError::Invalid(e.to_string()))?;
     write_synced(&tmp.path().join("meta.json"), &json)?;
+    write_synced(
+        &tmp.path().join(META_CRC_FILE),
+        format!("{:08x}\n", crc32fast::hash(&json)).as_bytes(),
+    )?;
     sync_dir(tmp.path())?;
     // Verify the new version reads back before it replaces anything.
     Index::open_version(dir, tmp.path().to_path_buf()).map_err(|e| {
@@ -322,9 +352,9 @@ impl Index {
     /// Opens and verifies one version folder of the index at `dir`.
     fn open_version(dir: &Path, version_dir: PathBuf) -> Result<Index, RetrievalError> {
         let meta_path = version_dir.join("meta.json");
-        let text =
-            std::fs::read_to_string(&meta_path).map_err(|e| RetrievalError::io(&meta_path, e))?;
-        let meta: IndexMeta = serde_json::from_str(&text)
+        let bytes = std::fs::read(&meta_path).map_err(|e| RetrievalError::io(&meta_path, e))?;
+        check_meta_crc(&version_dir, &meta_path, &bytes)?;
+        let meta: IndexMeta = serde_json::from_slice(&bytes)
             .map_err(|e| fmt_err(&meta_path, format!("damaged: {e}")))?;
         if meta.format_version != INDEX_FORMAT_VERSION {
             return Err(fmt_err(
@@ -491,6 +521,34 @@ mod tests {
             label,
             path: PathBuf::from(path),
         }
+    }
+
+    #[test]
+    fn an_edited_meta_json_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = dir.path().join("idx");
+        let items = [IndexItem {
+            label: 1,
+            path: PathBuf::from("a.jpg"),
+        }];
+        build_index(&idx, meta(IndexDtype::F32), &items, &[1.0, 0.0]).unwrap();
+        let version = idx.join(std::fs::read_to_string(idx.join("current")).unwrap().trim());
+        let text = std::fs::read_to_string(version.join("meta.json")).unwrap();
+        assert!(text.contains("\"size\": 32"), "{text}");
+        std::fs::write(
+            version.join("meta.json"),
+            text.replace("\"size\": 32", "\"size\": 33"),
+        )
+        .unwrap();
+        let err = Index::open(&idx).err().unwrap().to_string();
+        assert!(
+            err.contains("meta.json") && err.contains("checksum"),
+            "{err}"
+        );
+        // An index from before the checksum file still opens.
+        std::fs::write(version.join("meta.json"), &text).unwrap();
+        std::fs::remove_file(version.join(META_CRC_FILE)).unwrap();
+        Index::open(&idx).unwrap();
     }
 
     #[test]
