@@ -14,7 +14,8 @@
 //! Every write (`build`, `add`) creates a new version folder, syncs it, then swaps `current`,
 //! so a reader sees either the old index or the new one, never a mix, and a killed write leaves
 //! the old one in place. On open, `meta.json` is checked against its CRC-32, and the file sizes
-//! and the CRC-32 of both data files against `meta.json`: a truncated, edited or mismatched index is refused with the reason.
+//! and the CRC-32 of both data files against `meta.json`: a truncated, edited or mismatched
+//! index is refused with the reason.
 //! `embeddings.bin` starts at offset 0 of a page-aligned mapping, so its rows are read in place.
 
 use std::io::Write;
