@@ -42,9 +42,26 @@ pub fn conv2d_tf_same(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 /// A batch norm, or nothing once it has been folded into the convolution before it.
 pub fn batch_norm(bn: &Option<BatchNorm>, x: Tensor<4>) -> Tensor<4> {
     match bn {
+        Some(bn) if is_training(&x) && !bn.training.is_enabled() => frozen_batch_norm(bn, x),
         Some(bn) => bn.forward(x),
         None => x,
     }
+}
+
+/// A batch norm with frozen running statistics in a training pass (the recipe's
+/// `freeze_batchnorm`), as one per-channel affine map `x · scale + shift` whose `[C]` scale and
+/// shift come from gamma, beta and the statistics (so gamma and beta still train): two
+/// full-size operations for autodiff to record and differentiate, where burn's `batch_norm`
+/// with running statistics decomposes into four (sub, div, mul, add).
+fn frozen_batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+    let [channels] = bn.gamma.dims();
+    let device = x.device();
+    let mean = bn.running_mean.value().to_device(&device);
+    let var = bn.running_var.value().to_device(&device);
+    let scale = bn.gamma.val().div(var.add_scalar(bn.epsilon).sqrt());
+    let shift = bn.beta.val().sub(mean.mul(scale.clone()));
+    x.mul(scale.reshape([1, channels, 1, 1]))
+        .add(shift.reshape([1, channels, 1, 1]))
 }
 
 /// LayerNorm over the channels of an NCHW tensor (timm's `LayerNorm2d`).
@@ -83,7 +100,78 @@ pub fn quick_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 
 #[cfg(test)]
 mod tests {
-    use super::tf_same_padding;
+    use super::*;
+    use burn::module::{Flag, Param, RunningState};
+    use burn::nn::BatchNormConfig;
+    use burn::tensor::{Device, TensorData};
+
+    /// The affine form gives burn's batch norm (running statistics) and its gradients for the
+    /// input, gamma and beta.
+    #[test]
+    fn frozen_batch_norm_matches_burns_with_its_gradients() {
+        let device = Device::flex().autodiff();
+        let c = 3;
+        let floats = |n: usize, f: fn(usize) -> f32| -> Vec<f32> { (0..n).map(f).collect() };
+        let mut bn = BatchNormConfig::new(c).init(&device);
+        bn.gamma = Param::from_tensor(Tensor::from_data(
+            TensorData::new(vec![0.5f32, 1.5, -2.0], [c]),
+            &device,
+        ));
+        bn.beta = Param::from_tensor(Tensor::from_data(
+            TensorData::new(vec![0.1f32, -0.3, 0.7], [c]),
+            &device,
+        ));
+        bn.running_mean = RunningState::new(Tensor::from_data(
+            TensorData::new(vec![0.2f32, -1.0, 3.0], [c]),
+            &device,
+        ));
+        bn.running_var = RunningState::new(Tensor::from_data(
+            TensorData::new(vec![0.25f32, 4.0, 1e-4], [c]),
+            &device,
+        ));
+        bn.training = Param::initialized(bn.training.id, Flag::new(false));
+        let x_data = TensorData::new(
+            floats(2 * c * 4 * 5, |i| ((i * 37 % 23) as f32 - 11.0) / 7.0),
+            [2, c, 4, 5],
+        );
+        let weights = Tensor::<4>::from_data(
+            TensorData::new(
+                floats(2 * c * 4 * 5, |i| ((i % 7) as f32) - 3.0),
+                [2, c, 4, 5],
+            ),
+            &device,
+        );
+        let run = |frozen: bool| {
+            let x = Tensor::<4>::from_data(x_data.clone(), &device).require_grad();
+            let y = if frozen {
+                frozen_batch_norm(&bn, x.clone())
+            } else {
+                bn.forward(x.clone())
+            };
+            let grads = y.clone().mul(weights.clone()).sum().backward();
+            let vec = |t: Option<Tensor<4>>| t.unwrap().into_data().try_to_vec::<f32>().unwrap();
+            let vec1 = |t: Option<Tensor<1>>| t.unwrap().into_data().try_to_vec::<f32>().unwrap();
+            (
+                y.into_data().try_to_vec::<f32>().unwrap(),
+                vec(x.grad(&grads)),
+                vec1(bn.gamma.val().grad(&grads)),
+                vec1(bn.beta.val().grad(&grads)),
+            )
+        };
+        let (a, b) = (run(true), run(false));
+        let close = |p: &[f32], q: &[f32], what: &str| {
+            for (u, v) in p.iter().zip(q) {
+                assert!(
+                    (u - v).abs() <= 1e-5 * v.abs().max(1.0),
+                    "{what}: {u} vs {v}"
+                );
+            }
+        };
+        close(&a.0, &b.0, "output");
+        close(&a.1, &b.1, "input gradient");
+        close(&a.2, &b.2, "gamma gradient");
+        close(&a.3, &b.3, "beta gradient");
+    }
 
     #[test]
     fn tf_same_padding_matches_tensorflow() {
