@@ -13,7 +13,7 @@ use visual_search_data::transform::EvalTransform;
 use visual_search_model::device::compiled_backends;
 use visual_search_model::registry::{ModelSpec, lookup};
 
-use super::bench_preprocess::{baseline_python, tools_dir};
+use super::bench_preprocess::{baseline_json, baseline_python, tools_dir};
 use crate::args::model::{DeviceArgs, ModelArgs};
 use crate::table;
 
@@ -247,11 +247,5 @@ fn run_baseline(args: &Args, input: &[f32], size: usize) -> anyhow::Result<serde
     if let Some(w) = &args.weights {
         cmd.args(["--weights", &w.display().to_string()]);
     }
-    let out = cmd
-        .output()
-        .with_context(|| format!("running {python} {}", script.display()))?;
-    if !out.status.success() {
-        bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    serde_json::from_slice(&out.stdout).context("parsing the baseline's JSON")
+    baseline_json(cmd, &python, &script)
 }

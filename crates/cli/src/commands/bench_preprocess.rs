@@ -208,6 +208,22 @@ pub fn baseline_python(flag: &Option<String>) -> String {
         .unwrap_or_else(|| "python3".to_string())
 }
 
+/// Runs a baseline script (`cmd`, which runs `script`) and parses the JSON it prints; its
+/// stderr is the error when it fails.
+pub fn baseline_json(
+    mut cmd: std::process::Command,
+    python: &str,
+    script: &Path,
+) -> anyhow::Result<serde_json::Value> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {python} {}", script.display()))?;
+    if !out.status.success() {
+        bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    serde_json::from_slice(&out.stdout).context("parsing the baseline's JSON")
+}
+
 /// `tools/` of this checkout (benchmarks are run from a checkout).
 pub fn tools_dir() -> PathBuf {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));

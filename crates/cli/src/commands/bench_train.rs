@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use burn::tensor::{Tensor, TensorData};
 use visual_search_model::device::{compiled_backends, parse_device};
 use visual_search_model::embedder::EmbeddingModel;
@@ -25,7 +25,7 @@ use visual_search_train::train_model::{
 };
 
 use super::bench_embed::{PhotoBenchArgs, photo_batch, raw_f32_file};
-use super::bench_preprocess::{baseline_python, tools_dir};
+use super::bench_preprocess::{baseline_json, baseline_python, tools_dir};
 use crate::table;
 
 /// Times the recipe's train step on one batch of real photos: the median of `--steps` steps
@@ -339,11 +339,5 @@ fn run_baseline(
     if let Some(w) = weights {
         cmd.arg("--weights").arg(w);
     }
-    let out = cmd
-        .output()
-        .with_context(|| format!("running {python} {}", script.display()))?;
-    if !out.status.success() {
-        bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    serde_json::from_slice(&out.stdout).context("parsing the baseline's JSON")
+    baseline_json(cmd, &python, &script)
 }
