@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use common::pg_cluster::PgCluster;
 use common::{bin, catalogue, http, lite0_build, lite0_index, run_ok, start_server};
+use visual_search_retrieval::catalogue::Catalogue;
 use visual_search_retrieval::index::{
     INDEX_FORMAT_VERSION, IndexDtype, IndexItem, IndexMeta, Preprocessing, build_index,
 };
-use visual_search_retrieval::postgres_index::{PgOptions, create_tables};
+use visual_search_retrieval::postgres_index::{PgIndex, PgOptions, create_tables};
 use visual_search_retrieval::postgres_load::{LoadKind, load_rows};
 use visual_search_retrieval::postgres_tls::PgConnector;
 
@@ -457,4 +458,33 @@ fn tls_modes_verify_as_libpq_does() {
     );
     assert_eq!(encrypted(url("127.0.0.1", "sslmode=require")), Ok(true));
     assert_eq!(encrypted(url("127.0.0.1", "sslmode=disable")), Ok(false));
+}
+
+/// A search that runs past `search_timeout` is cancelled by the server and reported, instead of
+/// holding a connection (and an HTTP request) for as long as the scan takes.
+#[test]
+fn a_search_past_its_statement_timeout_is_cancelled() {
+    let Some(pg) = PgCluster::start() else { return };
+    let dim = 256;
+    let mut opts = PgOptions::new(&pg.url(), "slow_items");
+    create_tables(&opts, &synthetic_meta(0, dim), false).unwrap();
+    let (items, emb) = synthetic_rows(40_000, dim, "slow-");
+    load_rows(
+        &opts,
+        IndexDtype::F32,
+        LoadKind::Build,
+        &items,
+        &emb,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let query = &emb[..dim];
+    let mut index = PgIndex::open(&opts).unwrap();
+    index.exact = true;
+    assert_eq!(index.search_items(query, 5).unwrap()[0].len(), 5);
+    opts.search_timeout = Duration::from_millis(1);
+    let mut index = PgIndex::open(&opts).unwrap();
+    index.exact = true;
+    let err = index.search_items(query, 5).unwrap_err().to_string();
+    assert!(err.contains("statement timeout"), "{err}");
 }

@@ -47,6 +47,9 @@ pub struct PgOptions {
     pub retry_for: Duration,
     /// Connections kept for concurrent searches.
     pub pool: usize,
+    /// Longest one search statement may run on the server (`statement_timeout`): a runaway
+    /// exact scan of a huge table would otherwise outlive any HTTP deadline.
+    pub search_timeout: Duration,
 }
 
 impl PgOptions {
@@ -60,6 +63,7 @@ impl PgOptions {
             ef_search: 100,
             retry_for: Duration::from_secs(60),
             pool: 4,
+            search_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -116,9 +120,6 @@ pub(crate) fn is_transient(e: &postgres::Error) -> bool {
         }
     }
 }
-
-/// Longest a single search statement may run (milliseconds granularity).
-const SEARCH_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Connects, retrying connection failures for up to `retry_for` (the server may be restarting).
 pub(crate) fn connect_retrying(opts: &PgOptions) -> Result<Client, RetrievalError> {
@@ -383,11 +384,9 @@ impl Catalogue for PgIndex {
             "SELECT id, label, path, (1 - (embedding <=> $1::vector::{cast}))::real FROM {t} \
              ORDER BY embedding <=> $1::vector::{cast} LIMIT $2"
         );
-        // A search never holds the server longer than SEARCH_STATEMENT_TIMEOUT (a runaway
-        // exact scan of a huge table would otherwise outlive any HTTP deadline).
         let timeout = format!(
             "SET LOCAL statement_timeout = {};",
-            SEARCH_STATEMENT_TIMEOUT.as_millis()
+            self.opts.search_timeout.as_millis().max(1)
         );
         let settings = if self.exact {
             format!("{timeout} SET LOCAL enable_indexscan = off")
