@@ -9,11 +9,10 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::relu6;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{batch_norm, conv2d_tf_same, drop_path};
+use crate::layers::{batch_norm, conv2d_tf_same, drop_path, relu6};
 use crate::pooling::{Pooling, PoolingKind};
 use crate::weights::WeightMapping;
 
