@@ -23,8 +23,7 @@ if [ ${#targets[@]} -eq 0 ]; then
 fi
 if [ ! -d corpus ]; then
   python="${PYTHON:-$HOME/.cache/visual-search/venv/bin/python}"
-  grocery="${VISUAL_SEARCH_DATASETS:-../../shared/datasets}/grocery-store/dataset"
-  (cd .. && "$python" tools/make_fuzz_corpus.py "$grocery" fuzz/corpus)
+  (cd .. && "$python" tools/make_fuzz_corpus.py fuzz/corpus)
 fi
 # -s none: the code under test is safe Rust (C decoders are not instrumented either), so ASan
 # buys little and halves the speed; -a keeps overflow checks and debug assertions on.

@@ -1,8 +1,9 @@
-"""Seeds for the fuzz targets in fuzz/ (run by tools/fuzz.sh when fuzz/corpus is missing a
-target): small valid inputs of every format each target parses, so the fuzzer starts from the
-real structure instead of random bytes.
+"""Seeds for the fuzz targets in fuzz/ (run by tools/fuzz.sh when fuzz/corpus is missing):
+small valid inputs of every format each target parses, so the fuzzer starts from the real
+structure instead of random bytes. Everything is synthetic (a drawn picture, made-up list rows):
+no image or row of a dataset ends up in the committed corpus.
 
-    ~/.cache/visual-search/venv/bin/python tools/make_fuzz_corpus.py GROCERY_DIR fuzz/corpus
+    ~/.cache/visual-search/venv/bin/python tools/make_fuzz_corpus.py fuzz/corpus
 """
 import io
 import json
@@ -13,11 +14,10 @@ import zlib
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from safetensors.torch import save as save_safetensors
 
-grocery = pathlib.Path(sys.argv[1])
-out = pathlib.Path(sys.argv[2])
+out = pathlib.Path(sys.argv[1])
 
 
 def put(target, name, data):
@@ -32,8 +32,12 @@ def encoded(img, fmt, **kw):
     return b.getvalue()
 
 
-photo = Image.open(grocery / "test/Fruit/Kiwi/Kiwi_005.jpg").convert("RGB")
-small = photo.resize((48, 36))
+# A drawn "product photo": a gradient background, a box and a disc.
+yy, xx = np.mgrid[0:36, 0:48]
+pixels = np.stack([xx * 5, yy * 7, (xx + yy) * 3], axis=-1).astype(np.uint8)
+small = Image.fromarray(pixels, "RGB")
+ImageDraw.Draw(small).rectangle((10, 8, 30, 28), fill=(200, 40, 60))
+ImageDraw.Draw(small).ellipse((24, 4, 44, 24), fill=(30, 160, 90))
 bordered = Image.new("RGB", (40, 40), (255, 255, 255))
 bordered.paste(small.resize((24, 20)), (8, 10))
 images = {
@@ -54,9 +58,11 @@ for i, (name, data) in enumerate(images.items()):
     head = bytes([i % 3, 24]) + struct.pack("<hhh", 4, 30, 20)
     put("image_pipeline", name, head + data)
 
-for name in ["gallery.csv", "queries.csv", "train.csv", "test_kaggletest.csv"]:
-    lines = (grocery / name).read_text().splitlines()
-    put("csv_lists", name, ("\n".join(lines[:6]) + "\n").encode())
+put("csv_lists", "gallery.csv",
+    b"img_path,product_id\nshop/Fruit/Kiwi/kiwi_1.jpg,7\nshop/Milk/milk_2.jpg,12\n")
+put("csv_lists", "queries.csv",
+    b"img_path,product_id,bbox_x,bbox_y,bbox_w,bbox_h\nphotos/k_001.jpg,7,,,,\nphotos/m_002.jpg,12,,,,\n")
+put("csv_lists", "train.csv", b"name,class,group\ntrain/a/a_001.jpg,0,0\ntrain/b/b_001.jpg,1,0\n")
 put("csv_lists", "queries_bbox.csv",
     b"img_path,product_id,bbox_x,bbox_y,bbox_w,bbox_h\na.jpg,1,1.5,2,30,40\nb.jpg,2,,,,\n")
 put("csv_lists", "mined.csv", b"image_path,label\nimgs/a.jpg,0\nimgs/b.jpg,1\n")
