@@ -1,14 +1,15 @@
-//! Small functional pieces shared by the backbone families: TF "same" convolution padding,
-//! channels-first LayerNorm, stochastic depth, global average pooling and QuickGELU.
+//! Small functional pieces shared by the backbone families: convolution (burn's and TF "same"
+//! padding), channels-first LayerNorm, stochastic depth, global average pooling and QuickGELU.
 //!
 //! They are functions over burn's own layers (not wrapper modules) so that module paths stay
 //! exactly the PyTorch parameter names.
 
 use burn::nn::conv::Conv2d;
-use burn::nn::{BatchNorm, LayerNorm};
+use burn::nn::{BatchNorm, LayerNorm, PaddingConfig2d};
 use burn::tensor::activation::sigmoid;
-use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
+
+use crate::train_conv::conv2d;
 use burn::tensor::{Distribution, Tensor};
 
 /// TensorFlow "same" padding for one dimension: `(before, after)`.
@@ -29,6 +30,29 @@ pub fn conv2d_tf_same(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let [_, _, h, w] = x.dims();
     let pad_h = tf_same_padding(h, conv.kernel_size[0], conv.stride[0], conv.dilation[0]);
     let pad_w = tf_same_padding(w, conv.kernel_size[1], conv.stride[1], conv.dilation[1]);
+    let options =
+        ConvOptions::new_with_padding(conv.stride, [pad_h, pad_w], conv.dilation, conv.groups);
+    conv2d(
+        x,
+        conv.weight.val(),
+        conv.bias.as_ref().map(|b| b.val()),
+        options,
+    )
+}
+
+/// `conv.forward(x)` (burn's padding rules), through [`crate::train_conv::conv2d`] so that a
+/// training pass on flex runs our backward kernels.
+pub fn conv(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let [_, _, h, w] = x.dims();
+    let (pad_h, pad_w) = match conv.padding {
+        PaddingConfig2d::Valid => ((0, 0), (0, 0)),
+        // burn's `Same` is TF's rule without the dilation.
+        PaddingConfig2d::Same => (
+            tf_same_padding(h, conv.kernel_size[0], conv.stride[0], 1),
+            tf_same_padding(w, conv.kernel_size[1], conv.stride[1], 1),
+        ),
+        PaddingConfig2d::Explicit(top, left, bottom, right) => ((top, bottom), (left, right)),
+    };
     let options =
         ConvOptions::new_with_padding(conv.stride, [pad_h, pad_w], conv.dilation, conv.groups);
     conv2d(

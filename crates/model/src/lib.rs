@@ -15,4 +15,5 @@ pub mod losses;
 pub mod pooling;
 pub mod pretrained;
 pub mod registry;
+pub mod train_conv;
 pub mod weights;

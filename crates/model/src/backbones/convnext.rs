@@ -12,7 +12,7 @@ use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{drop_path, layer_norm_2d};
+use crate::layers::{conv, drop_path, layer_norm_2d};
 use crate::pooling::{Pooling, PoolingKind};
 use crate::weights::WeightMapping;
 
@@ -170,7 +170,7 @@ pub struct ConvNextBlock {
 
 impl ConvNextBlock {
     fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        let x = self.conv_dw.forward(input.clone()).permute([0, 2, 3, 1]);
+        let x = conv(&self.conv_dw, input.clone()).permute([0, 2, 3, 1]);
         let x = self.norm.forward(x);
         let x = self.mlp.fc2.forward(gelu(self.mlp.fc1.forward(x)));
         let x = x
@@ -204,10 +204,10 @@ pub struct ConvNext {
 impl ConvNext {
     /// Pooled, normalised (and, for CLIP towers, projected) features.
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = layer_norm_2d(&self.stem_norm, self.stem_conv.forward(x));
+        let mut x = layer_norm_2d(&self.stem_norm, conv(&self.stem_conv, x));
         for stage in &self.stages {
-            if let (Some(norm), Some(conv)) = (&stage.downsample_norm, &stage.downsample_conv) {
-                x = conv.forward(layer_norm_2d(norm, x));
+            if let (Some(norm), Some(down)) = (&stage.downsample_norm, &stage.downsample_conv) {
+                x = conv(down, layer_norm_2d(norm, x));
             }
             for block in &stage.blocks {
                 x = block.forward(x);

@@ -10,7 +10,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{batch_norm, drop_path};
+use crate::layers::{batch_norm, conv, drop_path};
 use crate::pooling::{Pooling, PoolingKind};
 use crate::weights::WeightMapping;
 
@@ -162,13 +162,13 @@ pub struct ResBlock {
 
 impl ResBlock {
     fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        let mut x = relu(batch_norm(&self.bn1, self.conv1.forward(input.clone())));
-        x = batch_norm(&self.bn2, self.conv2.forward(x));
+        let mut x = relu(batch_norm(&self.bn1, conv(&self.conv1, input.clone())));
+        x = batch_norm(&self.bn2, conv(&self.conv2, x));
         if let Some(conv3) = &self.conv3 {
-            x = batch_norm(&self.bn3, conv3.forward(relu(x)));
+            x = batch_norm(&self.bn3, conv(conv3, relu(x)));
         }
         let shortcut = match &self.downsample {
-            Some(d) => batch_norm(&d.bn, d.conv.forward(input)),
+            Some(d) => batch_norm(&d.bn, conv(&d.conv, input)),
             None => input,
         };
         relu(drop_path(x, self.drop_path) + shortcut)
@@ -190,7 +190,7 @@ impl ResNet {
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = self
             .maxpool
-            .forward(relu(batch_norm(&self.bn1, self.conv1.forward(x))));
+            .forward(relu(batch_norm(&self.bn1, conv(&self.conv1, x))));
         for stage in &self.layers {
             for block in stage {
                 x = block.forward(x);

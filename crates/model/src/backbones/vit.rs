@@ -15,7 +15,7 @@ use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::interpolate::bicubic_resize;
-use crate::layers::{drop_path, quick_gelu};
+use crate::layers::{conv, drop_path, quick_gelu};
 use crate::weights::WeightMapping;
 
 /// Sizes of one OpenCLIP ViT.
@@ -293,7 +293,7 @@ impl VisionTransformer {
 
     /// Projected class-token embedding `[B, output_dim]` (or `[B, width]` without `proj`).
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<2> {
-        let x = self.conv1.forward(x);
+        let x = conv(&self.conv1, x);
         let [b, d, gh, gw] = x.dims();
         let x = x.reshape([b, d, gh * gw]).swap_dims(1, 2);
         let cls = self
