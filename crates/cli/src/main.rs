@@ -2,6 +2,7 @@
 //! under `commands/`, wires the library crates together and owns the user-facing output; this
 //! is the only place a compute backend is chosen.
 
+mod allocator;
 mod args;
 mod commands;
 mod dev_set_run;
@@ -12,12 +13,6 @@ mod sample_lists;
 mod table;
 
 use clap::{Parser, Subcommand};
-
-// Image pipelines allocate and free several large buffers per image; with glibc's allocator
-// each became fresh mmap'd pages (page faults, zeroing) and loading ran 1.7x slower (measured
-// on the grocery photos). mimalloc reuses them.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Visual product recognition: find the same product in a catalogue from a photo.
 ///
@@ -67,6 +62,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    allocator::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
