@@ -9,7 +9,7 @@ use burn::nn::{BatchNorm, LayerNorm, PaddingConfig2d};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::ops::ConvOptions;
 
-use crate::train_conv::conv2d;
+use crate::train_ops::{Activation, channel_affine, conv2d};
 use burn::tensor::{Distribution, Tensor};
 
 /// TensorFlow "same" padding for one dimension: `(before, after)`.
@@ -40,7 +40,7 @@ pub fn conv2d_tf_same(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     )
 }
 
-/// `conv.forward(x)` (burn's padding rules), through [`crate::train_conv::conv2d`] so that a
+/// `conv.forward(x)` (burn's padding rules), through [`crate::train_ops::conv2d`] so that a
 /// training pass on flex runs our backward kernels.
 pub fn conv(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let [_, _, h, w] = x.dims();
@@ -65,27 +65,38 @@ pub fn conv(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 
 /// A batch norm, or nothing once it has been folded into the convolution before it.
 pub fn batch_norm(bn: &Option<BatchNorm>, x: Tensor<4>) -> Tensor<4> {
-    match bn {
-        Some(bn) if is_training(&x) && !bn.training.is_enabled() => frozen_batch_norm(bn, x),
-        Some(bn) => bn.forward(x),
-        None => x,
-    }
+    batch_norm_act(bn, x, Activation::Identity)
 }
 
-/// A batch norm with frozen running statistics in a training pass (the recipe's
-/// `freeze_batchnorm`), as one per-channel affine map `x · scale + shift` whose `[C]` scale and
-/// shift come from gamma, beta and the statistics (so gamma and beta still train): two
-/// full-size operations for autodiff to record and differentiate, where burn's `batch_norm`
-/// with running statistics decomposes into four (sub, div, mul, add).
-fn frozen_batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
-    let [channels] = bn.gamma.dims();
-    let device = x.device();
-    let mean = bn.running_mean.value().to_device(&device);
-    let var = bn.running_var.value().to_device(&device);
-    let scale = bn.gamma.val().div(var.add_scalar(bn.epsilon).sqrt());
-    let shift = bn.beta.val().sub(mean.mul(scale.clone()));
-    x.mul(scale.reshape([1, channels, 1, 1]))
-        .add(shift.reshape([1, channels, 1, 1]))
+/// `activation(batch_norm(x))`. In a training pass with frozen statistics (the recipe's
+/// `freeze_batchnorm`) the batch norm is a per-channel affine map `x · scale + shift` whose `[C]`
+/// scale and shift come from gamma, beta and the statistics (so gamma and beta still train), and
+/// map and activation run as one operation ([`crate::train_ops::channel_affine`]); burn's
+/// `batch_norm` with running statistics decomposes into four full-size operations (sub, div,
+/// mul, add) before the activation's.
+pub fn batch_norm_act(bn: &Option<BatchNorm>, x: Tensor<4>, activation: Activation) -> Tensor<4> {
+    let x = match bn {
+        Some(bn) if is_training(&x) && !bn.training.is_enabled() => {
+            let device = x.device();
+            let mean = bn.running_mean.value().to_device(&device);
+            let var = bn.running_var.value().to_device(&device);
+            let scale = bn.gamma.val().div(var.add_scalar(bn.epsilon).sqrt());
+            let shift = bn.beta.val().sub(mean.mul(scale.clone()));
+            return channel_affine(x, scale, shift, activation);
+        }
+        Some(bn) => bn.forward(x),
+        None => x,
+    };
+    activate(x, activation)
+}
+
+/// `activation(x)`.
+pub fn activate(x: Tensor<4>, activation: Activation) -> Tensor<4> {
+    match activation {
+        Activation::Identity => x,
+        Activation::Relu => burn::tensor::activation::relu(x),
+        Activation::Relu6 => relu6(x),
+    }
 }
 
 /// ReLU6 (`min(max(x, 0), 6)`). In a training pass it is `relu` (a dedicated autodiff op) then
@@ -142,10 +153,16 @@ mod tests {
     use burn::nn::BatchNormConfig;
     use burn::tensor::{Device, TensorData};
 
-    /// The affine form gives burn's batch norm (running statistics) and its gradients for the
-    /// input, gamma and beta.
+    /// The fused affine form (with each activation after it) gives burn's batch norm (running
+    /// statistics) and its gradients for the input, gamma and beta.
     #[test]
     fn frozen_batch_norm_matches_burns_with_its_gradients() {
+        for activation in [Activation::Identity, Activation::Relu, Activation::Relu6] {
+            frozen_batch_norm_matches(activation);
+        }
+    }
+
+    fn frozen_batch_norm_matches(activation: Activation) {
         let device = Device::flex().autodiff();
         let c = 3;
         let floats = |n: usize, f: fn(usize) -> f32| -> Vec<f32> { (0..n).map(f).collect() };
@@ -168,7 +185,7 @@ mod tests {
         ));
         bn.training = Param::initialized(bn.training.id, Flag::new(false));
         let x_data = TensorData::new(
-            floats(2 * c * 4 * 5, |i| ((i * 37 % 23) as f32 - 11.0) / 7.0),
+            floats(2 * c * 4 * 5, |i| ((i * 37 % 23) as f32 - 11.0) / 1.3),
             [2, c, 4, 5],
         );
         let weights = Tensor::<4>::from_data(
@@ -181,9 +198,9 @@ mod tests {
         let run = |frozen: bool| {
             let x = Tensor::<4>::from_data(x_data.clone(), &device).require_grad();
             let y = if frozen {
-                frozen_batch_norm(&bn, x.clone())
+                batch_norm_act(&Some(bn.clone()), x.clone(), activation)
             } else {
-                bn.forward(x.clone())
+                activate(bn.forward(x.clone()), activation)
             };
             let grads = y.clone().mul(weights.clone()).sum().backward();
             let vec = |t: Option<Tensor<4>>| t.unwrap().into_data().try_to_vec::<f32>().unwrap();

@@ -15,5 +15,5 @@ pub mod losses;
 pub mod pooling;
 pub mod pretrained;
 pub mod registry;
-pub mod train_conv;
+pub mod train_ops;
 pub mod weights;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Deserialize;
-use visual_search_model::train_conv::{self, kernels};
+use visual_search_model::train_ops::{self, conv_kernels as kernels};
 use visual_search_model::weights::TensorFile;
 
 #[derive(Deserialize)]
@@ -121,7 +121,7 @@ fn autodiff_on_flex_matches_pytorch() {
         };
         let x = load("x").require_grad();
         let w = load("weight").require_grad();
-        let y = train_conv::conv2d(x.clone(), w.clone(), None, options(case));
+        let y = train_ops::conv2d(x.clone(), w.clone(), None, options(case));
         let grads = y.mul(load("gy")).sum().backward();
         let dx = x
             .grad(&grads)
@@ -167,7 +167,7 @@ fn bias_and_other_groupings_match_burns_conv() {
                 b.clone().detach().require_grad(),
             );
             let y = if ours {
-                train_conv::conv2d(x.clone(), w.clone(), Some(b.clone()), opts.clone())
+                train_ops::conv2d(x.clone(), w.clone(), Some(b.clone()), opts.clone())
             } else {
                 burn::tensor::module::conv2d(x.clone(), w.clone(), Some(b.clone()), opts.clone())
             };

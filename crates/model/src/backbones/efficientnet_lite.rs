@@ -12,8 +12,9 @@ use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{batch_norm, conv2d_tf_same, drop_path, relu6};
+use crate::layers::{batch_norm, batch_norm_act, conv2d_tf_same, drop_path};
 use crate::pooling::{Pooling, PoolingKind};
+use crate::train_ops::Activation;
 use crate::weights::WeightMapping;
 
 /// Width/depth multipliers and sizes of one EfficientNet-Lite.
@@ -176,12 +177,13 @@ impl MbConvBlock {
     fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         let mut x = input.clone();
         if let Some(conv) = &self.expand_conv {
-            x = relu6(batch_norm(&self.bn0, conv2d_tf_same(conv, x)));
+            x = batch_norm_act(&self.bn0, conv2d_tf_same(conv, x), Activation::Relu6);
         }
-        x = relu6(batch_norm(
+        x = batch_norm_act(
             &self.bn1,
             conv2d_tf_same(&self.depthwise_conv, x),
-        ));
+            Activation::Relu6,
+        );
         x = batch_norm(&self.bn2, conv2d_tf_same(&self.project_conv, x));
         if self.skip {
             x = drop_path(x, self.drop_connect_rate) + input;
@@ -205,11 +207,19 @@ pub struct EfficientNetLite {
 impl EfficientNetLite {
     /// Pooled features `[B, head_channels]` of normalised images `[B, 3, H, W]`.
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = relu6(batch_norm(&self.bn0, conv2d_tf_same(&self.conv_stem, x)));
+        let mut x = batch_norm_act(
+            &self.bn0,
+            conv2d_tf_same(&self.conv_stem, x),
+            Activation::Relu6,
+        );
         for block in &self.blocks {
             x = block.forward(x);
         }
-        x = relu6(batch_norm(&self.bn1, conv2d_tf_same(&self.conv_head, x)));
+        x = batch_norm_act(
+            &self.bn1,
+            conv2d_tf_same(&self.conv_head, x),
+            Activation::Relu6,
+        );
         self.pooling.forward(x)
     }
 

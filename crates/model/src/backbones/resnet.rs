@@ -10,8 +10,9 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{batch_norm, conv, drop_path};
+use crate::layers::{batch_norm, batch_norm_act, conv, drop_path};
 use crate::pooling::{Pooling, PoolingKind};
+use crate::train_ops::Activation;
 use crate::weights::WeightMapping;
 
 /// Depth and width of one ResNet.
@@ -162,10 +163,19 @@ pub struct ResBlock {
 
 impl ResBlock {
     fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        let mut x = relu(batch_norm(&self.bn1, conv(&self.conv1, input.clone())));
-        x = batch_norm(&self.bn2, conv(&self.conv2, x));
+        let mut x = batch_norm_act(
+            &self.bn1,
+            conv(&self.conv1, input.clone()),
+            Activation::Relu,
+        );
+        // A bottleneck block has a ReLU between its second and third convolutions.
+        let after_second = match self.conv3 {
+            Some(_) => Activation::Relu,
+            None => Activation::Identity,
+        };
+        x = batch_norm_act(&self.bn2, conv(&self.conv2, x), after_second);
         if let Some(conv3) = &self.conv3 {
-            x = batch_norm(&self.bn3, conv(conv3, relu(x)));
+            x = batch_norm(&self.bn3, conv(conv3, x));
         }
         let shortcut = match &self.downsample {
             Some(d) => batch_norm(&d.bn, conv(&d.conv, input)),
@@ -188,9 +198,11 @@ pub struct ResNet {
 
 impl ResNet {
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = self
-            .maxpool
-            .forward(relu(batch_norm(&self.bn1, conv(&self.conv1, x))));
+        let mut x = self.maxpool.forward(batch_norm_act(
+            &self.bn1,
+            conv(&self.conv1, x),
+            Activation::Relu,
+        ));
         for stage in &self.layers {
             for block in stage {
                 x = block.forward(x);

@@ -1,0 +1,284 @@
+//! Our training operations as a burn backend extension on flex (an extension is how burn lets a
+//! model replace an operation and its backward without a fork):
+//! - **convolution**: the forward pass is flex's own `conv2d`; the backward pass (registered with
+//!   burn's autodiff) runs our kernels ([`super::conv_kernels`]) and falls back to burn's default
+//!   gradients for what they do not cover (another dtype, a grouping other than 1 or depthwise);
+//! - **per-channel affine + activation** (frozen batch norm, then ReLU/ReLU6): one fused pass
+//!   each way ([`super::affine_kernels`]).
+//!
+//! burn's default convolution backward — the one every backend inherits — computes the weight
+//! gradient as a forward convolution with the output gradient as its kernel, one batch-1
+//! convolution per group for depthwise layers. It was 61 % of a Lite0 train step's
+//! instructions (`tools/profile_train_step.sh`).
+
+use burn::backend::autodiff::NodeId;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::ops::ModuleOps;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Flex, TensorMetadata, backend_extension};
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{DType, TensorData};
+
+use super::affine_kernels::{self, Activation};
+use super::conv_kernels::{self as kernels, ConvGeometry};
+
+#[backend_extension(Flex, Autodiff)]
+pub trait TrainOps: Backend {
+    /// A bias-free 2-D convolution whose backward pass is ours.
+    fn train_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self>;
+
+    /// `activation(x · scale[c] + shift[c])` over an f32 NCHW tensor.
+    fn train_channel_affine(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        activation: Activation,
+    ) -> FloatTensor<Self>;
+}
+
+impl TrainOps for Flex {
+    fn train_conv2d(x: FlexTensor, weight: FlexTensor, options: ConvOptions<2>) -> FlexTensor {
+        Flex::conv2d(x, weight, None, options)
+    }
+
+    fn train_channel_affine(
+        x: FlexTensor,
+        scale: FlexTensor,
+        shift: FlexTensor,
+        activation: Activation,
+    ) -> FlexTensor {
+        let shape = x.shape();
+        let (x, scale, shift) = (
+            x.to_contiguous(),
+            scale.to_contiguous(),
+            shift.to_contiguous(),
+        );
+        let y = affine_kernels::forward(
+            f32_slice(&x),
+            f32_slice(&scale),
+            f32_slice(&shift),
+            plane_size(&shape),
+            activation,
+        );
+        FlexTensor::from_data(TensorData::new(y, shape))
+    }
+}
+
+impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
+    fn train_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        match TrainConvBackward
+            .prepare::<C>([x.node(), weight.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let weight_state = prep.checkpoint(&weight);
+                let output = Flex::conv2d(
+                    x.into_primitive(),
+                    weight.into_primitive(),
+                    None,
+                    options.clone(),
+                );
+                prep.finish((x_state, weight_state, options), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::conv2d(
+                x.into_primitive(),
+                weight.into_primitive(),
+                None,
+                options,
+            )),
+        }
+    }
+
+    fn train_channel_affine(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        activation: Activation,
+    ) -> FloatTensor<Self> {
+        match ChannelAffineBackward
+            .prepare::<C>([x.node(), scale.node(), shift.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let scale_state = prep.checkpoint(&scale);
+                let shift_state = prep.checkpoint(&shift);
+                let output = Flex::train_channel_affine(
+                    x.into_primitive(),
+                    scale.into_primitive(),
+                    shift.into_primitive(),
+                    activation,
+                );
+                prep.finish((x_state, scale_state, shift_state, activation), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::train_channel_affine(
+                x.into_primitive(),
+                scale.into_primitive(),
+                shift.into_primitive(),
+                activation,
+            )),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct TrainConvBackward;
+
+impl Backward<Flex, 2> for TrainConvBackward {
+    type State = (NodeId, NodeId, ConvOptions<2>);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_weight] = ops.parents;
+        let gy = grads.consume::<Flex>(&ops.node);
+        let (x_state, weight_state, options) = ops.state;
+        let x = checkpointer.retrieve_node_output::<FlexTensor>(x_state);
+        let weight = checkpointer.retrieve_node_output::<FlexTensor>(weight_state);
+
+        if let Some(node) = node_x {
+            let grad = input_grad(&x, &weight, &gy, &options).unwrap_or_else(|| {
+                Flex::conv2d_x_backward(x.clone(), weight.clone(), gy.clone(), options.clone())
+            });
+            grads.register::<Flex>(node.id, grad);
+        }
+        if let Some(node) = node_weight {
+            let grad = weight_grad(&x, &weight, &gy, &options)
+                .unwrap_or_else(|| Flex::conv2d_weight_backward(x, weight, gy, options));
+            grads.register::<Flex>(node.id, grad);
+        }
+    }
+}
+
+fn input_grad(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    gy: &FlexTensor,
+    options: &ConvOptions<2>,
+) -> Option<FlexTensor> {
+    let geometry = geometry(x, weight, gy, options)?;
+    let (weight, gy) = (weight.to_contiguous(), gy.to_contiguous());
+    let dx = kernels::input_grad(weight.as_slice::<f32>()?, gy.as_slice::<f32>()?, &geometry)?;
+    Some(FlexTensor::from_data(TensorData::new(dx, x.shape())))
+}
+
+fn weight_grad(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    gy: &FlexTensor,
+    options: &ConvOptions<2>,
+) -> Option<FlexTensor> {
+    let geometry = geometry(x, weight, gy, options)?;
+    let (x, gy) = (x.to_contiguous(), gy.to_contiguous());
+    let dw = kernels::weight_grad(x.as_slice::<f32>()?, gy.as_slice::<f32>()?, &geometry)?;
+    Some(FlexTensor::from_data(TensorData::new(dw, weight.shape())))
+}
+
+/// The kernels' view of this convolution, or `None` when it is not an f32 one.
+fn geometry(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    gy: &FlexTensor,
+    options: &ConvOptions<2>,
+) -> Option<ConvGeometry> {
+    if [x.dtype(), weight.dtype(), gy.dtype()] != [DType::F32; 3] {
+        return None;
+    }
+    let [batch, in_channels, in_h, in_w] = x.shape().dims();
+    let [out_channels, _, kernel_h, kernel_w] = weight.shape().dims();
+    let [_, _, out_h, out_w] = gy.shape().dims();
+    Some(ConvGeometry {
+        batch,
+        in_channels,
+        in_h,
+        in_w,
+        out_channels,
+        kernel_h,
+        kernel_w,
+        out_h,
+        out_w,
+        stride: options.stride,
+        pad_begin: options.padding_begin(),
+        dilation: options.dilation,
+        groups: options.groups,
+    })
+}
+
+#[derive(Debug)]
+struct ChannelAffineBackward;
+
+impl Backward<Flex, 3> for ChannelAffineBackward {
+    type State = (NodeId, NodeId, NodeId, Activation);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_scale, node_shift] = ops.parents;
+        let gy = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let (x_state, scale_state, shift_state, activation) = ops.state;
+        let x = checkpointer.retrieve_node_output::<FlexTensor>(x_state);
+        let scale = checkpointer.retrieve_node_output::<FlexTensor>(scale_state);
+        let shift = checkpointer.retrieve_node_output::<FlexTensor>(shift_state);
+        let (x_shape, scale_shape) = (x.shape(), scale.shape());
+        let (x, scale, shift) = (
+            x.to_contiguous(),
+            scale.to_contiguous(),
+            shift.to_contiguous(),
+        );
+        let g = affine_kernels::backward(
+            f32_slice(&x),
+            f32_slice(&scale),
+            f32_slice(&shift),
+            f32_slice(&gy),
+            plane_size(&x_shape),
+            activation,
+        );
+        if let Some(node) = node_x {
+            grads.register::<Flex>(
+                node.id,
+                FlexTensor::from_data(TensorData::new(g.x, x_shape)),
+            );
+        }
+        if let Some(node) = node_scale {
+            let grad = FlexTensor::from_data(TensorData::new(g.scale, scale_shape.clone()));
+            grads.register::<Flex>(node.id, grad);
+        }
+        if let Some(node) = node_shift {
+            let grad = FlexTensor::from_data(TensorData::new(g.shift, scale_shape));
+            grads.register::<Flex>(node.id, grad);
+        }
+    }
+}
+
+/// H·W of an NCHW shape.
+fn plane_size(shape: &burn::tensor::Shape) -> usize {
+    shape.dims::<4>()[2..].iter().product()
+}
+
+/// The values of a contiguous f32 tensor. The public entry point
+/// ([`super::channel_affine`]) only routes f32 tensors here.
+fn f32_slice(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>()
+        .expect("train_channel_affine is only called with contiguous f32 tensors")
+}

@@ -1,0 +1,81 @@
+//! Operations whose training pass on flex runs our own kernels: 2-D convolution (every
+//! backbone) and a per-channel affine map + activation (a frozen batch norm and the ReLU/ReLU6
+//! after it).
+//!
+//! Inference, and training on other backends (tch, the GPU ones), run burn's operations
+//! unchanged. A training pass on flex runs, through a burn backend extension ([`flex_ext`]), the
+//! kernels of [`conv_kernels`] in the convolution's backward pass instead of burn's default
+//! gradient composition, and [`affine_kernels`] in place of four element-wise operations each
+//! way. The convolution's bias, when there is one, is added after it, so its gradient is
+//! autodiff's ordinary broadcast-add reduction.
+
+pub mod affine_kernels;
+pub mod conv_kernels;
+#[cfg(feature = "flex")]
+mod flex_ext;
+
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{DType, Tensor};
+
+pub use affine_kernels::Activation;
+
+/// `conv2d(x, weight) + bias` — see the module docs for which kernels run.
+pub fn conv2d(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    options: ConvOptions<2>,
+) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    if runs_on_flex_autodiff(&x) {
+        use burn::backend::Dispatch;
+        let y = Tensor::<4>::from_dispatch(<Dispatch as flex_ext::TrainOps>::train_conv2d(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            options,
+        ));
+        return match bias {
+            Some(bias) => {
+                let channels = bias.dims()[0];
+                y.add(bias.reshape([1, channels, 1, 1]))
+            }
+            None => y,
+        };
+    }
+    burn::tensor::module::conv2d(x, weight, bias, options)
+}
+
+/// `activation(x · scale[c] + shift[c])` over an NCHW tensor, `scale` and `shift` of shape `[C]`.
+pub fn channel_affine(
+    x: Tensor<4>,
+    scale: Tensor<1>,
+    shift: Tensor<1>,
+    activation: Activation,
+) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    if runs_on_flex_autodiff(&x) && [x.dtype(), scale.dtype(), shift.dtype()] == [DType::F32; 3] {
+        use burn::backend::Dispatch;
+        return Tensor::<4>::from_dispatch(<Dispatch as flex_ext::TrainOps>::train_channel_affine(
+            x.into_dispatch(),
+            scale.into_dispatch(),
+            shift.into_dispatch(),
+            activation,
+        ));
+    }
+    let [channels] = scale.dims();
+    let y = x
+        .mul(scale.reshape([1, channels, 1, 1]))
+        .add(shift.reshape([1, channels, 1, 1]));
+    crate::layers::activate(y, activation)
+}
+
+#[cfg(feature = "flex")]
+fn runs_on_flex_autodiff(x: &Tensor<4>) -> bool {
+    use burn::backend::DispatchDevice;
+    let device = x.device();
+    device.is_autodiff()
+        && matches!(
+            device.as_dispatch().clone().inner(),
+            DispatchDevice::Flex(_)
+        )
+}
