@@ -5,7 +5,7 @@
 //! exactly the PyTorch parameter names.
 
 use burn::nn::conv::Conv2d;
-use burn::nn::{BatchNorm, LayerNorm, PaddingConfig2d};
+use burn::nn::{BatchNorm, LayerNorm, Linear, PaddingConfig2d};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::ops::ConvOptions;
 
@@ -61,6 +61,25 @@ pub fn conv(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         conv.bias.as_ref().map(|b| b.val()),
         options,
     )
+}
+
+/// `linear.forward(x)` with every leading dimension folded into the rows of one 2-D matmul.
+/// burn's `linear` on a 3-D/4-D input (ConvNeXt's `[N, H, W, C]`, ViT's `[N, tokens, C]`) runs a
+/// broadcast batched matmul: on flex, ConvNeXt's first MLP layer at batch 32 took 2.9x the time
+/// of the same product as one `[N·H·W, C] × [C, 4C]` matmul, and its backward likewise.
+pub fn linear<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
+    let dims = x.dims();
+    let weight = linear.weight.val();
+    let [d_in, d_out] = weight.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let y = x.reshape([rows, d_in]).matmul(weight);
+    let y = match &linear.bias {
+        Some(bias) => y.add(bias.val().reshape([1, d_out])),
+        None => y,
+    };
+    let mut out = dims;
+    out[D - 1] = d_out;
+    y.reshape(out)
 }
 
 /// A batch norm, or nothing once it has been folded into the convolution before it.

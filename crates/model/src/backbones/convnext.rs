@@ -5,14 +5,14 @@
 //! others permute to NHWC and use LayerNorm + Linear; the two are the same arithmetic, so one
 //! NHWC implementation serves both and the 1x1 conv weights load into the Linear layers.
 
+use crate::train_ops::gelu;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{conv, drop_path, layer_norm_2d};
+use crate::layers::{conv, drop_path, layer_norm_2d, linear};
 use crate::pooling::{Pooling, PoolingKind};
 use crate::weights::WeightMapping;
 
@@ -172,7 +172,7 @@ impl ConvNextBlock {
     fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         let x = conv(&self.conv_dw, input.clone()).permute([0, 2, 3, 1]);
         let x = self.norm.forward(x);
-        let x = self.mlp.fc2.forward(gelu(self.mlp.fc1.forward(x)));
+        let x = linear(&self.mlp.fc2, gelu(linear(&self.mlp.fc1, x)));
         let x = x
             .mul(self.gamma.val().reshape([1, 1, 1, -1]))
             .permute([0, 3, 1, 2]);

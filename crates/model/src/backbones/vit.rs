@@ -10,12 +10,14 @@
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::softmax;
+
+use crate::train_ops::gelu;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::interpolate::bicubic_resize;
-use crate::layers::{conv, drop_path, quick_gelu};
+use crate::layers::{conv, drop_path, linear, quick_gelu};
 use crate::weights::WeightMapping;
 
 /// Sizes of one OpenCLIP ViT.
@@ -170,8 +172,12 @@ impl Attention {
         let [b, n, d] = x.dims();
         let h = self.heads;
         let dh = d / h;
-        let qkv = x.matmul(self.in_proj_weight.val().transpose().unsqueeze_dim(0))
-            + self.in_proj_bias.val().reshape([1, 1, 3 * d]);
+        // One [b·n, d] × [d, 3d] product (a broadcast batched matmul is far slower on flex).
+        let qkv = (x
+            .reshape([b * n, d])
+            .matmul(self.in_proj_weight.val().transpose())
+            + self.in_proj_bias.val().reshape([1, 3 * d]))
+        .reshape([b, n, 3 * d]);
         // [b, n, 3, h, dh] → [3, b, h, n, dh]
         let qkv = qkv.reshape([b, n, 3, h, dh]).permute([2, 0, 3, 1, 4]);
         let q = qkv.clone().narrow(0, 0, 1).reshape([b, h, n, dh]);
@@ -181,8 +187,7 @@ impl Attention {
             .mul_scalar((dh as f64).powf(-0.5))
             .matmul(k.swap_dims(2, 3));
         let out = softmax(scores, 3).matmul(v);
-        self.out_proj
-            .forward(out.swap_dims(1, 2).reshape([b, n, d]))
+        linear(&self.out_proj, out.swap_dims(1, 2).reshape([b, n, d]))
     }
 }
 
@@ -196,13 +201,13 @@ pub struct ClipMlp {
 
 impl ClipMlp {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = self.c_fc.forward(x);
+        let x = linear(&self.c_fc, x);
         let x = if self.quick_gelu {
             quick_gelu(x)
         } else {
             gelu(x)
         };
-        self.c_proj.forward(x)
+        linear(&self.c_proj, x)
     }
 }
 

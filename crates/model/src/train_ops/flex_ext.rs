@@ -4,7 +4,9 @@
 //!   burn's autodiff) runs our kernels ([`super::conv_kernels`]) and falls back to burn's default
 //!   gradients for what they do not cover (another dtype, a grouping other than 1 or depthwise);
 //! - **per-channel affine + activation** (frozen batch norm, then ReLU/ReLU6): one fused pass
-//!   each way ([`super::affine_kernels`]).
+//!   each way ([`super::affine_kernels`]);
+//! - **GELU** (exact, erf): vectorised and parallel both ways ([`super::gelu_kernels`]); also
+//!   used for inference on flex.
 //!
 //! burn's default convolution backward — the one every backend inherits — computes the weight
 //! gradient as a forward convolution with the output gradient as its kernel, one batch-1
@@ -25,6 +27,7 @@ use burn::tensor::{DType, TensorData};
 
 use super::affine_kernels::{self, Activation};
 use super::conv_kernels::{self as kernels, ConvGeometry};
+use super::gelu_kernels;
 
 #[backend_extension(Flex, Autodiff)]
 pub trait TrainOps: Backend {
@@ -42,6 +45,9 @@ pub trait TrainOps: Backend {
         shift: FloatTensor<Self>,
         activation: Activation,
     ) -> FloatTensor<Self>;
+
+    /// Exact GELU of an f32 tensor.
+    fn train_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 impl TrainOps for Flex {
@@ -69,6 +75,12 @@ impl TrainOps for Flex {
             activation,
         );
         FlexTensor::from_data(TensorData::new(y, shape))
+    }
+
+    fn train_gelu(x: FlexTensor) -> FlexTensor {
+        let shape = x.shape();
+        let x = x.to_contiguous();
+        FlexTensor::from_data(TensorData::new(gelu_kernels::forward(f32_slice(&x)), shape))
     }
 }
 
@@ -132,6 +144,21 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
                 shift.into_primitive(),
                 activation,
             )),
+        }
+    }
+
+    fn train_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        match GeluBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let output = Flex::train_gelu(x.into_primitive());
+                prep.finish(x_state, output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::train_gelu(x.into_primitive())),
         }
     }
 }
@@ -271,14 +298,38 @@ impl Backward<Flex, 3> for ChannelAffineBackward {
     }
 }
 
+#[derive(Debug)]
+struct GeluBackward;
+
+impl Backward<Flex, 1> for GeluBackward {
+    type State = NodeId;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x] = ops.parents;
+        let gy = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let x = checkpointer.retrieve_node_output::<FlexTensor>(ops.state);
+        if let Some(node) = node_x {
+            let shape = x.shape();
+            let x = x.to_contiguous();
+            let dx = gelu_kernels::backward(f32_slice(&x), f32_slice(&gy));
+            grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dx, shape)));
+        }
+    }
+}
+
 /// H·W of an NCHW shape.
 fn plane_size(shape: &burn::tensor::Shape) -> usize {
     shape.dims::<4>()[2..].iter().product()
 }
 
-/// The values of a contiguous f32 tensor. The public entry point
-/// ([`super::channel_affine`]) only routes f32 tensors here.
+/// The values of a contiguous f32 tensor. The public entry points ([`super::channel_affine`],
+/// [`super::gelu`]) only route f32 tensors here.
 fn f32_slice(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>()
-        .expect("train_channel_affine is only called with contiguous f32 tensors")
+        .expect("the fused operations are only called with contiguous f32 tensors")
 }

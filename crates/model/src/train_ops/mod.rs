@@ -1,18 +1,19 @@
 //! Operations whose training pass on flex runs our own kernels: 2-D convolution (every
-//! backbone) and a per-channel affine map + activation (a frozen batch norm and the ReLU/ReLU6
-//! after it).
+//! backbone), a per-channel affine map + activation (a frozen batch norm and the ReLU/ReLU6
+//! after it) and GELU (ConvNeXt, ViT; on flex in inference too).
 //!
 //! Inference, and training on other backends (tch, the GPU ones), run burn's operations
 //! unchanged. A training pass on flex runs, through a burn backend extension ([`flex_ext`]), the
 //! kernels of [`conv_kernels`] in the convolution's backward pass instead of burn's default
-//! gradient composition, and [`affine_kernels`] in place of four element-wise operations each
-//! way. The convolution's bias, when there is one, is added after it, so its gradient is
+//! gradient composition, [`affine_kernels`] in place of four element-wise operations each
+//! way, and [`gelu_kernels`] in place of flex's scalar-libm GELU. The convolution's bias, when there is one, is added after it, so its gradient is
 //! autodiff's ordinary broadcast-add reduction.
 
 pub mod affine_kernels;
 pub mod conv_kernels;
 #[cfg(feature = "flex")]
 mod flex_ext;
+pub mod gelu_kernels;
 
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor};
@@ -69,13 +70,28 @@ pub fn channel_affine(
     crate::layers::activate(y, activation)
 }
 
+/// Exact (erf) GELU.
+pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    #[cfg(feature = "flex")]
+    if runs_on_flex(&x) && x.dtype() == DType::F32 {
+        use burn::backend::Dispatch;
+        return Tensor::<D>::from_dispatch(<Dispatch as flex_ext::TrainOps>::train_gelu(
+            x.into_dispatch(),
+        ));
+    }
+    burn::tensor::activation::gelu(x)
+}
+
+#[cfg(feature = "flex")]
+fn runs_on_flex<const D: usize>(x: &Tensor<D>) -> bool {
+    use burn::backend::DispatchDevice;
+    matches!(
+        x.device().as_dispatch().clone().inner(),
+        DispatchDevice::Flex(_)
+    )
+}
+
 #[cfg(feature = "flex")]
 fn runs_on_flex_autodiff(x: &Tensor<4>) -> bool {
-    use burn::backend::DispatchDevice;
-    let device = x.device();
-    device.is_autodiff()
-        && matches!(
-            device.as_dispatch().clone().inner(),
-            DispatchDevice::Flex(_)
-        )
+    x.device().is_autodiff() && runs_on_flex(x)
 }
