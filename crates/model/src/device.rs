@@ -82,3 +82,51 @@ pub fn parse_device(name: &str) -> Result<Device, UnknownDevice> {
         }),
     }
 }
+
+/// The device to train `architecture` on: the named one, or for `auto` a compiled GPU backend,
+/// else the faster CPU backend for this family as measured by `bench train` (BENCHMARKS.md
+/// "Training throughput"): `tch` for ViT (libtorch's GEMMs; 1.6x flex), `flex` for the CNNs
+/// (our convolution kernels; 1.0x–3.0x tch).
+pub fn training_device(
+    name: &str,
+    architecture: &crate::registry::Architecture,
+) -> Result<Device, UnknownDevice> {
+    if name != "auto" || cfg!(feature = "cuda") || cfg!(feature = "wgpu") {
+        return parse_device(name);
+    }
+    let transformer = matches!(architecture, crate::registry::Architecture::Vit(_));
+    if transformer && cfg!(feature = "tch") || !cfg!(feature = "flex") {
+        parse_device("auto")
+    } else {
+        parse_device("flex")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::lookup;
+
+    /// `auto` trains on a compiled GPU backend; without one, on flex unless tch is compiled and
+    /// the model is a ViT.
+    #[test]
+    fn auto_training_device_follows_the_measured_ranking() {
+        let cnn = lookup("efficientnet_lite0").unwrap().architecture;
+        let vit = lookup("vit_b32_clip").unwrap().architecture;
+        let gpu = cfg!(feature = "cuda") || cfg!(feature = "wgpu");
+        let flex_built = cfg!(feature = "flex");
+        let want = |name: &str| parse_device(name).unwrap();
+        let (want_cnn, want_vit) = if gpu || !flex_built {
+            (want("auto"), want("auto"))
+        } else if cfg!(feature = "tch") {
+            (want("flex"), want("tch"))
+        } else {
+            (want("flex"), want("flex"))
+        };
+        assert_eq!(training_device("auto", &cnn).unwrap(), want_cnn);
+        assert_eq!(training_device("auto", &vit).unwrap(), want_vit);
+        if flex_built {
+            assert_eq!(training_device("flex", &vit).unwrap(), want("flex"));
+        }
+    }
+}

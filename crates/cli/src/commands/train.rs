@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use visual_search_model::device::parse_device;
+use visual_search_model::device::training_device;
+use visual_search_model::registry::lookup;
 use visual_search_train::config::{HeadConfig, TrainConfig};
 use visual_search_train::trainer::{TrainEvent, TrainOptions, train};
 
@@ -29,9 +30,11 @@ pub struct Args {
     /// Continue the run in this folder from its last checkpoint (uses its config.yml).
     #[arg(long, conflicts_with_all = ["config", "name"])]
     resume: Option<PathBuf>,
-    /// Compute device: flex (CPU), tch, tch-cuda:N, cuda:N, wgpu or auto. On a CPU, `tch`
-    /// (a `--features tch` build) trains 1.4x–2.6x faster than `flex`; on a GPU, `tch-cuda:0`
-    /// or `cuda:0`. Training is f32 (see BENCHMARKS.md "Training throughput").
+    /// Compute device: flex (CPU), tch, tch-cuda:N, cuda:N, wgpu or auto. On a CPU, `flex`
+    /// trains the CNNs fastest (EfficientNet-Lite 3.0x, ResNet 1.2x, ConvNeXt 1.05x `tch`) and
+    /// `tch` (a `--features tch` build) ViT (1.6x `flex`); `auto` picks that way, or a compiled
+    /// GPU backend (`tch-cuda:0`, `cuda:0`). Training is f32 (see BENCHMARKS.md "Training
+    /// throughput").
     #[arg(long, default_value = "auto")]
     device: String,
     /// Skip the validation before the first step (the zero-shot baseline).
@@ -59,7 +62,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (None, None) => bail!("give --config or --resume"),
     };
     let config = TrainConfig::load(&config_path)?;
-    let device = parse_device(&args.device)?;
+    let spec = lookup(&config.model.name)?;
+    let device = training_device(&args.device, &spec.architecture)?;
     let options = TrainOptions {
         run_dir: run_dir.clone(),
         device,
