@@ -30,14 +30,7 @@ pub fn conv2d_tf_same(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let [_, _, h, w] = x.dims();
     let pad_h = tf_same_padding(h, conv.kernel_size[0], conv.stride[0], conv.dilation[0]);
     let pad_w = tf_same_padding(w, conv.kernel_size[1], conv.stride[1], conv.dilation[1]);
-    let options =
-        ConvOptions::new_with_padding(conv.stride, [pad_h, pad_w], conv.dilation, conv.groups);
-    conv2d(
-        x,
-        conv.weight.val(),
-        conv.bias.as_ref().map(|b| b.val()),
-        options,
-    )
+    conv_padded(conv, x, [pad_h, pad_w])
 }
 
 /// `conv.forward(x)` (burn's padding rules), through [`crate::train_ops::conv2d`] so that a
@@ -53,8 +46,12 @@ pub fn conv(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         ),
         PaddingConfig2d::Explicit(top, left, bottom, right) => ((top, bottom), (left, right)),
     };
-    let options =
-        ConvOptions::new_with_padding(conv.stride, [pad_h, pad_w], conv.dilation, conv.groups);
+    conv_padded(conv, x, [pad_h, pad_w])
+}
+
+/// `conv`'s weights and options with this `(before, after)` padding per spatial dimension.
+fn conv_padded(conv: &Conv2d, x: Tensor<4>, padding: [(usize, usize); 2]) -> Tensor<4> {
+    let options = ConvOptions::new_with_padding(conv.stride, padding, conv.dilation, conv.groups);
     conv2d(
         x,
         conv.weight.val(),

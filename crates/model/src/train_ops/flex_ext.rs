@@ -182,41 +182,50 @@ impl Backward<Flex, 2> for TrainConvBackward {
         let weight = checkpointer.retrieve_node_output::<FlexTensor>(weight_state);
 
         if let Some(node) = node_x {
-            let grad = input_grad(&x, &weight, &gy, &options).unwrap_or_else(|| {
+            let grad = our_grad(ConvGrad::Input, &x, &weight, &gy, &options).unwrap_or_else(|| {
                 Flex::conv2d_x_backward(x.clone(), weight.clone(), gy.clone(), options.clone())
             });
             grads.register::<Flex>(node.id, grad);
         }
         if let Some(node) = node_weight {
-            let grad = weight_grad(&x, &weight, &gy, &options)
+            let grad = our_grad(ConvGrad::Weight, &x, &weight, &gy, &options)
                 .unwrap_or_else(|| Flex::conv2d_weight_backward(x, weight, gy, options));
             grads.register::<Flex>(node.id, grad);
         }
     }
 }
 
-fn input_grad(
-    x: &FlexTensor,
-    weight: &FlexTensor,
-    gy: &FlexTensor,
-    options: &ConvOptions<2>,
-) -> Option<FlexTensor> {
-    let geometry = geometry(x, weight, gy, options)?;
-    let (weight, gy) = (weight.to_contiguous(), gy.to_contiguous());
-    let dx = kernels::input_grad(weight.as_slice::<f32>()?, gy.as_slice::<f32>()?, &geometry)?;
-    Some(FlexTensor::from_data(TensorData::new(dx, x.shape())))
+/// Which gradient of the convolution.
+#[derive(Clone, Copy)]
+enum ConvGrad {
+    Input,
+    Weight,
 }
 
-fn weight_grad(
+/// That gradient from our kernels, or `None` where they do not apply.
+fn our_grad(
+    which: ConvGrad,
     x: &FlexTensor,
     weight: &FlexTensor,
     gy: &FlexTensor,
     options: &ConvOptions<2>,
 ) -> Option<FlexTensor> {
     let geometry = geometry(x, weight, gy, options)?;
-    let (x, gy) = (x.to_contiguous(), gy.to_contiguous());
-    let dw = kernels::weight_grad(x.as_slice::<f32>()?, gy.as_slice::<f32>()?, &geometry)?;
-    Some(FlexTensor::from_data(TensorData::new(dw, weight.shape())))
+    let gy = gy.to_contiguous();
+    let gy = gy.as_slice::<f32>()?;
+    let (values, shape) = match which {
+        ConvGrad::Input => {
+            let weight_values = weight.to_contiguous();
+            let dx = kernels::input_grad(weight_values.as_slice::<f32>()?, gy, &geometry)?;
+            (dx, x.shape())
+        }
+        ConvGrad::Weight => {
+            let x_values = x.to_contiguous();
+            let dw = kernels::weight_grad(x_values.as_slice::<f32>()?, gy, &geometry)?;
+            (dw, weight.shape())
+        }
+    };
+    Some(FlexTensor::from_data(TensorData::new(values, shape)))
 }
 
 /// The kernels' view of this convolution, or `None` when it is not an f32 one.
