@@ -15,10 +15,13 @@ pub mod conv_kernels;
 mod flex_ext;
 pub mod gelu_kernels;
 
+use burn::tensor::Tensor;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{DType, Tensor};
 
 pub use affine_kernels::Activation;
+
+#[cfg(feature = "flex")]
+const F32: burn::tensor::DType = burn::tensor::DType::F32;
 
 /// `conv2d(x, weight) + bias` — see the module docs for which kernels run.
 pub fn conv2d(
@@ -54,7 +57,7 @@ pub fn channel_affine(
     activation: Activation,
 ) -> Tensor<4> {
     #[cfg(feature = "flex")]
-    if runs_on_flex_autodiff(&x) && [x.dtype(), scale.dtype(), shift.dtype()] == [DType::F32; 3] {
+    if runs_on_flex_autodiff(&x) && [x.dtype(), scale.dtype(), shift.dtype()] == [F32; 3] {
         use burn::backend::Dispatch;
         return Tensor::<4>::from_dispatch(<Dispatch as flex_ext::TrainOps>::train_channel_affine(
             x.into_dispatch(),
@@ -73,7 +76,7 @@ pub fn channel_affine(
 /// Exact (erf) GELU.
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     #[cfg(feature = "flex")]
-    if runs_on_flex(&x) && x.dtype() == DType::F32 {
+    if runs_on_flex(&x) && x.dtype() == F32 {
         use burn::backend::Dispatch;
         return Tensor::<D>::from_dispatch(<Dispatch as flex_ext::TrainOps>::train_gelu(
             x.into_dispatch(),
