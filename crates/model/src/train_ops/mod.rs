@@ -2,12 +2,13 @@
 //! backbone), a per-channel affine map + activation (a frozen batch norm and the ReLU/ReLU6
 //! after it) and GELU (ConvNeXt, ViT; on flex in inference too).
 //!
-//! Inference, and training on other backends (tch, the GPU ones), run burn's operations
-//! unchanged. A training pass on flex runs, through a burn backend extension ([`flex_ext`]), the
-//! kernels of [`conv_kernels`] in the convolution's backward pass instead of burn's default
-//! gradient composition, [`affine_kernels`] in place of four element-wise operations each
-//! way, and [`gelu_kernels`] in place of flex's scalar-libm GELU. The convolution's bias, when there is one, is added after it, so its gradient is
-//! autodiff's ordinary broadcast-add reduction.
+//! Training on other backends (tch, the GPU ones), and inference apart from GELU, run burn's
+//! operations unchanged. A training pass on flex runs, through a burn backend extension
+//! (`flex_ext`), the kernels of [`conv_kernels`] in the convolution's backward pass instead of
+//! burn's default gradient composition, [`affine_kernels`] in place of four element-wise
+//! operations each way, and [`gelu_kernels`] in place of flex's scalar-libm GELU. Only f32
+//! tensors take these paths. The convolution's bias, when there is one, is added after it, so
+//! its gradient is autodiff's ordinary broadcast-add reduction.
 
 pub mod affine_kernels;
 pub mod conv_kernels;
