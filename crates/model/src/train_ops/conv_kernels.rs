@@ -90,6 +90,37 @@ impl ConvGeometry {
     fn input_index(&self, dim: usize, out: usize, tap: usize) -> usize {
         out * self.stride[dim] + tap * self.dilation[dim] - self.pad_begin[dim]
     }
+
+    /// Calls `f` for every kernel tap (row-major over `kernel_h × kernel_w`) and every output row
+    /// that tap reaches inside the input, in that order: the one walk over the geometry that
+    /// the depthwise kernels, im2col and col2im share.
+    fn for_each_tap_row(&self, mut f: impl FnMut(TapRow)) {
+        for kh in 0..self.kernel_h {
+            let (oh0, oh1) = self.valid_outputs(0, kh);
+            for kw in 0..self.kernel_w {
+                let (ow0, ow1) = self.valid_outputs(1, kw);
+                if ow0 >= ow1 {
+                    continue;
+                }
+                let iw0 = self.input_index(1, ow0, kw);
+                for oh in oh0..oh1 {
+                    f(TapRow {
+                        tap: kh * self.kernel_w + kw,
+                        out: oh * self.out_w + ow0..oh * self.out_w + ow1,
+                        input: self.input_index(0, oh, kh) * self.in_w + iw0,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// One output row of one kernel tap: its valid outputs as a range of the output plane, and the
+/// input-plane index the first of them reads (the next ones read every `stride[1]`-th value).
+struct TapRow {
+    tap: usize,
+    out: std::ops::Range<usize>,
+    input: usize,
 }
 
 /// `dL/dweight`, shape `[out_channels, in_channels / groups, kernel_h, kernel_w]`, or `None` for
@@ -120,31 +151,23 @@ fn depthwise_weight_grad(x: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f32> {
     let taps = g.kernel_h * g.kernel_w;
     let mut dw = vec![0.0f32; g.out_channels * taps];
     dw.par_chunks_mut(taps).enumerate().for_each(|(c, dw_c)| {
+        let mut acc: Vec<Lanes> = (0..taps).map(|_| Lanes::default()).collect();
         for n in 0..g.batch {
             let plane = n * g.in_channels + c;
             let x_plane = &x[plane * g.in_plane()..][..g.in_plane()];
             let gy_plane = &gy[plane * g.out_plane()..][..g.out_plane()];
-            for kh in 0..g.kernel_h {
-                let (oh0, oh1) = g.valid_outputs(0, kh);
-                for kw in 0..g.kernel_w {
-                    let (ow0, ow1) = g.valid_outputs(1, kw);
-                    if ow0 >= ow1 {
-                        continue;
-                    }
-                    let mut acc = Lanes::default();
-                    for oh in oh0..oh1 {
-                        let ih = g.input_index(0, oh, kh);
-                        let gy_row = &gy_plane[oh * g.out_w + ow0..oh * g.out_w + ow1];
-                        let iw0 = g.input_index(1, ow0, kw);
-                        let x_row = &x_plane[ih * g.in_w..(ih + 1) * g.in_w];
-                        if g.stride[1] == 1 {
-                            acc.dot(gy_row, &x_row[iw0..iw0 + gy_row.len()]);
-                        } else {
-                            acc.dot_strided(gy_row, &x_row[iw0..], g.stride[1]);
-                        }
-                    }
-                    dw_c[kh * g.kernel_w + kw] += acc.sum();
+            g.for_each_tap_row(|row| {
+                let gy_row = &gy_plane[row.out];
+                let x_row = &x_plane[row.input..];
+                if g.stride[1] == 1 {
+                    acc[row.tap].dot(gy_row, &x_row[..gy_row.len()]);
+                } else {
+                    acc[row.tap].dot_strided(gy_row, x_row, g.stride[1]);
                 }
+            });
+            for (d, lanes) in dw_c.iter_mut().zip(&mut acc) {
+                *d += lanes.sum();
+                *lanes = Lanes::default();
             }
         }
     });
@@ -160,31 +183,20 @@ fn depthwise_input_grad(weight: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f32
             let c = plane % g.in_channels;
             let w_c = &weight[c * taps..(c + 1) * taps];
             let gy_plane = &gy[plane * g.out_plane()..][..g.out_plane()];
-            for kh in 0..g.kernel_h {
-                let (oh0, oh1) = g.valid_outputs(0, kh);
-                for kw in 0..g.kernel_w {
-                    let (ow0, ow1) = g.valid_outputs(1, kw);
-                    if ow0 >= ow1 {
-                        continue;
+            g.for_each_tap_row(|row| {
+                let wv = w_c[row.tap];
+                let gy_row = &gy_plane[row.out];
+                let dx_row = &mut dx_plane[row.input..];
+                if g.stride[1] == 1 {
+                    for (d, &v) in dx_row.iter_mut().zip(gy_row) {
+                        *d += wv * v;
                     }
-                    let wv = w_c[kh * g.kernel_w + kw];
-                    for oh in oh0..oh1 {
-                        let ih = g.input_index(0, oh, kh);
-                        let gy_row = &gy_plane[oh * g.out_w + ow0..oh * g.out_w + ow1];
-                        let iw0 = g.input_index(1, ow0, kw);
-                        let dx_row = &mut dx_plane[ih * g.in_w + iw0..(ih + 1) * g.in_w];
-                        if g.stride[1] == 1 {
-                            for (d, &v) in dx_row.iter_mut().zip(gy_row) {
-                                *d += wv * v;
-                            }
-                        } else {
-                            for (d, &v) in dx_row.iter_mut().step_by(g.stride[1]).zip(gy_row) {
-                                *d += wv * v;
-                            }
-                        }
+                } else {
+                    for (d, &v) in dx_row.iter_mut().step_by(g.stride[1]).zip(gy_row) {
+                        *d += wv * v;
                     }
                 }
-            }
+            });
         });
     dx
 }
@@ -243,7 +255,8 @@ fn dense_input_grad(weight: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f32> {
     } else {
         Parallelism::Rayon(0)
     };
-    let run = |(n, dx_n): (usize, &mut [f32])| {
+    // `col` is one patch-matrix buffer per thread, overwritten by each image's GEMM.
+    let run = |col: &mut Vec<f32>, (n, dx_n): (usize, &mut [f32])| {
         let gy_n = &gy[n * g.out_channels * g.out_plane()..][..g.out_channels * g.out_plane()];
         // col[r, p] = Σ_co weight[co, r] · gy[co, p]
         let w_t = MatrixRef::transposed(weight, rows, g.out_channels);
@@ -257,21 +270,26 @@ fn dense_input_grad(weight: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f32> {
                 inner,
             );
         } else {
-            let mut col = vec![0.0f32; rows * g.out_plane()];
+            col.resize(rows * g.out_plane(), 0.0);
             gemm_f32(
-                Matrix::row_major(&mut col, rows, g.out_plane()),
+                Matrix::row_major(col, rows, g.out_plane()),
                 false,
                 w_t,
                 gy_m,
                 inner,
             );
-            col2im_add(&col, g, dx_n);
+            col2im_add(col, g, dx_n);
         }
     };
     if across_images {
-        dx.par_chunks_mut(image).enumerate().for_each(run);
+        dx.par_chunks_mut(image)
+            .enumerate()
+            .for_each_init(Vec::new, run);
     } else {
-        dx.chunks_mut(image).enumerate().for_each(run);
+        let mut col = Vec::new();
+        dx.chunks_mut(image)
+            .enumerate()
+            .for_each(|item| run(&mut col, item));
     }
     dx
 }
@@ -279,59 +297,38 @@ fn dense_input_grad(weight: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f32> {
 /// Writes image `x_n`'s `[in_channels · kh · kw, out_h · out_w]` patch matrix into `col`
 /// (zeros where a tap falls in the padding).
 fn im2col(x_n: &[f32], g: &ConvGeometry, col: &mut Vec<f32>) {
-    let p = g.out_plane();
+    let (p, taps) = (g.out_plane(), g.kernel_h * g.kernel_w);
     col.clear();
     col.resize(g.col_rows() * p, 0.0);
     for c in 0..g.in_channels {
         let x_plane = &x_n[c * g.in_plane()..][..g.in_plane()];
-        for kh in 0..g.kernel_h {
-            let (oh0, oh1) = g.valid_outputs(0, kh);
-            for kw in 0..g.kernel_w {
-                let (ow0, ow1) = g.valid_outputs(1, kw);
-                let row = (c * g.kernel_h + kh) * g.kernel_w + kw;
-                let col_row = &mut col[row * p..(row + 1) * p];
-                if ow0 >= ow1 {
-                    continue;
-                }
-                for oh in oh0..oh1 {
-                    let ih = g.input_index(0, oh, kh);
-                    let iw0 = g.input_index(1, ow0, kw);
-                    let x_row = &x_plane[ih * g.in_w + iw0..(ih + 1) * g.in_w];
-                    let out = &mut col_row[oh * g.out_w + ow0..oh * g.out_w + ow1];
-                    for (o, &v) in out.iter_mut().zip(x_row.iter().step_by(g.stride[1])) {
-                        *o = v;
-                    }
-                }
+        let col_c = &mut col[c * taps * p..(c + 1) * taps * p];
+        g.for_each_tap_row(|row| {
+            let out = &mut col_c[row.tap * p..(row.tap + 1) * p][row.out];
+            let x_row = x_plane[row.input..].iter().step_by(g.stride[1]);
+            for (o, &v) in out.iter_mut().zip(x_row) {
+                *o = v;
             }
-        }
+        });
     }
 }
 
 /// Adds the patch-matrix gradient `col` back onto image gradient `dx_n` (im2col's adjoint).
 fn col2im_add(col: &[f32], g: &ConvGeometry, dx_n: &mut [f32]) {
-    let p = g.out_plane();
+    let (p, taps) = (g.out_plane(), g.kernel_h * g.kernel_w);
     for c in 0..g.in_channels {
         let dx_plane = &mut dx_n[c * g.in_plane()..][..g.in_plane()];
-        for kh in 0..g.kernel_h {
-            let (oh0, oh1) = g.valid_outputs(0, kh);
-            for kw in 0..g.kernel_w {
-                let (ow0, ow1) = g.valid_outputs(1, kw);
-                if ow0 >= ow1 {
-                    continue;
-                }
-                let row = (c * g.kernel_h + kh) * g.kernel_w + kw;
-                let col_row = &col[row * p..(row + 1) * p];
-                for oh in oh0..oh1 {
-                    let ih = g.input_index(0, oh, kh);
-                    let iw0 = g.input_index(1, ow0, kw);
-                    let dx_row = &mut dx_plane[ih * g.in_w + iw0..(ih + 1) * g.in_w];
-                    let src = &col_row[oh * g.out_w + ow0..oh * g.out_w + ow1];
-                    for (d, &v) in dx_row.iter_mut().step_by(g.stride[1]).zip(src) {
-                        *d += v;
-                    }
-                }
+        let col_c = &col[c * taps * p..(c + 1) * taps * p];
+        g.for_each_tap_row(|row| {
+            let src = &col_c[row.tap * p..(row.tap + 1) * p][row.out];
+            for (d, &v) in dx_plane[row.input..]
+                .iter_mut()
+                .step_by(g.stride[1])
+                .zip(src)
+            {
+                *d += v;
             }
-        }
+        });
     }
 }
 

@@ -98,18 +98,16 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
             OpsKind::Tracked(mut prep) => {
                 let x_state = prep.checkpoint(&x);
                 let weight_state = prep.checkpoint(&weight);
-                let output = Flex::conv2d(
+                let output = Flex::train_conv2d(
                     x.into_primitive(),
                     weight.into_primitive(),
-                    None,
                     options.clone(),
                 );
                 prep.finish((x_state, weight_state, options), output)
             }
-            OpsKind::UnTracked(prep) => prep.finish(Flex::conv2d(
+            OpsKind::UnTracked(prep) => prep.finish(Flex::train_conv2d(
                 x.into_primitive(),
                 weight.into_primitive(),
-                None,
                 options,
             )),
         }
