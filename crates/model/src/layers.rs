@@ -8,9 +8,9 @@ use burn::nn::conv::Conv2d;
 use burn::nn::{BatchNorm, LayerNorm, Linear, PaddingConfig2d};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Distribution, Tensor};
 
 use crate::train_ops::{Activation, channel_affine, conv2d};
-use burn::tensor::{Distribution, Tensor};
 
 /// TensorFlow "same" padding for one dimension: `(before, after)`.
 pub fn tf_same_padding(
@@ -60,18 +60,31 @@ fn conv_padded(conv: &Conv2d, x: Tensor<4>, padding: [(usize, usize); 2]) -> Ten
     )
 }
 
-/// `linear.forward(x)` with every leading dimension folded into the rows of one 2-D matmul.
-/// burn's `linear` on a 3-D/4-D input (ConvNeXt's `[N, H, W, C]`, ViT's `[N, tokens, C]`) runs a
-/// broadcast batched matmul: on flex, ConvNeXt's first MLP layer at batch 32 took 2.9x the time
-/// of the same product as one `[N·H·W, C] × [C, 4C]` matmul, and its backward likewise.
+/// `linear.forward(x)`, through [`matmul_rows`].
 pub fn linear<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
+    matmul_rows(
+        x,
+        linear.weight.val(),
+        linear.bias.as_ref().map(|b| b.val()),
+    )
+}
+
+/// `x · weight (+ bias)` over the last dimension of `x` (`weight` is `[d_in, d_out]`), with
+/// every leading dimension folded into the rows of one 2-D matmul. burn's `linear` or a
+/// broadcast `matmul` on a 3-D/4-D input (ConvNeXt's `[N, H, W, C]`, ViT's `[N, tokens, C]`)
+/// runs a batched matmul: on flex, ConvNeXt's first MLP layer at batch 32 took 2.9x the time of
+/// the same product as one `[N·H·W, C] × [C, 4C]` matmul, and its backward likewise.
+pub fn matmul_rows<const D: usize>(
+    x: Tensor<D>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+) -> Tensor<D> {
     let dims = x.dims();
-    let weight = linear.weight.val();
     let [d_in, d_out] = weight.dims();
     let rows = dims[..D - 1].iter().product::<usize>();
     let y = x.reshape([rows, d_in]).matmul(weight);
-    let y = match &linear.bias {
-        Some(bias) => y.add(bias.val().reshape([1, d_out])),
+    let y = match bias {
+        Some(bias) => y.add(bias.reshape([1, d_out])),
         None => y,
     };
     let mut out = dims;

@@ -5,7 +5,6 @@
 //! others permute to NHWC and use LayerNorm + Linear; the two are the same arithmetic, so one
 //! NHWC implementation serves both and the 1x1 conv weights load into the Linear layers.
 
-use crate::train_ops::gelu;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d};
@@ -14,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::layers::{conv, drop_path, layer_norm_2d, linear};
 use crate::pooling::{Pooling, PoolingKind};
+use crate::train_ops::gelu;
 use crate::weights::WeightMapping;
 
 /// Sizes of one ConvNeXt.

@@ -11,13 +11,12 @@ use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::softmax;
-
-use crate::train_ops::gelu;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::interpolate::bicubic_resize;
-use crate::layers::{conv, drop_path, linear, quick_gelu};
+use crate::layers::{conv, drop_path, linear, matmul_rows, quick_gelu};
+use crate::train_ops::gelu;
 use crate::weights::WeightMapping;
 
 /// Sizes of one OpenCLIP ViT.
@@ -172,12 +171,11 @@ impl Attention {
         let [b, n, d] = x.dims();
         let h = self.heads;
         let dh = d / h;
-        // One [b·n, d] × [d, 3d] product (a broadcast batched matmul is far slower on flex).
-        let qkv = (x
-            .reshape([b * n, d])
-            .matmul(self.in_proj_weight.val().transpose())
-            + self.in_proj_bias.val().reshape([1, 3 * d]))
-        .reshape([b, n, 3 * d]);
+        let qkv = matmul_rows(
+            x,
+            self.in_proj_weight.val().transpose(),
+            Some(self.in_proj_bias.val()),
+        );
         // [b, n, 3, h, dh] → [3, b, h, n, dh]
         let qkv = qkv.reshape([b, n, 3, h, dh]).permute([2, 0, 3, 1, 4]);
         let q = qkv.clone().narrow(0, 0, 1).reshape([b, h, n, dh]);
