@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference gradients of 2-D convolutions for the training-convolution kernels (issue 16).
+"""Reference outputs and gradients of 2-D convolutions for our convolution kernels (issues 14, 16).
 
 For each case below — the convolution shapes our backbones train (1x1 pointwise, depthwise 3x3 and
 5x5 with TF "same" asymmetric padding at stride 2, depthwise 7x7, a grouped-by-one k x k stem,
@@ -7,6 +7,8 @@ patchify 4x4 stride 4, a dilated 3x3) — it draws seeded `x`, `weight` and an o
 runs PyTorch's convolution (asymmetric padding as an explicit `F.pad` first, as timm's
 `Conv2dSame` does) and records `gy`'s gradients with respect to `x` and `weight` in float64, so
 the fixture is the exact answer and our f32 kernels are checked against it within 1e-5 relative.
+For the forward kernels it also records a seeded `bias` and the output `conv + bias` as it is
+(`y`), after ReLU (`y_relu`) and after ReLU6 (`y_relu6`).
 
 Run: ~/.cache/visual-search/venv/bin/python tools/make_conv_grad_fixtures.py
 """
@@ -29,6 +31,8 @@ CASES = {
     "patchify4_s4": (2, 3, 8, 12, 6, 4, 4, (0, 0, 0, 0), 1, 1),
     "dilated3": (2, 4, 9, 9, 5, 3, 1, (2, 2, 2, 2), 2, 1),
     "pointwise_s2": (2, 6, 7, 7, 4, 1, 2, (0, 0, 0, 0), 1, 1),
+    # More channels than one 16-lane block, and not a multiple of it; odd sizes.
+    "depthwise5_s2_20ch": (2, 20, 13, 11, 20, 5, 2, (1, 2, 1, 2), 1, 20),
 }
 
 
@@ -44,6 +48,12 @@ def main():
         y = F.conv2d(F.pad(x, (left, right, top, bottom)), weight, stride=s, dilation=d, groups=g)
         gy = torch.randn(y.shape).double()
         y.backward(gy)
+        bias = torch.randn(co).double()
+        y_bias = y.detach() + bias.view(1, -1, 1, 1)
+        tensors[f"{name}.bias"] = bias.float().contiguous()
+        tensors[f"{name}.y"] = y_bias.float().contiguous()
+        tensors[f"{name}.y_relu"] = F.relu(y_bias).float().contiguous()
+        tensors[f"{name}.y_relu6"] = F.relu6(y_bias).float().contiguous()
         for key, value in (("x", x), ("weight", weight), ("gy", gy)):
             tensors[f"{name}.{key}"] = value.detach().float().contiguous()
         tensors[f"{name}.gx"] = x.grad.float().contiguous()

@@ -10,7 +10,7 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Distribution, Tensor};
 
-use crate::train_ops::{Activation, channel_affine, conv2d};
+use crate::train_ops::{Activation, channel_affine, conv2d_act};
 
 /// TensorFlow "same" padding for one dimension: `(before, after)`.
 pub fn tf_same_padding(
@@ -24,18 +24,41 @@ pub fn tf_same_padding(
     (needed / 2, needed - needed / 2)
 }
 
-/// Runs `conv` with TF "same" padding computed for this input (asymmetric when stride > 1),
-/// as TF-trained weights (EfficientNet-Lite) expect.
-pub fn conv2d_tf_same(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+/// `activation(batch_norm(conv(x)))` with TF "same" padding computed for this input
+/// (asymmetric when stride > 1), as TF-trained weights (EfficientNet-Lite) expect. Once the
+/// batch norm is folded into the convolution (`bn` is `None`), convolution, bias and activation
+/// are one operation ([`crate::train_ops::conv2d_act`]).
+pub fn conv_tf_same_bn_act(
+    conv: &Conv2d,
+    bn: &Option<BatchNorm>,
+    x: Tensor<4>,
+    activation: Activation,
+) -> Tensor<4> {
     let [_, _, h, w] = x.dims();
     let pad_h = tf_same_padding(h, conv.kernel_size[0], conv.stride[0], conv.dilation[0]);
     let pad_w = tf_same_padding(w, conv.kernel_size[1], conv.stride[1], conv.dilation[1]);
-    conv_padded(conv, x, [pad_h, pad_w])
+    conv_padded_bn_act(conv, bn, x, [pad_h, pad_w], activation)
 }
 
-/// `conv.forward(x)` (burn's padding rules), through [`crate::train_ops::conv2d`] so that a
-/// training pass on flex runs our backward kernels.
+/// `activation(batch_norm(conv(x)))` with burn's padding rules; see [`conv_tf_same_bn_act`].
+pub fn conv_bn_act(
+    conv: &Conv2d,
+    bn: &Option<BatchNorm>,
+    x: Tensor<4>,
+    activation: Activation,
+) -> Tensor<4> {
+    let padding = burn_padding(conv, &x);
+    conv_padded_bn_act(conv, bn, x, padding, activation)
+}
+
+/// `conv.forward(x)` (burn's padding rules), through [`crate::train_ops::conv2d`] so that flex
+/// runs our kernels.
 pub fn conv(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    conv_bn_act(conv, &None, x, Activation::Identity)
+}
+
+/// The `(before, after)` padding per spatial dimension that `conv.forward(x)` would use.
+fn burn_padding(conv: &Conv2d, x: &Tensor<4>) -> [(usize, usize); 2] {
     let [_, _, h, w] = x.dims();
     let (pad_h, pad_w) = match conv.padding {
         PaddingConfig2d::Valid => ((0, 0), (0, 0)),
@@ -46,18 +69,28 @@ pub fn conv(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         ),
         PaddingConfig2d::Explicit(top, left, bottom, right) => ((top, bottom), (left, right)),
     };
-    conv_padded(conv, x, [pad_h, pad_w])
+    [pad_h, pad_w]
 }
 
-/// `conv`'s weights and options with this `(before, after)` padding per spatial dimension.
-fn conv_padded(conv: &Conv2d, x: Tensor<4>, padding: [(usize, usize); 2]) -> Tensor<4> {
+/// `conv`'s weights and options with this `(before, after)` padding per spatial dimension, then
+/// the batch norm and the activation.
+fn conv_padded_bn_act(
+    conv: &Conv2d,
+    bn: &Option<BatchNorm>,
+    x: Tensor<4>,
+    padding: [(usize, usize); 2],
+    activation: Activation,
+) -> Tensor<4> {
     let options = ConvOptions::new_with_padding(conv.stride, padding, conv.dilation, conv.groups);
-    conv2d(
-        x,
-        conv.weight.val(),
-        conv.bias.as_ref().map(|b| b.val()),
-        options,
-    )
+    let (weight, bias) = (conv.weight.val(), conv.bias.as_ref().map(|b| b.val()));
+    match bn {
+        None => conv2d_act(x, weight, bias, options, activation),
+        Some(_) => batch_norm_act(
+            bn,
+            conv2d_act(x, weight, bias, options, Activation::Identity),
+            activation,
+        ),
+    }
 }
 
 /// `linear.forward(x)`, through [`matmul_rows`].
@@ -90,11 +123,6 @@ pub fn matmul_rows<const D: usize>(
     let mut out = dims;
     out[D - 1] = d_out;
     y.reshape(out)
-}
-
-/// A batch norm, or nothing once it has been folded into the convolution before it.
-pub fn batch_norm(bn: &Option<BatchNorm>, x: Tensor<4>) -> Tensor<4> {
-    batch_norm_act(bn, x, Activation::Identity)
 }
 
 /// `activation(batch_norm(x))`. In a training pass with frozen statistics (the recipe's

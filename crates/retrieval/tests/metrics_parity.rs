@@ -21,7 +21,8 @@ struct Case {
 
 fn load(name: &str) -> (Case, Value) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let bytes = std::fs::read(dir.join("metrics.safetensors")).unwrap();
+    let path = dir.join("metrics.safetensors");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let floats = |k: &str| -> (Vec<f32>, Vec<usize>) {
         let t = st.tensor(&format!("{name}_{k}")).unwrap();

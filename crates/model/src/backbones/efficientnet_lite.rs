@@ -12,7 +12,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{batch_norm, batch_norm_act, conv2d_tf_same, drop_path};
+use crate::layers::{conv_tf_same_bn_act, drop_path};
 use crate::pooling::{Pooling, PoolingKind};
 use crate::train_ops::Activation;
 use crate::weights::WeightMapping;
@@ -177,14 +177,10 @@ impl MbConvBlock {
     fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         let mut x = input.clone();
         if let Some(conv) = &self.expand_conv {
-            x = batch_norm_act(&self.bn0, conv2d_tf_same(conv, x), Activation::Relu6);
+            x = conv_tf_same_bn_act(conv, &self.bn0, x, Activation::Relu6);
         }
-        x = batch_norm_act(
-            &self.bn1,
-            conv2d_tf_same(&self.depthwise_conv, x),
-            Activation::Relu6,
-        );
-        x = batch_norm(&self.bn2, conv2d_tf_same(&self.project_conv, x));
+        x = conv_tf_same_bn_act(&self.depthwise_conv, &self.bn1, x, Activation::Relu6);
+        x = conv_tf_same_bn_act(&self.project_conv, &self.bn2, x, Activation::Identity);
         if self.skip {
             x = drop_path(x, self.drop_connect_rate) + input;
         }
@@ -207,19 +203,11 @@ pub struct EfficientNetLite {
 impl EfficientNetLite {
     /// Pooled features `[B, head_channels]` of normalised images `[B, 3, H, W]`.
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = batch_norm_act(
-            &self.bn0,
-            conv2d_tf_same(&self.conv_stem, x),
-            Activation::Relu6,
-        );
+        let mut x = conv_tf_same_bn_act(&self.conv_stem, &self.bn0, x, Activation::Relu6);
         for block in &self.blocks {
             x = block.forward(x);
         }
-        x = batch_norm_act(
-            &self.bn1,
-            conv2d_tf_same(&self.conv_head, x),
-            Activation::Relu6,
-        );
+        x = conv_tf_same_bn_act(&self.conv_head, &self.bn1, x, Activation::Relu6);
         self.pooling.forward(x)
     }
 

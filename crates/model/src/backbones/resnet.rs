@@ -10,7 +10,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{batch_norm, batch_norm_act, conv, drop_path};
+use crate::layers::{conv_bn_act, drop_path};
 use crate::pooling::{Pooling, PoolingKind};
 use crate::train_ops::Activation;
 use crate::weights::WeightMapping;
@@ -163,22 +163,18 @@ pub struct ResBlock {
 
 impl ResBlock {
     fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        let mut x = batch_norm_act(
-            &self.bn1,
-            conv(&self.conv1, input.clone()),
-            Activation::Relu,
-        );
+        let mut x = conv_bn_act(&self.conv1, &self.bn1, input.clone(), Activation::Relu);
         // A bottleneck block has a ReLU between its second and third convolutions.
         let after_second = match self.conv3 {
             Some(_) => Activation::Relu,
             None => Activation::Identity,
         };
-        x = batch_norm_act(&self.bn2, conv(&self.conv2, x), after_second);
+        x = conv_bn_act(&self.conv2, &self.bn2, x, after_second);
         if let Some(conv3) = &self.conv3 {
-            x = batch_norm(&self.bn3, conv(conv3, x));
+            x = conv_bn_act(conv3, &self.bn3, x, Activation::Identity);
         }
         let shortcut = match &self.downsample {
-            Some(d) => batch_norm(&d.bn, conv(&d.conv, input)),
+            Some(d) => conv_bn_act(&d.conv, &d.bn, input, Activation::Identity),
             None => input,
         };
         relu(drop_path(x, self.drop_path) + shortcut)
@@ -198,11 +194,9 @@ pub struct ResNet {
 
 impl ResNet {
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = self.maxpool.forward(batch_norm_act(
-            &self.bn1,
-            conv(&self.conv1, x),
-            Activation::Relu,
-        ));
+        let mut x = self
+            .maxpool
+            .forward(conv_bn_act(&self.conv1, &self.bn1, x, Activation::Relu));
         for stage in &self.layers {
             for block in stage {
                 x = block.forward(x);

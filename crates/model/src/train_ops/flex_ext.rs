@@ -1,8 +1,9 @@
 //! Our training operations as a burn backend extension on flex (an extension is how burn lets a
 //! model replace an operation and its backward without a fork):
-//! - **convolution**: the forward pass is flex's own `conv2d`; the backward pass (registered with
-//!   burn's autodiff) runs our kernels ([`super::conv_kernels`]) and falls back to burn's default
-//!   gradients for what they do not cover (another dtype, a grouping other than 1 or depthwise);
+//! - **convolution**: the forward pass, with its bias and activation fused when it has them
+//!   (inference on a BN-folded model), runs [`super::conv_forward_kernels`]; the backward pass
+//!   (registered with burn's autodiff) runs [`super::conv_kernels`]. Both fall back to burn's
+//!   operations for what they do not cover (another dtype, a grouping other than 1 or depthwise);
 //! - **per-channel affine + activation** (frozen batch norm, then ReLU/ReLU6): one fused pass
 //!   each way ([`super::affine_kernels`]);
 //! - **GELU** (exact, erf): vectorised and parallel both ways ([`super::gelu_kernels`]); also
@@ -19,13 +20,14 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
-use burn::backend::ops::ModuleOps;
+use burn::backend::ops::{ActivationOps, FloatTensorOps, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Flex, TensorMetadata, backend_extension};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, TensorData};
 
 use super::affine_kernels::{self, Activation};
+use super::conv_forward_kernels;
 use super::conv_kernels::{self as kernels, ConvGeometry};
 use super::gelu_kernels;
 
@@ -36,6 +38,15 @@ pub trait TrainOps: Backend {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         options: ConvOptions<2>,
+    ) -> FloatTensor<Self>;
+
+    /// `activation(conv2d(x, weight) + bias)`, in one pass where our kernels cover it.
+    fn fused_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        options: ConvOptions<2>,
+        activation: Activation,
     ) -> FloatTensor<Self>;
 
     /// `activation(x · scale[c] + shift[c])` over an f32 NCHW tensor.
@@ -52,7 +63,26 @@ pub trait TrainOps: Backend {
 
 impl TrainOps for Flex {
     fn train_conv2d(x: FlexTensor, weight: FlexTensor, options: ConvOptions<2>) -> FlexTensor {
-        Flex::conv2d(x, weight, None, options)
+        our_forward(&x, &weight, None, &options, Activation::Identity)
+            .unwrap_or_else(|| Flex::conv2d(x, weight, None, options))
+    }
+
+    fn fused_conv2d(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        options: ConvOptions<2>,
+        activation: Activation,
+    ) -> FlexTensor {
+        if let Some(y) = our_forward(&x, &weight, Some(&bias), &options, activation) {
+            return y;
+        }
+        let y = Flex::conv2d(x, weight, Some(bias), options);
+        match activation {
+            Activation::Identity => y,
+            Activation::Relu => Flex::relu(y),
+            Activation::Relu6 => Flex::float_clamp(y, 0.0f32.into(), 6.0f32.into()),
+        }
     }
 
     fn train_channel_affine(
@@ -110,6 +140,24 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
                 weight.into_primitive(),
                 options,
             )),
+        }
+    }
+
+    /// Our backward convolution, then burn's (tracked) bias addition and activation.
+    fn fused_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        options: ConvOptions<2>,
+        activation: Activation,
+    ) -> FloatTensor<Self> {
+        let y = Self::train_conv2d(x, weight, options);
+        let [channels] = bias.shape().dims();
+        let y = Self::float_add(y, Self::float_reshape(bias, [1, channels, 1, 1].into()));
+        match activation {
+            Activation::Identity => y,
+            Activation::Relu => Self::relu(y),
+            Activation::Relu6 => Self::float_clamp_max(Self::relu(y), 6.0f32.into()),
         }
     }
 
@@ -208,7 +256,7 @@ fn our_grad(
     gy: &FlexTensor,
     options: &ConvOptions<2>,
 ) -> Option<FlexTensor> {
-    let geometry = geometry(x, weight, gy, options)?;
+    let geometry = geometry(x, weight, &gy.shape().dims(), options)?;
     let gy = gy.to_contiguous();
     let gy = gy.as_slice::<f32>()?;
     let (values, shape) = match which {
@@ -226,19 +274,63 @@ fn our_grad(
     Some(FlexTensor::from_data(TensorData::new(values, shape)))
 }
 
-/// The kernels' view of this convolution, or `None` when it is not an f32 one.
+/// The convolution's output from our forward kernels, or `None` where they do not apply.
+fn our_forward(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    bias: Option<&FlexTensor>,
+    options: &ConvOptions<2>,
+    activation: Activation,
+) -> Option<FlexTensor> {
+    if bias.is_some_and(|b| b.dtype() != DType::F32) {
+        return None;
+    }
+    let [batch, _, in_h, in_w] = x.shape().dims();
+    let [out_channels, _, kernel_h, kernel_w] = weight.shape().dims();
+    let out_size = |dim: usize, size: usize, kernel: usize| {
+        let padded = size + options.padding[dim].0 + options.padding[dim].1;
+        let reach = options.dilation[dim] * (kernel - 1) + 1;
+        padded
+            .checked_sub(reach)
+            .map(|d| d / options.stride[dim] + 1)
+    };
+    let out_shape = [
+        batch,
+        out_channels,
+        out_size(0, in_h, kernel_h)?,
+        out_size(1, in_w, kernel_w)?,
+    ];
+    let geometry = geometry(x, weight, &out_shape, options)?;
+    let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
+    let bias = bias.map(|b| b.to_contiguous());
+    let bias = match &bias {
+        Some(b) => Some(b.as_slice::<f32>()?),
+        None => None,
+    };
+    let y = conv_forward_kernels::forward(
+        x.as_slice::<f32>()?,
+        weight.as_slice::<f32>()?,
+        bias,
+        &geometry,
+        activation,
+    )?;
+    Some(FlexTensor::from_data(TensorData::new(y, out_shape)))
+}
+
+/// The kernels' view of this convolution (`out_shape` is the output's, or its gradient's), or
+/// `None` when it is not an f32 one.
 fn geometry(
     x: &FlexTensor,
     weight: &FlexTensor,
-    gy: &FlexTensor,
+    out_shape: &[usize; 4],
     options: &ConvOptions<2>,
 ) -> Option<ConvGeometry> {
-    if [x.dtype(), weight.dtype(), gy.dtype()] != [DType::F32; 3] {
+    if [x.dtype(), weight.dtype()] != [DType::F32; 2] {
         return None;
     }
     let [batch, in_channels, in_h, in_w] = x.shape().dims();
     let [out_channels, _, kernel_h, kernel_w] = weight.shape().dims();
-    let [_, _, out_h, out_w] = gy.shape().dims();
+    let [_, _, out_h, out_w] = *out_shape;
     Some(ConvGeometry {
         batch,
         in_channels,

@@ -1,20 +1,25 @@
-//! Operations whose training pass on flex runs our own kernels: 2-D convolution (every
-//! backbone), a per-channel affine map + activation (a frozen batch norm and the ReLU/ReLU6
-//! after it) and GELU (ConvNeXt, ViT; on flex in inference too).
+//! Operations that run our own kernels on flex: 2-D convolution (every backbone; forward with
+//! its bias and activation fused, and backward), a per-channel affine map + activation (a
+//! frozen batch norm and the ReLU/ReLU6 after it, in training) and GELU (ConvNeXt, ViT).
 //!
-//! Training on other backends (tch, the GPU ones), and inference apart from GELU, run burn's
-//! operations unchanged. A training pass on flex runs, through a burn backend extension
-//! (`flex_ext`), the kernels of [`conv_kernels`] in the convolution's backward pass instead of
-//! burn's default gradient composition, [`affine_kernels`] in place of four element-wise
-//! operations each way, and [`gelu_kernels`] in place of flex's scalar-libm GELU. Only f32
-//! tensors take these paths. The convolution's bias, when there is one, is added after it, so
-//! its gradient is autodiff's ordinary broadcast-add reduction.
+//! Other backends (tch, the GPU ones) run burn's operations unchanged. On flex, through a burn
+//! backend extension (`flex_ext`): every f32 convolution's forward pass runs
+//! [`conv_forward_kernels`] (in inference with the bias and the activation in the same pass),
+//! its backward pass [`conv_kernels`] instead of burn's default gradient composition; a
+//! training pass runs [`affine_kernels`] in place of four element-wise operations each way;
+//! and GELU runs [`gelu_kernels`] in place of flex's scalar-libm GELU. Only f32 tensors take
+//! these paths. In a training pass the convolution's bias, when there is one, is added after
+//! it, so its gradient is autodiff's ordinary broadcast-add reduction.
 
 pub mod affine_kernels;
+pub mod conv_forward_kernels;
+mod conv_geometry;
 pub mod conv_kernels;
+mod depthwise_forward;
 #[cfg(feature = "flex")]
 mod flex_ext;
 pub mod gelu_kernels;
+mod gemm_views;
 
 use burn::tensor::Tensor;
 use burn::tensor::ops::ConvOptions;
@@ -26,6 +31,40 @@ const F32: burn::tensor::DType = burn::tensor::DType::F32;
 
 /// `conv2d(x, weight) + bias` — see the module docs for which kernels run.
 pub fn conv2d(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    options: ConvOptions<2>,
+) -> Tensor<4> {
+    conv2d_act(x, weight, bias, options, Activation::Identity)
+}
+
+/// `activation(conv2d(x, weight) + bias)`: one pass in inference on flex.
+pub fn conv2d_act(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    options: ConvOptions<2>,
+    activation: Activation,
+) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    if runs_on_flex(&x) && !x.device().is_autodiff() {
+        use burn::backend::Dispatch;
+        let bias = bias
+            .unwrap_or_else(|| Tensor::<1>::zeros([weight.dims()[0]], &x.device()).cast(x.dtype()));
+        return Tensor::<4>::from_dispatch(<Dispatch as flex_ext::TrainOps>::fused_conv2d(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            bias.into_dispatch(),
+            options,
+            activation,
+        ));
+    }
+    crate::layers::activate(conv2d_training(x, weight, bias, options), activation)
+}
+
+/// A convolution on autodiff flex (our backward kernels) or on another backend (burn's).
+fn conv2d_training(
     x: Tensor<4>,
     weight: Tensor<4>,
     bias: Option<Tensor<1>>,

@@ -1,8 +1,10 @@
-//! Our training-convolution gradient kernels against PyTorch's, within 1e-5 relative: called
-//! directly, and through burn's autodiff on flex (the path a training step takes).
+//! Our convolution kernels against PyTorch, within 1e-5 relative: the forward pass with bias and
+//! activation (called directly, and through `train_ops::conv2d_act` on flex as inference runs
+//! it), and the gradients (called directly, and through burn's autodiff on flex as a training
+//! step runs them).
 //!
 //! Fixture: `tests/fixtures/conv_grad.safetensors`, from `tools/make_conv_grad_fixtures.py`
-//! (float64 reference gradients for f32 inputs).
+//! (float64 reference outputs and gradients for f32 inputs).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,7 +12,9 @@ use std::path::{Path, PathBuf};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Deserialize;
-use visual_search_model::train_ops::{self, conv_kernels as kernels};
+use visual_search_model::train_ops::{
+    self, Activation, conv_forward_kernels, conv_kernels as kernels,
+};
 use visual_search_model::weights::TensorFile;
 
 #[derive(Deserialize)]
@@ -84,6 +88,71 @@ fn geometry(x: &[usize], w: &[usize], gy: &[usize], case: &Case) -> kernels::Con
         pad_begin: [case.padding[0][0], case.padding[1][0]],
         dilation: [case.dilation; 2],
         groups: case.groups,
+    }
+}
+
+/// Each activation and the fixture output it is checked against.
+const ACTIVATIONS: [(Activation, &str); 3] = [
+    (Activation::Identity, "y"),
+    (Activation::Relu, "y_relu"),
+    (Activation::Relu6, "y_relu6"),
+];
+
+#[test]
+fn forward_kernels_match_pytorch() {
+    let fixture = Loaded {
+        file: TensorFile::open(&fixture_path()).unwrap(),
+    };
+    for (name, case) in &cases() {
+        let (x, xs) = fixture.get(name, "x");
+        let (w, ws) = fixture.get(name, "weight");
+        let (bias, _) = fixture.get(name, "bias");
+        let (y, ys) = fixture.get(name, "y");
+        let g = geometry(&xs, &ws, &ys, case);
+        for (activation, key) in ACTIVATIONS {
+            let got = conv_forward_kernels::forward(&x, &w, Some(&bias), &g, activation)
+                .expect("kernel covers this case");
+            let e = relative_error(&got, &fixture.get(name, key).0);
+            assert!(e <= 1e-5, "{name} {activation:?}: relative error {e}");
+        }
+        // Without a bias: the output less the bias.
+        let got = conv_forward_kernels::forward(&x, &w, None, &g, Activation::Identity).unwrap();
+        let want: Vec<f32> = y
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v - bias[(i / (g.out_h * g.out_w)) % g.out_channels])
+            .collect();
+        let e = relative_error(&got, &want);
+        assert!(e <= 1e-5, "{name} without bias: relative error {e}");
+    }
+}
+
+/// Inference on flex (no autodiff) runs the fused kernels through the backend extension.
+#[test]
+fn fused_inference_conv_on_flex_matches_pytorch() {
+    let fixture = Loaded {
+        file: TensorFile::open(&fixture_path()).unwrap(),
+    };
+    let device = Device::flex();
+    for (name, case) in &cases() {
+        let load = |key: &str| {
+            let (v, s) = fixture.get(name, key);
+            Tensor::<4>::from_data(TensorData::new(v, s), &device)
+        };
+        let (bias, bs) = fixture.get(name, "bias");
+        let bias = Tensor::<1>::from_data(TensorData::new(bias, bs), &device);
+        for (activation, key) in ACTIVATIONS {
+            let y = train_ops::conv2d_act(
+                load("x"),
+                load("weight"),
+                Some(bias.clone()),
+                options(case),
+                activation,
+            );
+            let got = y.into_data().try_to_vec::<f32>().unwrap();
+            let e = relative_error(&got, &fixture.get(name, key).0);
+            assert!(e <= 1e-5, "{name} {activation:?}: relative error {e}");
+        }
     }
 }
 

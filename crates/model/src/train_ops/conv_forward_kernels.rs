@@ -1,0 +1,128 @@
+//! The f32 forward pass of a 2-D convolution (NCHW, contiguous) with its bias and activation
+//! in the same pass: what an inference pass on flex runs once batch norm is folded into the
+//! convolutions, and what a training pass on flex runs for a bias-free convolution.
+//!
+//! burn-flex's own convolution is correct but, on a BN-folded EfficientNet-Lite0 (batch 32),
+//! spent more time around its GEMMs than in them: a separate bias pass and a separate ReLU6
+//! pass (scalar, per element) over every output, zero-filled buffers, and a depthwise loop that
+//! reads every other input value for a stride-2 layer. Here:
+//! - **groups = 1**: per image, the output starts as the bias rows, the GEMM (`gemm` crate)
+//!   accumulates `weight · im2col(x)` into it (no im2col for a 1×1 stride-1 unpadded
+//!   convolution), and the activation runs over the image's output while it is still in cache.
+//!   Images run in parallel when there are at least as many as threads, else each GEMM is split.
+//! - **depthwise** (groups = channels in = channels out): vectorised across channels, see
+//!   [`super::depthwise_forward`].
+//!
+//! Other groupings return `None` and the caller runs burn's convolution.
+
+use std::mem::MaybeUninit;
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::affine_kernels::Activation;
+use super::conv_geometry::{ConvGeometry, im2col};
+use super::depthwise_forward;
+use super::gemm_views::{Matrix, MatrixRef, gemm_f32};
+
+/// `activation(conv2d(x, weight) + bias)`, shape `[batch, out_channels, out_h, out_w]`, or `None`
+/// for a grouping these kernels do not cover. `weight` is `[out_channels, in_channels / groups,
+/// kernel_h, kernel_w]`, `bias` `[out_channels]`.
+pub fn forward(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    g: &ConvGeometry,
+    activation: Activation,
+) -> Option<Vec<f32>> {
+    assert_eq!(x.len(), g.batch * g.in_channels * g.in_plane());
+    assert!(bias.is_none_or(|b| b.len() == g.out_channels));
+    if g.is_depthwise() {
+        assert_eq!(weight.len(), g.out_channels * g.kernel_h * g.kernel_w);
+        Some(depthwise_forward::forward(x, weight, bias, g, activation))
+    } else if g.groups == 1 {
+        assert_eq!(weight.len(), g.out_channels * g.col_rows());
+        Some(dense(x, weight, bias, g, activation))
+    } else {
+        None
+    }
+}
+
+fn dense(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    g: &ConvGeometry,
+    activation: Activation,
+) -> Vec<f32> {
+    let (rows, p) = (g.col_rows(), g.out_plane());
+    let in_image = g.in_channels * g.in_plane();
+    let across_images = g.batch >= rayon::current_num_threads();
+    let inner = if across_images {
+        Parallelism::None
+    } else {
+        Parallelism::Rayon(0)
+    };
+    let run = |col: &mut Vec<f32>, n: usize, y_n: &mut [f32]| {
+        let x_n = &x[n * in_image..][..in_image];
+        let col_n: &[f32] = if g.is_plain_pointwise() {
+            x_n
+        } else {
+            im2col(x_n, g, col);
+            col
+        };
+        gemm_f32(
+            Matrix::row_major(y_n, g.out_channels, p),
+            bias.is_some(),
+            MatrixRef::row_major(weight, g.out_channels, rows),
+            MatrixRef::row_major(col_n, rows, p),
+            inner,
+        );
+        activate(y_n, activation);
+    };
+    images_from_bias(g.batch, p, bias.unwrap_or(&vec![0.0; g.out_channels]), run)
+}
+
+/// The activation, in place.
+pub(super) fn activate(y: &mut [f32], activation: Activation) {
+    match activation {
+        Activation::Identity => {}
+        Activation::Relu => y.iter_mut().for_each(|v| *v = v.max(0.0)),
+        Activation::Relu6 => y.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
+    }
+}
+
+/// A `[batch, bias.len(), plane]` buffer whose row `r` of each image starts as `bias[r]` when
+/// `op(col, n, image)` runs on image `n`; images run in parallel, `col` is one scratch buffer
+/// per task. Each image is filled by the task that then works on it, so there is no separate
+/// zeroing pass over the buffer.
+fn images_from_bias(
+    batch: usize,
+    plane: usize,
+    bias: &[f32],
+    op: impl Fn(&mut Vec<f32>, usize, &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
+    let image_len = bias.len() * plane;
+    let len = batch * image_len;
+    let mut buffer: Vec<f32> = Vec::with_capacity(len);
+    if image_len > 0 {
+        buffer.spare_capacity_mut()[..len]
+            .par_chunks_mut(image_len)
+            .enumerate()
+            .for_each_init(Vec::new, |col, (n, image)| {
+                for (values, &b) in image.chunks_mut(plane).zip(bias) {
+                    for v in values {
+                        v.write(b);
+                    }
+                }
+                // SAFETY: every element of `image` was just written, and `MaybeUninit<f32>`
+                // has the layout of `f32`.
+                let image = unsafe { &mut *(image as *mut [MaybeUninit<f32>] as *mut [f32]) };
+                op(col, n, image);
+            });
+    }
+    // SAFETY: the loop above wrote all `len` elements (every image in full), and `len` fits the
+    // capacity.
+    unsafe { buffer.set_len(len) };
+    buffer
+}
