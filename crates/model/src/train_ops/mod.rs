@@ -20,6 +20,7 @@ mod depthwise_forward;
 mod flex_ext;
 pub mod gelu_kernels;
 mod gemm_views;
+mod vectorized;
 
 use burn::tensor::Tensor;
 use burn::tensor::ops::ConvOptions;
