@@ -10,7 +10,7 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Distribution, Tensor};
 
-use crate::train_ops::{Activation, channel_affine, conv2d_act};
+use crate::train_ops::{Activation, LinearActivation, channel_affine, conv2d_act, linear_2d};
 
 /// TensorFlow "same" padding for one dimension: `(before, after)`.
 pub fn tf_same_padding(
@@ -95,10 +95,24 @@ fn conv_padded_bn_act(
 
 /// `linear.forward(x)`, through [`matmul_rows`].
 pub fn linear<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
-    matmul_rows(
+    linear_act(linear, x, LinearActivation::Identity)
+}
+
+/// `gelu(linear.forward(x))`, one pass in inference on flex.
+pub fn linear_gelu<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
+    linear_act(linear, x, LinearActivation::Gelu)
+}
+
+fn linear_act<const D: usize>(
+    linear: &Linear,
+    x: Tensor<D>,
+    activation: LinearActivation,
+) -> Tensor<D> {
+    matmul_rows_act(
         x,
         linear.weight.val(),
         linear.bias.as_ref().map(|b| b.val()),
+        activation,
     )
 }
 
@@ -112,14 +126,20 @@ pub fn matmul_rows<const D: usize>(
     weight: Tensor<2>,
     bias: Option<Tensor<1>>,
 ) -> Tensor<D> {
+    matmul_rows_act(x, weight, bias, LinearActivation::Identity)
+}
+
+/// [`matmul_rows`], then the activation ([`crate::train_ops::linear_2d`]).
+fn matmul_rows_act<const D: usize>(
+    x: Tensor<D>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+    activation: LinearActivation,
+) -> Tensor<D> {
     let dims = x.dims();
     let [d_in, d_out] = weight.dims();
     let rows = dims[..D - 1].iter().product::<usize>();
-    let y = x.reshape([rows, d_in]).matmul(weight);
-    let y = match bias {
-        Some(bias) => y.add(bias.reshape([1, d_out])),
-        None => y,
-    };
+    let y = linear_2d(x.reshape([rows, d_in]), weight, bias, activation);
     let mut out = dims;
     out[D - 1] = d_out;
     y.reshape(out)
@@ -169,9 +189,15 @@ pub fn relu6<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     }
 }
 
+/// `norm.forward(x)`, through [`crate::train_ops::layer_norm`] (our kernels in a training pass
+/// on flex). burn keeps a `LayerNorm`'s epsilon private, so the model passes its own.
+pub fn layer_norm<const D: usize>(norm: &LayerNorm, x: Tensor<D>, epsilon: f64) -> Tensor<D> {
+    crate::train_ops::layer_norm(norm, x, epsilon)
+}
+
 /// LayerNorm over the channels of an NCHW tensor (timm's `LayerNorm2d`).
-pub fn layer_norm_2d(norm: &LayerNorm, x: Tensor<4>) -> Tensor<4> {
-    norm.forward(x.permute([0, 2, 3, 1])).permute([0, 3, 1, 2])
+pub fn layer_norm_2d(norm: &LayerNorm, x: Tensor<4>, epsilon: f64) -> Tensor<4> {
+    layer_norm(norm, x.permute([0, 2, 3, 1]), epsilon).permute([0, 3, 1, 2])
 }
 
 /// Whether a forward pass is a training pass (gradients are being recorded).

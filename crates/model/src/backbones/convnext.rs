@@ -11,9 +11,8 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{conv, drop_path, layer_norm_2d, linear};
+use crate::layers::{conv, drop_path, layer_norm, layer_norm_2d, linear, linear_gelu};
 use crate::pooling::{Pooling, PoolingKind};
-use crate::train_ops::gelu;
 use crate::weights::WeightMapping;
 
 /// Sizes of one ConvNeXt.
@@ -95,6 +94,7 @@ impl ConvNextConfig {
                 );
                 let downsample = i > 0;
                 ConvNextStage {
+                    norm_eps: self.norm_eps,
                     downsample_norm: downsample.then(|| norm(in_dim)),
                     downsample_conv: downsample.then(|| {
                         Conv2dConfig::new([in_dim, out_dim], [2, 2])
@@ -126,6 +126,7 @@ impl ConvNextConfig {
                                     device,
                                 )),
                                 drop_path: rate,
+                                norm_eps: self.norm_eps,
                             }
                         })
                         .collect(),
@@ -138,6 +139,7 @@ impl ConvNextConfig {
                 .with_stride([4, 4])
                 .init(device),
             stem_norm: norm(self.dims[0]),
+            norm_eps: self.norm_eps,
             stages,
             pooling: Pooling::new(self.pooling, device),
             head_norm: norm(last),
@@ -166,13 +168,15 @@ pub struct ConvNextBlock {
     pub mlp: Mlp,
     pub gamma: Param<Tensor<1>>,
     pub drop_path: f64,
+    /// `norm`'s epsilon (burn keeps it private).
+    pub norm_eps: f64,
 }
 
 impl ConvNextBlock {
     fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         let x = conv(&self.conv_dw, input.clone()).permute([0, 2, 3, 1]);
-        let x = self.norm.forward(x);
-        let x = linear(&self.mlp.fc2, gelu(linear(&self.mlp.fc1, x)));
+        let x = layer_norm(&self.norm, x, self.norm_eps);
+        let x = linear(&self.mlp.fc2, linear_gelu(&self.mlp.fc1, x));
         let x = x
             .mul(self.gamma.val().reshape([1, 1, 1, -1]))
             .permute([0, 3, 1, 2]);
@@ -184,6 +188,8 @@ impl ConvNextBlock {
 #[derive(Module, Debug)]
 pub struct ConvNextStage {
     pub downsample_norm: Option<LayerNorm>,
+    /// `downsample_norm`'s epsilon.
+    pub norm_eps: f64,
     pub downsample_conv: Option<Conv2d>,
     pub blocks: Vec<ConvNextBlock>,
 }
@@ -194,6 +200,8 @@ pub struct ConvNextStage {
 pub struct ConvNext {
     pub stem_conv: Conv2d,
     pub stem_norm: LayerNorm,
+    /// `stem_norm`'s and `head_norm`'s epsilon.
+    pub norm_eps: f64,
     pub stages: Vec<ConvNextStage>,
     pub pooling: Pooling,
     pub head_norm: LayerNorm,
@@ -204,16 +212,16 @@ pub struct ConvNext {
 impl ConvNext {
     /// Pooled, normalised (and, for CLIP towers, projected) features.
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = layer_norm_2d(&self.stem_norm, conv(&self.stem_conv, x));
+        let mut x = layer_norm_2d(&self.stem_norm, conv(&self.stem_conv, x), self.norm_eps);
         for stage in &self.stages {
             if let (Some(norm), Some(down)) = (&stage.downsample_norm, &stage.downsample_conv) {
-                x = conv(down, layer_norm_2d(norm, x));
+                x = conv(down, layer_norm_2d(norm, x, stage.norm_eps));
             }
             for block in &stage.blocks {
                 x = block.forward(x);
             }
         }
-        let pooled = self.head_norm.forward(self.pooling.forward(x));
+        let pooled = layer_norm(&self.head_norm, self.pooling.forward(x), self.norm_eps);
         match &self.proj {
             Some(proj) => proj.forward(pooled),
             None => pooled,

@@ -15,9 +15,11 @@ use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::interpolate::bicubic_resize;
-use crate::layers::{conv, drop_path, linear, matmul_rows, quick_gelu};
-use crate::train_ops::gelu;
+use crate::layers::{conv, drop_path, layer_norm, linear, linear_gelu, matmul_rows, quick_gelu};
 use crate::weights::WeightMapping;
+
+/// OpenCLIP's LayerNorm epsilon (every norm of the tower).
+const LN_EPS: f64 = 1e-5;
 
 /// Sizes of one OpenCLIP ViT.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,7 +89,7 @@ impl VitConfig {
 
     pub fn init(&self, device: &Device) -> VisionTransformer {
         let scale = (self.width as f64).powf(-0.5);
-        let ln = |d: usize| LayerNormConfig::new(d).with_epsilon(1e-5).init(device);
+        let ln = |d: usize| LayerNormConfig::new(d).with_epsilon(LN_EPS).init(device);
         let hidden = (self.width as f64 * self.mlp_ratio) as usize;
         let tokens = self.grid() * self.grid() + 1;
         let resblocks = (0..self.layers)
@@ -199,11 +201,10 @@ pub struct ClipMlp {
 
 impl ClipMlp {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = linear(&self.c_fc, x);
         let x = if self.quick_gelu {
-            quick_gelu(x)
+            quick_gelu(linear(&self.c_fc, x))
         } else {
-            gelu(x)
+            linear_gelu(&self.c_fc, x)
         };
         linear(&self.c_proj, x)
     }
@@ -236,9 +237,15 @@ fn scaled(ls: &Option<LayerScale>, x: Tensor<3>) -> Tensor<3> {
 
 impl ResidualAttentionBlock {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let a = scaled(&self.ls_1, self.attn.forward(self.ln_1.forward(x.clone())));
+        let a = scaled(
+            &self.ls_1,
+            self.attn.forward(layer_norm(&self.ln_1, x.clone(), LN_EPS)),
+        );
         let x = x + drop_path(a, self.drop_path);
-        let m = scaled(&self.ls_2, self.mlp.forward(self.ln_2.forward(x.clone())));
+        let m = scaled(
+            &self.ls_2,
+            self.mlp.forward(layer_norm(&self.ln_2, x.clone(), LN_EPS)),
+        );
         x + drop_path(m, self.drop_path)
     }
 }
@@ -305,11 +312,11 @@ impl VisionTransformer {
             .reshape([1, 1, d])
             .expand([b, 1, d]);
         let x = Tensor::cat(vec![cls, x], 1) + self.positional_embedding.val().unsqueeze_dim(0);
-        let mut x = self.ln_pre.forward(x);
+        let mut x = layer_norm(&self.ln_pre, x, LN_EPS);
         for block in &self.transformer.resblocks {
             x = block.forward(x);
         }
-        let x = self.ln_post.forward(x);
+        let x = layer_norm(&self.ln_post, x, LN_EPS);
         let pooled = x.narrow(1, 0, 1).reshape([b, d]);
         match &self.proj {
             Some(p) => pooled.matmul(p.val()),

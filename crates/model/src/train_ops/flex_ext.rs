@@ -7,7 +7,10 @@
 //! - **per-channel affine + activation** (frozen batch norm, then ReLU/ReLU6): one fused pass
 //!   each way ([`super::affine_kernels`]);
 //! - **GELU** (exact, erf): vectorised and parallel both ways ([`super::gelu_kernels`]); also
-//!   used for inference on flex.
+//!   used for inference on flex;
+//! - **LayerNorm** (training): one pass each way ([`super::layer_norm_kernels`]);
+//! - **linear** (inference): product, bias and GELU in one pass per block of rows
+//!   ([`super::linear_kernels`]); in training, burn's matmul and addition, then our GELU.
 //!
 //! burn's default convolution backward — the one every backend inherits — computes the weight
 //! gradient as a forward convolution with the output gradient as its kernel, one batch-1
@@ -30,6 +33,8 @@ use super::affine_kernels::{self, Activation};
 use super::conv_forward_kernels;
 use super::conv_kernels::{self as kernels, ConvGeometry};
 use super::gelu_kernels;
+use super::layer_norm_kernels;
+use super::linear_kernels::{self, LinearActivation};
 
 #[backend_extension(Flex, Autodiff)]
 pub trait TrainOps: Backend {
@@ -59,6 +64,22 @@ pub trait TrainOps: Backend {
 
     /// Exact GELU of an f32 tensor.
     fn train_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// LayerNorm over the last dimension of an f32 tensor (biased variance, as PyTorch).
+    fn train_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self>;
+
+    /// `activation(x · weight + bias)` for a 2-D `x`, in one pass where our kernels cover it.
+    fn fused_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        activation: LinearActivation,
+    ) -> FloatTensor<Self>;
 }
 
 impl TrainOps for Flex {
@@ -112,9 +133,82 @@ impl TrainOps for Flex {
         let x = x.to_contiguous();
         FlexTensor::from_data(TensorData::new(gelu_kernels::forward(f32_slice(&x)), shape))
     }
+
+    fn train_layer_norm(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        epsilon: f64,
+    ) -> FlexTensor {
+        let shape = x.shape();
+        let (x, gamma, beta) = (
+            x.to_contiguous(),
+            gamma.to_contiguous(),
+            beta.to_contiguous(),
+        );
+        let y = layer_norm_kernels::forward(
+            f32_slice(&x),
+            f32_slice(&gamma),
+            f32_slice(&beta),
+            epsilon,
+        );
+        FlexTensor::from_data(TensorData::new(y, shape))
+    }
+
+    fn fused_linear(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        activation: LinearActivation,
+    ) -> FlexTensor {
+        if [x.dtype(), weight.dtype(), bias.dtype()] == [DType::F32; 3] {
+            let [rows, _] = x.shape().dims();
+            let [d_out] = bias.shape().dims();
+            let (x, weight, bias) = (
+                x.to_contiguous(),
+                weight.to_contiguous(),
+                bias.to_contiguous(),
+            );
+            let y = linear_kernels::forward(
+                f32_slice(&x),
+                f32_slice(&weight),
+                f32_slice(&bias),
+                rows,
+                activation,
+            );
+            return FlexTensor::from_data(TensorData::new(y, [rows, d_out]));
+        }
+        let [d_out] = bias.shape().dims();
+        let y = Flex::float_add(
+            Flex::float_matmul(x, weight),
+            Flex::float_reshape(bias, [1, d_out].into()),
+        );
+        match activation {
+            LinearActivation::Identity => y,
+            LinearActivation::Gelu => Flex::gelu(y),
+        }
+    }
 }
 
 impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
+    /// burn's (tracked) matmul and bias addition, then our GELU.
+    fn fused_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        activation: LinearActivation,
+    ) -> FloatTensor<Self> {
+        let [d_out] = bias.shape().dims();
+        let y = Self::float_add(
+            Self::float_matmul(x, weight),
+            Self::float_reshape(bias, [1, d_out].into()),
+        );
+        match activation {
+            LinearActivation::Identity => y,
+            LinearActivation::Gelu => Self::train_gelu(y),
+        }
+    }
+
     fn train_conv2d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -189,6 +283,37 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
                 scale.into_primitive(),
                 shift.into_primitive(),
                 activation,
+            )),
+        }
+    }
+
+    fn train_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        match LayerNormBackward
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let gamma_state = prep.checkpoint(&gamma);
+                let output = Flex::train_layer_norm(
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    epsilon,
+                );
+                prep.finish((x_state, gamma_state, epsilon), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::train_layer_norm(
+                x.into_primitive(),
+                gamma.into_primitive(),
+                beta.into_primitive(),
+                epsilon,
             )),
         }
     }
@@ -392,6 +517,44 @@ impl Backward<Flex, 3> for ChannelAffineBackward {
         }
         if let Some(node) = node_shift {
             let grad = FlexTensor::from_data(TensorData::new(g.shift, scale_shape));
+            grads.register::<Flex>(node.id, grad);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct LayerNormBackward;
+
+impl Backward<Flex, 3> for LayerNormBackward {
+    type State = (NodeId, NodeId, f64);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let gy = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let (x_state, gamma_state, epsilon) = ops.state;
+        let x = checkpointer.retrieve_node_output::<FlexTensor>(x_state);
+        let gamma = checkpointer.retrieve_node_output::<FlexTensor>(gamma_state);
+        let (x_shape, gamma_shape) = (x.shape(), gamma.shape());
+        let (x, gamma) = (x.to_contiguous(), gamma.to_contiguous());
+        let g =
+            layer_norm_kernels::backward(f32_slice(&x), f32_slice(&gamma), f32_slice(&gy), epsilon);
+        if let Some(node) = node_x {
+            grads.register::<Flex>(
+                node.id,
+                FlexTensor::from_data(TensorData::new(g.x, x_shape)),
+            );
+        }
+        if let Some(node) = node_gamma {
+            let grad = FlexTensor::from_data(TensorData::new(g.gamma, gamma_shape.clone()));
+            grads.register::<Flex>(node.id, grad);
+        }
+        if let Some(node) = node_beta {
+            let grad = FlexTensor::from_data(TensorData::new(g.beta, gamma_shape));
             grads.register::<Flex>(node.id, grad);
         }
     }

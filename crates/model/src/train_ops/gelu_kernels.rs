@@ -16,20 +16,21 @@ const CHUNK: usize = 1 << 14;
 
 /// `0.5·x·(1 + erf(x/√2))`.
 pub fn forward(x: &[f32]) -> Vec<f32> {
-    let mut y = vec![0.0f32; x.len()];
-    y.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .for_each(|(y, x)| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    for (o, &v) in y.iter_mut().zip(x) {
-                        *o = 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
-                    }
-                },
-            )
-        });
+    let mut y = x.to_vec();
+    y.par_chunks_mut(CHUNK).for_each(in_place);
     y
+}
+
+/// `forward` in place, on the calling thread.
+pub fn in_place(y: &mut [f32]) {
+    vectorized(
+        #[inline(always)]
+        || {
+            for v in y.iter_mut() {
+                *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2));
+            }
+        },
+    )
 }
 
 /// `gy · (Φ(x) + x·φ(x))`, GELU's derivative times the output gradient.

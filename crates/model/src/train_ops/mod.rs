@@ -1,14 +1,17 @@
 //! Operations that run our own kernels on flex: 2-D convolution (every backbone; forward with
 //! its bias and activation fused, and backward), a per-channel affine map + activation (a
-//! frozen batch norm and the ReLU/ReLU6 after it, in training) and GELU (ConvNeXt, ViT).
+//! frozen batch norm and the ReLU/ReLU6 after it, in training), GELU and LayerNorm (ConvNeXt,
+//! ViT), and the linear layer (inference).
 //!
 //! Other backends (tch, the GPU ones) run burn's operations unchanged. On flex, through a burn
 //! backend extension (`flex_ext`): every f32 convolution's forward pass runs
 //! [`conv_forward_kernels`] (in inference with the bias and the activation in the same pass),
 //! its backward pass [`conv_kernels`] instead of burn's default gradient composition; a
-//! training pass runs [`affine_kernels`] in place of four element-wise operations each way;
-//! and GELU runs [`gelu_kernels`] in place of flex's scalar-libm GELU. Only f32 tensors take
-//! these paths. In a training pass the convolution's bias, when there is one, is added after
+//! training pass runs [`affine_kernels`] in place of four element-wise operations each way and
+//! [`layer_norm_kernels`] in place of burn's six-operation LayerNorm; GELU runs
+//! [`gelu_kernels`] in place of flex's scalar-libm GELU; and an inference `Linear` runs
+//! [`linear_kernels`] (product, bias and GELU in one pass). Only f32 tensors take these
+//! paths. In a training pass the convolution's bias, when there is one, is added after
 //! it, so its gradient is autodiff's ordinary broadcast-add reduction.
 
 pub mod affine_kernels;
@@ -20,12 +23,16 @@ mod depthwise_forward;
 mod flex_ext;
 pub mod gelu_kernels;
 mod gemm_views;
+pub mod layer_norm_kernels;
+pub mod linear_kernels;
 mod vectorized;
 
+use burn::nn::LayerNorm;
 use burn::tensor::Tensor;
 use burn::tensor::ops::ConvOptions;
 
 pub use affine_kernels::Activation;
+pub use linear_kernels::LinearActivation;
 
 #[cfg(feature = "flex")]
 const F32: burn::tensor::DType = burn::tensor::DType::F32;
@@ -112,6 +119,63 @@ pub fn channel_affine(
         .mul(scale.reshape([1, channels, 1, 1]))
         .add(shift.reshape([1, channels, 1, 1]));
     crate::layers::activate(y, activation)
+}
+
+/// `activation(x · weight + bias)` over the rows of `x` (`weight` is `[d_in, d_out]`): one pass
+/// per block of rows in inference on flex.
+pub fn linear_2d(
+    x: Tensor<2>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+    activation: LinearActivation,
+) -> Tensor<2> {
+    #[cfg(feature = "flex")]
+    if runs_on_flex(&x) && !x.device().is_autodiff() {
+        use burn::backend::Dispatch;
+        let bias = bias
+            .unwrap_or_else(|| Tensor::<1>::zeros([weight.dims()[1]], &x.device()).cast(x.dtype()));
+        return Tensor::<2>::from_dispatch(<Dispatch as flex_ext::TrainOps>::fused_linear(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            bias.into_dispatch(),
+            activation,
+        ));
+    }
+    let d_out = weight.dims()[1];
+    let y = x.matmul(weight);
+    let y = match bias {
+        Some(bias) => y.add(bias.reshape([1, d_out])),
+        None => y,
+    };
+    match activation {
+        LinearActivation::Identity => y,
+        LinearActivation::Gelu => gelu(y),
+    }
+}
+
+/// `norm.forward(x)` (LayerNorm over the last dimension, biased variance as PyTorch), with
+/// `epsilon` the module's own: our kernels both ways in an f32 training pass on flex, burn's
+/// `LayerNorm` otherwise (which widens f16/bf16 inputs for its statistics).
+pub fn layer_norm<const D: usize>(norm: &LayerNorm, x: Tensor<D>, epsilon: f64) -> Tensor<D> {
+    #[cfg(feature = "flex")]
+    if x.device().is_autodiff() && runs_on_flex(&x) && x.dtype() == F32 {
+        use burn::backend::Dispatch;
+        let gamma = norm.gamma.val();
+        if gamma.dtype() == F32 {
+            let beta = match &norm.beta {
+                Some(beta) => beta.val(),
+                None => gamma.zeros_like(),
+            };
+            return Tensor::<D>::from_dispatch(<Dispatch as flex_ext::TrainOps>::train_layer_norm(
+                x.into_dispatch(),
+                gamma.into_dispatch(),
+                beta.into_dispatch(),
+                epsilon,
+            ));
+        }
+    }
+    let _ = epsilon;
+    norm.forward(x)
 }
 
 /// Exact (erf) GELU.

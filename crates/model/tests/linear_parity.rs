@@ -1,0 +1,87 @@
+//! The fused linear layer (product, bias, GELU) against PyTorch's `F.linear` + `F.gelu`, within
+//! 1e-5 relative: the kernel with one block and with several (parallel blocks, and one block
+//! whose GEMM is split), and `train_ops::linear_2d` on flex in inference and in training.
+//!
+//! Fixture: `tests/fixtures/linear.safetensors`, from `tools/make_linear_fixtures.py`.
+
+use std::path::Path;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use visual_search_model::train_ops::{self, LinearActivation, linear_kernels};
+use visual_search_model::weights::TensorFile;
+
+struct Fixture {
+    x: Vec<f32>,
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    rows: usize,
+    d_in: usize,
+}
+
+fn fixture() -> (Fixture, TensorFile) {
+    let file = TensorFile::open(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/linear.safetensors"),
+    )
+    .unwrap();
+    let shape = file.entries["x"].shape.clone();
+    let f = Fixture {
+        x: file.read_f32("x").unwrap(),
+        weight: file.read_f32("weight").unwrap(),
+        bias: file.read_f32("bias").unwrap(),
+        rows: shape[0],
+        d_in: shape[1],
+    };
+    (f, file)
+}
+
+const CASES: [(LinearActivation, &str); 2] = [
+    (LinearActivation::Identity, "y"),
+    (LinearActivation::Gelu, "y_gelu"),
+];
+
+fn relative_error(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
+    let diff = got
+        .iter()
+        .zip(want)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    diff / scale
+}
+
+#[test]
+fn kernel_matches_pytorch_in_any_blocking() {
+    let (f, file) = fixture();
+    for (activation, key) in CASES {
+        let want = file.read_f32(key).unwrap();
+        // One block (its GEMM split across threads), 8-row blocks (5 in parallel), one row each.
+        for block_rows in [f.rows, 8, 1] {
+            let got = linear_kernels::forward_in_blocks(
+                &f.x, &f.weight, &f.bias, f.rows, activation, block_rows,
+            );
+            let e = relative_error(&got, &want);
+            assert!(
+                e <= 1e-5,
+                "{key}, {block_rows}-row blocks: relative error {e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn linear_2d_on_flex_matches_pytorch() {
+    let (f, file) = fixture();
+    for device in [Device::flex(), Device::flex().autodiff()] {
+        for (activation, key) in CASES {
+            let x = Tensor::<2>::from_data(TensorData::new(f.x.clone(), [f.rows, f.d_in]), &device);
+            let d_out = f.bias.len();
+            let w =
+                Tensor::<2>::from_data(TensorData::new(f.weight.clone(), [f.d_in, d_out]), &device);
+            let b = Tensor::<1>::from_data(TensorData::new(f.bias.clone(), [d_out]), &device);
+            let y = train_ops::linear_2d(x, w, Some(b), activation);
+            let got = y.into_data().try_to_vec::<f32>().unwrap();
+            let e = relative_error(&got, &file.read_f32(key).unwrap());
+            assert!(e <= 1e-5, "{key} on {device:?}: relative error {e}");
+        }
+    }
+}
