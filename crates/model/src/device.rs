@@ -85,7 +85,7 @@ pub fn parse_device(name: &str) -> Result<Device, UnknownDevice> {
 
 /// The device to train `architecture` on: the named one, or for `auto` a compiled GPU backend,
 /// else the faster CPU backend for this family as measured by `bench train` (BENCHMARKS.md
-/// "Training throughput"): `tch` for ViT (libtorch's GEMMs; 1.6x flex), `flex` for the CNNs
+/// "Training throughput"): `tch` for ViT (libtorch's GEMMs; 1.4x flex), `flex` for the CNNs
 /// (our convolution kernels; 1.0x–3.0x tch).
 pub fn training_device(
     name: &str,

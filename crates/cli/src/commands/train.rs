@@ -32,7 +32,7 @@ pub struct Args {
     resume: Option<PathBuf>,
     /// Compute device: flex (CPU), tch, tch-cuda:N, cuda:N, wgpu or auto. On a CPU, `flex`
     /// trains the CNNs fastest (EfficientNet-Lite 3.0x, ResNet 1.2x, ConvNeXt 1.05x `tch`) and
-    /// `tch` (a `--features tch` build) ViT (1.6x `flex`); `auto` picks that way, or a compiled
+    /// `tch` (a `--features tch` build) ViT (1.4x `flex`); `auto` picks that way, or a compiled
     /// GPU backend (`tch-cuda:0`, `cuda:0`). Training is f32 (see BENCHMARKS.md "Training
     /// throughput").
     #[arg(long, default_value = "auto")]
