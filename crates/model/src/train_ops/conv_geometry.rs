@@ -112,18 +112,28 @@ pub(super) struct TapRow {
 
 /// Writes image `x_n`'s `[in_channels · kh · kw, out_h · out_w]` patch matrix into `col`
 /// (zeros where a tap falls in the padding).
+///
+/// `col` must be empty or hold an earlier patch matrix of this same geometry (the callers keep
+/// one buffer per task of one convolution): the padding positions are the same for every image,
+/// so a buffer of the right length is not zeroed again, only its valid positions overwritten.
 pub(super) fn im2col(x_n: &[f32], g: &ConvGeometry, col: &mut Vec<f32>) {
     let (p, taps) = (g.out_plane(), g.kernel_h * g.kernel_w);
-    col.clear();
-    col.resize(g.col_rows() * p, 0.0);
+    if col.len() != g.col_rows() * p {
+        col.clear();
+        col.resize(g.col_rows() * p, 0.0);
+    }
     for c in 0..g.in_channels {
         let x_plane = &x_n[c * g.in_plane()..][..g.in_plane()];
         let col_c = &mut col[c * taps * p..(c + 1) * taps * p];
         g.for_each_tap_row(|row| {
             let out = &mut col_c[row.tap * p..(row.tap + 1) * p][row.out];
-            let x_row = x_plane[row.input..].iter().step_by(g.stride[1]);
-            for (o, &v) in out.iter_mut().zip(x_row) {
-                *o = v;
+            if g.stride[1] == 1 {
+                out.copy_from_slice(&x_plane[row.input..][..out.len()]);
+            } else {
+                let x_row = x_plane[row.input..].iter().step_by(g.stride[1]);
+                for (o, &v) in out.iter_mut().zip(x_row) {
+                    *o = v;
+                }
             }
         });
     }
