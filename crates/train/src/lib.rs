@@ -7,6 +7,7 @@ pub mod config;
 pub mod embedding;
 pub mod error;
 pub mod export;
+pub mod fused_adamw;
 pub mod grads;
 pub mod head;
 pub mod labels;

@@ -4,7 +4,7 @@
 //! batch-norm statistics frozen while the weights train.
 
 use burn::module::{Flag, Module, ModuleMapper, ModuleVisitor, Param, ParamGroup};
-use burn::optim::{AdamWConfig, ModuleOptimizer};
+use burn::optim::ModuleOptimizer;
 use burn::tensor::{Device, Tensor};
 use visual_search_model::embedder::EmbeddingModel;
 use visual_search_model::heads::arcface_subcenter::ArcFaceSubcenter;
@@ -13,6 +13,7 @@ use visual_search_model::registry::{BuildOptions, ModelSpec};
 use crate::checkpoint::{Optimizers, load_module, read_state, resolve_checkpoint};
 use crate::config::{HeadConfig, TrainConfig};
 use crate::error::TrainError;
+use crate::fused_adamw::FusedAdamW;
 use crate::grads::no_decay_ids;
 use crate::labels::ClassIndex;
 
@@ -66,16 +67,11 @@ pub fn materialize<M: Module>(module: &M) {
     module.visit(&mut Materialize);
 }
 
-/// AdamW (eps 1e-8) with weight decay, and a decay-free group for `no_decay`.
+/// AdamW (eps 1e-8) with weight decay, and a decay-free group for `no_decay`: burn's AdamW
+/// step, fused ([`FusedAdamW`]).
 fn optimizer(weight_decay: f64, no_decay: Vec<burn::module::ParamId>) -> ModuleOptimizer {
-    let decayed = AdamWConfig::new()
-        .with_epsilon(1e-8)
-        .with_weight_decay(weight_decay as f32)
-        .build();
-    let plain = AdamWConfig::new()
-        .with_epsilon(1e-8)
-        .with_weight_decay(0.0)
-        .build();
+    let decayed = FusedAdamW::new(1e-8, weight_decay as f32);
+    let plain = FusedAdamW::new(1e-8, 0.0);
     ModuleOptimizer::from(decayed).with_group(ParamGroup::from_ids(no_decay), plain, None)
 }
 

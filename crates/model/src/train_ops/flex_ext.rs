@@ -8,6 +8,7 @@
 //!   each way ([`super::affine_kernels`]);
 //! - **GELU** (exact, erf): vectorised and parallel both ways ([`super::gelu_kernels`]); also
 //!   used for inference on flex;
+//! - **AdamW** (the optimizer step): one parallel pass per parameter ([`super::adamw_kernels`]);
 //! - **LayerNorm** (training): one pass each way ([`super::layer_norm_kernels`]);
 //! - **linear** (inference): product, bias and GELU in one pass per block of rows
 //!   ([`super::linear_kernels`]); in training, burn's matmul and addition, then our GELU.
@@ -29,6 +30,7 @@ use burn::backend::{Autodiff, Backend, Flex, TensorMetadata, backend_extension};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, TensorData};
 
+use super::adamw_kernels::{self, AdamWScalars};
 use super::affine_kernels::{self, Activation};
 use super::conv_forward_kernels;
 use super::conv_kernels::{self as kernels, ConvGeometry};
@@ -72,6 +74,16 @@ pub trait TrainOps: Backend {
         beta: FloatTensor<Self>,
         epsilon: f64,
     ) -> FloatTensor<Self>;
+
+    /// One AdamW step of a flat parameter (not tracked): the new parameter, first and second
+    /// moments.
+    fn adamw_update(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        moment_1: FloatTensor<Self>,
+        moment_2: FloatTensor<Self>,
+        scalars: AdamWScalars,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
     /// `activation(x · weight + bias)` for a 2-D `x`, in one pass where our kernels cover it.
     fn fused_linear(
@@ -153,6 +165,35 @@ impl TrainOps for Flex {
             epsilon,
         );
         FlexTensor::from_data(TensorData::new(y, shape))
+    }
+
+    fn adamw_update(
+        param: FlexTensor,
+        grad: FlexTensor,
+        moment_1: FlexTensor,
+        moment_2: FlexTensor,
+        scalars: AdamWScalars,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let tensors = [&param, &grad, &moment_1, &moment_2];
+        if tensors.iter().all(|t| t.dtype() == DType::F32) {
+            let shape = param.shape();
+            let [p, g, m, v] = tensors.map(|t| t.to_contiguous());
+            let out = adamw_kernels::step(
+                f32_slice(&p),
+                f32_slice(&g),
+                f32_slice(&m),
+                f32_slice(&v),
+                &scalars,
+            );
+            let tensor =
+                |values: Vec<f32>| FlexTensor::from_data(TensorData::new(values, shape.clone()));
+            return (
+                tensor(out.param),
+                tensor(out.moment_1),
+                tensor(out.moment_2),
+            );
+        }
+        adamw_composed::<Flex>(param, grad, moment_1, moment_2, scalars)
     }
 
     fn fused_linear(
@@ -316,6 +357,17 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
                 epsilon,
             )),
         }
+    }
+
+    /// burn's own operations (an optimizer step is never tracked).
+    fn adamw_update(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        moment_1: FloatTensor<Self>,
+        moment_2: FloatTensor<Self>,
+        scalars: AdamWScalars,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        adamw_composed::<Self>(param, grad, moment_1, moment_2, scalars)
     }
 
     fn train_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -582,6 +634,36 @@ impl Backward<Flex, 1> for GeluBackward {
             grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dx, shape)));
         }
     }
+}
+
+/// [`adamw_kernels::step`] from backend operations, in the same order: for other dtypes.
+fn adamw_composed<B: Backend>(
+    param: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    moment_1: FloatTensor<B>,
+    moment_2: FloatTensor<B>,
+    s: AdamWScalars,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let m1 = B::float_add(
+        B::float_mul_scalar(moment_1, s.beta_1.into()),
+        B::float_mul_scalar(grad.clone(), (1.0 - s.beta_1).into()),
+    );
+    let m2 = B::float_add(
+        B::float_mul_scalar(moment_2, s.beta_2.into()),
+        B::float_mul_scalar(B::float_mul(grad.clone(), grad), (1.0 - s.beta_2).into()),
+    );
+    let delta = B::float_div(
+        B::float_div_scalar(m1.clone(), s.bias_correction_1.into()),
+        B::float_add_scalar(
+            B::float_sqrt(B::float_div_scalar(m2.clone(), s.bias_correction_2.into())),
+            s.epsilon.into(),
+        ),
+    );
+    let p = B::float_sub(
+        B::float_mul_scalar(param, s.decay.into()),
+        B::float_mul_scalar(delta, s.lr.into()),
+    );
+    (p, m1, m2)
 }
 
 /// H·W of an NCHW shape.

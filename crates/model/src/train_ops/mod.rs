@@ -9,11 +9,13 @@
 //! its backward pass [`conv_kernels`] instead of burn's default gradient composition; a
 //! training pass runs [`affine_kernels`] in place of four element-wise operations each way and
 //! [`layer_norm_kernels`] in place of burn's six-operation LayerNorm; GELU runs
-//! [`gelu_kernels`] in place of flex's scalar-libm GELU; and an inference `Linear` runs
-//! [`linear_kernels`] (product, bias and GELU in one pass). Only f32 tensors take these
+//! [`gelu_kernels`] in place of flex's scalar-libm GELU; an inference `Linear` runs
+//! [`linear_kernels`] (product, bias and GELU in one pass); and an AdamW step runs
+//! [`adamw_kernels`] (one parallel pass per parameter). Only f32 tensors take these
 //! paths. In a training pass the convolution's bias, when there is one, is added after
 //! it, so its gradient is autodiff's ordinary broadcast-add reduction.
 
+pub mod adamw_kernels;
 pub mod affine_kernels;
 pub mod conv_forward_kernels;
 mod conv_geometry;
@@ -31,6 +33,7 @@ use burn::nn::LayerNorm;
 use burn::tensor::Tensor;
 use burn::tensor::ops::ConvOptions;
 
+pub use adamw_kernels::AdamWScalars;
 pub use affine_kernels::Activation;
 pub use linear_kernels::LinearActivation;
 
@@ -176,6 +179,51 @@ pub fn layer_norm<const D: usize>(norm: &LayerNorm, x: Tensor<D>, epsilon: f64) 
     }
     let _ = epsilon;
     norm.forward(x)
+}
+
+/// One AdamW step of `param` (not tracked): the new parameter and first and second moments.
+/// One parallel pass on flex, burn's operations elsewhere.
+pub fn adamw_update<const D: usize>(
+    param: Tensor<D>,
+    grad: Tensor<D>,
+    moment_1: Tensor<D>,
+    moment_2: Tensor<D>,
+    scalars: AdamWScalars,
+) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
+    #[cfg(feature = "flex")]
+    if runs_on_flex(&param) {
+        use burn::backend::Dispatch;
+        let (p, m1, m2) = <Dispatch as flex_ext::TrainOps>::adamw_update(
+            param.into_dispatch(),
+            grad.into_dispatch(),
+            moment_1.into_dispatch(),
+            moment_2.into_dispatch(),
+            scalars,
+        );
+        return (
+            Tensor::from_dispatch(p),
+            Tensor::from_dispatch(m1),
+            Tensor::from_dispatch(m2),
+        );
+    }
+    let s = scalars;
+    let m1 = moment_1
+        .mul_scalar(s.beta_1)
+        .add(grad.clone().mul_scalar(1.0 - s.beta_1));
+    let m2 = moment_2
+        .mul_scalar(s.beta_2)
+        .add(grad.clone().mul(grad).mul_scalar(1.0 - s.beta_2));
+    let delta = m1.clone().div_scalar(s.bias_correction_1).div(
+        m2.clone()
+            .div_scalar(s.bias_correction_2)
+            .sqrt()
+            .add_scalar(s.epsilon),
+    );
+    (
+        param.mul_scalar(s.decay).sub(delta.mul_scalar(s.lr)),
+        m1,
+        m2,
+    )
 }
 
 /// Exact (erf) GELU.
