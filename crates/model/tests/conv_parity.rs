@@ -6,6 +6,10 @@
 //! Fixture: `tests/fixtures/conv_grad.safetensors`, from `tools/make_conv_grad_fixtures.py`
 //! (float64 reference outputs and gradients for f32 inputs).
 
+mod common;
+
+use common::relative_error;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -60,17 +64,6 @@ fn options(case: &Case) -> ConvOptions<2> {
         [case.dilation; 2],
         case.groups,
     )
-}
-
-/// Largest difference over the largest reference magnitude.
-fn relative_error(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
-    let diff = got
-        .iter()
-        .zip(want)
-        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-    diff / scale
 }
 
 fn geometry(x: &[usize], w: &[usize], gy: &[usize], case: &Case) -> kernels::ConvGeometry {

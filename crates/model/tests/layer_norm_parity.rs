@@ -4,6 +4,10 @@
 //!
 //! Fixture: `tests/fixtures/layer_norm.safetensors`, from `tools/make_layer_norm_fixtures.py`.
 
+mod common;
+
+use common::relative_error;
+
 use std::path::Path;
 
 use burn::module::Param;
@@ -20,16 +24,6 @@ fn fixture() -> TensorFile {
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/layer_norm.safetensors"),
     )
     .unwrap()
-}
-
-fn relative_error(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
-    let diff = got
-        .iter()
-        .zip(want)
-        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-    diff / scale
 }
 
 fn check(what: &str, got: &[f32], want: &[f32]) {

@@ -4,6 +4,10 @@
 //!
 //! Fixture: `tests/fixtures/linear.safetensors`, from `tools/make_linear_fixtures.py`.
 
+mod common;
+
+use common::relative_error;
+
 use std::path::Path;
 
 use burn::tensor::{Device, Tensor, TensorData};
@@ -38,16 +42,6 @@ const CASES: [(LinearActivation, &str); 2] = [
     (LinearActivation::Identity, "y"),
     (LinearActivation::Gelu, "y_gelu"),
 ];
-
-fn relative_error(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
-    let diff = got
-        .iter()
-        .zip(want)
-        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-    diff / scale
-}
 
 #[test]
 fn kernel_matches_pytorch_in_any_blocking() {

@@ -61,8 +61,7 @@ pub fn conv2d_act(
     #[cfg(feature = "flex")]
     if runs_on_flex(&x) && !x.device().is_autodiff() {
         use burn::backend::Dispatch;
-        let bias = bias
-            .unwrap_or_else(|| Tensor::<1>::zeros([weight.dims()[0]], &x.device()).cast(x.dtype()));
+        let bias = bias.unwrap_or_else(|| zero_bias(weight.dims()[0], &x));
         return Tensor::<4>::from_dispatch(<Dispatch as flex_ext::TrainOps>::fused_conv2d(
             x.into_dispatch(),
             weight.into_dispatch(),
@@ -135,8 +134,7 @@ pub fn linear_2d(
     #[cfg(feature = "flex")]
     if runs_on_flex(&x) && !x.device().is_autodiff() {
         use burn::backend::Dispatch;
-        let bias = bias
-            .unwrap_or_else(|| Tensor::<1>::zeros([weight.dims()[1]], &x.device()).cast(x.dtype()));
+        let bias = bias.unwrap_or_else(|| zero_bias(weight.dims()[1], &x));
         return Tensor::<2>::from_dispatch(<Dispatch as flex_ext::TrainOps>::fused_linear(
             x.into_dispatch(),
             weight.into_dispatch(),
@@ -236,6 +234,13 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
         ));
     }
     burn::tensor::activation::gelu(x)
+}
+
+/// A zero bias of `len` values in `like`'s dtype, for the fused operations, which always take
+/// one.
+#[cfg(feature = "flex")]
+fn zero_bias<const D: usize>(len: usize, like: &Tensor<D>) -> Tensor<1> {
+    Tensor::<1>::zeros([len], &like.device()).cast(like.dtype())
 }
 
 #[cfg(feature = "flex")]
