@@ -19,6 +19,7 @@ use rayon::prelude::*;
 use super::affine_kernels::Activation;
 use super::conv_forward_kernels::activate;
 use super::conv_geometry::ConvGeometry;
+use super::vectorized::Simd;
 
 /// Channels per block: one AVX-512 register of f32.
 const LANES: usize = 16;
@@ -36,34 +37,6 @@ pub(super) fn forward(
     activation: Activation,
 ) -> Vec<f32> {
     forward_on(Simd::detect(), x, weight, bias, g, activation)
-}
-
-/// The vector instructions a block runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Simd {
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    Portable,
-}
-
-impl Simd {
-    /// The widest this CPU has.
-    fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return Self::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                return Self::Avx2;
-            }
-        }
-        Self::Portable
-    }
 }
 
 fn forward_on(

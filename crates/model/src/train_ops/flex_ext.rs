@@ -75,7 +75,7 @@ pub trait TrainOps: Backend {
         epsilon: f64,
     ) -> FloatTensor<Self>;
 
-    /// One AdamW step of a flat parameter (not tracked): the new parameter, first and second
+    /// One AdamW step of an f32 parameter (not tracked): the new parameter, first and second
     /// moments.
     fn adamw_update(
         param: FloatTensor<Self>,
@@ -174,26 +174,22 @@ impl TrainOps for Flex {
         moment_2: FlexTensor,
         scalars: AdamWScalars,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
-        let tensors = [&param, &grad, &moment_1, &moment_2];
-        if tensors.iter().all(|t| t.dtype() == DType::F32) {
-            let shape = param.shape();
-            let [p, g, m, v] = tensors.map(|t| t.to_contiguous());
-            let out = adamw_kernels::step(
-                f32_slice(&p),
-                f32_slice(&g),
-                f32_slice(&m),
-                f32_slice(&v),
-                &scalars,
-            );
-            let tensor =
-                |values: Vec<f32>| FlexTensor::from_data(TensorData::new(values, shape.clone()));
-            return (
-                tensor(out.param),
-                tensor(out.moment_1),
-                tensor(out.moment_2),
-            );
-        }
-        adamw_composed::<Flex>(param, grad, moment_1, moment_2, scalars)
+        let shape = param.shape();
+        let [p, g, m, v] = [param, grad, moment_1, moment_2].map(|t| t.to_contiguous());
+        let out = adamw_kernels::step(
+            f32_slice(&p),
+            f32_slice(&g),
+            f32_slice(&m),
+            f32_slice(&v),
+            &scalars,
+        );
+        let tensor =
+            |values: Vec<f32>| FlexTensor::from_data(TensorData::new(values, shape.clone()));
+        (
+            tensor(out.param),
+            tensor(out.moment_1),
+            tensor(out.moment_2),
+        )
     }
 
     fn fused_linear(
@@ -359,7 +355,7 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
         }
     }
 
-    /// burn's own operations (an optimizer step is never tracked).
+    /// flex's step on the values: an optimizer step is never tracked.
     fn adamw_update(
         param: FloatTensor<Self>,
         grad: FloatTensor<Self>,
@@ -367,7 +363,18 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
         moment_2: FloatTensor<Self>,
         scalars: AdamWScalars,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        adamw_composed::<Self>(param, grad, moment_1, moment_2, scalars)
+        let (p, m1, m2) = Flex::adamw_update(
+            param.into_primitive(),
+            grad.into_primitive(),
+            moment_1.into_primitive(),
+            moment_2.into_primitive(),
+            scalars,
+        );
+        (
+            FloatTensor::<Self>::new(p),
+            FloatTensor::<Self>::new(m1),
+            FloatTensor::<Self>::new(m2),
+        )
     }
 
     fn train_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -636,43 +643,14 @@ impl Backward<Flex, 1> for GeluBackward {
     }
 }
 
-/// [`adamw_kernels::step`] from backend operations, in the same order: for other dtypes.
-fn adamw_composed<B: Backend>(
-    param: FloatTensor<B>,
-    grad: FloatTensor<B>,
-    moment_1: FloatTensor<B>,
-    moment_2: FloatTensor<B>,
-    s: AdamWScalars,
-) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
-    let m1 = B::float_add(
-        B::float_mul_scalar(moment_1, s.beta_1.into()),
-        B::float_mul_scalar(grad.clone(), (1.0 - s.beta_1).into()),
-    );
-    let m2 = B::float_add(
-        B::float_mul_scalar(moment_2, s.beta_2.into()),
-        B::float_mul_scalar(B::float_mul(grad.clone(), grad), (1.0 - s.beta_2).into()),
-    );
-    let delta = B::float_div(
-        B::float_div_scalar(m1.clone(), s.bias_correction_1.into()),
-        B::float_add_scalar(
-            B::float_sqrt(B::float_div_scalar(m2.clone(), s.bias_correction_2.into())),
-            s.epsilon.into(),
-        ),
-    );
-    let p = B::float_sub(
-        B::float_mul_scalar(param, s.decay.into()),
-        B::float_mul_scalar(delta, s.lr.into()),
-    );
-    (p, m1, m2)
-}
-
 /// H·W of an NCHW shape.
 fn plane_size(shape: &burn::tensor::Shape) -> usize {
     shape.dims::<4>()[2..].iter().product()
 }
 
 /// The values of a contiguous f32 tensor. The public entry points ([`super::channel_affine`],
-/// [`super::gelu`]) only route f32 tensors here.
+/// [`super::gelu`], [`super::layer_norm`], [`super::adamw_update`]) only route f32 tensors
+/// here.
 fn f32_slice(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>()
         .expect("the fused operations are only called with contiguous f32 tensors")

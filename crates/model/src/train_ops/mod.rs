@@ -180,7 +180,7 @@ pub fn layer_norm<const D: usize>(norm: &LayerNorm, x: Tensor<D>, epsilon: f64) 
 }
 
 /// One AdamW step of `param` (not tracked): the new parameter and first and second moments.
-/// One parallel pass on flex, burn's operations elsewhere.
+/// One parallel pass on flex in f32, burn's operations otherwise.
 pub fn adamw_update<const D: usize>(
     param: Tensor<D>,
     grad: Tensor<D>,
@@ -189,7 +189,11 @@ pub fn adamw_update<const D: usize>(
     scalars: AdamWScalars,
 ) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
     #[cfg(feature = "flex")]
-    if runs_on_flex(&param) {
+    if runs_on_flex(&param)
+        && [&param, &grad, &moment_1, &moment_2]
+            .iter()
+            .all(|t| t.dtype() == F32)
+    {
         use burn::backend::Dispatch;
         let (p, m1, m2) = <Dispatch as flex_ext::TrainOps>::adamw_update(
             param.into_dispatch(),

@@ -6,22 +6,46 @@
 //! body is compiled inside the `#[target_feature]` function rather than as a separate baseline
 //! function.
 
-/// `f()`, compiled for AVX-512F, else AVX2 + FMA, else the baseline.
+/// The vector instructions a kernel runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Simd {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Portable,
+}
+
+impl Simd {
+    /// The widest this CPU has: AVX-512F, else AVX2 + FMA, else the baseline.
+    pub(super) fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Self::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Self::Avx2;
+            }
+        }
+        Self::Portable
+    }
+}
+
+/// `f()`, compiled for the widest vector unit this CPU has ([`Simd::detect`]).
 #[inline(always)]
 pub(super) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F.
-            return unsafe { with_avx512(f) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has AVX2 and FMA.
-            return unsafe { with_avx2(f) };
-        }
+    match Simd::detect() {
+        // SAFETY: the CPU has AVX-512F.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 => unsafe { with_avx512(f) },
+        // SAFETY: the CPU has AVX2 and FMA.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { with_avx2(f) },
+        Simd::Portable => f(),
     }
-    f()
 }
 
 #[cfg(target_arch = "x86_64")]
