@@ -3,6 +3,8 @@
   - PyTorch eager (inference mode);
   - PyTorch with batch norm folded into the convolutions (torch.fx's fuse) and channels-last
     memory format, the fastest plain-PyTorch CPU setup;
+  - with --bf16, the same folded channels-last model under torch.autocast(bfloat16) (oneDNN's
+    AMX kernels where the CPU has them);
   - ONNX Runtime (Python, CPU EP, all graph optimisations) on the model exported by
     torch.onnx.export (opset 17, dynamic batch), as a deployment would run it.
 
@@ -61,7 +63,7 @@ def best_of(fn, iters):
     return best
 
 
-def folded_channels_last(model, x, iters):
+def folded_channels_last(model, x, iters, bf16=False):
     import copy
     from torch.fx.experimental.optimization import fuse
     try:
@@ -70,7 +72,7 @@ def folded_channels_last(model, x, iters):
         m = torch.jit.freeze(torch.jit.trace(copy.deepcopy(model), x))  # folds conv-bn too
     m = m.to(memory_format=torch.channels_last)
     xc = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         return best_of(lambda: m(xc), iters)
 
 
@@ -98,6 +100,8 @@ def main():
     ap.add_argument("--batch", type=int, required=True)
     ap.add_argument("--size", type=int, required=True)
     ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--bf16", action="store_true",
+                    help="also time the folded channels-last model under bf16 autocast")
     a = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     x = torch.from_numpy(np.fromfile(a.input, dtype="<f4").reshape(a.batch, 3, a.size, a.size).copy())
@@ -119,6 +123,12 @@ def main():
     except Exception as e:  # noqa: BLE001 - reported, not fatal
         result["folded_channels_last"] = None
         result["folded_channels_last_error"] = repr(e)
+    if a.bf16:
+        try:
+            result["folded_channels_last_bf16"] = a.batch / folded_channels_last(model, x, a.iters, bf16=True)
+        except Exception as e:  # noqa: BLE001
+            result["folded_channels_last_bf16"] = None
+            result["folded_channels_last_bf16_error"] = repr(e)
     try:
         t, version = onnxruntime_baseline(model, x, a.iters)
         result["onnxruntime"] = a.batch / t

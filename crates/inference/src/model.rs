@@ -126,6 +126,24 @@ impl Default for LoadOptions {
     }
 }
 
+/// bf16 on flex with AMX: f32 tensors, with the convolutions' and linear layers' products in
+/// bf16 on AMX tiles (f32 sums) — faster than f32 and than burn's bf16 tensors, which flex
+/// computes without AMX. On flex this sets the process-wide matmul precision (`bf16` or back
+/// to f32: the model loaded last decides). True when bf16 products are now in force; false
+/// where the CPU or the device has no such path (then a bf16 model's tensors are cast to bf16).
+fn native_bf16_products(device: &Device, bf16: bool) -> bool {
+    use visual_search_model::train_ops::{MatmulPrecision, set_matmul_precision};
+    if !visual_search_model::device::is_flex(device) {
+        return false;
+    }
+    let wanted = if bf16 {
+        MatmulPrecision::Bf16
+    } else {
+        MatmulPrecision::F32
+    };
+    set_matmul_precision(wanted) == MatmulPrecision::Bf16
+}
+
 fn absolute(p: &Path) -> Result<PathBuf> {
     std::path::absolute(p).map_err(|e| InferenceError::io(p, e))
 }
@@ -233,8 +251,12 @@ impl InferenceModel {
         let mut device = visual_search_model::device::parse_device(&name)?;
         let float = match options.precision {
             Precision::F16 => FloatDType::F16,
+            Precision::Bf16 if native_bf16_products(&device, true) => FloatDType::F32,
             Precision::Bf16 => FloatDType::BF16,
-            Precision::F32 | Precision::Int8 => FloatDType::F32,
+            Precision::F32 | Precision::Int8 => {
+                native_bf16_products(&device, false);
+                FloatDType::F32
+            }
         };
         if float != FloatDType::F32 {
             device.configure(float).map_err(|e| {

@@ -83,6 +83,23 @@ pub fn parse_device(name: &str) -> Result<Device, UnknownDevice> {
     }
 }
 
+/// Whether `device` is burn-flex (where our own kernels run: `train_ops`).
+pub fn is_flex(device: &Device) -> bool {
+    #[cfg(feature = "flex")]
+    {
+        use burn::backend::DispatchDevice;
+        matches!(
+            device.as_dispatch().clone().inner(),
+            DispatchDevice::Flex(_)
+        )
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = device;
+        false
+    }
+}
+
 /// The device to train `architecture` on: the named one, or for `auto` a compiled GPU backend,
 /// else the faster CPU backend for this family as measured by `bench train` (BENCHMARKS.md
 /// "Training throughput"): `tch` for ViT (libtorch's GEMMs; 1.4x flex), `flex` for the CNNs

@@ -8,81 +8,15 @@
 
 mod common;
 
+use common::conv_fixture::{Loaded, cases, fixture_path, geometry, options};
 use common::relative_error;
-
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData};
-use serde::Deserialize;
 use visual_search_model::train_ops::{
     self, Activation, conv_forward_kernels, conv_kernels as kernels,
 };
 use visual_search_model::weights::TensorFile;
-
-#[derive(Deserialize)]
-struct Case {
-    stride: usize,
-    padding: [[usize; 2]; 2],
-    dilation: usize,
-    groups: usize,
-}
-
-fn fixture_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/conv_grad.safetensors")
-}
-
-fn cases() -> BTreeMap<String, Case> {
-    let bytes = std::fs::read(fixture_path()).unwrap();
-    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let json = &metadata.metadata().as_ref().unwrap()["cases"];
-    serde_json::from_str(json).unwrap()
-}
-
-struct Loaded {
-    file: TensorFile,
-}
-
-impl Loaded {
-    fn get(&self, case: &str, name: &str) -> (Vec<f32>, Vec<usize>) {
-        let key = format!("{case}.{name}");
-        (
-            self.file.read_f32(&key).unwrap(),
-            self.file.entries[&key].shape.clone(),
-        )
-    }
-}
-
-fn options(case: &Case) -> ConvOptions<2> {
-    ConvOptions::new_with_padding(
-        [case.stride; 2],
-        [
-            (case.padding[0][0], case.padding[0][1]),
-            (case.padding[1][0], case.padding[1][1]),
-        ],
-        [case.dilation; 2],
-        case.groups,
-    )
-}
-
-fn geometry(x: &[usize], w: &[usize], gy: &[usize], case: &Case) -> kernels::ConvGeometry {
-    kernels::ConvGeometry {
-        batch: x[0],
-        in_channels: x[1],
-        in_h: x[2],
-        in_w: x[3],
-        out_channels: w[0],
-        kernel_h: w[2],
-        kernel_w: w[3],
-        out_h: gy[2],
-        out_w: gy[3],
-        stride: [case.stride; 2],
-        pad_begin: [case.padding[0][0], case.padding[1][0]],
-        dilation: [case.dilation; 2],
-        groups: case.groups,
-    }
-}
 
 /// Each activation and the fixture output it is checked against.
 const ACTIVATIONS: [(Activation, &str); 3] = [

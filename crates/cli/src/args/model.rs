@@ -64,6 +64,18 @@ pub enum Precision {
     Int8,
 }
 
+impl Precision {
+    /// The name as typed on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
+        }
+    }
+}
+
 impl From<Precision> for LibPrecision {
     fn from(p: Precision) -> Self {
         match p {

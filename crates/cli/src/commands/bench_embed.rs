@@ -14,7 +14,7 @@ use visual_search_model::device::compiled_backends;
 use visual_search_model::registry::{ModelSpec, lookup};
 
 use super::bench_preprocess::{baseline_json, baseline_python, tools_dir};
-use crate::args::model::{DeviceArgs, ModelArgs};
+use crate::args::model::{DeviceArgs, ModelArgs, Precision};
 use crate::table;
 
 /// Times `embed` (forward + L2 normalisation, no preprocessing) on one batch of real photos,
@@ -39,6 +39,9 @@ pub struct Args {
     /// Backends to time [default: every compiled one: flex, tch, ...].
     #[arg(long, value_delimiter = ',')]
     devices: Vec<String>,
+    /// Precision of our engines; with bf16 the baselines add PyTorch's bf16 autocast.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: Precision,
     #[command(flatten)]
     photos: PhotoBenchArgs,
 }
@@ -80,7 +83,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             size: Some(size),
             device: DeviceArgs {
                 device: device.clone(),
-                ..DeviceArgs::default()
+                dtype: args.dtype,
             },
         }
         .load()?;
@@ -114,7 +117,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .and_then(|b| b["onnxruntime_version"].as_str())
         .unwrap_or("?")
         .to_string();
-    let baselines = [
+    let mut baselines = vec![
         ("PyTorch eager".to_string(), figure("images_per_s")),
         (
             "PyTorch, BN folded + channels-last".to_string(),
@@ -125,6 +128,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             figure("onnxruntime"),
         ),
     ];
+    if args.dtype == Precision::Bf16 {
+        baselines.push((
+            "PyTorch, BN folded + channels-last, bf16 autocast".to_string(),
+            figure("folded_channels_last_bf16"),
+        ));
+    }
     println!(
         "embed: {} at {size}x{size}, batch {}, {} weights, best of {} passes, {} threads",
         args.model,
@@ -142,7 +151,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut rows: Vec<Vec<String>> = results
         .iter()
         .map(|(d, ips)| {
-            let mut row = vec![format!("visual-search {d}"), format!("{ips:.1}")];
+            let mut row = vec![
+                format!("visual-search {d} {}", args.dtype.name()),
+                format!("{ips:.1}"),
+            ];
             row.extend(
                 baselines
                     .iter()
@@ -158,7 +170,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let header: Vec<&str> = header.iter().map(String::as_str).collect();
     print!("{}", table::render(&header, &rows));
-    for key in ["folded_channels_last_error", "onnxruntime_error"] {
+    for key in [
+        "folded_channels_last_error",
+        "onnxruntime_error",
+        "folded_channels_last_bf16_error",
+    ] {
         if let Some(e) = baseline.as_ref().and_then(|b| b[key].as_str()) {
             eprintln!("baseline {key}: {e}");
         }
@@ -246,6 +262,9 @@ fn run_baseline(args: &Args, input: &[f32], size: usize) -> anyhow::Result<serde
         ]);
     if let Some(w) = &args.weights {
         cmd.args(["--weights", &w.display().to_string()]);
+    }
+    if args.dtype == Precision::Bf16 {
+        cmd.arg("--bf16");
     }
     baseline_json(cmd, &python, &script)
 }

@@ -23,7 +23,7 @@ use rayon::prelude::*;
 use super::affine_kernels::Activation;
 use super::conv_geometry::{ConvGeometry, im2col};
 use super::depthwise_forward;
-use super::gemm_views::{Matrix, MatrixRef, gemm_f32};
+use super::gemm_views::{Matrix, MatrixRef, Operand, gemm};
 
 /// `activation(conv2d(x, weight) + bias)`, shape `[batch, out_channels, out_h, out_w]`, or `None`
 /// for a grouping these kernels do not cover. `weight` is `[out_channels, in_channels / groups,
@@ -63,6 +63,8 @@ fn dense(
     } else {
         Parallelism::Rayon(0)
     };
+    // The weight is shared by every image: under bf16 products it is packed once here.
+    let weight = Operand::lhs(MatrixRef::row_major(weight, g.out_channels, rows), true);
     let run = |col: &mut Vec<f32>, n: usize, y_n: &mut [f32]| {
         let x_n = &x[n * in_image..][..in_image];
         let col_n: &[f32] = if g.is_plain_pointwise() {
@@ -71,11 +73,11 @@ fn dense(
             im2col(x_n, g, col);
             col
         };
-        gemm_f32(
+        gemm(
             Matrix::row_major(y_n, g.out_channels, p),
             bias.is_some(),
-            MatrixRef::row_major(weight, g.out_channels, rows),
-            MatrixRef::row_major(col_n, rows, p),
+            &weight,
+            &Operand::F32(MatrixRef::row_major(col_n, rows, p)),
             inner,
         );
         activate(y_n, activation);

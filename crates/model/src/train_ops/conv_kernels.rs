@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 pub use super::conv_geometry::ConvGeometry;
 use super::conv_geometry::im2col;
-use super::gemm_views::{Matrix, MatrixRef, gemm_f32};
+use super::gemm_views::{Matrix, MatrixRef, Operand, gemm, gemm_f32};
 
 /// `dL/dweight`, shape `[out_channels, in_channels / groups, kernel_h, kernel_w]`, or `None` for
 /// a grouping these kernels do not cover.
@@ -151,27 +151,27 @@ fn dense_input_grad(weight: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f32> {
     } else {
         Parallelism::Rayon(0)
     };
+    // col[r, p] = Σ_co weight[co, r] · gy[co, p]; the weight is shared by every image.
+    let w_t = Operand::lhs(MatrixRef::transposed(weight, rows, g.out_channels), true);
     // `col` is one patch-matrix buffer per thread, overwritten by each image's GEMM.
     let run = |col: &mut Vec<f32>, (n, dx_n): (usize, &mut [f32])| {
         let gy_n = &gy[n * g.out_channels * g.out_plane()..][..g.out_channels * g.out_plane()];
-        // col[r, p] = Σ_co weight[co, r] · gy[co, p]
-        let w_t = MatrixRef::transposed(weight, rows, g.out_channels);
-        let gy_m = MatrixRef::row_major(gy_n, g.out_channels, g.out_plane());
+        let gy_m = Operand::F32(MatrixRef::row_major(gy_n, g.out_channels, g.out_plane()));
         if g.is_plain_pointwise() {
-            gemm_f32(
+            gemm(
                 Matrix::row_major(dx_n, rows, g.out_plane()),
                 false,
-                w_t,
-                gy_m,
+                &w_t,
+                &gy_m,
                 inner,
             );
         } else {
             col.resize(rows * g.out_plane(), 0.0);
-            gemm_f32(
+            gemm(
                 Matrix::row_major(col, rows, g.out_plane()),
                 false,
-                w_t,
-                gy_m,
+                &w_t,
+                &gy_m,
                 inner,
             );
             col2im_add(col, g, dx_n);

@@ -1,15 +1,57 @@
-//! Strided matrix views over f32 slices and one checked entry point to the `gemm` crate's
-//! f32 GEMM (the GEMM burn-flex itself uses), shared by the convolution kernels.
+//! Strided matrix views over f32 slices and the one checked GEMM entry point of our kernels
+//! (convolutions forward and backward, the inference `Linear`): the `gemm` crate's f32 GEMM
+//! (the GEMM burn-flex itself uses), or, when the process-wide matmul precision is bf16 and
+//! the CPU has AMX, [`super::amx_gemm`]'s bf16 products with f32 sums.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use gemm::Parallelism;
 
+use super::amx_gemm;
+
+/// The precision of the products inside our f32 GEMMs, like PyTorch's
+/// `torch.set_float32_matmul_precision`: inputs, outputs and sums stay f32 either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatmulPrecision {
+    /// f32 products (the default).
+    F32,
+    /// Inputs rounded to bf16, f32 sums, on AMX tiles.
+    Bf16,
+}
+
+static BF16_PRODUCTS: AtomicBool = AtomicBool::new(false);
+
+/// Whether this CPU multiplies bf16 natively (AMX-BF16 tiles, permitted by the OS).
+pub fn native_bf16() -> bool {
+    amx_gemm::available()
+}
+
+/// Sets the process-wide precision of the products in convolutions and linear layers on flex
+/// (every model and thread of this process). Returns the precision now in force: bf16 only
+/// where [`native_bf16`], else f32.
+pub fn set_matmul_precision(precision: MatmulPrecision) -> MatmulPrecision {
+    let bf16 = precision == MatmulPrecision::Bf16 && native_bf16();
+    BF16_PRODUCTS.store(bf16, Ordering::Relaxed);
+    matmul_precision()
+}
+
+/// The precision [`set_matmul_precision`] put in force.
+pub fn matmul_precision() -> MatmulPrecision {
+    if BF16_PRODUCTS.load(Ordering::Relaxed) {
+        MatmulPrecision::Bf16
+    } else {
+        MatmulPrecision::F32
+    }
+}
+
 /// A read-only matrix view: element `(r, c)` at `r · row_stride + c · col_stride`.
+#[derive(Clone)]
 pub(super) struct MatrixRef<'a> {
-    data: &'a [f32],
-    rows: usize,
-    cols: usize,
-    row_stride: usize,
-    col_stride: usize,
+    pub(super) data: &'a [f32],
+    pub(super) rows: usize,
+    pub(super) cols: usize,
+    pub(super) row_stride: usize,
+    pub(super) col_stride: usize,
 }
 
 impl<'a> MatrixRef<'a> {
@@ -44,9 +86,9 @@ impl<'a> MatrixRef<'a> {
 
 /// A row-major output matrix.
 pub(super) struct Matrix<'a> {
-    data: &'a mut [f32],
-    rows: usize,
-    cols: usize,
+    pub(super) data: &'a mut [f32],
+    pub(super) rows: usize,
+    pub(super) cols: usize,
 }
 
 impl<'a> Matrix<'a> {
@@ -55,7 +97,51 @@ impl<'a> Matrix<'a> {
     }
 }
 
-/// `dst = lhs · rhs`, or `dst += lhs · rhs` when `accumulate`.
+/// A GEMM operand that several products share (a layer's weight across images or blocks of
+/// rows): under bf16 products it is rounded and packed once ([`amx_gemm::Packed`]).
+pub(super) enum Operand<'a> {
+    F32(MatrixRef<'a>),
+    Bf16(amx_gemm::Packed),
+}
+
+impl<'a> Operand<'a> {
+    /// `m` as the left factor of the products to come.
+    pub(super) fn lhs(m: MatrixRef<'a>, parallel: bool) -> Self {
+        assert!(m.fits());
+        if matmul_precision() == MatmulPrecision::Bf16 {
+            Operand::Bf16(amx_gemm::Packed::lhs(&m, parallel))
+        } else {
+            Operand::F32(m)
+        }
+    }
+
+    /// `m` as the right factor of the products to come.
+    pub(super) fn rhs(m: MatrixRef<'a>, parallel: bool) -> Self {
+        assert!(m.fits());
+        if matmul_precision() == MatmulPrecision::Bf16 {
+            Operand::Bf16(amx_gemm::Packed::rhs(&m, parallel))
+        } else {
+            Operand::F32(m)
+        }
+    }
+
+    fn side(&self) -> amx_gemm::Side<'_> {
+        match self {
+            Operand::F32(m) => amx_gemm::Side::View(m.clone()),
+            Operand::Bf16(p) => amx_gemm::Side::Packed(p),
+        }
+    }
+
+    fn shape(&self) -> (usize, usize) {
+        match self {
+            Operand::F32(m) => (m.rows, m.cols),
+            Operand::Bf16(p) => (p.rows(), p.cols()),
+        }
+    }
+}
+
+/// `dst = lhs · rhs`, or `dst += lhs · rhs` when `accumulate`, with products in the
+/// [`matmul_precision`].
 pub(super) fn gemm_f32(
     dst: Matrix<'_>,
     accumulate: bool,
@@ -63,10 +149,42 @@ pub(super) fn gemm_f32(
     rhs: MatrixRef<'_>,
     parallelism: Parallelism,
 ) {
-    assert!(lhs.rows == dst.rows && rhs.cols == dst.cols && lhs.cols == rhs.rows);
-    assert!(lhs.fits() && rhs.fits() && dst.rows * dst.cols <= dst.data.len());
+    gemm(
+        dst,
+        accumulate,
+        &Operand::F32(lhs),
+        &Operand::F32(rhs),
+        parallelism,
+    );
+}
+
+/// [`gemm_f32`] with operands that may be packed already ([`Operand`]): bf16 products when
+/// either is packed or the [`matmul_precision`] is bf16.
+pub(super) fn gemm(
+    dst: Matrix<'_>,
+    accumulate: bool,
+    lhs: &Operand<'_>,
+    rhs: &Operand<'_>,
+    parallelism: Parallelism,
+) {
+    let ((m, k), (k2, n)) = (lhs.shape(), rhs.shape());
+    assert!(m == dst.rows && n == dst.cols && k == k2);
+    assert!(dst.rows * dst.cols <= dst.data.len());
     if dst.rows == 0 || dst.cols == 0 {
         return;
+    }
+    let (Operand::F32(lhs), Operand::F32(rhs)) = (lhs, rhs) else {
+        let parallel = !matches!(parallelism, Parallelism::None);
+        return amx_gemm::gemm(dst, accumulate, lhs.side(), rhs.side(), parallel);
+    };
+    assert!(lhs.fits() && rhs.fits());
+    if matmul_precision() == MatmulPrecision::Bf16 {
+        let parallel = !matches!(parallelism, Parallelism::None);
+        let (lhs, rhs) = (
+            amx_gemm::Side::View(lhs.clone()),
+            amx_gemm::Side::View(rhs.clone()),
+        );
+        return amx_gemm::gemm(dst, accumulate, lhs, rhs, parallel);
     }
     // SAFETY: the asserts above keep every index the GEMM touches inside the three slices, and
     // `dst` is borrowed mutably, so it aliases neither input.

@@ -15,7 +15,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::gelu_kernels;
-use super::gemm_views::{Matrix, MatrixRef, gemm_f32};
+use super::gemm_views::{Matrix, MatrixRef, Operand, gemm};
 
 /// What follows the product.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +72,8 @@ pub fn forward_in_blocks(
     } else {
         Parallelism::None
     };
+    // The weight is shared by every block: under bf16 products it is packed once here.
+    let weight = Operand::rhs(MatrixRef::row_major(weight, d_in, d_out), true);
     let run = |(index, block): (usize, &mut [MaybeUninit<f32>])| {
         for row in block.chunks_mut(d_out) {
             for (v, &b) in row.iter_mut().zip(bias) {
@@ -83,11 +85,11 @@ pub fn forward_in_blocks(
         let block = unsafe { &mut *(block as *mut [MaybeUninit<f32>] as *mut [f32]) };
         let block_len = block.len() / d_out;
         let x_block = &x[index * block_rows * d_in..][..block_len * d_in];
-        gemm_f32(
+        gemm(
             Matrix::row_major(block, block_len, d_out),
             true,
-            MatrixRef::row_major(x_block, block_len, d_in),
-            MatrixRef::row_major(weight, d_in, d_out),
+            &Operand::F32(MatrixRef::row_major(x_block, block_len, d_in)),
+            &weight,
             parallelism,
         );
         if activation == LinearActivation::Gelu {

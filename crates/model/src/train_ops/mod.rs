@@ -17,6 +17,7 @@
 
 pub mod adamw_kernels;
 pub mod affine_kernels;
+mod amx_gemm;
 pub mod conv_forward_kernels;
 mod conv_geometry;
 pub mod conv_kernels;
@@ -35,6 +36,7 @@ use burn::tensor::ops::ConvOptions;
 
 pub use adamw_kernels::AdamWScalars;
 pub use affine_kernels::Activation;
+pub use gemm_views::{MatmulPrecision, matmul_precision, native_bf16, set_matmul_precision};
 pub use linear_kernels::LinearActivation;
 
 #[cfg(feature = "flex")]

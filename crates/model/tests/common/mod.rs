@@ -1,5 +1,9 @@
 //! Helpers shared by the kernel parity tests.
 
+#![allow(dead_code)] // each test binary uses a part
+
+pub mod conv_fixture;
+
 /// Largest difference over the largest reference magnitude.
 pub fn relative_error(got: &[f32], want: &[f32]) -> f32 {
     assert_eq!(got.len(), want.len());

@@ -1,0 +1,86 @@
+//! `--dtype bf16` on flex: with AMX, an f32 model whose convolutions and linear layers multiply
+//! in bf16 (f32 sums). EfficientNet-Lite0 with its ImageNet weights on 32 grocery gallery
+//! photos stays within cosine 0.999 of f32 per image, and no pairwise similarity moves by more
+//! than 0.008 (the dev-set gate, mAP@1000 within 0.002, is measured in BENCHMARKS.md).
+//! Without AMX the precision stays f32 and the features equal f32's.
+//!
+//! Its own test binary: the matmul precision is process-wide.
+
+mod common;
+
+use common::lite0_pixels;
+use visual_search_inference::{DeviceChoice, InferenceModel, LoadOptions, ModelSource, Precision};
+use visual_search_model::pretrained::efficientnet_lite0_weights;
+use visual_search_model::train_ops::{MatmulPrecision, matmul_precision, native_bf16};
+
+fn embed(weights: &std::path::Path, precision: Precision, pixels: &[f32], n: usize) -> Vec<f32> {
+    let model = InferenceModel::load(
+        &ModelSource::Registry {
+            name: "efficientnet_lite0".into(),
+            weights: Some(weights.to_path_buf()),
+        },
+        &LoadOptions {
+            device: DeviceChoice::Burn("flex".into()),
+            precision,
+            quiet: true,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    model.embed(pixels.to_vec(), n).unwrap()
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[test]
+fn lite0_bf16_products_keep_features_and_neighbours() {
+    let (Some(weights), Some(grocery)) = (
+        efficientnet_lite0_weights(),
+        visual_search_data::datasets::locate_grocery(),
+    ) else {
+        visual_search_data::datasets::missing_test_dependency(
+            "EfficientNet-Lite0 weights or grocery photos not found",
+        );
+        return;
+    };
+    let rows = visual_search_data::formats::dev_set::parse_gallery(&grocery.join("gallery.csv"))
+        .unwrap()
+        .into_strict()
+        .unwrap();
+    let all = visual_search_data::formats::dev_set::gallery_samples(&rows, &grocery);
+    let n = 32;
+    let samples: Vec<_> = (0..n).map(|i| all[i * all.len() / n].clone()).collect();
+    let pixels = lite0_pixels(&samples);
+
+    let f32_rows = embed(&weights, Precision::F32, &pixels, n);
+    assert_eq!(matmul_precision(), MatmulPrecision::F32);
+    let bf16_rows = embed(&weights, Precision::Bf16, &pixels, n);
+    if !native_bf16() {
+        eprintln!("no AMX-BF16 on this CPU: --dtype bf16 on flex casts tensors to bf16");
+        assert_eq!(matmul_precision(), MatmulPrecision::F32);
+        return;
+    }
+    assert_eq!(matmul_precision(), MatmulPrecision::Bf16);
+    let dim = f32_rows.len() / n;
+    let a: Vec<&[f32]> = f32_rows.chunks(dim).collect();
+    let b: Vec<&[f32]> = bf16_rows.chunks(dim).collect();
+    let worst = (0..n).map(|i| dot(a[i], b[i])).fold(1.0f32, f32::min);
+    assert!(
+        worst >= 0.999,
+        "bf16 products: cosine to f32 down to {worst}"
+    );
+    assert!(
+        a != b,
+        "bf16 products gave exactly the f32 features: not in force"
+    );
+    let mut drift = 0.0f32;
+    for i in 0..n {
+        for j in 0..n {
+            drift = drift.max((dot(a[i], a[j]) - dot(b[i], b[j])).abs());
+        }
+    }
+    eprintln!("bf16 products: worst cosine to f32 {worst}, largest similarity change {drift}");
+    assert!(drift <= 0.008, "similarities moved by {drift}");
+}

@@ -1,0 +1,634 @@
+//! `C (+)= A · B` for f32 matrices with the products in bf16 and the sums in f32, on Intel AMX
+//! tiles: what [`super::gemm_views::gemm_f32`] runs when the matmul precision is bf16
+//! ([`super::gemm_views::set_matmul_precision`]) — PyTorch's
+//! `torch.set_float32_matmul_precision("medium")`.
+//!
+//! Why our own: on this CPU (AMX-BF16, AVX512-BF16) one `tdpbf16ps` does 16·16·32
+//! multiply-adds, and a plain 2×2-tile loop measured 327 GFLOP/s on one core against ~100 for
+//! the `gemm` crate's AVX-512 f32 kernel; no Rust crate drives AMX, and the intrinsics are not
+//! stable in Rust, so the tile instructions are inline assembly (LLVM assembles them).
+//!
+//! Layout. Both operands are rounded to bf16 (round to nearest even) and packed, zero-padded
+//! to multiples of 32:
+//! - `A` (`m × k`) row-major, `[mp][kp]`: a 16 × 32 tile is 16 rows of 64 bytes;
+//! - `B` (`k × n`) in AMX's pair-interleaved ("VNNI") layout, per 16 columns `[kp/2][16][2]`:
+//!   row `p` of a tile holds `B[2p][c], B[2p+1][c]` for its 16 columns `c`.
+//!
+//! A 32 × 32 block of `C` is four accumulator tiles (tmm0–3) fed by two `A` tiles (tmm4, 5)
+//! and two `B` tiles (tmm6, 7) per 32 of `k`; the block is stored to a scratch buffer and
+//! added to (or written over) the output. Columns go in chunks whose packed `B` fits in L2;
+//! within a chunk, 32-row strips of `C` run in parallel.
+//!
+//! The tile registers need the kernel's permission (`arch_prctl(ARCH_REQ_XCOMP_PERM)`, Linux
+//! 5.16+), asked once per process by [`available`]; each task loads the tile configuration
+//! and releases the tiles when done ([`Tiles`]).
+
+use rayon::prelude::*;
+
+use super::gemm_views::{Matrix, MatrixRef};
+
+/// Whether this CPU and OS run AMX-BF16 tiles (checked and permission asked once).
+pub(super) fn available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(detect)
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn detect() -> bool {
+    // CPUID leaf 7: EDX bit 22 = AMX-BF16, bit 24 = AMX-TILE.
+    // SAFETY: CPUID leaf 7 exists on every x86-64 CPU that reports AVX-512 (checked first).
+    let cpu = std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512bf16")
+        && {
+            let leaf = std::arch::x86_64::__cpuid_count(7, 0);
+            leaf.edx & (1 << 22) != 0 && leaf.edx & (1 << 24) != 0
+        };
+    if !cpu {
+        return false;
+    }
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: arch_prctl with these arguments only changes which XSAVE features this process
+    // may use; it fails cleanly (non-zero) where the kernel does not allow AMX.
+    let granted = unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        )
+    };
+    granted == 0
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn detect() -> bool {
+    false
+}
+
+/// Packed `B` bytes per column chunk: the chunk stays in one core's L2 while every row strip
+/// of `A` passes over it.
+const B_CHUNK_BYTES: usize = 512 * 1024;
+
+/// A matrix rounded to bf16 and packed for one side of the product: made once for an operand
+/// that several products share (a layer's weight across images or row blocks).
+pub(super) struct Packed {
+    data: Vec<u16>,
+    rows: usize,
+    cols: usize,
+}
+
+impl Packed {
+    /// `m` as a left operand (`A`).
+    pub(super) fn lhs(m: &MatrixRef<'_>, parallel: bool) -> Self {
+        let mut data = Vec::new();
+        pack::rows(m, pad32(m.rows), pad32(m.cols), &mut data, parallel);
+        Packed {
+            data,
+            rows: m.rows,
+            cols: m.cols,
+        }
+    }
+
+    /// `m` as a right operand (`B`).
+    pub(super) fn rhs(m: &MatrixRef<'_>, parallel: bool) -> Self {
+        let mut data = Vec::new();
+        pack::pairs(m, pad32(m.rows), pad32(m.cols), &mut data, parallel);
+        Packed {
+            data,
+            rows: m.rows,
+            cols: m.cols,
+        }
+    }
+
+    pub(super) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub(super) fn cols(&self) -> usize {
+        self.cols
+    }
+}
+
+/// One side of a product: f32 (packed into a reused per-thread buffer for this call) or
+/// already [`Packed`] for its side.
+pub(super) enum Side<'a> {
+    View(MatrixRef<'a>),
+    Packed(&'a Packed),
+}
+
+impl Side<'_> {
+    fn shape(&self) -> (usize, usize) {
+        match self {
+            Side::View(m) => (m.rows, m.cols),
+            Side::Packed(p) => (p.rows, p.cols),
+        }
+    }
+}
+
+thread_local! {
+    /// Per-thread packing buffers for operands packed per call: a fresh multi-megabyte buffer
+    /// per product cost the kernel's page clearing as much as the product itself.
+    static BUFFERS: std::cell::RefCell<(Vec<u16>, Vec<u16>)> = const {
+        std::cell::RefCell::new((Vec::new(), Vec::new()))
+    };
+}
+
+/// `dst = lhs · rhs`, or `dst += lhs · rhs` when `accumulate`, with bf16 products. Call only
+/// when [`available`]; a packed `lhs` must have been packed with [`Packed::lhs`], a packed `rhs`
+/// with [`Packed::rhs`].
+pub(super) fn gemm(
+    dst: Matrix<'_>,
+    accumulate: bool,
+    lhs: Side<'_>,
+    rhs: Side<'_>,
+    parallel: bool,
+) {
+    assert!(available(), "AMX-BF16 GEMM called on a CPU without it");
+    let ((m, k), (k2, n)) = (lhs.shape(), rhs.shape());
+    assert!(m == dst.rows && n == dst.cols && k == k2 && m * n <= dst.data.len());
+    if k == 0 || m == 0 || n == 0 {
+        if !accumulate {
+            dst.data[..m * n].fill(0.0);
+        }
+        return;
+    }
+    let (mp, kp, np) = (pad32(m), pad32(k), pad32(n));
+    BUFFERS.with_borrow_mut(|(a_buffer, b_buffer)| {
+        let a: &[u16] = match lhs {
+            Side::Packed(p) => &p.data,
+            Side::View(v) => {
+                pack::rows(&v, mp, kp, a_buffer, parallel);
+                a_buffer
+            }
+        };
+        let b: &[u16] = match rhs {
+            Side::Packed(p) => &p.data,
+            Side::View(v) => {
+                pack::pairs(&v, kp, np, b_buffer, parallel);
+                b_buffer
+            }
+        };
+        assert!(a.len() == mp * kp && b.len() == kp * np);
+        products(
+            &mut dst.data[..m * n],
+            n,
+            accumulate,
+            a,
+            b,
+            kp,
+            np,
+            parallel,
+        );
+    });
+}
+
+/// The tile loop over packed `a` (`[mp][kp]`) and `b` (pairs, `np` columns) into `out`
+/// (`rows × n`).
+#[allow(clippy::too_many_arguments)]
+fn products(
+    out: &mut [f32],
+    n: usize,
+    accumulate: bool,
+    a: &[u16],
+    b: &[u16],
+    kp: usize,
+    np: usize,
+    parallel: bool,
+) {
+    let chunk = (B_CHUNK_BYTES / (2 * kp) / 32 * 32).clamp(32, np);
+    for n0 in (0..np).step_by(chunk) {
+        let columns = n0..(n0 + chunk).min(np);
+        let strip = |(s, rows): (usize, &mut [f32])| {
+            let tiles = Tiles::load();
+            let mut block = [0f32; 32 * 32];
+            let a_strip = &a[s * 32 * kp..][..32 * kp];
+            for j in columns.clone().step_by(32) {
+                let b_pair = &b[j * kp..][..32 * kp];
+                tiles.block(a_strip, b_pair, kp, &mut block);
+                store(&block, rows, n, j, accumulate);
+            }
+        };
+        if parallel {
+            out.par_chunks_mut(32 * n).enumerate().for_each(strip);
+        } else {
+            out.chunks_mut(32 * n).enumerate().for_each(strip);
+        }
+    }
+}
+
+fn pad32(x: usize) -> usize {
+    x.div_ceil(32) * 32
+}
+
+/// Writes (or adds) a 32 × 32 `block` into the rows of `rows` (row length `n`) at column `j`,
+/// clipped to the matrix.
+fn store(block: &[f32; 32 * 32], rows: &mut [f32], n: usize, j: usize, accumulate: bool) {
+    let width = (n - j).min(32);
+    for (row, sums) in rows.chunks_mut(n).zip(block.chunks(32)) {
+        let row = &mut row[j..j + width];
+        if accumulate {
+            row.iter_mut().zip(sums).for_each(|(d, s)| *d += s);
+        } else {
+            row.copy_from_slice(&sums[..width]);
+        }
+    }
+}
+
+/// This thread's tile registers, configured for 16 × 64-byte tiles; released on drop.
+struct Tiles(());
+
+#[repr(C, align(64))]
+struct TileConfig([u8; 64]);
+
+impl Tiles {
+    fn load() -> Self {
+        // Palette 1; tiles 0–7: 16 rows of 64 bytes (bytes 16.. hold each tile's bytes per
+        // row as u16, bytes 48.. its rows).
+        let mut config = [0u8; 64];
+        config[0] = 1;
+        for t in 0..8 {
+            config[16 + 2 * t] = 64;
+            config[48 + t] = 16;
+        }
+        let config = TileConfig(config);
+        // SAFETY: `available()` was checked by `gemm`, and the configuration is valid for
+        // palette 1 (8 tiles of at most 16 rows × 64 bytes).
+        unsafe { tile::configure(&config.0) };
+        Self(())
+    }
+
+    /// `block = a_strip[32 × kp] · b_pair[kp × 32]` (packed as in the module docs).
+    fn block(&self, a_strip: &[u16], b_pair: &[u16], kp: usize, block: &mut [f32; 32 * 32]) {
+        assert!(kp.is_multiple_of(32) && a_strip.len() >= 32 * kp && b_pair.len() >= 32 * kp);
+        // SAFETY: tiles are configured (`self` exists); every tile load reads 16 rows of 64
+        // bytes inside `a_strip` / `b_pair` (checked above), every store writes 16 rows of 64
+        // bytes inside `block` (32 × 32 f32).
+        unsafe { tile::block_2x2(a_strip.as_ptr(), b_pair.as_ptr(), kp, block.as_mut_ptr()) }
+    }
+}
+
+impl Drop for Tiles {
+    fn drop(&mut self) {
+        // SAFETY: releasing the tile state is always allowed once configured.
+        unsafe { tile::release() }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod tile {
+    use std::arch::asm;
+
+    pub(super) unsafe fn configure(config: &[u8; 64]) {
+        unsafe { asm!("ldtilecfg [{}]", in(reg) config.as_ptr(), options(nostack, readonly)) };
+    }
+
+    pub(super) unsafe fn release() {
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+
+    /// Four accumulator tiles over the whole `kp`, stored to a 32 × 32 row-major `c`.
+    pub(super) unsafe fn block_2x2(a: *const u16, b: *const u16, kp: usize, c: *mut f32) {
+        unsafe {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            );
+            let a_stride = 2 * kp;
+            let (a1, b1) = (a.add(16 * kp), b.add(16 * kp));
+            for k in (0..kp).step_by(32) {
+                asm!(
+                    "tileloadd tmm4, [{a0} + {a_stride}*1]",
+                    "tileloadd tmm5, [{a1} + {a_stride}*1]",
+                    "tileloadd tmm6, [{b0} + {b_stride}*1]",
+                    "tileloadd tmm7, [{b1} + {b_stride}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    a0 = in(reg) a.add(k),
+                    a1 = in(reg) a1.add(k),
+                    b0 = in(reg) b.add(16 * k),
+                    b1 = in(reg) b1.add(16 * k),
+                    a_stride = in(reg) a_stride,
+                    b_stride = in(reg) 64usize,
+                    options(nostack, readonly)
+                );
+            }
+            asm!(
+                "tilestored [{c0} + {stride}*1], tmm0",
+                "tilestored [{c1} + {stride}*1], tmm1",
+                "tilestored [{c2} + {stride}*1], tmm2",
+                "tilestored [{c3} + {stride}*1], tmm3",
+                c0 = in(reg) c,
+                c1 = in(reg) c.add(16),
+                c2 = in(reg) c.add(16 * 32),
+                c3 = in(reg) c.add(16 * 32 + 16),
+                stride = in(reg) 32 * 4usize,
+                options(nostack)
+            );
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod tile {
+    pub(super) unsafe fn configure(_: &[u8; 64]) {
+        unreachable!("AMX is x86-64 only")
+    }
+    pub(super) unsafe fn release() {}
+    pub(super) unsafe fn block_2x2(_: *const u16, _: *const u16, _: usize, _: *mut f32) {
+        unreachable!("AMX is x86-64 only")
+    }
+}
+
+/// Rounding f32 to bf16 and packing into the tile layouts.
+mod pack {
+    use rayon::prelude::*;
+
+    use super::super::gemm_views::MatrixRef;
+
+    /// `m` row-major `[mp][kp]`, zero-padded, into `out` (every element written).
+    pub(super) fn rows(
+        m: &MatrixRef<'_>,
+        mp: usize,
+        kp: usize,
+        out: &mut Vec<u16>,
+        parallel: bool,
+    ) {
+        resize_uninit(out, mp * kp);
+        let fill = |(r, row): (usize, &mut [u16])| {
+            let filled = if r < m.rows { m.cols } else { 0 };
+            if filled > 0 {
+                if m.col_stride == 1 {
+                    let src = &m.data[r * m.row_stride..][..m.cols];
+                    convert(src, &mut row[..m.cols]);
+                } else {
+                    for (c, v) in row[..m.cols].iter_mut().enumerate() {
+                        *v = bf16(m.data[r * m.row_stride + c * m.col_stride]);
+                    }
+                }
+            }
+            row[filled..].fill(0);
+        };
+        if parallel {
+            out.par_chunks_mut(kp).enumerate().for_each(fill);
+        } else {
+            out.chunks_mut(kp).enumerate().for_each(fill);
+        }
+    }
+
+    /// `m` in the pair-interleaved layout, per 16 columns `[kp/2][16][2]`, zero-padded, into
+    /// `out` (every element written).
+    pub(super) fn pairs(
+        m: &MatrixRef<'_>,
+        kp: usize,
+        np: usize,
+        out: &mut Vec<u16>,
+        parallel: bool,
+    ) {
+        resize_uninit(out, np * kp);
+        let fill = |(block, tile): (usize, &mut [u16])| {
+            let c0 = block * 16;
+            if c0 >= m.cols {
+                tile.fill(0);
+                return;
+            }
+            let width = (m.cols - c0).min(16);
+            if m.col_stride == 1 && width == 16 && simd::usable() {
+                // SAFETY: the CPU has AVX-512BW and AVX512-BF16 (`usable`), and every read is
+                // one row's 16 columns from `c0`, inside `m` (`width == 16`).
+                unsafe { simd::pairs_16(m, c0, tile) };
+                return;
+            }
+            tile.fill(0);
+            if m.row_stride == 1 {
+                // Transposed storage: a column's consecutive rows are adjacent.
+                for c in 0..width {
+                    let column = &m.data[(c0 + c) * m.col_stride..];
+                    for (r, &v) in column[..m.rows].iter().enumerate() {
+                        tile[(r / 2) * 32 + 2 * c + r % 2] = bf16(v);
+                    }
+                }
+                return;
+            }
+            for (p, pair) in tile.chunks_mut(32).enumerate() {
+                for e in 0..2 {
+                    let r = 2 * p + e;
+                    if r >= m.rows {
+                        break;
+                    }
+                    for c in 0..width {
+                        pair[2 * c + e] = bf16(m.data[r * m.row_stride + (c0 + c) * m.col_stride]);
+                    }
+                }
+            }
+        };
+        if parallel {
+            out.par_chunks_mut(16 * kp).enumerate().for_each(fill);
+        } else {
+            out.chunks_mut(16 * kp).enumerate().for_each(fill);
+        }
+    }
+
+    /// `out` at `len` elements, reusing its allocation; new elements are zero (the packers
+    /// overwrite every element anyway, so only growth costs a pass).
+    fn resize_uninit(out: &mut Vec<u16>, len: usize) {
+        out.truncate(len);
+        out.resize(len, 0);
+    }
+
+    fn convert(src: &[f32], dst: &mut [u16]) {
+        if simd::usable() {
+            // SAFETY: the CPU has AVX-512BW and AVX512-BF16.
+            unsafe { simd::convert(src, dst) };
+        } else {
+            dst.iter_mut().zip(src).for_each(|(d, &s)| *d = bf16(s));
+        }
+    }
+
+    /// Round to nearest even, as the AVX512-BF16 conversion does.
+    pub(super) fn bf16(x: f32) -> u16 {
+        half::bf16::from_f32(x).to_bits()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    mod simd {
+        use std::arch::x86_64::*;
+
+        use super::super::super::gemm_views::MatrixRef;
+
+        pub(super) fn usable() -> bool {
+            super::super::available()
+        }
+
+        #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+        pub(super) unsafe fn convert(src: &[f32], dst: &mut [u16]) {
+            let n = src.len().min(dst.len());
+            let mut i = 0;
+            while i < n {
+                let left = (n - i).min(16);
+                let mask: u16 = if left == 16 {
+                    u16::MAX
+                } else {
+                    (1 << left) - 1
+                };
+                // SAFETY: the masked load and store touch only `left` elements from `i`.
+                unsafe {
+                    let v = _mm512_maskz_loadu_ps(mask, src.as_ptr().add(i));
+                    let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
+                    _mm256_mask_storeu_epi16(dst.as_mut_ptr().add(i) as *mut i16, mask, h);
+                }
+                i += 16;
+            }
+        }
+
+        /// 16 full columns from `c0` of a row-major `m` into one pair-interleaved tile column
+        /// `[kp/2][16][2]`.
+        #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+        pub(super) unsafe fn pairs_16(m: &MatrixRef<'_>, c0: usize, tile: &mut [u16]) {
+            let interleave = _mm512_set_epi16(
+                31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5,
+                20, 4, 19, 3, 18, 2, 17, 1, 16, 0,
+            );
+            let row = |r: usize| {
+                if r < m.rows {
+                    // SAFETY: the caller guarantees 16 columns from `c0` in every row.
+                    unsafe { _mm512_loadu_ps(m.data.as_ptr().add(r * m.row_stride + c0)) }
+                } else {
+                    _mm512_setzero_ps()
+                }
+            };
+            for (p, pair) in tile.chunks_exact_mut(32).enumerate() {
+                if 2 * p >= m.rows {
+                    pair.fill(0);
+                    continue;
+                }
+                let both = _mm512_cvtne2ps_pbh(row(2 * p + 1), row(2 * p));
+                // SAFETY: `pair` is 32 u16 = 64 bytes.
+                unsafe {
+                    let v = _mm512_permutexvar_epi16(
+                        interleave,
+                        std::mem::transmute::<__m512bh, __m512i>(both),
+                    );
+                    _mm512_storeu_si512(pair.as_mut_ptr() as *mut __m512i, v);
+                }
+            }
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    mod simd {
+        use super::super::super::gemm_views::MatrixRef;
+        pub(super) fn usable() -> bool {
+            false
+        }
+        pub(super) unsafe fn convert(_: &[f32], _: &mut [u16]) {}
+        pub(super) unsafe fn pairs_16(_: &MatrixRef<'_>, _: usize, _: &mut [u16]) {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::gemm_views::{Matrix, MatrixRef};
+    use super::*;
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..len)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    fn round(x: f32) -> f64 {
+        half::bf16::from_f32(x).to_f64()
+    }
+
+    /// Every shape class (padding in m, k, n; several column chunks; transposed operands) against
+    /// an f64 product of the bf16-rounded inputs.
+    #[test]
+    fn matches_the_product_of_rounded_inputs() {
+        if !available() {
+            eprintln!("SKIPPED amx_gemm: this CPU has no AMX-BF16");
+            return;
+        }
+        for &(m, k, n, transposed, accumulate, parallel) in &[
+            (1, 1, 1, false, false, false),
+            (33, 70, 17, false, true, true),
+            (64, 4100, 45, false, false, true),
+            (40, 96, 600, true, true, false),
+            (7, 33, 3000, false, true, true),
+        ] {
+            let a = values(m * k, 1);
+            let b = values(k * n, 2);
+            let start = values(m * n, 3);
+            let mut c = start.clone();
+            let (lhs, rhs) = if transposed {
+                // Store a as [k][m] and b as [n][k] and view them transposed.
+                let at: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
+                let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+                (at, bt)
+            } else {
+                (a.clone(), b.clone())
+            };
+            let (lv, rv) = if transposed {
+                (
+                    MatrixRef::transposed(&lhs, m, k),
+                    MatrixRef::transposed(&rhs, k, n),
+                )
+            } else {
+                (
+                    MatrixRef::row_major(&lhs, m, k),
+                    MatrixRef::row_major(&rhs, k, n),
+                )
+            };
+            // Even m: both packed per call; odd m: both packed once beforehand.
+            if m % 2 == 0 {
+                gemm(
+                    Matrix::row_major(&mut c, m, n),
+                    accumulate,
+                    Side::View(lv),
+                    Side::View(rv),
+                    parallel,
+                );
+            } else {
+                let (a, b) = (Packed::lhs(&lv, parallel), Packed::rhs(&rv, parallel));
+                gemm(
+                    Matrix::row_major(&mut c, m, n),
+                    accumulate,
+                    Side::Packed(&a),
+                    Side::Packed(&b),
+                    parallel,
+                );
+            }
+            for i in 0..m {
+                for j in 0..n {
+                    let mut want = if accumulate {
+                        start[i * n + j] as f64
+                    } else {
+                        0.0
+                    };
+                    let mut scale = want.abs();
+                    for q in 0..k {
+                        let p = round(a[i * k + q]) * round(b[q * n + j]);
+                        want += p;
+                        scale += p.abs();
+                    }
+                    let got = c[i * n + j] as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-5 * scale + 1e-6,
+                        "({m},{k},{n}) [{i},{j}]: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
