@@ -1,5 +1,6 @@
 //! bf16 products (`set_matmul_precision(Bf16)`, on AMX): the convolution forward kernels, the
-//! convolution gradients and the fused linear layer against PyTorch's references within 1e-2
+//! convolution gradients, the fused linear layer and a training linear layer's gradients
+//! (through autodiff on flex) against PyTorch's references within 1e-2
 //! relative — bf16 keeps 8 significant bits of each factor, the sums stay f32 — and measurably
 //! different from f32 (the bf16 path really ran). Without AMX the precision stays f32.
 //!
@@ -10,10 +11,11 @@ mod common;
 
 use std::path::Path;
 
+use burn::tensor::{Device, Tensor, TensorData};
 use common::conv_fixture::{Loaded, cases, fixture_path, geometry};
 use common::relative_error;
 use visual_search_model::train_ops::{
-    Activation, LinearActivation, MatmulPrecision, conv_forward_kernels, conv_kernels,
+    self, Activation, LinearActivation, MatmulPrecision, conv_forward_kernels, conv_kernels,
     linear_kernels, native_bf16, set_matmul_precision,
 };
 use visual_search_model::weights::TensorFile;
@@ -99,6 +101,29 @@ fn linear_layer_in_any_blocking() {
     let (x, weight, bias) = (read("x"), read("weight"), read("bias"));
     let rows = file.entries["x"].shape[0];
     let mut largest = 0.0f32;
+    let device = Device::flex().autodiff();
+    let d_out = bias.len();
+    let d_in = weight.len() / d_out;
+    let tensor = |values: Vec<f32>, shape: Vec<usize>| {
+        Tensor::<2>::from_data(TensorData::new(values, shape), &device).require_grad()
+    };
+    let xt = tensor(x.clone(), vec![rows, d_in]);
+    let wt = tensor(weight.clone(), vec![d_in, d_out]);
+    let bt = Tensor::<1>::from_data(TensorData::new(bias.clone(), [d_out]), &device).require_grad();
+    let y = train_ops::linear_2d(
+        xt.clone(),
+        wt.clone(),
+        Some(bt.clone()),
+        LinearActivation::Gelu,
+    );
+    let grads = y
+        .mul(tensor(read("gy"), vec![rows, d_out]))
+        .sum()
+        .backward();
+    for (key, got) in [("gx", xt.grad(&grads)), ("gw", wt.grad(&grads))] {
+        let got = got.unwrap().into_data().try_to_vec::<f32>().unwrap();
+        largest = largest.max(close(&got, &read(key), &format!("training {key}")));
+    }
     for (activation, key) in [
         (LinearActivation::Identity, "y"),
         (LinearActivation::Gelu, "y_gelu"),

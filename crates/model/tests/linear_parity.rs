@@ -1,6 +1,7 @@
 //! The fused linear layer (product, bias, GELU) against PyTorch's `F.linear` + `F.gelu`, within
 //! 1e-5 relative: the kernel with one block and with several (parallel blocks, and one block
-//! whose GEMM is split), and `train_ops::linear_2d` on flex in inference and in training.
+//! whose GEMM is split), and `train_ops::linear_2d` on flex in inference and in training, with
+//! its gradients through GELU.
 //!
 //! Fixture: `tests/fixtures/linear.safetensors`, from `tools/make_linear_fixtures.py`.
 
@@ -77,5 +78,38 @@ fn linear_2d_on_flex_matches_pytorch() {
             let e = relative_error(&got, &file.read_f32(key).unwrap());
             assert!(e <= 1e-5, "{key} on {device:?}: relative error {e}");
         }
+    }
+}
+
+#[test]
+fn linear_2d_gradients_on_flex_match_pytorch() {
+    let (f, file) = fixture();
+    let device = Device::flex().autodiff();
+    let d_out = f.bias.len();
+    let x = Tensor::<2>::from_data(TensorData::new(f.x.clone(), [f.rows, f.d_in]), &device)
+        .require_grad();
+    let w = Tensor::<2>::from_data(TensorData::new(f.weight.clone(), [f.d_in, d_out]), &device)
+        .require_grad();
+    let b =
+        Tensor::<1>::from_data(TensorData::new(f.bias.clone(), [d_out]), &device).require_grad();
+    let gy = Tensor::<2>::from_data(
+        TensorData::new(file.read_f32("gy").unwrap(), [f.rows, d_out]),
+        &device,
+    );
+    let y = train_ops::linear_2d(
+        x.clone(),
+        w.clone(),
+        Some(b.clone()),
+        LinearActivation::Gelu,
+    );
+    let grads = y.mul(gy).sum().backward();
+    for (key, got) in [
+        ("gx", x.grad(&grads).unwrap().into_data()),
+        ("gw", w.grad(&grads).unwrap().into_data()),
+        ("gb", b.grad(&grads).unwrap().into_data()),
+    ] {
+        let got = got.try_to_vec::<f32>().unwrap();
+        let e = relative_error(&got, &file.read_f32(key).unwrap());
+        assert!(e <= 1e-5, "{key}: relative error {e}");
     }
 }

@@ -213,12 +213,7 @@ struct Phase<'a> {
 
 impl<'a> Phase<'a> {
     fn prepare(config: &'a TrainConfig, options: &'a TrainOptions) -> Result<Self, TrainError> {
-        if config.optim.precision != Precision::F32 {
-            return Err(TrainError::Invalid(format!(
-                "optim.precision {:?}: only f32 training is implemented so far; use f32",
-                config.optim.precision
-            )));
-        }
+        set_precision(config.optim.precision, &options.device)?;
         let run_dir = options.run_dir.as_path();
         std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
         let spec = lookup(&config.model.name).map_err(|e| TrainError::Invalid(e.to_string()))?;
@@ -563,6 +558,40 @@ pub fn should_stop(history: &[(usize, f64)], patience: usize, min_delta: f64) ->
     history[split..]
         .iter()
         .all(|h| h.1 < best_before + min_delta)
+}
+
+/// Puts `precision` in force for this process's training (and its validations): f32, or bf16
+/// mixed precision — f32 weights, optimizer state, norms, losses and heads, with the
+/// convolutions' and linear layers' products in bf16 (f32 sums) on AMX tiles, forward and
+/// backward. bf16 runs on flex with AMX-BF16 only; f16 is not implemented.
+fn set_precision(precision: Precision, device: &Device) -> Result<(), TrainError> {
+    use visual_search_model::train_ops::{MatmulPrecision, set_matmul_precision};
+    let flex = visual_search_model::device::is_flex(device);
+    match precision {
+        Precision::F32 => {
+            if flex {
+                set_matmul_precision(MatmulPrecision::F32);
+            }
+            Ok(())
+        }
+        Precision::Bf16 if !flex => Err(TrainError::Invalid(
+            "optim.precision bf16 trains on flex (bf16 products on AMX tiles); \
+             on this device use precision: f32"
+                .into(),
+        )),
+        Precision::Bf16 => match set_matmul_precision(MatmulPrecision::Bf16) {
+            MatmulPrecision::Bf16 => Ok(()),
+            MatmulPrecision::F32 => Err(TrainError::Invalid(
+                "optim.precision bf16 needs a CPU with AMX-BF16 (Intel Xeon 4th generation or \
+                 newer) and a Linux kernel that allows it; this machine has none: use \
+                 precision: f32"
+                    .into(),
+            )),
+        },
+        Precision::F16 => Err(TrainError::Invalid(
+            "optim.precision f16 is not implemented; use bf16 (on AMX) or f32".into(),
+        )),
+    }
 }
 
 #[cfg(test)]

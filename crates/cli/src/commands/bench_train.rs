@@ -61,8 +61,43 @@ pub struct Args {
     /// Backends to time [default: every compiled one].
     #[arg(long, value_delimiter = ',')]
     devices: Vec<String>,
+    /// Our precisions to time: f32, and bf16 (bf16 products on AMX; flex only), as
+    /// `optim.precision` trains.
+    #[arg(long, value_delimiter = ',', default_value = "f32")]
+    precisions: Vec<StepPrecision>,
     #[command(flatten)]
     photos: PhotoBenchArgs,
+}
+
+/// A precision our step runs in.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum StepPrecision {
+    F32,
+    Bf16,
+}
+
+impl StepPrecision {
+    /// Puts this precision in force for our kernels; false where `device` cannot run it.
+    fn apply(self, device: &str) -> bool {
+        use visual_search_model::train_ops::{MatmulPrecision, set_matmul_precision};
+        let flex = parse_device(device).is_ok_and(|d| visual_search_model::device::is_flex(&d));
+        match self {
+            StepPrecision::F32 => {
+                set_matmul_precision(MatmulPrecision::F32);
+                true
+            }
+            StepPrecision::Bf16 => {
+                flex && set_matmul_precision(MatmulPrecision::Bf16) == MatmulPrecision::Bf16
+            }
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            StepPrecision::F32 => "f32",
+            StepPrecision::Bf16 => "bf16",
+        }
+    }
 }
 
 /// Seconds of wall time and of process CPU time per phase, summed over steps.
@@ -147,13 +182,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let torch = |mode: &str| baseline.as_ref().and_then(|b| torch_figures(&b[mode]));
         let (eager, bf16) = (torch("eager_f32"), torch("bf16_autocast"));
         for device in &devices {
-            let ours = time_ours(&args, model, weights.as_ref(), &input, size, device)?;
-            rows.push(row(
-                &format!("{model} visual-search {device}"),
-                &ours,
-                eager.as_ref(),
-                bf16.as_ref(),
-            ));
+            for precision in &args.precisions {
+                if !precision.apply(device) {
+                    eprintln!(
+                        "{model} on {device}: no {} step here (bf16 runs on flex with AMX)",
+                        precision.name()
+                    );
+                    continue;
+                }
+                let ours = time_ours(&args, model, weights.as_ref(), &input, size, device)?;
+                rows.push(row(
+                    &format!("{model} visual-search {device} {}", precision.name()),
+                    &ours,
+                    eager.as_ref(),
+                    bf16.as_ref(),
+                ));
+            }
         }
         if let Some(e) = &eager {
             rows.push(row(&format!("{model} PyTorch eager f32"), e, None, None));

@@ -10,8 +10,9 @@
 //!   used for inference on flex;
 //! - **AdamW** (the optimizer step): one parallel pass per parameter ([`super::adamw_kernels`]);
 //! - **LayerNorm** (training): one pass each way ([`super::layer_norm_kernels`]);
-//! - **linear** (inference): product, bias and GELU in one pass per block of rows
-//!   ([`super::linear_kernels`]); in training, burn's matmul and addition, then our GELU.
+//! - **linear**: in inference, product, bias and GELU in one pass per block of rows
+//!   ([`super::linear_kernels`]); in training, our product and its gradients (the same GEMM
+//!   entry point, so bf16 products apply), burn's bias addition, then our GELU.
 //!
 //! burn's default convolution backward — the one every backend inherits — computes the weight
 //! gradient as a forward convolution with the output gradient as its kernel, one batch-1
@@ -85,6 +86,9 @@ pub trait TrainOps: Backend {
         scalars: AdamWScalars,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 
+    /// `x · weight` for 2-D tensors, with our GEMMs both ways (f32).
+    fn train_matmul(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self>;
+
     /// `activation(x · weight + bias)` for a 2-D `x`, in one pass where our kernels cover it.
     fn fused_linear(
         x: FloatTensor<Self>,
@@ -95,6 +99,16 @@ pub trait TrainOps: Backend {
 }
 
 impl TrainOps for Flex {
+    fn train_matmul(x: FlexTensor, weight: FlexTensor) -> FlexTensor {
+        if [x.dtype(), weight.dtype()] != [DType::F32; 2] {
+            return Flex::float_matmul(x, weight);
+        }
+        let ([rows, d_in], [_, d_out]) = (x.shape().dims(), weight.shape().dims());
+        let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
+        let y = linear_kernels::matmul(f32_slice(&x), f32_slice(&weight), rows, d_in, d_out);
+        FlexTensor::from_data(TensorData::new(y, [rows, d_out]))
+    }
+
     fn train_conv2d(x: FlexTensor, weight: FlexTensor, options: ConvOptions<2>) -> FlexTensor {
         our_forward(&x, &weight, None, &options, Activation::Identity)
             .unwrap_or_else(|| Flex::conv2d(x, weight, None, options))
@@ -228,7 +242,26 @@ impl TrainOps for Flex {
 }
 
 impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
-    /// burn's (tracked) matmul and bias addition, then our GELU.
+    fn train_matmul(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        match TrainMatmulBackward
+            .prepare::<C>([x.node(), weight.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let weight_state = prep.checkpoint(&weight);
+                let output = Flex::train_matmul(x.into_primitive(), weight.into_primitive());
+                prep.finish((x_state, weight_state), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::train_matmul(
+                x.into_primitive(),
+                weight.into_primitive(),
+            )),
+        }
+    }
+
+    /// Our (tracked) product, burn's (tracked) bias addition, then our GELU.
     fn fused_linear(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -237,7 +270,7 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
     ) -> FloatTensor<Self> {
         let [d_out] = bias.shape().dims();
         let y = Self::float_add(
-            Self::float_matmul(x, weight),
+            Self::train_matmul(x, weight),
             Self::float_reshape(bias, [1, d_out].into()),
         );
         match activation {
@@ -389,6 +422,63 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
                 prep.finish(x_state, output)
             }
             OpsKind::UnTracked(prep) => prep.finish(Flex::train_gelu(x.into_primitive())),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct TrainMatmulBackward;
+
+impl Backward<Flex, 2> for TrainMatmulBackward {
+    type State = (NodeId, NodeId);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_weight] = ops.parents;
+        let gy = grads.consume::<Flex>(&ops.node);
+        let (x_state, weight_state) = ops.state;
+        let x = checkpointer.retrieve_node_output::<FlexTensor>(x_state);
+        let weight = checkpointer.retrieve_node_output::<FlexTensor>(weight_state);
+        let ([rows, d_in], [_, d_out]) = (x.shape().dims(), weight.shape().dims());
+        let f32s = [x.dtype(), weight.dtype(), gy.dtype()] == [DType::F32; 3];
+        let (x, weight, gy) = (
+            x.to_contiguous(),
+            weight.to_contiguous(),
+            gy.to_contiguous(),
+        );
+        if let Some(node) = node_x {
+            let grad = if f32s {
+                let dx = linear_kernels::matmul_input_grad(
+                    f32_slice(&gy),
+                    f32_slice(&weight),
+                    rows,
+                    d_in,
+                    d_out,
+                );
+                FlexTensor::from_data(TensorData::new(dx, [rows, d_in]))
+            } else {
+                Flex::float_matmul(gy.clone(), Flex::float_transpose(weight.clone()))
+            };
+            grads.register::<Flex>(node.id, grad);
+        }
+        if let Some(node) = node_weight {
+            let grad = if f32s {
+                let dw = linear_kernels::matmul_weight_grad(
+                    f32_slice(&x),
+                    f32_slice(&gy),
+                    rows,
+                    d_in,
+                    d_out,
+                );
+                FlexTensor::from_data(TensorData::new(dw, [d_in, d_out]))
+            } else {
+                Flex::float_matmul(Flex::float_transpose(x), gy)
+            };
+            grads.register::<Flex>(node.id, grad);
         }
     }
 }

@@ -8,6 +8,10 @@
 //! the GEMM (`gemm` crate) accumulates onto them, and the activation runs while the block is in
 //! cache. Blocks run in parallel; a product with fewer blocks than threads splits its GEMM
 //! instead.
+//!
+//! In training, the product `x · weight` and its two gradients ([`matmul`],
+//! [`matmul_input_grad`], [`matmul_weight_grad`]) run through the same GEMM entry point, so
+//! that bf16 products (`set_matmul_precision`) reach the linear layers' backward pass too.
 
 use std::mem::MaybeUninit;
 
@@ -107,4 +111,55 @@ pub fn forward_in_blocks(
     // SAFETY: the blocks cover all `len` elements, and each block was written in full.
     unsafe { y.set_len(len) };
     y
+}
+
+/// `x · weight`: `x` is `[rows, d_in]`, `weight` `[d_in, d_out]`.
+pub fn matmul(x: &[f32], weight: &[f32], rows: usize, d_in: usize, d_out: usize) -> Vec<f32> {
+    let mut y = vec![0.0; rows * d_out];
+    gemm(
+        Matrix::row_major(&mut y, rows, d_out),
+        false,
+        &Operand::F32(MatrixRef::row_major(x, rows, d_in)),
+        &Operand::F32(MatrixRef::row_major(weight, d_in, d_out)),
+        Parallelism::Rayon(0),
+    );
+    y
+}
+
+/// The gradient of [`matmul`] with respect to `x`: `gy · weightᵀ`, `[rows, d_in]`.
+pub fn matmul_input_grad(
+    gy: &[f32],
+    weight: &[f32],
+    rows: usize,
+    d_in: usize,
+    d_out: usize,
+) -> Vec<f32> {
+    let mut dx = vec![0.0; rows * d_in];
+    gemm(
+        Matrix::row_major(&mut dx, rows, d_in),
+        false,
+        &Operand::F32(MatrixRef::row_major(gy, rows, d_out)),
+        &Operand::F32(MatrixRef::transposed(weight, d_out, d_in)),
+        Parallelism::Rayon(0),
+    );
+    dx
+}
+
+/// The gradient of [`matmul`] with respect to `weight`: `xᵀ · gy`, `[d_in, d_out]`.
+pub fn matmul_weight_grad(
+    x: &[f32],
+    gy: &[f32],
+    rows: usize,
+    d_in: usize,
+    d_out: usize,
+) -> Vec<f32> {
+    let mut dw = vec![0.0; d_in * d_out];
+    gemm(
+        Matrix::row_major(&mut dw, d_in, d_out),
+        false,
+        &Operand::F32(MatrixRef::transposed(x, d_in, rows)),
+        &Operand::F32(MatrixRef::row_major(gy, rows, d_out)),
+        Parallelism::Rayon(0),
+    );
+    dw
 }

@@ -126,7 +126,8 @@ pub fn channel_affine(
 }
 
 /// `activation(x · weight + bias)` over the rows of `x` (`weight` is `[d_in, d_out]`): one pass
-/// per block of rows in inference on flex.
+/// per block of rows in inference on flex; in training on flex, our product and gradients
+/// (where bf16 products apply) with burn's bias addition and our GELU.
 pub fn linear_2d(
     x: Tensor<2>,
     weight: Tensor<2>,
@@ -134,7 +135,9 @@ pub fn linear_2d(
     activation: LinearActivation,
 ) -> Tensor<2> {
     #[cfg(feature = "flex")]
-    if runs_on_flex(&x) && !x.device().is_autodiff() {
+    if runs_on_flex(&x)
+        && (!x.device().is_autodiff() || matmul_precision() == MatmulPrecision::Bf16)
+    {
         use burn::backend::Dispatch;
         let bias = bias.unwrap_or_else(|| zero_bias(weight.dims()[1], &x));
         return Tensor::<2>::from_dispatch(<Dispatch as flex_ext::TrainOps>::fused_linear(
