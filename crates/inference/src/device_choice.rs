@@ -8,8 +8,10 @@ use std::str::FromStr;
 use crate::error::{InferenceError, Result};
 use crate::ort_runtime::{self, OrtTarget};
 
-/// Precision a model runs in: f32; f16/bf16 on burn devices that support them; int8 on ONNX
-/// Runtime, from a folder's gated `model.int8.onnx` (`export --onnx --int8`).
+/// Precision a model runs in: f32; bf16 (on flex with AMX, f32 tensors with bf16 products in
+/// the convolutions and linear layers; elsewhere bf16 tensors); f16 on burn devices that
+/// support it; int8 on ONNX Runtime, from a folder's gated `model.int8.onnx`
+/// (`export --onnx --int8`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
     #[default]

@@ -104,15 +104,19 @@ pub fn is_flex(device: &Device) -> bool {
 /// else the faster CPU backend for this family as measured by `bench train` (BENCHMARKS.md
 /// "Training throughput"): `tch` for ViT (libtorch's GEMMs; 1.4x flex), `flex` for the CNNs
 /// (our convolution kernels; 1.0x–3.0x tch).
+///
+/// With `bf16` (mixed precision, which only flex trains: bf16 products on AMX) `auto` on a CPU
+/// is flex for every family.
 pub fn training_device(
     name: &str,
     architecture: &crate::registry::Architecture,
+    bf16: bool,
 ) -> Result<Device, UnknownDevice> {
     if name != "auto" || cfg!(feature = "cuda") || cfg!(feature = "wgpu") {
         return parse_device(name);
     }
     let transformer = matches!(architecture, crate::registry::Architecture::Vit(_));
-    if transformer && cfg!(feature = "tch") || !cfg!(feature = "flex") {
+    if transformer && !bf16 && cfg!(feature = "tch") || !cfg!(feature = "flex") {
         parse_device("auto")
     } else {
         parse_device("flex")
@@ -140,10 +144,13 @@ mod tests {
         } else {
             (want("flex"), want("flex"))
         };
-        assert_eq!(training_device("auto", &cnn).unwrap(), want_cnn);
-        assert_eq!(training_device("auto", &vit).unwrap(), want_vit);
+        assert_eq!(training_device("auto", &cnn, false).unwrap(), want_cnn);
+        assert_eq!(training_device("auto", &vit, false).unwrap(), want_vit);
+        if !gpu && flex_built {
+            assert_eq!(training_device("auto", &vit, true).unwrap(), want("flex"));
+        }
         if flex_built {
-            assert_eq!(training_device("flex", &vit).unwrap(), want("flex"));
+            assert_eq!(training_device("flex", &vit, false).unwrap(), want("flex"));
         }
     }
 }

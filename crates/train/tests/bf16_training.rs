@@ -1,7 +1,10 @@
-//! `optim.precision: bf16` (f32 weights and optimizer state, bf16 products on AMX tiles): a tiny
-//! ResNet's ArcFace phase follows the f32 loss curve step by step within 5 % (bf16 keeps 8
-//! significant bits of each factor; the sums, norms, losses and the optimizer stay f32), and
-//! really ran in bf16 (the curves differ). Without AMX the config is refused with a message
+//! `optim.precision: bf16` (f32 weights and optimizer state, bf16 products on AMX tiles), over
+//! 50 steps of a tiny ResNet's ArcFace phase against f32: over the first 20 steps each 5-step
+//! mean loss is within 2 % of f32's (bf16 keeps 8 significant bits of each factor; the sums,
+//! norms, losses and the optimizer stay f32); after that the two runs drift apart as any two
+//! runs with different rounding do, so over the last 10 steps bf16's mean loss must be at most
+//! 15 % above f32's, with both below 60 % of where they started. And bf16 really ran (the
+//! curves differ). Without AMX the config is refused with a message
 //! that says why.
 //!
 //! Its own test binary: the matmul precision is process-wide.
@@ -35,19 +38,43 @@ fn bf16_follows_the_f32_loss_curve() {
         eprintln!("no AMX-BF16 on this CPU: bf16 training refused (checked)");
         return;
     }
+    // 32 images in batches of 8: 13 epochs, stopped at 50 steps.
+    let fifty = |mut c: visual_search_train::config::TrainConfig| {
+        c.optim.epochs = 13;
+        c.optim.max_steps = Some(50);
+        c.eval.validations_per_epoch = 1;
+        c
+    };
     let (_, f32_losses) = run(
-        &config(data.path(), arcface, ""),
+        &fifty(config(data.path(), arcface, "")),
         &runs.path().join("f32"),
         false,
     );
-    let (summary, bf16_losses) = run(&bf16, &runs.path().join("bf16"), false);
-    assert_eq!(summary.steps, 8);
+    let (summary, bf16_losses) = run(&fifty(bf16), &runs.path().join("bf16"), false);
+    assert_eq!(summary.steps, 50);
     assert_eq!(bf16_losses.len(), f32_losses.len());
-    let mut largest = 0.0f64;
-    for (a, b) in bf16_losses.iter().zip(&f32_losses) {
-        largest = largest.max((a - b).abs() / b.abs().max(1.0));
+    eprintln!("bf16 vs f32 losses: {bf16_losses:?} vs {f32_losses:?}");
+    let mean = |l: &[f64]| l.iter().sum::<f64>() / l.len() as f64;
+    let mut early = 0.0f64;
+    for (a, b) in bf16_losses[..20].chunks(5).zip(f32_losses[..20].chunks(5)) {
+        early = early.max((mean(a) - mean(b)).abs() / mean(b));
     }
-    eprintln!("bf16 vs f32 losses: {bf16_losses:?} vs {f32_losses:?}, largest {largest:.2e}");
-    assert!(largest <= 0.05, "bf16 left the f32 loss curve by {largest}");
-    assert!(largest > 0.0, "identical curves: bf16 products did not run");
+    assert!(
+        early <= 0.02,
+        "bf16 left the f32 loss curve by {early} in 20 steps"
+    );
+    assert!(early > 0.0, "identical curves: bf16 products did not run");
+    let (first, last_f32, last_bf16) = (
+        mean(&f32_losses[..5]),
+        mean(&f32_losses[40..]),
+        mean(&bf16_losses[40..]),
+    );
+    assert!(
+        last_f32 < 0.6 * first && last_bf16 < 0.6 * first,
+        "the tiny phase did not learn: {first} → f32 {last_f32}, bf16 {last_bf16}"
+    );
+    assert!(
+        last_bf16 <= 1.15 * last_f32,
+        "bf16 learned less: last 10 steps {last_bf16} vs f32 {last_f32}"
+    );
 }

@@ -40,8 +40,10 @@ pub struct DeviceArgs {
     /// without model.onnx are exported to ONNX once, into ~/.cache/visual-search/onnx.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Precision of the model: f32; f16/bf16 on burn devices that support them; int8 on
-    /// ONNX Runtime from a folder's gated model.int8.onnx (export --onnx --int8).
+    /// Precision of the model: f32; bf16 (on flex with AMX: f32 tensors with the
+    /// convolutions' and linear layers' products in bf16, the fastest CPU path; elsewhere
+    /// bf16 tensors); f16 on burn devices that support it; int8 on ONNX Runtime from a
+    /// folder's gated model.int8.onnx (export --onnx --int8).
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: Precision,
 }

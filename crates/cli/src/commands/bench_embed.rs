@@ -39,9 +39,10 @@ pub struct Args {
     /// Backends to time [default: every compiled one: flex, tch, ...].
     #[arg(long, value_delimiter = ',')]
     devices: Vec<String>,
-    /// Precision of our engines; with bf16 the baselines add PyTorch's bf16 autocast.
-    #[arg(long, value_enum, default_value = "f32")]
-    dtype: Precision,
+    /// Precisions of our engines, each timed on every device that runs it; with bf16 the
+    /// baselines add PyTorch's bf16 autocast.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "f32")]
+    dtypes: Vec<Precision>,
     #[command(flatten)]
     photos: PhotoBenchArgs,
 }
@@ -75,7 +76,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.devices.clone()
     };
     let mut results = Vec::new();
-    for device in &devices {
+    let bf16 = args.dtypes.contains(&Precision::Bf16);
+    for (device, dtype) in devices
+        .iter()
+        .flat_map(|d| args.dtypes.iter().map(move |&p| (d, p)))
+    {
         let loaded = ModelArgs {
             model: Some(args.model.clone()),
             model_dir: None,
@@ -83,10 +88,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             size: Some(size),
             device: DeviceArgs {
                 device: device.clone(),
-                dtype: args.dtype,
+                dtype,
             },
         }
-        .load()?;
+        .load();
+        let loaded = match loaded {
+            Ok(m) => m,
+            Err(e) if dtype != Precision::F32 => {
+                eprintln!("{device} {}: not timed ({e:#})", dtype.name());
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let run_once = || -> anyhow::Result<f64> {
             let t = Instant::now();
             loaded.embed(input.clone(), args.batch)?;
@@ -97,7 +110,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         for _ in 0..args.iters.max(1) {
             best = best.min(run_once()?);
         }
-        results.push((device.clone(), args.batch as f64 / best));
+        results.push((
+            format!("{device} {}", dtype.name()),
+            args.batch as f64 / best,
+        ));
     }
 
     let baseline = if args.photos.no_baseline {
@@ -128,7 +144,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             figure("onnxruntime"),
         ),
     ];
-    if args.dtype == Precision::Bf16 {
+    if bf16 {
         baselines.push((
             "PyTorch, BN folded + channels-last, bf16 autocast".to_string(),
             figure("folded_channels_last_bf16"),
@@ -151,10 +167,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut rows: Vec<Vec<String>> = results
         .iter()
         .map(|(d, ips)| {
-            let mut row = vec![
-                format!("visual-search {d} {}", args.dtype.name()),
-                format!("{ips:.1}"),
-            ];
+            let mut row = vec![format!("visual-search {d}"), format!("{ips:.1}")];
             row.extend(
                 baselines
                     .iter()
@@ -263,7 +276,7 @@ fn run_baseline(args: &Args, input: &[f32], size: usize) -> anyhow::Result<serde
     if let Some(w) = &args.weights {
         cmd.args(["--weights", &w.display().to_string()]);
     }
-    if args.dtype == Precision::Bf16 {
+    if args.dtypes.contains(&Precision::Bf16) {
         cmd.arg("--bf16");
     }
     baseline_json(cmd, &python, &script)

@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use visual_search_data::datasets::locate_grocery;
 
 use super::bench_preprocess::{baseline_python, tools_dir};
-use crate::args::model::{DeviceArgs, ModelArgs};
+use crate::args::model::{DeviceArgs, ModelArgs, Precision};
 use crate::dev_set_run::{DevSetArgs, rank_dev_set};
 use crate::table;
 
@@ -33,6 +33,9 @@ pub struct Args {
     /// Our devices to time [default: ort when its library is found, and flex].
     #[arg(long, value_delimiter = ',')]
     devices: Vec<String>,
+    /// Precisions of our rankers, each timed on every device that runs it (bf16: flex).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "f32")]
+    dtypes: Vec<Precision>,
     /// Python rankers to time: eager, folded, onnxruntime.
     #[arg(long, value_delimiter = ',', default_value = "folded,onnxruntime")]
     engines: Vec<String>,
@@ -49,7 +52,7 @@ struct Run {
     map: f64,
 }
 
-fn ours(args: &Args, root: &Path, device: &str) -> anyhow::Result<Run> {
+fn ours(args: &Args, root: &Path, device: &str, dtype: Precision) -> anyhow::Result<Run> {
     let start = Instant::now();
     let loaded = ModelArgs {
         model: Some(args.model.clone()),
@@ -58,7 +61,7 @@ fn ours(args: &Args, root: &Path, device: &str) -> anyhow::Result<Run> {
         size: args.size,
         device: DeviceArgs {
             device: device.to_string(),
-            ..DeviceArgs::default()
+            dtype,
         },
     }
     .load()?;
@@ -73,7 +76,11 @@ fn ours(args: &Args, root: &Path, device: &str) -> anyhow::Result<Run> {
     let seconds = start.elapsed().as_secs_f64();
     let map = ranked.evaluate(1000).map_at_k;
     Ok(Run {
-        name: format!("visual-search rank --device {}", loaded.device_name),
+        name: format!(
+            "visual-search rank --device {} --dtype {}",
+            loaded.device_name,
+            dtype.name()
+        ),
         seconds,
         map,
     })
@@ -133,8 +140,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut runs = Vec::new();
     for device in &devices {
-        eprintln!("ranking with visual-search on {device} …");
-        runs.push(ours(&args, &root, device)?);
+        for &dtype in &args.dtypes {
+            eprintln!(
+                "ranking with visual-search on {device} in {} …",
+                dtype.name()
+            );
+            match ours(&args, &root, device, dtype) {
+                Ok(run) => runs.push(run),
+                Err(e) if dtype != Precision::F32 => {
+                    eprintln!("{device} {}: not timed ({e:#})", dtype.name())
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
     let ours_count = runs.len();
     for engine in &args.engines {

@@ -391,19 +391,20 @@ mod pack {
         parallel: bool,
     ) {
         resize_uninit(out, np * kp);
-        let fill = |(block, tile): (usize, &mut [u16])| {
+        // Full 16-column blocks of a row-major `m` go GROUP at a time: each pair of rows is
+        // then read as GROUP · 64 contiguous bytes rather than 64 (one page per row apart).
+        let full = if m.col_stride == 1 && simd::usable() {
+            m.cols / 16
+        } else {
+            0
+        };
+        let fill = |block: usize, tile: &mut [u16]| {
             let c0 = block * 16;
             if c0 >= m.cols {
                 tile.fill(0);
                 return;
             }
             let width = (m.cols - c0).min(16);
-            if m.col_stride == 1 && width == 16 && simd::usable() {
-                // SAFETY: the CPU has AVX-512BW and AVX512-BF16 (`usable`), and every read is
-                // one row's 16 columns from `c0`, inside `m` (`width == 16`).
-                unsafe { simd::pairs_16(m, c0, tile) };
-                return;
-            }
             tile.fill(0);
             if m.row_stride == 1 {
                 // Transposed storage: a column's consecutive rows are adjacent.
@@ -427,12 +428,32 @@ mod pack {
                 }
             }
         };
+        let fill_group = |(group, tiles): (usize, &mut [u16])| {
+            let first = group * GROUP;
+            let blocks = full.saturating_sub(first).min(tiles.len() / (16 * kp));
+            if blocks > 0 {
+                // SAFETY: the CPU has AVX-512BW and AVX512-BF16 (`full > 0` only when
+                // `usable`), and the `blocks` blocks from `first` are full 16-column blocks
+                // of `m`, so every read is inside `m`.
+                unsafe { simd::pairs_16(m, first * 16, blocks, &mut tiles[..blocks * 16 * kp]) };
+            }
+            for (b, tile) in tiles.chunks_mut(16 * kp).enumerate().skip(blocks) {
+                fill(first + b, tile);
+            }
+        };
         if parallel {
-            out.par_chunks_mut(16 * kp).enumerate().for_each(fill);
+            out.par_chunks_mut(GROUP * 16 * kp)
+                .enumerate()
+                .for_each(fill_group);
         } else {
-            out.chunks_mut(16 * kp).enumerate().for_each(fill);
+            out.chunks_mut(GROUP * 16 * kp)
+                .enumerate()
+                .for_each(fill_group);
         }
     }
+
+    /// 16-column blocks packed together by [`pairs`].
+    const GROUP: usize = 4;
 
     /// `out` at `len` elements, reusing its allocation; new elements are zero (the packers
     /// overwrite every element anyway, so only growth costs a pass).
@@ -486,35 +507,41 @@ mod pack {
             }
         }
 
-        /// 16 full columns from `c0` of a row-major `m` into one pair-interleaved tile column
-        /// `[kp/2][16][2]`.
+        /// `blocks` full blocks of 16 columns from `c0` of a row-major `m` into their
+        /// pair-interleaved tile columns `[kp/2][16][2]` (`tiles`, one after another).
         #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-        pub(super) unsafe fn pairs_16(m: &MatrixRef<'_>, c0: usize, tile: &mut [u16]) {
+        pub(super) unsafe fn pairs_16(
+            m: &MatrixRef<'_>,
+            c0: usize,
+            blocks: usize,
+            tiles: &mut [u16],
+        ) {
             let interleave = _mm512_set_epi16(
                 31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5,
                 20, 4, 19, 3, 18, 2, 17, 1, 16, 0,
             );
-            let row = |r: usize| {
+            let row = |r: usize, c: usize| {
                 if r < m.rows {
-                    // SAFETY: the caller guarantees 16 columns from `c0` in every row.
-                    unsafe { _mm512_loadu_ps(m.data.as_ptr().add(r * m.row_stride + c0)) }
+                    // SAFETY: the caller guarantees `blocks` full blocks from `c0` in every row.
+                    unsafe { _mm512_loadu_ps(m.data.as_ptr().add(r * m.row_stride + c)) }
                 } else {
                     _mm512_setzero_ps()
                 }
             };
-            for (p, pair) in tile.chunks_exact_mut(32).enumerate() {
-                if 2 * p >= m.rows {
-                    pair.fill(0);
-                    continue;
-                }
-                let both = _mm512_cvtne2ps_pbh(row(2 * p + 1), row(2 * p));
-                // SAFETY: `pair` is 32 u16 = 64 bytes.
-                unsafe {
-                    let v = _mm512_permutexvar_epi16(
-                        interleave,
-                        std::mem::transmute::<__m512bh, __m512i>(both),
-                    );
-                    _mm512_storeu_si512(pair.as_mut_ptr() as *mut __m512i, v);
+            let tile_len = tiles.len() / blocks;
+            for p in 0..tile_len / 32 {
+                for b in 0..blocks {
+                    let pair = &mut tiles[b * tile_len + 32 * p..][..32];
+                    let c = c0 + 16 * b;
+                    let both = _mm512_cvtne2ps_pbh(row(2 * p + 1, c), row(2 * p, c));
+                    // SAFETY: `pair` is 32 u16 = 64 bytes.
+                    unsafe {
+                        let v = _mm512_permutexvar_epi16(
+                            interleave,
+                            std::mem::transmute::<__m512bh, __m512i>(both),
+                        );
+                        _mm512_storeu_si512(pair.as_mut_ptr() as *mut __m512i, v);
+                    }
                 }
             }
         }
@@ -527,7 +554,7 @@ mod pack {
             false
         }
         pub(super) unsafe fn convert(_: &[f32], _: &mut [u16]) {}
-        pub(super) unsafe fn pairs_16(_: &MatrixRef<'_>, _: usize, _: &mut [u16]) {}
+        pub(super) unsafe fn pairs_16(_: &MatrixRef<'_>, _: usize, _: usize, _: &mut [u16]) {}
     }
 }
 
