@@ -8,9 +8,8 @@
 
 mod common;
 
-use common::lite0_pixels;
+use common::{gallery_spread, lite0_pixels, lite0_weights_and_grocery};
 use visual_search_inference::{DeviceChoice, InferenceModel, LoadOptions, ModelSource, Precision};
-use visual_search_model::pretrained::efficientnet_lite0_weights;
 use visual_search_model::train_ops::{MatmulPrecision, matmul_precision, native_bf16};
 
 fn embed(weights: &std::path::Path, precision: Precision, pixels: &[f32], n: usize) -> Vec<f32> {
@@ -36,23 +35,11 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn lite0_bf16_products_keep_features_and_neighbours() {
-    let (Some(weights), Some(grocery)) = (
-        efficientnet_lite0_weights(),
-        visual_search_data::datasets::locate_grocery(),
-    ) else {
-        visual_search_data::datasets::missing_test_dependency(
-            "EfficientNet-Lite0 weights or grocery photos not found",
-        );
+    let Some((weights, grocery)) = lite0_weights_and_grocery() else {
         return;
     };
-    let rows = visual_search_data::formats::dev_set::parse_gallery(&grocery.join("gallery.csv"))
-        .unwrap()
-        .into_strict()
-        .unwrap();
-    let all = visual_search_data::formats::dev_set::gallery_samples(&rows, &grocery);
     let n = 32;
-    let samples: Vec<_> = (0..n).map(|i| all[i * all.len() / n].clone()).collect();
-    let pixels = lite0_pixels(&samples);
+    let pixels = lite0_pixels(&gallery_spread(&grocery, n));
 
     let f32_rows = embed(&weights, Precision::F32, &pixels, n);
     assert_eq!(matmul_precision(), MatmulPrecision::F32);

@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 
 use burn::tensor::Device;
-use common::{lite0_and_grocery, lite0_pixels, model_fixture, ort_or_skip};
+use common::{gallery_spread, lite0_and_grocery, lite0_pixels, model_fixture, ort_or_skip};
 use visual_search_inference::int8::{INT8_FILE, quantize_model_dir};
 use visual_search_inference::model_dir::{
     FORMAT_VERSION, ModelDirInfo, ONNX_FILE, write_model_dir,
@@ -92,14 +92,8 @@ fn efficientnet_lite0_int8_is_gated_on_grocery_photos() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("lite0");
     folder("efficientnet_lite0", &model, 224, &out);
-    let rows = visual_search_data::formats::dev_set::parse_gallery(&grocery.join("gallery.csv"))
-        .unwrap()
-        .into_strict()
-        .unwrap();
-    let all = visual_search_data::formats::dev_set::gallery_samples(&rows, &grocery);
     let n = 32;
-    let samples: Vec<_> = (0..n).map(|i| all[i * all.len() / n].clone()).collect();
-    let pixels = lite0_pixels(&samples);
+    let pixels = lite0_pixels(&gallery_spread(&grocery, n));
     let per = 3 * 224 * 224;
     let report = quantize_model_dir(&out, &pixels, n, 0.99).unwrap();
     assert!(report.mean_cosine >= 0.99, "{report:?}");

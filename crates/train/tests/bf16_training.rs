@@ -11,10 +11,9 @@
 
 mod common;
 
-use common::{config, dataset, run};
-use visual_search_model::device::parse_device;
+use common::{config, dataset, flex_options, run};
 use visual_search_model::train_ops::native_bf16;
-use visual_search_train::trainer::{TrainOptions, train};
+use visual_search_train::trainer::train;
 
 #[test]
 fn bf16_follows_the_f32_loss_curve() {
@@ -24,12 +23,7 @@ fn bf16_follows_the_f32_loss_curve() {
     let arcface = "  type: arcface\n  k: 2\n  s: 16.0";
     let bf16 = config(data.path(), arcface, "  precision: bf16");
     if !native_bf16() {
-        let options = TrainOptions {
-            run_dir: runs.path().join("bf16"),
-            device: parse_device("flex").unwrap(),
-            resume: false,
-            validate_at_start: false,
-        };
+        let options = flex_options(&runs.path().join("bf16"), false);
         let err = train(&bf16, &options, &mut |_| {})
             .err()
             .unwrap()

@@ -7,9 +7,8 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{config, dataset, run};
-use visual_search_model::device::parse_device;
-use visual_search_train::trainer::{TrainOptions, train};
+use common::{config, dataset, flex_options, run};
+use visual_search_train::trainer::train;
 
 #[test]
 fn a_tiny_phase_trains_checkpoints_and_resumes_exactly() {
@@ -66,12 +65,7 @@ fn f16_is_refused() {
     dataset(data.path());
     let runs = tempfile::tempdir().unwrap();
     let c = config(data.path(), "  type: arcface", "  precision: f16");
-    let options = TrainOptions {
-        run_dir: runs.path().join("f16"),
-        device: parse_device("flex").unwrap(),
-        resume: false,
-        validate_at_start: false,
-    };
+    let options = flex_options(&runs.path().join("f16"), false);
     let err = train(&c, &options, &mut |_| {}).err().unwrap().to_string();
     assert!(err.contains("precision f16"), "{err}");
 }

@@ -30,8 +30,9 @@ pub fn ort_or_skip() -> bool {
     false
 }
 
-/// EfficientNet-Lite0 with its ImageNet weights on flex, and the grocery dataset root.
-pub fn lite0_and_grocery() -> Option<(EmbeddingModel, PathBuf)> {
+/// EfficientNet-Lite0's ImageNet weights file and the grocery dataset root (else SKIPPED, or a
+/// failure under CI).
+pub fn lite0_weights_and_grocery() -> Option<(PathBuf, PathBuf)> {
     use visual_search_model::pretrained::efficientnet_lite0_weights;
     let (Some(weights), Some(grocery)) = (
         efficientnet_lite0_weights(),
@@ -42,6 +43,22 @@ pub fn lite0_and_grocery() -> Option<(EmbeddingModel, PathBuf)> {
         );
         return None;
     };
+    Some((weights, grocery))
+}
+
+/// `n` grocery gallery photos spread evenly over the gallery list.
+pub fn gallery_spread(grocery: &Path, n: usize) -> Vec<Sample> {
+    let rows = visual_search_data::formats::dev_set::parse_gallery(&grocery.join("gallery.csv"))
+        .unwrap()
+        .into_strict()
+        .unwrap();
+    let all = visual_search_data::formats::dev_set::gallery_samples(&rows, grocery);
+    (0..n).map(|i| all[i * all.len() / n].clone()).collect()
+}
+
+/// EfficientNet-Lite0 with its ImageNet weights on flex, and the grocery dataset root.
+pub fn lite0_and_grocery() -> Option<(EmbeddingModel, PathBuf)> {
+    let (weights, grocery) = lite0_weights_and_grocery()?;
     let spec = lookup("efficientnet_lite0").unwrap();
     let options = spec.default_options();
     let model = EmbeddingModel::new(&spec, &options, None, &Device::flex())

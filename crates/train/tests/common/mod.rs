@@ -85,13 +85,18 @@ eval:
     TrainConfig::parse(&text, Path::new("tiny.yml")).unwrap()
 }
 
-pub fn run(config: &TrainConfig, dir: &Path, resume: bool) -> (TrainSummary, Vec<f64>) {
-    let options = TrainOptions {
+/// Options for a run on flex in `dir`.
+pub fn flex_options(dir: &Path, resume: bool) -> TrainOptions {
+    TrainOptions {
         run_dir: dir.to_path_buf(),
         device: parse_device("flex").unwrap(),
         resume,
         validate_at_start: !resume,
-    };
+    }
+}
+
+pub fn run(config: &TrainConfig, dir: &Path, resume: bool) -> (TrainSummary, Vec<f64>) {
+    let options = flex_options(dir, resume);
     let mut losses = Vec::new();
     let summary = train(config, &options, &mut |e| {
         if let TrainEvent::Step { loss, .. } = e {
