@@ -360,6 +360,22 @@ mod pack {
         parallel: bool,
     ) {
         resize_uninit(out, mp * kp);
+        if m.col_stride != 1 && m.row_stride == 1 && simd::usable() {
+            // Column-major storage (a transposed view): 16 × 16 blocks transposed in registers.
+            let strip = |(s, rows): (usize, &mut [u16])| {
+                for k0 in (0..kp).step_by(16) {
+                    // SAFETY: the CPU has AVX-512BW and AVX512-BF16 (`usable`); `rows` holds 16
+                    // rows of `kp` elements and `k0 + 16 <= kp`.
+                    unsafe { simd::rows_from_columns(m, 16 * s, k0, kp, rows) };
+                }
+            };
+            if parallel {
+                out.par_chunks_mut(16 * kp).enumerate().for_each(strip);
+            } else {
+                out.chunks_mut(16 * kp).enumerate().for_each(strip);
+            }
+            return;
+        }
         let fill = |(r, row): (usize, &mut [u16])| {
             let filled = if r < m.rows { m.cols } else { 0 };
             if filled > 0 {
@@ -405,6 +421,12 @@ mod pack {
                 return;
             }
             let width = (m.cols - c0).min(16);
+            if m.col_stride != 1 && m.row_stride == 1 && simd::usable() {
+                // SAFETY: the CPU has AVX-512BW and AVX512-BF16 (`usable`); `tile` is one
+                // 16-column block of `kp` rows, and reads stay inside `m` (masked to its size).
+                unsafe { simd::pairs_from_columns(m, c0, kp, tile) };
+                return;
+            }
             tile.fill(0);
             if m.row_stride == 1 {
                 // Transposed storage: a column's consecutive rows are adjacent.
@@ -545,6 +567,119 @@ mod pack {
                 }
             }
         }
+
+        /// Lanes `0..count` (at most 16).
+        fn lanes(count: usize) -> u16 {
+            if count >= 16 {
+                u16::MAX
+            } else {
+                (1u16 << count) - 1
+            }
+        }
+
+        /// Rows `r0..r0 + 16` × columns `k0..k0 + 16` of a column-major `m` (`row_stride`
+        /// 1), rounded to bf16 into `strip` (16 rows of `kp`), row `i` at `i · kp + k0`; what
+        /// lies outside `m` is zero.
+        #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+        pub(super) unsafe fn rows_from_columns(
+            m: &MatrixRef<'_>,
+            r0: usize,
+            k0: usize,
+            kp: usize,
+            strip: &mut [u16],
+        ) {
+            let mask = lanes(m.rows.saturating_sub(r0));
+            let mut v = [_mm512_setzero_si512(); 16];
+            for (k, v) in v.iter_mut().enumerate() {
+                if mask != 0 && k0 + k < m.cols {
+                    // SAFETY: row `r0 < m.rows` of column `k0 + k < m.cols` is inside `m`;
+                    // the masked lanes beyond `m.rows` are not read.
+                    let column = unsafe { m.data.as_ptr().add(r0 + (k0 + k) * m.col_stride) };
+                    *v = _mm512_castps_si512(unsafe { _mm512_maskz_loadu_ps(mask, column) });
+                }
+            }
+            transpose_16x16(&mut v);
+            for (i, v) in v.iter().enumerate() {
+                let h: __m256i =
+                    unsafe { std::mem::transmute(_mm512_cvtneps_pbh(_mm512_castsi512_ps(*v))) };
+                let row = &mut strip[i * kp + k0..][..16];
+                // SAFETY: `row` is 16 u16 = 32 bytes.
+                unsafe { _mm256_storeu_si256(row.as_mut_ptr() as *mut __m256i, h) };
+            }
+        }
+
+        /// The 16-column block from `c0` of a column-major `m` (`row_stride` 1: a column's
+        /// rows are adjacent) in the pair-interleaved layout `[kp/2][16][2]` (`tile`); what
+        /// lies outside `m` is zero.
+        #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+        pub(super) unsafe fn pairs_from_columns(
+            m: &MatrixRef<'_>,
+            c0: usize,
+            kp: usize,
+            tile: &mut [u16],
+        ) {
+            let width = m.cols.saturating_sub(c0).min(16);
+            for k0 in (0..kp).step_by(32) {
+                let (low, high) = (
+                    lanes(m.rows.saturating_sub(k0)),
+                    lanes(m.rows.saturating_sub(k0 + 16)),
+                );
+                let mut v = [_mm512_setzero_si512(); 16];
+                for (n, v) in v.iter_mut().enumerate().take(width) {
+                    let load = |mask: u16, k: usize| {
+                        if mask == 0 {
+                            return _mm512_setzero_ps();
+                        }
+                        // SAFETY: row `k < m.rows` of column `c0 + n < m.cols` is inside `m`;
+                        // masked lanes are not read.
+                        unsafe {
+                            _mm512_maskz_loadu_ps(
+                                mask,
+                                m.data.as_ptr().add(k + (c0 + n) * m.col_stride),
+                            )
+                        }
+                    };
+                    // One u32 lane per pair of rows: (row 2p, row 2p + 1) of this column.
+                    let both = _mm512_cvtne2ps_pbh(load(high, k0 + 16), load(low, k0));
+                    *v = unsafe { std::mem::transmute::<__m512bh, __m512i>(both) };
+                }
+                transpose_16x16(&mut v);
+                for (p, v) in v.iter().enumerate() {
+                    let pair = &mut tile[(k0 / 2 + p) * 32..][..32];
+                    // SAFETY: `pair` is 32 u16 = 64 bytes.
+                    unsafe { _mm512_storeu_si512(pair.as_mut_ptr() as *mut __m512i, *v) };
+                }
+            }
+        }
+
+        /// Transposes a 16 × 16 matrix of 32-bit lanes held as 16 rows.
+        #[target_feature(enable = "avx512f")]
+        fn transpose_16x16(r: &mut [__m512i; 16]) {
+            let mut t = [_mm512_setzero_si512(); 16];
+            for i in 0..8 {
+                t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+                t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+            }
+            // u[4g + j]: lane L holds element 4L + j of rows 4g..4g + 4.
+            let mut u = [_mm512_setzero_si512(); 16];
+            for g in 0..4 {
+                let (a, b, c, d) = (t[4 * g], t[4 * g + 1], t[4 * g + 2], t[4 * g + 3]);
+                u[4 * g] = _mm512_unpacklo_epi64(a, c);
+                u[4 * g + 1] = _mm512_unpackhi_epi64(a, c);
+                u[4 * g + 2] = _mm512_unpacklo_epi64(b, d);
+                u[4 * g + 3] = _mm512_unpackhi_epi64(b, d);
+            }
+            for j in 0..4 {
+                let v = _mm512_shuffle_i32x4::<0x44>(u[j], u[4 + j]);
+                let w = _mm512_shuffle_i32x4::<0xEE>(u[j], u[4 + j]);
+                let x = _mm512_shuffle_i32x4::<0x44>(u[8 + j], u[12 + j]);
+                let y = _mm512_shuffle_i32x4::<0xEE>(u[8 + j], u[12 + j]);
+                r[j] = _mm512_shuffle_i32x4::<0x88>(v, x);
+                r[4 + j] = _mm512_shuffle_i32x4::<0xDD>(v, x);
+                r[8 + j] = _mm512_shuffle_i32x4::<0x88>(w, y);
+                r[12 + j] = _mm512_shuffle_i32x4::<0xDD>(w, y);
+            }
+        }
     }
 
     #[cfg(not(target_arch = "x86_64"))]
@@ -552,6 +687,21 @@ mod pack {
         use super::super::super::gemm_views::MatrixRef;
         pub(super) fn usable() -> bool {
             false
+        }
+        pub(super) unsafe fn rows_from_columns(
+            _: &MatrixRef<'_>,
+            _: usize,
+            _: usize,
+            _: usize,
+            _: &mut [u16],
+        ) {
+        }
+        pub(super) unsafe fn pairs_from_columns(
+            _: &MatrixRef<'_>,
+            _: usize,
+            _: usize,
+            _: &mut [u16],
+        ) {
         }
         pub(super) unsafe fn convert(_: &[f32], _: &mut [u16]) {}
         pub(super) unsafe fn pairs_16(_: &MatrixRef<'_>, _: usize, _: usize, _: &mut [u16]) {}
@@ -592,6 +742,8 @@ mod tests {
             (33, 70, 17, false, true, true),
             (64, 4100, 45, false, false, true),
             (40, 96, 600, true, true, false),
+            (33, 70, 17, true, false, true),
+            (18, 45, 40, true, true, false),
             (7, 33, 3000, false, true, true),
         ] {
             let a = values(m * k, 1);
