@@ -35,7 +35,7 @@ pub struct Args {
     /// `tch` (a `--features tch` build) ViT (1.4x `flex`); `auto` picks that way, or a compiled
     /// GPU backend (`tch-cuda:0`, `cuda:0`). Precision is the config's `optim.precision`: on a
     /// CPU with AMX, `bf16` (mixed; flex only, so `auto` then picks flex) trains ResNet and ViT
-    /// 1.5x faster than f32 (see BENCHMARKS.md "Training throughput").
+    /// 1.7x faster than f32 (see BENCHMARKS.md "Training throughput").
     #[arg(long, default_value = "auto")]
     device: String,
     /// Skip the validation before the first step (the zero-shot baseline).
