@@ -20,15 +20,25 @@ pub enum Activation {
 }
 
 impl Activation {
-    #[inline]
-    fn apply(self, z: f32) -> f32 {
+    /// The activation of one value.
+    #[inline(always)]
+    pub fn of(self, v: f32) -> f32 {
         match self {
-            Activation::Identity => z,
-            Activation::Relu => z.max(0.0),
-            Activation::Relu6 => z.clamp(0.0, 6.0),
+            Activation::Identity => v,
+            Activation::Relu => v.max(0.0),
+            Activation::Relu6 => v.clamp(0.0, 6.0),
         }
     }
 
+    /// The activation, in place.
+    pub fn apply(self, y: &mut [f32]) {
+        if self != Activation::Identity {
+            y.iter_mut().for_each(|v| *v = self.of(*v));
+        }
+    }
+}
+
+impl Activation {
     /// The derivative, as PyTorch takes it: ReLU passes where the output is positive
     /// (`threshold_backward`), ReLU6 strictly inside (0, 6) (`hardtanh_backward`).
     #[inline]
@@ -61,7 +71,7 @@ pub fn forward(
         .for_each(|(p, (y_p, x_p))| {
             let (s, t) = (scale[p % channels], shift[p % channels]);
             for (o, &v) in y_p.iter_mut().zip(x_p) {
-                *o = activation.apply(v * s + t);
+                *o = activation.of(v * s + t);
             }
         });
     y

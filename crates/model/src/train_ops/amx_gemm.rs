@@ -25,6 +25,7 @@
 
 use rayon::prelude::*;
 
+use super::affine_kernels::Activation;
 use super::gemm_views::{Matrix, MatrixRef};
 
 /// Whether this CPU and OS run AMX-BF16 tiles (checked and permission asked once).
@@ -143,6 +144,7 @@ pub(super) fn gemm(
     lhs: Side<'_>,
     rhs: Side<'_>,
     parallel: bool,
+    activation: Activation,
 ) {
     assert!(available(), "AMX-BF16 GEMM called on a CPU without it");
     let ((m, k), (k2, n)) = (lhs.shape(), rhs.shape());
@@ -151,6 +153,7 @@ pub(super) fn gemm(
         if !accumulate {
             dst.data[..m * n].fill(0.0);
         }
+        activation.apply(&mut dst.data[..m * n]);
         return;
     }
     let (mp, kp, np) = (pad32(m), pad32(k), pad32(n));
@@ -170,16 +173,11 @@ pub(super) fn gemm(
             }
         };
         assert!(a.len() == mp * kp && b.len() == kp * np);
-        products(
-            &mut dst.data[..m * n],
-            n,
+        let store = Store {
             accumulate,
-            a,
-            b,
-            kp,
-            np,
-            parallel,
-        );
+            activation,
+        };
+        products(&mut dst.data[..m * n], n, store, a, b, kp, np, parallel);
     });
 }
 
@@ -189,7 +187,7 @@ pub(super) fn gemm(
 fn products(
     out: &mut [f32],
     n: usize,
-    accumulate: bool,
+    store: Store,
     a: &[u16],
     b: &[u16],
     kp: usize,
@@ -206,7 +204,7 @@ fn products(
             for j in columns.clone().step_by(32) {
                 let b_pair = &b[j * kp..][..32 * kp];
                 tiles.block(a_strip, b_pair, kp, &mut block);
-                store(&block, rows, n, j, accumulate);
+                store.block(&block, rows, n, j);
             }
         };
         if parallel {
@@ -221,16 +219,29 @@ fn pad32(x: usize) -> usize {
     x.div_ceil(32) * 32
 }
 
-/// Writes (or adds) a 32 × 32 `block` into the rows of `rows` (row length `n`) at column `j`,
-/// clipped to the matrix.
-fn store(block: &[f32; 32 * 32], rows: &mut [f32], n: usize, j: usize, accumulate: bool) {
-    let width = (n - j).min(32);
-    for (row, sums) in rows.chunks_mut(n).zip(block.chunks(32)) {
-        let row = &mut row[j..j + width];
-        if accumulate {
-            row.iter_mut().zip(sums).for_each(|(d, s)| *d += s);
-        } else {
-            row.copy_from_slice(&sums[..width]);
+/// How a finished 32 × 32 block of sums reaches the output: written or added, then activated.
+#[derive(Clone, Copy)]
+struct Store {
+    accumulate: bool,
+    activation: Activation,
+}
+
+impl Store {
+    /// Stores `block` into the rows of `rows` (row length `n`) at column `j`, clipped to the
+    /// matrix.
+    fn block(self, block: &[f32; 32 * 32], rows: &mut [f32], n: usize, j: usize) {
+        let width = (n - j).min(32);
+        for (row, sums) in rows.chunks_mut(n).zip(block.chunks(32)) {
+            let row = &mut row[j..j + width];
+            if self.accumulate {
+                row.iter_mut()
+                    .zip(sums)
+                    .for_each(|(d, s)| *d = self.activation.of(*d + s));
+            } else {
+                row.iter_mut()
+                    .zip(sums)
+                    .for_each(|(d, s)| *d = self.activation.of(*s));
+            }
         }
     }
 }
@@ -777,6 +788,7 @@ mod tests {
                     Side::View(lv),
                     Side::View(rv),
                     parallel,
+                    Activation::Identity,
                 );
             } else {
                 let (a, b) = (Packed::lhs(&lv, parallel), Packed::rhs(&rv, parallel));
@@ -786,6 +798,7 @@ mod tests {
                     Side::Packed(&a),
                     Side::Packed(&b),
                     parallel,
+                    Activation::Identity,
                 );
             }
             for i in 0..m {

@@ -8,7 +8,8 @@
 //! reads every other input value for a stride-2 layer. Here:
 //! - **groups = 1**: per image, the output starts as the bias rows, the GEMM (`gemm` crate)
 //!   accumulates `weight · im2col(x)` into it (no im2col for a 1×1 stride-1 unpadded
-//!   convolution), and the activation runs over the image's output while it is still in cache.
+//!   convolution), and the activation runs over the image's output after it (under bf16
+//!   products, as each block of the output is stored).
 //!   Images run in parallel when there are at least as many as threads, else each GEMM is split.
 //! - **depthwise** (groups = channels in = channels out): vectorised across channels, see
 //!   [`super::depthwise_forward`].
@@ -23,7 +24,7 @@ use rayon::prelude::*;
 use super::affine_kernels::Activation;
 use super::conv_geometry::{ConvGeometry, im2col};
 use super::depthwise_forward;
-use super::gemm_views::{Matrix, MatrixRef, Operand, gemm};
+use super::gemm_views::{Matrix, MatrixRef, Operand, gemm_then};
 
 /// `activation(conv2d(x, weight) + bias)`, shape `[batch, out_channels, out_h, out_w]`, or `None`
 /// for a grouping these kernels do not cover. `weight` is `[out_channels, in_channels / groups,
@@ -73,25 +74,16 @@ fn dense(
             im2col(x_n, g, col);
             col
         };
-        gemm(
+        gemm_then(
             Matrix::row_major(y_n, g.out_channels, p),
             bias.is_some(),
             &weight,
             &Operand::F32(MatrixRef::row_major(col_n, rows, p)),
             inner,
+            activation,
         );
-        activate(y_n, activation);
     };
     images_from_bias(g.batch, p, bias.unwrap_or(&vec![0.0; g.out_channels]), run)
-}
-
-/// The activation, in place.
-pub(super) fn activate(y: &mut [f32], activation: Activation) {
-    match activation {
-        Activation::Identity => {}
-        Activation::Relu => y.iter_mut().for_each(|v| *v = v.max(0.0)),
-        Activation::Relu6 => y.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
-    }
 }
 
 /// A `[batch, bias.len(), plane]` buffer whose row `r` of each image starts as `bias[r]` when

@@ -17,7 +17,6 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::affine_kernels::Activation;
-use super::conv_forward_kernels::activate;
 use super::conv_geometry::ConvGeometry;
 use super::vectorized::Simd;
 
@@ -168,7 +167,7 @@ impl Block<'_> {
         self.padded.fill(self.x_block, self.lanes, input);
         for oh in 0..g.out_h {
             output_row::<V>(input, self.padded, self.w, self.b, oh, g, row);
-            activate(row, self.activation);
+            self.activation.apply(row);
             for (lane, plane) in planes.chunks_mut(out_plane).enumerate() {
                 let out = &mut plane[oh * g.out_w..][..g.out_w];
                 for (o, pixel) in out.iter_mut().zip(row.chunks_exact(LANES)) {

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use gemm::Parallelism;
 
+use super::affine_kernels::Activation;
 use super::amx_gemm;
 
 /// The precision of the products inside our f32 GEMMs, like PyTorch's
@@ -158,6 +159,34 @@ pub(super) fn gemm_f32(
     );
 }
 
+/// [`gemm`], then `activation` over `dst`: under bf16 products in the same pass as each
+/// block of the result is stored, else as a pass after the GEMM.
+pub(super) fn gemm_then(
+    dst: Matrix<'_>,
+    accumulate: bool,
+    lhs: &Operand<'_>,
+    rhs: &Operand<'_>,
+    parallelism: Parallelism,
+    activation: Activation,
+) {
+    let bf16 = matches!((lhs, rhs), (Operand::Bf16(_), _) | (_, Operand::Bf16(_)))
+        || matmul_precision() == MatmulPrecision::Bf16;
+    if bf16 {
+        return product(dst, accumulate, lhs, rhs, parallelism, activation);
+    }
+    let len = dst.rows * dst.cols;
+    let data = &mut *dst.data;
+    product(
+        Matrix::row_major(data, dst.rows, dst.cols),
+        accumulate,
+        lhs,
+        rhs,
+        parallelism,
+        Activation::Identity,
+    );
+    activation.apply(&mut data[..len]);
+}
+
 /// [`gemm_f32`] with operands that may be packed already ([`Operand`]): bf16 products when
 /// either is packed or the [`matmul_precision`] is bf16.
 pub(super) fn gemm(
@@ -167,6 +196,18 @@ pub(super) fn gemm(
     rhs: &Operand<'_>,
     parallelism: Parallelism,
 ) {
+    product(dst, accumulate, lhs, rhs, parallelism, Activation::Identity);
+}
+
+/// The product; `activation` only on the bf16 path (the callers above make sure).
+fn product(
+    dst: Matrix<'_>,
+    accumulate: bool,
+    lhs: &Operand<'_>,
+    rhs: &Operand<'_>,
+    parallelism: Parallelism,
+    activation: Activation,
+) {
     let ((m, k), (k2, n)) = (lhs.shape(), rhs.shape());
     assert!(m == dst.rows && n == dst.cols && k == k2);
     assert!(dst.rows * dst.cols <= dst.data.len());
@@ -175,7 +216,8 @@ pub(super) fn gemm(
     }
     let (Operand::F32(lhs), Operand::F32(rhs)) = (lhs, rhs) else {
         let parallel = !matches!(parallelism, Parallelism::None);
-        return amx_gemm::gemm(dst, accumulate, lhs.side(), rhs.side(), parallel);
+        let sides = (lhs.side(), rhs.side());
+        return amx_gemm::gemm(dst, accumulate, sides.0, sides.1, parallel, activation);
     };
     assert!(lhs.fits() && rhs.fits());
     if matmul_precision() == MatmulPrecision::Bf16 {
@@ -184,7 +226,7 @@ pub(super) fn gemm(
             amx_gemm::Side::View(lhs.clone()),
             amx_gemm::Side::View(rhs.clone()),
         );
-        return amx_gemm::gemm(dst, accumulate, lhs, rhs, parallel);
+        return amx_gemm::gemm(dst, accumulate, lhs, rhs, parallel, activation);
     }
     // SAFETY: the asserts above keep every index the GEMM touches inside the three slices, and
     // `dst` is borrowed mutably, so it aliases neither input.
