@@ -115,15 +115,10 @@ pub fn forward_in_blocks(
 
 /// `x · weight`: `x` is `[rows, d_in]`, `weight` `[d_in, d_out]`.
 pub fn matmul(x: &[f32], weight: &[f32], rows: usize, d_in: usize, d_out: usize) -> Vec<f32> {
-    let mut y = vec![0.0; rows * d_out];
-    gemm(
-        Matrix::row_major(&mut y, rows, d_out),
-        false,
-        &Operand::F32(MatrixRef::row_major(x, rows, d_in)),
-        &Operand::F32(MatrixRef::row_major(weight, d_in, d_out)),
-        Parallelism::Rayon(0),
-    );
-    y
+    product(
+        MatrixRef::row_major(x, rows, d_in),
+        MatrixRef::row_major(weight, d_in, d_out),
+    )
 }
 
 /// The gradient of [`matmul`] with respect to `x`: `gy · weightᵀ`, `[rows, d_in]`.
@@ -134,15 +129,10 @@ pub fn matmul_input_grad(
     d_in: usize,
     d_out: usize,
 ) -> Vec<f32> {
-    let mut dx = vec![0.0; rows * d_in];
-    gemm(
-        Matrix::row_major(&mut dx, rows, d_in),
-        false,
-        &Operand::F32(MatrixRef::row_major(gy, rows, d_out)),
-        &Operand::F32(MatrixRef::transposed(weight, d_out, d_in)),
-        Parallelism::Rayon(0),
-    );
-    dx
+    product(
+        MatrixRef::row_major(gy, rows, d_out),
+        MatrixRef::transposed(weight, d_out, d_in),
+    )
 }
 
 /// The gradient of [`matmul`] with respect to `weight`: `xᵀ · gy`, `[d_in, d_out]`.
@@ -153,13 +143,22 @@ pub fn matmul_weight_grad(
     d_in: usize,
     d_out: usize,
 ) -> Vec<f32> {
-    let mut dw = vec![0.0; d_in * d_out];
+    product(
+        MatrixRef::transposed(x, d_in, rows),
+        MatrixRef::row_major(gy, rows, d_out),
+    )
+}
+
+/// `lhs · rhs` into a new row-major matrix, the GEMM split across threads.
+fn product(lhs: MatrixRef<'_>, rhs: MatrixRef<'_>) -> Vec<f32> {
+    let (rows, cols) = (lhs.rows, rhs.cols);
+    let mut y = vec![0.0; rows * cols];
     gemm(
-        Matrix::row_major(&mut dw, d_in, d_out),
+        Matrix::row_major(&mut y, rows, cols),
         false,
-        &Operand::F32(MatrixRef::transposed(x, d_in, rows)),
-        &Operand::F32(MatrixRef::row_major(gy, rows, d_out)),
+        &Operand::F32(lhs),
+        &Operand::F32(rhs),
         Parallelism::Rayon(0),
     );
-    dw
+    y
 }
