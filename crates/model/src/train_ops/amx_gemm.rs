@@ -129,9 +129,11 @@ impl Side<'_> {
 
 thread_local! {
     /// Per-thread packing buffers for operands packed per call: a fresh multi-megabyte buffer
-    /// per product cost the kernel's page clearing as much as the product itself.
-    static BUFFERS: std::cell::RefCell<(Vec<u16>, Vec<u16>)> = const {
-        std::cell::RefCell::new((Vec::new(), Vec::new()))
+    /// per product cost the kernel's page clearing as much as the product itself. A product
+    /// takes them out while it runs and puts them back after: a rayon worker waiting inside a
+    /// parallel product may run another product, which then finds them empty and allocates.
+    static BUFFERS: std::cell::Cell<(Vec<u16>, Vec<u16>)> = const {
+        std::cell::Cell::new((Vec::new(), Vec::new()))
     };
 }
 
@@ -157,28 +159,28 @@ pub(super) fn gemm(
         return;
     }
     let (mp, kp, np) = (pad32(m), pad32(k), pad32(n));
-    BUFFERS.with_borrow_mut(|(a_buffer, b_buffer)| {
-        let a: &[u16] = match lhs {
-            Side::Packed(p) => &p.data,
-            Side::View(v) => {
-                pack::rows(&v, mp, kp, a_buffer, parallel);
-                a_buffer
-            }
-        };
-        let b: &[u16] = match rhs {
-            Side::Packed(p) => &p.data,
-            Side::View(v) => {
-                pack::pairs(&v, kp, np, b_buffer, parallel);
-                b_buffer
-            }
-        };
-        assert!(a.len() == mp * kp && b.len() == kp * np);
-        let store = Store {
-            accumulate,
-            activation,
-        };
-        products(&mut dst.data[..m * n], n, store, a, b, kp, np, parallel);
-    });
+    let (mut a_buffer, mut b_buffer) = BUFFERS.take();
+    let a: &[u16] = match lhs {
+        Side::Packed(p) => &p.data,
+        Side::View(v) => {
+            pack::rows(&v, mp, kp, &mut a_buffer, parallel);
+            &a_buffer
+        }
+    };
+    let b: &[u16] = match rhs {
+        Side::Packed(p) => &p.data,
+        Side::View(v) => {
+            pack::pairs(&v, kp, np, &mut b_buffer, parallel);
+            &b_buffer
+        }
+    };
+    assert!(a.len() == mp * kp && b.len() == kp * np);
+    let store = Store {
+        accumulate,
+        activation,
+    };
+    products(&mut dst.data[..m * n], n, store, a, b, kp, np, parallel);
+    BUFFERS.set((a_buffer, b_buffer));
 }
 
 /// The tile loop over packed `a` (`[mp][kp]`) and `b` (pairs, `np` columns) into `out`
