@@ -135,9 +135,7 @@ pub fn linear_2d(
     activation: LinearActivation,
 ) -> Tensor<2> {
     #[cfg(feature = "flex")]
-    if runs_on_flex(&x)
-        && (!x.device().is_autodiff() || matmul_precision() == MatmulPrecision::Bf16)
-    {
+    if runs_on_flex(&x) {
         use burn::backend::Dispatch;
         let bias = bias.unwrap_or_else(|| zero_bias(weight.dims()[1], &x));
         return Tensor::<2>::from_dispatch(<Dispatch as flex_ext::TrainOps>::fused_linear(
