@@ -132,16 +132,13 @@ impl Default for LoadOptions {
 /// to f32: the model loaded last decides). True when bf16 products are now in force; false
 /// where the CPU or the device has no such path (then a bf16 model's tensors are cast to bf16).
 fn native_bf16_products(device: &Device, bf16: bool) -> bool {
-    use visual_search_model::train_ops::{MatmulPrecision, set_matmul_precision};
-    if !visual_search_model::device::is_flex(device) {
-        return false;
-    }
+    use visual_search_model::train_ops::{MatmulPrecision, set_matmul_precision_for};
     let wanted = if bf16 {
         MatmulPrecision::Bf16
     } else {
         MatmulPrecision::F32
     };
-    set_matmul_precision(wanted) == MatmulPrecision::Bf16
+    set_matmul_precision_for(device, wanted) == MatmulPrecision::Bf16
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {

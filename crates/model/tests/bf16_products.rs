@@ -12,7 +12,7 @@ mod common;
 use std::path::Path;
 
 use burn::tensor::{Device, Tensor, TensorData};
-use common::conv_fixture::{Loaded, cases, fixture_path, geometry};
+use common::conv_fixture::{Loaded, cases, geometry};
 use common::relative_error;
 use visual_search_model::train_ops::{
     self, Activation, LinearActivation, MatmulPrecision, conv_forward_kernels, conv_kernels,
@@ -47,9 +47,7 @@ fn convolutions_forward_and_backward() {
     if !bf16_products() {
         return;
     }
-    let fixture = Loaded {
-        file: TensorFile::open(&fixture_path()).unwrap(),
-    };
+    let fixture = Loaded::open();
     let mut largest = 0.0f32;
     for (name, case) in &cases() {
         let (x, xs) = fixture.get(name, "x");

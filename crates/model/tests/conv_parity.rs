@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::conv_fixture::{Loaded, cases, fixture_path, geometry, options};
+use common::conv_fixture::{Loaded, cases, geometry, options};
 use common::relative_error;
 
 use burn::tensor::ops::ConvOptions;
@@ -16,7 +16,6 @@ use burn::tensor::{Device, Tensor, TensorData};
 use visual_search_model::train_ops::{
     self, Activation, conv_forward_kernels, conv_kernels as kernels,
 };
-use visual_search_model::weights::TensorFile;
 
 /// Each activation and the fixture output it is checked against.
 const ACTIVATIONS: [(Activation, &str); 3] = [
@@ -27,9 +26,7 @@ const ACTIVATIONS: [(Activation, &str); 3] = [
 
 #[test]
 fn forward_kernels_match_pytorch() {
-    let fixture = Loaded {
-        file: TensorFile::open(&fixture_path()).unwrap(),
-    };
+    let fixture = Loaded::open();
     for (name, case) in &cases() {
         let (x, xs) = fixture.get(name, "x");
         let (w, ws) = fixture.get(name, "weight");
@@ -57,9 +54,7 @@ fn forward_kernels_match_pytorch() {
 /// Inference on flex (no autodiff) runs the fused kernels through the backend extension.
 #[test]
 fn fused_inference_conv_on_flex_matches_pytorch() {
-    let fixture = Loaded {
-        file: TensorFile::open(&fixture_path()).unwrap(),
-    };
+    let fixture = Loaded::open();
     let device = Device::flex();
     for (name, case) in &cases() {
         let load = |key: &str| {
@@ -85,9 +80,7 @@ fn fused_inference_conv_on_flex_matches_pytorch() {
 
 #[test]
 fn kernels_match_pytorch() {
-    let fixture = Loaded {
-        file: TensorFile::open(&fixture_path()).unwrap(),
-    };
+    let fixture = Loaded::open();
     let cases = cases();
     assert!(cases.len() >= 8, "fixture lists {} cases", cases.len());
     for (name, case) in &cases {
@@ -106,9 +99,7 @@ fn kernels_match_pytorch() {
 
 #[test]
 fn autodiff_on_flex_matches_pytorch() {
-    let fixture = Loaded {
-        file: TensorFile::open(&fixture_path()).unwrap(),
-    };
+    let fixture = Loaded::open();
     let device = Device::flex().autodiff();
     for (name, case) in &cases() {
         let load = |key: &str| {

@@ -565,21 +565,20 @@ pub fn should_stop(history: &[(usize, f64)], patience: usize, min_delta: f64) ->
 /// convolutions' and linear layers' products in bf16 (f32 sums) on AMX tiles, forward and
 /// backward. bf16 runs on flex with AMX-BF16 only; f16 is not implemented.
 fn set_precision(precision: Precision, device: &Device) -> Result<(), TrainError> {
-    use visual_search_model::train_ops::{MatmulPrecision, set_matmul_precision};
-    let flex = visual_search_model::device::is_flex(device);
+    use visual_search_model::train_ops::{MatmulPrecision, set_matmul_precision_for};
     match precision {
         Precision::F32 => {
-            if flex {
-                set_matmul_precision(MatmulPrecision::F32);
-            }
+            set_matmul_precision_for(device, MatmulPrecision::F32);
             Ok(())
         }
-        Precision::Bf16 if !flex => Err(TrainError::Invalid(
-            "optim.precision bf16 trains on flex (bf16 products on AMX tiles); \
+        Precision::Bf16 if !visual_search_model::device::is_flex(device) => {
+            Err(TrainError::Invalid(
+                "optim.precision bf16 trains on flex (bf16 products on AMX tiles); \
              on this device use precision: f32"
-                .into(),
-        )),
-        Precision::Bf16 => match set_matmul_precision(MatmulPrecision::Bf16) {
+                    .into(),
+            ))
+        }
+        Precision::Bf16 => match set_matmul_precision_for(device, MatmulPrecision::Bf16) {
             MatmulPrecision::Bf16 => Ok(()),
             MatmulPrecision::F32 => Err(TrainError::Invalid(
                 "optim.precision bf16 needs a CPU with AMX-BF16 (Intel Xeon 4th generation or \

@@ -79,17 +79,15 @@ enum StepPrecision {
 impl StepPrecision {
     /// Puts this precision in force for our kernels; false where `device` cannot run it.
     fn apply(self, device: &str) -> bool {
-        use visual_search_model::train_ops::{MatmulPrecision, set_matmul_precision};
-        let flex = parse_device(device).is_ok_and(|d| visual_search_model::device::is_flex(&d));
-        match self {
-            StepPrecision::F32 => {
-                set_matmul_precision(MatmulPrecision::F32);
-                true
-            }
-            StepPrecision::Bf16 => {
-                flex && set_matmul_precision(MatmulPrecision::Bf16) == MatmulPrecision::Bf16
-            }
-        }
+        use visual_search_model::train_ops::{MatmulPrecision, set_matmul_precision_for};
+        let wanted = match self {
+            StepPrecision::F32 => MatmulPrecision::F32,
+            StepPrecision::Bf16 => MatmulPrecision::Bf16,
+        };
+        // An unknown device is reported by the step itself.
+        parse_device(device).map_or(self == StepPrecision::F32, |d| {
+            set_matmul_precision_for(&d, wanted) == wanted
+        })
     }
 
     fn name(self) -> &'static str {

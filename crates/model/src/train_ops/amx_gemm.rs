@@ -36,8 +36,8 @@ pub(super) fn available() -> bool {
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 fn detect() -> bool {
-    // CPUID leaf 7: EDX bit 22 = AMX-BF16, bit 24 = AMX-TILE.
-    // SAFETY: CPUID leaf 7 exists on every x86-64 CPU that reports AVX-512 (checked first).
+    // CPUID leaf 7 (present on every CPU with AVX-512, checked first): EDX bit 22 = AMX-BF16,
+    // bit 24 = AMX-TILE.
     let cpu = std::arch::is_x86_feature_detected!("avx512f")
         && std::arch::is_x86_feature_detected!("avx512bw")
         && std::arch::is_x86_feature_detected!("avx512bf16")
@@ -209,16 +209,27 @@ fn products(
                 store.block(&block, rows, n, j);
             }
         };
-        if parallel {
-            out.par_chunks_mut(32 * n).enumerate().for_each(strip);
-        } else {
-            out.chunks_mut(32 * n).enumerate().for_each(strip);
-        }
+        for_each_chunk(out, 32 * n, parallel, strip);
     }
 }
 
 fn pad32(x: usize) -> usize {
     x.div_ceil(32) * 32
+}
+
+/// `f((index, chunk))` over the `size`-element chunks of `data`: in parallel, or in order on
+/// this thread.
+fn for_each_chunk<T: Send>(
+    data: &mut [T],
+    size: usize,
+    parallel: bool,
+    f: impl Fn((usize, &mut [T])) + Send + Sync,
+) {
+    if parallel {
+        data.par_chunks_mut(size).enumerate().for_each(f);
+    } else {
+        data.chunks_mut(size).enumerate().for_each(f);
+    }
 }
 
 /// How a finished 32 × 32 block of sums reaches the output: written or added, then activated.
@@ -360,9 +371,8 @@ mod tile {
 
 /// Rounding f32 to bf16 and packing into the tile layouts.
 mod pack {
-    use rayon::prelude::*;
-
     use super::super::gemm_views::MatrixRef;
+    use super::for_each_chunk;
 
     /// `m` row-major `[mp][kp]`, zero-padded, into `out` (every element written).
     pub(super) fn rows(
@@ -372,7 +382,7 @@ mod pack {
         out: &mut Vec<u16>,
         parallel: bool,
     ) {
-        resize_uninit(out, mp * kp);
+        resize_reusing(out, mp * kp);
         if m.col_stride != 1 && m.row_stride == 1 && simd::usable() {
             // Column-major storage (a transposed view): 16 × 16 blocks transposed in registers.
             let strip = |(s, rows): (usize, &mut [u16])| {
@@ -382,11 +392,7 @@ mod pack {
                     unsafe { simd::rows_from_columns(m, 16 * s, k0, kp, rows) };
                 }
             };
-            if parallel {
-                out.par_chunks_mut(16 * kp).enumerate().for_each(strip);
-            } else {
-                out.chunks_mut(16 * kp).enumerate().for_each(strip);
-            }
+            for_each_chunk(out, 16 * kp, parallel, strip);
             return;
         }
         let fill = |(r, row): (usize, &mut [u16])| {
@@ -403,11 +409,7 @@ mod pack {
             }
             row[filled..].fill(0);
         };
-        if parallel {
-            out.par_chunks_mut(kp).enumerate().for_each(fill);
-        } else {
-            out.chunks_mut(kp).enumerate().for_each(fill);
-        }
+        for_each_chunk(out, kp, parallel, fill);
     }
 
     /// `m` in the pair-interleaved layout, per 16 columns `[kp/2][16][2]`, zero-padded, into
@@ -419,7 +421,7 @@ mod pack {
         out: &mut Vec<u16>,
         parallel: bool,
     ) {
-        resize_uninit(out, np * kp);
+        resize_reusing(out, np * kp);
         // Full 16-column blocks of a row-major `m` go GROUP at a time: each pair of rows is
         // then read as GROUP · 64 contiguous bytes rather than 64 (one page per row apart).
         let full = if m.col_stride == 1 && simd::usable() {
@@ -441,16 +443,6 @@ mod pack {
                 return;
             }
             tile.fill(0);
-            if m.row_stride == 1 {
-                // Transposed storage: a column's consecutive rows are adjacent.
-                for c in 0..width {
-                    let column = &m.data[(c0 + c) * m.col_stride..];
-                    for (r, &v) in column[..m.rows].iter().enumerate() {
-                        tile[(r / 2) * 32 + 2 * c + r % 2] = bf16(v);
-                    }
-                }
-                return;
-            }
             for (p, pair) in tile.chunks_mut(32).enumerate() {
                 for e in 0..2 {
                     let r = 2 * p + e;
@@ -476,15 +468,7 @@ mod pack {
                 fill(first + b, tile);
             }
         };
-        if parallel {
-            out.par_chunks_mut(GROUP * 16 * kp)
-                .enumerate()
-                .for_each(fill_group);
-        } else {
-            out.chunks_mut(GROUP * 16 * kp)
-                .enumerate()
-                .for_each(fill_group);
-        }
+        for_each_chunk(out, GROUP * 16 * kp, parallel, fill_group);
     }
 
     /// 16-column blocks packed together by [`pairs`].
@@ -492,7 +476,7 @@ mod pack {
 
     /// `out` at `len` elements, reusing its allocation; new elements are zero (the packers
     /// overwrite every element anyway, so only growth costs a pass).
-    fn resize_uninit(out: &mut Vec<u16>, len: usize) {
+    fn resize_reusing(out: &mut Vec<u16>, len: usize) {
         out.truncate(len);
         out.resize(len, 0);
     }

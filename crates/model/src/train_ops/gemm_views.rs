@@ -169,65 +169,27 @@ pub(super) fn gemm_then(
     parallelism: Parallelism,
     activation: Activation,
 ) {
-    let bf16 = matches!((lhs, rhs), (Operand::Bf16(_), _) | (_, Operand::Bf16(_)))
-        || matmul_precision() == MatmulPrecision::Bf16;
-    if bf16 {
-        return product(dst, accumulate, lhs, rhs, parallelism, activation);
-    }
-    let len = dst.rows * dst.cols;
-    let data = &mut *dst.data;
-    product(
-        Matrix::row_major(data, dst.rows, dst.cols),
-        accumulate,
-        lhs,
-        rhs,
-        parallelism,
-        Activation::Identity,
-    );
-    activation.apply(&mut data[..len]);
-}
-
-/// [`gemm_f32`] with operands that may be packed already ([`Operand`]): bf16 products when
-/// either is packed or the [`matmul_precision`] is bf16.
-pub(super) fn gemm(
-    dst: Matrix<'_>,
-    accumulate: bool,
-    lhs: &Operand<'_>,
-    rhs: &Operand<'_>,
-    parallelism: Parallelism,
-) {
-    product(dst, accumulate, lhs, rhs, parallelism, Activation::Identity);
-}
-
-/// The product; `activation` only on the bf16 path (the callers above make sure).
-fn product(
-    dst: Matrix<'_>,
-    accumulate: bool,
-    lhs: &Operand<'_>,
-    rhs: &Operand<'_>,
-    parallelism: Parallelism,
-    activation: Activation,
-) {
     let ((m, k), (k2, n)) = (lhs.shape(), rhs.shape());
     assert!(m == dst.rows && n == dst.cols && k == k2);
     assert!(dst.rows * dst.cols <= dst.data.len());
+    for operand in [lhs, rhs] {
+        if let Operand::F32(view) = operand {
+            assert!(view.fits());
+        }
+    }
     if dst.rows == 0 || dst.cols == 0 {
         return;
     }
-    let (Operand::F32(lhs), Operand::F32(rhs)) = (lhs, rhs) else {
-        let parallel = !matches!(parallelism, Parallelism::None);
-        let sides = (lhs.side(), rhs.side());
-        return amx_gemm::gemm(dst, accumulate, sides.0, sides.1, parallel, activation);
+    let (lhs, rhs) = match (lhs, rhs) {
+        (Operand::F32(lhs), Operand::F32(rhs)) if matmul_precision() == MatmulPrecision::F32 => {
+            (lhs, rhs)
+        }
+        _ => {
+            let parallel = !matches!(parallelism, Parallelism::None);
+            let (lhs, rhs) = (lhs.side(), rhs.side());
+            return amx_gemm::gemm(dst, accumulate, lhs, rhs, parallel, activation);
+        }
     };
-    assert!(lhs.fits() && rhs.fits());
-    if matmul_precision() == MatmulPrecision::Bf16 {
-        let parallel = !matches!(parallelism, Parallelism::None);
-        let (lhs, rhs) = (
-            amx_gemm::Side::View(lhs.clone()),
-            amx_gemm::Side::View(rhs.clone()),
-        );
-        return amx_gemm::gemm(dst, accumulate, lhs, rhs, parallel, activation);
-    }
     // SAFETY: the asserts above keep every index the GEMM touches inside the three slices, and
     // `dst` is borrowed mutably, so it aliases neither input.
     unsafe {
@@ -253,4 +215,17 @@ fn product(
             parallelism,
         );
     }
+    activation.apply(&mut dst.data[..dst.rows * dst.cols]);
+}
+
+/// [`gemm_f32`] with operands that may be packed already ([`Operand`]): bf16 products when
+/// either is packed or the [`matmul_precision`] is bf16.
+pub(super) fn gemm(
+    dst: Matrix<'_>,
+    accumulate: bool,
+    lhs: &Operand<'_>,
+    rhs: &Operand<'_>,
+    parallelism: Parallelism,
+) {
+    gemm_then(dst, accumulate, lhs, rhs, parallelism, Activation::Identity);
 }

@@ -42,6 +42,21 @@ pub use linear_kernels::LinearActivation;
 #[cfg(feature = "flex")]
 const F32: burn::tensor::DType = burn::tensor::DType::F32;
 
+/// Puts `precision` in force for the products of models on `device` and returns the precision
+/// now in force there: on flex, the process-wide [`set_matmul_precision`] (bf16 only where
+/// [`native_bf16`]); any other device runs its own kernels, in f32 as far as this switch goes,
+/// and the process-wide setting is left alone.
+pub fn set_matmul_precision_for(
+    device: &burn::tensor::Device,
+    precision: MatmulPrecision,
+) -> MatmulPrecision {
+    if crate::device::is_flex(device) {
+        set_matmul_precision(precision)
+    } else {
+        MatmulPrecision::F32
+    }
+}
+
 /// `conv2d(x, weight) + bias` — see the module docs for which kernels run.
 pub fn conv2d(
     x: Tensor<4>,

@@ -33,6 +33,12 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    pub fn open() -> Self {
+        Loaded {
+            file: TensorFile::open(&fixture_path()).unwrap(),
+        }
+    }
+
     pub fn get(&self, case: &str, name: &str) -> (Vec<f32>, Vec<usize>) {
         let key = format!("{case}.{name}");
         (
