@@ -255,6 +255,9 @@ impl InferenceModel {
                 FloatDType::F32
             }
         };
+        // burn fixes a device's float type for the whole process at its first tensor: a model
+        // in another type than an earlier one on the same device cannot load (a clear error
+        // rather than computing in the earlier model's type).
         if float != FloatDType::F32 {
             device.configure(float).map_err(|e| {
                 InferenceError::Invalid(format!(
@@ -262,6 +265,12 @@ impl InferenceModel {
                     options.precision
                 ))
             })?;
+        } else if device.settings().float_dtype != FloatDType::F32 {
+            return Err(InferenceError::Invalid(format!(
+                "device {name} already computes in {:?} in this process (an earlier model \
+                 asked for it); load an f32 model in a separate process",
+                device.settings().float_dtype
+            )));
         }
         let (model, spec, preprocessing) = load_burn(source, options.size, &device, options.quiet)?;
         let model = crate::batch_norm_folding::fold_batch_norms(model);

@@ -2,7 +2,8 @@
 //! in bf16 (f32 sums). EfficientNet-Lite0 with its ImageNet weights on 32 grocery gallery
 //! photos stays within cosine 0.999 of f32 per image, and no pairwise similarity moves by more
 //! than 0.008 (the dev-set gate, mAP@1000 within 0.002, is measured in BENCHMARKS.md).
-//! Without AMX the precision stays f32 and the features equal f32's.
+//! Without AMX, bf16 on flex is burn's bf16 tensors, which a process that already ran an f32
+//! model on flex cannot switch to: the load must say so.
 //!
 //! Its own test binary: the matmul precision is process-wide.
 
@@ -12,8 +13,11 @@ use common::{gallery_spread, lite0_pixels, lite0_weights_and_grocery};
 use visual_search_inference::{DeviceChoice, InferenceModel, LoadOptions, ModelSource, Precision};
 use visual_search_model::train_ops::{MatmulPrecision, matmul_precision, native_bf16};
 
-fn embed(weights: &std::path::Path, precision: Precision, pixels: &[f32], n: usize) -> Vec<f32> {
-    let model = InferenceModel::load(
+fn load(
+    weights: &std::path::Path,
+    precision: Precision,
+) -> visual_search_inference::Result<InferenceModel> {
+    InferenceModel::load(
         &ModelSource::Registry {
             name: "efficientnet_lite0".into(),
             weights: Some(weights.to_path_buf()),
@@ -25,7 +29,10 @@ fn embed(weights: &std::path::Path, precision: Precision, pixels: &[f32], n: usi
             ..LoadOptions::default()
         },
     )
-    .unwrap();
+}
+
+fn embed(weights: &std::path::Path, precision: Precision, pixels: &[f32], n: usize) -> Vec<f32> {
+    let model = load(weights, precision).unwrap();
     model.embed(pixels.to_vec(), n).unwrap()
 }
 
@@ -43,12 +50,21 @@ fn lite0_bf16_products_keep_features_and_neighbours() {
 
     let f32_rows = embed(&weights, Precision::F32, &pixels, n);
     assert_eq!(matmul_precision(), MatmulPrecision::F32);
-    let bf16_rows = embed(&weights, Precision::Bf16, &pixels, n);
     if !native_bf16() {
-        eprintln!("no AMX-BF16 on this CPU: --dtype bf16 on flex casts tensors to bf16");
+        // Without AMX, bf16 on flex means burn's bf16 tensors, and burn fixes a device's float
+        // type at its first tensor: after an f32 model, this process must refuse clearly.
+        let refused = load(&weights, Precision::Bf16)
+            .err()
+            .expect("bf16 after f32 loaded");
+        eprintln!("no AMX-BF16 on this CPU: {refused}");
+        assert!(
+            refused.to_string().contains("cannot compute in Bf16"),
+            "{refused}"
+        );
         assert_eq!(matmul_precision(), MatmulPrecision::F32);
         return;
     }
+    let bf16_rows = embed(&weights, Precision::Bf16, &pixels, n);
     assert_eq!(matmul_precision(), MatmulPrecision::Bf16);
     let dim = f32_rows.len() / n;
     let a: Vec<&[f32]> = f32_rows.chunks(dim).collect();
