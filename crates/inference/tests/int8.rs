@@ -96,9 +96,15 @@ fn efficientnet_lite0_int8_is_gated_on_grocery_photos() {
     let pixels = lite0_pixels(&gallery_spread(&grocery, n));
     let per = 3 * 224 * 224;
     let report = quantize_model_dir(&out, &pixels, n, 0.99).unwrap();
-    assert!(report.mean_cosine >= 0.99, "{report:?}");
+    // With VNNI, 8-bit weights: measured min 0.985, mean 0.995. Without (7-bit weights, see
+    // `int8::weight_max`): min 0.953, mean 0.986 on an AVX2-only AMD EPYC.
+    let (mean_floor, min_floor) = if vnni() { (0.99, 0.98) } else { (0.98, 0.95) };
+    assert!(
+        report.mean_cosine >= mean_floor && report.min_cosine >= min_floor,
+        "{report:?}"
+    );
     assert!(report.written == (report.min_cosine >= 0.99), "{report:?}");
-    let report = quantize_model_dir(&out, &pixels, n, 0.98).unwrap();
+    let report = quantize_model_dir(&out, &pixels, n, min_floor).unwrap();
     assert!(report.written, "{report:?}");
     let int8 = InferenceModel::load(
         &ModelSource::Dir(out.clone()),
@@ -112,4 +118,16 @@ fn efficientnet_lite0_int8_is_gated_on_grocery_photos() {
     .unwrap();
     let rows = int8.embed(pixels[..2 * per].to_vec(), 2).unwrap();
     assert_eq!(rows.len(), 2 * 1280);
+}
+
+fn vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512vnni")
+            || std::arch::is_x86_feature_detected!("avxvnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }

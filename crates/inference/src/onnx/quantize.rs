@@ -220,7 +220,10 @@ fn emit_qdq(
 }
 
 /// The QDQ model of `model` with activation ranges `ranges`.
-pub fn quantize(model: &ModelProto, ranges: &Ranges) -> Result<ModelProto> {
+/// `weight_max` is the largest weight level: 127 (8 bits), or 63 (7 bits, ONNX Runtime's
+/// `reduce_range`) for CPUs without VNNI, whose u8 × s8 products sum pairs in saturating 16-bit
+/// lanes (`vpmaddubsw`) that full-range weights overflow.
+pub fn quantize(model: &ModelProto, ranges: &Ranges, weight_max: f32) -> Result<ModelProto> {
     let graph = model
         .graph
         .as_ref()
@@ -264,13 +267,13 @@ pub fn quantize(model: &ModelProto, ranges: &Ranges) -> Result<ModelProto> {
         {
             let dims: Vec<usize> = w.dims.iter().map(|&d| d as usize).collect();
             let values = floats(&w);
-            let w_scales = per_channel_scales(&values, &dims, ax);
+            let w_scales = per_channel_scales(&values, &dims, ax, weight_max);
             let q: Vec<u8> = values
                 .iter()
                 .enumerate()
                 .map(|(i, v)| {
                     let c = channel_of(i, &dims, ax);
-                    ((v / w_scales[c]).round().clamp(-127.0, 127.0) as i8) as u8
+                    ((v / w_scales[c]).round().clamp(-weight_max, weight_max) as i8) as u8
                 })
                 .collect();
             n.input[1] = dequantized(
@@ -384,15 +387,15 @@ fn channel_of(i: usize, dims: &[usize], axis: usize) -> usize {
     (i / inner) % dims[axis]
 }
 
-/// Symmetric int8 scale of each channel: `max |w| / 127` (1 for an all-zero channel).
-fn per_channel_scales(values: &[f32], dims: &[usize], axis: usize) -> Vec<f32> {
+/// Symmetric int8 scale of each channel: `max |w| / weight_max` (1 for an all-zero channel).
+fn per_channel_scales(values: &[f32], dims: &[usize], axis: usize, weight_max: f32) -> Vec<f32> {
     let mut max = vec![0.0f32; dims[axis]];
     for (i, v) in values.iter().enumerate() {
         let c = channel_of(i, dims, axis);
         max[c] = max[c].max(v.abs());
     }
     max.iter()
-        .map(|&m| if m > 0.0 { m / 127.0 } else { 1.0 })
+        .map(|&m| if m > 0.0 { m / weight_max } else { 1.0 })
         .collect()
 }
 
@@ -416,7 +419,7 @@ mod tests {
             [0, 1, 2, 0, 1, 2]
         );
         assert_eq!(
-            per_channel_scales(&[1.0, -2.0, 0.0, 0.0], &[2, 2], 0),
+            per_channel_scales(&[1.0, -2.0, 0.0, 0.0], &[2, 2], 0, 127.0),
             [2.0 / 127.0, 1.0]
         );
     }
