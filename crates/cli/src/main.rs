@@ -35,6 +35,8 @@ enum Command {
     Train(commands::train::Args),
     /// Export a checkpoint as a self-contained inference model folder.
     Export(commands::export::Args),
+    /// Average checkpoints of one architecture into one model folder (uniform or greedy soup).
+    Soup(commands::soup::Args),
     /// Embed every image of a challenge CSV with a model.
     Embed(commands::embed::Args),
     /// Rank a dev set's gallery for its queries (the submission): top-k indices as .npy + CSV.
@@ -75,6 +77,7 @@ fn main() -> std::process::ExitCode {
         Command::Data(c) => c.run(),
         Command::Train(a) => commands::train::run(a),
         Command::Export(a) => commands::export::run(a),
+        Command::Soup(a) => commands::soup::run(a),
         Command::Embed(a) => commands::embed::run(a),
         Command::Rank(a) => commands::rank::run(a),
         Command::Eval(a) => commands::eval::run(a),

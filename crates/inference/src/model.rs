@@ -244,6 +244,32 @@ impl InferenceModel {
         })
     }
 
+    /// An embedder already in memory (a model soup being scored, say) on the burn `device`
+    /// named `device_name`, batch norm folded as [`InferenceModel::load`] does; f32.
+    pub fn from_embedder(
+        model: EmbeddingModel,
+        spec: ModelSpec,
+        preprocessing: Preprocessing,
+        device: Device,
+        device_name: &str,
+    ) -> Self {
+        native_bf16_products(&device, false);
+        let model = crate::batch_norm_folding::fold_batch_norms(model);
+        InferenceModel {
+            reference: ModelRef {
+                model: Some(spec.name.clone()),
+                model_dir: None,
+                weights: None,
+                size: preprocessing.size,
+            },
+            dim: model.dim(),
+            spec,
+            preprocessing,
+            engine: Engine::Burn { model, device },
+            device_name: device_name.to_string(),
+        }
+    }
+
     fn load_on_burn(source: &ModelSource, options: &LoadOptions, name: String) -> Result<Loaded> {
         let mut device = visual_search_model::device::parse_device(&name)?;
         let float = match options.precision {

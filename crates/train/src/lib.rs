@@ -15,6 +15,7 @@ pub mod metrics_log;
 pub mod optimizer_step;
 pub mod plots;
 pub mod schedule;
+pub mod soup;
 pub mod train_model;
 pub mod trainer;
 pub mod training_data;

@@ -17,6 +17,7 @@ pub mod mine;
 pub mod rank;
 pub mod search;
 pub mod serve;
+pub mod soup;
 pub mod train;
 mod weights_inspect;
 
