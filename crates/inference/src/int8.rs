@@ -47,7 +47,7 @@ fn batches(pixels: &[f32], per: usize, rows: &[usize], batch: usize) -> Vec<(Vec
 /// Lite0's int8 embeddings at cosine 0.84 (min) / 0.92 (mean) to f32, against 0.985 / 0.995
 /// on a CPU with VNNI. The gate measures on this CPU either way; a file made here also runs at
 /// full accuracy where VNNI exists, at a small cost in weight resolution.
-fn weight_max() -> f32 {
+pub fn weight_max() -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512vnni")

@@ -291,12 +291,14 @@ impl InferenceModel {
                     options.precision
                 ))
             })?;
-        } else if device.settings().float_dtype != FloatDType::F32 {
-            return Err(InferenceError::Invalid(format!(
-                "device {name} already computes in {:?} in this process (an earlier model \
-                 asked for it); load an f32 model in a separate process",
-                device.settings().float_dtype
-            )));
+        } else {
+            let current = device.settings().float_dtype;
+            if current != FloatDType::F32 {
+                return Err(InferenceError::Invalid(format!(
+                    "device {name} already computes in {current:?} in this process (an \
+                     earlier model asked for it); load an f32 model in a separate process"
+                )));
+            }
         }
         let (model, spec, preprocessing) = load_burn(source, options.size, &device, options.quiet)?;
         let model = crate::batch_norm_folding::fold_batch_norms(model);

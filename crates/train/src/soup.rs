@@ -41,8 +41,8 @@ pub fn load_ingredients(
                     c.state.gem,
                 )
             };
-            if shape(first) != shape(&ingredient) {
-                let (a, b) = (shape(first), shape(&ingredient));
+            let (a, b) = (shape(first), shape(&ingredient));
+            if a != b {
                 return Err(TrainError::Checkpoint {
                     path: ingredient.dir.clone(),
                     message: format!(
@@ -88,13 +88,10 @@ pub fn average(models: &[&EmbeddingModel]) -> Result<EmbeddingModel, TrainError>
             values: t.values.into_iter().map(|s| s / count).collect(),
         })
         .collect();
-    let mut replace = Replace {
-        means,
-        next: 0,
-        failed: false,
-    };
+    let mut replace = Replace { means, next: 0 };
     let soup = (*first).clone().map(&mut replace);
-    if replace.failed || replace.next != replace.means.len() {
+    // Fewer parameters than means, or more (each one counted, found or not).
+    if replace.next != replace.means.len() {
         return Err(TrainError::Invalid(
             "the soup's tensors did not map back onto the model".into(),
         ));
@@ -184,20 +181,19 @@ fn float_tensors(model: &EmbeddingModel) -> Vec<FloatTensor> {
     collect.0
 }
 
-/// Puts the means back, in the same visiting order.
+/// Puts the means back, in the same visiting order; `next` counts the parameters visited.
 struct Replace {
     means: Vec<FloatTensor>,
     next: usize,
-    failed: bool,
 }
 
 impl ModuleMapper for Replace {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let Some(mean) = self.means.get(self.next) else {
-            self.failed = true;
+        let index = self.next;
+        self.next += 1;
+        let Some(mean) = self.means.get(index) else {
             return param;
         };
-        self.next += 1;
         let device = param.lazy_device();
         let values: Vec<f32> = mean.values.iter().map(|&v| v as f32).collect();
         let tensor = Tensor::<D>::from_data(TensorData::new(values, mean.shape.clone()), &device)

@@ -1,9 +1,9 @@
 //! `visual-search soup`: several checkpoints of one architecture averaged into one exported
 //! model folder, uniformly or greedily by dev mAP (see `visual_search_train::soup`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::bail;
+use anyhow::Context;
 use visual_search_inference::InferenceModel;
 use visual_search_inference::model_dir::{
     ExportOptions, ExportedModel, check_replaceable, export_embedder,
@@ -48,10 +48,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let device = parse_device("flex").or_else(|_| parse_device("auto"))?;
     let ingredients = load_ingredients(&args.runs, &device)?;
     let first = &ingredients[0];
-    let score = |model: &EmbeddingModel| -> anyhow::Result<Option<f64>> {
-        let Some(dataset) = &args.dataset_dir else {
-            return Ok(None);
-        };
+    let score = |dataset: &Path, model: &EmbeddingModel| -> anyhow::Result<f64> {
         let model = InferenceModel::from_embedder(
             model.clone(),
             first.spec.clone(),
@@ -60,23 +57,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "flex",
         );
         let data = DevSetArgs {
-            dataset_dir: dataset.clone(),
+            dataset_dir: dataset.to_path_buf(),
             gallery: "gallery.csv".into(),
             queries: "queries.csv".into(),
             batch_size: args.batch_size,
             workers: None,
         };
-        Ok(Some(
-            rank_dev_set(&model, &data, TOP_K)?.evaluate(TOP_K).map_at_k,
-        ))
+        Ok(rank_dev_set(&model, &data, TOP_K)?.evaluate(TOP_K).map_at_k)
     };
+    let dataset = args.dataset_dir.as_deref();
     let models: Vec<&EmbeddingModel> = ingredients.iter().map(|i| &i.model).collect();
     let name = |i: usize| ingredients[i].dir.display().to_string();
     let (soup, kept, soup_map) = if args.greedy {
-        let scored = |m: &EmbeddingModel| -> anyhow::Result<f64> {
-            score(m)?.ok_or_else(|| anyhow::anyhow!("--greedy needs --dataset-dir"))
-        };
-        let (soup, soup_map, steps) = greedy(&models, scored)?;
+        let dataset = dataset.context("--greedy needs --dataset-dir")?;
+        let (soup, soup_map, steps) = greedy(&models, |m| score(dataset, m))?;
         for (n, step) in steps.iter().enumerate() {
             println!(
                 "step {}: {} (alone mAP@1000 {:.4}): soup {:.4} -> {}",
@@ -94,20 +88,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .collect();
         (soup, kept, Some(soup_map))
     } else {
-        if args.dataset_dir.is_some() {
+        if let Some(dataset) = dataset {
             for (i, model) in models.iter().enumerate() {
-                if let Some(map) = score(model)? {
-                    println!("{} alone: mAP@1000 {map:.4}", name(i));
-                }
+                println!("{} alone: mAP@1000 {:.4}", name(i), score(dataset, model)?);
             }
         }
         let soup = average(&models)?;
-        let map = score(&soup)?;
+        let map = dataset.map(|d| score(d, &soup)).transpose()?;
         (soup, (0..models.len()).collect(), map)
     };
-    if kept.is_empty() {
-        bail!("no checkpoint went into the soup");
-    }
     if let Some(map) = soup_map {
         println!(
             "soup of {} of {} checkpoints: mAP@1000 {map:.4}",
