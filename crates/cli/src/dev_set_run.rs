@@ -2,13 +2,23 @@
 //! one model — the common first half of `rank` and `eval`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use visual_search_data::Sample;
 
 use visual_search_data::formats::dev_set::load_dev_set;
 use visual_search_data::loader::LoaderConfig;
-use visual_search_train::embedding::EmbeddedSet;
+use visual_search_retrieval::ensemble::concatenate_normalised;
+use visual_search_train::embedding::{EmbedTimings, EmbeddedSet};
+
+use crate::args::model::{DeviceArgs, ModelArgs};
 
 use crate::embedding_run::embed_with_progress;
 use visual_search_inference::InferenceModel;
+use visual_search_retrieval::k_reciprocal::KReciprocal;
+use visual_search_retrieval::pipeline::RankOptions;
+use visual_search_retrieval::query_blending::QueryBlending;
 
 /// Where the dev set is and how to load it.
 #[derive(clap::Args, Debug, Clone)]
@@ -25,6 +35,24 @@ pub struct DevSetArgs {
     /// Image-loading threads [default: all cores].
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Test-time augmentation: average each embedding with its mirror image's (queries and
+    /// gallery; twice the model time).
+    #[arg(long)]
+    pub tta_flip: bool,
+}
+
+impl DevSetArgs {
+    /// The dev set at `dataset_dir` with the default file names, loaders and no augmentation.
+    pub fn at(dataset_dir: PathBuf, batch_size: usize) -> Self {
+        DevSetArgs {
+            dataset_dir,
+            gallery: "gallery.csv".into(),
+            queries: "queries.csv".into(),
+            batch_size,
+            workers: None,
+            tta_flip: false,
+        }
+    }
 }
 
 /// Ordered batches for embedding, on `workers` threads (default: all cores).
@@ -49,21 +77,92 @@ impl EmbeddedDevSet {
     }
 }
 
-pub fn embed_dev_set(model: &InferenceModel, args: &DevSetArgs) -> anyhow::Result<EmbeddedDevSet> {
+/// Embeds the dev set with `model` and, when `ensemble` is not empty, with each of those too,
+/// concatenating the unit embeddings ([`concatenate_normalised`]).
+pub fn embed_dev_set(
+    model: &InferenceModel,
+    ensemble: &[InferenceModel],
+    args: &DevSetArgs,
+) -> anyhow::Result<EmbeddedDevSet> {
     let dev = load_dev_set(&args.dataset_dir, &args.gallery, &args.queries)?;
     let loader = eval_loader(args.batch_size, args.workers);
-    let run = |samples: Vec<visual_search_data::Sample>, what: &str| {
+    let (queries, gallery): (Arc<[Sample]>, Arc<[Sample]>) =
+        (dev.queries.into(), dev.gallery.into());
+    let run = |model: &InferenceModel, samples: &Arc<[Sample]>, what: &str| {
         embed_with_progress(
             model,
-            samples.into(),
+            args.tta_flip,
+            samples.clone(),
             &loader,
             what,
             "their embeddings are left at zero",
         )
     };
-    let queries = run(dev.queries, "queries")?;
-    let gallery = run(dev.gallery, "gallery")?;
-    Ok(EmbeddedDevSet { queries, gallery })
+    let mut sets = vec![EmbeddedDevSet {
+        queries: run(model, &queries, "queries")?,
+        gallery: run(model, &gallery, "gallery")?,
+    }];
+    for (i, member) in ensemble.iter().enumerate() {
+        let what = |half: &str| format!("{half} (ensemble model {})", i + 2);
+        sets.push(EmbeddedDevSet {
+            queries: run(member, &queries, &what("queries"))?,
+            gallery: run(member, &gallery, &what("gallery"))?,
+        });
+    }
+    if sets.len() == 1 {
+        return Ok(sets.remove(0));
+    }
+    let join = |half: fn(&EmbeddedDevSet) -> &EmbeddedSet| -> anyhow::Result<EmbeddedSet> {
+        let parts: Vec<&EmbeddedSet> = sets.iter().map(half).collect();
+        let embeddings =
+            concatenate_normalised(&parts.iter().map(|p| &p.embeddings).collect::<Vec<_>>())
+                .context("ensemble models embedded different numbers of images")?;
+        let mut timings = EmbedTimings::default();
+        for p in &parts {
+            timings.waiting_for_data += p.timings.waiting_for_data;
+            timings.model += p.timings.model;
+            timings.total += p.timings.total;
+        }
+        Ok(EmbeddedSet {
+            embeddings,
+            skipped: parts[0].skipped.clone(),
+            timings,
+        })
+    };
+    Ok(EmbeddedDevSet {
+        queries: join(|s| &s.queries)?,
+        gallery: join(|s| &s.gallery)?,
+    })
+}
+
+/// `--ensemble DIR` (repeatable): more exported models to embed with.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct EnsembleArgs {
+    /// Another exported model folder (`export`) to ensemble with; repeat for more. Every image is
+    /// embedded by each model at its own size, and the unit embeddings are concatenated and
+    /// re-normalised (the cosine becomes the mean of the models' cosines).
+    #[arg(long = "ensemble", value_name = "MODEL_DIR")]
+    pub dirs: Vec<PathBuf>,
+}
+
+impl EnsembleArgs {
+    /// Loads every folder on the main model's device.
+    pub fn load(&self, device: &DeviceArgs) -> anyhow::Result<Vec<InferenceModel>> {
+        self.dirs
+            .iter()
+            .map(|dir| {
+                ModelArgs {
+                    model: None,
+                    model_dir: Some(dir.clone()),
+                    weights: None,
+                    size: None,
+                    device: device.clone(),
+                }
+                .load()
+                .with_context(|| format!("loading ensemble model {}", dir.display()))
+            })
+            .collect()
+    }
 }
 
 /// The dev set ranked by `model` (plain top-k over the whole gallery, no DBA/QE) with the
@@ -90,7 +189,7 @@ pub fn rank_dev_set(
     args: &DevSetArgs,
     k: usize,
 ) -> anyhow::Result<RankedDevSet> {
-    let set = embed_dev_set(model, args)?;
+    let set = embed_dev_set(model, &[], args)?;
     let query_labels = EmbeddedDevSet::labels(&set.queries);
     let gallery_labels = EmbeddedDevSet::labels(&set.gallery);
     let dim = set.queries.embeddings.dim;
@@ -111,12 +210,25 @@ pub fn rank_dev_set(
     })
 }
 
-/// `--top-k`, `--dba-k`, `--qe-k`, `--qe-alpha`.
+/// A named chain of post-processing options.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq)]
+pub enum RankPreset {
+    /// The challenge 1st place's chain: --centre, --dba-k 5, --blend 0.5,0.5;0.4,0.3,0.3 with
+    /// --blend-max-distance 0.8 (options given explicitly still win).
+    Winner,
+}
+
+/// The ranking options: `--top-k` and the post-processing steps, applied in this order:
+/// centring, DBA, α-QE, query blending, then cosine top-k or k-reciprocal re-ranking. Each is
+/// defined exactly in its module doc in the retrieval crate.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RankArgs {
     /// Results per query.
     #[arg(long, default_value_t = 1000)]
     pub top_k: usize,
+    /// Subtract the mean of all query and gallery embeddings, then re-normalise.
+    #[arg(long)]
+    pub centre: bool,
     /// Database-side augmentation with K neighbours (the solution used 5).
     #[arg(long)]
     pub dba_k: Option<usize>,
@@ -126,15 +238,81 @@ pub struct RankArgs {
     /// α of query expansion.
     #[arg(long, default_value_t = 3.0)]
     pub qe_alpha: f32,
+    /// Query blending rounds: `;` between rounds, `,` between weights, the query's own weight
+    /// first, then one per nearest gallery vector (e.g. `0.5,0.5;0.4,0.3,0.3`).
+    #[arg(long, value_parser = parse_blend_rounds)]
+    pub blend: Option<BlendRounds>,
+    /// A gallery vector is blended into a query only when closer than this (L2 of unit vectors).
+    #[arg(long, default_value_t = 0.8)]
+    pub blend_max_distance: f32,
+    /// Rank by the k-reciprocal re-ranking distance (Zhong et al. 2017) instead of the cosine.
+    #[arg(long)]
+    pub k_reciprocal: bool,
+    /// k1 of k-reciprocal re-ranking (size of the reciprocal neighbourhoods).
+    #[arg(long, default_value_t = KReciprocal::default().k1)]
+    pub kr_k1: usize,
+    /// k2 of k-reciprocal re-ranking (local query expansion; 1 turns it off).
+    #[arg(long, default_value_t = KReciprocal::default().k2)]
+    pub kr_k2: usize,
+    /// λ of k-reciprocal re-ranking (weight of the original distance).
+    #[arg(long, default_value_t = KReciprocal::default().lambda)]
+    pub kr_lambda: f32,
+    /// A named chain of the options above.
+    #[arg(long, value_enum)]
+    pub preset: Option<RankPreset>,
+}
+
+/// Parsed `--blend` rounds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlendRounds(pub Vec<Vec<f32>>);
+
+fn parse_blend_rounds(text: &str) -> Result<BlendRounds, String> {
+    QueryBlending::parse_rounds(text).map(BlendRounds)
 }
 
 impl RankArgs {
-    pub fn options(&self) -> visual_search_retrieval::pipeline::RankOptions {
-        visual_search_retrieval::pipeline::RankOptions {
+    pub fn options(&self) -> RankOptions {
+        let preset = match self.preset {
+            Some(RankPreset::Winner) => RankOptions::winner(self.top_k),
+            None => RankOptions {
+                top_k: self.top_k,
+                ..RankOptions::default()
+            },
+        };
+        RankOptions {
             top_k: self.top_k,
-            dba_k: self.dba_k,
+            dba_k: self.dba_k.or(preset.dba_k),
             qe_k: self.qe_k,
             qe_alpha: self.qe_alpha,
+            centre: self.centre || preset.centre,
+            blending: match &self.blend {
+                Some(BlendRounds(rounds)) => Some(QueryBlending {
+                    rounds: rounds.clone(),
+                    max_distance: self.blend_max_distance,
+                }),
+                None => preset.blending.map(|b| QueryBlending {
+                    max_distance: self.blend_max_distance,
+                    ..b
+                }),
+            },
+            k_reciprocal: self.k_reciprocal.then_some(KReciprocal {
+                k1: self.kr_k1,
+                k2: self.kr_k2,
+                lambda: self.kr_lambda,
+            }),
         }
+    }
+
+    /// The options as JSON, for reports.
+    pub fn describe(&self) -> serde_json::Value {
+        let o = self.options();
+        serde_json::json!({
+            "centre": o.centre, "dba_k": o.dba_k, "qe_k": o.qe_k, "qe_alpha": o.qe_alpha,
+            "blend": o.blending.as_ref().map(|b| &b.rounds),
+            "blend_max_distance": o.blending.as_ref().map(|b| b.max_distance),
+            "k_reciprocal": o.k_reciprocal.map(|k| serde_json::json!({
+                "k1": k.k1, "k2": k.k2, "lambda": k.lambda
+            })),
+        })
     }
 }

@@ -10,12 +10,15 @@ use visual_search_data::transform::EvalTransform;
 use visual_search_train::embedding::{EmbeddedSet, embed_samples};
 
 use crate::progress::images_bar;
-use visual_search_inference::InferenceModel;
+use visual_search_inference::test_time_flip::FlipAveraged;
+use visual_search_inference::{BatchEmbedder, InferenceModel};
 
 /// Embeds `samples` (row i = sample i), showing a bar labelled `what`; unreadable images are
-/// listed on stderr followed by `consequence` ("their rows are all zero", …).
+/// listed on stderr followed by `consequence` ("their rows are all zero", …). With `flip`, each
+/// embedding is averaged with its mirror image's (test-time augmentation, twice the model cost).
 pub fn embed_with_progress(
     model: &InferenceModel,
+    flip: bool,
     samples: Arc<[Sample]>,
     loader: &LoaderConfig,
     what: &str,
@@ -26,7 +29,9 @@ pub fn embed_with_progress(
         model.preprocessing.normalization(),
     ));
     let bar = images_bar(samples.len(), what);
-    let set = embed_samples(model, samples, transform, loader, |done, _| {
+    let flipped = FlipAveraged { inner: model };
+    let embedder: &dyn BatchEmbedder = if flip { &flipped } else { model };
+    let set = embed_samples(embedder, samples, transform, loader, |done, _| {
         bar.set_position(done as u64)
     });
     bar.finish_and_clear();

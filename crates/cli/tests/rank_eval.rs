@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use visual_search_retrieval::embedding_file::read_embeddings;
 use visual_search_retrieval::npy::read_f32;
 
 fn visual_search(args: &[&str]) -> String {
@@ -151,6 +152,85 @@ fn rank_writes_a_valid_submission_and_eval_agrees_with_precomputed_embeddings() 
         );
     }
     assert_eq!(direct["queries"], 24);
+}
+
+/// `--tta-flip` embeds the same way in `embed` and `eval`, and changes the embeddings; the
+/// post-processing options run from embedding files and are reported in the JSON line.
+#[test]
+fn flip_augmentation_and_post_processing_run_end_to_end() {
+    let Some(grocery) = visual_search_data::datasets::locate_grocery() else {
+        visual_search_data::datasets::missing_test_dependency(
+            "grocery dataset not found (set VISUAL_SEARCH_DATASETS)",
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = small_dev_set(dir.path(), &grocery, 12, 20);
+    let root_s = root.to_str().unwrap();
+    let model = model_args();
+    let model: Vec<&str> = model.iter().map(String::as_str).collect();
+    let eval = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["eval", "--dataset-dir", root_s, "--json"];
+        args.extend(extra);
+        serde_json::from_str(visual_search(&args).trim()).unwrap()
+    };
+    let embed = |list: &str, flip: bool| -> PathBuf {
+        let file = dir.path().join(format!("{list}-{flip}.safetensors"));
+        let csv = root.join(format!("{list}.csv"));
+        let mut args = vec![
+            "embed",
+            "--follow-links",
+            "--csv",
+            csv.to_str().unwrap(),
+            "--out",
+            file.to_str().unwrap(),
+            "--device",
+            "flex",
+        ];
+        if flip {
+            args.push("--tta-flip");
+        }
+        args.extend(&model);
+        visual_search(&args);
+        file
+    };
+    let (q_flip, g_flip) = (embed("queries", true), embed("gallery", true));
+    let mut direct_args = vec!["--device", "flex", "--tta-flip"];
+    direct_args.extend(&model);
+    let direct = eval(&direct_args);
+    let files = |q: &Path, g: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "--query-embeddings",
+            q.to_str().unwrap(),
+            "--gallery-embeddings",
+            g.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        eval(&args)
+    };
+    let from_files = files(&q_flip, &g_flip, &[]);
+    assert!(
+        (direct["map_at_k"].as_f64().unwrap() - from_files["map_at_k"].as_f64().unwrap()).abs()
+            < 1e-9
+    );
+    let plain = read_embeddings(&embed("queries", false)).unwrap();
+    let flipped = read_embeddings(&q_flip).unwrap();
+    let moved = plain
+        .data
+        .iter()
+        .zip(&flipped.data)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(moved > 1e-3, "the mirror image changed nothing ({moved})");
+
+    let winner = files(&q_flip, &g_flip, &["--preset", "winner", "--k-reciprocal"]);
+    let ranking = &winner["ranking"];
+    assert_eq!(ranking["centre"], true);
+    assert_eq!(ranking["dba_k"], 5);
+    assert_eq!(ranking["blend_max_distance"].as_f64(), Some(0.8f32 as f64));
+    assert_eq!(ranking["k_reciprocal"]["k1"], 20);
+    let map = winner["map_at_k"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&map), "{winner}");
 }
 
 /// Reads the int64 ranking through the float reader's header parsing rules.

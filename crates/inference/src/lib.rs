@@ -7,7 +7,8 @@
 //!   [`model::Preprocessing`], and embed batches — NaN→0 and L2 normalisation happen in
 //!   [`model::finish_rows`] and nowhere else;
 //! - [`onnx`]: export of our own model definitions to ONNX (batch norm folded);
-//! - [`ort_runtime`]: ONNX Runtime loaded at run time; [`onnx_cache`]: on-the-fly exports.
+//! - [`ort_runtime`]: ONNX Runtime loaded at run time; [`onnx_cache`]: on-the-fly exports;
+//! - [`test_time_flip`]: horizontal-flip test-time augmentation around any embedder.
 
 pub mod batch_embedder;
 pub mod batch_norm_folding;
@@ -19,6 +20,7 @@ pub mod model_dir;
 pub mod onnx;
 pub mod onnx_cache;
 pub mod ort_runtime;
+pub mod test_time_flip;
 
 pub use batch_embedder::{BatchEmbedder, BurnEmbedder};
 pub use device_choice::{DeviceChoice, Precision};

@@ -3,9 +3,12 @@
 //! dependency, so it is fast to build and usable on its own.
 
 pub mod catalogue;
+pub mod centring;
 pub mod embedding_file;
+pub mod ensemble;
 pub mod error;
 pub mod index;
+pub mod k_reciprocal;
 pub mod matrix;
 pub mod metrics;
 pub mod npy;
@@ -13,6 +16,7 @@ pub mod pipeline;
 pub mod postgres_index;
 pub mod postgres_load;
 pub mod postgres_tls;
+pub mod query_blending;
 pub mod rerank;
 pub mod topk;
 

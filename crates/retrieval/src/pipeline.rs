@@ -1,9 +1,15 @@
-//! From two embedding matrices to the submission ranking: sanitise and normalise, optional DBA
-//! and α-QE ([`crate::rerank`]), then exact blocked top-k ([`crate::topk`]).
+//! From two embedding matrices to the submission ranking, in this order: sanitise and normalise;
+//! optional centring on the joint mean ([`crate::centring`]); optional DBA and α-QE
+//! ([`crate::rerank`]); optional query blending ([`crate::query_blending`]); then either exact
+//! blocked top-k ([`crate::topk`]) or k-reciprocal re-ranking ([`crate::k_reciprocal`]).
+//! [`RankOptions::winner`] is the challenge 1st place's chain.
 
 use std::time::{Duration, Instant};
 
+use crate::centring::centre_on_joint_mean;
+use crate::k_reciprocal::{KReciprocal, k_reciprocal_rerank};
 use crate::matrix::MatrixView;
+use crate::query_blending::{QueryBlending, blend_queries};
 use crate::rerank::{database_augmentation, query_expansion, sanitize_and_normalize, standardize};
 use crate::topk::{TopK, top_k};
 
@@ -17,6 +23,25 @@ pub struct RankOptions {
     /// α-query expansion with this many neighbours.
     pub qe_k: Option<usize>,
     pub qe_alpha: f32,
+    /// Subtract the joint query + gallery mean first.
+    pub centre: bool,
+    /// Blend queries with their close gallery neighbours (after DBA and α-QE).
+    pub blending: Option<QueryBlending>,
+    /// Rank by the k-reciprocal distance instead of the cosine.
+    pub k_reciprocal: Option<KReciprocal>,
+}
+
+impl RankOptions {
+    /// The challenge 1st place's chain: centring, DBA with 5 neighbours, two blending rounds.
+    pub fn winner(top_k: usize) -> Self {
+        RankOptions {
+            top_k,
+            dba_k: Some(5),
+            centre: true,
+            blending: Some(QueryBlending::winner()),
+            ..RankOptions::default()
+        }
+    }
 }
 
 impl Default for RankOptions {
@@ -26,6 +51,9 @@ impl Default for RankOptions {
             dba_k: None,
             qe_k: None,
             qe_alpha: 3.0,
+            centre: false,
+            blending: None,
+            k_reciprocal: None,
         }
     }
 }
@@ -40,6 +68,9 @@ pub fn rank(
     let start = Instant::now();
     sanitize_and_normalize(&mut queries, dim);
     sanitize_and_normalize(&mut gallery, dim);
+    if options.centre {
+        centre_on_joint_mean(&mut queries, &mut gallery, dim);
+    }
     if let Some(k) = options.dba_k {
         let reference = gallery.clone();
         standardize(&reference, dim, &mut [&mut gallery, &mut queries]);
@@ -50,10 +81,16 @@ pub fn rank(
     if let Some(k) = options.qe_k {
         query_expansion(&mut queries, &gallery, dim, k, options.qe_alpha);
     }
-    let ranking = top_k(
-        MatrixView::f32(&queries, queries.len() / dim, dim),
-        MatrixView::f32(&gallery, gallery.len() / dim, dim),
-        options.top_k,
-    );
+    if let Some(blending) = &options.blending {
+        blend_queries(&mut queries, &gallery, dim, blending);
+    }
+    let ranking = match &options.k_reciprocal {
+        Some(params) => k_reciprocal_rerank(&queries, &gallery, dim, params, options.top_k),
+        None => top_k(
+            MatrixView::f32(&queries, queries.len() / dim, dim),
+            MatrixView::f32(&gallery, gallery.len() / dim, dim),
+            options.top_k,
+        ),
+    };
     (ranking, start.elapsed())
 }

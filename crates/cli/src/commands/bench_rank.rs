@@ -65,13 +65,7 @@ fn ours(args: &Args, root: &Path, device: &str, dtype: Precision) -> anyhow::Res
         },
     }
     .load()?;
-    let data = DevSetArgs {
-        dataset_dir: root.to_path_buf(),
-        gallery: "gallery.csv".into(),
-        queries: "queries.csv".into(),
-        batch_size: args.batch_size,
-        workers: None,
-    };
+    let data = DevSetArgs::at(root.to_path_buf(), args.batch_size);
     let ranked = rank_dev_set(&loaded, &data, 1000)?;
     let seconds = start.elapsed().as_secs_f64();
     let map = ranked.evaluate(1000).map_at_k;

@@ -23,6 +23,10 @@ pub struct Args {
     /// Output file (.npy or .safetensors).
     #[arg(long)]
     out: PathBuf,
+    /// Test-time augmentation: average each embedding with its mirror image's (twice the model
+    /// time); embed queries and gallery the same way.
+    #[arg(long)]
+    tta_flip: bool,
     /// Precision of the stored embeddings.
     #[arg(long, value_enum, default_value = "f32")]
     out_dtype: DtypeArg,
@@ -40,6 +44,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let loader = eval_loader(args.list.batch_size, args.list.workers);
     let result = embed_with_progress(
         &loaded,
+        args.tta_flip,
         samples.into(),
         &loader,
         &format!("embedding {kind:?}"),

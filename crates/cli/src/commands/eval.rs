@@ -8,7 +8,7 @@ use visual_search_retrieval::metrics::evaluate;
 use visual_search_retrieval::pipeline::rank;
 
 use crate::args::model::{DeviceArgs, ModelArgs};
-use crate::dev_set_run::{DevSetArgs, EmbeddedDevSet, RankArgs, embed_dev_set};
+use crate::dev_set_run::{DevSetArgs, EmbeddedDevSet, EnsembleArgs, RankArgs, embed_dev_set};
 use crate::sample_lists::read_samples;
 use crate::table;
 
@@ -32,6 +32,8 @@ pub struct Args {
     #[command(flatten)]
     data: DevSetArgs,
     #[command(flatten)]
+    ensemble: EnsembleArgs,
+    #[command(flatten)]
     ranking: RankArgs,
     /// Precomputed query embeddings (.npy / .safetensors from `embed`).
     #[arg(long, requires = "gallery_embeddings")]
@@ -51,6 +53,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &args.gallery_embeddings,
         model_given,
     ) {
+        (Some(_), Some(_), _) if !args.ensemble.dirs.is_empty() => {
+            bail!("--ensemble embeds with models; it cannot be combined with embedding files")
+        }
         (Some(qf), Some(gf), _) => {
             let q = read_embeddings(qf)?;
             let g = read_embeddings(gf)?;
@@ -95,16 +100,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 device: args.device.clone(),
             }
             .load()?;
-            let set = embed_dev_set(&loaded, &args.data)?;
+            let members = args.ensemble.load(&args.device)?;
+            let set = embed_dev_set(&loaded, &members, &args.data)?;
             let (ql, gl) = (
                 EmbeddedDevSet::labels(&set.queries),
                 EmbeddedDevSet::labels(&set.gallery),
             );
             let dim = set.queries.embeddings.dim;
-            let source = format!(
+            let mut source = format!(
                 "{} at {} px on {}",
                 loaded.spec.name, loaded.preprocessing.size, loaded.device_name
             );
+            for member in &members {
+                source += &format!(
+                    " + {} at {} px",
+                    member.spec.name, member.preprocessing.size
+                );
+            }
             (
                 set.queries.embeddings.data,
                 set.gallery.embeddings.data,
@@ -129,13 +141,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut options = args.ranking.options();
     let k = options.top_k;
     options.top_k = k.max(max_r);
-    let (ranking, _) = rank(queries, gallery, dim, &options);
+    let (ranking, rank_time) = rank(queries, gallery, dim, &options);
     let m = evaluate(&ranking, &q_labels, &g_labels, k);
     if args.json {
         let line = serde_json::json!({
             "map_at_k": m.map_at_k, "k": k, "recall_at_1": m.recall_at_1, "map_at_r": m.map_at_r,
             "queries": m.queries, "evaluated_queries": m.evaluated_queries, "gallery": g_labels.len(),
-            "source": source, "dba_k": args.ranking.dba_k, "qe_k": args.ranking.qe_k,
+            "source": source, "ranking": args.ranking.describe(),
+            "rank_seconds": rank_time.as_secs_f64(),
         });
         println!("{line}");
     } else {
@@ -148,6 +161,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             vec![format!("mAP@{k}"), format!("{:.4}", m.map_at_k)],
             vec!["R@1".into(), format!("{:.4}", m.recall_at_1)],
             vec!["mAP@R".into(), format!("{:.4}", m.map_at_r)],
+            vec![
+                "ranking seconds".into(),
+                format!("{:.3}", rank_time.as_secs_f64()),
+            ],
         ];
         print!("{}", table::render(&["metric", "value"], &rows));
         if m.evaluated_queries < m.queries {

@@ -188,13 +188,7 @@ fn int8(args: &Args) -> anyhow::Result<()> {
                     ..LoadOptions::default()
                 },
             )?;
-            let data = DevSetArgs {
-                dataset_dir: dataset.clone(),
-                gallery: "gallery.csv".into(),
-                queries: "queries.csv".into(),
-                batch_size: 32,
-                workers: None,
-            };
+            let data = DevSetArgs::at(dataset.clone(), 32);
             Ok(rank_dev_set(&model, &data, 1000)?.evaluate(1000).map_at_k)
         };
         let (full, quant) = (map(Precision::F32)?, map(Precision::Int8)?);

@@ -149,6 +149,7 @@ fn embed_list(
     let samples: Arc<[Sample]> = samples.into();
     let result = embed_with_progress(
         loaded,
+        false,
         samples.clone(),
         &loader,
         &format!("embedding {kind:?}"),

@@ -8,8 +8,16 @@ use visual_search_retrieval::npy::{encode_i64, write_atomically};
 use visual_search_retrieval::pipeline::rank;
 
 use crate::args::model::ModelArgs;
-use crate::dev_set_run::{DevSetArgs, RankArgs, embed_dev_set};
+use crate::dev_set_run::{DevSetArgs, EnsembleArgs, RankArgs, embed_dev_set};
 use crate::table;
+
+/// " + N ensemble models" when there are any.
+fn ensemble_note(members: &[visual_search_inference::InferenceModel]) -> String {
+    match members.len() {
+        0 => String::new(),
+        n => format!(" + {n} ensemble model(s)"),
+    }
+}
 
 /// Embeds the dev set's queries (cropped to their boxes) and gallery (white border removed),
 /// zeroes NaN, L2-normalises, optionally applies DBA / α-QE, and writes for each query the
@@ -22,6 +30,8 @@ pub struct Args {
     #[command(flatten)]
     data: DevSetArgs,
     #[command(flatten)]
+    ensemble: EnsembleArgs,
+    #[command(flatten)]
     ranking: RankArgs,
     /// Output `.npy` (the CSV goes next to it with a .csv extension).
     #[arg(long)]
@@ -30,7 +40,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let loaded = args.model.load()?;
-    let set = embed_dev_set(&loaded, &args.data)?;
+    let members = args.ensemble.load(&args.model.device)?;
+    let set = embed_dev_set(&loaded, &members, &args.data)?;
     let dim = set.queries.embeddings.dim;
     let (ranking, rank_time) = rank(
         set.queries.embeddings.data.clone(),
@@ -64,10 +75,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         vec!["total".into(), secs(total)],
     ];
     println!(
-        "ranked {} queries against {} gallery images ({} at {} px on {}, {:?}); top {} written to {} and {}",
+        "ranked {} queries against {} gallery images ({}{} at {} px on {}, {:?}); top {} written to {} and {}",
         ranking.queries,
         set.gallery.embeddings.rows,
         loaded.spec.name,
+        ensemble_note(&members),
         loaded.preprocessing.size,
         loaded.device_name,
         args.model.device.dtype,

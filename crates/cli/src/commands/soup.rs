@@ -56,13 +56,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             device.clone(),
             "flex",
         );
-        let data = DevSetArgs {
-            dataset_dir: dataset.to_path_buf(),
-            gallery: "gallery.csv".into(),
-            queries: "queries.csv".into(),
-            batch_size: args.batch_size,
-            workers: None,
-        };
+        let data = DevSetArgs::at(dataset.to_path_buf(), args.batch_size);
         Ok(rank_dev_set(&model, &data, TOP_K)?.evaluate(TOP_K).map_at_k)
     };
     let dataset = args.dataset_dir.as_deref();

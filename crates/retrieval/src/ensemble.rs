@@ -1,0 +1,66 @@
+//! An ensemble of embedding models as one embedding: each model's unit rows side by side, the
+//! concatenation re-normalised.
+//!
+//! Why: models that see products differently (other widths, resolutions, training) make
+//! different mistakes; the cosine of concatenated unit vectors is the mean of the models'
+//! cosines, so every ranking step that follows (top-k, DBA, k-reciprocal, the index) works on the
+//! ensemble unchanged.
+
+use crate::embedding_file::Embeddings;
+use crate::rerank::sanitize_and_normalize;
+
+/// Concatenates the rows of `parts` (same row count; each row L2-normalised first) and
+/// normalises the result. Labels are taken from the first part. `None` when the row counts differ.
+pub fn concatenate_normalised(parts: &[&Embeddings]) -> Option<Embeddings> {
+    let rows = parts.first()?.rows;
+    if parts.iter().any(|p| p.rows != rows) {
+        return None;
+    }
+    let dim: usize = parts.iter().map(|p| p.dim).sum();
+    let mut data = Vec::with_capacity(rows * dim);
+    for r in 0..rows {
+        for part in parts {
+            let start = data.len();
+            data.extend_from_slice(part.row(r));
+            sanitize_and_normalize(&mut data[start..], part.dim);
+        }
+    }
+    sanitize_and_normalize(&mut data, dim);
+    Some(Embeddings {
+        rows,
+        dim,
+        data,
+        labels: parts[0].labels.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cosine_of_the_ensemble_is_the_mean_cosine() {
+        let a = Embeddings {
+            rows: 2,
+            dim: 2,
+            data: vec![1.0, 0.0, 0.0, 2.0],
+            labels: Some(vec![7, 8]),
+        };
+        let b = Embeddings {
+            rows: 2,
+            dim: 1,
+            data: vec![3.0, 5.0],
+            labels: None,
+        };
+        let e = concatenate_normalised(&[&a, &b]).unwrap();
+        assert_eq!((e.rows, e.dim, e.labels.clone()), (2, 3, Some(vec![7, 8])));
+        let cos: f32 = e.row(0).iter().zip(e.row(1)).map(|(x, y)| x * y).sum();
+        // Model a: cosine 0; model b: cosine 1; mean 0.5.
+        assert!((cos - 0.5).abs() < 1e-6, "{cos}");
+        let short = Embeddings {
+            rows: 1,
+            ..b.clone()
+        };
+        assert!(concatenate_normalised(&[&a, &short]).is_none());
+    }
+}

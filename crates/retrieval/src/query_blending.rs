@@ -1,0 +1,138 @@
+//! Query blending, the 1st place's last post-processing step: pull each query towards the
+//! gallery vectors that are already very close to it, in rounds.
+//!
+//! Why: a query photo that has a near-identical gallery photo is best searched *with* that photo
+//! as well — its other images of the same product then come up too. Unlike α-query expansion
+//! ([`crate::rerank::query_expansion`]), a neighbour only takes part when it is within a fixed
+//! distance, so queries without a confident match are left alone.
+//!
+//! Exactly, for each round with weights `(w_q, w_1, …, w_n)`, every query `q` (unit length):
+//! take its `n` nearest gallery vectors `g_1..g_n` (inner product, ties to the lower index; the
+//! query as it stands after the previous round); `q <- normalize(w_q q + sum_i [|q - g_i| <
+//! max_distance] w_i g_i)` where `|q - g_i| = sqrt(max(2 - 2 q.g_i, 0))` is the L2 distance of
+//! unit vectors. All queries of a round use the gallery as it is (queries never see each other).
+//! The 1st place's rounds ([`QueryBlending::winner`]): `(0.5, 0.5)` then `(0.4, 0.3, 0.3)`,
+//! distance below 0.8.
+//!
+//! Memory: one exact top-n per round ([`crate::topk::top_k`], blocked), so `n_q x n` scores,
+//! never `n_q x n_g`.
+
+use crate::matrix::MatrixView;
+use crate::rerank::sanitize_and_normalize;
+use crate::topk::top_k;
+
+/// Blending rounds and the distance gate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryBlending {
+    /// Per round: the query's own weight, then one weight per nearest gallery vector.
+    pub rounds: Vec<Vec<f32>>,
+    /// A neighbour takes part only when its L2 distance to the query is below this.
+    pub max_distance: f32,
+}
+
+impl QueryBlending {
+    /// The challenge's 1st place: `(0.5, 0.5)` then `(0.4, 0.3, 0.3)`, L2 distance < 0.8.
+    pub fn winner() -> Self {
+        QueryBlending {
+            rounds: vec![vec![0.5, 0.5], vec![0.4, 0.3, 0.3]],
+            max_distance: 0.8,
+        }
+    }
+
+    /// Parses `0.5,0.5;0.4,0.3,0.3` (rounds separated by `;`, weights by `,`, query first).
+    pub fn parse_rounds(text: &str) -> Result<Vec<Vec<f32>>, String> {
+        text.split(';')
+            .map(|round| {
+                let weights = round
+                    .split(',')
+                    .map(|w| {
+                        w.trim()
+                            .parse::<f32>()
+                            .ok()
+                            .filter(|w| w.is_finite())
+                            .ok_or_else(|| format!("`{w}` in `{text}` is not a finite number"))
+                    })
+                    .collect::<Result<Vec<f32>, String>>()?;
+                if weights.len() < 2 {
+                    return Err(format!(
+                        "round `{round}` in `{text}` needs the query's weight and at least one \
+                         neighbour's"
+                    ));
+                }
+                Ok(weights)
+            })
+            .collect()
+    }
+}
+
+/// Blends every query (row-major, unit rows) with its close gallery neighbours, round by round.
+pub fn blend_queries(queries: &mut [f32], gallery: &[f32], dim: usize, blending: &QueryBlending) {
+    let (nq, ng) = (queries.len() / dim, gallery.len() / dim);
+    if nq == 0 || ng == 0 {
+        return;
+    }
+    for weights in &blending.rounds {
+        let Some((own, neighbour_weights)) = weights.split_first() else {
+            continue;
+        };
+        let neighbours = top_k(
+            MatrixView::f32(queries, nq, dim),
+            MatrixView::f32(gallery, ng, dim),
+            neighbour_weights.len(),
+        );
+        for q in 0..nq {
+            let row = &mut queries[q * dim..(q + 1) * dim];
+            let close: Vec<(f32, u32)> = neighbours
+                .row(q)
+                .iter()
+                .zip(neighbours.row_scores(q))
+                .zip(neighbour_weights)
+                .filter(|&((_, &s), _)| (2.0 - 2.0 * s).max(0.0).sqrt() < blending.max_distance)
+                .map(|((&g, _), &w)| (w, g))
+                .collect();
+            if close.is_empty() {
+                continue;
+            }
+            row.iter_mut().for_each(|v| *v *= own);
+            for (w, g) in close {
+                let src = &gallery[g as usize * dim..(g as usize + 1) * dim];
+                row.iter_mut().zip(src).for_each(|(d, v)| *d += w * v);
+            }
+        }
+        sanitize_and_normalize(queries, dim);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_neighbours_inside_the_gate_are_blended() {
+        // Query 0 is close to gallery 0 (distance ~0.2); query 1 is far from everything.
+        let mut q = vec![1.0, 0.0, 0.0, 1.0];
+        let g = vec![0.98, 0.198_997_5, -1.0, 0.0];
+        let blending = QueryBlending {
+            rounds: vec![vec![0.5, 0.5]],
+            max_distance: 0.8,
+        };
+        blend_queries(&mut q, &g, 2, &blending);
+        let (x, y) = (0.5 + 0.5 * 0.98, 0.5 * 0.198_997_5f32);
+        let n = (x * x + y * y).sqrt();
+        assert!(
+            (q[0] - x / n).abs() < 1e-6 && (q[1] - y / n).abs() < 1e-6,
+            "{q:?}"
+        );
+        assert_eq!(&q[2..], &[0.0, 1.0]);
+    }
+
+    #[test]
+    fn rounds_parse_query_weight_first() {
+        assert_eq!(
+            QueryBlending::parse_rounds("0.5,0.5;0.4,0.3,0.3").unwrap(),
+            QueryBlending::winner().rounds
+        );
+        assert!(QueryBlending::parse_rounds("0.5").is_err());
+        assert!(QueryBlending::parse_rounds("0.5,x").is_err());
+    }
+}
