@@ -233,6 +233,47 @@ fn flip_augmentation_and_post_processing_run_end_to_end() {
     assert!((0.0..=1.0).contains(&map), "{winner}");
 }
 
+/// `--ensemble` of a model with its own export: the concatenated unit vectors have the same
+/// cosines, so the metrics are the model's.
+#[test]
+fn an_ensemble_of_a_model_with_itself_ranks_like_the_model() {
+    let Some(grocery) = visual_search_data::datasets::locate_grocery() else {
+        visual_search_data::datasets::missing_test_dependency(
+            "grocery dataset not found (set VISUAL_SEARCH_DATASETS)",
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = small_dev_set(dir.path(), &grocery, 12, 20);
+    let root_s = root.to_str().unwrap();
+    let model = model_args();
+    let model: Vec<&str> = model.iter().map(String::as_str).collect();
+    let export = dir.path().join("export");
+    let mut args = vec!["export", "--out", export.to_str().unwrap()];
+    args.extend(&model);
+    visual_search(&args);
+    let eval = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "eval",
+            "--dataset-dir",
+            root_s,
+            "--json",
+            "--device",
+            "flex",
+        ];
+        args.extend(&model);
+        args.extend(extra);
+        serde_json::from_str(visual_search(&args).trim()).unwrap()
+    };
+    let alone = eval(&[]);
+    let twice = eval(&["--ensemble", export.to_str().unwrap()]);
+    assert!(twice["source"].as_str().unwrap().contains(" + "), "{twice}");
+    for key in ["map_at_k", "recall_at_1", "map_at_r"] {
+        let (a, b) = (alone[key].as_f64().unwrap(), twice[key].as_f64().unwrap());
+        assert!((a - b).abs() < 1e-6, "{key}: alone {a}, ensemble {b}");
+    }
+}
+
 /// Reads the int64 ranking through the float reader's header parsing rules.
 fn read_f32_i64(path: &Path) -> (Vec<i64>, usize, usize) {
     let bytes = std::fs::read(path).unwrap();
