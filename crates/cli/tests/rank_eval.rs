@@ -37,6 +37,40 @@ fn small_dev_set(dir: &Path, grocery: &Path, nq: usize, ng: usize) -> PathBuf {
     root
 }
 
+/// A temporary folder holding [`small_dev_set`], or `None` (with a loud SKIPPED, a failure
+/// under CI) when the grocery data is missing.
+fn small_dev_set_or_skip(nq: usize, ng: usize) -> Option<(tempfile::TempDir, PathBuf)> {
+    let Some(grocery) = visual_search_data::datasets::locate_grocery() else {
+        visual_search_data::datasets::missing_test_dependency(
+            "grocery dataset not found (set VISUAL_SEARCH_DATASETS)",
+        );
+        return None;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = small_dev_set(dir.path(), &grocery, nq, ng);
+    Some((dir, root))
+}
+
+/// `embed` of the dev set's `list` (queries or gallery) on flex into `out/<list>.safetensors`.
+fn embed_list(root: &Path, list: &str, out: &Path, model: &[&str], extra: &[&str]) -> PathBuf {
+    let file = out.join(format!("{list}.safetensors"));
+    let csv = root.join(format!("{list}.csv"));
+    let mut args = vec![
+        "embed",
+        "--follow-links",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--out",
+        file.to_str().unwrap(),
+        "--device",
+        "flex",
+    ];
+    args.extend(extra);
+    args.extend(model);
+    visual_search(&args);
+    file
+}
+
 fn model_args() -> Vec<String> {
     match visual_search_model::pretrained::efficientnet_lite0_weights() {
         Some(w) => vec![
@@ -56,14 +90,9 @@ fn model_args() -> Vec<String> {
 
 #[test]
 fn rank_writes_a_valid_submission_and_eval_agrees_with_precomputed_embeddings() {
-    let Some(grocery) = visual_search_data::datasets::locate_grocery() else {
-        visual_search_data::datasets::missing_test_dependency(
-            "grocery dataset not found (set VISUAL_SEARCH_DATASETS)",
-        );
+    let Some((dir, root)) = small_dev_set_or_skip(24, 40) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let root = small_dev_set(dir.path(), &grocery, 24, 40);
     let root_s = root.to_str().unwrap();
     let model = model_args();
     let model: Vec<&str> = model.iter().map(String::as_str).collect();
@@ -112,24 +141,10 @@ fn rank_writes_a_valid_submission_and_eval_agrees_with_precomputed_embeddings() 
     args.extend(&model);
     let direct: serde_json::Value = serde_json::from_str(visual_search(&args).trim()).unwrap();
 
-    let mut emb = Vec::new();
-    for list in ["queries", "gallery"] {
-        let file = dir.path().join(format!("{list}.safetensors"));
-        let csv = root.join(format!("{list}.csv"));
-        let mut args = vec![
-            "embed",
-            "--follow-links",
-            "--csv",
-            csv.to_str().unwrap(),
-            "--out",
-            file.to_str().unwrap(),
-            "--device",
-            "flex",
-        ];
-        args.extend(&model);
-        visual_search(&args);
-        emb.push(file);
-    }
+    let emb: Vec<PathBuf> = ["queries", "gallery"]
+        .iter()
+        .map(|list| embed_list(&root, list, dir.path(), &model, &[]))
+        .collect();
     let args = vec![
         "eval",
         "--dataset-dir",
@@ -158,14 +173,9 @@ fn rank_writes_a_valid_submission_and_eval_agrees_with_precomputed_embeddings() 
 /// post-processing options run from embedding files and are reported in the JSON line.
 #[test]
 fn flip_augmentation_and_post_processing_run_end_to_end() {
-    let Some(grocery) = visual_search_data::datasets::locate_grocery() else {
-        visual_search_data::datasets::missing_test_dependency(
-            "grocery dataset not found (set VISUAL_SEARCH_DATASETS)",
-        );
+    let Some((dir, root)) = small_dev_set_or_skip(12, 20) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let root = small_dev_set(dir.path(), &grocery, 12, 20);
     let root_s = root.to_str().unwrap();
     let model = model_args();
     let model: Vec<&str> = model.iter().map(String::as_str).collect();
@@ -175,24 +185,10 @@ fn flip_augmentation_and_post_processing_run_end_to_end() {
         serde_json::from_str(visual_search(&args).trim()).unwrap()
     };
     let embed = |list: &str, flip: bool| -> PathBuf {
-        let file = dir.path().join(format!("{list}-{flip}.safetensors"));
-        let csv = root.join(format!("{list}.csv"));
-        let mut args = vec![
-            "embed",
-            "--follow-links",
-            "--csv",
-            csv.to_str().unwrap(),
-            "--out",
-            file.to_str().unwrap(),
-            "--device",
-            "flex",
-        ];
-        if flip {
-            args.push("--tta-flip");
-        }
-        args.extend(&model);
-        visual_search(&args);
-        file
+        let out = dir.path().join(format!("flip-{flip}"));
+        std::fs::create_dir_all(&out).unwrap();
+        let extra: &[&str] = if flip { &["--tta-flip"] } else { &[] };
+        embed_list(&root, list, &out, &model, extra)
     };
     let (q_flip, g_flip) = (embed("queries", true), embed("gallery", true));
     let mut direct_args = vec!["--device", "flex", "--tta-flip"];
@@ -237,14 +233,9 @@ fn flip_augmentation_and_post_processing_run_end_to_end() {
 /// cosines, so the metrics are the model's.
 #[test]
 fn an_ensemble_of_a_model_with_itself_ranks_like_the_model() {
-    let Some(grocery) = visual_search_data::datasets::locate_grocery() else {
-        visual_search_data::datasets::missing_test_dependency(
-            "grocery dataset not found (set VISUAL_SEARCH_DATASETS)",
-        );
+    let Some((dir, root)) = small_dev_set_or_skip(12, 20) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let root = small_dev_set(dir.path(), &grocery, 12, 20);
     let root_s = root.to_str().unwrap();
     let model = model_args();
     let model: Vec<&str> = model.iter().map(String::as_str).collect();

@@ -18,7 +18,7 @@
 //! never `n_q x n_g`.
 
 use crate::matrix::MatrixView;
-use crate::rerank::sanitize_and_normalize;
+use crate::rerank::{add_weighted_row, sanitize_and_normalize};
 use crate::topk::top_k;
 
 /// Blending rounds and the distance gate.
@@ -95,8 +95,7 @@ pub fn blend_queries(queries: &mut [f32], gallery: &[f32], dim: usize, blending:
             }
             row.iter_mut().for_each(|v| *v *= own);
             for (w, g) in close {
-                let src = &gallery[g as usize * dim..(g as usize + 1) * dim];
-                row.iter_mut().zip(src).for_each(|(d, v)| *d += w * v);
+                add_weighted_row(row, gallery, dim, g, w);
             }
         }
         sanitize_and_normalize(queries, dim);

@@ -33,6 +33,12 @@ pub fn sanitize_and_normalize(data: &mut [f32], dim: usize) {
     }
 }
 
+/// `dst += w * rows[index]` for a row-major matrix `dim` wide.
+pub(crate) fn add_weighted_row(dst: &mut [f32], rows: &[f32], dim: usize, index: u32, w: f32) {
+    let src = &rows[index as usize * dim..(index as usize + 1) * dim];
+    dst.iter_mut().zip(src).for_each(|(d, v)| *d += w * v);
+}
+
 /// `(x - mean) / std` per dimension, statistics taken over `reference` (population std; a
 /// constant dimension is only centred).
 pub fn standardize(reference: &[f32], dim: usize, targets: &mut [&mut [f32]]) {
@@ -93,9 +99,8 @@ pub fn database_augmentation(gallery: &mut [f32], dim: usize, k: usize) {
             .copied()
             .filter(|&n| n as usize != r)
             .take(k);
-        for (w, n) in weights.iter().zip(std::iter::once(r as u32).chain(others)) {
-            let src = &gallery[n as usize * dim..(n as usize + 1) * dim];
-            dst.iter_mut().zip(src).for_each(|(d, s)| *d += w * s);
+        for (&w, n) in weights.iter().zip(std::iter::once(r as u32).chain(others)) {
+            add_weighted_row(dst, gallery, dim, n, w);
         }
     }
     sanitize_and_normalize(&mut out, dim);
@@ -116,9 +121,7 @@ pub fn query_expansion(queries: &mut [f32], gallery: &[f32], dim: usize, k: usiz
     for q in 0..nq {
         let row = &mut queries[q * dim..(q + 1) * dim];
         for (&g, &s) in neighbours.row(q).iter().zip(neighbours.row_scores(q)) {
-            let w = s.max(0.0).powf(alpha);
-            let src = &gallery[g as usize * dim..(g as usize + 1) * dim];
-            row.iter_mut().zip(src).for_each(|(d, v)| *d += w * v);
+            add_weighted_row(row, gallery, dim, g, s.max(0.0).powf(alpha));
         }
     }
     sanitize_and_normalize(queries, dim);
