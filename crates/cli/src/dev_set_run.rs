@@ -10,11 +10,11 @@ use visual_search_data::Sample;
 use visual_search_data::formats::dev_set::load_dev_set;
 use visual_search_data::loader::LoaderConfig;
 use visual_search_retrieval::ensemble::concatenate_normalised;
-use visual_search_train::embedding::{EmbedTimings, EmbeddedSet};
+use visual_search_train::embedding::EmbeddedSet;
 
 use crate::args::model::{DeviceArgs, ModelArgs};
 
-use crate::embedding_run::embed_with_progress;
+use crate::embedding_run::{embed_at_scales, merge_sets};
 use visual_search_inference::InferenceModel;
 use visual_search_retrieval::k_reciprocal::KReciprocal;
 use visual_search_retrieval::pipeline::RankOptions;
@@ -39,6 +39,11 @@ pub struct DevSetArgs {
     /// gallery; twice the model time).
     #[arg(long)]
     pub tta_flip: bool,
+    /// Multi-scale test-time augmentation: also embed every image at these input sides
+    /// (comma-separated; each image is decoded and resized again for each) and average the unit
+    /// embeddings. The model's own size is always included; each size costs one more pass.
+    #[arg(long, value_delimiter = ',')]
+    pub tta_sizes: Vec<usize>,
 }
 
 impl DevSetArgs {
@@ -51,6 +56,7 @@ impl DevSetArgs {
             batch_size,
             workers: None,
             tta_flip: false,
+            tta_sizes: Vec::new(),
         }
     }
 }
@@ -77,10 +83,11 @@ impl EmbeddedDevSet {
     }
 }
 
-/// Embeds the dev set with `model` and, when `ensemble` is not empty, with each of those too,
-/// concatenating the unit embeddings ([`concatenate_normalised`]).
+/// Embeds the dev set with the main model at each of `scales` (its own size first; several
+/// sizes are averaged, see [`embed_at_scales`]) and, when `ensemble` is not empty, with each of
+/// those too, concatenating the unit embeddings ([`concatenate_normalised`]).
 pub fn embed_dev_set(
-    model: &InferenceModel,
+    scales: &[InferenceModel],
     ensemble: &[InferenceModel],
     args: &DevSetArgs,
 ) -> anyhow::Result<EmbeddedDevSet> {
@@ -88,9 +95,9 @@ pub fn embed_dev_set(
     let loader = eval_loader(args.batch_size, args.workers);
     let (queries, gallery): (Arc<[Sample]>, Arc<[Sample]>) =
         (dev.queries.into(), dev.gallery.into());
-    let run = |model: &InferenceModel, samples: &Arc<[Sample]>, what: &str| {
-        embed_with_progress(
-            model,
+    let run = |models: &[InferenceModel], samples: &Arc<[Sample]>, what: &str| {
+        embed_at_scales(
+            models,
             args.tta_flip,
             samples.clone(),
             &loader,
@@ -98,41 +105,42 @@ pub fn embed_dev_set(
             "their embeddings are left at zero",
         )
     };
-    let mut sets = vec![EmbeddedDevSet {
-        queries: run(model, &queries, "queries")?,
-        gallery: run(model, &gallery, "gallery")?,
-    }];
+    let (mut query_parts, mut gallery_parts) = (
+        vec![run(scales, &queries, "queries")?],
+        vec![run(scales, &gallery, "gallery")?],
+    );
     for (i, member) in ensemble.iter().enumerate() {
         let what = |half: &str| format!("{half} (ensemble model {})", i + 2);
-        sets.push(EmbeddedDevSet {
-            queries: run(member, &queries, &what("queries"))?,
-            gallery: run(member, &gallery, &what("gallery"))?,
-        });
+        let member = std::slice::from_ref(member);
+        query_parts.push(run(member, &queries, &what("queries"))?);
+        gallery_parts.push(run(member, &gallery, &what("gallery"))?);
     }
-    if sets.len() == 1 {
-        return Ok(sets.remove(0));
-    }
-    let join = |half: fn(&EmbeddedDevSet) -> &EmbeddedSet| -> anyhow::Result<EmbeddedSet> {
-        let parts: Vec<&EmbeddedSet> = sets.iter().map(half).collect();
-        let embeddings =
-            concatenate_normalised(&parts.iter().map(|p| &p.embeddings).collect::<Vec<_>>())
-                .context("ensemble models embedded different numbers of images")?;
-        let mut timings = EmbedTimings::default();
-        for p in &parts {
-            timings.waiting_for_data += p.timings.waiting_for_data;
-            timings.model += p.timings.model;
-            timings.total += p.timings.total;
-        }
-        Ok(EmbeddedSet {
-            embeddings,
-            skipped: parts[0].skipped.clone(),
-            timings,
-        })
-    };
     Ok(EmbeddedDevSet {
-        queries: join(|s| &s.queries)?,
-        gallery: join(|s| &s.gallery)?,
+        queries: merge_sets(query_parts, concatenate_normalised)?,
+        gallery: merge_sets(gallery_parts, concatenate_normalised)?,
     })
+}
+
+/// The main model at its own size followed by the same model loaded at each other size of
+/// `--tta-sizes`.
+pub fn load_scales(
+    model: &ModelArgs,
+    main: InferenceModel,
+    sizes: &[usize],
+) -> anyhow::Result<Vec<InferenceModel>> {
+    let own = main.preprocessing.size;
+    let mut scales = vec![main];
+    for &size in sizes.iter().filter(|&&s| s != own) {
+        scales.push(
+            ModelArgs {
+                size: Some(size),
+                ..model.clone()
+            }
+            .load()
+            .with_context(|| format!("loading the model at {size} px for --tta-sizes"))?,
+        );
+    }
+    Ok(scales)
 }
 
 /// `--ensemble DIR` (repeatable): more exported models to embed with.
@@ -189,7 +197,7 @@ pub fn rank_dev_set(
     args: &DevSetArgs,
     k: usize,
 ) -> anyhow::Result<RankedDevSet> {
-    let set = embed_dev_set(model, &[], args)?;
+    let set = embed_dev_set(std::slice::from_ref(model), &[], args)?;
     let query_labels = EmbeddedDevSet::labels(&set.queries);
     let gallery_labels = EmbeddedDevSet::labels(&set.gallery);
     let dim = set.queries.embeddings.dim;

@@ -4,10 +4,13 @@
 
 use std::sync::Arc;
 
+use anyhow::Context;
 use visual_search_data::Sample;
 use visual_search_data::loader::{LoaderConfig, SkippedSample};
 use visual_search_data::transform::EvalTransform;
-use visual_search_train::embedding::{EmbeddedSet, embed_samples};
+use visual_search_retrieval::embedding_file::Embeddings;
+use visual_search_retrieval::ensemble::average_normalised;
+use visual_search_train::embedding::{EmbedTimings, EmbeddedSet, embed_samples};
 
 use crate::progress::images_bar;
 use visual_search_inference::test_time_flip::FlipAveraged;
@@ -38,6 +41,59 @@ pub fn embed_with_progress(
     let set = set?;
     report_skipped(&set.skipped, what, consequence);
     Ok(set)
+}
+
+/// Embeds `samples` with each of `scales` (one model loaded at several input sizes, the first
+/// its own) and averages the unit embeddings (multi-scale test-time augmentation); with one
+/// scale this is [`embed_with_progress`].
+pub fn embed_at_scales(
+    scales: &[InferenceModel],
+    flip: bool,
+    samples: Arc<[Sample]>,
+    loader: &LoaderConfig,
+    what: &str,
+    consequence: &str,
+) -> anyhow::Result<EmbeddedSet> {
+    let mut parts = Vec::with_capacity(scales.len());
+    for (i, model) in scales.iter().enumerate() {
+        let label = match i {
+            0 => what.to_string(),
+            _ => format!("{what} at {} px", model.preprocessing.size),
+        };
+        parts.push(embed_with_progress(
+            model,
+            flip,
+            samples.clone(),
+            loader,
+            &label,
+            consequence,
+        )?);
+    }
+    merge_sets(parts, average_normalised)
+}
+
+/// One set from several embeddings of the same images (`combine`: concatenation for an
+/// ensemble, mean for test-time views); timings add up, skipped images are the first part's.
+pub fn merge_sets(
+    mut parts: Vec<EmbeddedSet>,
+    combine: fn(&[&Embeddings]) -> Option<Embeddings>,
+) -> anyhow::Result<EmbeddedSet> {
+    if parts.len() <= 1 {
+        return parts.pop().context("nothing was embedded");
+    }
+    let embeddings = combine(&parts.iter().map(|p| &p.embeddings).collect::<Vec<_>>())
+        .context("the models embedded different numbers of images")?;
+    let mut timings = EmbedTimings::default();
+    for p in &parts {
+        timings.waiting_for_data += p.timings.waiting_for_data;
+        timings.model += p.timings.model;
+        timings.total += p.timings.total;
+    }
+    Ok(EmbeddedSet {
+        embeddings,
+        skipped: parts.swap_remove(0).skipped,
+        timings,
+    })
 }
 
 /// Lists (up to 20 of) the images that could not be read.

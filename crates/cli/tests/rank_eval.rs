@@ -169,10 +169,11 @@ fn rank_writes_a_valid_submission_and_eval_agrees_with_precomputed_embeddings() 
     assert_eq!(direct["queries"], 24);
 }
 
-/// `--tta-flip` embeds the same way in `embed` and `eval`, and changes the embeddings; the
-/// post-processing options run from embedding files and are reported in the JSON line.
+/// `--tta-flip --tta-sizes` embed the same way in `embed` and `eval`, and change the
+/// embeddings; the post-processing options run from embedding files and are reported in the
+/// JSON line.
 #[test]
-fn flip_augmentation_and_post_processing_run_end_to_end() {
+fn test_time_augmentation_and_post_processing_run_end_to_end() {
     let Some((dir, root)) = small_dev_set_or_skip(12, 20) else {
         return;
     };
@@ -184,14 +185,22 @@ fn flip_augmentation_and_post_processing_run_end_to_end() {
         args.extend(extra);
         serde_json::from_str(visual_search(&args).trim()).unwrap()
     };
-    let embed = |list: &str, flip: bool| -> PathBuf {
-        let out = dir.path().join(format!("flip-{flip}"));
+    // One more input side than the model's own: 256 for Lite0 at 224, 40 for the tiny model.
+    let other_size = if model.contains(&"tiny_convnext") {
+        "40"
+    } else {
+        "256"
+    };
+    let augmentation = ["--tta-flip", "--tta-sizes", other_size];
+    let embed = |list: &str, augmented: bool| -> PathBuf {
+        let out = dir.path().join(format!("augmented-{augmented}"));
         std::fs::create_dir_all(&out).unwrap();
-        let extra: &[&str] = if flip { &["--tta-flip"] } else { &[] };
+        let extra: &[&str] = if augmented { &augmentation } else { &[] };
         embed_list(&root, list, &out, &model, extra)
     };
     let (q_flip, g_flip) = (embed("queries", true), embed("gallery", true));
-    let mut direct_args = vec!["--device", "flex", "--tta-flip"];
+    let mut direct_args = vec!["--device", "flex"];
+    direct_args.extend(augmentation);
     direct_args.extend(&model);
     let direct = eval(&direct_args);
     let files = |q: &Path, g: &Path, extra: &[&str]| {
@@ -217,7 +226,7 @@ fn flip_augmentation_and_post_processing_run_end_to_end() {
         .zip(&flipped.data)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
-    assert!(moved > 1e-3, "the mirror image changed nothing ({moved})");
+    assert!(moved > 1e-3, "the augmentation changed nothing ({moved})");
 
     let winner = files(&q_flip, &g_flip, &["--preset", "winner", "--k-reciprocal"]);
     let ranking = &winner["ranking"];

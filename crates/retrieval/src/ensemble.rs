@@ -1,10 +1,12 @@
-//! An ensemble of embedding models as one embedding: each model's unit rows side by side, the
-//! concatenation re-normalised.
+//! Several embeddings of the same images as one: an ensemble of models (each model's unit rows
+//! side by side, the concatenation re-normalised) or one model's views of an image (multi-scale
+//! test-time augmentation: the mean of the unit rows, re-normalised).
 //!
 //! Why: models that see products differently (other widths, resolutions, training) make
 //! different mistakes; the cosine of concatenated unit vectors is the mean of the models'
 //! cosines, so every ranking step that follows (top-k, DBA, k-reciprocal, the index) works on the
-//! ensemble unchanged.
+//! ensemble unchanged. Views of one model live in one space, so they are averaged instead and
+//! keep the model's width.
 
 use crate::embedding_file::Embeddings;
 use crate::rerank::sanitize_and_normalize;
@@ -31,6 +33,29 @@ pub fn concatenate_normalised(parts: &[&Embeddings]) -> Option<Embeddings> {
         dim,
         data,
         labels: parts[0].labels.clone(),
+    })
+}
+
+/// The mean of the unit rows of `parts` (same shape), re-normalised. Labels are taken from the
+/// first part. `None` when the shapes differ.
+pub fn average_normalised(parts: &[&Embeddings]) -> Option<Embeddings> {
+    let first = parts.first()?;
+    let (rows, dim) = (first.rows, first.dim);
+    if parts.iter().any(|p| p.rows != rows || p.dim != dim) {
+        return None;
+    }
+    let mut sum = vec![0.0f32; rows * dim];
+    for part in parts {
+        let mut unit = part.data.clone();
+        sanitize_and_normalize(&mut unit, dim);
+        sum.iter_mut().zip(&unit).for_each(|(s, v)| *s += v);
+    }
+    sanitize_and_normalize(&mut sum, dim);
+    Some(Embeddings {
+        rows,
+        dim,
+        data: sum,
+        labels: first.labels.clone(),
     })
 }
 
@@ -62,5 +87,34 @@ mod tests {
             ..b.clone()
         };
         assert!(concatenate_normalised(&[&a, &short]).is_none());
+    }
+
+    #[test]
+    fn views_are_averaged_as_unit_vectors() {
+        let a = Embeddings {
+            rows: 1,
+            dim: 2,
+            data: vec![2.0, 0.0],
+            labels: None,
+        };
+        let b = Embeddings {
+            rows: 1,
+            dim: 2,
+            data: vec![0.0, 5.0],
+            labels: None,
+        };
+        let m = average_normalised(&[&a, &b]).unwrap();
+        let d = 0.5f32.sqrt();
+        assert!(
+            (m.data[0] - d).abs() < 1e-6 && (m.data[1] - d).abs() < 1e-6,
+            "{m:?}"
+        );
+        let wide = Embeddings {
+            dim: 1,
+            data: vec![1.0, 1.0],
+            rows: 2,
+            labels: None,
+        };
+        assert!(average_normalised(&[&a, &wide]).is_none());
     }
 }

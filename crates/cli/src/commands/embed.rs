@@ -6,8 +6,8 @@ use anyhow::Context;
 use visual_search_retrieval::embedding_file::{StoredDtype, write_embeddings};
 
 use crate::args::model::ModelArgs;
-use crate::dev_set_run::eval_loader;
-use crate::embedding_run::embed_with_progress;
+use crate::dev_set_run::{eval_loader, load_scales};
+use crate::embedding_run::embed_at_scales;
 use crate::sample_lists::ListArgs;
 
 /// Embeds every image of a Product10K, gallery or queries CSV (queries cropped to their box,
@@ -27,6 +27,10 @@ pub struct Args {
     /// time); embed queries and gallery the same way.
     #[arg(long)]
     tta_flip: bool,
+    /// Multi-scale test-time augmentation: also embed at these input sides (comma-separated)
+    /// and average the unit embeddings; the model's own size is always included.
+    #[arg(long, value_delimiter = ',')]
+    tta_sizes: Vec<usize>,
     /// Precision of the stored embeddings.
     #[arg(long, value_enum, default_value = "f32")]
     out_dtype: DtypeArg,
@@ -40,10 +44,11 @@ pub enum DtypeArg {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let (kind, samples) = args.list.read()?;
-    let loaded = args.model.load()?;
+    let scales = load_scales(&args.model, args.model.load()?, &args.tta_sizes)?;
+    let loaded = &scales[0];
     let loader = eval_loader(args.list.batch_size, args.list.workers);
-    let result = embed_with_progress(
-        &loaded,
+    let result = embed_at_scales(
+        &scales,
         args.tta_flip,
         samples.into(),
         &loader,

@@ -8,7 +8,9 @@ use visual_search_retrieval::metrics::evaluate;
 use visual_search_retrieval::pipeline::rank;
 
 use crate::args::model::{DeviceArgs, ModelArgs};
-use crate::dev_set_run::{DevSetArgs, EmbeddedDevSet, EnsembleArgs, RankArgs, embed_dev_set};
+use crate::dev_set_run::{
+    DevSetArgs, EmbeddedDevSet, EnsembleArgs, RankArgs, embed_dev_set, load_scales,
+};
 use crate::sample_lists::read_samples;
 use crate::table;
 
@@ -92,16 +94,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             (q.data, g.data, q.dim, ql, gl, "embedding files".to_string())
         }
         (None, None, true) => {
-            let loaded = ModelArgs {
+            let model = ModelArgs {
                 model: args.model.clone(),
                 model_dir: args.model_dir.clone(),
                 weights: args.weights.clone(),
                 size: args.size,
                 device: args.device.clone(),
-            }
-            .load()?;
+            };
+            let scales = load_scales(&model, model.load()?, &args.data.tta_sizes)?;
+            let loaded = &scales[0];
             let members = args.ensemble.load(&args.device)?;
-            let set = embed_dev_set(&loaded, &members, &args.data)?;
+            let set = embed_dev_set(&scales, &members, &args.data)?;
             let (ql, gl) = (
                 EmbeddedDevSet::labels(&set.queries),
                 EmbeddedDevSet::labels(&set.gallery),

@@ -8,7 +8,7 @@ use visual_search_retrieval::npy::{encode_i64, write_atomically};
 use visual_search_retrieval::pipeline::rank;
 
 use crate::args::model::ModelArgs;
-use crate::dev_set_run::{DevSetArgs, EnsembleArgs, RankArgs, embed_dev_set};
+use crate::dev_set_run::{DevSetArgs, EnsembleArgs, RankArgs, embed_dev_set, load_scales};
 use crate::table;
 
 /// " + N ensemble models" when there are any.
@@ -39,9 +39,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let loaded = args.model.load()?;
+    let scales = load_scales(&args.model, args.model.load()?, &args.data.tta_sizes)?;
+    let loaded = &scales[0];
     let members = args.ensemble.load(&args.model.device)?;
-    let set = embed_dev_set(&loaded, &members, &args.data)?;
+    let set = embed_dev_set(&scales, &members, &args.data)?;
     let dim = set.queries.embeddings.dim;
     let (ranking, rank_time) = rank(
         set.queries.embeddings.data.clone(),
