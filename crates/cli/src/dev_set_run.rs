@@ -274,7 +274,7 @@ pub struct RankArgs {
 #[derive(Debug, Clone, PartialEq)]
 pub struct BlendRounds(pub Vec<Vec<f32>>);
 
-fn parse_blend_rounds(text: &str) -> Result<BlendRounds, String> {
+pub fn parse_blend_rounds(text: &str) -> Result<BlendRounds, String> {
     QueryBlending::parse_rounds(text).map(BlendRounds)
 }
 

@@ -168,6 +168,60 @@ fn postgres_index_answers_like_the_embedded_index() {
     assert_eq!(status, 404);
 }
 
+/// `index build --preset winner` (centring + query blending stored in the index) gives the same
+/// answers through both engines, and `index info` shows what the index applies.
+#[test]
+fn stored_post_processing_answers_the_same_on_both_engines() {
+    let Some((grocery, weights)) = common::grocery_and_lite0() else {
+        return;
+    };
+    let Some(pg) = PgCluster::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let root = catalogue(dir.path(), &grocery, 10);
+    let url = pg.url();
+    let folder = dir.path().join("winner");
+    let post = ["--preset", "winner", "--store", "f32"];
+    let mut target = vec!["--out", folder.to_str().unwrap()];
+    target.extend(post);
+    lite0_build(&root, &weights, &target);
+    let mut target = vec!["--index", &url, "--table", "winner", "--no-hnsw"];
+    target.extend(post);
+    lite0_build(&root, &weights, &target);
+    for extra in [
+        vec!["--index", folder.to_str().unwrap()],
+        vec!["--index", &url, "--table", "winner"],
+    ] {
+        let mut args = vec!["index", "info"];
+        args.extend(&extra);
+        let info = run_ok(&args);
+        assert!(
+            info.contains("centred    on the catalogue mean")
+                && info.contains("blending   rounds [[0.5, 0.5], [0.4, 0.3, 0.3]], L2 < 0.8"),
+            "{info}"
+        );
+    }
+    let photos: Vec<String> = [
+        "test/Fruit/Kiwi/Kiwi_005.jpg",
+        "test/Packages/Milk/Arla-Standard-Milk/Arla-Standard-Milk_003.jpg",
+        "test/Fruit/Banana/Banana_010.jpg",
+    ]
+    .iter()
+    .map(|p| grocery.join(p).display().to_string())
+    .collect();
+    let search = |extra: &[&str]| {
+        let mut args = vec!["search", "--device", "flex", "--k", "10"];
+        args.extend_from_slice(extra);
+        args.extend(photos.iter().map(String::as_str));
+        results(&run_ok(&args))
+    };
+    let embedded = search(&["--index", folder.to_str().unwrap()]);
+    assert!(embedded.len() == 3 && embedded.iter().all(|r| r.len() == 10));
+    assert_eq!(
+        search(&["--index", &url, "--table", "winner", "--exact"]),
+        embedded
+    );
+}
+
 /// `rows` random unit vectors of width `dim` with items `img/{tag}{i}.jpg`.
 fn synthetic_rows(rows: usize, dim: usize, tag: &str) -> (Vec<IndexItem>, Vec<f32>) {
     let mut state = 1u64 + tag.len() as u64;
@@ -202,6 +256,7 @@ fn synthetic_meta(rows: usize, dim: usize) -> IndexMeta {
         items_crc32: 0,
         model: serde_json::json!({"model": "efficientnet_lite0", "size": 224}),
         catalogue_root: None,
+        post_processing: Default::default(),
         preprocessing: Preprocessing {
             size: 224,
             mean: [0.5; 3],

@@ -6,6 +6,7 @@
 
 use crate::error::RetrievalError;
 use crate::index::{Index, IndexItem, IndexMeta};
+use crate::index_post_processing::post_processed_search;
 
 /// One search result.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,12 +23,24 @@ pub trait Catalogue: Send + Sync {
     fn meta(&self) -> &IndexMeta;
     /// Rows now in the index.
     fn rows(&self) -> usize;
-    /// The top `k` items for each query (row-major, `dim` wide, L2-normalised).
+    /// The top `k` items for each query (row-major, `dim` wide), after the index's stored
+    /// post-processing (centring, query blending: [`crate::index_post_processing`]).
     fn search_items(
         &self,
         queries: &[f32],
         k: usize,
+    ) -> Result<Vec<Vec<CatalogueHit>>, RetrievalError> {
+        post_processed_search(self, queries, k)
+    }
+    /// The engine's own top `k` for queries already in the index's space (L2-normalised,
+    /// centred when the index is).
+    fn search_raw(
+        &self,
+        queries: &[f32],
+        k: usize,
     ) -> Result<Vec<Vec<CatalogueHit>>, RetrievalError>;
+    /// The stored vectors of rows `ids`, as f32, row-major in the order given.
+    fn vectors(&self, ids: &[u64]) -> Result<Vec<f32>, RetrievalError>;
     /// The item with row id `id`.
     fn item(&self, id: u64) -> Result<Option<IndexItem>, RetrievalError>;
     /// Bytes the index takes in its engine.
@@ -45,7 +58,7 @@ impl Catalogue for Index {
         self.meta.rows
     }
 
-    fn search_items(
+    fn search_raw(
         &self,
         queries: &[f32],
         k: usize,
@@ -64,6 +77,20 @@ impl Catalogue for Index {
                     .collect()
             })
             .collect())
+    }
+
+    fn vectors(&self, ids: &[u64]) -> Result<Vec<f32>, RetrievalError> {
+        let view = self.view()?;
+        let mut out = Vec::with_capacity(ids.len() * self.meta.dim);
+        let mut scratch = Vec::new();
+        for &id in ids {
+            let row = usize::try_from(id)
+                .ok()
+                .filter(|&r| r < view.rows)
+                .ok_or_else(|| RetrievalError::Invalid(format!("no row {id} in the index")))?;
+            out.extend_from_slice(view.rows_f32(row, row + 1, &mut scratch));
+        }
+        Ok(out)
     }
 
     fn item(&self, id: u64) -> Result<Option<IndexItem>, RetrievalError> {

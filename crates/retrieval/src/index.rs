@@ -26,6 +26,7 @@ use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::RetrievalError;
+use crate::index_post_processing::IndexPostProcessing;
 use crate::matrix::MatrixView;
 use crate::topk::{TopK, top_k};
 
@@ -72,6 +73,9 @@ pub struct IndexMeta {
     /// relative to it, never the server's own paths. Absent in indexes built before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catalogue_root: Option<PathBuf>,
+    /// Applied to every query (and added row): centring, query blending.
+    #[serde(default, skip_serializing_if = "IndexPostProcessing::is_empty")]
+    pub post_processing: IndexPostProcessing,
 }
 
 impl IndexMeta {
@@ -509,6 +513,7 @@ mod tests {
             items_crc32: 0,
             model: serde_json::json!({"model": "tiny"}),
             catalogue_root: None,
+            post_processing: Default::default(),
             preprocessing: Preprocessing {
                 size: 32,
                 mean: [0.5; 3],

@@ -8,6 +8,7 @@ pub mod embedding_file;
 pub mod ensemble;
 pub mod error;
 pub mod index;
+pub mod index_post_processing;
 pub mod k_reciprocal;
 pub mod matrix;
 pub mod metrics;

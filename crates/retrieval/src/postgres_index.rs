@@ -367,7 +367,7 @@ impl Catalogue for PgIndex {
         self.meta.rows
     }
 
-    fn search_items(
+    fn search_raw(
         &self,
         queries: &[f32],
         k: usize,
@@ -420,6 +420,29 @@ impl Catalogue for PgIndex {
                 })
             })
             .collect()
+    }
+
+    fn vectors(&self, ids: &[u64]) -> Result<Vec<f32>, RetrievalError> {
+        let t = self.opts.table.clone();
+        let wanted: Vec<i64> = ids.iter().map(|&id| id as i64).collect();
+        let found = self.with_client(|c| {
+            let rows = c.query(
+                &format!("SELECT id, embedding::vector FROM {t} WHERE id = ANY($1)"),
+                &[&wanted],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|r| (r.get::<_, i64>(0), r.get::<_, Vector>(1).to_vec()))
+                .collect::<std::collections::HashMap<i64, Vec<f32>>>())
+        })?;
+        let mut out = Vec::with_capacity(ids.len() * self.meta.dim);
+        for id in &wanted {
+            let v = found.get(id).ok_or_else(|| {
+                RetrievalError::Invalid(format!("PostgreSQL: no row {id} in {t}"))
+            })?;
+            out.extend_from_slice(v);
+        }
+        Ok(out)
     }
 
     fn item(&self, id: u64) -> Result<Option<IndexItem>, RetrievalError> {

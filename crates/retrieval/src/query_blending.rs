@@ -18,11 +18,11 @@
 //! never `n_q x n_g`.
 
 use crate::matrix::MatrixView;
-use crate::rerank::{add_weighted_row, sanitize_and_normalize};
+use crate::rerank::sanitize_and_normalize;
 use crate::topk::top_k;
 
 /// Blending rounds and the distance gate.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct QueryBlending {
     /// Per round: the query's own weight, then one weight per nearest gallery vector.
     pub rounds: Vec<Vec<f32>>,
@@ -65,14 +65,39 @@ impl QueryBlending {
     }
 }
 
+/// One round for one unit query `row`: `neighbours` are (weight, similarity, unit vector) of
+/// its nearest gallery vectors, best first. Returns whether any neighbour was inside the gate
+/// (otherwise `row` is left as it is).
+pub fn blend_round(
+    row: &mut [f32],
+    own: f32,
+    neighbours: &[(f32, f32, &[f32])],
+    max_distance: f32,
+) -> bool {
+    let close = |s: f32| (2.0 - 2.0 * s).max(0.0).sqrt() < max_distance;
+    if !neighbours.iter().any(|&(_, s, _)| close(s)) {
+        return false;
+    }
+    row.iter_mut().for_each(|v| *v *= own);
+    for &(w, s, vector) in neighbours {
+        if close(s) {
+            row.iter_mut().zip(vector).for_each(|(d, v)| *d += w * v);
+        }
+    }
+    let dim = row.len();
+    sanitize_and_normalize(row, dim);
+    true
+}
+
 /// Blends every query (row-major, unit rows) with its close gallery neighbours, round by round.
 pub fn blend_queries(queries: &mut [f32], gallery: &[f32], dim: usize, blending: &QueryBlending) {
     let (nq, ng) = (queries.len() / dim, gallery.len() / dim);
     if nq == 0 || ng == 0 {
         return;
     }
+    let row_of = |g: u32| &gallery[g as usize * dim..(g as usize + 1) * dim];
     for weights in &blending.rounds {
-        let Some((own, neighbour_weights)) = weights.split_first() else {
+        let Some((&own, neighbour_weights)) = weights.split_first() else {
             continue;
         };
         let neighbours = top_k(
@@ -81,24 +106,20 @@ pub fn blend_queries(queries: &mut [f32], gallery: &[f32], dim: usize, blending:
             neighbour_weights.len(),
         );
         for q in 0..nq {
-            let row = &mut queries[q * dim..(q + 1) * dim];
-            let close: Vec<(f32, u32)> = neighbours
+            let found: Vec<(f32, f32, &[f32])> = neighbours
                 .row(q)
                 .iter()
                 .zip(neighbours.row_scores(q))
                 .zip(neighbour_weights)
-                .filter(|&((_, &s), _)| (2.0 - 2.0 * s).max(0.0).sqrt() < blending.max_distance)
-                .map(|((&g, _), &w)| (w, g))
+                .map(|((&g, &s), &w)| (w, s, row_of(g)))
                 .collect();
-            if close.is_empty() {
-                continue;
-            }
-            row.iter_mut().for_each(|v| *v *= own);
-            for (w, g) in close {
-                add_weighted_row(row, gallery, dim, g, w);
-            }
+            blend_round(
+                &mut queries[q * dim..(q + 1) * dim],
+                own,
+                &found,
+                blending.max_distance,
+            );
         }
-        sanitize_and_normalize(queries, dim);
     }
 }
 

@@ -130,6 +130,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         items_crc32: 0,
         model: serde_json::json!({"synthetic": true}),
         catalogue_root: None,
+        post_processing: Default::default(),
         preprocessing: Preprocessing {
             size: 224,
             mean: [0.5; 3],

@@ -9,9 +9,11 @@ use visual_search_retrieval::index::{
     INDEX_FORMAT_VERSION, Index, IndexDtype, IndexItem, IndexMeta, build_index,
 };
 
-use crate::dev_set_run::eval_loader;
+use crate::dev_set_run::{BlendRounds, RankPreset, eval_loader, parse_blend_rounds};
 use crate::embedding_run::embed_with_progress;
 use visual_search_inference::InferenceModel;
+use visual_search_retrieval::index_post_processing::IndexPostProcessing;
+use visual_search_retrieval::query_blending::QueryBlending;
 
 use crate::args::model::{DeviceArgs, ModelArgs};
 use crate::args::postgres::{PgArgs, open_catalogue};
@@ -52,6 +54,47 @@ pub struct BuildArgs {
     /// Stored precision of the embeddings (f16 halves the size; scores differ by ~1e-3).
     #[arg(long, value_enum, default_value = "f16")]
     store: StoreDtype,
+    #[command(flatten)]
+    post: IndexPostArgs,
+}
+
+/// Post-processing stored in the index and applied to every search (`search`, `serve`).
+#[derive(clap::Args)]
+pub struct IndexPostArgs {
+    /// Centre the catalogue on its mean (stored; subtracted from every query and added row).
+    #[arg(long)]
+    centre: bool,
+    /// Blend every query with its close catalogue vectors before the search: rounds separated
+    /// by `;`, weights by `,`, the query's own first (e.g. `0.5,0.5;0.4,0.3,0.3`).
+    #[arg(long, value_parser = parse_blend_rounds)]
+    blend: Option<BlendRounds>,
+    /// A catalogue vector is blended into a query only when closer than this (L2).
+    #[arg(long, default_value_t = 0.8)]
+    blend_max_distance: f32,
+    /// `winner`: the challenge 1st place's steps that apply to an index (centring and its two
+    /// blending rounds; its DBA changes the whole catalogue, so it stays a `rank` option).
+    #[arg(long, value_enum)]
+    preset: Option<RankPreset>,
+}
+
+impl IndexPostArgs {
+    /// The index's post-processing, centring `rows` (the whole catalogue) when asked.
+    fn apply(&self, rows: &mut [f32], dim: usize) -> IndexPostProcessing {
+        let winner = self.preset == Some(RankPreset::Winner);
+        let centre =
+            (self.centre || winner).then(|| IndexPostProcessing::centre_catalogue(rows, dim));
+        let rounds = match &self.blend {
+            Some(BlendRounds(rounds)) => Some(rounds.clone()),
+            None => winner.then(|| QueryBlending::winner().rounds),
+        };
+        IndexPostProcessing {
+            centre,
+            blending: rounds.map(|rounds| QueryBlending {
+                rounds,
+                max_distance: self.blend_max_distance,
+            }),
+        }
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -175,7 +218,8 @@ fn embed_list(
 
 fn build(args: BuildArgs) -> anyhow::Result<()> {
     let loaded = args.model.load()?;
-    let (items, rows) = embed_list(&loaded, &args.list)?;
+    let (items, mut rows) = embed_list(&loaded, &args.list)?;
+    let post_processing = args.post.apply(&mut rows, loaded.dim);
     let meta = IndexMeta {
         format_version: INDEX_FORMAT_VERSION,
         dtype: match args.store {
@@ -189,6 +233,7 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         model: serde_json::to_value(&loaded.reference)?,
         preprocessing: preprocessing(&loaded),
         catalogue_root: Some(std::path::absolute(args.list.root())?),
+        post_processing,
     };
     if is_postgres_url(&args.out) {
         let opts = args.hnsw.apply(args.pg.options(&args.out));
@@ -285,7 +330,11 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
 fn add(args: AddArgs) -> anyhow::Result<()> {
     let (location, before, added) = if is_postgres_url(&args.index) {
         let (index, loaded) = open_with_model(&args.index, &args.pg, &args.device)?;
-        let (items, rows) = embed_list(&loaded, &args.list)?;
+        let (items, mut rows) = embed_list(&loaded, &args.list)?;
+        index
+            .meta()
+            .post_processing
+            .prepare_rows(&mut rows, loaded.dim)?;
         let opts = args.pg.options(&args.index);
         let outcome = load_rows(
             &opts,
@@ -301,7 +350,11 @@ fn add(args: AddArgs) -> anyhow::Result<()> {
     } else {
         let index = Index::open(Path::new(&args.index))?;
         let loaded = load_index_model(&index.meta, &args.device)?;
-        let (items, rows) = embed_list(&loaded, &args.list)?;
+        let (items, mut rows) = embed_list(&loaded, &args.list)?;
+        index
+            .meta
+            .post_processing
+            .prepare_rows(&mut rows, loaded.dim)?;
         index
             .append(&items, &rows)
             .with_context(|| format!("appending to {}", args.index))?;
@@ -343,4 +396,11 @@ fn print_info(index: &dyn Catalogue) {
         m.preprocessing.size, m.preprocessing.mean, m.preprocessing.std
     );
     println!("model      {}", m.model);
+    let post = &m.post_processing;
+    if post.centre.is_some() {
+        println!("centred    on the catalogue mean");
+    }
+    if let Some(b) = &post.blending {
+        println!("blending   rounds {:?}, L2 < {}", b.rounds, b.max_distance);
+    }
 }

@@ -1,0 +1,143 @@
+//! Post-processing an index applies to every search, chosen at `index build` and stored in its
+//! metadata so that `search`, `serve` and every client get it without asking: centring on the
+//! catalogue mean and query blending (see [`crate::centring`] and [`crate::query_blending`]).
+//!
+//! Why at build time: a service answers one query at a time, so there is no "joint query +
+//! gallery" set to centre on; the catalogue's mean stands in for it (on the grocery dev set the
+//! queries move it by little), is subtracted from the stored vectors once, and from each query
+//! and each added row later. Blending needs the catalogue vectors closest to the query, which
+//! both engines can return. DBA and k-reciprocal re-ranking change the catalogue as a whole
+//! (each row depends on its neighbours), so they stay options of `rank`/`eval`.
+//!
+//! Exactly, for a query `q` (unit): `q <- normalize(q - m)` with the stored mean `m` (when
+//! centring), then each blending round as [`crate::query_blending::blend_round`] over the
+//! engine's own top-n (n = the round's neighbour count) and the stored vectors of those rows,
+//! then the engine's top-k.
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalogue::{Catalogue, CatalogueHit};
+use crate::error::RetrievalError;
+use crate::query_blending::{QueryBlending, blend_round};
+use crate::rerank::sanitize_and_normalize;
+
+/// What an index does to queries (and new rows) before searching.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IndexPostProcessing {
+    /// The catalogue mean subtracted from every vector (stored rows are already centred).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub centre: Option<Vec<f32>>,
+    /// Query blending with the closest catalogue vectors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blending: Option<QueryBlending>,
+}
+
+impl IndexPostProcessing {
+    pub fn is_empty(&self) -> bool {
+        self.centre.is_none() && self.blending.is_none()
+    }
+
+    /// Centres a whole catalogue (row-major, `dim` wide) on its own mean, which is returned.
+    pub fn centre_catalogue(rows: &mut [f32], dim: usize) -> Vec<f32> {
+        sanitize_and_normalize(rows, dim);
+        let n = (rows.len() / dim.max(1)).max(1) as f64;
+        let mut mean = vec![0.0f64; dim];
+        for row in rows.chunks_exact(dim) {
+            row.iter().zip(&mut mean).for_each(|(v, m)| *m += *v as f64);
+        }
+        let mean: Vec<f32> = mean.iter().map(|m| (m / n) as f32).collect();
+        subtract_and_normalize(rows, &mean);
+        mean
+    }
+
+    /// Brings rows (new catalogue rows or queries) into the index's space: normalised, and
+    /// centred with the stored mean when the index is centred.
+    pub fn prepare_rows(&self, rows: &mut [f32], dim: usize) -> Result<(), RetrievalError> {
+        sanitize_and_normalize(rows, dim);
+        if let Some(mean) = &self.centre {
+            if mean.len() != dim {
+                return Err(RetrievalError::Invalid(format!(
+                    "the index's stored mean has {} values for {dim}-d rows",
+                    mean.len()
+                )));
+            }
+            subtract_and_normalize(rows, mean);
+        }
+        Ok(())
+    }
+}
+
+fn subtract_and_normalize(rows: &mut [f32], mean: &[f32]) {
+    let dim = mean.len();
+    for row in rows.chunks_exact_mut(dim) {
+        row.iter_mut().zip(mean).for_each(|(v, m)| *v -= m);
+    }
+    sanitize_and_normalize(rows, dim);
+}
+
+/// The top `k` items for each query after the index's post-processing (what
+/// [`Catalogue::search_items`] returns).
+pub fn post_processed_search<C: Catalogue + ?Sized>(
+    catalogue: &C,
+    queries: &[f32],
+    k: usize,
+) -> Result<Vec<Vec<CatalogueHit>>, RetrievalError> {
+    let post = &catalogue.meta().post_processing;
+    if post.is_empty() {
+        return catalogue.search_raw(queries, k);
+    }
+    let dim = catalogue.meta().dim;
+    if dim == 0 || !queries.len().is_multiple_of(dim) {
+        return Err(RetrievalError::Invalid(format!(
+            "query width does not divide by the index dimension {dim}"
+        )));
+    }
+    let mut queries = queries.to_vec();
+    post.prepare_rows(&mut queries, dim)?;
+    if let Some(blending) = &post.blending {
+        for weights in &blending.rounds {
+            let Some((&own, neighbour_weights)) = weights.split_first() else {
+                continue;
+            };
+            let hits = catalogue.search_raw(&queries, neighbour_weights.len())?;
+            for (row, found) in queries.chunks_exact_mut(dim).zip(&hits) {
+                let ids: Vec<u64> = found.iter().map(|h| h.id).collect();
+                let vectors = catalogue.vectors(&ids)?;
+                let neighbours: Vec<(f32, f32, &[f32])> = found
+                    .iter()
+                    .zip(vectors.chunks_exact(dim))
+                    .zip(neighbour_weights)
+                    .map(|((hit, v), &w)| (w, hit.score, v))
+                    .collect();
+                blend_round(row, own, &neighbours, blending.max_distance);
+            }
+        }
+    }
+    catalogue.search_raw(&queries, k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_centred_with_the_stored_mean() {
+        let mut catalogue = vec![1.0, 1.0, 1.0, -1.0];
+        let mean = IndexPostProcessing::centre_catalogue(&mut catalogue, 2);
+        let s = 0.5f32.sqrt();
+        assert!(
+            (mean[0] - s).abs() < 1e-6 && mean[1].abs() < 1e-6,
+            "{mean:?}"
+        );
+        assert!((catalogue[1] - 1.0).abs() < 1e-6 && (catalogue[3] + 1.0).abs() < 1e-6);
+        let post = IndexPostProcessing {
+            centre: Some(mean),
+            blending: None,
+        };
+        let mut query = vec![2.0, 0.0];
+        post.prepare_rows(&mut query, 2).unwrap();
+        // (1, 0) - (0.707, 0) normalises to (1, 0).
+        assert!((query[0] - 1.0).abs() < 1e-6, "{query:?}");
+        assert!(post.prepare_rows(&mut [0.0; 3], 3).is_err());
+    }
+}
