@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
-    let Ok(bytes) = runtime.block_on(read_upload(request, 1 << 20)) else {
+    let Ok(images) = runtime.block_on(read_upload(request, 1 << 20)) else {
         return;
     };
     let bbox = match std::str::from_utf8(bbox) {
@@ -57,7 +57,9 @@ fuzz_target!(|data: &[u8]| {
         max_pixels: 25_000_000,
         ..DecodeLimits::default()
     };
-    if let Ok(tensor) = prepare_query(&bytes, bbox, &pre, &limits) {
-        assert_eq!(tensor.len(), 3 * 32 * 32);
+    for bytes in images {
+        if let Ok(tensor) = prepare_query(&bytes, bbox, &pre, &limits) {
+            assert_eq!(tensor.len(), 3 * 32 * 32);
+        }
     }
 });

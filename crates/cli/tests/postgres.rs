@@ -169,7 +169,8 @@ fn postgres_index_answers_like_the_embedded_index() {
 }
 
 /// `index build --preset winner` (centring + query blending stored in the index) gives the same
-/// answers through both engines, and `index info` shows what the index applies.
+/// answers through both engines — photo searches, fused photos and searches by item — and
+/// `index info` shows what the index applies.
 #[test]
 fn stored_post_processing_answers_the_same_on_both_engines() {
     let Some((grocery, weights)) = common::grocery_and_lite0() else {
@@ -214,12 +215,23 @@ fn stored_post_processing_answers_the_same_on_both_engines() {
         args.extend(photos.iter().map(String::as_str));
         results(&run_ok(&args))
     };
-    let embedded = search(&["--index", folder.to_str().unwrap()]);
+    let embedded_index = ["--index", folder.to_str().unwrap()];
+    let pg_index = ["--index", &url, "--table", "winner", "--exact"];
+    let embedded = search(&embedded_index);
     assert!(embedded.len() == 3 && embedded.iter().all(|r| r.len() == 10));
-    assert_eq!(
-        search(&["--index", &url, "--table", "winner", "--exact"]),
-        embedded
-    );
+    assert_eq!(search(&pg_index), embedded);
+    // Several photos fused into one query, and a search by catalogue item: the same on both.
+    let fused = search(&[&embedded_index[..], &["--fuse"]].concat());
+    assert!(fused.len() == 1 && fused[0].len() == 10, "{fused:?}");
+    assert_eq!(search(&[&pg_index[..], &["--fuse"]].concat()), fused);
+    let by_item = |index: &[&str]| {
+        let mut args = vec!["search", "--device", "flex", "--k", "10", "--item", "5"];
+        args.extend_from_slice(index);
+        results(&run_ok(&args))
+    };
+    let similar = by_item(&embedded_index);
+    assert!(similar.len() == 1 && similar[0].len() == 10, "{similar:?}");
+    assert_eq!(by_item(&pg_index), similar);
 }
 
 /// `rows` random unit vectors of width `dim` with items `img/{tag}{i}.jpg`.

@@ -175,6 +175,120 @@ fn index_and_serve_the_grocery_catalogue() {
         metrics.contains("visual_search_index_rows 150"),
         "{metrics}"
     );
+
+    // Several photos of one product in one request: one search with their mean embedding.
+    let kiwi2 = grocery.join("test/Fruit/Kiwi/Kiwi_006.jpg");
+    let photo2 = std::fs::read(&kiwi2).unwrap();
+    let (status, _, body) = http(
+        addr,
+        "POST",
+        "/search?k=5",
+        &multipart,
+        &multipart_form(boundary, &[&photo, &photo2]),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let fused = json(&body);
+    assert_eq!(
+        (fused["photos"].as_u64(), fused["k"].as_u64()),
+        (Some(2), Some(5))
+    );
+    assert_eq!(fused["results"][0]["label"], 7, "{fused}");
+    assert_ne!(fused["results"][0]["score"], hits["results"][0]["score"]);
+    let many: Vec<&[u8]> = vec![photo.as_slice(); 17];
+    let (status, _, body) = http(
+        addr,
+        "POST",
+        "/search",
+        &multipart,
+        &multipart_form(boundary, &many),
+    );
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    // The same from the command line.
+    let fused_cli = run_ok(&[
+        "search",
+        "--index",
+        index.to_str().unwrap(),
+        "--device",
+        "flex",
+        "--k",
+        "5",
+        "--fuse",
+        kiwi.to_str().unwrap(),
+        kiwi2.to_str().unwrap(),
+    ]);
+    assert!(fused_cli.contains("2 photos fused:"), "{fused_cli}");
+    let cli_score: f64 = fused_cli
+        .lines()
+        .find(|l| l.trim_start().starts_with("1 "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{fused_cli}"));
+    let served_score = fused["results"][0]["score"].as_f64().unwrap();
+    assert!(
+        (cli_score - served_score).abs() < 1e-3,
+        "{fused_cli} vs {fused}"
+    );
+
+    // Search by a catalogue item: its neighbours, itself left out.
+    let (status, _, body) = http(addr, "GET", "/items/149/similar?k=5", "text/plain", b"");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let similar = json(&body);
+    let ids: Vec<u64> = similar["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_u64().unwrap())
+        .collect();
+    assert!(ids.len() == 5 && !ids.contains(&149), "{similar}");
+    assert_eq!(similar["photos"], 0);
+    for bad in ["/items/9999/similar", "/items/x/similar"] {
+        assert_eq!(http(addr, "GET", bad, "text/plain", b"").0, 404, "{bad}");
+    }
+    let by_item = run_ok(&[
+        "search",
+        "--index",
+        index.to_str().unwrap(),
+        "--device",
+        "flex",
+        "--k",
+        "5",
+        "--item",
+        "149",
+    ]);
+    let (title, table) = by_item.split_once('\n').unwrap();
+    assert!(
+        title.starts_with("item 149 (") && title.contains("Kiwi_Iconic"),
+        "{by_item}"
+    );
+    assert!(!table.contains("Kiwi_Iconic"), "{by_item}");
+    // The command line lists what the server does, best first.
+    let first_path = table
+        .lines()
+        .find(|l| l.trim_start().starts_with("1 "))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .unwrap_or_else(|| panic!("{by_item}"));
+    assert!(
+        first_path.ends_with(similar["results"][0]["path"].as_str().unwrap()),
+        "{by_item} vs {similar}"
+    );
+}
+
+/// A multipart body with one `image` field per photo.
+fn multipart_form(boundary: &str, photos: &[&[u8]]) -> Vec<u8> {
+    let mut form = Vec::new();
+    for photo in photos {
+        form.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; \
+                 filename=\"p.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        form.extend_from_slice(photo);
+        form.extend_from_slice(b"\r\n");
+    }
+    form.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    form
 }
 
 /// Stalled and idle connections are closed after the header timeout, connections beyond the cap

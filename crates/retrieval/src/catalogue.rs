@@ -6,7 +6,7 @@
 
 use crate::error::RetrievalError;
 use crate::index::{Index, IndexItem, IndexMeta};
-use crate::index_post_processing::post_processed_search;
+use crate::index_post_processing::{post_processed_search, similar_to_item};
 
 /// One search result.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +31,15 @@ pub trait Catalogue: Send + Sync {
         k: usize,
     ) -> Result<Vec<Vec<CatalogueHit>>, RetrievalError> {
         post_processed_search(self, queries, k)
+    }
+    /// The `k` items most like catalogue row `id` (itself left out), with the index's blending;
+    /// `None` when there is no row `id`.
+    fn similar_items(
+        &self,
+        id: u64,
+        k: usize,
+    ) -> Result<Option<Vec<CatalogueHit>>, RetrievalError> {
+        similar_to_item(self, id, k)
     }
     /// The engine's own top `k` for queries already in the index's space (L2-normalised,
     /// centred when the index is).

@@ -1,6 +1,7 @@
-//! Several embeddings of the same images as one: an ensemble of models (each model's unit rows
-//! side by side, the concatenation re-normalised) or one model's views of an image (multi-scale
-//! test-time augmentation: the mean of the unit rows, re-normalised).
+//! Several embeddings as one: an ensemble of models (each model's unit rows side by side, the
+//! concatenation re-normalised), one model's views of an image (multi-scale test-time
+//! augmentation: the mean of the unit rows, re-normalised), or several photos of one product
+//! fused into one query (the same mean).
 //!
 //! Why: models that see products differently (other widths, resolutions, training) make
 //! different mistakes; the cosine of concatenated unit vectors is the mean of the models'
@@ -59,6 +60,19 @@ pub fn average_normalised(parts: &[&Embeddings]) -> Option<Embeddings> {
     })
 }
 
+/// One query from several photos of one product: the mean of the unit rows of `rows`
+/// (row-major, `dim` wide), re-normalised.
+pub fn fuse_rows(rows: &[f32], dim: usize) -> Vec<f32> {
+    let mut unit = rows.to_vec();
+    sanitize_and_normalize(&mut unit, dim);
+    let mut sum = vec![0.0f32; dim];
+    for row in unit.chunks_exact(dim) {
+        sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+    }
+    sanitize_and_normalize(&mut sum, dim);
+    sum
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,6 +101,16 @@ mod tests {
             ..b.clone()
         };
         assert!(concatenate_normalised(&[&a, &short]).is_none());
+    }
+
+    #[test]
+    fn fused_rows_are_the_normalised_mean_of_unit_rows() {
+        let fused = fuse_rows(&[3.0, 0.0, 0.0, 0.5], 2);
+        let d = 0.5f32.sqrt();
+        assert!(
+            (fused[0] - d).abs() < 1e-6 && (fused[1] - d).abs() < 1e-6,
+            "{fused:?}"
+        );
     }
 
     #[test]

@@ -94,7 +94,40 @@ pub fn post_processed_search<C: Catalogue + ?Sized>(
     }
     let mut queries = queries.to_vec();
     post.prepare_rows(&mut queries, dim)?;
-    if let Some(blending) = &post.blending {
+    search_prepared(catalogue, queries, k)
+}
+
+/// The items most like catalogue row `id` (itself left out), or `None` when there is no such
+/// row: its stored vector (already in the index's space) searched as a query, blending rounds
+/// included (what [`Catalogue::similar_items`] returns).
+pub fn similar_to_item<C: Catalogue + ?Sized>(
+    catalogue: &C,
+    id: u64,
+    k: usize,
+) -> Result<Option<Vec<CatalogueHit>>, RetrievalError> {
+    if catalogue.item(id)?.is_none() {
+        return Ok(None);
+    }
+    let mut query = catalogue.vectors(&[id])?;
+    let dim = query.len();
+    sanitize_and_normalize(&mut query, dim);
+    let mut hits = search_prepared(catalogue, query, k.saturating_add(1))?
+        .pop()
+        .unwrap_or_default();
+    hits.retain(|h| h.id != id);
+    hits.truncate(k);
+    Ok(Some(hits))
+}
+
+/// Blending rounds (when the index has them) and the final top-k, for queries already in the
+/// index's space.
+fn search_prepared<C: Catalogue + ?Sized>(
+    catalogue: &C,
+    mut queries: Vec<f32>,
+    k: usize,
+) -> Result<Vec<Vec<CatalogueHit>>, RetrievalError> {
+    let dim = catalogue.meta().dim;
+    if let Some(blending) = &catalogue.meta().post_processing.blending {
         for weights in &blending.rounds {
             let Some((&own, neighbour_weights)) = weights.split_first() else {
                 continue;

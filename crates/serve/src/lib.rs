@@ -1,8 +1,11 @@
 //! visual-search-serve: the search service over an on-disk index (`visual-search serve`).
 //!
-//! - `POST /search` — an image as `multipart/form-data` (field `image`) or as the raw body;
-//!   query `k` (default 10) and optional `bbox=x,y,w,h` → JSON top-k with ids, labels, scores
-//!   and image URLs, plus phase timings.
+//! - `POST /search` — an image as `multipart/form-data` (field `image`; several `image` fields
+//!   are photos of one product, searched once with the mean of their embeddings) or as the raw
+//!   body; query `k` (default 10) and optional `bbox=x,y,w,h` (applied to every photo) → JSON
+//!   top-k with ids, labels, scores and image URLs, plus phase timings.
+//! - `GET /items/{id}/similar?k=` — the catalogue items most like item `id` (itself left out),
+//!   searched with its stored embedding.
 //! - `GET /images/{id}` — a JPEG thumbnail (≤ 256 px) of a catalogue image.
 //! - `GET /healthz`, `GET /metrics` (Prometheus text), `GET /` (the web page, `page.html`,
 //!   plain HTML/JS compiled into the binary).
@@ -29,7 +32,8 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use visual_search_data::image::DecodeLimits;
-use visual_search_retrieval::catalogue::Catalogue;
+use visual_search_retrieval::catalogue::{Catalogue, CatalogueHit};
+use visual_search_retrieval::ensemble::fuse_rows;
 use visual_search_retrieval::error::RetrievalError;
 
 use crate::api_error::{ApiError, bad_request};
@@ -132,8 +136,33 @@ struct Timings {
 #[derive(Serialize)]
 struct SearchResponse {
     k: usize,
+    /// Photos searched together (0 for a search by catalogue item).
+    photos: usize,
     results: Vec<Hit>,
     timings_ms: Timings,
+}
+
+impl SearchResponse {
+    fn new(state: &AppState, hits: Vec<CatalogueHit>, photos: usize, timings_ms: Timings) -> Self {
+        let results: Vec<Hit> = hits
+            .into_iter()
+            .enumerate()
+            .map(|(r, hit)| Hit {
+                rank: r + 1,
+                id: hit.id,
+                label: hit.item.label,
+                score: hit.score,
+                path: state.index.meta().client_path(&hit.item.path),
+                image_url: format!("/images/{}", hit.id),
+            })
+            .collect();
+        SearchResponse {
+            k: results.len(),
+            photos,
+            results,
+            timings_ms,
+        }
+    }
 }
 
 async fn search(
@@ -181,10 +210,10 @@ async fn run_search(
         Some(text) => Some(parse_bbox(text).map_err(bad_request)?),
         None => None,
     };
-    let bytes = read_upload(request, state.config.max_body_bytes).await?;
-    if bytes.is_empty() {
+    let images = read_upload(request, state.config.max_body_bytes).await?;
+    if images.iter().any(|b| b.is_empty()) {
         return Err(bad_request(
-            "empty body: send an image (raw or multipart field `image`)",
+            "empty image: send an image (raw or multipart field `image`)",
         ));
     }
     let limits = DecodeLimits {
@@ -199,30 +228,52 @@ async fn run_search(
         .acquire()
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let pixels = tokio::task::spawn_blocking(move || prepare_query(&bytes, bbox, &pre, &limits))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(bad_request)?;
+    let photos = images.len();
+    let prepared = tokio::task::spawn_blocking(move || {
+        images
+            .iter()
+            .enumerate()
+            .map(|(i, bytes)| {
+                prepare_query(bytes, bbox, &pre, &limits).map_err(|e| match photos {
+                    1 => e,
+                    _ => format!("image {}: {e}", i + 1),
+                })
+            })
+            .collect::<Result<Vec<Vec<f32>>, String>>()
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(bad_request)?;
     let decoded = Instant::now();
-    let pending = state.queue.submit(pixels).map_err(|e| match e {
-        QueueError::Busy => ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "busy: too many searches in flight, retry".into(),
-        ),
-        QueueError::Stopped => ApiError(
+    let stopped = || {
+        ApiError(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the model thread stopped".into(),
-        ),
-    })?;
-    let embedding = pending
-        .await
-        .map_err(|_| {
-            ApiError(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the model thread stopped".into(),
-            )
-        })?
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+        )
+    };
+    let mut pending = Vec::with_capacity(photos);
+    for pixels in prepared {
+        pending.push(state.queue.submit(pixels).map_err(|e| match e {
+            QueueError::Busy => ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy: too many searches in flight, retry".into(),
+            ),
+            QueueError::Stopped => stopped(),
+        })?);
+    }
+    let mut embeddings = Vec::new();
+    for reply in pending {
+        embeddings.extend(
+            reply
+                .await
+                .map_err(|_| stopped())?
+                .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?,
+        );
+    }
+    let embedding = match photos {
+        1 => embeddings,
+        _ => fuse_rows(&embeddings, state.index.meta().dim),
+    };
     let embedded = Instant::now();
     let searcher = state.clone();
     let mut hits = tokio::task::spawn_blocking(move || searcher.index.search_items(&embedding, k))
@@ -230,31 +281,61 @@ async fn run_search(
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let done = Instant::now();
-    let results: Vec<Hit> = hits
-        .pop()
-        .unwrap_or_default()
-        .into_iter()
-        .enumerate()
-        .map(|(r, hit)| Hit {
-            rank: r + 1,
-            id: hit.id,
-            label: hit.item.label,
-            score: hit.score,
-            path: state.index.meta().client_path(&hit.item.path),
-            image_url: format!("/images/{}", hit.id),
-        })
-        .collect();
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
-    Ok(SearchResponse {
-        k: results.len(),
-        results,
-        timings_ms: Timings {
-            decode: ms(started, decoded),
-            model: ms(decoded, embedded),
-            search: ms(embedded, done),
-            total: ms(started, done),
-        },
-    })
+    let timings = Timings {
+        decode: ms(started, decoded),
+        model: ms(decoded, embedded),
+        search: ms(embedded, done),
+        total: ms(started, done),
+    };
+    Ok(SearchResponse::new(
+        &state,
+        hits.pop().unwrap_or_default(),
+        photos,
+        timings,
+    ))
+}
+
+#[derive(Deserialize)]
+struct SimilarParams {
+    k: Option<usize>,
+}
+
+async fn similar(
+    State(state): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<String>,
+    Query(params): Query<SimilarParams>,
+) -> Response {
+    let started = Instant::now();
+    let k = params.k.unwrap_or(10);
+    let response = if k == 0 || k > state.config.max_k {
+        bad_request(format!("k must be in 1..={}", state.config.max_k)).into_response()
+    } else if let Ok(item) = id.parse::<u64>() {
+        let s = state.clone();
+        match tokio::task::spawn_blocking(move || s.index.similar_items(item, k)).await {
+            Ok(Ok(Some(hits))) => {
+                let search = started.elapsed().as_secs_f64() * 1e3;
+                let timings = Timings {
+                    decode: 0.0,
+                    model: 0.0,
+                    search,
+                    total: search,
+                };
+                axum::Json(SearchResponse::new(&state, hits, 0, timings)).into_response()
+            }
+            Ok(Ok(None)) => {
+                ApiError(StatusCode::NOT_FOUND, format!("no catalogue item {id}")).into_response()
+            }
+            Ok(Err(e)) => {
+                ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+            }
+            Err(e) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        }
+    } else {
+        ApiError(StatusCode::NOT_FOUND, format!("no catalogue item {id}")).into_response()
+    };
+    state.metrics.request("similar", response.status().as_u16());
+    response
 }
 
 async fn image(State(state): State<Arc<AppState>>, UrlPath(id): UrlPath<String>) -> Response {
@@ -330,6 +411,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", get(page))
         .route("/search", post(search))
         .route("/images/{id}", get(image))
+        .route("/items/{id}/similar", get(similar))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit))

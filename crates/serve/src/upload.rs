@@ -1,6 +1,7 @@
-//! The image bytes of a search request: a multipart `image` field or the raw body, refused with
-//! 413 past the size limit (before a byte is read when `Content-Length` says so) and 400 when
-//! the form is malformed. Public so the fuzz target drives it as the server does.
+//! The image bytes of a search request: the multipart `image` fields (several photos of one
+//! product are searched together, at most [`MAX_IMAGES`]) or the raw body, refused with 413 past
+//! the size limit (before a byte is read when `Content-Length` says so) and 400 when the form is
+//! malformed. Public so the fuzz target drives it as the server does.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Multipart, Request};
@@ -8,8 +9,12 @@ use axum::http::{StatusCode, header};
 
 use crate::api_error::{ApiError, bad_request};
 
-/// The uploaded image of `request`, at most `max_body_bytes` long.
-pub async fn read_upload(request: Request, max_body_bytes: usize) -> Result<Bytes, ApiError> {
+/// Most photos in one request.
+pub const MAX_IMAGES: usize = 16;
+
+/// The uploaded images of `request` (one or more, in order), at most `max_body_bytes` long in
+/// all.
+pub async fn read_upload(request: Request, max_body_bytes: usize) -> Result<Vec<Bytes>, ApiError> {
     let over_limit = || {
         ApiError(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -40,18 +45,29 @@ pub async fn read_upload(request: Request, max_body_bytes: usize) -> Result<Byte
         let mut form = Multipart::from_request(request, &())
             .await
             .map_err(|e| bad_request(e.body_text()))?;
+        let mut images = Vec::new();
         while let Some(field) = form
             .next_field()
             .await
             .map_err(|e| too_big(e.body_text()))?
         {
             if field.name() == Some("image") {
-                return field.bytes().await.map_err(|e| too_big(e.body_text()));
+                if images.len() == MAX_IMAGES {
+                    return Err(bad_request(format!(
+                        "more than {MAX_IMAGES} `image` fields in one request"
+                    )));
+                }
+                images.push(field.bytes().await.map_err(|e| too_big(e.body_text()))?);
             }
         }
-        return Err(bad_request("multipart body has no `image` field"));
+        if images.is_empty() {
+            return Err(bad_request("multipart body has no `image` field"));
+        }
+        return Ok(images);
     }
-    Bytes::from_request(request, &())
-        .await
-        .map_err(|e| too_big(e.body_text()))
+    Ok(vec![
+        Bytes::from_request(request, &())
+            .await
+            .map_err(|e| too_big(e.body_text()))?,
+    ])
 }

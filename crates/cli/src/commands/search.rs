@@ -7,12 +7,16 @@ use anyhow::Context;
 use visual_search_data::image::DecodeLimits;
 use visual_search_serve::query_image::{parse_bbox, prepare_query};
 
+use visual_search_retrieval::ensemble::fuse_rows;
+
 use crate::args::model::DeviceArgs;
 use crate::args::postgres::PgArgs;
 use crate::index_model::open_with_model;
 use crate::table::render;
 
-/// Finds the catalogue images nearest to each photo and prints rank, score, label and path.
+/// Finds the catalogue images nearest to each photo and prints rank, score, label and path;
+/// with `--fuse`, one search for all the photos together (several photos of one product); with
+/// `--item ID`, the images most like catalogue item ID (itself left out).
 #[derive(clap::Args)]
 pub struct Args {
     /// The index: a folder (`visual-search index build`) or a `postgres://` URL.
@@ -21,8 +25,14 @@ pub struct Args {
     #[command(flatten)]
     pg: PgArgs,
     /// Photos to search with.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "item")]
     images: Vec<PathBuf>,
+    /// The photos show one product: search once with the mean of their embeddings.
+    #[arg(long, conflicts_with = "item")]
+    fuse: bool,
+    /// Search with catalogue item ID's stored embedding instead of photos.
+    #[arg(long, conflicts_with = "images")]
+    item: Option<u64>,
     /// Results per photo.
     #[arg(long, default_value_t = 5)]
     k: usize,
@@ -42,17 +52,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .map(parse_bbox)
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let pre = &index.meta().preprocessing;
-    for path in &args.images {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let pixels = prepare_query(&bytes, bbox, pre, &DecodeLimits::default())
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let embedding = loaded.embed(pixels, 1)?;
-        let hits = index.search_items(&embedding, args.k)?;
-        println!("{}:", path.display());
+    let print = |title: String, hits: Vec<visual_search_retrieval::catalogue::CatalogueHit>| {
+        println!("{title}:");
         let rows: Vec<Vec<String>> = hits
             .into_iter()
-            .flatten()
             .enumerate()
             .map(|(r, hit)| {
                 vec![
@@ -64,6 +67,39 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             })
             .collect();
         print!("{}", render(&["rank", "score", "label", "image"], &rows));
+    };
+    if let Some(id) = args.item {
+        let hits = index.similar_items(id, args.k)?.with_context(|| {
+            format!(
+                "{} has no item {id} (ids are 0..{})",
+                index.location(),
+                index.rows()
+            )
+        })?;
+        let path = index.item(id)?.map(|i| i.path.display().to_string());
+        print(format!("item {id} ({})", path.unwrap_or_default()), hits);
+        return Ok(());
+    }
+    let pre = &index.meta().preprocessing;
+    let mut embeddings = Vec::with_capacity(args.images.len() * loaded.dim);
+    for path in &args.images {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let pixels = prepare_query(&bytes, bbox, pre, &DecodeLimits::default())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        embeddings.extend(loaded.embed(pixels, 1)?);
+    }
+    if args.fuse {
+        let fused = fuse_rows(&embeddings, loaded.dim);
+        let hits = index
+            .search_items(&fused, args.k)?
+            .pop()
+            .unwrap_or_default();
+        print(format!("{} photos fused", args.images.len()), hits);
+        return Ok(());
+    }
+    let results = index.search_items(&embeddings, args.k)?;
+    for (path, hits) in args.images.iter().zip(results) {
+        print(path.display().to_string(), hits);
     }
     Ok(())
 }
