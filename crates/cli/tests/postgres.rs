@@ -169,8 +169,8 @@ fn postgres_index_answers_like_the_embedded_index() {
 }
 
 /// `index build --preset winner` (centring + query blending stored in the index) gives the same
-/// answers through both engines — photo searches, fused photos and searches by item — and
-/// `index info` shows what the index applies.
+/// answers through both engines — photo searches, fused photos, searches by item and
+/// near-duplicate groups — and `index info` shows what the index applies.
 #[test]
 fn stored_post_processing_answers_the_same_on_both_engines() {
     let Some((grocery, weights)) = common::grocery_and_lite0() else {
@@ -232,6 +232,21 @@ fn stored_post_processing_answers_the_same_on_both_engines() {
     let similar = by_item(&embedded_index);
     assert!(similar.len() == 1 && similar[0].len() == 10, "{similar:?}");
     assert_eq!(by_item(&pg_index), similar);
+    // Near-duplicate groups read the stored vectors through the same seam.
+    let dups = |index: &[&str]| {
+        let mut args = vec!["index", "dups", "--threshold", "0.8"];
+        args.extend_from_slice(&index[..2]);
+        if index.len() > 2 {
+            args.extend_from_slice(&index[2..4]);
+        }
+        run_ok(&args)
+    };
+    let embedded_dups = dups(&embedded_index);
+    assert!(
+        embedded_dups.contains("groups of near-duplicates"),
+        "{embedded_dups}"
+    );
+    assert_eq!(dups(&pg_index), embedded_dups);
 }
 
 /// `rows` random unit vectors of width `dim` with items `img/{tag}{i}.jpg`.

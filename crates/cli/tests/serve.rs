@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{catalogue, http, lite0_index, run_ok, start_server, start_server_with};
+use common::{catalogue, http, lite0_build, lite0_index, run_ok, start_server, start_server_with};
 
 fn json(body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(body)
@@ -398,4 +398,61 @@ fn index_build_refuses_a_symlink_out_of_the_root() {
         "{text}"
     );
     assert!(!root.path().join("index").exists());
+}
+
+/// `index dups` groups a photo with its resized, re-encoded copy and nothing else among
+/// different photos (of the same products too), and writes the groups as CSV.
+#[test]
+fn index_dups_finds_a_resized_copy() {
+    let Some((grocery, weights)) = common::grocery_and_lite0() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("shop");
+    std::fs::create_dir_all(&root).unwrap();
+    let photos = [
+        "test/Fruit/Kiwi/Kiwi_001.jpg",
+        "test/Fruit/Kiwi/Kiwi_010.jpg",
+        "test/Fruit/Banana/Banana_001.jpg",
+        "test/Packages/Milk/Arla-Standard-Milk/Arla-Standard-Milk_003.jpg",
+        "test/Vegetables/Pepper/Red-Bell-Pepper/Red-Bell-Pepper_004.jpg",
+    ];
+    let mut csv = String::from("img_path,product_id\n");
+    for (i, p) in photos.iter().enumerate() {
+        std::fs::copy(grocery.join(p), root.join(format!("{i}.jpg"))).unwrap();
+        csv += &format!("{i}.jpg,{i}\n");
+    }
+    let original = image::open(grocery.join(photos[3])).unwrap();
+    original
+        .resize(
+            original.width() * 7 / 10,
+            original.height() * 7 / 10,
+            image::imageops::FilterType::Triangle,
+        )
+        .save(root.join("copy.jpg"))
+        .unwrap();
+    csv += "copy.jpg,3\n";
+    std::fs::write(root.join("gallery.csv"), csv).unwrap();
+    let index = dir.path().join("index");
+    lite0_build(&root, &weights, &["--out", index.to_str().unwrap()]);
+    let groups = dir.path().join("groups.csv");
+    let text = run_ok(&[
+        "index",
+        "dups",
+        "--index",
+        index.to_str().unwrap(),
+        "--out",
+        groups.to_str().unwrap(),
+    ]);
+    assert!(
+        text.contains("1 groups of near-duplicates (2 of 6 images)"),
+        "{text}"
+    );
+    let written = std::fs::read_to_string(&groups).unwrap();
+    let rows: Vec<&str> = written.lines().collect();
+    assert_eq!(rows[0], "group,id,label,path", "{written}");
+    assert!(
+        rows.len() == 3 && rows[1].starts_with("1,3,3,") && rows[2].starts_with("1,5,3,"),
+        "{written}"
+    );
 }

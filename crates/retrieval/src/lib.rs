@@ -4,6 +4,7 @@
 
 pub mod catalogue;
 pub mod centring;
+pub mod duplicates;
 pub mod embedding_file;
 pub mod ensemble;
 pub mod error;

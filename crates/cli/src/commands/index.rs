@@ -11,8 +11,12 @@ use visual_search_retrieval::index::{
 
 use crate::dev_set_run::{BlendRounds, RankPreset, eval_loader, parse_blend_rounds};
 use crate::embedding_run::embed_with_progress;
+use visual_search_data::image::difference_hash::crop_tolerant_hash;
+use visual_search_data::image::{DecodeLimits, decode_rgb_file};
 use visual_search_inference::InferenceModel;
+use visual_search_retrieval::duplicates;
 use visual_search_retrieval::index_post_processing::IndexPostProcessing;
+use visual_search_retrieval::matrix::MatrixView;
 use visual_search_retrieval::query_blending::QueryBlending;
 
 use crate::args::model::{DeviceArgs, ModelArgs};
@@ -36,6 +40,33 @@ pub enum IndexCommand {
     Info(InfoArgs),
     /// Copy an on-disk index into PostgreSQL + pgvector (rows, metadata, then the HNSW index).
     Migrate(MigrateArgs),
+    /// List groups of near-duplicate catalogue images (the same photo re-encoded, resized or
+    /// cropped a little), from the exact top-k of the index against itself.
+    Dups(DupsArgs),
+}
+
+#[derive(clap::Args)]
+pub struct DupsArgs {
+    /// The index: a folder or a `postgres://` URL.
+    #[arg(long)]
+    index: String,
+    #[command(flatten)]
+    pg: PgArgs,
+    /// Two images are near-duplicates when the cosine of their embeddings is at least this.
+    #[arg(long, default_value_t = duplicates::DEFAULT_THRESHOLD)]
+    threshold: f32,
+    /// Neighbours looked at per image (larger groups are still joined through chains).
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    /// A candidate pair is kept only when the images' 64-bit difference hashes (whole image
+    /// against a grid of crops of the other) differ in at most this many bits: re-encoded,
+    /// resized or slightly cropped copies keep almost all, another photo of the same product
+    /// does not. 64 keeps every candidate without reading the images.
+    #[arg(long, default_value_t = DEFAULT_MAX_HASH_DISTANCE)]
+    max_hash_distance: u32,
+    /// Also write the groups as CSV (`group,id,label,path`).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -175,6 +206,7 @@ impl IndexCommand {
             IndexCommand::Add(a) => add(a),
             IndexCommand::Info(a) => info(a),
             IndexCommand::Migrate(a) => migrate(a),
+            IndexCommand::Dups(a) => dups(a),
         }
     }
 }
@@ -365,6 +397,102 @@ fn add(args: AddArgs) -> anyhow::Result<()> {
         before + added
     );
     Ok(())
+}
+
+fn dups(args: DupsArgs) -> anyhow::Result<()> {
+    if !(args.threshold > 0.0 && args.threshold <= 1.0) {
+        bail!("--threshold must be in (0, 1], got {}", args.threshold);
+    }
+    let index = open_catalogue(&args.index, &args.pg)?;
+    let dim = index.meta().dim;
+    let rows = index.rows();
+    // Both engines through the catalogue seam, in chunks so PostgreSQL answers in bounded
+    // queries.
+    let mut data = Vec::with_capacity(rows * dim);
+    let ids: Vec<u64> = (0..rows as u64).collect();
+    for chunk in ids.chunks(10_000) {
+        data.extend(index.vectors(chunk)?);
+    }
+    let mut pairs =
+        duplicates::candidate_pairs(MatrixView::f32(&data, rows, dim), args.threshold, args.k);
+    if args.max_hash_distance < 64 {
+        pairs = verify_by_hash(index.as_ref(), &pairs, args.max_hash_distance)?;
+    }
+    let groups = duplicates::groups_from_pairs(rows, &pairs);
+    let mut members = Vec::new();
+    for (g, group) in groups.iter().enumerate() {
+        println!("group {} ({} images):", g + 1, group.len());
+        for &id in group {
+            let item = index
+                .item(id as u64)?
+                .with_context(|| format!("row {id} vanished from {}", index.location()))?;
+            let path = item.path.display().to_string();
+            println!("  {id:>8}  {:>6}  {path}", item.label);
+            members.push(duplicates::GroupMember {
+                group: g + 1,
+                id,
+                label: item.label,
+                path,
+            });
+        }
+    }
+    println!(
+        "{} groups of near-duplicates ({} of {rows} images) at cosine >= {}",
+        groups.len(),
+        members.len(),
+        args.threshold
+    );
+    if let Some(out) = &args.out {
+        visual_search_retrieval::npy::write_atomically(out, &duplicates::groups_csv(&members)?)
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(())
+}
+
+/// Default `--max-hash-distance` of `index dups` (BENCHMARKS.md "Near-duplicate groups").
+const DEFAULT_MAX_HASH_DISTANCE: u32 = 5;
+
+/// The candidate pairs whose images' difference hashes are within `max_distance` bits; an image
+/// that cannot be read drops its pairs (counted and reported).
+fn verify_by_hash(
+    index: &dyn Catalogue,
+    pairs: &[(u32, u32)],
+    max_distance: u32,
+) -> anyhow::Result<Vec<(u32, u32)>> {
+    let mut ids: Vec<u32> = pairs.iter().flat_map(|&(a, b)| [a, b]).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let bar = images_bar(ids.len(), "hashing candidate images");
+    let mut hashes = std::collections::HashMap::new();
+    let mut unreadable = Vec::new();
+    for (done, &id) in ids.iter().enumerate() {
+        let item = index
+            .item(id as u64)?
+            .with_context(|| format!("row {id} vanished from {}", index.location()))?;
+        match decode_rgb_file(&item.path, &DecodeLimits::default()) {
+            Ok(img) => {
+                hashes.insert(id, crop_tolerant_hash(&img));
+            }
+            Err(e) => unreadable.push(format!("{}: {e}", item.path.display())),
+        }
+        bar.set_position(done as u64 + 1);
+    }
+    bar.finish_and_clear();
+    if !unreadable.is_empty() {
+        eprintln!(
+            "{} candidate image(s) could not be read; their pairs are left out:",
+            unreadable.len()
+        );
+        unreadable.iter().take(20).for_each(|u| eprintln!("  {u}"));
+    }
+    Ok(pairs
+        .iter()
+        .copied()
+        .filter(|(a, b)| match (hashes.get(a), hashes.get(b)) {
+            (Some(ha), Some(hb)) => ha.distance(hb) <= max_distance,
+            _ => false,
+        })
+        .collect())
 }
 
 fn info(args: InfoArgs) -> anyhow::Result<()> {

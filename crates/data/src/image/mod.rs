@@ -6,6 +6,7 @@
 
 pub mod crop;
 pub mod decode;
+pub mod difference_hash;
 pub mod normalize;
 pub mod pillow_resample;
 pub mod resize;
