@@ -3,8 +3,11 @@
 //! give when composed by hand — the functions themselves are tested against NumPy in
 //! `rerank_parity.rs`. The same through PostgreSQL is in the CLI's `postgres.rs` tests.
 
+mod common;
+
 use std::path::PathBuf;
 
+use common::{floats, rerank_fixture};
 use serde_json::Value;
 use visual_search_retrieval::catalogue::Catalogue;
 use visual_search_retrieval::index::{
@@ -16,18 +19,9 @@ use visual_search_retrieval::query_blending::{QueryBlending, blend_queries};
 use visual_search_retrieval::rerank::sanitize_and_normalize;
 use visual_search_retrieval::topk::top_k;
 
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|x| x.as_f64().expect("number") as f32)
-        .collect()
-}
-
 #[test]
 fn a_centred_blending_index_searches_like_the_composed_functions() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/rerank.json");
-    let f: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let f = rerank_fixture();
     let dim = f["dim"].as_u64().unwrap() as usize;
     let (queries, mut gallery) = (floats(&f["queries"]), floats(&f["gallery"]));
     let rows = gallery.len() / dim;

@@ -3,25 +3,15 @@
 //! authors' algorithm with full matrices, so this also checks that the sparse, blocked version
 //! loses nothing).
 
+mod common;
+
+use common::{floats, rerank_fixture};
 use serde_json::Value;
 use visual_search_retrieval::centring::centre_on_joint_mean;
 use visual_search_retrieval::k_reciprocal::{KReciprocal, k_reciprocal_rerank};
 use visual_search_retrieval::pipeline::{RankOptions, rank};
 use visual_search_retrieval::query_blending::{QueryBlending, blend_queries};
 use visual_search_retrieval::rerank::{database_augmentation, sanitize_and_normalize, standardize};
-
-fn fixture() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/rerank.json");
-    serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json")
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|x| x.as_f64().expect("number") as f32)
-        .collect()
-}
 
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array()
@@ -63,7 +53,7 @@ fn rounds(f: &Value) -> QueryBlending {
 
 #[test]
 fn centring_matches_numpy() {
-    let f = fixture();
+    let f = rerank_fixture();
     let (mut q, mut g, dim) = inputs(&f);
     centre_on_joint_mean(&mut q, &mut g, dim);
     assert_close("queries", &q, &floats(&f["centred_queries"]), 1e-5);
@@ -72,7 +62,7 @@ fn centring_matches_numpy() {
 
 #[test]
 fn query_blending_matches_numpy() {
-    let f = fixture();
+    let f = rerank_fixture();
     let (mut q, g, dim) = inputs(&f);
     let blending = rounds(&f);
     assert_eq!(blending, QueryBlending::winner());
@@ -82,7 +72,7 @@ fn query_blending_matches_numpy() {
 
 #[test]
 fn dba_matches_numpy() {
-    let f = fixture();
+    let f = rerank_fixture();
     let (mut q, mut g, dim) = inputs(&f);
     let reference = g.clone();
     standardize(&reference, dim, &mut [&mut g, &mut q]);
@@ -95,7 +85,7 @@ fn dba_matches_numpy() {
 
 #[test]
 fn winner_chain_matches_numpy() {
-    let f = fixture();
+    let f = rerank_fixture();
     let (q, g, dim) = inputs(&f);
     let top = f["winner_top"].as_u64().expect("top") as usize;
     let (ranking, _) = rank(q, g, dim, &RankOptions::winner(top));
@@ -104,7 +94,7 @@ fn winner_chain_matches_numpy() {
 
 #[test]
 fn k_reciprocal_matches_the_authors_algorithm() {
-    let f = fixture();
+    let f = rerank_fixture();
     let (q, g, dim) = inputs(&f);
     for case in f["k_reciprocal"].as_array().expect("cases") {
         let params = KReciprocal {
