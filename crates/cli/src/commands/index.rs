@@ -52,7 +52,8 @@ pub struct DupsArgs {
     index: String,
     #[command(flatten)]
     pg: PgArgs,
-    /// Two images are near-duplicates when the cosine of their embeddings is at least this.
+    /// Two images are candidate near-duplicates when the cosine of their embeddings is at least
+    /// this (then checked with --max-hash-distance).
     #[arg(long, default_value_t = duplicates::DEFAULT_THRESHOLD)]
     threshold: f32,
     /// Neighbours looked at per image (larger groups are still joined through chains).
