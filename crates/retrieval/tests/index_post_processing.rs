@@ -8,7 +8,6 @@ mod common;
 use std::path::PathBuf;
 
 use common::{floats, rerank_fixture};
-use serde_json::Value;
 use visual_search_retrieval::catalogue::Catalogue;
 use visual_search_retrieval::index::{
     INDEX_FORMAT_VERSION, Index, IndexDtype, IndexItem, IndexMeta, Preprocessing, build_index,
