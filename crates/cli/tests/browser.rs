@@ -1,7 +1,8 @@
 //! The web page in headless Chromium: index a grocery catalogue, serve it, and let
 //! `tools/browser/search_page.mjs` (playwright-core) pick an in-store photo of a kiwi on the
 //! page, wait for the result grid, check that the first result is a kiwi and its thumbnail
-//! loads, then draw a box and check the boxed search. `tools/install_test_deps.sh` (run by
+//! loads, then draw a box and check the boxed search, click "similar" under a result (a search
+//! by catalogue item) and pick two photos at once (one fused search). `tools/install_test_deps.sh` (run by
 //! test.sh and CI) installs Chromium, Node and playwright-core.
 
 mod common;
@@ -29,6 +30,7 @@ fn the_page_finds_the_product_in_headless_chromium() {
     let (index, _) = lite0_index(dir.path(), &root, &weights);
     let server = start_server(&index);
     let photo = grocery.join("test/Fruit/Kiwi/Kiwi_005.jpg");
+    let second = grocery.join("test/Fruit/Kiwi/Kiwi_006.jpg");
     let out = Command::new("node")
         .current_dir(&tools)
         .env("CHROMIUM", &chromium)
@@ -37,6 +39,7 @@ fn the_page_finds_the_product_in_headless_chromium() {
             &format!("http://{}/", server.addr),
             photo.to_str().unwrap(),
             "7",
+            second.to_str().unwrap(),
         ])
         .output()
         .unwrap();
@@ -44,4 +47,6 @@ fn the_page_finds_the_product_in_headless_chromium() {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("\"thumbnail\":true"), "{text}");
+    assert!(text.contains("\"similarStatus\":200"), "{text}");
+    assert!(text.contains("\"fusedStatus\":200"), "{text}");
 }
