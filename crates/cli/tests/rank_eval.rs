@@ -274,6 +274,56 @@ fn an_ensemble_of_a_model_with_itself_ranks_like_the_model() {
     }
 }
 
+/// `eval --holdout-products`: with one exact gallery match per product, present queries score
+/// 1 and queries whose product was held out score 0, so the separation is perfect whichever
+/// products the seed hides.
+#[test]
+fn holding_out_products_reports_the_open_set_separation() {
+    use visual_search_retrieval::embedding_file::{Embeddings, StoredDtype, write_embeddings};
+    let dir = tempfile::tempdir().unwrap();
+    let unit_rows = |n: usize| -> Embeddings {
+        let mut data = vec![0.0f32; n * 8];
+        (0..n).for_each(|i| data[i * 8 + i] = 1.0);
+        Embeddings {
+            rows: n,
+            dim: 8,
+            data,
+            labels: Some((0..n as i64).collect()),
+        }
+    };
+    let (q, g) = (
+        dir.path().join("q.safetensors"),
+        dir.path().join("g.safetensors"),
+    );
+    write_embeddings(&q, &unit_rows(6), StoredDtype::F32).unwrap();
+    write_embeddings(&g, &unit_rows(6), StoredDtype::F32).unwrap();
+    let text = visual_search(&[
+        "eval",
+        "--dataset-dir",
+        dir.path().to_str().unwrap(),
+        "--query-embeddings",
+        q.to_str().unwrap(),
+        "--gallery-embeddings",
+        g.to_str().unwrap(),
+        "--holdout-products",
+        "0.5",
+        "--json",
+    ]);
+    let json: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    let open = &json["open_set"];
+    assert_eq!(
+        (
+            &open["held_out_products"],
+            &open["present_queries"],
+            &open["absent_queries"]
+        ),
+        (&3.into(), &3.into(), &3.into()),
+        "{open}"
+    );
+    assert_eq!(open["auroc"].as_f64(), Some(1.0), "{open}");
+    assert_eq!(open["recall"].as_f64(), Some(1.0), "{open}");
+}
+
 /// Reads the int64 ranking through the float reader's header parsing rules.
 fn read_f32_i64(path: &Path) -> (Vec<i64>, usize, usize) {
     let bytes = std::fs::read(path).unwrap();

@@ -14,6 +14,7 @@ pub mod k_reciprocal;
 pub mod matrix;
 pub mod metrics;
 pub mod npy;
+pub mod open_set;
 pub mod pipeline;
 pub mod postgres_index;
 pub mod postgres_load;

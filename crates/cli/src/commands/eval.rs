@@ -46,6 +46,13 @@ pub struct Args {
     /// Print one JSON line instead of a table.
     #[arg(long)]
     json: bool,
+    /// Hide this fraction of the gallery's products (chosen with --holdout-seed) and report how
+    /// well the top-1 score tells queries whose product is still there from those whose product
+    /// is not: AUROC, and the lowest score threshold keeping 90 % of accepted queries present.
+    #[arg(long)]
+    holdout_products: Option<f64>,
+    #[arg(long, default_value_t = 0)]
+    holdout_seed: u64,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -133,6 +140,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "give --model (and --weights) or --model-dir, or --query-embeddings and --gallery-embeddings"
         ),
     };
+    let (gallery, g_labels, held_out) = match args.holdout_products {
+        Some(f) => hold_out_products(gallery, g_labels, dim, f, args.holdout_seed)?,
+        None => (gallery, g_labels, Vec::new()),
+    };
     // Rank deep enough for mAP@R: R can exceed k for large classes.
     let max_r = {
         let mut counts = std::collections::HashMap::<i64, usize>::new();
@@ -146,12 +157,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     options.top_k = k.max(max_r);
     let (ranking, rank_time) = rank(queries, gallery, dim, &options);
     let m = evaluate(&ranking, &q_labels, &g_labels, k);
+    let open = (!held_out.is_empty())
+        .then(|| open_set_report(&ranking, &q_labels, &g_labels, held_out.len()));
     if args.json {
         let line = serde_json::json!({
             "map_at_k": m.map_at_k, "k": k, "recall_at_1": m.recall_at_1, "map_at_r": m.map_at_r,
             "queries": m.queries, "evaluated_queries": m.evaluated_queries, "gallery": g_labels.len(),
             "source": source, "ranking": args.ranking.describe(),
-            "rank_seconds": rank_time.as_secs_f64(),
+            "rank_seconds": rank_time.as_secs_f64(), "open_set": open,
         });
         println!("{line}");
     } else {
@@ -170,6 +183,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ],
         ];
         print!("{}", table::render(&["metric", "value"], &rows));
+        if let Some(o) = &open {
+            println!(
+                "held out {} products: {} queries present, {} absent; top-1 score AUROC {}; \
+                 90 % precision from score {} (precision {}, recall {})",
+                o["held_out_products"],
+                o["present_queries"],
+                o["absent_queries"],
+                o["auroc"],
+                o["threshold"],
+                o["precision"],
+                o["recall"]
+            );
+        }
         if m.evaluated_queries < m.queries {
             println!(
                 "({} queries have no gallery image of their product and score 0)",
@@ -178,4 +204,64 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The gallery without the rows of a seeded `fraction` of its products, and those products.
+fn hold_out_products(
+    gallery: Vec<f32>,
+    labels: Vec<i64>,
+    dim: usize,
+    fraction: f64,
+    seed: u64,
+) -> anyhow::Result<(Vec<f32>, Vec<i64>, Vec<i64>)> {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    if !(fraction > 0.0 && fraction < 1.0) {
+        bail!("--holdout-products must be in (0, 1), got {fraction}");
+    }
+    let mut products: Vec<i64> = labels.clone();
+    products.sort_unstable();
+    products.dedup();
+    products.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    let n = ((products.len() as f64 * fraction).round() as usize).clamp(1, products.len() - 1);
+    let held: std::collections::HashSet<i64> = products[..n].iter().copied().collect();
+    let (mut kept, mut kept_labels) = (Vec::new(), Vec::new());
+    for (row, &label) in gallery.chunks_exact(dim).zip(&labels) {
+        if !held.contains(&label) {
+            kept.extend_from_slice(row);
+            kept_labels.push(label);
+        }
+    }
+    let mut held: Vec<i64> = held.into_iter().collect();
+    held.sort_unstable();
+    Ok((kept, kept_labels, held))
+}
+
+/// AUROC of the top-1 score for queries whose product the (reduced) gallery holds vs the rest,
+/// and the 90 %-precision threshold.
+fn open_set_report(
+    ranking: &visual_search_retrieval::topk::TopK,
+    query_labels: &[i64],
+    gallery_labels: &[i64],
+    held_out: usize,
+) -> serde_json::Value {
+    use visual_search_retrieval::open_set::{auroc, threshold_for_precision};
+    let scores: Vec<f32> = (0..ranking.queries)
+        .map(|q| ranking.row_scores(q).first().copied().unwrap_or(f32::MIN))
+        .collect();
+    let in_gallery: std::collections::HashSet<i64> = gallery_labels.iter().copied().collect();
+    let present: Vec<bool> = query_labels
+        .iter()
+        .map(|l| in_gallery.contains(l))
+        .collect();
+    let threshold = threshold_for_precision(&scores, &present, 0.9);
+    serde_json::json!({
+        "held_out_products": held_out,
+        "present_queries": present.iter().filter(|&&p| p).count(),
+        "absent_queries": present.iter().filter(|&&p| !p).count(),
+        "auroc": auroc(&scores, &present),
+        "threshold": threshold.map(|t| t.score),
+        "precision": threshold.map(|t| t.precision),
+        "recall": threshold.map(|t| t.recall),
+    })
 }
