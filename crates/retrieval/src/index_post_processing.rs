@@ -10,7 +10,7 @@
 //! (each row depends on its neighbours), so they stay options of `rank`/`eval`.
 //!
 //! Exactly, for a query `q` (unit): `q <- normalize(q - m)` with the stored mean `m` (when
-//! centring), then each blending round as [`crate::query_blending::blend_round`] over the
+//! centring), then each blending round as [`crate::query_blending::blend_round`] (through [`blend_in_rounds`]) over the
 //! engine's own top-n (n = the round's neighbour count) and the stored vectors of those rows,
 //! then the engine's top-k.
 
@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalogue::{Catalogue, CatalogueHit};
 use crate::error::RetrievalError;
-use crate::query_blending::{QueryBlending, blend_round};
+use crate::query_blending::{QueryBlending, blend_in_rounds};
 use crate::rerank::sanitize_and_normalize;
 
 /// What an index does to queries (and new rows) before searching.
@@ -128,23 +128,26 @@ fn search_prepared<C: Catalogue + ?Sized>(
 ) -> Result<Vec<Vec<CatalogueHit>>, RetrievalError> {
     let dim = catalogue.meta().dim;
     if let Some(blending) = &catalogue.meta().post_processing.blending {
-        for weights in &blending.rounds {
-            let Some((&own, neighbour_weights)) = weights.split_first() else {
-                continue;
-            };
-            let hits = catalogue.search_raw(&queries, neighbour_weights.len())?;
-            for (row, found) in queries.chunks_exact_mut(dim).zip(&hits) {
-                let ids: Vec<u64> = found.iter().map(|h| h.id).collect();
-                let vectors = catalogue.vectors(&ids)?;
-                let neighbours: Vec<(f32, f32, &[f32])> = found
-                    .iter()
-                    .zip(vectors.chunks_exact(dim))
-                    .zip(neighbour_weights)
-                    .map(|((hit, v), &w)| (w, hit.score, v))
-                    .collect();
-                blend_round(row, own, &neighbours, blending.max_distance);
-            }
-        }
+        // Each round: the engine's own top-n, then the stored vectors of all those rows in one
+        // request.
+        let from_index = |queries: &[f32], n: usize| {
+            let hits = catalogue.search_raw(queries, n)?;
+            let ids: Vec<u64> = hits.iter().flatten().map(|h| h.id).collect();
+            let vectors = catalogue.vectors(&ids)?;
+            let mut rows = vectors.chunks_exact(dim);
+            Ok::<_, RetrievalError>(
+                hits.iter()
+                    .map(|found| {
+                        found
+                            .iter()
+                            .zip(rows.by_ref())
+                            .map(|(h, v)| (h.score, v.to_vec()))
+                            .collect()
+                    })
+                    .collect(),
+            )
+        };
+        blend_in_rounds(&mut queries, dim, blending, from_index)?;
     }
     catalogue.search_raw(&queries, k)
 }

@@ -89,38 +89,59 @@ pub fn blend_round(
     true
 }
 
+/// The blending rounds over any source of neighbours: for each round, `nearest(queries, n)`
+/// gives every query's `n` nearest gallery vectors as (similarity, unit vector), best first, and
+/// each query is blended with them ([`blend_round`]). The array version below and the index
+/// engines (`crate::index_post_processing`) differ only in that source.
+pub fn blend_in_rounds<E>(
+    queries: &mut [f32],
+    dim: usize,
+    blending: &QueryBlending,
+    mut nearest: impl FnMut(&[f32], usize) -> Result<Vec<Vec<(f32, Vec<f32>)>>, E>,
+) -> Result<(), E> {
+    for weights in &blending.rounds {
+        let Some((&own, neighbour_weights)) = weights.split_first() else {
+            continue;
+        };
+        let found = nearest(queries, neighbour_weights.len())?;
+        for (row, neighbours) in queries.chunks_exact_mut(dim).zip(&found) {
+            let weighted: Vec<(f32, f32, &[f32])> = neighbours
+                .iter()
+                .zip(neighbour_weights)
+                .map(|((s, v), &w)| (w, *s, v.as_slice()))
+                .collect();
+            blend_round(row, own, &weighted, blending.max_distance);
+        }
+    }
+    Ok(())
+}
+
 /// Blends every query (row-major, unit rows) with its close gallery neighbours, round by round.
 pub fn blend_queries(queries: &mut [f32], gallery: &[f32], dim: usize, blending: &QueryBlending) {
     let (nq, ng) = (queries.len() / dim, gallery.len() / dim);
     if nq == 0 || ng == 0 {
         return;
     }
-    let row_of = |g: u32| &gallery[g as usize * dim..(g as usize + 1) * dim];
-    for weights in &blending.rounds {
-        let Some((&own, neighbour_weights)) = weights.split_first() else {
-            continue;
-        };
-        let neighbours = top_k(
+    let row_of = |g: u32| gallery[g as usize * dim..(g as usize + 1) * dim].to_vec();
+    let from_gallery = |queries: &[f32], n: usize| {
+        let top = top_k(
             MatrixView::f32(queries, nq, dim),
             MatrixView::f32(gallery, ng, dim),
-            neighbour_weights.len(),
+            n,
         );
-        for q in 0..nq {
-            let found: Vec<(f32, f32, &[f32])> = neighbours
-                .row(q)
-                .iter()
-                .zip(neighbours.row_scores(q))
-                .zip(neighbour_weights)
-                .map(|((&g, &s), &w)| (w, s, row_of(g)))
-                .collect();
-            blend_round(
-                &mut queries[q * dim..(q + 1) * dim],
-                own,
-                &found,
-                blending.max_distance,
-            );
-        }
-    }
+        Ok::<_, std::convert::Infallible>(
+            (0..nq)
+                .map(|q| {
+                    top.row(q)
+                        .iter()
+                        .zip(top.row_scores(q))
+                        .map(|(&g, &s)| (s, row_of(g)))
+                        .collect()
+                })
+                .collect(),
+        )
+    };
+    let Ok(()) = blend_in_rounds(queries, dim, blending, from_gallery);
 }
 
 #[cfg(test)]
