@@ -11,18 +11,27 @@
 
 use crate::rerank::sanitize_and_normalize;
 
-/// Subtracts the joint mean of `queries` and `gallery` (row-major, `dim` wide) from both and
-/// L2-normalises every row.
-pub fn centre_on_joint_mean(queries: &mut [f32], gallery: &mut [f32], dim: usize) {
-    let rows = (queries.len() + gallery.len()) / dim.max(1);
+/// The mean row of `sets` together (row-major, `dim` wide), accumulated in f64; `None` when
+/// they hold no row.
+pub fn mean_row(sets: &[&[f32]], dim: usize) -> Option<Vec<f64>> {
+    let rows: usize = sets.iter().map(|s| s.len() / dim.max(1)).sum();
     if rows == 0 {
-        return;
+        return None;
     }
     let mut mean = vec![0.0f64; dim];
-    for row in queries.chunks_exact(dim).chain(gallery.chunks_exact(dim)) {
+    for row in sets.iter().flat_map(|s| s.chunks_exact(dim)) {
         row.iter().zip(&mut mean).for_each(|(v, m)| *m += *v as f64);
     }
     mean.iter_mut().for_each(|m| *m /= rows as f64);
+    Some(mean)
+}
+
+/// Subtracts the joint mean of `queries` and `gallery` (row-major, `dim` wide) from both and
+/// L2-normalises every row.
+pub fn centre_on_joint_mean(queries: &mut [f32], gallery: &mut [f32], dim: usize) {
+    let Some(mean) = mean_row(&[queries, gallery], dim) else {
+        return;
+    };
     for set in [queries, gallery] {
         for row in set.chunks_exact_mut(dim) {
             row.iter_mut()

@@ -17,6 +17,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::catalogue::{Catalogue, CatalogueHit};
+use crate::centring::mean_row;
 use crate::error::RetrievalError;
 use crate::query_blending::{QueryBlending, blend_in_rounds};
 use crate::rerank::sanitize_and_normalize;
@@ -40,12 +41,11 @@ impl IndexPostProcessing {
     /// Centres a whole catalogue (row-major, `dim` wide) on its own mean, which is returned.
     pub fn centre_catalogue(rows: &mut [f32], dim: usize) -> Vec<f32> {
         sanitize_and_normalize(rows, dim);
-        let n = (rows.len() / dim.max(1)).max(1) as f64;
-        let mut mean = vec![0.0f64; dim];
-        for row in rows.chunks_exact(dim) {
-            row.iter().zip(&mut mean).for_each(|(v, m)| *m += *v as f64);
-        }
-        let mean: Vec<f32> = mean.iter().map(|m| (m / n) as f32).collect();
+        let mean: Vec<f32> = mean_row(&[rows], dim)
+            .unwrap_or_else(|| vec![0.0; dim])
+            .iter()
+            .map(|&m| m as f32)
+            .collect();
         subtract_and_normalize(rows, &mean);
         mean
     }
