@@ -11,7 +11,8 @@ use visual_search_retrieval::ensemble::fuse_rows;
 
 use crate::args::model::DeviceArgs;
 use crate::args::postgres::PgArgs;
-use crate::index_model::open_with_model;
+use crate::args::postgres::open_catalogue;
+use crate::index_model::load_index_model;
 use crate::table::render;
 
 /// Finds the catalogue images nearest to each photo and prints rank, score, label and path;
@@ -45,7 +46,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let (index, loaded) = open_with_model(&args.index, &args.pg, &args.device)?;
+    // A search by item needs no model: open the index alone and load its model only for photos.
+    let index = open_catalogue(&args.index, &args.pg)?;
     let bbox = args
         .bbox
         .as_deref()
@@ -80,6 +82,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         print(format!("item {id} ({})", path.unwrap_or_default()), hits);
         return Ok(());
     }
+    let loaded = load_index_model(index.meta(), &args.device)?;
     let pre = &index.meta().preprocessing;
     let mut embeddings = Vec::with_capacity(args.images.len() * loaded.dim);
     for path in &args.images {
