@@ -110,6 +110,11 @@ pub fn k_reciprocal_rerank(
             .collect()
     };
     let half = (params.k1 as f64 / 2.0).round_ties_even() as usize;
+    // R(c, h) of every row once: each row is a candidate in up to k1 other rows' expansions.
+    let half_sets: Vec<Vec<u32>> = (0..n)
+        .into_par_iter()
+        .map(|i| reciprocal(i, half))
+        .collect();
 
     // Step 2: the k-reciprocal expansion of every row, weighted.
     let v: Vec<SparseRow> = (0..n)
@@ -118,10 +123,10 @@ pub fn k_reciprocal_rerank(
             let core = reciprocal(i, params.k1);
             let mut expansion = core.clone();
             for &c in &core {
-                let candidate = reciprocal(c as usize, half);
+                let candidate = &half_sets[c as usize];
                 let shared = candidate.iter().filter(|j| core.contains(j)).count();
                 if shared as f64 > 2.0 / 3.0 * candidate.len() as f64 {
-                    expansion.extend(candidate);
+                    expansion.extend_from_slice(candidate);
                 }
             }
             expansion.sort_unstable();
