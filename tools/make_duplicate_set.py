@@ -30,9 +30,21 @@ import sys
 from PIL import Image
 
 
+OWN = {"catalogue.csv", "truth.csv", "copies", "train", "val", "test", "iconic-images-and-descriptions"}
+
+
 def make(a):
     out = os.path.abspath(a.out)
-    os.makedirs(os.path.join(out, "copies"), exist_ok=True)
+    # Only ever replace what an earlier run made: refuse a folder holding anything else.
+    foreign = sorted(set(os.listdir(out)) - OWN) if os.path.isdir(out) else []
+    copies = os.path.join(out, "copies")
+    if os.path.isdir(copies):
+        foreign += [f"copies/{n}" for n in os.listdir(copies)
+                    if not (n[:4].isdigit() and n.endswith(".jpg"))]
+    if foreign:
+        sys.exit(f"{out} holds files this tool did not make ({', '.join(foreign[:5])}); "
+                 "choose another --out")
+    os.makedirs(copies, exist_ok=True)
     for sub in ["train", "val", "test", "iconic-images-and-descriptions"]:
         link = os.path.join(out, sub)
         if not os.path.lexists(link):
