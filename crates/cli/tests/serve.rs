@@ -70,16 +70,20 @@ fn index_and_serve_the_grocery_catalogue() {
 
     // The command-line search gives what the server will.
     let kiwi = grocery.join("test/Fruit/Kiwi/Kiwi_005.jpg");
-    let found = run_ok(&[
-        "search",
-        "--index",
-        index.to_str().unwrap(),
-        "--device",
-        "flex",
-        "--k",
-        "3",
-        kiwi.to_str().unwrap(),
-    ]);
+    let search_cli = |k: &str, extra: &[&str]| {
+        let mut args = vec![
+            "search",
+            "--index",
+            index.to_str().unwrap(),
+            "--device",
+            "flex",
+            "--k",
+            k,
+        ];
+        args.extend_from_slice(extra);
+        run_ok(&args)
+    };
+    let found = search_cli("3", &[kiwi.to_str().unwrap()]);
     let first: Vec<&str> = found
         .lines()
         .find(|l| l.trim_start().starts_with("1 "))
@@ -204,20 +208,10 @@ fn index_and_serve_the_grocery_catalogue() {
     );
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
     // The same from the command line.
-    let search_cli = |extra: &[&str]| {
-        let mut args = vec![
-            "search",
-            "--index",
-            index.to_str().unwrap(),
-            "--device",
-            "flex",
-            "--k",
-            "5",
-        ];
-        args.extend_from_slice(extra);
-        run_ok(&args)
-    };
-    let fused_cli = search_cli(&["--fuse", kiwi.to_str().unwrap(), kiwi2.to_str().unwrap()]);
+    let fused_cli = search_cli(
+        "5",
+        &["--fuse", kiwi.to_str().unwrap(), kiwi2.to_str().unwrap()],
+    );
     assert!(fused_cli.contains("2 photos fused:"), "{fused_cli}");
     let cli_score: f64 = fused_cli
         .lines()
@@ -246,7 +240,7 @@ fn index_and_serve_the_grocery_catalogue() {
     for bad in ["/items/9999/similar", "/items/x/similar"] {
         assert_eq!(http(addr, "GET", bad, "text/plain", b"").0, 404, "{bad}");
     }
-    let by_item = search_cli(&["--item", "149"]);
+    let by_item = search_cli("5", &["--item", "149"]);
     let (title, table) = by_item.split_once('\n').unwrap();
     assert!(
         title.starts_with("item 149 (") && title.contains("Kiwi_Iconic"),
