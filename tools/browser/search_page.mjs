@@ -1,12 +1,15 @@
 // Drives the serve web page in headless Chromium like a user: pick a photo, wait for the result
 // grid, check the first result's label, then draw a box on the photo and check that a new search
 // ran, then click "similar" under the first result (a search by that catalogue item, which must
-// not list the item itself), then pick two photos at once (one fused search).
-// Usage: node search_page.mjs URL PHOTO EXPECTED_LABEL [SECOND_PHOTO]
+// not list the item itself), then pick two photos at once (one fused search), then a photo of a
+// cluttered scene without a box (the page asks for `box=auto` and draws the box the server
+// found), then a photo of a product the catalogue does not hold (the page says so and still
+// lists the nearest items).
+// Usage: node search_page.mjs URL PHOTO EXPECTED_LABEL [SECOND_PHOTO [SCENE_PHOTO ABSENT_PHOTO]]
 // (CHROMIUM overrides the browser path)
 import { chromium } from 'playwright-core';
 
-const [url, photo, expected, second] = process.argv.slice(2);
+const [url, photo, expected, second, scenePhoto, absentPhoto] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   args: ['--no-sandbox', '--disable-gpu'],
@@ -56,12 +59,48 @@ try {
     await page.waitForFunction(() => document.querySelector('#status').textContent.includes('2 photos together'));
     fusedText = await page.textContent('#status');
   }
-  console.log(JSON.stringify({ label, thumbnail, status, boxedStatus, similarStatus, similarIds, fusedStatus, fusedText }));
+  // A scene without a box: the page searches with box=auto and draws the box it got back.
+  let scene = null;
+  if (scenePhoto) {
+    const auto = page.waitForResponse(r => r.url().includes('box=auto'));
+    await page.setInputFiles('#file', scenePhoto);
+    const reply = await auto;
+    const body = await reply.json();
+    await page.waitForFunction(() => !document.querySelector('#status').textContent.includes('Searching'));
+    scene = {
+      status: reply.status(),
+      served: body.box,
+      drawn: await page.$eval('#box', el => el.dataset.auto),
+      visible: await page.$eval('#box', el => getComputedStyle(el).display !== 'none'),
+      label: await page.$eval('#results .hit', el => el.dataset.label),
+    };
+  }
+  // A product the catalogue does not hold: "not in the catalogue", nearest items still listed.
+  let absent = null;
+  if (absentPhoto) {
+    const answered = page.waitForResponse(r => r.url().includes('/search'));
+    await page.setInputFiles('#file', absentPhoto);
+    await answered;
+    await page.waitForFunction(() => !document.querySelector('#status').textContent.includes('Searching'));
+    absent = {
+      verdict: await page.textContent('#verdict'),
+      hits: await page.$$eval('#results .hit', els => els.length),
+    };
+  }
+  console.log(JSON.stringify({ label, thumbnail, status, boxedStatus, similarStatus, similarIds, fusedStatus, fusedText, scene, absent }));
   if (label !== expected) throw new Error(`first result has label ${label}, expected ${expected}`);
   if (boxedStatus !== 200) throw new Error(`boxed search answered ${boxedStatus}`);
   if (similarStatus !== 200) throw new Error(`similar answered ${similarStatus}`);
   if (similarIds.length === 0 || similarIds.includes(itemId)) throw new Error(`similar to ${itemId}: ${similarIds}`);
   if (second && fusedStatus !== 200) throw new Error(`fused search answered ${fusedStatus}`);
+  if (scene) {
+    if (scene.status !== 200 || !scene.served) throw new Error(`box=auto found no box: ${JSON.stringify(scene)}`);
+    if (!scene.visible || scene.drawn !== scene.served.map(Math.round).join(',')) throw new Error(`box not drawn: ${JSON.stringify(scene)}`);
+    if (scene.label !== expected) throw new Error(`scene: first result has label ${scene.label}, expected ${expected}`);
+  }
+  if (absent && (!absent.verdict.includes('Not in the catalogue') || absent.hits === 0)) {
+    throw new Error(`absent product: ${JSON.stringify(absent)}`);
+  }
 } finally {
   await browser.close();
 }

@@ -13,6 +13,7 @@ use visual_search_retrieval::ensemble::concatenate_normalised;
 use visual_search_train::embedding::EmbeddedSet;
 
 use crate::args::model::{DeviceArgs, ModelArgs};
+use crate::auto_box_run::{AutoBoxArgs, AutoBoxReport, box_queries};
 
 use crate::embedding_run::{embed_at_scales, merge_sets};
 use visual_search_inference::InferenceModel;
@@ -44,6 +45,8 @@ pub struct DevSetArgs {
     /// embeddings. The model's own size is always included; each size costs one more pass.
     #[arg(long, value_delimiter = ',')]
     pub tta_sizes: Vec<usize>,
+    #[command(flatten)]
+    pub auto_box: AutoBoxArgs,
 }
 
 impl DevSetArgs {
@@ -57,6 +60,7 @@ impl DevSetArgs {
             workers: None,
             tta_flip: false,
             tta_sizes: Vec::new(),
+            auto_box: AutoBoxArgs::off(),
         }
     }
 }
@@ -75,6 +79,8 @@ pub fn eval_loader(batch_size: usize, workers: Option<usize>) -> LoaderConfig {
 pub struct EmbeddedDevSet {
     pub queries: EmbeddedSet,
     pub gallery: EmbeddedSet,
+    /// What `--auto-box` did, when it was on.
+    pub auto_box: Option<AutoBoxReport>,
 }
 
 impl EmbeddedDevSet {
@@ -89,6 +95,7 @@ impl EmbeddedDevSet {
 pub fn embed_dev_set(
     scales: &[InferenceModel],
     ensemble: &[InferenceModel],
+    window_model: Option<&InferenceModel>,
     args: &DevSetArgs,
 ) -> anyhow::Result<EmbeddedDevSet> {
     let dev = load_dev_set(&args.dataset_dir, &args.gallery, &args.queries)?;
@@ -109,6 +116,32 @@ pub fn embed_dev_set(
         vec![run(scales, &queries, "queries")?],
         vec![run(scales, &gallery, "gallery")?],
     );
+    let auto_box = match (args.auto_box.params()?, window_model) {
+        (Some(params), Some(window_model)) => {
+            if !ensemble.is_empty() || scales.len() > 1 || args.tta_flip {
+                anyhow::bail!(
+                    "--auto-box embeds windows with the main model alone; it cannot be combined \
+                     with --ensemble, --tta-sizes or --tta-flip"
+                );
+            }
+            let report = box_queries(
+                window_model,
+                &params,
+                &queries,
+                &mut query_parts[0],
+                &gallery_parts[0].embeddings.data,
+                args.batch_size,
+                args.workers,
+            )?;
+            eprintln!(
+                "auto-box: a window won for {} of {} queries without a box ({:.1} s)",
+                report.boxed, report.searched, report.seconds
+            );
+            Some(report)
+        }
+        (Some(_), None) => anyhow::bail!("--auto-box needs the model at the window side"),
+        (None, _) => None,
+    };
     for (i, member) in ensemble.iter().enumerate() {
         let what = |half: &str| format!("{half} (ensemble model {})", i + 2);
         let member = std::slice::from_ref(member);
@@ -118,6 +151,7 @@ pub fn embed_dev_set(
     Ok(EmbeddedDevSet {
         queries: merge_sets(query_parts, concatenate_normalised)?,
         gallery: merge_sets(gallery_parts, concatenate_normalised)?,
+        auto_box,
     })
 }
 
@@ -197,7 +231,7 @@ pub fn rank_dev_set(
     args: &DevSetArgs,
     k: usize,
 ) -> anyhow::Result<RankedDevSet> {
-    let set = embed_dev_set(std::slice::from_ref(model), &[], args)?;
+    let set = embed_dev_set(std::slice::from_ref(model), &[], None, args)?;
     let query_labels = EmbeddedDevSet::labels(&set.queries);
     let gallery_labels = EmbeddedDevSet::labels(&set.gallery);
     let dim = set.queries.embeddings.dim;

@@ -41,9 +41,19 @@ pub fn open_with_model(
 /// Loads the model an index's metadata names, checking that its width matches the index
 /// (weights replaced since would not).
 pub fn load_index_model(meta: &IndexMeta, device: &DeviceArgs) -> anyhow::Result<InferenceModel> {
+    load_index_model_at(meta, device, None)
+}
+
+/// [`load_index_model`] at input side `size` instead of the index's own (`--auto-box`'s
+/// windows).
+pub fn load_index_model_at(
+    meta: &IndexMeta,
+    device: &DeviceArgs,
+    size: Option<usize>,
+) -> anyhow::Result<InferenceModel> {
     let reference = model_ref_from_json(&meta.model)?;
     let source = ModelSource::from_ref(&reference)?;
-    let mut options = device.options(Some(reference.size))?;
+    let mut options = device.options(Some(size.unwrap_or(reference.size)))?;
     options.quiet = true;
     let loaded = InferenceModel::load(&source, &options).context("loading the index's model")?;
     if loaded.dim != meta.dim {

@@ -4,9 +4,11 @@
 
 mod allocator;
 mod args;
+mod auto_box_run;
 mod commands;
 mod dev_set_run;
 mod embedding_run;
+mod holdout;
 mod index_model;
 mod progress;
 mod sample_lists;

@@ -2,7 +2,10 @@
 //! `tools/browser/search_page.mjs` (playwright-core) pick an in-store photo of a kiwi on the
 //! page, wait for the result grid, check that the first result is a kiwi and its thumbnail
 //! loads, then draw a box and check the boxed search, click "similar" under a result (a search
-//! by catalogue item) and pick two photos at once (one fused search). `tools/install_test_deps.sh` (run by
+//! by catalogue item) and pick two photos at once (one fused search), then a cluttered scene
+//! without a box (the page asks for `box=auto` and draws the box found) and a photo of a product
+//! the catalogue does not hold (the page says "not in the catalogue": the index is built without
+//! that product and calibrated with `index calibrate`). `tools/install_test_deps.sh` (run by
 //! test.sh and CI) installs Chromium, Node and playwright-core.
 
 mod common;
@@ -10,7 +13,11 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{catalogue, lite0_index, start_server};
+use common::{catalogue, lite0_index, run_ok, start_server};
+
+/// The product left out of the catalogue, and a photo of it.
+const ABSENT: &str = "41";
+const ABSENT_PHOTO: &str = "test/Packages/Milk/Arla-Standard-Milk/Arla-Standard-Milk_003.jpg";
 
 #[test]
 fn the_page_finds_the_product_in_headless_chromium() {
@@ -27,7 +34,28 @@ fn the_page_finds_the_product_in_headless_chromium() {
     }
     let dir = tempfile::tempdir().unwrap();
     let root = catalogue(dir.path(), &grocery, 10);
+    // The catalogue without one product (label ABSENT), calibrated on queries that include it.
+    let gallery = std::fs::read_to_string(root.join("gallery.csv")).unwrap();
+    let kept: Vec<&str> = gallery
+        .lines()
+        .filter(|l| !l.ends_with(&format!(",{ABSENT}")))
+        .collect();
+    std::fs::write(root.join("gallery.csv"), kept.join("\n") + "\n").unwrap();
     let (index, _) = lite0_index(dir.path(), &root, &weights);
+    let queries = common::query_list(&root, &grocery, 6);
+    run_ok(&[
+        "index",
+        "calibrate",
+        "--index",
+        index.to_str().unwrap(),
+        "--device",
+        "flex",
+        "--follow-links",
+        "--csv",
+        queries.to_str().unwrap(),
+    ]);
+    let (scene, _) = common::kiwi_scene(&grocery, dir.path());
+    let absent = grocery.join(ABSENT_PHOTO);
     let server = start_server(&index);
     let photo = grocery.join("test/Fruit/Kiwi/Kiwi_005.jpg");
     let second = grocery.join("test/Fruit/Kiwi/Kiwi_006.jpg");
@@ -40,6 +68,8 @@ fn the_page_finds_the_product_in_headless_chromium() {
             photo.to_str().unwrap(),
             "7",
             second.to_str().unwrap(),
+            scene.to_str().unwrap(),
+            absent.to_str().unwrap(),
         ])
         .output()
         .unwrap();
@@ -49,4 +79,5 @@ fn the_page_finds_the_product_in_headless_chromium() {
     assert!(text.contains("\"thumbnail\":true"), "{text}");
     assert!(text.contains("\"similarStatus\":200"), "{text}");
     assert!(text.contains("\"fusedStatus\":200"), "{text}");
+    assert!(text.contains("Not in the catalogue"), "{text}");
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::pg_cluster::PgCluster;
-use common::{bin, catalogue, http, lite0_build, lite0_index, run_ok, start_server};
+use common::{bin, catalogue, http, lite0_build, lite0_index, query_list, run_ok, start_server};
 use visual_search_retrieval::catalogue::Catalogue;
 use visual_search_retrieval::index::{
     INDEX_FORMAT_VERSION, IndexDtype, IndexItem, IndexMeta, Preprocessing, build_index,
@@ -247,6 +247,58 @@ fn stored_post_processing_answers_the_same_on_both_engines() {
         "{embedded_dups}"
     );
     assert_eq!(dups(&pg_index), embedded_dups);
+
+    // A calibrated match threshold: the same measurement and the same verdicts on both.
+    let queries = query_list(&root, &grocery, 15);
+    let calibrate = |index: &[&str]| {
+        let mut args = vec![
+            "index",
+            "calibrate",
+            "--device",
+            "flex",
+            "--follow-links",
+            "--csv",
+            queries.to_str().unwrap(),
+        ];
+        args.extend_from_slice(index);
+        run_ok(&args)
+    };
+    let embedded_calibration = calibrate(&embedded_index);
+    assert!(
+        embedded_calibration.contains("stored match threshold"),
+        "{embedded_calibration}"
+    );
+    let pg_calibration = calibrate(&pg_index);
+    let measured = |text: &str| {
+        text.lines()
+            .last()
+            .unwrap()
+            .split(" in ")
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(measured(&pg_calibration), measured(&embedded_calibration));
+    for index in [&embedded_index[..], &pg_index[..]] {
+        let mut args = vec!["index", "info"];
+        args.extend_from_slice(index);
+        let info = run_ok(&args);
+        assert!(info.contains("match      top-1 score >= "), "{info}");
+    }
+    let verdicts = |index: &[&str]| {
+        let mut args = vec!["search", "--device", "flex", "--k", "3"];
+        args.extend_from_slice(index);
+        args.extend(photos.iter().map(String::as_str));
+        let text = run_ok(&args);
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("match: "))
+            .map(String::from)
+            .collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        lines
+    };
+    assert_eq!(verdicts(&pg_index), verdicts(&embedded_index));
 }
 
 /// `rows` random unit vectors of width `dim` with items `img/{tag}{i}.jpg`.
@@ -284,6 +336,7 @@ fn synthetic_meta(rows: usize, dim: usize) -> IndexMeta {
         model: serde_json::json!({"model": "efficientnet_lite0", "size": 224}),
         catalogue_root: None,
         post_processing: Default::default(),
+        match_threshold: None,
         preprocessing: Preprocessing {
             size: 224,
             mean: [0.5; 3],

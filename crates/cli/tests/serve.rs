@@ -259,6 +259,101 @@ fn index_and_serve_the_grocery_catalogue() {
     );
 }
 
+/// `index calibrate` measures a threshold on labelled queries and stores it; the service then
+/// names the top hit as the match only at or above it, and answers `"match": null` (still
+/// listing the nearest items) below it.
+#[test]
+fn a_calibrated_index_says_when_a_product_is_not_in_the_catalogue() {
+    use visual_search_retrieval::index::Index;
+    let Some((grocery, weights)) = common::grocery_and_lite0() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = catalogue(dir.path(), &grocery, 10);
+    let (index, _) = lite0_index(dir.path(), &root, &weights);
+    let queries = common::query_list(&root, &grocery, 15);
+    let text = run_ok(&[
+        "index",
+        "calibrate",
+        "--index",
+        index.to_str().unwrap(),
+        "--device",
+        "flex",
+        "--follow-links",
+        "--csv",
+        queries.to_str().unwrap(),
+        "--holdout-products",
+        "0.25",
+    ]);
+    assert!(
+        text.contains("absent after hiding 10 of 40 products")
+            && text.contains("stored match threshold"),
+        "{text}"
+    );
+    let stored = Index::open(&index).unwrap().meta.match_threshold.unwrap();
+    assert!(stored.auroc > 0.5 && stored.precision >= 0.9, "{stored:?}");
+    let kiwi = std::fs::read(grocery.join("test/Fruit/Kiwi/Kiwi_005.jpg")).unwrap();
+    let search = |server: &common::Server| {
+        let (status, _, body) = http(&server.addr, "POST", "/search?k=3", "image/jpeg", &kiwi);
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        json(&body)
+    };
+    let mut server = start_server(&index);
+    let found = search(&server);
+    let top = found["results"][0]["score"].as_f64().unwrap();
+    assert_eq!(
+        found["match_threshold"].as_f64().map(|t| t as f32),
+        Some(stored.score)
+    );
+    if top >= stored.score as f64 {
+        assert_eq!(found["match"], found["results"][0], "{found}");
+    } else {
+        assert!(found["match"].is_null(), "{found}");
+    }
+    server.terminate(std::time::Duration::from_secs(10));
+
+    // A threshold above this photo's best score: not in the catalogue, nearest items listed.
+    let strict = visual_search_retrieval::open_set::MatchThreshold {
+        score: top as f32 + 0.01,
+        ..stored
+    };
+    Index::open(&index)
+        .unwrap()
+        .set_match_threshold(Some(strict))
+        .unwrap();
+    let server = start_server(&index);
+    let absent = search(&server);
+    assert!(
+        absent["match"].is_null() && absent.get("match").is_some(),
+        "{absent}"
+    );
+    assert_eq!(absent["results"].as_array().unwrap().len(), 3, "{absent}");
+    assert_eq!(absent["results"][0]["score"], found["results"][0]["score"]);
+    // A search by catalogue item has no verdict.
+    let (_, _, body) = http(
+        &server.addr,
+        "GET",
+        "/items/3/similar?k=2",
+        "text/plain",
+        b"",
+    );
+    assert!(json(&body).get("match").is_none());
+    let cli = run_ok(&[
+        "search",
+        "--index",
+        index.to_str().unwrap(),
+        "--device",
+        "flex",
+        "--k",
+        "3",
+        grocery
+            .join("test/Fruit/Kiwi/Kiwi_005.jpg")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert!(cli.contains("match: none, not in the catalogue"), "{cli}");
+}
+
 /// A multipart body with one `image` field per photo.
 fn multipart_form(boundary: &str, photos: &[&[u8]]) -> Vec<u8> {
     let mut form = Vec::new();

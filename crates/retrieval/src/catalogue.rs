@@ -7,6 +7,7 @@
 use crate::error::RetrievalError;
 use crate::index::{Index, IndexItem, IndexMeta};
 use crate::index_post_processing::{post_processed_search, similar_to_item};
+use crate::open_set::MatchThreshold;
 
 /// One search result.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +51,14 @@ pub trait Catalogue: Send + Sync {
     ) -> Result<Vec<Vec<CatalogueHit>>, RetrievalError>;
     /// The stored vectors of rows `ids`, as f32, row-major in the order given.
     fn vectors(&self, ids: &[u64]) -> Result<Vec<f32>, RetrievalError>;
+    /// The distinct labels (products) the index holds.
+    fn distinct_labels(&self) -> Result<Vec<i64>, RetrievalError>;
+    /// Stores (or with `None` removes) the calibrated match threshold in the index's
+    /// metadata, for every later opening (this open handle keeps its old metadata).
+    fn store_match_threshold(
+        &self,
+        threshold: Option<MatchThreshold>,
+    ) -> Result<(), RetrievalError>;
     /// The item with row id `id`.
     fn item(&self, id: u64) -> Result<Option<IndexItem>, RetrievalError>;
     /// Bytes the index takes in its engine.
@@ -100,6 +109,20 @@ impl Catalogue for Index {
             out.extend_from_slice(view.rows_f32(row, row + 1, &mut scratch));
         }
         Ok(out)
+    }
+
+    fn distinct_labels(&self) -> Result<Vec<i64>, RetrievalError> {
+        let mut labels: Vec<i64> = self.items.iter().map(|i| i.label).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        Ok(labels)
+    }
+
+    fn store_match_threshold(
+        &self,
+        threshold: Option<MatchThreshold>,
+    ) -> Result<(), RetrievalError> {
+        self.set_match_threshold(threshold)
     }
 
     fn item(&self, id: u64) -> Result<Option<IndexItem>, RetrievalError> {

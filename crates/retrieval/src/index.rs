@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::RetrievalError;
 use crate::index_post_processing::IndexPostProcessing;
 use crate::matrix::MatrixView;
+use crate::open_set::MatchThreshold;
 use crate::topk::{TopK, top_k};
 
 pub const INDEX_FORMAT_VERSION: u32 = 1;
@@ -76,9 +77,21 @@ pub struct IndexMeta {
     /// Applied to every query (and added row): centring, query blending.
     #[serde(default, skip_serializing_if = "IndexPostProcessing::is_empty")]
     pub post_processing: IndexPostProcessing,
+    /// The calibrated "is it in the catalogue?" threshold (`index calibrate`); without it every
+    /// top hit is reported as the match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_threshold: Option<MatchThreshold>,
 }
 
 impl IndexMeta {
+    /// Whether a top hit scoring `score` is the product asked for: at or above the calibrated
+    /// threshold, or always when the index has none.
+    pub fn is_match(&self, score: f32) -> bool {
+        self.match_threshold
+            .as_ref()
+            .is_none_or(|t| t.accepts(score))
+    }
+
     /// How an item's path is shown to clients: relative to the catalogue root when it lies under
     /// it, otherwise (an `index add` from elsewhere, an older index) only its file name.
     pub fn client_path(&self, path: &Path) -> String {
@@ -497,6 +510,18 @@ impl Index {
         all.extend(items.iter().cloned());
         write_version(&self.dir, self.meta.clone(), &all, &bytes)
     }
+
+    /// Writes the same rows with `threshold` in the metadata as a new version.
+    pub fn set_match_threshold(
+        &self,
+        threshold: Option<MatchThreshold>,
+    ) -> Result<(), RetrievalError> {
+        let meta = IndexMeta {
+            match_threshold: threshold,
+            ..self.meta.clone()
+        };
+        write_version(&self.dir, meta, &self.items, self.bytes())
+    }
 }
 
 #[cfg(test)]
@@ -514,6 +539,7 @@ mod tests {
             model: serde_json::json!({"model": "tiny"}),
             catalogue_root: None,
             post_processing: Default::default(),
+            match_threshold: None,
             preprocessing: Preprocessing {
                 size: 32,
                 mean: [0.5; 3],

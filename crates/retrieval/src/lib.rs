@@ -2,6 +2,7 @@
 //! nearest neighbours, scoring rankings with the challenge metric — with no deep-learning
 //! dependency, so it is fast to build and usable on its own.
 
+pub mod auto_box;
 pub mod catalogue;
 pub mod centring;
 pub mod duplicates;

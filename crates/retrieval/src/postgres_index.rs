@@ -26,6 +26,7 @@ use postgres::types::{Kind, Type};
 use crate::catalogue::{Catalogue, CatalogueHit};
 use crate::error::RetrievalError;
 use crate::index::{IndexDtype, IndexItem, IndexMeta};
+use crate::open_set::MatchThreshold;
 use crate::postgres_tls::PgConnector;
 
 /// How a PostgreSQL index is reached and shaped.
@@ -443,6 +444,32 @@ impl Catalogue for PgIndex {
             out.extend_from_slice(v);
         }
         Ok(out)
+    }
+
+    fn distinct_labels(&self) -> Result<Vec<i64>, RetrievalError> {
+        let t = self.opts.table.clone();
+        self.with_client(|c| {
+            let rows = c.query(
+                &format!("SELECT DISTINCT label FROM {t} ORDER BY label"),
+                &[],
+            )?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
+    fn store_match_threshold(
+        &self,
+        threshold: Option<MatchThreshold>,
+    ) -> Result<(), RetrievalError> {
+        let t = self.opts.table.clone();
+        let stored = meta_json(&IndexMeta {
+            match_threshold: threshold,
+            ..self.meta.clone()
+        });
+        self.with_client(|c| {
+            c.execute(&format!("UPDATE {t}_meta SET meta = $1"), &[&stored])?;
+            Ok(())
+        })
     }
 
     fn item(&self, id: u64) -> Result<Option<IndexItem>, RetrievalError> {

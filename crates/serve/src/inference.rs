@@ -14,10 +14,18 @@ pub trait Embedder: Send + 'static {
     /// `pixels` holds `n` images of `3 × size × size` floats; returns `n × dim` values.
     fn embed(&mut self, pixels: Vec<f32>, n: usize) -> Result<Vec<f32>, String>;
     fn dim(&self) -> usize;
+    /// `n` windows of a photo (`box=auto`), prepared at the window side, embedded by the model
+    /// loaded at that side; `None` when the server has none.
+    fn embed_windows(&mut self, _pixels: Vec<f32>, _n: usize) -> Result<Option<Vec<f32>>, String> {
+        Ok(None)
+    }
 }
 
 struct Job {
     pixels: Vec<f32>,
+    /// For a window job (`box=auto`): how many windows `pixels` holds; answered alone, not
+    /// batched with photos.
+    windows: Option<usize>,
     reply: oneshot::Sender<Result<Vec<f32>, String>>,
 }
 
@@ -60,8 +68,29 @@ impl InferenceQueue {
         &self,
         pixels: Vec<f32>,
     ) -> Result<oneshot::Receiver<Result<Vec<f32>, String>>, QueueError> {
+        self.send(pixels, None)
+    }
+
+    /// Queues `n` windows of a photo (see [`Embedder::embed_windows`]).
+    pub fn submit_windows(
+        &self,
+        pixels: Vec<f32>,
+        n: usize,
+    ) -> Result<oneshot::Receiver<Result<Vec<f32>, String>>, QueueError> {
+        self.send(pixels, Some(n))
+    }
+
+    fn send(
+        &self,
+        pixels: Vec<f32>,
+        windows: Option<usize>,
+    ) -> Result<oneshot::Receiver<Result<Vec<f32>, String>>, QueueError> {
         let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Job { pixels, reply }) {
+        match self.tx.try_send(Job {
+            pixels,
+            windows,
+            reply,
+        }) {
             Ok(()) => Ok(rx),
             Err(TrySendError::Full(_)) => Err(QueueError::Busy),
             Err(TrySendError::Disconnected(_)) => Err(QueueError::Stopped),
@@ -87,6 +116,24 @@ fn run(
         // A request that timed out (or whose client left) dropped its receiver: skip its job
         // rather than spend the model on it.
         jobs.retain(|job| !job.reply.is_closed());
+        let (window_jobs, plain): (Vec<Job>, Vec<Job>) =
+            jobs.into_iter().partition(|job| job.windows.is_some());
+        for job in window_jobs {
+            let n = job.windows.unwrap_or(0);
+            stats.batches.fetch_add(1, Ordering::Relaxed);
+            stats.images.fetch_add(n as u64, Ordering::Relaxed);
+            let answer = match embedder.embed_windows(job.pixels, n) {
+                Ok(Some(rows)) if rows.len() == n * dim => Ok(rows),
+                Ok(Some(rows)) => Err(format!(
+                    "model returned {} values for {n} windows × {dim}",
+                    rows.len()
+                )),
+                Ok(None) => Err("this server has no window model: box=auto is unavailable".into()),
+                Err(e) => Err(e),
+            };
+            let _ = job.reply.send(answer);
+        }
+        let jobs = plain;
         if jobs.is_empty() {
             continue;
         }

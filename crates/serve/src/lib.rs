@@ -31,15 +31,20 @@ use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
+use visual_search_data::formats::BBox;
 use visual_search_data::image::DecodeLimits;
+use visual_search_retrieval::auto_box::AutoBox;
 use visual_search_retrieval::catalogue::{Catalogue, CatalogueHit};
 use visual_search_retrieval::ensemble::fuse_rows;
 use visual_search_retrieval::error::RetrievalError;
+use visual_search_retrieval::index::Preprocessing;
 
 use crate::api_error::{ApiError, bad_request};
 use crate::inference::{InferenceQueue, QueueError};
 use crate::metrics::Metrics;
-use crate::query_image::{parse_bbox, prepare_query, thumbnail_jpeg};
+use crate::query_image::{
+    decode_query, parse_bbox, prepare_decoded, prepare_query, thumbnail_jpeg,
+};
 use crate::upload::read_upload;
 
 /// Limits and sizes of the service.
@@ -62,6 +67,8 @@ pub struct ServeConfig {
     pub drain_timeout: Duration,
     /// Most uploads decoded at the same time (decoding a photo takes tens of MB).
     pub max_concurrent_decodes: usize,
+    /// The window search behind `box=auto`; `None` when the model has no window features.
+    pub auto_box: Option<AutoBox>,
 }
 
 impl Default for ServeConfig {
@@ -75,6 +82,7 @@ impl Default for ServeConfig {
             max_connections: 256,
             drain_timeout: Duration::from_secs(10),
             max_concurrent_decodes: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            auto_box: None,
         }
     }
 }
@@ -113,9 +121,12 @@ impl AppState {
 struct SearchParams {
     k: Option<usize>,
     bbox: Option<String>,
+    /// `auto`: find the product in the photo (see `retrieval::auto_box`).
+    #[serde(rename = "box")]
+    box_mode: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Clone)]
 struct Hit {
     rank: usize,
     id: u64,
@@ -139,6 +150,17 @@ struct SearchResponse {
     /// Photos searched together (0 for a search by catalogue item).
     photos: usize,
     results: Vec<Hit>,
+    /// The top result when it is the product asked for: at or above the index's calibrated
+    /// threshold (`index calibrate`), or always without one; `null` means "not in the
+    /// catalogue" (the results are then only the nearest items). Absent for a search by item.
+    #[serde(rename = "match", skip_serializing_if = "Option::is_none")]
+    matched: Option<Option<Hit>>,
+    /// The calibrated threshold, when the index has one.
+    match_threshold: Option<f32>,
+    /// With `box=auto`: the box searched with (`[x, y, w, h]` in pixels of the photo), or
+    /// `null` when the whole photo matched as well as any window.
+    #[serde(rename = "box", skip_serializing_if = "Option::is_none")]
+    found_box: Option<Option<[f64; 4]>>,
     timings_ms: Timings,
 }
 
@@ -156,10 +178,21 @@ impl SearchResponse {
                 image_url: format!("/images/{}", hit.id),
             })
             .collect();
+        let meta = state.index.meta();
+        // A search by catalogue item (no photo) finds the item's neighbours, not the item.
+        let matched = (photos > 0).then(|| {
+            results
+                .first()
+                .filter(|top| meta.is_match(top.score))
+                .cloned()
+        });
         SearchResponse {
             k: results.len(),
             photos,
             results,
+            matched,
+            match_threshold: meta.match_threshold.as_ref().map(|t| t.score),
+            found_box: None,
             timings_ms,
         }
     }
@@ -210,6 +243,20 @@ async fn run_search(
         Some(text) => Some(parse_bbox(text).map_err(bad_request)?),
         None => None,
     };
+    let auto_box = match params.box_mode.as_deref() {
+        None => None,
+        Some("auto") if bbox.is_some() => {
+            return Err(bad_request("give bbox or box=auto, not both"));
+        }
+        Some("auto") => Some(state.config.auto_box.ok_or_else(|| {
+            bad_request("box=auto needs the window model, which this server was started without")
+        })?),
+        Some(other) => {
+            return Err(bad_request(format!(
+                "box={other:?}: the only value is auto"
+            )));
+        }
+    };
     let images = read_upload(request, state.config.max_body_bytes).await?;
     if images.iter().any(|b| b.is_empty()) {
         return Err(bad_request(
@@ -229,6 +276,81 @@ async fn run_search(
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let photos = images.len();
+    let (embedding, found_box, decoded) = match auto_box {
+        Some(params) => {
+            let Ok::<[axum::body::Bytes; 1], _>([bytes]) = images.try_into() else {
+                return Err(bad_request("box=auto takes one photo"));
+            };
+            auto_boxed_embedding(&state, bytes, &params, &pre, &limits).await?
+        }
+        None => {
+            let (embeddings, decoded) =
+                photo_embeddings(&state, images, bbox, &pre, &limits).await?;
+            let embedding = match photos {
+                1 => embeddings,
+                _ => fuse_rows(&embeddings, state.index.meta().dim),
+            };
+            (embedding, None, decoded)
+        }
+    };
+    let embedded = Instant::now();
+    let searcher = state.clone();
+    let mut hits = tokio::task::spawn_blocking(move || searcher.index.search_items(&embedding, k))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let done = Instant::now();
+    let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+    let timings = Timings {
+        decode: ms(started, decoded),
+        model: ms(decoded, embedded),
+        search: ms(embedded, done),
+        total: ms(started, done),
+    };
+    let mut response = SearchResponse::new(&state, hits.pop().unwrap_or_default(), photos, timings);
+    if auto_box.is_some() {
+        response.found_box = Some(found_box.map(|b| [b.x, b.y, b.w, b.h]));
+    }
+    Ok(response)
+}
+
+fn model_stopped() -> ApiError {
+    ApiError(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the model thread stopped".into(),
+    )
+}
+
+/// A job's place in the model queue, or why there is none.
+fn queued<T>(submitted: Result<T, QueueError>) -> Result<T, ApiError> {
+    submitted.map_err(|e| match e {
+        QueueError::Busy => ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy: too many searches in flight, retry".into(),
+        ),
+        QueueError::Stopped => model_stopped(),
+    })
+}
+
+async fn model_answer(
+    reply: tokio::sync::oneshot::Receiver<Result<Vec<f32>, String>>,
+) -> Result<Vec<f32>, ApiError> {
+    reply
+        .await
+        .map_err(|_| model_stopped())?
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))
+}
+
+/// The embeddings of `images` (each cropped to `bbox` when given), and when decoding ended.
+async fn photo_embeddings(
+    state: &Arc<AppState>,
+    images: Vec<axum::body::Bytes>,
+    bbox: Option<BBox>,
+    pre: &Preprocessing,
+    limits: &DecodeLimits,
+) -> Result<(Vec<f32>, Instant), ApiError> {
+    let photos = images.len();
+    let (pre, limits) = (pre.clone(), *limits);
     let prepared = tokio::task::spawn_blocking(move || {
         images
             .iter()
@@ -245,55 +367,79 @@ async fn run_search(
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
     .map_err(bad_request)?;
     let decoded = Instant::now();
-    let stopped = || {
-        ApiError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the model thread stopped".into(),
-        )
-    };
     let mut pending = Vec::with_capacity(photos);
     for pixels in prepared {
-        pending.push(state.queue.submit(pixels).map_err(|e| match e {
-            QueueError::Busy => ApiError(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy: too many searches in flight, retry".into(),
-            ),
-            QueueError::Stopped => stopped(),
-        })?);
+        pending.push(queued(state.queue.submit(pixels))?);
     }
     let mut embeddings = Vec::new();
     for reply in pending {
-        embeddings.extend(
-            reply
-                .await
-                .map_err(|_| stopped())?
-                .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?,
-        );
+        embeddings.extend(model_answer(reply).await?);
     }
-    let embedding = match photos {
-        1 => embeddings,
-        _ => fuse_rows(&embeddings, state.index.meta().dim),
-    };
-    let embedded = Instant::now();
-    let searcher = state.clone();
-    let mut hits = tokio::task::spawn_blocking(move || searcher.index.search_items(&embedding, k))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let done = Instant::now();
-    let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
-    let timings = Timings {
-        decode: ms(started, decoded),
-        model: ms(decoded, embedded),
-        search: ms(embedded, done),
-        total: ms(started, done),
-    };
-    Ok(SearchResponse::new(
-        &state,
-        hits.pop().unwrap_or_default(),
-        photos,
-        timings,
-    ))
+    Ok((embeddings, decoded))
+}
+
+/// `box=auto`: the photo's embedding and its windows' (by the window model), the choice against
+/// the index, and the query — the winning window's embedding or the whole photo's — with the box
+/// and when decoding ended.
+async fn auto_boxed_embedding(
+    state: &Arc<AppState>,
+    bytes: axum::body::Bytes,
+    params: &AutoBox,
+    pre: &Preprocessing,
+    limits: &DecodeLimits,
+) -> Result<(Vec<f32>, Option<BBox>, Instant), ApiError> {
+    let internal = |e: String| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e);
+    let limits = *limits;
+    let (photo_pre, window_pre) = (
+        pre.clone(),
+        Preprocessing {
+            size: params.window_side(pre.size),
+            ..pre.clone()
+        },
+    );
+    let windows = params.windows();
+    let (photo_pixels, window_pixels, photo_size) = tokio::task::spawn_blocking(move || {
+        let image = decode_query(&bytes, &limits)?;
+        let photo = prepare_decoded(&image, None, &photo_pre);
+        let crops: Vec<f32> = windows
+            .iter()
+            .flat_map(|w| {
+                let b = w.to_bbox(image.width(), image.height());
+                prepare_decoded(&image, Some(b), &window_pre)
+            })
+            .collect();
+        Ok::<_, String>((photo, crops, (image.width(), image.height())))
+    })
+    .await
+    .map_err(|e| internal(e.to_string()))?
+    .map_err(bad_request)?;
+    let decoded = Instant::now();
+    let n = params.windows().len();
+    let photo = queued(state.queue.submit(photo_pixels))?;
+    let crops = queued(state.queue.submit_windows(window_pixels, n))?;
+    let (whole, rows) = (model_answer(photo).await?, model_answer(crops).await?);
+    let (searcher, params) = (state.clone(), *params);
+    let whole_for_search = whole.clone();
+    let rows_for_search = rows.clone();
+    let choice = tokio::task::spawn_blocking(move || {
+        params.choose_in_catalogue(searcher.index.as_ref(), &whole_for_search, &rows_for_search)
+    })
+    .await
+    .map_err(|e| internal(e.to_string()))?
+    .map_err(|e| internal(e.to_string()))?;
+    let dim = whole.len();
+    Ok(match choice {
+        Some(c) => {
+            // The window's own embedding is the query: nothing more is embedded.
+            let b = c.window.to_bbox(photo_size.0, photo_size.1);
+            (
+                rows[c.index * dim..(c.index + 1) * dim].to_vec(),
+                Some(b),
+                decoded,
+            )
+        }
+        None => (whole, None, decoded),
+    })
 }
 
 #[derive(Deserialize)]

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use image::RgbImage;
 use visual_search_data::formats::{BBox, Crop};
 use visual_search_data::image::{
     DecodeLimits, Normalization, Rect, crop_rect, decode_rgb_bytes, decode_rgb_file, resize_rgb,
@@ -31,18 +32,28 @@ pub fn prepare_query(
     pre: &Preprocessing,
     limits: &DecodeLimits,
 ) -> Result<Vec<f32>, String> {
-    let image = decode_rgb_bytes(bytes, Path::new("upload"), limits).map_err(|e| e.to_string())?;
+    Ok(prepare_decoded(&decode_query(bytes, limits)?, bbox, pre))
+}
+
+/// An uploaded image decoded under `limits` (the auto-box search prepares it twice: whole,
+/// then cropped to the box it found).
+pub fn decode_query(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, String> {
+    decode_rgb_bytes(bytes, Path::new("upload"), limits).map_err(|e| e.to_string())
+}
+
+/// CHW floats for the model from a decoded image, cropped to `bbox` when given.
+pub fn prepare_decoded(image: &RgbImage, bbox: Option<BBox>, pre: &Preprocessing) -> Vec<f32> {
     let crop = bbox.map_or(Crop::None, Crop::Box);
-    let rect = crop_rect(&image, &crop);
+    let rect = crop_rect(image, &crop);
     let s = pre.size as u32;
-    let resized = resize_rgb(&image, rect, s, s);
+    let resized = resize_rgb(image, rect, s, s);
     let mut out = vec![0.0f32; 3 * pre.size * pre.size];
     Normalization {
         mean: pre.mean,
         std: pre.std,
     }
     .write_chw(&resized, &mut out);
-    Ok(out)
+    out
 }
 
 /// A JPEG of the image at `path` fitting in `max_side` × `max_side`.

@@ -131,6 +131,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         model: serde_json::json!({"synthetic": true}),
         catalogue_root: None,
         post_processing: Default::default(),
+        match_threshold: None,
         preprocessing: Preprocessing {
             size: 224,
             mean: [0.5; 3],

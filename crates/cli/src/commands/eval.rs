@@ -56,6 +56,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    // Seconds spent on the queries (embedding, and `--auto-box`'s window search), per query.
+    let mut query_cost = serde_json::Value::Null;
     let model_given = args.model.is_some() || args.model_dir.is_some();
     let (queries, gallery, dim, q_labels, g_labels, source) = match (
         &args.query_embeddings,
@@ -111,7 +113,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let scales = load_scales(&model, model.load()?, &args.data.tta_sizes)?;
             let loaded = &scales[0];
             let members = args.ensemble.load(&args.device)?;
-            let set = embed_dev_set(&scales, &members, &args.data)?;
+            let windows = args
+                .data
+                .auto_box
+                .window_model(&model, scales[0].preprocessing.size)?;
+            let set = embed_dev_set(&scales, &members, windows.as_ref(), &args.data)?;
+            let n = set.queries.embeddings.rows.max(1) as f64;
+            let embed_seconds = set.queries.timings.total.as_secs_f64();
+            let box_seconds = set.auto_box.map_or(0.0, |r| r.seconds);
+            query_cost = serde_json::json!({
+                "embed_seconds": embed_seconds,
+                "auto_box_seconds": box_seconds,
+                "ms_per_query": (embed_seconds + box_seconds) * 1e3 / n,
+                "auto_box": set.auto_box.map(|r| serde_json::json!({
+                    "searched": r.searched, "boxed": r.boxed,
+                })),
+            });
             let (ql, gl) = (
                 EmbeddedDevSet::labels(&set.queries),
                 EmbeddedDevSet::labels(&set.gallery),
@@ -164,7 +181,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "map_at_k": m.map_at_k, "k": k, "recall_at_1": m.recall_at_1, "map_at_r": m.map_at_r,
             "queries": m.queries, "evaluated_queries": m.evaluated_queries, "gallery": g_labels.len(),
             "source": source, "ranking": args.ranking.describe(),
-            "rank_seconds": rank_time.as_secs_f64(), "open_set": open,
+            "rank_seconds": rank_time.as_secs_f64(), "open_set": open, "query_cost": query_cost,
         });
         println!("{line}");
     } else {
@@ -214,17 +231,7 @@ fn hold_out_products(
     fraction: f64,
     seed: u64,
 ) -> anyhow::Result<(Vec<f32>, Vec<i64>, Vec<i64>)> {
-    use rand::SeedableRng;
-    use rand::seq::SliceRandom;
-    if !(fraction > 0.0 && fraction < 1.0) {
-        bail!("--holdout-products must be in (0, 1), got {fraction}");
-    }
-    let mut products: Vec<i64> = labels.clone();
-    products.sort_unstable();
-    products.dedup();
-    products.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
-    let n = ((products.len() as f64 * fraction).round() as usize).clamp(1, products.len() - 1);
-    let held: std::collections::HashSet<i64> = products[..n].iter().copied().collect();
+    let held = crate::holdout::held_out_products(&labels, fraction, seed)?;
     let (mut kept, mut kept_labels) = (Vec::new(), Vec::new());
     for (row, &label) in gallery.chunks_exact(dim).zip(&labels) {
         if !held.contains(&label) {

@@ -1,4 +1,4 @@
-//! `visual-search index build | add | info`: the on-disk catalogue index that `serve` searches.
+//! `visual-search index build | add | info | migrate | dups` (and `calibrate`, in its own file): the on-disk catalogue index that `serve` searches.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,6 +43,10 @@ pub enum IndexCommand {
     /// List groups of near-duplicate catalogue images (the same photo re-encoded, resized or
     /// cropped a little), from the exact top-k of the index against itself.
     Dups(DupsArgs),
+    /// Measure on labelled queries the top-1 score below which a search answers "not in the
+    /// catalogue", and store it in the index (hides a seeded fraction of its products to make
+    /// queries whose product is absent).
+    Calibrate(crate::commands::index_calibrate::CalibrateArgs),
 }
 
 #[derive(clap::Args)]
@@ -208,6 +212,7 @@ impl IndexCommand {
             IndexCommand::Info(a) => info(a),
             IndexCommand::Migrate(a) => migrate(a),
             IndexCommand::Dups(a) => dups(a),
+            IndexCommand::Calibrate(a) => crate::commands::index_calibrate::calibrate(a),
         }
     }
 }
@@ -267,6 +272,7 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         preprocessing: preprocessing(&loaded),
         catalogue_root: Some(std::path::absolute(args.list.root())?),
         post_processing,
+        match_threshold: None,
     };
     if is_postgres_url(&args.out) {
         let opts = args.hnsw.apply(args.pg.options(&args.out));
@@ -531,5 +537,11 @@ fn print_info(index: &dyn Catalogue) {
     }
     if let Some(b) = &post.blending {
         println!("blending   rounds {:?}, L2 < {}", b.rounds, b.max_distance);
+    }
+    if let Some(t) = &m.match_threshold {
+        println!(
+            "match      top-1 score >= {:.4} (precision {:.3}, recall {:.3}, AUROC {:.3} when calibrated)",
+            t.score, t.precision, t.recall, t.auroc
+        );
     }
 }

@@ -13,6 +13,7 @@ pub mod embed;
 pub mod eval;
 pub mod export;
 pub mod index;
+mod index_calibrate;
 pub mod mine;
 pub mod rank;
 pub mod search;

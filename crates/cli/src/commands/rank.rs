@@ -42,7 +42,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let scales = load_scales(&args.model, args.model.load()?, &args.data.tta_sizes)?;
     let loaded = &scales[0];
     let members = args.ensemble.load(&args.model.device)?;
-    let set = embed_dev_set(&scales, &members, &args.data)?;
+    let windows = args
+        .data
+        .auto_box
+        .window_model(&args.model, scales[0].preprocessing.size)?;
+    let set = embed_dev_set(&scales, &members, windows.as_ref(), &args.data)?;
     let dim = set.queries.embeddings.dim;
     let (ranking, rank_time) = rank(
         set.queries.embeddings.data.clone(),

@@ -5,15 +5,17 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use visual_search_data::image::DecodeLimits;
-use visual_search_serve::query_image::{parse_bbox, prepare_query};
+use visual_search_serve::query_image::{decode_query, parse_bbox, prepare_decoded};
 
 use visual_search_retrieval::ensemble::fuse_rows;
 
 use crate::args::model::DeviceArgs;
 use crate::args::postgres::PgArgs;
 use crate::args::postgres::open_catalogue;
-use crate::index_model::load_index_model;
+use crate::auto_box_run::AutoBoxArgs;
+use crate::index_model::{load_index_model, load_index_model_at};
 use crate::table::render;
+use visual_search_retrieval::index::Preprocessing;
 
 /// Finds the catalogue images nearest to each photo and prints rank, score, label and path;
 /// with `--fuse`, one search for all the photos together (several photos of one product); with
@@ -43,6 +45,8 @@ pub struct Args {
     /// Compute device: flex (CPU), tch, tch-cuda:N, cuda:N, wgpu or auto.
     #[command(flatten)]
     device: DeviceArgs,
+    #[command(flatten)]
+    auto_box: AutoBoxArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -54,8 +58,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .map(parse_bbox)
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let print = |title: String, hits: Vec<visual_search_retrieval::catalogue::CatalogueHit>| {
+    let meta = index.meta().clone();
+    // Photos get a match verdict when the index is calibrated; a catalogue item is in it.
+    let print = |title: String,
+                 hits: Vec<visual_search_retrieval::catalogue::CatalogueHit>,
+                 photo: bool| {
         println!("{title}:");
+        if let (true, Some(t), Some(top)) = (photo, &meta.match_threshold, hits.first()) {
+            if meta.is_match(top.score) {
+                println!(
+                    "match: rank 1 (score {:.4} >= threshold {:.4})",
+                    top.score, t.score
+                );
+            } else {
+                println!(
+                    "match: none, not in the catalogue (top score {:.4} < threshold {:.4}); below are the nearest items.",
+                    top.score, t.score
+                );
+            }
+        }
         let rows: Vec<Vec<String>> = hits
             .into_iter()
             .enumerate()
@@ -79,17 +100,73 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             )
         })?;
         let path = index.item(id)?.map(|i| i.path.display().to_string());
-        print(format!("item {id} ({})", path.unwrap_or_default()), hits);
+        print(
+            format!("item {id} ({})", path.unwrap_or_default()),
+            hits,
+            false,
+        );
         return Ok(());
     }
+    if args.auto_box.auto_box && bbox.is_some() {
+        anyhow::bail!("--auto-box finds the box itself; drop --bbox");
+    }
+    let auto_box = args.auto_box.params()?;
     let loaded = load_index_model(index.meta(), &args.device)?;
     let pre = &index.meta().preprocessing;
+    let window_model = match &auto_box {
+        Some(params) => {
+            let side = params.window_side(pre.size);
+            Some((
+                side,
+                load_index_model_at(index.meta(), &args.device, Some(side))?,
+            ))
+        }
+        None => None,
+    };
     let mut embeddings = Vec::with_capacity(args.images.len() * loaded.dim);
     for path in &args.images {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let pixels = prepare_query(&bytes, bbox, pre, &DecodeLimits::default())
+        let image = decode_query(&bytes, &DecodeLimits::default())
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        embeddings.extend(loaded.embed(pixels, 1)?);
+        let whole = loaded.embed(prepare_decoded(&image, bbox, pre), 1)?;
+        let (Some(params), Some((side, window_model))) = (&auto_box, &window_model) else {
+            embeddings.extend(whole);
+            continue;
+        };
+        let at_side = Preprocessing {
+            size: *side,
+            ..pre.clone()
+        };
+        let windows = params.windows();
+        let pixels: Vec<f32> = windows
+            .iter()
+            .flat_map(|w| {
+                let b = w.to_bbox(image.width(), image.height());
+                prepare_decoded(&image, Some(b), &at_side)
+            })
+            .collect();
+        let rows = window_model.embed(pixels, windows.len())?;
+        match params.choose_in_catalogue(index.as_ref(), &whole, &rows)? {
+            Some(choice) => {
+                let found = choice.window.to_bbox(image.width(), image.height());
+                println!(
+                    "{}: auto-box {:.0},{:.0},{:.0},{:.0} (best match {:.4} vs whole photo {:.4})",
+                    path.display(),
+                    found.x,
+                    found.y,
+                    found.w,
+                    found.h,
+                    choice.score,
+                    choice.whole_score
+                );
+                let dim = loaded.dim;
+                embeddings.extend_from_slice(&rows[choice.index * dim..(choice.index + 1) * dim]);
+            }
+            None => {
+                println!("{}: auto-box kept the whole photo", path.display());
+                embeddings.extend(whole);
+            }
+        }
     }
     if args.fuse {
         let fused = fuse_rows(&embeddings, loaded.dim);
@@ -97,12 +174,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .search_items(&fused, args.k)?
             .pop()
             .unwrap_or_default();
-        print(format!("{} photos fused", args.images.len()), hits);
+        print(format!("{} photos fused", args.images.len()), hits, true);
         return Ok(());
     }
     let results = index.search_items(&embeddings, args.k)?;
     for (path, hits) in args.images.iter().zip(results) {
-        print(path.display().to_string(), hits);
+        print(path.display().to_string(), hits, true);
     }
     Ok(())
 }

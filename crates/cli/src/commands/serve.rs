@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use visual_search_retrieval::auto_box::AutoBox;
 
 use anyhow::Context;
 use visual_search_serve::inference::{Embedder, InferenceQueue};
@@ -11,7 +12,7 @@ use visual_search_inference::InferenceModel;
 
 use crate::args::model::DeviceArgs;
 use crate::args::postgres::PgArgs;
-use crate::index_model::open_with_model;
+use crate::index_model::{load_index_model_at, open_with_model};
 
 /// Serves an index: `POST /search` (image as multipart field `image` or raw body; `k`,
 /// `bbox=x,y,w,h`), `GET /images/{id}`, `GET /healthz`, `GET /metrics` and a web page at `/`.
@@ -58,21 +59,33 @@ pub struct Args {
     max_decodes: Option<usize>,
 }
 
-struct ModelEmbedder(InferenceModel);
+/// The index's model, and the same model at the auto-box window side.
+struct ModelEmbedder {
+    model: InferenceModel,
+    windows: Option<InferenceModel>,
+}
 
 impl Embedder for ModelEmbedder {
     fn embed(&mut self, pixels: Vec<f32>, n: usize) -> Result<Vec<f32>, String> {
-        self.0.embed(pixels, n).map_err(|e| e.to_string())
+        self.model.embed(pixels, n).map_err(|e| e.to_string())
     }
 
     fn dim(&self) -> usize {
-        self.0.dim
+        self.model.dim
+    }
+
+    fn embed_windows(&mut self, pixels: Vec<f32>, n: usize) -> Result<Option<Vec<f32>>, String> {
+        self.windows
+            .as_ref()
+            .map(|m| m.embed(pixels, n).map_err(|e| e.to_string()))
+            .transpose()
     }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let (index, loaded) = open_with_model(&args.index, &args.pg, &args.device)?;
     let defaults = ServeConfig::default();
+    let auto_box = AutoBox::default();
     let config = ServeConfig {
         max_body_bytes: args.max_body_mb << 20,
         max_pixels: args.max_megapixels.saturating_mul(1_000_000),
@@ -84,9 +97,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .max_decodes
             .unwrap_or(defaults.max_concurrent_decodes)
             .max(1),
+        auto_box: Some(auto_box),
         ..defaults
     };
-    let queue = InferenceQueue::start(Box::new(ModelEmbedder(loaded)), args.max_batch, args.queue);
+    let windows = load_index_model_at(
+        index.meta(),
+        &args.device,
+        Some(auto_box.window_side(index.meta().preprocessing.size)),
+    )
+    .context("loading the model at the auto-box window side")?;
+    let embedder = ModelEmbedder {
+        model: loaded,
+        windows: Some(windows),
+    };
+    let queue = InferenceQueue::start(Box::new(embedder), args.max_batch, args.queue);
     let index_bytes = index.size_bytes();
     let state = Arc::new(AppState::new(index, index_bytes, queue, config));
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

@@ -125,6 +125,18 @@ pub fn catalogue(dir: &Path, grocery: &Path, step: usize) -> PathBuf {
     root
 }
 
+/// A query list (`root/queries.csv`) of every `step`-th row of the grocery dev queries, for
+/// a root made by [`catalogue`].
+pub fn query_list(root: &Path, grocery: &Path, step: usize) -> PathBuf {
+    let text = std::fs::read_to_string(grocery.join("queries.csv")).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    let rows: Vec<&str> = lines.step_by(step).collect();
+    let path = root.join("queries.csv");
+    std::fs::write(&path, format!("{header}\n{}\n", rows.join("\n"))).unwrap();
+    path
+}
+
 /// Builds `dir/index` over `root/gallery.csv` with the real EfficientNet-Lite0 `weights`;
 /// returns the index folder and the command's output.
 pub fn lite0_index(dir: &Path, root: &Path, weights: &Path) -> (PathBuf, String) {
@@ -205,4 +217,47 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         out.extend_from_slice(&data[line_end + 2..line_end + 2 + size]);
         data = &data[line_end + 4 + size..];
     }
+}
+
+/// Where the kiwi photo is pasted in the scene.
+pub const KIWI_AT: (u32, u32) = (300, 260);
+
+/// A 700 × 740 scene tiled 4 × 4 with sixteen other in-store photos (every 70th dev query of
+/// another product), the kiwi photo pasted over them; returns the scene's path and the kiwi's
+/// true box `[x, y, w, h]`.
+pub fn kiwi_scene(grocery: &Path, dir: &Path) -> (PathBuf, [f64; 4]) {
+    let open = |rel: &str| image::open(grocery.join(rel)).unwrap().to_rgb8();
+    let queries = std::fs::read_to_string(grocery.join("queries.csv")).unwrap();
+    let others: Vec<String> = queries
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut f = l.split(',');
+            let (path, label) = (f.next()?, f.next()?);
+            (label != "7").then(|| path.to_string())
+        })
+        .step_by(70)
+        .take(16)
+        .collect();
+    assert_eq!(others.len(), 16);
+    let mut canvas = image::RgbImage::new(700, 740);
+    for (i, rel) in others.iter().enumerate() {
+        let tile =
+            image::imageops::resize(&open(rel), 175, 185, image::imageops::FilterType::Triangle);
+        image::imageops::replace(
+            &mut canvas,
+            &tile,
+            (i % 4) as i64 * 175,
+            (i / 4) as i64 * 185,
+        );
+    }
+    let kiwi = open("test/Fruit/Kiwi/Kiwi_005.jpg");
+    let (w, h) = kiwi.dimensions();
+    image::imageops::replace(&mut canvas, &kiwi, KIWI_AT.0 as i64, KIWI_AT.1 as i64);
+    let path = dir.join("scene.jpg");
+    canvas.save(&path).unwrap();
+    (
+        path,
+        [KIWI_AT.0 as f64, KIWI_AT.1 as f64, w as f64, h as f64],
+    )
 }

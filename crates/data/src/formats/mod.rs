@@ -19,6 +19,41 @@ pub struct BBox {
     pub h: f64,
 }
 
+/// A box in fractions of an image's width and height (`0 <= x0 < x1 <= 1`): a window the
+/// auto-box search scores, before it is known which image size it applies to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Window {
+    pub x0: f32,
+    pub y0: f32,
+    pub x1: f32,
+    pub y1: f32,
+}
+
+impl Window {
+    pub const WHOLE: Window = Window {
+        x0: 0.0,
+        y0: 0.0,
+        x1: 1.0,
+        y1: 1.0,
+    };
+
+    /// `[x0, y0, x1, y1]`.
+    pub fn corners(&self) -> [f32; 4] {
+        [self.x0, self.y0, self.x1, self.y1]
+    }
+
+    /// The window in pixels of a `width × height` image.
+    pub fn to_bbox(&self, width: u32, height: u32) -> BBox {
+        let (w, h) = (width as f64, height as f64);
+        BBox {
+            x: self.x0 as f64 * w,
+            y: self.y0 as f64 * h,
+            w: (self.x1 - self.x0) as f64 * w,
+            h: (self.y1 - self.y0) as f64 * h,
+        }
+    }
+}
+
 /// How an image is cropped before any resizing.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Crop {
@@ -29,6 +64,8 @@ pub enum Crop {
     WhiteBorder,
     /// Keep only this box, clamped to the image (queries, SPEC).
     Box(BBox),
+    /// Keep only this window, in fractions of the decoded image (a box `--auto-box` found).
+    Window(Window),
 }
 
 /// One image to load: where it is, its class and how to crop it.
@@ -37,4 +74,28 @@ pub struct Sample {
     pub path: PathBuf,
     pub label: i64,
     pub crop: Crop,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_map_to_pixels() {
+        let half = Window {
+            x0: 0.25,
+            y0: 0.5,
+            x1: 0.75,
+            y1: 1.0,
+        };
+        assert_eq!(
+            half.to_bbox(400, 100),
+            BBox {
+                x: 100.0,
+                y: 50.0,
+                w: 200.0,
+                h: 50.0
+            }
+        );
+    }
 }

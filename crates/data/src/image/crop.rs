@@ -34,6 +34,7 @@ pub fn crop_rect(image: &RgbImage, crop: &Crop) -> Rect {
     match crop {
         Crop::None => Rect::full(w, h),
         Crop::Box(b) => box_rect(b, w, h),
+        Crop::Window(win) => box_rect(&win.to_bbox(w, h), w, h),
         Crop::WhiteBorder => white_border_rect(image),
     }
 }

@@ -1,0 +1,165 @@
+//! `--auto-box` for the commands that embed queries (`rank`, `eval`, `search`): for a query
+//! photo without a box, its four corner windows are embedded with the same model loaded at the
+//! window side, and the query becomes the window whose best catalogue match clearly beats the
+//! whole photo's. The method and its exact rule are in `retrieval::auto_box`.
+
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use visual_search_data::Sample;
+use visual_search_data::formats::Crop;
+use visual_search_inference::InferenceModel;
+use visual_search_retrieval::auto_box::{AutoBox, BoxChoice};
+use visual_search_retrieval::matrix::MatrixView;
+use visual_search_retrieval::topk::top_k;
+use visual_search_train::embedding::EmbeddedSet;
+
+use crate::args::model::ModelArgs;
+use crate::dev_set_run::eval_loader;
+use crate::embedding_run::embed_with_progress;
+
+/// Finding the product in query photos that have no box.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AutoBoxArgs {
+    /// For query photos without a box: also search with the photo's four corner windows (4/7
+    /// of it wide and high, overlapping) and use the window whose best catalogue match beats
+    /// the whole photo's by --auto-box-min-gain. Cost per query: the photo plus four windows
+    /// at --auto-box-scale times the model's side (4 x 0.7² = 1.96 at the default), 2.96
+    /// embeddings in all, plus one search for the five.
+    #[arg(long)]
+    pub auto_box: bool,
+    /// How much higher (in cosine) a window's best match must score than the whole photo's.
+    #[arg(long, default_value_t = AutoBox::default().min_gain)]
+    pub auto_box_min_gain: f32,
+    /// Windows are embedded at this fraction of the model's input side.
+    #[arg(long, default_value_t = AutoBox::default().seed_scale)]
+    pub auto_box_scale: f32,
+}
+
+impl AutoBoxArgs {
+    /// Off.
+    pub fn off() -> Self {
+        AutoBoxArgs {
+            auto_box: false,
+            auto_box_min_gain: AutoBox::default().min_gain,
+            auto_box_scale: AutoBox::default().seed_scale,
+        }
+    }
+
+    /// The knobs when `--auto-box` is on.
+    pub fn params(&self) -> anyhow::Result<Option<AutoBox>> {
+        if !self.auto_box {
+            return Ok(None);
+        }
+        let params = AutoBox {
+            min_gain: self.auto_box_min_gain,
+            seed_scale: self.auto_box_scale,
+            ..AutoBox::default()
+        };
+        params.validate().map_err(anyhow::Error::msg)?;
+        Ok(Some(params))
+    }
+
+    /// The model at the window side, when `--auto-box` is on (`model` loads the main model).
+    pub fn window_model(
+        &self,
+        model: &ModelArgs,
+        own_size: usize,
+    ) -> anyhow::Result<Option<InferenceModel>> {
+        let Some(params) = self.params()? else {
+            return Ok(None);
+        };
+        let size = params.window_side(own_size);
+        let loaded = ModelArgs {
+            size: Some(size),
+            ..model.clone()
+        }
+        .load()
+        .with_context(|| format!("loading the model at {size} px for --auto-box"))?;
+        Ok(Some(loaded))
+    }
+}
+
+/// What the window search did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AutoBoxReport {
+    /// Queries without a box that were searched.
+    pub searched: usize,
+    /// Of those, the ones a window won for.
+    pub boxed: usize,
+    /// Time spent embedding the windows and choosing.
+    pub seconds: f64,
+}
+
+/// Replaces, in `queries` (the whole photos' embeddings of `samples`), the embedding of each
+/// photo without a box by its winning window's, when one wins against `gallery` (`dim`-wide
+/// unit rows); the windows are embedded with `window_model`.
+pub fn box_queries(
+    window_model: &InferenceModel,
+    params: &AutoBox,
+    samples: &[Sample],
+    queries: &mut EmbeddedSet,
+    gallery: &[f32],
+    batch_size: usize,
+    workers: Option<usize>,
+) -> anyhow::Result<AutoBoxReport> {
+    let started = std::time::Instant::now();
+    let dim = queries.embeddings.dim;
+    if window_model.dim != dim {
+        bail!(
+            "the window model gives {}-d rows, the queries are {dim}-d",
+            window_model.dim
+        );
+    }
+    let open: Vec<usize> = (0..samples.len())
+        .filter(|&i| samples[i].crop == Crop::None)
+        .collect();
+    let windows = params.windows();
+    let window_samples: Arc<[Sample]> = open
+        .iter()
+        .flat_map(|&i| {
+            windows.iter().map(move |w| Sample {
+                crop: Crop::Window(*w),
+                ..samples[i].clone()
+            })
+        })
+        .collect();
+    let embedded = embed_with_progress(
+        window_model,
+        false,
+        window_samples,
+        &eval_loader(batch_size, workers),
+        "auto-box windows",
+        "they cannot win",
+    )?;
+    let per = windows.len();
+    let mut all = Vec::with_capacity(open.len() * (1 + per) * dim);
+    for (k, &i) in open.iter().enumerate() {
+        all.extend_from_slice(queries.embeddings.row(i));
+        for w in 0..per {
+            all.extend_from_slice(embedded.embeddings.row(k * per + w));
+        }
+    }
+    let rows = all.len() / dim.max(1);
+    let top = top_k(
+        MatrixView::f32(&all, rows, dim),
+        MatrixView::f32(gallery, gallery.len() / dim.max(1), dim),
+        1,
+    );
+    let mut report = AutoBoxReport {
+        searched: open.len(),
+        ..AutoBoxReport::default()
+    };
+    for (k, &i) in open.iter().enumerate() {
+        let score = |r: usize| top.row_scores(r).first().copied().unwrap_or(-1.0);
+        let base = k * (1 + per);
+        let window_scores: Vec<f32> = (1..=per).map(|w| score(base + w)).collect();
+        if let Some(BoxChoice { index, .. }) = params.choose(score(base), &window_scores) {
+            let row = embedded.embeddings.row(k * per + index).to_vec();
+            queries.embeddings.data[i * dim..(i + 1) * dim].copy_from_slice(&row);
+            report.boxed += 1;
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
