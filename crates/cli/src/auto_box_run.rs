@@ -34,6 +34,9 @@ pub struct AutoBoxArgs {
     /// Windows are embedded at this fraction of the model's input side.
     #[arg(long, default_value_t = AutoBox::default().seed_scale)]
     pub auto_box_scale: f32,
+    /// Window places along each side of the photo (2: the four corners; 3: nine windows).
+    #[arg(long, default_value_t = AutoBox::default().positions)]
+    pub auto_box_positions: usize,
 }
 
 impl AutoBoxArgs {
@@ -43,6 +46,7 @@ impl AutoBoxArgs {
             auto_box: false,
             auto_box_min_gain: AutoBox::default().min_gain,
             auto_box_scale: AutoBox::default().seed_scale,
+            auto_box_positions: AutoBox::default().positions,
         }
     }
 
@@ -54,6 +58,7 @@ impl AutoBoxArgs {
         let params = AutoBox {
             min_gain: self.auto_box_min_gain,
             seed_scale: self.auto_box_scale,
+            positions: self.auto_box_positions,
             ..AutoBox::default()
         };
         params.validate().map_err(anyhow::Error::msg)?;

@@ -29,9 +29,11 @@ use crate::error::RetrievalError;
 /// The knobs of the window search (defaults in [`AutoBox::default`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AutoBox {
-    /// The windows are the photo's four corners, `seed_cells / grid` of it wide and high.
+    /// The windows are `seed_cells / grid` of the photo wide and high, at `positions` evenly
+    /// spaced places along each side (2: the four corners).
     pub grid: usize,
     pub seed_cells: usize,
+    pub positions: usize,
     /// Windows are embedded at this fraction of the model's input side (the cost of the four
     /// is `4 · seed_scale²` embeddings).
     pub seed_scale: f32,
@@ -44,8 +46,9 @@ impl Default for AutoBox {
         AutoBox {
             grid: 7,
             seed_cells: 4,
+            positions: 2,
             seed_scale: 0.7,
-            min_gain: 0.02,
+            min_gain: 0.0,
         }
     }
 }
@@ -70,6 +73,12 @@ impl AutoBox {
                 self.grid, self.grid, self.seed_cells
             ));
         }
+        if !(1..=8).contains(&self.positions) {
+            return Err(format!(
+                "auto-box window positions per side must be 1..=8, got {}",
+                self.positions
+            ));
+        }
         if !(self.seed_scale >= 0.25 && self.seed_scale <= 2.0) {
             return Err(format!(
                 "the auto-box window scale must be in 0.25..=2, got {}",
@@ -79,18 +88,26 @@ impl AutoBox {
         Ok(())
     }
 
-    /// The four windows: the photo's corners, `seed_cells / grid` of it wide and high.
+    /// The windows, row by row: `positions²` squares (in photo fractions) `seed_cells / grid`
+    /// wide, from the top-left corner to the bottom-right one.
     pub fn windows(&self) -> Vec<Window> {
         let g = self.grid as f32;
         let side = self.seed_cells as f32 / g;
         let far = (self.grid - self.seed_cells) as f32 / g;
-        [(0.0, 0.0), (far, 0.0), (0.0, far), (far, far)]
-            .iter()
-            .map(|&(x, y)| Window {
-                x0: x,
-                y0: y,
-                x1: x + side,
-                y1: y + side,
+        let steps = self.positions.max(1);
+        let at = |i: usize| match steps {
+            1 => far / 2.0,
+            _ => far * i as f32 / (steps - 1) as f32,
+        };
+        (0..steps * steps)
+            .map(|k| {
+                let (x, y) = (at(k % steps), at(k / steps));
+                Window {
+                    x0: x,
+                    y0: y,
+                    x1: x + side,
+                    y1: y + side,
+                }
             })
             .collect()
     }
