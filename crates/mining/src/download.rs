@@ -118,8 +118,9 @@ fn store(
     let name = content_name(bytes);
     let path = images_dir.join(&name);
     if !path.is_file() {
-        visual_search_data::atomic_write::write_atomically(&path, bytes)
-            .map_err(|e| e.to_string())?;
+        // Through a `.partial-` file, which `sweep_partials` removes if this run is killed
+        // before the rename (a plain temp file would stay in the user's images folder).
+        crate::partial_files::write_via_partial(&path, bytes).map_err(|e| e.to_string())?;
     }
     Ok(name)
 }
