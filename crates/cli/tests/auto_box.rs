@@ -83,6 +83,12 @@ fn auto_box_finds_the_product_in_a_cluttered_scene() {
         let (status, _, body) = http(&server.addr, "POST", bad, "image/jpeg", &bytes);
         assert_eq!(status, 400, "{bad}: {}", String::from_utf8_lossy(&body));
     }
+    // A server started without the window model refuses box=auto with a reason.
+    let lean = common::start_server_with(&index, &["--no-auto-box"]);
+    let (status, _, body) = http(&lean.addr, "POST", "/search?box=auto", "image/jpeg", &bytes);
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("window model"));
+    drop(lean);
     // Without box=auto there is no "box" in the answer.
     let (_, _, body) = http(&server.addr, "POST", "/search?k=3", "image/jpeg", &bytes);
     let plain: serde_json::Value = serde_json::from_slice(&body).unwrap();

@@ -57,6 +57,10 @@ pub struct Args {
     /// Most uploads decoded at once [default: the number of cores].
     #[arg(long)]
     max_decodes: Option<usize>,
+    /// Do not load the second copy of the model that `box=auto` embeds its windows with (at
+    /// 0.7x the input side): saves its memory; `box=auto` then answers 400.
+    #[arg(long)]
+    no_auto_box: bool,
 }
 
 /// The index's model, and the same model at the auto-box window side.
@@ -97,18 +101,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .max_decodes
             .unwrap_or(defaults.max_concurrent_decodes)
             .max(1),
-        auto_box: Some(auto_box),
+        auto_box: (!args.no_auto_box).then_some(auto_box),
         ..defaults
     };
-    let windows = load_index_model_at(
-        index.meta(),
-        &args.device,
-        Some(auto_box.window_side(index.meta().preprocessing.size)),
-    )
-    .context("loading the model at the auto-box window side")?;
+    let windows = match args.no_auto_box {
+        true => None,
+        false => Some(
+            load_index_model_at(
+                index.meta(),
+                &args.device,
+                Some(auto_box.window_side(index.meta().preprocessing.size)),
+            )
+            .context("loading the model at the auto-box window side")?,
+        ),
+    };
     let embedder = ModelEmbedder {
         model: loaded,
-        windows: Some(windows),
+        windows,
     };
     let queue = InferenceQueue::start(Box::new(embedder), args.max_batch, args.queue);
     let index_bytes = index.size_bytes();
