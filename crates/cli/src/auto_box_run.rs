@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use visual_search_data::Sample;
 use visual_search_data::formats::Crop;
 use visual_search_inference::InferenceModel;
-use visual_search_retrieval::auto_box::{AutoBox, BoxChoice};
+use visual_search_retrieval::auto_box::AutoBox;
 use visual_search_retrieval::matrix::MatrixView;
 use visual_search_retrieval::topk::top_k;
 use visual_search_train::embedding::EmbeddedSet;
@@ -32,7 +32,7 @@ pub struct AutoBoxArgs {
     #[arg(long, default_value_t = AutoBox::default().min_gain)]
     pub auto_box_min_gain: f32,
     /// Windows are embedded at this fraction of the model's input side.
-    #[arg(long, default_value_t = AutoBox::default().seed_scale)]
+    #[arg(long, default_value_t = AutoBox::default().window_scale)]
     pub auto_box_scale: f32,
     /// Window places along each side of the photo (2: the four corners; 3: nine windows).
     #[arg(long, default_value_t = AutoBox::default().positions)]
@@ -45,7 +45,7 @@ impl AutoBoxArgs {
         AutoBoxArgs {
             auto_box: false,
             auto_box_min_gain: AutoBox::default().min_gain,
-            auto_box_scale: AutoBox::default().seed_scale,
+            auto_box_scale: AutoBox::default().window_scale,
             auto_box_positions: AutoBox::default().positions,
         }
     }
@@ -57,7 +57,7 @@ impl AutoBoxArgs {
         }
         let params = AutoBox {
             min_gain: self.auto_box_min_gain,
-            seed_scale: self.auto_box_scale,
+            window_scale: self.auto_box_scale,
             positions: self.auto_box_positions,
             ..AutoBox::default()
         };
@@ -159,9 +159,9 @@ pub fn box_queries(
         let score = |r: usize| top.row_scores(r).first().copied().unwrap_or(-1.0);
         let base = k * (1 + per);
         let window_scores: Vec<f32> = (1..=per).map(|w| score(base + w)).collect();
-        if let Some(BoxChoice { index, .. }) = params.choose(score(base), &window_scores) {
-            let row = embedded.embeddings.row(k * per + index).to_vec();
-            queries.embeddings.data[i * dim..(i + 1) * dim].copy_from_slice(&row);
+        if let Some(choice) = params.choose(score(base), &window_scores) {
+            let rows = &embedded.embeddings.data[k * per * dim..(k + 1) * per * dim];
+            queries.embeddings.data[i * dim..(i + 1) * dim].copy_from_slice(choice.row(rows, dim));
             report.boxed += 1;
         }
     }

@@ -11,11 +11,11 @@
 //! matched the clutter, not the product).
 //!
 //! Cost, in embeddings of one photo at the model's side `s`: the photo (1) and the four corner
-//! windows at `seed_scale · s` pixels (4 · 0.7² = 1.96 at the default): 2.96x; the winning
+//! windows at `window_scale · s` pixels (4 · 0.7² = 1.96 at the default): 2.96x; the winning
 //! window's own embedding is the query, so nothing more is embedded. Plus one catalogue search
 //! for the five queries.
 //!
-//! Exactly, for one photo: the windows are the four corners of the photo `seed_cells/grid` wide
+//! Exactly, for one photo: the windows are the four corners of the photo `window_cells/grid` wide
 //! and high (4/7: they overlap in the middle 1/7, so a product up to 3/7 of the photo lies wholly
 //! in one of them wherever it is, and a larger one mostly); `t_0` is the whole photo's top-1
 //! cosine in the catalogue and `t_i` window i's; the query is window `i* = argmax t_i` when
@@ -29,14 +29,14 @@ use crate::error::RetrievalError;
 /// The knobs of the window search (defaults in [`AutoBox::default`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AutoBox {
-    /// The windows are `seed_cells / grid` of the photo wide and high, at `positions` evenly
+    /// The windows are `window_cells / grid` of the photo wide and high, at `positions` evenly
     /// spaced places along each side (2: the four corners).
     pub grid: usize,
-    pub seed_cells: usize,
+    pub window_cells: usize,
     pub positions: usize,
     /// Windows are embedded at this fraction of the model's input side (the cost of the four
-    /// is `4 · seed_scale²` embeddings).
-    pub seed_scale: f32,
+    /// is `4 · window_scale²` embeddings).
+    pub window_scale: f32,
     /// How much higher (cosine) a window's best match must be than the whole photo's.
     pub min_gain: f32,
 }
@@ -45,9 +45,9 @@ impl Default for AutoBox {
     fn default() -> Self {
         AutoBox {
             grid: 7,
-            seed_cells: 4,
+            window_cells: 4,
             positions: 2,
-            seed_scale: 0.7,
+            window_scale: 0.7,
             min_gain: 0.0,
         }
     }
@@ -64,13 +64,21 @@ pub struct BoxChoice {
     pub whole_score: f32,
 }
 
+impl BoxChoice {
+    /// The winning window's row among `window_rows` (one `dim`-wide row per window, in
+    /// [`AutoBox::windows`] order): the query to search with.
+    pub fn row<'a>(&self, window_rows: &'a [f32], dim: usize) -> &'a [f32] {
+        &window_rows[self.index * dim..(self.index + 1) * dim]
+    }
+}
+
 impl AutoBox {
     /// Checks the knobs.
     pub fn validate(&self) -> Result<(), String> {
-        if self.grid == 0 || self.seed_cells == 0 || self.seed_cells > self.grid {
+        if self.grid == 0 || self.window_cells == 0 || self.window_cells > self.grid {
             return Err(format!(
                 "auto-box windows must be 1..={} of {} cells, got {}",
-                self.grid, self.grid, self.seed_cells
+                self.grid, self.grid, self.window_cells
             ));
         }
         if !(1..=8).contains(&self.positions) {
@@ -79,21 +87,21 @@ impl AutoBox {
                 self.positions
             ));
         }
-        if !(self.seed_scale >= 0.25 && self.seed_scale <= 2.0) {
+        if !(self.window_scale >= 0.25 && self.window_scale <= 2.0) {
             return Err(format!(
                 "the auto-box window scale must be in 0.25..=2, got {}",
-                self.seed_scale
+                self.window_scale
             ));
         }
         Ok(())
     }
 
-    /// The windows, row by row: `positions²` squares (in photo fractions) `seed_cells / grid`
+    /// The windows, row by row: `positions²` squares (in photo fractions) `window_cells / grid`
     /// wide, from the top-left corner to the bottom-right one.
     pub fn windows(&self) -> Vec<Window> {
         let g = self.grid as f32;
-        let side = self.seed_cells as f32 / g;
-        let far = (self.grid - self.seed_cells) as f32 / g;
+        let side = self.window_cells as f32 / g;
+        let far = (self.grid - self.window_cells) as f32 / g;
         let steps = self.positions.max(1);
         let at = |i: usize| match steps {
             1 => far / 2.0,
@@ -114,7 +122,7 @@ impl AutoBox {
 
     /// The side windows are embedded at, for a model whose input side is `size`.
     pub fn window_side(&self, size: usize) -> usize {
-        ((size as f32 * self.seed_scale).round() as usize).max(1)
+        ((size as f32 * self.window_scale).round() as usize).max(1)
     }
 
     /// The winning window from the whole photo's top-1 score and each window's (in
@@ -179,6 +187,7 @@ mod tests {
             (2, 0.7, 0.6)
         );
         assert_eq!(choice.window, a.windows()[2]);
+        assert_eq!(choice.row(&[0.0, 1.0, 2.0, 3.0, 4.0, 5.0], 2), &[4.0, 5.0]);
         assert_eq!(a.choose(0.66, &[0.5, 0.66, 0.7, 0.62]), None);
         assert_eq!(a.choose(0.66, &[]), None);
     }

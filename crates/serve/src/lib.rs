@@ -43,7 +43,7 @@ use crate::api_error::{ApiError, bad_request};
 use crate::inference::{InferenceQueue, QueueError};
 use crate::metrics::Metrics;
 use crate::query_image::{
-    decode_query, parse_bbox, prepare_decoded, prepare_query, thumbnail_jpeg,
+    decode_query, parse_bbox, prepare_decoded, prepare_query, prepare_windows, thumbnail_jpeg,
 };
 use crate::upload::read_upload;
 
@@ -67,7 +67,8 @@ pub struct ServeConfig {
     pub drain_timeout: Duration,
     /// Most uploads decoded at the same time (decoding a photo takes tens of MB).
     pub max_concurrent_decodes: usize,
-    /// The window search behind `box=auto`; `None` when the model has no window features.
+    /// The window search behind `box=auto`; `None` when the server runs without the window
+    /// model (`serve --no-auto-box`).
     pub auto_box: Option<AutoBox>,
 }
 
@@ -398,46 +399,36 @@ async fn auto_boxed_embedding(
         },
     );
     let windows = params.windows();
+    let n = windows.len();
     let (photo_pixels, window_pixels, photo_size) = tokio::task::spawn_blocking(move || {
         let image = decode_query(&bytes, &limits)?;
         let photo = prepare_decoded(&image, None, &photo_pre);
-        let crops: Vec<f32> = windows
-            .iter()
-            .flat_map(|w| {
-                let b = w.to_bbox(image.width(), image.height());
-                prepare_decoded(&image, Some(b), &window_pre)
-            })
-            .collect();
+        let crops = prepare_windows(&image, &windows, &window_pre);
         Ok::<_, String>((photo, crops, (image.width(), image.height())))
     })
     .await
     .map_err(|e| internal(e.to_string()))?
     .map_err(bad_request)?;
     let decoded = Instant::now();
-    let n = params.windows().len();
     let photo = queued(state.queue.submit(photo_pixels))?;
     let crops = queued(state.queue.submit_windows(window_pixels, n))?;
     let (whole, rows) = (model_answer(photo).await?, model_answer(crops).await?);
     let (searcher, params) = (state.clone(), *params);
-    let whole_for_search = whole.clone();
-    let rows_for_search = rows.clone();
-    let choice = tokio::task::spawn_blocking(move || {
-        params.choose_in_catalogue(searcher.index.as_ref(), &whole_for_search, &rows_for_search)
+    let (choice, whole, rows) = tokio::task::spawn_blocking(move || {
+        params
+            .choose_in_catalogue(searcher.index.as_ref(), &whole, &rows)
+            .map(|choice| (choice, whole, rows))
     })
     .await
     .map_err(|e| internal(e.to_string()))?
     .map_err(|e| internal(e.to_string()))?;
-    let dim = whole.len();
     Ok(match choice {
-        Some(c) => {
-            // The window's own embedding is the query: nothing more is embedded.
-            let b = c.window.to_bbox(photo_size.0, photo_size.1);
-            (
-                rows[c.index * dim..(c.index + 1) * dim].to_vec(),
-                Some(b),
-                decoded,
-            )
-        }
+        // The window's own embedding is the query: nothing more is embedded.
+        Some(c) => (
+            c.row(&rows, whole.len()).to_vec(),
+            Some(c.window.to_bbox(photo_size.0, photo_size.1)),
+            decoded,
+        ),
         None => (whole, None, decoded),
     })
 }

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use image::RgbImage;
-use visual_search_data::formats::{BBox, Crop};
+use visual_search_data::formats::{BBox, Crop, Window};
 use visual_search_data::image::{
     DecodeLimits, Normalization, Rect, crop_rect, decode_rgb_bytes, decode_rgb_file, resize_rgb,
 };
@@ -35,8 +35,8 @@ pub fn prepare_query(
     Ok(prepare_decoded(&decode_query(bytes, limits)?, bbox, pre))
 }
 
-/// An uploaded image decoded under `limits` (the auto-box search prepares it twice: whole,
-/// then cropped to the box it found).
+/// An uploaded image decoded under `limits` (the auto-box search prepares it more than once:
+/// whole, and cropped to each of its windows).
 pub fn decode_query(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, String> {
     decode_rgb_bytes(bytes, Path::new("upload"), limits).map_err(|e| e.to_string())
 }
@@ -54,6 +54,15 @@ pub fn prepare_decoded(image: &RgbImage, bbox: Option<BBox>, pre: &Preprocessing
     }
     .write_chw(&resized, &mut out);
     out
+}
+
+/// CHW floats of each of `windows` (fractions of the image) cropped from a decoded image, one
+/// image after another (`box=auto`, `search --auto-box`).
+pub fn prepare_windows(image: &RgbImage, windows: &[Window], pre: &Preprocessing) -> Vec<f32> {
+    windows
+        .iter()
+        .flat_map(|w| prepare_decoded(image, Some(w.to_bbox(image.width(), image.height())), pre))
+        .collect()
 }
 
 /// A JPEG of the image at `path` fitting in `max_side` × `max_side`.

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use visual_search_data::image::DecodeLimits;
-use visual_search_serve::query_image::{decode_query, parse_bbox, prepare_decoded};
+use visual_search_serve::query_image::{
+    decode_query, parse_bbox, prepare_decoded, prepare_windows,
+};
 
 use visual_search_retrieval::ensemble::fuse_rows;
 
@@ -113,13 +115,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let auto_box = args.auto_box.params()?;
     let loaded = load_index_model(index.meta(), &args.device)?;
     let pre = &index.meta().preprocessing;
-    let window_model = match &auto_box {
+    // `--auto-box`: its knobs and the index's model at the window side.
+    let auto_box = match auto_box {
         Some(params) => {
             let side = params.window_side(pre.size);
-            Some((
-                side,
-                load_index_model_at(index.meta(), &args.device, Some(side))?,
-            ))
+            let window_model = load_index_model_at(index.meta(), &args.device, Some(side))?;
+            let at_side = Preprocessing {
+                size: side,
+                ..pre.clone()
+            };
+            Some((params, window_model, at_side))
         }
         None => None,
     };
@@ -129,23 +134,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let image = decode_query(&bytes, &DecodeLimits::default())
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let whole = loaded.embed(prepare_decoded(&image, bbox, pre), 1)?;
-        let (Some(params), Some((side, window_model))) = (&auto_box, &window_model) else {
+        let Some((params, window_model, at_side)) = &auto_box else {
             embeddings.extend(whole);
             continue;
         };
-        let at_side = Preprocessing {
-            size: *side,
-            ..pre.clone()
-        };
         let windows = params.windows();
-        let pixels: Vec<f32> = windows
-            .iter()
-            .flat_map(|w| {
-                let b = w.to_bbox(image.width(), image.height());
-                prepare_decoded(&image, Some(b), &at_side)
-            })
-            .collect();
-        let rows = window_model.embed(pixels, windows.len())?;
+        let rows = window_model.embed(prepare_windows(&image, &windows, at_side), windows.len())?;
         match params.choose_in_catalogue(index.as_ref(), &whole, &rows)? {
             Some(choice) => {
                 let found = choice.window.to_bbox(image.width(), image.height());
@@ -159,8 +153,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     choice.score,
                     choice.whole_score
                 );
-                let dim = loaded.dim;
-                embeddings.extend_from_slice(&rows[choice.index * dim..(choice.index + 1) * dim]);
+                embeddings.extend_from_slice(choice.row(&rows, loaded.dim));
             }
             None => {
                 println!("{}: auto-box kept the whole photo", path.display());

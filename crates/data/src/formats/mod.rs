@@ -30,18 +30,6 @@ pub struct Window {
 }
 
 impl Window {
-    pub const WHOLE: Window = Window {
-        x0: 0.0,
-        y0: 0.0,
-        x1: 1.0,
-        y1: 1.0,
-    };
-
-    /// `[x0, y0, x1, y1]`.
-    pub fn corners(&self) -> [f32; 4] {
-        [self.x0, self.y0, self.x1, self.y1]
-    }
-
     /// The window in pixels of a `width × height` image.
     pub fn to_bbox(&self, width: u32, height: u32) -> BBox {
         let (w, h) = (width as f64, height as f64);
