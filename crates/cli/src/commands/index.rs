@@ -1,4 +1,5 @@
-//! `visual-search index build | add | info | migrate | dups` (and `calibrate`, in its own file): the on-disk catalogue index that `serve` searches.
+//! `visual-search index build | add | info | migrate | dups` (and `calibrate`, in its own
+//! file): the on-disk catalogue index that `serve` searches.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -509,10 +510,9 @@ fn info(args: InfoArgs) -> anyhow::Result<()> {
         print_info(index.as_ref());
     } else {
         let index = Index::open(Path::new(&args.index))?;
-        let labels: std::collections::HashSet<i64> = index.items.iter().map(|i| i.label).collect();
         println!("index      {}", index.location());
         println!("version    {}", index.version_dir.display());
-        println!("labels     {}", labels.len());
+        println!("labels     {}", index.distinct_labels()?.len());
         print_info(&index);
     }
     Ok(())
