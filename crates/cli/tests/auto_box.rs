@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{catalogue, http, kiwi_scene, lite0_index, run_ok, start_server};
+use common::{http, kiwi_scene, run_ok, start_server};
 
 /// Intersection over union of two `[x, y, w, h]` boxes.
 fn iou(a: [f64; 4], b: [f64; 4]) -> f64 {
@@ -16,13 +16,12 @@ fn iou(a: [f64; 4], b: [f64; 4]) -> f64 {
 
 #[test]
 fn auto_box_finds_the_product_in_a_cluttered_scene() {
-    let Some((grocery, weights)) = common::grocery_and_lite0() else {
+    let Some(shop) = common::grocery_shop() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let root = catalogue(dir.path(), &grocery, 10);
-    let (index, _) = lite0_index(dir.path(), &root, &weights);
-    let (photo, truth) = kiwi_scene(&grocery, dir.path());
+    let (grocery, weights, root) = (&shop.grocery, &shop.weights, &shop.root);
+    let (index, _) = shop.index();
+    let (photo, truth) = kiwi_scene(grocery, shop.dir.path());
 
     // The command line prints the box it found, then the results.
     let text = run_ok(&[

@@ -13,7 +13,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{catalogue, lite0_index, run_ok, start_server};
+use common::{catalogue, lite0_index, start_server};
 
 /// The product left out of the catalogue, and a photo of it.
 const ABSENT: &str = "41";
@@ -43,17 +43,7 @@ fn the_page_finds_the_product_in_headless_chromium() {
     std::fs::write(root.join("gallery.csv"), kept.join("\n") + "\n").unwrap();
     let (index, _) = lite0_index(dir.path(), &root, &weights);
     let queries = common::query_list(&root, &grocery, 6);
-    run_ok(&[
-        "index",
-        "calibrate",
-        "--index",
-        index.to_str().unwrap(),
-        "--device",
-        "flex",
-        "--follow-links",
-        "--csv",
-        queries.to_str().unwrap(),
-    ]);
+    common::calibrate(&["--index", index.to_str().unwrap()], &queries, &[]);
     let (scene, _) = common::kiwi_scene(&grocery, dir.path());
     let absent = grocery.join(ABSENT_PHOTO);
     let server = start_server(&index);

@@ -250,19 +250,7 @@ fn stored_post_processing_answers_the_same_on_both_engines() {
 
     // A calibrated match threshold: the same measurement and the same verdicts on both.
     let queries = query_list(&root, &grocery, 15);
-    let calibrate = |index: &[&str]| {
-        let mut args = vec![
-            "index",
-            "calibrate",
-            "--device",
-            "flex",
-            "--follow-links",
-            "--csv",
-            queries.to_str().unwrap(),
-        ];
-        args.extend_from_slice(index);
-        run_ok(&args)
-    };
+    let calibrate = |index: &[&str]| common::calibrate(index, &queries, &[]);
     let embedded_calibration = calibrate(&embedded_index);
     assert!(
         embedded_calibration.contains("stored match threshold"),

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{catalogue, http, lite0_build, lite0_index, run_ok, start_server, start_server_with};
+use common::{catalogue, http, lite0_build, run_ok, start_server, start_server_with};
 
 fn json(body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(body)
@@ -35,15 +35,14 @@ fn png_claiming(w: u32, h: u32) -> Vec<u8> {
 
 #[test]
 fn index_and_serve_the_grocery_catalogue() {
-    let Some((grocery, weights)) = common::grocery_and_lite0() else {
+    let Some(shop) = common::grocery_shop() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let root = catalogue(dir.path(), &grocery, 10);
-    let (index, text) = lite0_index(dir.path(), &root, &weights);
+    let (grocery, root) = (&shop.grocery, &shop.root);
+    let (index, text) = shop.index();
     assert!(text.contains("indexed 149 images"), "{text}");
     // `add` embeds with the index's own model reference.
-    let extra = dir.path().join("extra.csv");
+    let extra = shop.dir.path().join("extra.csv");
     std::fs::write(
         &extra,
         "img_path,product_id\niconic-images-and-descriptions/Fruit/Kiwi/Kiwi_Iconic.jpg,7\n",
@@ -265,26 +264,17 @@ fn index_and_serve_the_grocery_catalogue() {
 #[test]
 fn a_calibrated_index_says_when_a_product_is_not_in_the_catalogue() {
     use visual_search_retrieval::index::Index;
-    let Some((grocery, weights)) = common::grocery_and_lite0() else {
+    let Some(shop) = common::grocery_shop() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let root = catalogue(dir.path(), &grocery, 10);
-    let (index, _) = lite0_index(dir.path(), &root, &weights);
-    let queries = common::query_list(&root, &grocery, 15);
-    let text = run_ok(&[
-        "index",
-        "calibrate",
-        "--index",
-        index.to_str().unwrap(),
-        "--device",
-        "flex",
-        "--follow-links",
-        "--csv",
-        queries.to_str().unwrap(),
-        "--holdout-products",
-        "0.25",
-    ]);
+    let grocery = &shop.grocery;
+    let (index, _) = shop.index();
+    let queries = common::query_list(&shop.root, grocery, 15);
+    let text = common::calibrate(
+        &["--index", index.to_str().unwrap()],
+        &queries,
+        &["--holdout-products", "0.25"],
+    );
     assert!(
         text.contains("absent after hiding 10 of 40 products")
             && text.contains("stored match threshold"),

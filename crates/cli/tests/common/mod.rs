@@ -125,6 +125,51 @@ pub fn catalogue(dir: &Path, grocery: &Path, step: usize) -> PathBuf {
     root
 }
 
+/// A temp folder with a grocery catalogue root in it (`catalogue(dir, grocery, 10)`), the
+/// grocery data and the real Lite0 weights; `None` (after saying SKIPPED) without them.
+pub struct Shop {
+    pub dir: tempfile::TempDir,
+    pub grocery: PathBuf,
+    pub weights: PathBuf,
+    pub root: PathBuf,
+}
+
+pub fn grocery_shop() -> Option<Shop> {
+    let (grocery, weights) = grocery_and_lite0()?;
+    let dir = tempfile::tempdir().unwrap();
+    let root = catalogue(dir.path(), &grocery, 10);
+    Some(Shop {
+        dir,
+        grocery,
+        weights,
+        root,
+    })
+}
+
+impl Shop {
+    /// `dir/index` built over the shop's catalogue (see [`lite0_index`]).
+    pub fn index(&self) -> (PathBuf, String) {
+        lite0_index(self.dir.path(), &self.root, &self.weights)
+    }
+}
+
+/// `index calibrate` on flex of the index that `index` names (`--index …` and any engine
+/// flags) with the labelled `queries`, plus `extra` flags; returns the output.
+pub fn calibrate(index: &[&str], queries: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "index",
+        "calibrate",
+        "--device",
+        "flex",
+        "--follow-links",
+        "--csv",
+    ];
+    args.push(queries.to_str().unwrap());
+    args.extend_from_slice(index);
+    args.extend_from_slice(extra);
+    run_ok(&args)
+}
+
 /// A query list (`root/queries.csv`) of every `step`-th row of the grocery dev queries, for
 /// a root made by [`catalogue`].
 pub fn query_list(root: &Path, grocery: &Path, step: usize) -> PathBuf {
