@@ -31,12 +31,11 @@ import io
 import os
 import random
 import shutil
-import sys
 
 from PIL import Image
 
-LINKED = ["train", "val", "test", "iconic-images-and-descriptions"]
-OWN = {"scenes", "queries.csv", "queries_nobox.csv", "gallery.csv", *LINKED}
+import grocery_out_dir
+
 HEADER = ["img_path", "product_id", "bbox_x", "bbox_y", "bbox_w", "bbox_h"]
 
 
@@ -65,19 +64,8 @@ def main():
     a = p.parse_args()
     data = os.path.abspath(a.dataset_dir)
     out = os.path.abspath(a.out)
-    foreign = sorted(set(os.listdir(out)) - OWN) if os.path.isdir(out) else []
-    scenes = os.path.join(out, "scenes")
-    if os.path.isdir(scenes):
-        foreign += [f"scenes/{n}" for n in os.listdir(scenes)
-                    if not (n[:5].isdigit() and n.endswith(".jpg"))]
-    if foreign:
-        sys.exit(f"{out} holds files this tool did not make ({', '.join(foreign[:5])}); "
-                 "choose another --out")
-    os.makedirs(scenes, exist_ok=True)
-    for sub in LINKED:
-        link = os.path.join(out, sub)
-        if not os.path.lexists(link):
-            os.symlink(os.path.join(data, sub), link)
+    scenes = grocery_out_dir.prepare(out, data, ["queries.csv", "queries_nobox.csv", "gallery.csv"],
+                                     "scenes", 5)
     tmp_gallery = os.path.join(out, "gallery.csv.tmp")
     shutil.copyfile(os.path.join(data, "gallery.csv"), tmp_gallery)
     os.replace(tmp_gallery, os.path.join(out, "gallery.csv"))

@@ -29,26 +29,13 @@ import sys
 
 from PIL import Image
 
-
-OWN = {"catalogue.csv", "truth.csv", "copies", "train", "val", "test", "iconic-images-and-descriptions"}
+import grocery_out_dir
 
 
 def make(a):
     out = os.path.abspath(a.out)
     # Only ever replace what an earlier run made: refuse a folder holding anything else.
-    foreign = sorted(set(os.listdir(out)) - OWN) if os.path.isdir(out) else []
-    copies = os.path.join(out, "copies")
-    if os.path.isdir(copies):
-        foreign += [f"copies/{n}" for n in os.listdir(copies)
-                    if not (n[:4].isdigit() and n.endswith(".jpg"))]
-    if foreign:
-        sys.exit(f"{out} holds files this tool did not make ({', '.join(foreign[:5])}); "
-                 "choose another --out")
-    os.makedirs(copies, exist_ok=True)
-    for sub in ["train", "val", "test", "iconic-images-and-descriptions"]:
-        link = os.path.join(out, sub)
-        if not os.path.lexists(link):
-            os.symlink(os.path.join(os.path.abspath(a.dataset_dir), sub), link)
+    grocery_out_dir.prepare(out, a.dataset_dir, ["catalogue.csv", "truth.csv"], "copies", 4)
     with open(os.path.join(a.dataset_dir, "gallery.csv")) as f:
         rows = list(csv.DictReader(f))
     rng = random.Random(a.seed)
