@@ -111,13 +111,15 @@ pub(crate) fn check_table(name: &str) -> Result<(), RetrievalError> {
 /// Errors that may pass by reconnecting: no server answer at all (refused, reset, closed), or
 /// the server saying it is starting, shutting down or recovering (SQLSTATE class 57:
 /// `cannot_connect_now`, `admin_shutdown`, `crash_shutdown`), a connection exception (08), or
-/// too many connections (53300).
+/// too many connections (53300). A cancelled statement (57014, `query_canceled`: our own
+/// `statement_timeout` or a user's cancel) is in class 57 too but is not transient: running
+/// it again would only make the caller wait twice as long for the same answer.
 pub(crate) fn is_transient(e: &postgres::Error) -> bool {
     match e.as_db_error() {
         None => true,
         Some(d) => {
             let code = d.code().code();
-            code.starts_with("57") || code.starts_with("08") || code == "53300"
+            (code.starts_with("57") && code != "57014") || code.starts_with("08") || code == "53300"
         }
     }
 }
@@ -385,18 +387,22 @@ impl Catalogue for PgIndex {
             "SELECT id, label, path, (1 - (embedding <=> $1::vector::{cast}))::real FROM {t} \
              ORDER BY embedding <=> $1::vector::{cast} LIMIT $2"
         );
-        let timeout = format!(
-            "SET LOCAL statement_timeout = {};",
-            self.opts.search_timeout.as_millis().max(1)
-        );
-        let settings = if self.exact {
-            format!("{timeout} SET LOCAL enable_indexscan = off")
+        // The timeout is set last, after the statement is prepared, so that it covers only the
+        // search's Bind/Execute. A timeout firing during a Parse can reach the client after
+        // the library has stopped reading that reply; the error is then lost and the search
+        // fails with "current transaction is aborted" instead of naming the timeout.
+        let scan = if self.exact {
+            "SET LOCAL enable_indexscan = off".to_string()
         } else {
             format!(
-                "{timeout} SET LOCAL hnsw.ef_search = {}",
+                "SET LOCAL hnsw.ef_search = {}",
                 self.opts.ef_search.max(k as u32).min(1000)
             )
         };
+        let settings = format!(
+            "{scan}; SET LOCAL statement_timeout = {}",
+            self.opts.search_timeout.as_millis().max(1)
+        );
         let k = k as i64;
         queries
             .chunks(dim)
@@ -404,8 +410,9 @@ impl Catalogue for PgIndex {
                 let v = Vector::from(q.to_vec());
                 self.with_client(|c| {
                     let mut tx = c.transaction()?;
+                    let statement = tx.prepare(&sql)?;
                     tx.batch_execute(&settings)?;
-                    let rows = tx.query(&sql, &[&v, &k])?;
+                    let rows = tx.query(&statement, &[&v, &k])?;
                     tx.commit()?;
                     Ok(rows
                         .iter()
