@@ -4,12 +4,14 @@
 // not list the item itself), then pick two photos at once (one fused search), then a photo of a
 // cluttered scene without a box (the page asks for `box=auto` and draws the box the server
 // found), then a photo of a product the catalogue does not hold (the page says so and still
-// lists the nearest items).
-// Usage: node search_page.mjs URL PHOTO EXPECTED_LABEL [SECOND_PHOTO [SCENE_PHOTO ABSENT_PHOTO]]
+// lists the nearest items), then a metadata filter typed into the filter box (every result
+// then shows that metadata under it).
+// Usage: node search_page.mjs URL PHOTO EXPECTED_LABEL [SECOND_PHOTO [SCENE_PHOTO ABSENT_PHOTO
+//        [FILTER]]]  (FILTER: one name=value)
 // (CHROMIUM overrides the browser path)
 import { chromium } from 'playwright-core';
 
-const [url, photo, expected, second, scenePhoto, absentPhoto] = process.argv.slice(2);
+const [url, photo, expected, second, scenePhoto, absentPhoto, filter] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   args: ['--no-sandbox', '--disable-gpu'],
@@ -87,7 +89,20 @@ try {
       hits: await page.$$eval('#results .hit', els => els.length),
     };
   }
-  console.log(JSON.stringify({ label, thumbnail, status, boxedStatus, similarStatus, similarIds, fusedStatus, fusedText, scene, absent }));
+  // A filter typed into the box and Enter: the last search again, only matching items.
+  let filtered = null;
+  if (filter) {
+    const answered = page.waitForResponse(r => r.url().includes('filter='));
+    await page.fill('#filter', filter);
+    await page.press('#filter', 'Enter');
+    const reply = await answered;
+    await page.waitForFunction(() => !document.querySelector('#status').textContent.includes('Searching'));
+    filtered = {
+      status: reply.status(),
+      metas: await page.$$eval('#results .hit .meta', els => els.map(el => el.textContent)),
+    };
+  }
+  console.log(JSON.stringify({ label, thumbnail, status, boxedStatus, similarStatus, similarIds, fusedStatus, fusedText, scene, absent, filtered }));
   if (label !== expected) throw new Error(`first result has label ${label}, expected ${expected}`);
   if (boxedStatus !== 200) throw new Error(`boxed search answered ${boxedStatus}`);
   if (similarStatus !== 200) throw new Error(`similar answered ${similarStatus}`);
@@ -100,6 +115,12 @@ try {
   }
   if (absent && (!absent.verdict.includes('Not in the catalogue') || absent.hits === 0)) {
     throw new Error(`absent product: ${JSON.stringify(absent)}`);
+  }
+  if (filtered) {
+    const shown = filter.replace('=', ': ');
+    if (filtered.status !== 200 || filtered.metas.length === 0 || !filtered.metas.every(m => m.includes(shown))) {
+      throw new Error(`filter ${filter}: ${JSON.stringify(filtered)}`);
+    }
   }
 } finally {
   await browser.close();

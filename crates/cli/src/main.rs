@@ -10,6 +10,7 @@ mod dev_set_run;
 mod embedding_run;
 mod holdout;
 mod index_model;
+mod list_metadata;
 mod progress;
 mod sample_lists;
 mod table;

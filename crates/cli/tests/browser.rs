@@ -5,8 +5,10 @@
 //! by catalogue item) and pick two photos at once (one fused search), then a cluttered scene
 //! without a box (the page asks for `box=auto` and draws the box found) and a photo of a product
 //! the catalogue does not hold (the page says "not in the catalogue": the index is built without
-//! that product and calibrated with `index calibrate`). `tools/install_test_deps.sh` (run by
-//! test.sh and CI) installs Chromium, Node and playwright-core.
+//! that product and calibrated with `index calibrate`), then a metadata filter typed into the
+//! filter box (the catalogue list carries a `category` column; every result must show the
+//! category asked for). `tools/install_test_deps.sh` (run by test.sh and CI) installs
+//! Chromium, Node and playwright-core.
 
 mod common;
 
@@ -36,9 +38,10 @@ fn the_page_finds_the_product_in_headless_chromium() {
     let root = catalogue(dir.path(), &grocery, 10);
     // The catalogue without one product (label ABSENT), calibrated on queries that include it.
     let gallery = std::fs::read_to_string(root.join("gallery.csv")).unwrap();
-    let kept: Vec<&str> = gallery
+    let kept: Vec<String> = gallery
         .lines()
         .filter(|l| !l.ends_with(&format!(",{ABSENT}")))
+        .map(common::with_category)
         .collect();
     std::fs::write(root.join("gallery.csv"), kept.join("\n") + "\n").unwrap();
     let (index, _) = lite0_index(dir.path(), &root, &weights);
@@ -60,6 +63,7 @@ fn the_page_finds_the_product_in_headless_chromium() {
             second.to_str().unwrap(),
             scene.to_str().unwrap(),
             absent.to_str().unwrap(),
+            "category=Packages",
         ])
         .output()
         .unwrap();
@@ -70,4 +74,5 @@ fn the_page_finds_the_product_in_headless_chromium() {
     assert!(text.contains("\"similarStatus\":200"), "{text}");
     assert!(text.contains("\"fusedStatus\":200"), "{text}");
     assert!(text.contains("Not in the catalogue"), "{text}");
+    assert!(text.contains("category: Packages"), "{text}");
 }

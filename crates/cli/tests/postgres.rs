@@ -14,8 +14,9 @@ use common::pg_cluster::PgCluster;
 use common::{bin, catalogue, http, lite0_build, lite0_index, query_list, run_ok, start_server};
 use visual_search_retrieval::catalogue::Catalogue;
 use visual_search_retrieval::index::{
-    INDEX_FORMAT_VERSION, IndexDtype, IndexItem, IndexMeta, Preprocessing, build_index,
+    INDEX_FORMAT_VERSION, Index, IndexDtype, IndexItem, IndexMeta, Preprocessing, build_index,
 };
+use visual_search_retrieval::item_metadata::Filter;
 use visual_search_retrieval::postgres_index::{PgIndex, PgOptions, create_tables};
 use visual_search_retrieval::postgres_load::{LoadKind, load_rows};
 use visual_search_retrieval::postgres_tls::PgConnector;
@@ -305,10 +306,7 @@ fn synthetic_rows(rows: usize, dim: usize, tag: &str) -> (Vec<IndexItem>, Vec<f3
         emb.extend(v.iter().map(|x| x / n));
     }
     let items: Vec<IndexItem> = (0..rows)
-        .map(|i| IndexItem {
-            label: (i / 4) as i64,
-            path: format!("img/{tag}{i}.jpg").into(),
-        })
+        .map(|i| IndexItem::new((i / 4) as i64, format!("img/{tag}{i}.jpg")))
         .collect();
     (items, emb)
 }
@@ -604,14 +602,147 @@ fn a_search_past_its_statement_timeout_is_cancelled() {
     let query = &emb[..dim];
     let mut index = PgIndex::open(&opts).unwrap();
     index.exact = true;
-    assert_eq!(index.search_items(query, 5).unwrap()[0].len(), 5);
+    assert_eq!(
+        index.search_items(query, 5, &Filter::default()).unwrap()[0].len(),
+        5
+    );
     opts.search_timeout = Duration::from_millis(1);
     let mut index = PgIndex::open(&opts).unwrap();
     index.exact = true;
     // Repeated: a timeout that fires outside the search statement once lost its error and
     // left only "current transaction is aborted" (a CI run caught it).
     for _ in 0..20 {
-        let err = index.search_items(query, 5).unwrap_err().to_string();
+        let err = index
+            .search_items(query, 5, &Filter::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("statement timeout"), "{err}");
     }
+}
+
+/// Filtered search: on both engines the filtered top-k is the brute-force top-k over the rows
+/// the filter keeps (pgvector exact); HNSW with its iterative scan still returns k rows, all
+/// passing. A table from before metadata existed opens without it and gains the column on the
+/// next add.
+#[test]
+fn filtered_search_equals_brute_force_over_the_kept_rows_on_both_engines() {
+    let Some(pg) = PgCluster::start() else { return };
+    let dim = 16;
+    let rows = 3000;
+    let (mut items, emb) = synthetic_rows(rows, dim, "f-");
+    for (i, item) in items.iter_mut().enumerate() {
+        item.metadata.insert("shelf".into(), (i % 10).to_string());
+        if i % 3 == 0 {
+            item.metadata.insert("colour".into(), "red".into());
+        }
+    }
+    let meta = synthetic_meta(rows, dim);
+    let dir = tempfile::tempdir().unwrap();
+    build_index(&dir.path().join("idx"), meta.clone(), &items, &emb).unwrap();
+    let embedded = Index::open(&dir.path().join("idx")).unwrap();
+    let opts = PgOptions::new(&pg.url(), "filtered_items");
+    create_tables(&opts, &meta, false).unwrap();
+    load_rows(
+        &opts,
+        IndexDtype::F32,
+        LoadKind::Build,
+        &items,
+        &emb,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    visual_search_retrieval::postgres_index::create_hnsw(&opts, IndexDtype::F32).unwrap();
+    let mut exact = PgIndex::open(&opts).unwrap();
+    exact.exact = true;
+    let hnsw = PgIndex::open(&opts).unwrap();
+    assert_eq!(
+        exact.item(3).unwrap().unwrap(),
+        items[3],
+        "metadata read back"
+    );
+
+    let queries: Vec<f32> = emb[..5 * dim].iter().map(|v| v + 0.01).collect();
+    let k = 10;
+    for text in [
+        "shelf=3",
+        "shelf=3|4,colour=red",
+        "label=7|300",
+        "colour=blue",
+    ] {
+        let filter = Filter::parse(text).unwrap();
+        let brute: Vec<Vec<u64>> = queries
+            .chunks(dim)
+            .map(|q| {
+                let mut scored: Vec<(f32, u64)> = items
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, it)| filter.matches(it.label, &it.metadata))
+                    .map(|(i, _)| {
+                        let row = &emb[i * dim..(i + 1) * dim];
+                        (q.iter().zip(row).map(|(a, b)| a * b).sum(), i as u64)
+                    })
+                    .collect();
+                scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                scored.into_iter().take(k).map(|(_, i)| i).collect()
+            })
+            .collect();
+        let ids = |hits: Vec<Vec<visual_search_retrieval::catalogue::CatalogueHit>>| {
+            hits.into_iter()
+                .map(|h| h.into_iter().map(|h| h.id).collect::<Vec<u64>>())
+                .collect::<Vec<_>>()
+        };
+        let from_embedded = ids(embedded.search_items(&queries, k, &filter).unwrap());
+        assert_eq!(from_embedded, brute, "embedded, {text}");
+        let from_pg = ids(exact.search_items(&queries, k, &filter).unwrap());
+        assert_eq!(from_pg, brute, "pgvector exact, {text}");
+        let approx = hnsw.search_items(&queries, k, &filter).unwrap();
+        for (found, want) in approx.iter().zip(&brute) {
+            assert_eq!(found.len(), want.len(), "HNSW short of k, {text}");
+            for h in found {
+                assert!(
+                    filter.matches(h.item.label, &h.item.metadata),
+                    "{text}: {h:?}"
+                );
+            }
+        }
+    }
+
+    // A table made before the metadata column: readable, and an add brings the column.
+    let old = PgOptions::new(&pg.url(), "old_items");
+    create_tables(&old, &meta, false).unwrap();
+    let mut c = visual_search_retrieval::postgres_tls::PgConnector::from_url(&pg.url())
+        .unwrap()
+        .connect()
+        .unwrap();
+    c.batch_execute("ALTER TABLE old_items DROP COLUMN metadata")
+        .unwrap();
+    c.batch_execute(&format!(
+        "INSERT INTO old_items (id, label, path, embedding) VALUES (0, 5, 'a.jpg', '{:?}')",
+        &emb[..dim]
+    ))
+    .unwrap();
+    let reopened = PgIndex::open(&old).unwrap();
+    assert_eq!(
+        reopened.item(0).unwrap().unwrap(),
+        IndexItem::new(5, "a.jpg")
+    );
+    assert!(
+        reopened
+            .search_items(&emb[..dim], 1, &Filter::parse("shelf=1").unwrap())
+            .unwrap()[0]
+            .is_empty()
+    );
+    load_rows(
+        &old,
+        IndexDtype::F32,
+        LoadKind::Add,
+        &items[1..2],
+        &emb[dim..2 * dim],
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(
+        PgIndex::open(&old).unwrap().item(1).unwrap().unwrap(),
+        items[1]
+    );
 }

@@ -45,7 +45,7 @@ fn index_and_serve_the_grocery_catalogue() {
     let extra = shop.dir.path().join("extra.csv");
     std::fs::write(
         &extra,
-        "img_path,product_id\niconic-images-and-descriptions/Fruit/Kiwi/Kiwi_Iconic.jpg,7\n",
+        "img_path,product_id,category\niconic-images-and-descriptions/Fruit/Kiwi/Kiwi_Iconic.jpg,7,Fruit\n",
     )
     .unwrap();
     run_ok(&[
@@ -66,6 +66,7 @@ fn index_and_serve_the_grocery_catalogue() {
         info.contains("images     150") && info.contains("dimension  1280") && info.contains("F16"),
         "{info}"
     );
+    assert!(info.contains("metadata   category"), "{info}");
 
     // The command-line search gives what the server will.
     let kiwi = grocery.join("test/Fruit/Kiwi/Kiwi_005.jpg");
@@ -255,6 +256,60 @@ fn index_and_serve_the_grocery_catalogue() {
     assert!(
         first_path.ends_with(similar["results"][0]["path"].as_str().unwrap()),
         "{by_item} vs {similar}"
+    );
+
+    // Metadata filters: only the added item has `category`; labels filter too.
+    let (status, _, body) = http(
+        addr,
+        "POST",
+        "/search?k=5&filter=category%3DFruit",
+        "image/jpeg",
+        &photo,
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let filtered = json(&body);
+    assert_eq!(filtered["k"], 1, "{filtered}");
+    assert_eq!(filtered["results"][0]["id"], 149);
+    assert_eq!(filtered["results"][0]["metadata"]["category"], "Fruit");
+    let (_, _, body) = http(
+        addr,
+        "POST",
+        "/search?k=5&filter=label%3D7",
+        "image/jpeg",
+        &photo,
+    );
+    let by_label = json(&body);
+    assert!(
+        by_label["results"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty() && r.iter().all(|h| h["label"] == 7)),
+        "{by_label}"
+    );
+    let (status, _, body) = http(
+        addr,
+        "POST",
+        "/search?filter=category",
+        "image/jpeg",
+        &photo,
+    );
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    let (status, _, body) = http(
+        addr,
+        "GET",
+        "/items/0/similar?k=3&filter=category%3DFruit",
+        "text/plain",
+        b"",
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json(&body)["results"][0]["id"], 149);
+    let filtered_cli = search_cli("5", &["--filter", "category=Fruit", kiwi.to_str().unwrap()]);
+    let rows: Vec<&str> = filtered_cli
+        .lines()
+        .filter(|l| l.trim_start().starts_with(char::is_numeric))
+        .collect();
+    assert!(
+        rows.len() == 1 && rows[0].contains("Kiwi_Iconic") && rows[0].contains("category=Fruit"),
+        "{filtered_cli}"
     );
 }
 

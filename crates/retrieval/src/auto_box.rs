@@ -25,6 +25,7 @@ use visual_search_data::formats::Window;
 
 use crate::catalogue::Catalogue;
 use crate::error::RetrievalError;
+use crate::item_metadata::Filter;
 
 /// The knobs of the window search (defaults in [`AutoBox::default`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -142,17 +143,19 @@ impl AutoBox {
     }
 
     /// [`AutoBox::choose`] for one photo searched in an index (its stored post-processing
-    /// included): `whole` is the photo's embedding, `window_rows` the windows'.
+    /// included): `whole` is the photo's embedding, `window_rows` the windows'. Windows are
+    /// scored against the items `filter` keeps, the ones the search will return.
     pub fn choose_in_catalogue(
         &self,
         catalogue: &dyn Catalogue,
         whole: &[f32],
         window_rows: &[f32],
+        filter: &Filter,
     ) -> Result<Option<BoxChoice>, RetrievalError> {
         let mut queries = whole.to_vec();
         queries.extend_from_slice(window_rows);
         let top: Vec<f32> = catalogue
-            .search_items(&queries, 1)?
+            .search_items(&queries, 1, filter)?
             .iter()
             .map(|hits| hits.first().map_or(-1.0, |h| h.score))
             .collect();

@@ -1,13 +1,16 @@
 //! What `search` and `serve` need from an index, whatever engine holds it: its metadata (model,
-//! preprocessing, width, size), top-k search returning the catalogue items, and lookup by id.
+//! preprocessing, width, size), top-k search returning the catalogue items (optionally among
+//! the items a metadata [`Filter`] keeps), and lookup by id.
 //! Two engines implement it: the embedded on-disk [`Index`] (the default: exact search over a
 //! memory-mapped matrix) and [`crate::postgres_index::PgIndex`] (PostgreSQL + pgvector, for
 //! catalogues that outgrow one machine).
 
 use crate::error::RetrievalError;
-use crate::index::{Index, IndexItem, IndexMeta};
+use crate::index::{Index, IndexItem, IndexMeta, metadata_columns};
 use crate::index_post_processing::{post_processed_search, similar_to_item};
+use crate::item_metadata::Filter;
 use crate::open_set::MatchThreshold;
+use crate::topk::top_k_rows;
 
 /// One search result.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,35 +27,41 @@ pub trait Catalogue: Send + Sync {
     fn meta(&self) -> &IndexMeta;
     /// Rows now in the index.
     fn rows(&self) -> usize;
-    /// The top `k` items for each query (row-major, `dim` wide), after the index's stored
-    /// post-processing (centring, query blending: [`crate::index_post_processing`]).
+    /// The top `k` items that pass `filter` for each query (row-major, `dim` wide), after the
+    /// index's stored post-processing (centring, query blending:
+    /// [`crate::index_post_processing`]). Fewer than `k` when fewer items pass.
     fn search_items(
         &self,
         queries: &[f32],
         k: usize,
+        filter: &Filter,
     ) -> Result<Vec<Vec<CatalogueHit>>, RetrievalError> {
-        post_processed_search(self, queries, k)
+        post_processed_search(self, queries, k, filter)
     }
-    /// The `k` items most like catalogue row `id` (itself left out), with the index's blending;
-    /// `None` when there is no row `id`.
+    /// The `k` items passing `filter` most like catalogue row `id` (itself left out), with the
+    /// index's blending; `None` when there is no row `id`.
     fn similar_items(
         &self,
         id: u64,
         k: usize,
+        filter: &Filter,
     ) -> Result<Option<Vec<CatalogueHit>>, RetrievalError> {
-        similar_to_item(self, id, k)
+        similar_to_item(self, id, k, filter)
     }
-    /// The engine's own top `k` for queries already in the index's space (L2-normalised,
-    /// centred when the index is).
+    /// The engine's own exact or approximate top `k` among the items passing `filter`, for
+    /// queries already in the index's space (L2-normalised, centred when the index is).
     fn search_raw(
         &self,
         queries: &[f32],
         k: usize,
+        filter: &Filter,
     ) -> Result<Vec<Vec<CatalogueHit>>, RetrievalError>;
     /// The stored vectors of rows `ids`, as f32, row-major in the order given.
     fn vectors(&self, ids: &[u64]) -> Result<Vec<f32>, RetrievalError>;
     /// The distinct labels (products) the index holds.
     fn distinct_labels(&self) -> Result<Vec<i64>, RetrievalError>;
+    /// The metadata column names any item sets, sorted.
+    fn metadata_columns(&self) -> Result<Vec<String>, RetrievalError>;
     /// Stores (or with `None` removes) the calibrated match threshold in the index's
     /// metadata, for every later opening (this open handle keeps its old metadata).
     fn store_match_threshold(
@@ -80,8 +89,20 @@ impl Catalogue for Index {
         &self,
         queries: &[f32],
         k: usize,
+        filter: &Filter,
     ) -> Result<Vec<Vec<CatalogueHit>>, RetrievalError> {
-        let top = self.search(queries, k)?;
+        let top = if filter.is_empty() {
+            self.search(queries, k)?
+        } else {
+            let rows: Vec<u32> = self
+                .items
+                .iter()
+                .enumerate()
+                .filter(|(_, item)| filter.matches(item.label, &item.metadata))
+                .map(|(row, _)| row as u32)
+                .collect();
+            top_k_rows(self.query_view(queries)?, self.view()?, &rows, k)
+        };
         Ok((0..top.queries)
             .map(|q| {
                 top.row(q)
@@ -116,6 +137,10 @@ impl Catalogue for Index {
         labels.sort_unstable();
         labels.dedup();
         Ok(labels)
+    }
+
+    fn metadata_columns(&self) -> Result<Vec<String>, RetrievalError> {
+        Ok(metadata_columns(&self.items))
     }
 
     fn store_match_threshold(

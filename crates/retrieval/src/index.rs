@@ -7,7 +7,7 @@
 //!   v000002/
 //!     meta.json        format version, dtype, dim, rows, CRC-32s, model reference, preprocessing
 //!     meta.json.crc32  the CRC-32 of meta.json itself
-//!     items.csv        id,label,path (row i of the embeddings is id i)
+//!     items.csv        id,label,path[,metadata columns…] (row i of the embeddings is id i)
 //!     embeddings.bin   rows × dim little-endian f16 (default) or f32, nothing else
 //! ```
 //!
@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::RetrievalError;
 use crate::index_post_processing::IndexPostProcessing;
+use crate::item_metadata::{MAX_COLUMNS, Metadata, check_column_name};
 use crate::matrix::MatrixView;
 use crate::open_set::MatchThreshold;
 use crate::topk::{TopK, top_k};
@@ -111,11 +112,24 @@ impl IndexMeta {
 }
 
 /// One catalogue image.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct IndexItem {
     pub label: i64,
     /// Where the image is (absolute, or relative to where the index was built).
     pub path: PathBuf,
+    /// The catalogue list's extra columns for this image ([`crate::item_metadata`]).
+    pub metadata: Metadata,
+}
+
+impl IndexItem {
+    /// An item without metadata.
+    pub fn new(label: i64, path: impl Into<PathBuf>) -> Self {
+        IndexItem {
+            label,
+            path: path.into(),
+            metadata: Metadata::new(),
+        }
+    }
 }
 
 /// An open index: metadata, items and the mapped embeddings.
@@ -131,47 +145,82 @@ fn fmt_err(path: &Path, message: impl Into<String>) -> RetrievalError {
     RetrievalError::format(path, message)
 }
 
+/// The metadata columns of `items`, sorted (every name any item sets).
+pub fn metadata_columns(items: &[IndexItem]) -> Vec<String> {
+    let names: std::collections::BTreeSet<&String> =
+        items.iter().flat_map(|i| i.metadata.keys()).collect();
+    names.into_iter().cloned().collect()
+}
+
 fn items_csv(items: &[IndexItem]) -> Result<Vec<u8>, RetrievalError> {
     let mut w = csv::Writer::from_writer(Vec::new());
     let csv_err = |e: csv::Error| RetrievalError::Invalid(format!("writing items.csv: {e}"));
-    w.write_record(["id", "label", "path"]).map_err(csv_err)?;
+    let columns = metadata_columns(items);
+    if columns.len() > MAX_COLUMNS {
+        return Err(RetrievalError::Invalid(format!(
+            "{} metadata columns (at most {MAX_COLUMNS})",
+            columns.len()
+        )));
+    }
+    for name in &columns {
+        check_column_name(name).map_err(RetrievalError::Invalid)?;
+    }
+    let header = ["id", "label", "path"]
+        .into_iter()
+        .chain(columns.iter().map(String::as_str));
+    w.write_record(header).map_err(csv_err)?;
     for (i, item) in items.iter().enumerate() {
         let path = item.path.to_str().ok_or_else(|| {
             RetrievalError::Invalid(format!("{}: path is not UTF-8", item.path.display()))
         })?;
-        w.write_record([i.to_string().as_str(), &item.label.to_string(), path])
-            .map_err(csv_err)?;
+        let (id, label) = (i.to_string(), item.label.to_string());
+        let cells = [id.as_str(), &label, path].into_iter().chain(
+            columns
+                .iter()
+                .map(|c| item.metadata.get(c).map_or("", String::as_str)),
+        );
+        w.write_record(cells).map_err(csv_err)?;
     }
     w.into_inner()
         .map_err(|e| RetrievalError::Invalid(format!("writing items.csv: {e}")))
 }
 
-/// Reads `items.csv` as CSV (a path may hold commas, quotes or newlines).
+/// Reads `items.csv` as CSV (a path may hold commas, quotes or newlines); columns after
+/// `id,label,path` are metadata, an empty cell meaning "not set".
 fn parse_items(path: &Path, bytes: &[u8]) -> Result<Vec<IndexItem>, RetrievalError> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .from_reader(bytes);
     let header = reader
         .headers()
-        .map_err(|e| fmt_err(path, format!("header: {e}")))?;
-    if header != vec!["id", "label", "path"] {
-        return Err(fmt_err(path, "header is not `id,label,path`"));
+        .map_err(|e| fmt_err(path, format!("header: {e}")))?
+        .clone();
+    if header.len() < 3 || &header[0] != "id" || &header[1] != "label" || &header[2] != "path" {
+        return Err(fmt_err(path, "header does not start with `id,label,path`"));
+    }
+    let columns: Vec<String> = header.iter().skip(3).map(str::to_string).collect();
+    for name in &columns {
+        check_column_name(name).map_err(|m| fmt_err(path, m))?;
     }
     let mut items = Vec::new();
     for (n, record) in reader.records().enumerate() {
         let bad = |what: &str| fmt_err(path, format!("record {}: {what}", n + 1));
         let record = record.map_err(|e| bad(&e.to_string()))?;
-        if record.len() != 3 {
-            return Err(bad("expected id,label,path"));
-        }
         let id: usize = record[0].parse().map_err(|_| bad("bad id"))?;
         if id != n {
             return Err(bad("ids must be 0, 1, 2, … in order"));
         }
         let label: i64 = record[1].parse().map_err(|_| bad("bad label"))?;
+        let metadata = columns
+            .iter()
+            .zip(record.iter().skip(3))
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(c, v)| (c.clone(), v.to_string()))
+            .collect();
         items.push(IndexItem {
             label,
             path: PathBuf::from(&record[2]),
+            metadata,
         });
     }
     Ok(items)
@@ -468,17 +517,18 @@ impl Index {
 
     /// Exact top-`k` rows for each of `queries` (row-major, `dim` wide, L2-normalised).
     pub fn search(&self, queries: &[f32], k: usize) -> Result<TopK, RetrievalError> {
+        Ok(top_k(self.query_view(queries)?, self.view()?, k))
+    }
+
+    /// `queries` as a matrix of this index's width.
+    pub fn query_view<'q>(&self, queries: &'q [f32]) -> Result<MatrixView<'q>, RetrievalError> {
         let dim = self.meta.dim;
         if !queries.len().is_multiple_of(dim) {
             return Err(RetrievalError::Invalid(format!(
                 "query width does not divide by the index dimension {dim}"
             )));
         }
-        Ok(top_k(
-            MatrixView::f32(queries, queries.len() / dim, dim),
-            self.view()?,
-            k,
-        ))
+        Ok(MatrixView::f32(queries, queries.len() / dim, dim))
     }
 
     /// Bytes of the current version on disk.
@@ -549,20 +599,14 @@ mod tests {
     }
 
     fn item(label: i64, path: &str) -> IndexItem {
-        IndexItem {
-            label,
-            path: PathBuf::from(path),
-        }
+        IndexItem::new(label, path)
     }
 
     #[test]
     fn an_edited_meta_json_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let idx = dir.path().join("idx");
-        let items = [IndexItem {
-            label: 1,
-            path: PathBuf::from("a.jpg"),
-        }];
+        let items = [item(1, "a.jpg")];
         build_index(&idx, meta(IndexDtype::F32), &items, &[1.0, 0.0]).unwrap();
         let version = idx.join(std::fs::read_to_string(idx.join("current")).unwrap().trim());
         let text = std::fs::read_to_string(version.join("meta.json")).unwrap();
@@ -697,6 +741,50 @@ mod tests {
             .to_string();
         assert!(err.contains("empty"), "{err}");
         assert_eq!(Index::open(&idx).unwrap().meta.rows, 1);
+    }
+
+    #[test]
+    fn metadata_round_trips_and_filters_the_search() {
+        use crate::catalogue::Catalogue;
+        use crate::item_metadata::Filter;
+        let dir = tempfile::tempdir().unwrap();
+        let idx = dir.path().join("idx");
+        let mut items = vec![item(1, "a.jpg"), item(2, "b.jpg"), item(3, "c.jpg")];
+        items[0].metadata.insert("category".into(), "Fruit".into());
+        items[1]
+            .metadata
+            .insert("category".into(), "Milk, \"whole\"".into());
+        items[2].metadata.insert("brand".into(), "Arla".into());
+        build_index(
+            &idx,
+            meta(IndexDtype::F32),
+            &items,
+            &[1.0, 0.0, 0.8, 0.6, 0.6, 0.8],
+        )
+        .unwrap();
+        let index = Index::open(&idx).unwrap();
+        assert_eq!(index.items, items);
+        let text = std::fs::read_to_string(index.version_dir.join("items.csv")).unwrap();
+        assert!(text.starts_with("id,label,path,brand,category\n"), "{text}");
+        let found = |f: &str| -> Vec<u64> {
+            index
+                .search_items(&[0.0, 1.0], 3, &Filter::parse(f).unwrap())
+                .unwrap()[0]
+                .iter()
+                .map(|h| h.id)
+                .collect()
+        };
+        assert_eq!(found(""), vec![2, 1, 0]);
+        assert_eq!(found(r##"category=Fruit|"Milk, ""whole""""##), vec![1, 0]);
+        assert_eq!(found("category=Fruit|Milk"), vec![0]);
+        assert_eq!(found("brand=Arla"), vec![2]);
+        assert_eq!(found("label=1|2"), vec![1, 0]);
+        assert!(found("brand=none").is_empty());
+        // An appended row without metadata keeps the others'.
+        index.append(&[item(4, "d.jpg")], &[0.0, 1.0]).unwrap();
+        let index = Index::open(&idx).unwrap();
+        assert_eq!(index.items[..3], items[..]);
+        assert!(index.items[3].metadata.is_empty());
     }
 
     #[test]

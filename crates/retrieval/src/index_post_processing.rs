@@ -12,13 +12,16 @@
 //! Exactly, for a query `q` (unit): `q <- normalize(q - m)` with the stored mean `m` (when
 //! centring), then each blending round as [`crate::query_blending::blend_round`] (through [`blend_in_rounds`]) over the
 //! engine's own top-n (n = the round's neighbour count) and the stored vectors of those rows,
-//! then the engine's top-k.
+//! then the engine's top-k. A metadata filter restricts only that final top-k: the blending
+//! neighbours are the closest catalogue vectors whatever their metadata, so a filter changes
+//! which items are returned, never how the query is formed.
 
 use serde::{Deserialize, Serialize};
 
 use crate::catalogue::{Catalogue, CatalogueHit};
 use crate::centring::mean_row;
 use crate::error::RetrievalError;
+use crate::item_metadata::Filter;
 use crate::query_blending::{QueryBlending, blend_in_rounds};
 use crate::rerank::sanitize_and_normalize;
 
@@ -81,10 +84,11 @@ pub fn post_processed_search<C: Catalogue + ?Sized>(
     catalogue: &C,
     queries: &[f32],
     k: usize,
+    filter: &Filter,
 ) -> Result<Vec<Vec<CatalogueHit>>, RetrievalError> {
     let post = &catalogue.meta().post_processing;
     if post.is_empty() {
-        return catalogue.search_raw(queries, k);
+        return catalogue.search_raw(queries, k, filter);
     }
     let dim = catalogue.meta().dim;
     if dim == 0 || !queries.len().is_multiple_of(dim) {
@@ -94,7 +98,7 @@ pub fn post_processed_search<C: Catalogue + ?Sized>(
     }
     let mut queries = queries.to_vec();
     post.prepare_rows(&mut queries, dim)?;
-    search_prepared(catalogue, queries, k)
+    search_prepared(catalogue, queries, k, filter)
 }
 
 /// The items most like catalogue row `id` (itself left out), or `None` when there is no such
@@ -104,6 +108,7 @@ pub fn similar_to_item<C: Catalogue + ?Sized>(
     catalogue: &C,
     id: u64,
     k: usize,
+    filter: &Filter,
 ) -> Result<Option<Vec<CatalogueHit>>, RetrievalError> {
     if catalogue.item(id)?.is_none() {
         return Ok(None);
@@ -111,7 +116,7 @@ pub fn similar_to_item<C: Catalogue + ?Sized>(
     let mut query = catalogue.vectors(&[id])?;
     let dim = query.len();
     sanitize_and_normalize(&mut query, dim);
-    let mut hits = search_prepared(catalogue, query, k.saturating_add(1))?
+    let mut hits = search_prepared(catalogue, query, k.saturating_add(1), filter)?
         .pop()
         .unwrap_or_default();
     hits.retain(|h| h.id != id);
@@ -125,13 +130,14 @@ fn search_prepared<C: Catalogue + ?Sized>(
     catalogue: &C,
     mut queries: Vec<f32>,
     k: usize,
+    filter: &Filter,
 ) -> Result<Vec<Vec<CatalogueHit>>, RetrievalError> {
     let dim = catalogue.meta().dim;
     if let Some(blending) = &catalogue.meta().post_processing.blending {
         // Each round: the engine's own top-n, then the stored vectors of all those rows in one
         // request.
         let from_index = |queries: &[f32], n: usize| {
-            let hits = catalogue.search_raw(queries, n)?;
+            let hits = catalogue.search_raw(queries, n, &Filter::default())?;
             let ids: Vec<u64> = hits.iter().flatten().map(|h| h.id).collect();
             let vectors = catalogue.vectors(&ids)?;
             let mut rows = vectors.chunks_exact(dim);
@@ -149,7 +155,7 @@ fn search_prepared<C: Catalogue + ?Sized>(
         };
         blend_in_rounds(&mut queries, dim, blending, from_index)?;
     }
-    catalogue.search_raw(&queries, k)
+    catalogue.search_raw(&queries, k, filter)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod ensemble;
 pub mod error;
 pub mod index;
 pub mod index_post_processing;
+pub mod item_metadata;
 pub mod k_reciprocal;
 pub mod matrix;
 pub mod metrics;

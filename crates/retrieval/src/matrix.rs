@@ -48,6 +48,21 @@ impl<'a> MatrixView<'a> {
         }
     }
 
+    /// The listed rows as f32, copied into `scratch` in the order given.
+    pub fn gather_f32<'s>(&self, rows: &[u32], scratch: &'s mut Vec<f32>) -> &'s [f32] {
+        let dim = self.dim;
+        scratch.clear();
+        scratch.reserve(rows.len() * dim);
+        for &r in rows {
+            let at = r as usize * dim;
+            match self.storage {
+                Storage::F32(d) => scratch.extend_from_slice(&d[at..at + dim]),
+                Storage::F16(d) => scratch.extend(d[at..at + dim].iter().map(|v| v.to_f32())),
+            }
+        }
+        scratch
+    }
+
     /// Rows `start..end` as f32: borrowed when stored as f32, converted into `scratch` otherwise.
     pub fn rows_f32<'s>(
         &'s self,

@@ -2,14 +2,19 @@
 //! outgrow one machine (tens of millions of rows, many writers, replicas). The embedded on-disk
 //! index stays the default; this one is chosen by giving a `postgres://` URL instead of a folder.
 //!
-//! Layout: a table `<table>` (`id bigint primary key, label bigint, path text, embedding
-//! vector(dim)` or `halfvec(dim)`) and `<table>_meta` (one row: the same [`IndexMeta`] JSON the
+//! Layout: a table `<table>` (`id bigint primary key, label bigint, path text, metadata jsonb,
+//! embedding vector(dim)` or `halfvec(dim)`) and `<table>_meta` (one row: the same [`IndexMeta`] JSON the
 //! on-disk index keeps, so `search`/`serve` load the same model), plus `<table>_loads`, the
 //! journal through which concurrent and resumed loads get disjoint id ranges
 //! ([`crate::postgres_load`]). An HNSW index (cosine ops) is created
 //! after the bulk load, which is much faster than maintaining it row by row. Search is
 //! `ORDER BY embedding <=> $1 LIMIT k` under `SET LOCAL hnsw.ef_search`; `exact` disables index
-//! scans so pgvector compares against every row.
+//! scans so pgvector compares against every row. A metadata filter becomes a `WHERE` clause
+//! with its values as parameters; HNSW then scans iteratively (pgvector ≥ 0.8,
+//! `hnsw.iterative_scan = strict_order`) so that a selective filter still returns k rows in
+//! distance order instead of the few of the first `ef_search` candidates that pass. Tables made
+//! before metadata existed have no `metadata` column; they are read as items without
+//! metadata, and the next `index add` adds the column.
 //!
 //! The synchronous `postgres` client is used (it drives tokio internally): callers here are
 //! CLI commands and `serve`'s blocking search threads. A small pool of connections lets
@@ -26,6 +31,7 @@ use postgres::types::{Kind, Type};
 use crate::catalogue::{Catalogue, CatalogueHit};
 use crate::error::RetrievalError;
 use crate::index::{IndexDtype, IndexItem, IndexMeta};
+use crate::item_metadata::{Filter, from_json};
 use crate::open_set::MatchThreshold;
 use crate::postgres_tls::PgConnector;
 
@@ -207,6 +213,7 @@ pub fn create_tables(
     c.batch_execute(&format!(
         "CREATE TABLE IF NOT EXISTS {t}_meta (one int PRIMARY KEY CHECK (one = 1), meta jsonb NOT NULL);
          CREATE TABLE IF NOT EXISTS {t} (id bigint PRIMARY KEY, label bigint NOT NULL, path text NOT NULL,
+                                         metadata jsonb NOT NULL DEFAULT '{{}}'::jsonb,
                                          embedding {}({}) NOT NULL)",
         column_type(meta.dtype),
         meta.dim
@@ -270,6 +277,27 @@ fn next_id(c: &mut Client, table: &str) -> Result<i64, postgres::Error> {
     Ok(row.get(0))
 }
 
+/// Whether `table` has the `metadata` column (tables made before it existed do not).
+pub(crate) fn has_metadata_column(c: &mut Client, table: &str) -> Result<bool, RetrievalError> {
+    c.query_one(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.columns
+                        WHERE table_name = $1 AND column_name = 'metadata'
+                          AND table_schema = ANY(current_schemas(false)))",
+        &[&table],
+    )
+    .map(|r| r.get(0))
+    .map_err(|e| pg_err("looking for the metadata column", e))
+}
+
+/// The item of a row `(id, label, path, metadata, …)`.
+fn item_of_row(r: &postgres::Row) -> IndexItem {
+    IndexItem {
+        label: r.get(1),
+        path: r.get::<_, String>(2).into(),
+        metadata: from_json(&r.get::<_, serde_json::Value>(3)),
+    }
+}
+
 /// Builds the HNSW index over the embeddings (after the bulk load).
 pub fn create_hnsw(opts: &PgOptions, dtype: IndexDtype) -> Result<(), RetrievalError> {
     check_table(&opts.table)?;
@@ -293,6 +321,9 @@ pub struct PgIndex {
     meta: IndexMeta,
     pool: Vec<Mutex<Client>>,
     next: AtomicUsize,
+    /// How the statements read an item's metadata: its column, or an empty object for tables
+    /// made before it existed.
+    metadata: &'static str,
     /// Compare against every row instead of walking the HNSW graph.
     pub exact: bool,
 }
@@ -321,6 +352,11 @@ impl PgIndex {
             RetrievalError::Invalid(format!("PostgreSQL: {t}_meta is damaged: {e}"))
         })?;
         meta.rows = next_id(&mut first, t).map_err(|e| pg_err("counting rows", e))? as usize;
+        let metadata = if has_metadata_column(&mut first, t)? {
+            "metadata"
+        } else {
+            "'{}'::jsonb"
+        };
         let mut pool = vec![Mutex::new(first)];
         for _ in 1..opts.pool.max(1) {
             pool.push(Mutex::new(connect_retrying(opts)?));
@@ -330,6 +366,7 @@ impl PgIndex {
             meta,
             pool,
             next: AtomicUsize::new(0),
+            metadata,
             exact: false,
         })
     }
@@ -374,6 +411,7 @@ impl Catalogue for PgIndex {
         &self,
         queries: &[f32],
         k: usize,
+        filter: &Filter,
     ) -> Result<Vec<Vec<CatalogueHit>>, RetrievalError> {
         let dim = self.meta.dim;
         if dim == 0 || !queries.len().is_multiple_of(dim) {
@@ -383,9 +421,11 @@ impl Catalogue for PgIndex {
         }
         let t = &self.opts.table;
         let cast = column_type(self.meta.dtype);
+        let m = self.metadata;
+        let (condition, filter_params) = filter.sql(m, 3);
         let sql = format!(
-            "SELECT id, label, path, (1 - (embedding <=> $1::vector::{cast}))::real FROM {t} \
-             ORDER BY embedding <=> $1::vector::{cast} LIMIT $2"
+            "SELECT id, label, path, {m}, (1 - (embedding <=> $1::vector::{cast}))::real \
+             FROM {t} WHERE {condition} ORDER BY embedding <=> $1::vector::{cast} LIMIT $2"
         );
         // The timeout is set last, after the statement is prepared, so that it covers only the
         // search's Bind/Execute. A timeout firing during a Parse can reach the client after
@@ -394,8 +434,13 @@ impl Catalogue for PgIndex {
         let scan = if self.exact {
             "SET LOCAL enable_indexscan = off".to_string()
         } else {
+            let iterative = if filter.is_empty() {
+                ""
+            } else {
+                "; SET LOCAL hnsw.iterative_scan = strict_order"
+            };
             format!(
-                "SET LOCAL hnsw.ef_search = {}",
+                "SET LOCAL hnsw.ef_search = {}{iterative}",
                 self.opts.ef_search.max(k as u32).min(1000)
             )
         };
@@ -408,21 +453,24 @@ impl Catalogue for PgIndex {
             .chunks(dim)
             .map(|q| {
                 let v = Vector::from(q.to_vec());
+                let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![&v, &k];
+                params.extend(
+                    filter_params
+                        .iter()
+                        .map(|p| p as &(dyn postgres::types::ToSql + Sync)),
+                );
                 self.with_client(|c| {
                     let mut tx = c.transaction()?;
                     let statement = tx.prepare(&sql)?;
                     tx.batch_execute(&settings)?;
-                    let rows = tx.query(&statement, &[&v, &k])?;
+                    let rows = tx.query(&statement, &params)?;
                     tx.commit()?;
                     Ok(rows
                         .iter()
                         .map(|r| CatalogueHit {
                             id: r.get::<_, i64>(0) as u64,
-                            score: r.get(3),
-                            item: IndexItem {
-                                label: r.get(1),
-                                path: r.get::<_, String>(2).into(),
-                            },
+                            score: r.get(4),
+                            item: item_of_row(r),
                         })
                         .collect())
                 })
@@ -464,6 +512,18 @@ impl Catalogue for PgIndex {
         })
     }
 
+    fn metadata_columns(&self) -> Result<Vec<String>, RetrievalError> {
+        let t = self.opts.table.clone();
+        let m = self.metadata;
+        self.with_client(|c| {
+            let rows = c.query(
+                &format!("SELECT DISTINCT jsonb_object_keys({m}) AS k FROM {t} ORDER BY k"),
+                &[],
+            )?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
     fn store_match_threshold(
         &self,
         threshold: Option<MatchThreshold>,
@@ -484,13 +544,13 @@ impl Catalogue for PgIndex {
         let id = id as i64;
         self.with_client(|c| {
             let row = c.query_opt(
-                &format!("SELECT label, path FROM {t} WHERE id = $1"),
+                &format!(
+                    "SELECT id, label, path, {} FROM {t} WHERE id = $1",
+                    self.metadata
+                ),
                 &[&id],
             )?;
-            Ok(row.map(|r| IndexItem {
-                label: r.get(0),
-                path: r.get::<_, String>(1).into(),
-            }))
+            Ok(row.as_ref().map(item_of_row))
         })
     }
 

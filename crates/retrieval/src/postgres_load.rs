@@ -23,6 +23,7 @@ use postgres::types::{ToSql, Type};
 
 use crate::error::RetrievalError;
 use crate::index::{IndexDtype, IndexItem};
+use crate::item_metadata::to_json;
 use crate::postgres_index::{
     PgOptions, check_table, column_type, connect_retrying, is_transient, pg_err, vector_type,
 };
@@ -48,7 +49,7 @@ pub struct LoadOutcome {
     pub resumed_from: usize,
 }
 
-/// The journal key of a load: its row count and two CRC-32s over labels and paths.
+/// The journal key of a load: its row count and two CRC-32s over labels, paths and metadata.
 pub fn load_key(items: &[IndexItem]) -> String {
     let mut a = crc32fast::Hasher::new();
     let mut b = crc32fast::Hasher::new_with_initial(0x9e37_79b9);
@@ -58,6 +59,13 @@ pub fn load_key(items: &[IndexItem]) -> String {
         for h in [&mut a, &mut b] {
             h.update(&label);
             h.update(path.as_bytes());
+            // Metadata counts only when present, so keys of rows without it stay as before.
+            for (k, v) in &item.metadata {
+                h.update(b"\x1f");
+                h.update(k.as_bytes());
+                h.update(b"=");
+                h.update(v.as_bytes());
+            }
             h.update(b"\0");
         }
     }
@@ -171,6 +179,12 @@ pub fn load_rows(
     }
     let key = load_key(items);
     let mut c = connect_retrying(opts)?;
+    // Tables made before items had metadata get the column (instant: a constant default).
+    c.batch_execute(&format!(
+        "ALTER TABLE {} ADD COLUMN IF NOT EXISTS metadata jsonb NOT NULL DEFAULT '{{}}'::jsonb",
+        opts.table
+    ))
+    .map_err(|e| pg_err("adding the metadata column", e))?;
     let (first_id, done) = reserve(&mut c, &opts.table, &key, items.len(), kind)?;
     drop(c);
     let mut outcome = LoadOutcome {
@@ -266,23 +280,27 @@ fn write_range(
             .map_err(|e| classify("starting a transaction", e))?;
         let sink = tx
             .copy_in(&format!(
-                "COPY {t} (id, label, path, embedding) FROM STDIN (FORMAT binary)"
+                "COPY {t} (id, label, path, metadata, embedding) FROM STDIN (FORMAT binary)"
             ))
             .map_err(|e| classify("starting COPY", e))?;
-        let mut w =
-            BinaryCopyInWriter::new(sink, &[Type::INT8, Type::INT8, Type::TEXT, ty.clone()]);
+        let mut w = BinaryCopyInWriter::new(
+            sink,
+            &[Type::INT8, Type::INT8, Type::TEXT, Type::JSONB, ty.clone()],
+        );
         for (i, item) in items.iter().enumerate().take(end).skip(start) {
             let id = first_id + i as i64;
             let path = item.path.to_string_lossy();
+            let metadata = to_json(&item.metadata);
             let values = &embeddings[i * dim..(i + 1) * dim];
+            let head: [&(dyn ToSql + Sync); 4] = [&id, &item.label, &path.as_ref(), &metadata];
             let result = match dtype {
                 IndexDtype::F32 => {
                     let v = Vector::from(values.to_vec());
-                    w.write(&[&id as &(dyn ToSql + Sync), &item.label, &path.as_ref(), &v])
+                    w.write(&[head[0], head[1], head[2], head[3], &v])
                 }
                 IndexDtype::F16 => {
                     let v = HalfVector::from_f32_slice(values);
-                    w.write(&[&id as &(dyn ToSql + Sync), &item.label, &path.as_ref(), &v])
+                    w.write(&[head[0], head[1], head[2], head[3], &v])
                 }
             };
             result.map_err(|e| classify("COPY", e))?;
@@ -298,13 +316,9 @@ fn write_range(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
 
     fn item(label: i64, path: &str) -> IndexItem {
-        IndexItem {
-            label,
-            path: PathBuf::from(path),
-        }
+        IndexItem::new(label, path)
     }
 
     #[test]
@@ -324,5 +338,8 @@ mod tests {
             load_key(&[item(1, "ab"), item(1, "c")]),
             load_key(&[item(1, "a"), item(1, "bc")])
         );
+        let mut tagged = item(1, "a.jpg");
+        tagged.metadata.insert("brand".into(), "x".into());
+        assert_ne!(load_key(&[tagged]), load_key(&[item(1, "a.jpg")]));
     }
 }

@@ -73,11 +73,11 @@ impl Collector {
     }
 
     #[inline]
-    fn push_block(&mut self, scores: &[f32], first_index: usize) {
+    fn push_block(&mut self, scores: &[f32], rows: BlockRows<'_>) {
         for (j, &s) in scores.iter().enumerate() {
             // While fewer than k are held, everything (even -inf / NaN) is a candidate.
             if s > self.threshold || self.candidates.len() < self.k {
-                self.candidates.push((s, (first_index + j) as u32));
+                self.candidates.push((s, rows.index(j)));
                 if self.candidates.len() >= 2 * self.k {
                     self.shrink();
                 }
@@ -109,6 +109,23 @@ impl Collector {
         self.shrink();
         self.candidates.sort_unstable_by(better);
         self.candidates
+    }
+}
+
+/// Which gallery rows a block's columns are: a run from `start`, or listed (a filter's rows).
+#[derive(Clone, Copy)]
+enum BlockRows<'a> {
+    Run(usize),
+    Listed(&'a [u32]),
+}
+
+impl BlockRows<'_> {
+    #[inline]
+    fn index(self, j: usize) -> u32 {
+        match self {
+            BlockRows::Run(start) => (start + j) as u32,
+            BlockRows::Listed(rows) => rows[j],
+        }
     }
 }
 
@@ -152,11 +169,38 @@ fn gemm_tile(
 
 /// Exact top-`k` gallery rows for every query by inner product.
 pub fn top_k(queries: MatrixView<'_>, gallery: MatrixView<'_>, k: usize) -> TopK {
+    top_k_among(queries, gallery, None, k)
+}
+
+/// Exact top-`k` among the gallery rows `rows` (strictly increasing, each `< gallery.rows`)
+/// for every query: a filtered search. Indices are gallery rows, ties go to the lower row, as
+/// in [`top_k`]; the listed rows are gathered block by block, so the cost follows `rows.len()`.
+pub fn top_k_rows(
+    queries: MatrixView<'_>,
+    gallery: MatrixView<'_>,
+    rows: &[u32],
+    k: usize,
+) -> TopK {
+    assert!(
+        rows.windows(2).all(|w| w[0] < w[1])
+            && rows.last().is_none_or(|&r| (r as usize) < gallery.rows),
+        "filter rows must be increasing gallery rows"
+    );
+    top_k_among(queries, gallery, Some(rows), k)
+}
+
+fn top_k_among(
+    queries: MatrixView<'_>,
+    gallery: MatrixView<'_>,
+    selected: Option<&[u32]>,
+    k: usize,
+) -> TopK {
     assert_eq!(
         queries.dim, gallery.dim,
         "queries and gallery have different widths"
     );
-    let k = k.min(gallery.rows);
+    let candidates = selected.map_or(gallery.rows, <[u32]>::len);
+    let k = k.min(candidates);
     let dim = queries.dim;
     let mut query_scratch = Vec::new();
     let q_all = queries
@@ -175,9 +219,21 @@ pub fn top_k(queries: MatrixView<'_>, gallery: MatrixView<'_>, k: usize) -> TopK
         .min(queries.rows.div_ceil(rayon::current_num_threads()))
         .max(1);
     let mut gallery_scratch = Vec::new();
-    for start in (0..gallery.rows).step_by(GALLERY_BLOCK) {
-        let end = (start + GALLERY_BLOCK).min(gallery.rows);
-        let block = gallery.rows_f32(start, end, &mut gallery_scratch);
+    for start in (0..candidates).step_by(GALLERY_BLOCK) {
+        let end = (start + GALLERY_BLOCK).min(candidates);
+        let (block, rows) = match selected {
+            None => (
+                gallery.rows_f32(start, end, &mut gallery_scratch),
+                BlockRows::Run(start),
+            ),
+            Some(listed) => {
+                let listed = &listed[start..end];
+                (
+                    gallery.gather_f32(listed, &mut gallery_scratch),
+                    BlockRows::Listed(listed),
+                )
+            }
+        };
         let n_g = end - start;
         collectors
             .par_chunks_mut(chunk_rows)
@@ -195,7 +251,7 @@ pub fn top_k(queries: MatrixView<'_>, gallery: MatrixView<'_>, k: usize) -> TopK
                     tile,
                 );
                 for (i, c) in group.iter_mut().enumerate() {
-                    c.push_block(&tile[i * n_g..(i + 1) * n_g], start);
+                    c.push_block(&tile[i * n_g..(i + 1) * n_g], rows);
                 }
             });
     }
@@ -269,6 +325,36 @@ mod tests {
             let (idx, sc) = brute(&q, &g, dim, k);
             assert_eq!(got.indices, idx, "k = {k}");
             assert_eq!(got.scores, sc);
+        }
+    }
+
+    #[test]
+    fn filtered_rows_match_brute_force_over_those_rows() {
+        let dim = 5;
+        let q = pseudo_random(9 * dim, 5);
+        let g = pseudo_random(5000 * dim, 6);
+        // Every third row (more than one gather block), then a handful, then none.
+        for rows in [
+            (0..5000u32).step_by(3).collect::<Vec<_>>(),
+            vec![4, 17, 4999],
+            vec![],
+        ] {
+            let kept: Vec<f32> = rows
+                .iter()
+                .flat_map(|&r| g[r as usize * dim..(r as usize + 1) * dim].to_vec())
+                .collect();
+            for k in [1, 10, 2000] {
+                let got = top_k_rows(
+                    MatrixView::f32(&q, 9, dim),
+                    MatrixView::f32(&g, 5000, dim),
+                    &rows,
+                    k,
+                );
+                let (idx, sc) = brute(&q, &kept, dim, k);
+                let mapped: Vec<u32> = idx.iter().map(|&i| rows[i as usize]).collect();
+                assert_eq!(got.indices, mapped, "{} rows, k = {k}", rows.len());
+                assert_eq!(got.scores, sc);
+            }
         }
     }
 

@@ -5,14 +5,13 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::{floats, rerank_fixture};
 use visual_search_retrieval::catalogue::Catalogue;
 use visual_search_retrieval::index::{
     INDEX_FORMAT_VERSION, Index, IndexDtype, IndexItem, IndexMeta, Preprocessing, build_index,
 };
 use visual_search_retrieval::index_post_processing::IndexPostProcessing;
+use visual_search_retrieval::item_metadata::Filter;
 use visual_search_retrieval::matrix::MatrixView;
 use visual_search_retrieval::query_blending::{QueryBlending, blend_queries};
 use visual_search_retrieval::rerank::sanitize_and_normalize;
@@ -48,17 +47,16 @@ fn a_centred_blending_index_searches_like_the_composed_functions() {
         match_threshold: None,
     };
     let items: Vec<IndexItem> = (0..rows)
-        .map(|i| IndexItem {
-            label: i as i64,
-            path: PathBuf::from(format!("img/{i}.jpg")),
-        })
+        .map(|i| IndexItem::new(i as i64, format!("img/{i}.jpg")))
         .collect();
     let dir = tempfile::tempdir().unwrap();
     build_index(dir.path(), meta, &items, &gallery).unwrap();
     let index = Index::open(dir.path()).unwrap();
     assert_eq!(index.meta.post_processing, post, "stored and read back");
 
-    let hits = index.search_items(&queries, 10).unwrap();
+    let hits = index
+        .search_items(&queries, 10, &Filter::default())
+        .unwrap();
 
     let mut q = queries.clone();
     sanitize_and_normalize(&mut q, dim);
@@ -86,6 +84,7 @@ fn a_centred_blending_index_searches_like_the_composed_functions() {
                 c
             },
             10,
+            &Filter::default(),
         )
         .unwrap();
     assert_ne!(

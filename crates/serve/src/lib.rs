@@ -2,10 +2,11 @@
 //!
 //! - `POST /search` — an image as `multipart/form-data` (field `image`; several `image` fields
 //!   are photos of one product, searched once with the mean of their embeddings) or as the raw
-//!   body; query `k` (default 10) and optional `bbox=x,y,w,h` (applied to every photo) → JSON
-//!   top-k with ids, labels, scores and image URLs, plus phase timings.
-//! - `GET /items/{id}/similar?k=` — the catalogue items most like item `id` (itself left out),
-//!   searched with its stored embedding.
+//!   body; query `k` (default 10), optional `bbox=x,y,w,h` (applied to every photo) and
+//!   `filter=category=Fruit,in_stock=true` (only items whose metadata match) → JSON top-k with
+//!   ids, labels, scores, metadata and image URLs, plus phase timings.
+//! - `GET /items/{id}/similar?k=&filter=` — the catalogue items most like item `id` (itself
+//!   left out), searched with its stored embedding.
 //! - `GET /images/{id}` — a JPEG thumbnail (≤ 256 px) of a catalogue image.
 //! - `GET /healthz`, `GET /metrics` (Prometheus text), `GET /` (the web page, `page.html`,
 //!   plain HTML/JS compiled into the binary).
@@ -38,6 +39,7 @@ use visual_search_retrieval::catalogue::{Catalogue, CatalogueHit};
 use visual_search_retrieval::ensemble::fuse_rows;
 use visual_search_retrieval::error::RetrievalError;
 use visual_search_retrieval::index::Preprocessing;
+use visual_search_retrieval::item_metadata::{Filter, Metadata};
 
 use crate::api_error::{ApiError, bad_request};
 use crate::inference::{InferenceQueue, QueueError};
@@ -125,6 +127,13 @@ struct SearchParams {
     /// `auto`: find the product in the photo (see `retrieval::auto_box`).
     #[serde(rename = "box")]
     box_mode: Option<String>,
+    /// Only items whose metadata match (`name=value[|value…],…`; `retrieval::item_metadata`).
+    filter: Option<String>,
+}
+
+/// The `filter` parameter, parsed (400 when malformed).
+fn parse_filter(text: Option<&str>) -> Result<Filter, ApiError> {
+    Filter::parse(text.unwrap_or_default()).map_err(|e| bad_request(e.to_string()))
 }
 
 #[derive(Serialize, Clone)]
@@ -135,6 +144,8 @@ struct Hit {
     score: f32,
     path: String,
     image_url: String,
+    /// The catalogue list's extra columns for this item (empty when it had none).
+    metadata: Metadata,
 }
 
 #[derive(Serialize)]
@@ -177,6 +188,7 @@ impl SearchResponse {
                 score: hit.score,
                 path: state.index.meta().client_path(&hit.item.path),
                 image_url: format!("/images/{}", hit.id),
+                metadata: hit.item.metadata,
             })
             .collect();
         let meta = state.index.meta();
@@ -244,6 +256,7 @@ async fn run_search(
         Some(text) => Some(parse_bbox(text).map_err(bad_request)?),
         None => None,
     };
+    let filter = parse_filter(params.filter.as_deref())?;
     let auto_box = match params.box_mode.as_deref() {
         None => None,
         Some("auto") if bbox.is_some() => {
@@ -282,7 +295,7 @@ async fn run_search(
             let Ok::<[axum::body::Bytes; 1], _>([bytes]) = images.try_into() else {
                 return Err(bad_request("box=auto takes one photo"));
             };
-            auto_boxed_embedding(&state, bytes, &params, &pre, &limits).await?
+            auto_boxed_embedding(&state, bytes, &params, &pre, &limits, &filter).await?
         }
         None => {
             let (embeddings, decoded) =
@@ -296,10 +309,11 @@ async fn run_search(
     };
     let embedded = Instant::now();
     let searcher = state.clone();
-    let mut hits = tokio::task::spawn_blocking(move || searcher.index.search_items(&embedding, k))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let mut hits =
+        tokio::task::spawn_blocking(move || searcher.index.search_items(&embedding, k, &filter))
+            .await
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let done = Instant::now();
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
     let timings = Timings {
@@ -388,6 +402,7 @@ async fn auto_boxed_embedding(
     params: &AutoBox,
     pre: &Preprocessing,
     limits: &DecodeLimits,
+    filter: &Filter,
 ) -> Result<(Vec<f32>, Option<BBox>, Instant), ApiError> {
     let internal = |e: String| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e);
     let limits = *limits;
@@ -413,10 +428,10 @@ async fn auto_boxed_embedding(
     let photo = queued(state.queue.submit(photo_pixels))?;
     let crops = queued(state.queue.submit_windows(window_pixels, n))?;
     let (whole, rows) = (model_answer(photo).await?, model_answer(crops).await?);
-    let (searcher, params) = (state.clone(), *params);
+    let (searcher, params, filter) = (state.clone(), *params, filter.clone());
     let (choice, whole, rows) = tokio::task::spawn_blocking(move || {
         params
-            .choose_in_catalogue(searcher.index.as_ref(), &whole, &rows)
+            .choose_in_catalogue(searcher.index.as_ref(), &whole, &rows, &filter)
             .map(|choice| (choice, whole, rows))
     })
     .await
@@ -436,6 +451,7 @@ async fn auto_boxed_embedding(
 #[derive(Deserialize)]
 struct SimilarParams {
     k: Option<usize>,
+    filter: Option<String>,
 }
 
 async fn similar(
@@ -445,11 +461,14 @@ async fn similar(
 ) -> Response {
     let started = Instant::now();
     let k = params.k.unwrap_or(10);
+    let filter = parse_filter(params.filter.as_deref());
     let response = if k == 0 || k > state.config.max_k {
         bad_request(format!("k must be in 1..={}", state.config.max_k)).into_response()
-    } else if let Ok(item) = id.parse::<u64>() {
+    } else if let Err(e) = filter {
+        e.into_response()
+    } else if let (Ok(item), Ok(filter)) = (id.parse::<u64>(), filter) {
         let s = state.clone();
-        match tokio::task::spawn_blocking(move || s.index.similar_items(item, k)).await {
+        match tokio::task::spawn_blocking(move || s.index.similar_items(item, k, &filter)).await {
             Ok(Ok(Some(hits))) => {
                 let search = started.elapsed().as_secs_f64() * 1e3;
                 let timings = Timings {

@@ -1,7 +1,10 @@
 //! `visual-search bench index`: the embedded on-disk index against PostgreSQL + pgvector on the
 //! same synthetic catalogue (clustered unit vectors, like real embeddings) — build time, search
 //! latency p50/p99 for one query at a time (what `serve` does), and HNSW recall@k against exact
-//! search. The embedded exact search is the baseline the ratios are taken against.
+//! search; then the same with a metadata filter that keeps 10% of the rows (`shelf=3`: the
+//! embedded index gathers those rows into its exact scan, pgvector adds a `WHERE` clause and
+//! scans HNSW iteratively). The embedded exact search is the baseline the ratios are taken
+//! against (its filtered search for the filtered rows).
 
 use std::time::Instant;
 
@@ -12,6 +15,7 @@ use visual_search_retrieval::catalogue::{Catalogue, CatalogueHit};
 use visual_search_retrieval::index::{
     INDEX_FORMAT_VERSION, Index, IndexDtype, IndexItem, IndexMeta, Preprocessing, build_index,
 };
+use visual_search_retrieval::item_metadata::Filter;
 use visual_search_retrieval::postgres_index::{
     PgIndex, PgOptions, create_hnsw, create_tables, is_postgres_url,
 };
@@ -85,12 +89,13 @@ fn time_queries(
     queries: &[f32],
     dim: usize,
     k: usize,
+    filter: &Filter,
 ) -> anyhow::Result<(f64, f64, Vec<Vec<CatalogueHit>>)> {
     let mut ms = Vec::new();
     let mut out = Vec::new();
     for q in queries.chunks(dim) {
         let t = Instant::now();
-        let hits = index.search_items(q, k)?;
+        let hits = index.search_items(q, k, filter)?;
         ms.push(t.elapsed().as_secs_f64() * 1e3);
         out.extend(hits);
     }
@@ -115,12 +120,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("--url must be a postgres:// URL");
     }
     let (data, queries) = clustered(args.rows, args.dim, args.queries);
+    // Ten shelves, so `shelf=3` keeps 10% of the rows, spread over every cluster.
     let items: Vec<IndexItem> = (0..args.rows)
-        .map(|i| IndexItem {
-            label: (i / 4) as i64,
-            path: format!("img/{i}.jpg").into(),
+        .map(|i| {
+            let mut item = IndexItem::new((i / 4) as i64, format!("img/{i}.jpg"));
+            item.metadata.insert("shelf".into(), (i % 10).to_string());
+            item
         })
         .collect();
+    let filter = Filter::parse("shelf=3")?;
+    let all = Filter::default();
     let meta = IndexMeta {
         format_version: INDEX_FORMAT_VERSION,
         dtype: IndexDtype::F32,
@@ -145,7 +154,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     build_index(dir.path(), meta.clone(), &items, &data)?;
     let embedded_build = t.elapsed().as_secs_f64();
     let embedded = Index::open(dir.path())?;
-    let (p50, p99, exact) = time_queries(&embedded, &queries, args.dim, args.k)?;
+    let (p50, p99, exact) = time_queries(&embedded, &queries, args.dim, args.k, &all)?;
     let base = p50;
     rows_out.push(vec![
         "embedded exact (f32)".into(),
@@ -180,7 +189,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     })?;
     pg.exact = true;
     let few = &queries[..(args.queries / 5).max(1) * args.dim];
-    let (p50, p99, pg_exact) = time_queries(&pg, few, args.dim, args.k)?;
+    let (p50, p99, pg_exact) = time_queries(&pg, few, args.dim, args.k, &all)?;
     rows_out.push(vec![
         "pgvector exact (vector)".into(),
         format!("{load:.1} (COPY)"),
@@ -196,7 +205,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ..opts.clone()
         })?;
         pg.exact = false;
-        let (p50, p99, found) = time_queries(&pg, &queries, args.dim, args.k)?;
+        let (p50, p99, found) = time_queries(&pg, &queries, args.dim, args.k, &all)?;
         rows_out.push(vec![
             format!("pgvector HNSW ef_search {ef}"),
             format!("{:.1} (COPY + HNSW {hnsw_build:.1})", load + hnsw_build),
@@ -204,6 +213,49 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             format!("{p99:.2}"),
             format!("{:.2}x", base / p50),
             format!("{:.3}", recall(&found, &exact)),
+        ]);
+    }
+
+    // Filtered: 10% of the rows.
+    let (p50, p99, exact) = time_queries(&embedded, &queries, args.dim, args.k, &filter)?;
+    let base = p50;
+    rows_out.push(vec![
+        "embedded exact, filter 10%".into(),
+        "-".into(),
+        format!("{p50:.2}"),
+        format!("{p99:.2}"),
+        "1.00x".into(),
+        "1.000".into(),
+    ]);
+    let (p50, p99, pg_exact) = time_queries(&pg, few, args.dim, args.k, &filter)?;
+    rows_out.push(vec![
+        "pgvector exact, filter 10%".into(),
+        "-".into(),
+        format!("{p50:.2}"),
+        format!("{p99:.2}"),
+        format!("{:.2}x", base / p50),
+        format!("{:.3}", recall(&pg_exact, &exact[..pg_exact.len()])),
+    ]);
+    for ef in &args.ef_search {
+        let pg = PgIndex::open(&PgOptions {
+            pool: 1,
+            ef_search: *ef,
+            ..opts.clone()
+        })?;
+        let (p50, p99, found) = time_queries(&pg, &queries, args.dim, args.k, &filter)?;
+        let short = found.iter().filter(|f| f.len() < args.k).count();
+        rows_out.push(vec![
+            format!("pgvector HNSW ef_search {ef}, filter 10% (iterative)"),
+            "-".into(),
+            format!("{p50:.2}"),
+            format!("{p99:.2}"),
+            format!("{:.2}x", base / p50),
+            format!("{:.3}", recall(&found, &exact))
+                + &(if short > 0 {
+                    format!(" ({short} queries short of k)")
+                } else {
+                    String::new()
+                }),
         ]);
     }
     println!(

@@ -23,6 +23,7 @@ use visual_search_retrieval::query_blending::QueryBlending;
 use crate::args::model::{DeviceArgs, ModelArgs};
 use crate::args::postgres::{PgArgs, open_catalogue};
 use crate::index_model::{load_index_model, open_with_model, preprocessing};
+use crate::list_metadata::read_list_metadata;
 use crate::progress::images_bar;
 use crate::sample_lists::ListArgs;
 use visual_search_retrieval::catalogue::Catalogue;
@@ -218,7 +219,8 @@ impl IndexCommand {
     }
 }
 
-/// Embeds a list; unreadable images are reported and left out.
+/// Embeds a list (its extra columns kept as metadata); unreadable images are reported and
+/// left out.
 fn embed_list(
     loaded: &InferenceModel,
     list: &ListArgs,
@@ -226,6 +228,15 @@ fn embed_list(
     let (kind, samples) = list.read()?;
     if samples.is_empty() {
         bail!("{} lists no images", list.csv.display());
+    }
+    let mut metadata = read_list_metadata(&list.csv, kind)?;
+    if metadata.len() != samples.len() {
+        bail!(
+            "{}: {} rows of metadata for {} images (was the file changed while reading?)",
+            list.csv.display(),
+            metadata.len(),
+            samples.len()
+        );
     }
     let loader = eval_loader(list.batch_size, list.workers);
     let samples: Arc<[Sample]> = samples.into();
@@ -249,6 +260,7 @@ fn embed_list(
         items.push(IndexItem {
             label: s.label,
             path: std::path::absolute(&s.path).unwrap_or_else(|_| s.path.clone()),
+            metadata: std::mem::take(&mut metadata[i]),
         });
         rows.extend_from_slice(result.embeddings.row(i));
     }
@@ -531,6 +543,11 @@ fn print_info(index: &dyn Catalogue) {
         m.preprocessing.size, m.preprocessing.mean, m.preprocessing.std
     );
     println!("model      {}", m.model);
+    match index.metadata_columns() {
+        Ok(columns) if !columns.is_empty() => println!("metadata   {}", columns.join(", ")),
+        Ok(_) => {}
+        Err(e) => println!("metadata   (could not be listed: {e})"),
+    }
     let post = &m.post_processing;
     if post.centre.is_some() {
         println!("centred    on the catalogue mean");

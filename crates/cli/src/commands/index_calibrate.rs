@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use visual_search_data::Sample;
+use visual_search_retrieval::item_metadata::Filter;
 use visual_search_retrieval::open_set::{MatchThreshold, top1_without};
 
 use crate::args::model::DeviceArgs;
@@ -90,13 +91,13 @@ pub fn calibrate(args: CalibrateArgs) -> anyhow::Result<()> {
     };
     let mut hits = as_pairs(
         index
-            .search_items(&queries, FIRST_DEPTH.min(index.rows()))
+            .search_items(&queries, FIRST_DEPTH.min(index.rows()), &Filter::default())
             .context("searching the index")?,
     );
     for (q, found) in hits.iter_mut().enumerate() {
         if found.iter().all(|(l, _)| held.contains(l)) && index.rows() > FIRST_DEPTH {
             let row = &queries[q * loaded.dim..(q + 1) * loaded.dim];
-            *found = as_pairs(index.search_items(row, index.rows())?)
+            *found = as_pairs(index.search_items(row, index.rows(), &Filter::default())?)
                 .pop()
                 .unwrap_or_default();
         }

@@ -18,6 +18,7 @@ use crate::auto_box_run::AutoBoxArgs;
 use crate::index_model::{load_index_model, load_index_model_at};
 use crate::table::render;
 use visual_search_retrieval::index::Preprocessing;
+use visual_search_retrieval::item_metadata::Filter;
 
 /// Finds the catalogue images nearest to each photo and prints rank, score, label and path;
 /// with `--fuse`, one search for all the photos together (several photos of one product); with
@@ -44,6 +45,11 @@ pub struct Args {
     /// Crop each photo to this box first: x,y,w,h in pixels.
     #[arg(long)]
     bbox: Option<String>,
+    /// Only catalogue items whose metadata match: `name=value[|value…][,name=value…]` (every
+    /// name must hold one of its values; `label=` filters product labels), e.g.
+    /// `category=Fruit|Vegetables,in_stock=true`.
+    #[arg(long, value_parser = parse_filter)]
+    filter: Option<Filter>,
     /// Compute device: flex (CPU), tch, tch-cuda:N, cuda:N, wgpu or auto.
     #[command(flatten)]
     device: DeviceArgs,
@@ -51,7 +57,12 @@ pub struct Args {
     auto_box: AutoBoxArgs,
 }
 
+fn parse_filter(text: &str) -> Result<Filter, String> {
+    Filter::parse(text).map_err(|e| e.to_string())
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let filter = args.filter.clone().unwrap_or_default();
     // A search by item needs no model: open the index alone and load its model only for photos.
     let index = open_catalogue(&args.index, &args.pg)?;
     let bbox = args
@@ -79,22 +90,38 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 );
             }
         }
+        let with_metadata = hits.iter().any(|h| !h.item.metadata.is_empty());
         let rows: Vec<Vec<String>> = hits
             .into_iter()
             .enumerate()
             .map(|(r, hit)| {
-                vec![
+                let mut row = vec![
                     (r + 1).to_string(),
                     format!("{:.4}", hit.score),
                     hit.item.label.to_string(),
                     hit.item.path.display().to_string(),
-                ]
+                ];
+                if with_metadata {
+                    let pairs: Vec<String> = hit
+                        .item
+                        .metadata
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
+                    row.push(pairs.join(" "));
+                }
+                row
             })
             .collect();
-        print!("{}", render(&["rank", "score", "label", "image"], &rows));
+        let header: &[&str] = if with_metadata {
+            &["rank", "score", "label", "image", "metadata"]
+        } else {
+            &["rank", "score", "label", "image"]
+        };
+        print!("{}", render(header, &rows));
     };
     if let Some(id) = args.item {
-        let hits = index.similar_items(id, args.k)?.with_context(|| {
+        let hits = index.similar_items(id, args.k, &filter)?.with_context(|| {
             format!(
                 "{} has no item {id} (ids are 0..{})",
                 index.location(),
@@ -140,7 +167,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         };
         let windows = params.windows();
         let rows = window_model.embed(prepare_windows(&image, &windows, at_side), windows.len())?;
-        match params.choose_in_catalogue(index.as_ref(), &whole, &rows)? {
+        match params.choose_in_catalogue(index.as_ref(), &whole, &rows, &filter)? {
             Some(choice) => {
                 let found = choice.window.to_bbox(image.width(), image.height());
                 println!(
@@ -164,13 +191,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.fuse {
         let fused = fuse_rows(&embeddings, loaded.dim);
         let hits = index
-            .search_items(&fused, args.k)?
+            .search_items(&fused, args.k, &filter)?
             .pop()
             .unwrap_or_default();
         print(format!("{} photos fused", args.images.len()), hits, true);
         return Ok(());
     }
-    let results = index.search_items(&embeddings, args.k)?;
+    let results = index.search_items(&embeddings, args.k, &filter)?;
     for (path, hits) in args.images.iter().zip(results) {
         print(path.display().to_string(), hits, true);
     }

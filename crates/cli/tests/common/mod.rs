@@ -125,6 +125,17 @@ pub fn catalogue(dir: &Path, grocery: &Path, step: usize) -> PathBuf {
     root
 }
 
+/// A grocery gallery line with a `category` column added: the top folder of its image
+/// (`Fruit`, `Vegetables`, `Packages`); the header gains `category`.
+pub fn with_category(line: &str) -> String {
+    if line.starts_with("img_path,") {
+        return format!("{line},category");
+    }
+    let path = line.split(',').next().unwrap_or_default();
+    let category = path.split('/').nth(1).unwrap_or_default();
+    format!("{line},{category}")
+}
+
 /// A temp folder with a grocery catalogue root in it (`catalogue(dir, grocery, 10)`), the
 /// grocery data and the real Lite0 weights; `None` (after saying SKIPPED) without them.
 pub struct Shop {
