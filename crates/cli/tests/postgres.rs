@@ -323,6 +323,8 @@ fn synthetic_meta(rows: usize, dim: usize) -> IndexMeta {
         catalogue_root: None,
         post_processing: Default::default(),
         match_threshold: None,
+        key_column: None,
+        deleted: None,
         preprocessing: Preprocessing {
             size: 224,
             mean: [0.5; 3],
@@ -744,5 +746,127 @@ fn filtered_search_equals_brute_force_over_the_kept_rows_on_both_engines() {
     assert_eq!(
         PgIndex::open(&old).unwrap().item(1).unwrap().unwrap(),
         items[1]
+    );
+}
+
+/// Upsert, delete and compact on PostgreSQL, each a transaction: an upsert killed while it
+/// holds its locks (its backend terminated mid-DELETE) changes nothing, running it again
+/// applies it once, and a third run finds it applied.
+#[test]
+fn upsert_and_delete_are_transactions_that_survive_a_kill() {
+    let Some(pg) = PgCluster::start() else { return };
+    let dim = 8;
+    let (items, emb) = synthetic_rows(40, dim, "u-");
+    let meta = synthetic_meta(40, dim);
+    let opts = PgOptions::new(&pg.url(), "edited_items");
+    create_tables(&opts, &meta, false).unwrap();
+    load_rows(
+        &opts,
+        IndexDtype::F32,
+        LoadKind::Build,
+        &items,
+        &emb,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let index = PgIndex::open(&opts).unwrap();
+    // Product 2 (rows 8..12) gets one new photo; product 99 is new.
+    let new_items = vec![
+        IndexItem::new(2, "img/new-2.jpg"),
+        IndexItem::new(99, "img/new-99.jpg"),
+    ];
+    let new_emb = emb[..2 * dim].to_vec();
+
+    // Hold a row the upsert must delete, so it waits inside its transaction; then kill it.
+    let mut blocker = pg.client();
+    let mut tx = blocker.transaction().unwrap();
+    tx.query("SELECT id FROM edited_items WHERE id = 9 FOR UPDATE", &[])
+        .unwrap();
+    let upserting = {
+        let (opts, meta, new_items, new_emb) = (
+            opts.clone(),
+            meta.clone(),
+            new_items.clone(),
+            new_emb.clone(),
+        );
+        std::thread::spawn(move || {
+            visual_search_retrieval::postgres_edit::upsert(&opts, &meta, &new_items, &new_emb)
+        })
+    };
+    let mut killer = pg.client();
+    let start = Instant::now();
+    loop {
+        let killed: i64 = killer
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND query LIKE 'DELETE FROM edited_items%'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if killed > 0 {
+            break;
+        }
+        if upserting.is_finished() || start.elapsed() > Duration::from_secs(30) {
+            let activity: Vec<String> = killer
+                .query(
+                    "SELECT coalesce(wait_event_type, '-') || ' ' || query FROM pg_stat_activity",
+                    &[],
+                )
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let result = upserting.is_finished().then(|| upserting.join().unwrap());
+            panic!("the upsert never waited: {result:?} {activity:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        upserting.join().unwrap().is_err(),
+        "the killed upsert reports it"
+    );
+    tx.rollback().unwrap();
+    let count = |sql: &str| -> i64 { pg.client().query_one(sql, &[]).unwrap().get(0) };
+    assert_eq!(
+        count("SELECT count(*) FROM edited_items"),
+        40,
+        "nothing changed"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM edited_items WHERE label = 99"),
+        0
+    );
+
+    // Again, unhindered: applied once; a third run finds it applied.
+    assert_eq!(index.upsert(&new_items, &new_emb).unwrap(), (4, 2));
+    assert_eq!(index.upsert(&new_items, &new_emb).unwrap(), (0, 0));
+    assert_eq!(count("SELECT count(*) FROM edited_items"), 38);
+    let reopened = PgIndex::open(&opts).unwrap();
+    assert_eq!(reopened.rows(), 38);
+    let twos: Vec<String> = reopened
+        .ids()
+        .unwrap()
+        .iter()
+        .filter_map(|&id| reopened.item(id).unwrap())
+        .filter(|i| i.label == 2)
+        .map(|i| i.path.display().to_string())
+        .collect();
+    assert_eq!(twos, vec!["img/new-2.jpg"]);
+
+    let keys: HashSet<String> = ["0".to_string(), "99".to_string(), "12345".to_string()].into();
+    assert_eq!(reopened.delete_keys(&keys).unwrap(), 5);
+    assert!(reopened.compact().unwrap().contains("vacuumed"));
+    let after = PgIndex::open(&opts).unwrap();
+    assert_eq!(after.rows(), 33);
+    assert_eq!(after.item(0).unwrap(), None, "deleted");
+    // Searches never return deleted rows.
+    let hits = after
+        .search_items(&emb[..dim], 40, &Filter::default())
+        .unwrap();
+    assert!(
+        hits[0]
+            .iter()
+            .all(|h| h.item.label != 0 && h.item.label != 99)
     );
 }

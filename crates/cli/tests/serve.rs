@@ -311,6 +311,126 @@ fn index_and_serve_the_grocery_catalogue() {
         rows.len() == 1 && rows[0].contains("Kiwi_Iconic") && rows[0].contains("category=Fruit"),
         "{filtered_cli}"
     );
+
+    // The catalogue changes while the server runs: each change is a new version, served
+    // without a restart.
+    let edit = |args: &[&str]| {
+        let mut all = vec!["index"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--index", index.to_str().unwrap()]);
+        run_ok(&all)
+    };
+    let served_rows = || {
+        let (_, _, m) = http(addr, "GET", "/metrics", "text/plain", b"");
+        let m = String::from_utf8_lossy(&m).into_owned();
+        m.lines()
+            .find_map(|l| l.strip_prefix("visual_search_index_rows "))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or_else(|| panic!("{m}"))
+    };
+    let wait_for_rows = |want: usize| {
+        let start = std::time::Instant::now();
+        while served_rows() != want {
+            assert!(start.elapsed().as_secs() < 30, "never served {want} rows");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    let kiwi_rows = |body: &[u8]| {
+        json(body)["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["label"] == 7)
+            .count()
+    };
+    let (_, _, body) = http(addr, "POST", "/search?k=150", "image/jpeg", &photo);
+    let kiwis = kiwi_rows(&body);
+    assert!(kiwis > 1, "{}", String::from_utf8_lossy(&body));
+    let first_kiwi = json(&body)["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["label"] == 7)
+        .filter_map(|h| h["id"].as_u64())
+        .min()
+        .unwrap();
+    // Upsert product 7 with one photo: its other images go.
+    let one_kiwi = shop.dir.path().join("one_kiwi.csv");
+    std::fs::write(
+        &one_kiwi,
+        "img_path,product_id,category\ntest/Fruit/Kiwi/Kiwi_001.jpg,7,Fruit\n",
+    )
+    .unwrap();
+    let text = edit(&[
+        "upsert",
+        "--device",
+        "flex",
+        "--follow-links",
+        "--csv",
+        one_kiwi.to_str().unwrap(),
+        "--root",
+        root.to_str().unwrap(),
+    ]);
+    assert!(
+        text.contains(&format!("replaced {kiwis} images and added 1")),
+        "{text}"
+    );
+    wait_for_rows(150 - kiwis + 1);
+    let (_, _, body) = http(addr, "POST", "/search?k=150", "image/jpeg", &photo);
+    assert_eq!(kiwi_rows(&body), 1, "{}", String::from_utf8_lossy(&body));
+    let text = edit(&["delete", "--key", "7"]);
+    assert!(text.contains("deleted 1 images"), "{text}");
+    wait_for_rows(150 - kiwis);
+    let (_, _, body) = http(addr, "POST", "/search?k=150", "image/jpeg", &photo);
+    assert_eq!(kiwi_rows(&body), 0);
+    assert_eq!(
+        http(
+            addr,
+            "GET",
+            &format!("/images/{first_kiwi}"),
+            "text/plain",
+            b""
+        )
+        .0,
+        404,
+        "a deleted item is gone"
+    );
+    let info = edit(&["info"]);
+    assert!(
+        info.contains(&format!("deleted    {} rows", kiwis + 1)),
+        "{info}"
+    );
+    let text = edit(&["compact"]);
+    assert!(
+        text.contains(&format!("dropped {} deleted rows", kiwis + 1)),
+        "{text}"
+    );
+    let info = edit(&["info"]);
+    assert!(
+        info.contains(&format!("images     {}", 150 - kiwis)) && !info.contains("deleted"),
+        "{info}"
+    );
+    // After compaction ids are dense again: a deleted kiwi's id names another image, once the
+    // server serves the compacted version.
+    assert!(first_kiwi < (150 - kiwis) as u64);
+    let image_status = || {
+        http(
+            addr,
+            "GET",
+            &format!("/images/{first_kiwi}"),
+            "text/plain",
+            b"",
+        )
+        .0
+    };
+    let start = std::time::Instant::now();
+    while image_status() != 200 {
+        assert!(
+            start.elapsed().as_secs() < 30,
+            "the compacted version was never served"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// `index calibrate` measures a threshold on labelled queries and stores it; the service then
@@ -581,4 +701,84 @@ fn index_dups_finds_a_resized_copy() {
         rows.len() == 3 && rows[1].starts_with("1,3,3,") && rows[2].starts_with("1,5,3,"),
         "{written}"
     );
+}
+
+/// `index compact` killed at every stage of its write leaves an index that opens as the old
+/// version (tombstones and all) or the new one, never a mix; the next write sweeps what the
+/// killed one left.
+#[test]
+fn a_killed_compact_leaves_the_old_version_or_the_new() {
+    use visual_search_retrieval::index::{
+        INDEX_FORMAT_VERSION, Index, IndexDtype, IndexItem, IndexMeta, Preprocessing, build_index,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let idx = dir.path().join("big.index");
+    let (rows, dim) = (200_000, 48);
+    let items: Vec<IndexItem> = (0..rows)
+        .map(|i| IndexItem::new((i / 2) as i64, format!("img/{i}.jpg")))
+        .collect();
+    let emb: Vec<f32> = (0..rows * dim).map(|i| ((i % 97) as f32) / 97.0).collect();
+    let meta = IndexMeta {
+        format_version: INDEX_FORMAT_VERSION,
+        dtype: IndexDtype::F32,
+        dim,
+        rows,
+        embeddings_crc32: 0,
+        items_crc32: 0,
+        model: serde_json::json!({"synthetic": true}),
+        catalogue_root: None,
+        post_processing: Default::default(),
+        match_threshold: None,
+        key_column: None,
+        deleted: None,
+        preprocessing: Preprocessing {
+            size: 32,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+        },
+    };
+    build_index(&idx, meta, &items, &emb).unwrap();
+    let keys: std::collections::HashSet<String> = (0..1000).map(|k| (k * 7).to_string()).collect();
+    let deleted = Index::open(&idx).unwrap().delete_keys(&keys).unwrap();
+    assert_eq!(deleted, 2000);
+    let mut delay_ms = 1u64;
+    loop {
+        let mut child = common::bin()
+            .args(["index", "compact", "--index", idx.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let finished = child.wait().unwrap().success();
+        eprintln!("compact killed after {delay_ms} ms (finished: {finished})");
+        let index = Index::open(&idx).unwrap_or_else(|e| panic!("after {delay_ms} ms: {e}"));
+        let state = (index.meta.rows, index.deleted_rows());
+        assert!(
+            state == (rows, 2000) || state == (rows - 2000, 0),
+            "killed after {delay_ms} ms: {state:?}"
+        );
+        if state.1 == 0 {
+            assert_eq!(index.items[0], items[2], "rows renumbered past product 0");
+            break;
+        }
+        assert!(
+            !finished || delay_ms < 5000,
+            "compact finished but nothing changed"
+        );
+        assert!(delay_ms < 60_000, "compact never finished");
+        delay_ms = delay_ms * 3 / 2 + 1;
+    }
+    // Whatever a killed run left is swept by the next write.
+    Index::open(&idx)
+        .unwrap()
+        .delete_keys(&["1".to_string()].into())
+        .unwrap();
+    let leftovers: Vec<String> = std::fs::read_dir(&idx)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }

@@ -1,9 +1,12 @@
-//! What `search` and `serve` need from an index, whatever engine holds it: its metadata (model,
-//! preprocessing, width, size), top-k search returning the catalogue items (optionally among
-//! the items a metadata [`Filter`] keeps), and lookup by id.
+//! The engine seam: what `search`, `serve` and the `index` commands need from an index,
+//! whatever engine holds it — its metadata (model, preprocessing, width, size), top-k search
+//! returning the catalogue items (optionally among the items a metadata [`Filter`] keeps),
+//! lookup by id, and the catalogue's changes (upsert and delete by product key, compact).
 //! Two engines implement it: the embedded on-disk [`Index`] (the default: exact search over a
 //! memory-mapped matrix) and [`crate::postgres_index::PgIndex`] (PostgreSQL + pgvector, for
 //! catalogues that outgrow one machine).
+
+use std::collections::HashSet;
 
 use crate::error::RetrievalError;
 use crate::index::{Index, IndexItem, IndexMeta, metadata_columns};
@@ -25,8 +28,10 @@ pub struct CatalogueHit {
 /// An index that can be searched.
 pub trait Catalogue: Send + Sync {
     fn meta(&self) -> &IndexMeta;
-    /// Rows now in the index.
+    /// Items a search can return (deleted rows not counted).
     fn rows(&self) -> usize;
+    /// The ids of those items, increasing (ids have gaps after deletes).
+    fn ids(&self) -> Result<Vec<u64>, RetrievalError>;
     /// The top `k` items that pass `filter` for each query (row-major, `dim` wide), after the
     /// index's stored post-processing (centring, query blending:
     /// [`crate::index_post_processing`]). Fewer than `k` when fewer items pass.
@@ -56,6 +61,18 @@ pub trait Catalogue: Send + Sync {
         k: usize,
         filter: &Filter,
     ) -> Result<Vec<Vec<CatalogueHit>>, RetrievalError>;
+    /// Replaces the products of `items` (by the index's product key: the label or its key
+    /// column) with them, atomically: returns `(rows replaced, rows added)`. The open handle
+    /// keeps reading what it opened; the next opening sees the change.
+    fn upsert(
+        &self,
+        items: &[IndexItem],
+        embeddings: &[f32],
+    ) -> Result<(usize, usize), RetrievalError>;
+    /// Removes every item whose product key is in `keys`; returns how many rows went.
+    fn delete_keys(&self, keys: &HashSet<String>) -> Result<usize, RetrievalError>;
+    /// Reclaims what deletes left behind; says what it did.
+    fn compact(&self) -> Result<String, RetrievalError>;
     /// The stored vectors of rows `ids`, as f32, row-major in the order given.
     fn vectors(&self, ids: &[u64]) -> Result<Vec<f32>, RetrievalError>;
     /// The distinct labels (products) the index holds.
@@ -82,7 +99,36 @@ impl Catalogue for Index {
     }
 
     fn rows(&self) -> usize {
-        self.meta.rows
+        self.live_rows()
+    }
+
+    fn upsert(
+        &self,
+        items: &[IndexItem],
+        embeddings: &[f32],
+    ) -> Result<(usize, usize), RetrievalError> {
+        Index::upsert(self, items, embeddings)
+    }
+
+    fn delete_keys(&self, keys: &HashSet<String>) -> Result<usize, RetrievalError> {
+        Index::delete_keys(self, keys)
+    }
+
+    fn compact(&self) -> Result<String, RetrievalError> {
+        Ok(match Index::compact(self)? {
+            0 => "nothing to compact: no deleted rows".to_string(),
+            n => format!(
+                "dropped {n} deleted rows; the rows after them have new ids ({} rows now)",
+                self.live_rows()
+            ),
+        })
+    }
+
+    fn ids(&self) -> Result<Vec<u64>, RetrievalError> {
+        Ok((0..self.meta.rows)
+            .filter(|&r| !self.is_deleted(r))
+            .map(|r| r as u64)
+            .collect())
     }
 
     fn search_raw(
@@ -91,17 +137,9 @@ impl Catalogue for Index {
         k: usize,
         filter: &Filter,
     ) -> Result<Vec<Vec<CatalogueHit>>, RetrievalError> {
-        let top = if filter.is_empty() {
-            self.search(queries, k)?
-        } else {
-            let rows: Vec<u32> = self
-                .items
-                .iter()
-                .enumerate()
-                .filter(|(_, item)| filter.matches(item.label, &item.metadata))
-                .map(|(row, _)| row as u32)
-                .collect();
-            top_k_rows(self.query_view(queries)?, self.view()?, &rows, k)
+        let top = match self.allowed_rows(filter) {
+            None => self.search(queries, k)?,
+            Some(rows) => top_k_rows(self.query_view(queries)?, self.view()?, &rows, k),
         };
         Ok((0..top.queries)
             .map(|q| {
@@ -125,7 +163,7 @@ impl Catalogue for Index {
         for &id in ids {
             let row = usize::try_from(id)
                 .ok()
-                .filter(|&r| r < view.rows)
+                .filter(|&r| r < view.rows && !self.is_deleted(r))
                 .ok_or_else(|| RetrievalError::Invalid(format!("no row {id} in the index")))?;
             out.extend_from_slice(view.rows_f32(row, row + 1, &mut scratch));
         }
@@ -133,7 +171,10 @@ impl Catalogue for Index {
     }
 
     fn distinct_labels(&self) -> Result<Vec<i64>, RetrievalError> {
-        let mut labels: Vec<i64> = self.items.iter().map(|i| i.label).collect();
+        let mut labels: Vec<i64> = (0..self.items.len())
+            .filter(|&r| !self.is_deleted(r))
+            .map(|r| self.items[r].label)
+            .collect();
         labels.sort_unstable();
         labels.dedup();
         Ok(labels)
@@ -153,6 +194,7 @@ impl Catalogue for Index {
     fn item(&self, id: u64) -> Result<Option<IndexItem>, RetrievalError> {
         Ok(usize::try_from(id)
             .ok()
+            .filter(|&i| !self.is_deleted(i))
             .and_then(|i| self.items.get(i))
             .cloned())
     }

@@ -9,15 +9,26 @@
 //!     meta.json.crc32  the CRC-32 of meta.json itself
 //!     items.csv        id,label,path[,metadata columns…] (row i of the embeddings is id i)
 //!     embeddings.bin   rows × dim little-endian f16 (default) or f32, nothing else
+//!     deleted.bin      only after a delete: the deleted row ids, u32 little-endian, increasing
 //! ```
 //!
-//! Every write (`build`, `add`) creates a new version folder, syncs it, then swaps `current`,
-//! so a reader sees either the old index or the new one, never a mix, and a killed write leaves
-//! the old one in place. On open, `meta.json` is checked against its CRC-32, and the file sizes
+//! Every write (`build`, `add`, `upsert`, `delete`, `compact`) creates a new version folder,
+//! syncs it, then swaps `current`, so a reader sees either the old index or the new one, never
+//! a mix, and a killed write leaves the old one in place.
+//!
+//! Deletes are tombstones: the rows stay in the files, listed in `deleted.bin`, and searches,
+//! lookups and counts skip them, so row ids stay stable and a delete does not copy the
+//! embeddings (the new version hard-links the old `embeddings.bin`). `compact` rewrites the
+//! version without them, renumbering the rows after each deleted one. An upsert deletes the
+//! rows of every product key it brings and appends the new rows, in one version. The product
+//! key is the label, or a metadata column chosen at build time (`key_column`). A version with
+//! tombstones is written as format 2, so a build that does not know them refuses it instead
+//! of returning deleted rows. On open, `meta.json` is checked against its CRC-32, and the file sizes
 //! and the CRC-32 of both data files against `meta.json`: a truncated, edited or mismatched
 //! index is refused with the reason.
 //! `embeddings.bin` starts at offset 0 of a page-aligned mapping, so its rows are read in place.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -27,12 +38,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::RetrievalError;
 use crate::index_post_processing::IndexPostProcessing;
-use crate::item_metadata::{MAX_COLUMNS, Metadata, check_column_name};
+use crate::item_metadata::{Filter, MAX_COLUMNS, Metadata, check_column_name};
 use crate::matrix::MatrixView;
 use crate::open_set::MatchThreshold;
 use crate::topk::{TopK, top_k};
 
 pub const INDEX_FORMAT_VERSION: u32 = 1;
+/// The format of a version holding tombstones (`deleted.bin`).
+pub const TOMBSTONE_FORMAT_VERSION: u32 = 2;
+
+/// Rows deleted from a version but still in its files (`deleted.bin`), until `compact`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedRows {
+    pub rows: usize,
+    pub crc32: u32,
+}
 
 /// Stored precision of the embeddings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,9 +102,30 @@ pub struct IndexMeta {
     /// top hit is reported as the match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub match_threshold: Option<MatchThreshold>,
+    /// The metadata column that names a product for `index upsert` / `index delete`; without
+    /// it the product label is the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_column: Option<String>,
+    /// Tombstones of the embedded index (`deleted.bin`); PostgreSQL deletes rows outright.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<DeletedRows>,
 }
 
 impl IndexMeta {
+    /// The product key of `item`: its label, or its value of the key column (`None` when the
+    /// item does not set it).
+    pub fn key_of(&self, item: &IndexItem) -> Option<String> {
+        match &self.key_column {
+            None => Some(item.label.to_string()),
+            Some(column) => item.metadata.get(column).cloned(),
+        }
+    }
+
+    /// What a product key is, for messages.
+    pub fn key_name(&self) -> &str {
+        self.key_column.as_deref().unwrap_or("label")
+    }
+
     /// Whether a top hit scoring `score` is the product asked for: at or above the calibrated
     /// threshold, or always when the index has none.
     pub fn is_match(&self, score: f32) -> bool {
@@ -137,8 +178,21 @@ pub struct Index {
     pub dir: PathBuf,
     pub version_dir: PathBuf,
     pub meta: IndexMeta,
+    /// Every row's item, deleted rows included (ids are positions).
     pub items: Vec<IndexItem>,
     data: Option<Mmap>,
+    /// Deleted row ids, increasing.
+    deleted: Vec<u32>,
+    /// The rows not deleted, increasing; `None` when nothing is deleted.
+    live: Option<Vec<u32>>,
+}
+
+/// Where a new version's `embeddings.bin` comes from.
+enum EmbeddingSource<'a> {
+    /// These bytes.
+    Bytes(&'a [u8]),
+    /// The same file as this one (unchanged rows): hard-linked, copied where links fail.
+    SameAs(&'a Path),
 }
 
 fn fmt_err(path: &Path, message: impl Into<String>) -> RetrievalError {
@@ -324,13 +378,14 @@ fn check_meta_crc(
     Ok(())
 }
 
-/// Writes a new version of the index at `dir` from raw embedding bytes, checks that it opens,
-/// then makes it current.
+/// Writes a new version of the index at `dir` (`deleted`: tombstoned rows, increasing), checks
+/// that it opens, then makes it current.
 fn write_version(
     dir: &Path,
     mut meta: IndexMeta,
     items: &[IndexItem],
-    embedding_bytes: &[u8],
+    embeddings: EmbeddingSource<'_>,
+    deleted: &[u32],
 ) -> Result<(), RetrievalError> {
     std::fs::create_dir_all(dir).map_err(|e| RetrievalError::io(dir, e))?;
     let previous = current_version(dir)?;
@@ -348,10 +403,35 @@ fn write_version(
         .map_err(|e| RetrievalError::io(dir, e))?;
     let items_bytes = items_csv(items)?;
     meta.rows = items.len();
-    meta.embeddings_crc32 = crc32fast::hash(embedding_bytes);
     meta.items_crc32 = crc32fast::hash(&items_bytes);
-    write_synced(&tmp.path().join("embeddings.bin"), embedding_bytes)?;
+    let data_path = tmp.path().join("embeddings.bin");
+    match embeddings {
+        EmbeddingSource::Bytes(bytes) => {
+            meta.embeddings_crc32 = crc32fast::hash(bytes);
+            write_synced(&data_path, bytes)?;
+        }
+        // The checksum in `meta` is the source's, checked again when the version is opened.
+        EmbeddingSource::SameAs(source) => {
+            if std::fs::hard_link(source, &data_path).is_err() {
+                std::fs::copy(source, &data_path)
+                    .and_then(|_| std::fs::File::open(&data_path)?.sync_all())
+                    .map_err(|e| RetrievalError::io(&data_path, e))?;
+            }
+        }
+    }
     write_synced(&tmp.path().join("items.csv"), &items_bytes)?;
+    if deleted.is_empty() {
+        meta.deleted = None;
+        meta.format_version = INDEX_FORMAT_VERSION;
+    } else {
+        let bytes: Vec<u8> = deleted.iter().flat_map(|r| r.to_le_bytes()).collect();
+        meta.deleted = Some(DeletedRows {
+            rows: deleted.len(),
+            crc32: crc32fast::hash(&bytes),
+        });
+        meta.format_version = TOMBSTONE_FORMAT_VERSION;
+        write_synced(&tmp.path().join(DELETED_FILE), &bytes)?;
+    }
     let json =
         serde_json::to_vec_pretty(&meta).map_err(|e| RetrievalError::Invalid(e.to_string()))?;
     write_synced(&tmp.path().join("meta.json"), &json)?;
@@ -401,7 +481,48 @@ pub fn build_index(
         )));
     }
     let bytes = encode(embeddings, meta.dtype);
-    write_version(dir, meta, items, &bytes)
+    write_version(dir, meta, items, EmbeddingSource::Bytes(&bytes), &[])
+}
+
+/// The tombstone file of a version.
+const DELETED_FILE: &str = "deleted.bin";
+
+/// Reads and checks `deleted.bin` against `meta.deleted`: increasing row ids below `rows`.
+fn read_deleted(version_dir: &Path, meta: &IndexMeta) -> Result<Vec<u32>, RetrievalError> {
+    let Some(want) = meta.deleted else {
+        return Ok(Vec::new());
+    };
+    let path = version_dir.join(DELETED_FILE);
+    let bytes = std::fs::read(&path).map_err(|e| RetrievalError::io(&path, e))?;
+    if bytes.len() != want.rows * 4 || crc32fast::hash(&bytes) != want.crc32 {
+        return Err(fmt_err(
+            &path,
+            "checksum or size mismatch (damaged or edited)",
+        ));
+    }
+    let rows: Vec<u32> = bytes
+        .chunks_exact(4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let ordered = rows.windows(2).all(|w| w[0] < w[1]);
+    if !ordered || rows.last().is_some_and(|&r| r as usize >= meta.rows) {
+        return Err(fmt_err(&path, "row ids out of order or out of range"));
+    }
+    Ok(rows)
+}
+
+/// Every row in `0..rows` not in `deleted` (both increasing).
+fn live_rows(rows: usize, deleted: &[u32]) -> Vec<u32> {
+    let mut out = Vec::with_capacity(rows - deleted.len());
+    let mut next = deleted.iter().peekable();
+    for r in 0..rows as u32 {
+        if next.peek() == Some(&&r) {
+            next.next();
+        } else {
+            out.push(r);
+        }
+    }
+    out
 }
 
 impl Index {
@@ -423,11 +544,12 @@ impl Index {
         check_meta_crc(&version_dir, &meta_path, &bytes)?;
         let meta: IndexMeta = serde_json::from_slice(&bytes)
             .map_err(|e| fmt_err(&meta_path, format!("damaged: {e}")))?;
-        if meta.format_version != INDEX_FORMAT_VERSION {
+        if !(INDEX_FORMAT_VERSION..=TOMBSTONE_FORMAT_VERSION).contains(&meta.format_version) {
             return Err(fmt_err(
                 &meta_path,
                 format!(
-                    "index format {} (this build reads {INDEX_FORMAT_VERSION})",
+                    "index format {} (this build reads {INDEX_FORMAT_VERSION} to \
+                     {TOMBSTONE_FORMAT_VERSION})",
                     meta.format_version
                 ),
             ));
@@ -484,13 +606,51 @@ impl Index {
         if crc32fast::hash(data.as_deref().unwrap_or(&[])) != meta.embeddings_crc32 {
             return Err(fmt_err(&data_path, "checksum mismatch (damaged or edited)"));
         }
+        let deleted = read_deleted(&version_dir, &meta)?;
+        let live = (!deleted.is_empty()).then(|| live_rows(meta.rows, &deleted));
         Ok(Index {
             dir: dir.to_path_buf(),
             version_dir,
             meta,
             items,
             data,
+            deleted,
+            live,
         })
+    }
+
+    /// Whether row `row` was deleted (a tombstone).
+    pub fn is_deleted(&self, row: usize) -> bool {
+        u32::try_from(row).is_ok_and(|r| self.deleted.binary_search(&r).is_ok())
+    }
+
+    /// Rows deleted and not yet compacted away.
+    pub fn deleted_rows(&self) -> usize {
+        self.deleted.len()
+    }
+
+    /// Rows a search can return.
+    pub fn live_rows(&self) -> usize {
+        self.meta.rows - self.deleted.len()
+    }
+
+    /// The rows a search with `filter` may return, increasing; `None` means every row.
+    pub fn allowed_rows(&self, filter: &Filter) -> Option<Vec<u32>> {
+        if filter.is_empty() {
+            return self.live.clone();
+        }
+        let candidates: Box<dyn Iterator<Item = u32>> = match &self.live {
+            Some(live) => Box::new(live.iter().copied()),
+            None => Box::new(0..self.items.len() as u32),
+        };
+        Some(
+            candidates
+                .filter(|&r| {
+                    let item = &self.items[r as usize];
+                    filter.matches(item.label, &item.metadata)
+                })
+                .collect(),
+        )
     }
 
     fn bytes(&self) -> &[u8] {
@@ -558,7 +718,117 @@ impl Index {
         bytes.extend(encode(embeddings, self.meta.dtype));
         let mut all = self.items.clone();
         all.extend(items.iter().cloned());
-        write_version(&self.dir, self.meta.clone(), &all, &bytes)
+        write_version(
+            &self.dir,
+            self.meta.clone(),
+            &all,
+            EmbeddingSource::Bytes(&bytes),
+            &self.deleted,
+        )
+    }
+
+    /// The live rows whose product key is in `keys`.
+    fn rows_with_keys(&self, keys: &HashSet<String>) -> Vec<u32> {
+        (0..self.items.len())
+            .filter(|&r| !self.is_deleted(r))
+            .filter(|&r| {
+                self.meta
+                    .key_of(&self.items[r])
+                    .is_some_and(|k| keys.contains(&k))
+            })
+            .map(|r| r as u32)
+            .collect()
+    }
+
+    /// Tombstones every live row whose product key is in `keys`, as a new version that shares
+    /// this one's embeddings file; returns how many rows were deleted (0: nothing written).
+    pub fn delete_keys(&self, keys: &HashSet<String>) -> Result<usize, RetrievalError> {
+        let doomed = self.rows_with_keys(keys);
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        let mut deleted = self.deleted.clone();
+        deleted.extend(&doomed);
+        deleted.sort_unstable();
+        write_version(
+            &self.dir,
+            self.meta.clone(),
+            &self.items,
+            EmbeddingSource::SameAs(&self.version_dir.join("embeddings.bin")),
+            &deleted,
+        )?;
+        Ok(doomed.len())
+    }
+
+    /// Replaces the products of `items`: tombstones the live rows of every product key they
+    /// carry and appends them, as one new version. Every item must have a key. Returns
+    /// `(rows replaced, rows added)`.
+    pub fn upsert(
+        &self,
+        items: &[IndexItem],
+        embeddings: &[f32],
+    ) -> Result<(usize, usize), RetrievalError> {
+        let mut keys = HashSet::new();
+        for (n, item) in items.iter().enumerate() {
+            let key = self.meta.key_of(item).ok_or_else(|| {
+                RetrievalError::Invalid(format!(
+                    "row {} ({}) has no {} (the index's product key)",
+                    n + 1,
+                    item.path.display(),
+                    self.meta.key_name()
+                ))
+            })?;
+            keys.insert(key);
+        }
+        if embeddings.len() != items.len() * self.meta.dim {
+            return Err(RetrievalError::Invalid(format!(
+                "{} embedding values for {} items of dim {}",
+                embeddings.len(),
+                items.len(),
+                self.meta.dim
+            )));
+        }
+        let replaced = self.rows_with_keys(&keys);
+        let mut deleted = self.deleted.clone();
+        deleted.extend(&replaced);
+        deleted.sort_unstable();
+        let mut bytes = self.bytes().to_vec();
+        bytes.extend(encode(embeddings, self.meta.dtype));
+        let mut all = self.items.clone();
+        all.extend(items.iter().cloned());
+        write_version(
+            &self.dir,
+            self.meta.clone(),
+            &all,
+            EmbeddingSource::Bytes(&bytes),
+            &deleted,
+        )?;
+        Ok((replaced.len(), items.len()))
+    }
+
+    /// Rewrites the index without its deleted rows (rows after each one move up, so their
+    /// ids change); returns how many rows were dropped (0: nothing written).
+    pub fn compact(&self) -> Result<usize, RetrievalError> {
+        let Some(live) = &self.live else {
+            return Ok(0);
+        };
+        let width = self.meta.dim * self.meta.dtype.bytes();
+        let data = self.bytes();
+        let mut bytes = Vec::with_capacity(live.len() * width);
+        let mut items = Vec::with_capacity(live.len());
+        for &r in live {
+            let r = r as usize;
+            bytes.extend_from_slice(&data[r * width..(r + 1) * width]);
+            items.push(self.items[r].clone());
+        }
+        write_version(
+            &self.dir,
+            self.meta.clone(),
+            &items,
+            EmbeddingSource::Bytes(&bytes),
+            &[],
+        )?;
+        Ok(self.deleted.len())
     }
 
     /// Writes the same rows with `threshold` in the metadata as a new version.
@@ -570,7 +840,13 @@ impl Index {
             match_threshold: threshold,
             ..self.meta.clone()
         };
-        write_version(&self.dir, meta, &self.items, self.bytes())
+        write_version(
+            &self.dir,
+            meta,
+            &self.items,
+            EmbeddingSource::SameAs(&self.version_dir.join("embeddings.bin")),
+            &self.deleted,
+        )
     }
 }
 
@@ -590,6 +866,8 @@ mod tests {
             catalogue_root: None,
             post_processing: Default::default(),
             match_threshold: None,
+            key_column: None,
+            deleted: None,
             preprocessing: Preprocessing {
                 size: 32,
                 mean: [0.5; 3],
@@ -785,6 +1063,95 @@ mod tests {
         let index = Index::open(&idx).unwrap();
         assert_eq!(index.items[..3], items[..]);
         assert!(index.items[3].metadata.is_empty());
+    }
+
+    #[test]
+    fn delete_upsert_and_compact_keep_versions_atomic_and_ids_stable() {
+        use crate::catalogue::Catalogue;
+        let dir = tempfile::tempdir().unwrap();
+        let idx = dir.path().join("idx");
+        let items = [item(1, "a.jpg"), item(2, "b.jpg"), item(1, "c.jpg")];
+        let rows = [1.0, 0.0, 0.0, 1.0, 0.6, 0.8];
+        build_index(&idx, meta(IndexDtype::F32), &items, &rows).unwrap();
+        let index = Index::open(&idx).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let inode = |i: &Index| {
+            std::fs::metadata(i.version_dir.join("embeddings.bin"))
+                .unwrap()
+                .ino()
+        };
+        let before = inode(&index);
+        let keys = |k: &[&str]| k.iter().map(|s| s.to_string()).collect::<HashSet<_>>();
+        assert_eq!(index.delete_keys(&keys(&["9"])).unwrap(), 0, "no such key");
+        assert_eq!(index.delete_keys(&keys(&["1"])).unwrap(), 2);
+        let deleted = Index::open(&idx).unwrap();
+        assert_eq!(deleted.meta.format_version, TOMBSTONE_FORMAT_VERSION);
+        assert_eq!((deleted.rows(), deleted.meta.rows), (1, 3));
+        // The embeddings file is the previous version's (hard-linked), not a copy.
+        assert_eq!(inode(&deleted), before);
+        let hits = deleted
+            .search_items(&[1.0, 0.0], 3, &Filter::default())
+            .unwrap();
+        assert_eq!(hits[0].iter().map(|h| h.id).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(deleted.item(0).unwrap(), None);
+        assert!(deleted.vectors(&[2]).is_err());
+        assert_eq!(deleted.ids().unwrap(), vec![1]);
+        assert_eq!(deleted.distinct_labels().unwrap(), vec![2]);
+        // Upsert: product 2 gets a new photo; product 3 is new.
+        let (replaced, added) = deleted
+            .upsert(
+                &[item(2, "b2.jpg"), item(3, "d.jpg")],
+                &[0.0, -1.0, -1.0, 0.0],
+            )
+            .unwrap();
+        assert_eq!((replaced, added), (1, 2));
+        let upserted = Index::open(&idx).unwrap();
+        assert_eq!(upserted.ids().unwrap(), vec![3, 4]);
+        assert_eq!(
+            upserted.item(3).unwrap().unwrap().path,
+            PathBuf::from("b2.jpg")
+        );
+        // Compact renumbers: rows 3 and 4 become 0 and 1; the tombstones are gone.
+        assert!(Catalogue::compact(&upserted).unwrap().contains("dropped 3"));
+        let compacted = Index::open(&idx).unwrap();
+        assert_eq!(compacted.meta.format_version, INDEX_FORMAT_VERSION);
+        assert_eq!(compacted.items, vec![item(2, "b2.jpg"), item(3, "d.jpg")]);
+        assert_eq!(compacted.deleted_rows(), 0);
+        assert!(!compacted.version_dir.join(DELETED_FILE).exists());
+        let hits = compacted
+            .search_items(&[-1.0, 0.0], 1, &Filter::default())
+            .unwrap();
+        assert_eq!(hits[0][0].id, 1);
+        assert_eq!(
+            Index::compact(&compacted).unwrap(),
+            0,
+            "nothing left to compact"
+        );
+    }
+
+    #[test]
+    fn a_key_column_names_products_and_damaged_tombstones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = dir.path().join("idx");
+        let mut m = meta(IndexDtype::F16);
+        m.key_column = Some("sku".into());
+        let mut items = vec![item(1, "a.jpg"), item(1, "b.jpg")];
+        items[0].metadata.insert("sku".into(), "A-1".into());
+        items[1].metadata.insert("sku".into(), "B-2".into());
+        build_index(&idx, m, &items, &[1.0, 0.0, 0.0, 1.0]).unwrap();
+        let index = Index::open(&idx).unwrap();
+        let err = index
+            .upsert(&[item(1, "c.jpg")], &[1.0, 0.0])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("has no sku"), "{err}");
+        let keys: HashSet<String> = ["B-2".to_string()].into();
+        assert_eq!(index.delete_keys(&keys).unwrap(), 1);
+        let index = Index::open(&idx).unwrap();
+        assert!(index.is_deleted(1) && !index.is_deleted(0));
+        std::fs::write(index.version_dir.join(DELETED_FILE), 0u32.to_le_bytes()).unwrap();
+        let err = Index::open(&idx).err().unwrap().to_string();
+        assert!(err.contains("deleted.bin"), "{err}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod npy;
 pub mod open_set;
 pub mod pipeline;
+pub mod postgres_edit;
 pub mod postgres_index;
 pub mod postgres_load;
 pub mod postgres_tls;

@@ -20,6 +20,7 @@
 //! CLI commands and `serve`'s blocking search threads. A small pool of connections lets
 //! concurrent searches run in parallel.
 
+use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -268,13 +269,10 @@ pub(crate) fn vector_type(c: &mut Client, name: &str) -> Result<Type, RetrievalE
     ))
 }
 
-/// Rows now in the table (`max(id) + 1`; ids are dense once running loads finish).
-fn next_id(c: &mut Client, table: &str) -> Result<i64, postgres::Error> {
-    let row = c.query_one(
-        &format!("SELECT COALESCE(MAX(id) + 1, 0) FROM {table}"),
-        &[],
-    )?;
-    Ok(row.get(0))
+/// Rows now in the table (ids have gaps after deletes, so this is a count, not `max(id) + 1`).
+fn count_rows(c: &mut Client, table: &str) -> Result<i64, postgres::Error> {
+    Ok(c.query_one(&format!("SELECT count(*) FROM {table}"), &[])?
+        .get(0))
 }
 
 /// Whether `table` has the `metadata` column (tables made before it existed do not).
@@ -351,7 +349,7 @@ impl PgIndex {
         let mut meta: IndexMeta = serde_json::from_value(json).map_err(|e| {
             RetrievalError::Invalid(format!("PostgreSQL: {t}_meta is damaged: {e}"))
         })?;
-        meta.rows = next_id(&mut first, t).map_err(|e| pg_err("counting rows", e))? as usize;
+        meta.rows = count_rows(&mut first, t).map_err(|e| pg_err("counting rows", e))? as usize;
         let metadata = if has_metadata_column(&mut first, t)? {
             "metadata"
         } else {
@@ -509,6 +507,34 @@ impl Catalogue for PgIndex {
                 &[],
             )?;
             Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
+    fn upsert(
+        &self,
+        items: &[IndexItem],
+        embeddings: &[f32],
+    ) -> Result<(usize, usize), RetrievalError> {
+        crate::postgres_edit::upsert(&self.opts, &self.meta, items, embeddings)
+    }
+
+    fn delete_keys(&self, keys: &HashSet<String>) -> Result<usize, RetrievalError> {
+        crate::postgres_edit::delete_keys(&self.opts, &self.meta, keys)
+    }
+
+    fn compact(&self) -> Result<String, RetrievalError> {
+        crate::postgres_edit::compact(&self.opts)?;
+        Ok(format!(
+            "vacuumed {} (deleted rows' space is reused; ids are unchanged)",
+            self.opts.table
+        ))
+    }
+
+    fn ids(&self) -> Result<Vec<u64>, RetrievalError> {
+        let t = self.opts.table.clone();
+        self.with_client(|c| {
+            let rows = c.query(&format!("SELECT id FROM {t} ORDER BY id"), &[])?;
+            Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
         })
     }
 

@@ -25,7 +25,8 @@ use crate::error::RetrievalError;
 use crate::index::{IndexDtype, IndexItem};
 use crate::item_metadata::to_json;
 use crate::postgres_index::{
-    PgOptions, check_table, column_type, connect_retrying, is_transient, pg_err, vector_type,
+    PgOptions, check_table, column_type, connect_retrying, has_metadata_column, is_transient,
+    pg_err, vector_type,
 };
 
 /// Whether a load starts a catalogue or adds to one.
@@ -81,9 +82,23 @@ pub(crate) fn create_journal(c: &mut Client, table: &str) -> Result<(), Retrieva
     .map_err(|e| pg_err("creating the load journal", e))
 }
 
+/// Gives a table made before items had metadata its `metadata` column (instant: a constant
+/// default). Only when it is missing: `ALTER TABLE` takes an exclusive lock even when it has
+/// nothing to do, which would stall every search and writer on the table behind any open
+/// transaction.
+pub(crate) fn ensure_metadata_column(c: &mut Client, table: &str) -> Result<(), RetrievalError> {
+    if has_metadata_column(c, table)? {
+        return Ok(());
+    }
+    c.batch_execute(&format!(
+        "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS metadata jsonb NOT NULL DEFAULT '{{}}'::jsonb"
+    ))
+    .map_err(|e| pg_err("adding the metadata column", e))
+}
+
 /// Finds or reserves the id range of the load `key` of `rows` rows. Returns the first id and
 /// whether the load had finished before.
-fn reserve(
+pub(crate) fn reserve(
     c: &mut Client,
     table: &str,
     key: &str,
@@ -179,12 +194,7 @@ pub fn load_rows(
     }
     let key = load_key(items);
     let mut c = connect_retrying(opts)?;
-    // Tables made before items had metadata get the column (instant: a constant default).
-    c.batch_execute(&format!(
-        "ALTER TABLE {} ADD COLUMN IF NOT EXISTS metadata jsonb NOT NULL DEFAULT '{{}}'::jsonb",
-        opts.table
-    ))
-    .map_err(|e| pg_err("adding the metadata column", e))?;
+    ensure_metadata_column(&mut c, &opts.table)?;
     let (first_id, done) = reserve(&mut c, &opts.table, &key, items.len(), kind)?;
     drop(c);
     let mut outcome = LoadOutcome {
@@ -200,7 +210,7 @@ pub fn load_rows(
     let started = Instant::now();
     let mut attempt = 0;
     loop {
-        match write_range(opts, dtype, first_id, items, embeddings, dim, progress) {
+        match write_range(opts, dtype, first_id, items, embeddings, progress) {
             Ok(resumed_from) => {
                 if attempt == 0 {
                     outcome.resumed_from = resumed_from;
@@ -252,7 +262,6 @@ fn write_range(
     first_id: i64,
     items: &[IndexItem],
     embeddings: &[f32],
-    dim: usize,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<usize, WriteError> {
     let mut c = connect_retrying(opts).map_err(WriteError::Other)?;
@@ -278,39 +287,65 @@ fn write_range(
         let mut tx = c
             .transaction()
             .map_err(|e| classify("starting a transaction", e))?;
-        let sink = tx
-            .copy_in(&format!(
-                "COPY {t} (id, label, path, metadata, embedding) FROM STDIN (FORMAT binary)"
-            ))
-            .map_err(|e| classify("starting COPY", e))?;
-        let mut w = BinaryCopyInWriter::new(
-            sink,
-            &[Type::INT8, Type::INT8, Type::TEXT, Type::JSONB, ty.clone()],
-        );
-        for (i, item) in items.iter().enumerate().take(end).skip(start) {
-            let id = first_id + i as i64;
-            let path = item.path.to_string_lossy();
-            let metadata = to_json(&item.metadata);
-            let values = &embeddings[i * dim..(i + 1) * dim];
-            let head: [&(dyn ToSql + Sync); 4] = [&id, &item.label, &path.as_ref(), &metadata];
-            let result = match dtype {
-                IndexDtype::F32 => {
-                    let v = Vector::from(values.to_vec());
-                    w.write(&[head[0], head[1], head[2], head[3], &v])
-                }
-                IndexDtype::F16 => {
-                    let v = HalfVector::from_f32_slice(values);
-                    w.write(&[head[0], head[1], head[2], head[3], &v])
-                }
-            };
-            result.map_err(|e| classify("COPY", e))?;
-        }
-        w.finish().map_err(|e| classify("finishing COPY", e))?;
+        copy_rows(
+            &mut tx,
+            t,
+            &ty,
+            dtype,
+            first_id,
+            items,
+            embeddings,
+            start..end,
+        )
+        .map_err(|e| classify("COPY", e))?;
         tx.commit().map_err(|e| classify("committing a batch", e))?;
         start = end;
         progress(start, items.len());
     }
     Ok(resumed_from)
+}
+
+/// COPYs `items[range]` (with their rows of `embeddings`) into `table` inside `tx`, item `i`
+/// as id `first_id + i`; `ty` is the table's vector type ([`vector_type`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn copy_rows(
+    tx: &mut postgres::Transaction<'_>,
+    table: &str,
+    ty: &Type,
+    dtype: IndexDtype,
+    first_id: i64,
+    items: &[IndexItem],
+    embeddings: &[f32],
+    range: std::ops::Range<usize>,
+) -> Result<(), postgres::Error> {
+    let dim = embeddings.len() / items.len().max(1);
+    let sink = tx.copy_in(&format!(
+        "COPY {table} (id, label, path, metadata, embedding) FROM STDIN (FORMAT binary)"
+    ))?;
+    let mut w = BinaryCopyInWriter::new(
+        sink,
+        &[Type::INT8, Type::INT8, Type::TEXT, Type::JSONB, ty.clone()],
+    );
+    for i in range {
+        let item = &items[i];
+        let id = first_id + i as i64;
+        let path = item.path.to_string_lossy();
+        let metadata = to_json(&item.metadata);
+        let values = &embeddings[i * dim..(i + 1) * dim];
+        let head: [&(dyn ToSql + Sync); 4] = [&id, &item.label, &path.as_ref(), &metadata];
+        match dtype {
+            IndexDtype::F32 => {
+                let v = Vector::from(values.to_vec());
+                w.write(&[head[0], head[1], head[2], head[3], &v])?;
+            }
+            IndexDtype::F16 => {
+                let v = HalfVector::from_f32_slice(values);
+                w.write(&[head[0], head[1], head[2], head[3], &v])?;
+            }
+        }
+    }
+    w.finish()?;
+    Ok(())
 }
 
 #[cfg(test)]

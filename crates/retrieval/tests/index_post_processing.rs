@@ -45,6 +45,8 @@ fn a_centred_blending_index_searches_like_the_composed_functions() {
         catalogue_root: None,
         post_processing: post.clone(),
         match_threshold: None,
+        key_column: None,
+        deleted: None,
     };
     let items: Vec<IndexItem> = (0..rows)
         .map(|i| IndexItem::new(i as i64, format!("img/{i}.jpg")))

@@ -18,6 +18,7 @@
 
 pub mod api_error;
 pub mod inference;
+pub mod live_index;
 pub mod metrics;
 pub mod query_image;
 pub mod upload;
@@ -43,6 +44,7 @@ use visual_search_retrieval::item_metadata::{Filter, Metadata};
 
 use crate::api_error::{ApiError, bad_request};
 use crate::inference::{InferenceQueue, QueueError};
+use crate::live_index::LiveIndex;
 use crate::metrics::Metrics;
 use crate::query_image::{
     decode_query, parse_bbox, prepare_decoded, prepare_query, prepare_windows, thumbnail_jpeg,
@@ -92,9 +94,9 @@ impl Default for ServeConfig {
 
 /// What handlers share.
 pub struct AppState {
-    /// The embedded on-disk index or a PostgreSQL + pgvector one.
-    pub index: Box<dyn Catalogue>,
-    pub index_bytes: u64,
+    /// The embedded on-disk index or a PostgreSQL + pgvector one; a new on-disk version is
+    /// swapped in while serving ([`live_index`]).
+    pub index: Arc<LiveIndex>,
     pub queue: InferenceQueue,
     pub config: ServeConfig,
     pub metrics: Metrics,
@@ -111,8 +113,7 @@ impl AppState {
     ) -> Self {
         AppState {
             decoders: tokio::sync::Semaphore::new(config.max_concurrent_decodes.max(1)),
-            index,
-            index_bytes,
+            index: Arc::new(LiveIndex::new(index, index_bytes)),
             queue,
             config,
             metrics: Metrics::default(),
@@ -177,7 +178,12 @@ struct SearchResponse {
 }
 
 impl SearchResponse {
-    fn new(state: &AppState, hits: Vec<CatalogueHit>, photos: usize, timings_ms: Timings) -> Self {
+    fn new(
+        index: &dyn Catalogue,
+        hits: Vec<CatalogueHit>,
+        photos: usize,
+        timings_ms: Timings,
+    ) -> Self {
         let results: Vec<Hit> = hits
             .into_iter()
             .enumerate()
@@ -186,12 +192,12 @@ impl SearchResponse {
                 id: hit.id,
                 label: hit.item.label,
                 score: hit.score,
-                path: state.index.meta().client_path(&hit.item.path),
+                path: index.meta().client_path(&hit.item.path),
                 image_url: format!("/images/{}", hit.id),
                 metadata: hit.item.metadata,
             })
             .collect();
-        let meta = state.index.meta();
+        let meta = index.meta();
         // A search by catalogue item (no photo) finds the item's neighbours, not the item.
         let matched = (photos > 0).then(|| {
             results
@@ -282,7 +288,9 @@ async fn run_search(
         max_file_bytes: state.config.max_body_bytes as u64,
         ..DecodeLimits::default()
     };
-    let pre = state.index.meta().preprocessing.clone();
+    // One index for the whole request, even if a new version is swapped in meanwhile.
+    let index = state.index.get();
+    let pre = index.meta().preprocessing.clone();
     // Decodes wait for a permit (bounded memory); the request's deadline still applies.
     let _permit = state
         .decoders
@@ -295,22 +303,22 @@ async fn run_search(
             let Ok::<[axum::body::Bytes; 1], _>([bytes]) = images.try_into() else {
                 return Err(bad_request("box=auto takes one photo"));
             };
-            auto_boxed_embedding(&state, bytes, &params, &pre, &limits, &filter).await?
+            auto_boxed_embedding(&state, &index, bytes, &params, &pre, &limits, &filter).await?
         }
         None => {
             let (embeddings, decoded) =
                 photo_embeddings(&state, images, bbox, &pre, &limits).await?;
             let embedding = match photos {
                 1 => embeddings,
-                _ => fuse_rows(&embeddings, state.index.meta().dim),
+                _ => fuse_rows(&embeddings, index.meta().dim),
             };
             (embedding, None, decoded)
         }
     };
     let embedded = Instant::now();
-    let searcher = state.clone();
+    let searcher = index.clone();
     let mut hits =
-        tokio::task::spawn_blocking(move || searcher.index.search_items(&embedding, k, &filter))
+        tokio::task::spawn_blocking(move || searcher.search_items(&embedding, k, &filter))
             .await
             .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
             .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -322,7 +330,12 @@ async fn run_search(
         search: ms(embedded, done),
         total: ms(started, done),
     };
-    let mut response = SearchResponse::new(&state, hits.pop().unwrap_or_default(), photos, timings);
+    let mut response = SearchResponse::new(
+        index.as_ref(),
+        hits.pop().unwrap_or_default(),
+        photos,
+        timings,
+    );
     if auto_box.is_some() {
         response.found_box = Some(found_box.map(|b| [b.x, b.y, b.w, b.h]));
     }
@@ -398,6 +411,7 @@ async fn photo_embeddings(
 /// and when decoding ended.
 async fn auto_boxed_embedding(
     state: &Arc<AppState>,
+    index: &Arc<dyn Catalogue>,
     bytes: axum::body::Bytes,
     params: &AutoBox,
     pre: &Preprocessing,
@@ -428,10 +442,10 @@ async fn auto_boxed_embedding(
     let photo = queued(state.queue.submit(photo_pixels))?;
     let crops = queued(state.queue.submit_windows(window_pixels, n))?;
     let (whole, rows) = (model_answer(photo).await?, model_answer(crops).await?);
-    let (searcher, params, filter) = (state.clone(), *params, filter.clone());
+    let (searcher, params, filter) = (index.clone(), *params, filter.clone());
     let (choice, whole, rows) = tokio::task::spawn_blocking(move || {
         params
-            .choose_in_catalogue(searcher.index.as_ref(), &whole, &rows, &filter)
+            .choose_in_catalogue(searcher.as_ref(), &whole, &rows, &filter)
             .map(|choice| (choice, whole, rows))
     })
     .await
@@ -467,8 +481,9 @@ async fn similar(
     } else if let Err(e) = filter {
         e.into_response()
     } else if let (Ok(item), Ok(filter)) = (id.parse::<u64>(), filter) {
-        let s = state.clone();
-        match tokio::task::spawn_blocking(move || s.index.similar_items(item, k, &filter)).await {
+        let index = state.index.get();
+        let s = index.clone();
+        match tokio::task::spawn_blocking(move || s.similar_items(item, k, &filter)).await {
             Ok(Ok(Some(hits))) => {
                 let search = started.elapsed().as_secs_f64() * 1e3;
                 let timings = Timings {
@@ -477,7 +492,7 @@ async fn similar(
                     search,
                     total: search,
                 };
-                axum::Json(SearchResponse::new(&state, hits, 0, timings)).into_response()
+                axum::Json(SearchResponse::new(index.as_ref(), hits, 0, timings)).into_response()
             }
             Ok(Ok(None)) => {
                 ApiError(StatusCode::NOT_FOUND, format!("no catalogue item {id}")).into_response()
@@ -498,8 +513,8 @@ async fn image(State(state): State<Arc<AppState>>, UrlPath(id): UrlPath<String>)
     let lookup = match id.parse::<u64>() {
         Err(_) => Ok(None),
         Ok(i) => {
-            let s = state.clone();
-            tokio::task::spawn_blocking(move || s.index.item(i))
+            let s = state.index.get();
+            tokio::task::spawn_blocking(move || s.item(i))
                 .await
                 .unwrap_or_else(|e| Err(RetrievalError::Invalid(e.to_string())))
         }
@@ -548,8 +563,8 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     state.metrics.request("metrics", 200);
     let stats = &state.queue.stats;
     let text = state.metrics.render(
-        state.index.rows(),
-        state.index_bytes,
+        state.index.get().rows(),
+        state.index.bytes(),
         stats.batches.load(std::sync::atomic::Ordering::Relaxed),
         stats.images.load(std::sync::atomic::Ordering::Relaxed),
     );

@@ -141,6 +141,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         catalogue_root: None,
         post_processing: Default::default(),
         match_threshold: None,
+        key_column: None,
+        deleted: None,
         preprocessing: Preprocessing {
             size: 224,
             mean: [0.5; 3],

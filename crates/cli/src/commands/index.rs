@@ -1,5 +1,7 @@
-//! `visual-search index build | add | info | migrate | dups` (and `calibrate`, in its own
-//! file): the on-disk catalogue index that `serve` searches.
+//! `visual-search index build | add | upsert | delete | compact | info | migrate | dups` (and
+//! `calibrate`, in its own file): the catalogue index that `serve` searches, on disk or in
+//! PostgreSQL. Upsert, delete and compact go through the engine seam
+//! ([`Catalogue`]), so they read the same for both engines.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,6 +40,14 @@ pub enum IndexCommand {
     Build(BuildArgs),
     /// Embed more images into an existing index with the index's own model.
     Add(AddArgs),
+    /// Replace products: embed a list with the index's model, remove every image of the
+    /// products (keys) it names, and add its images — one atomic change.
+    Upsert(AddArgs),
+    /// Remove every image of the given products (keys: labels, or the index's key column).
+    Delete(DeleteArgs),
+    /// Reclaim what deletes left: rewrite an on-disk index without its deleted rows (the rows
+    /// after them get new ids), or VACUUM a PostgreSQL table.
+    Compact(InfoArgs),
     /// Print what an index holds.
     Info(InfoArgs),
     /// Copy an on-disk index into PostgreSQL + pgvector (rows, metadata, then the HNSW index).
@@ -94,6 +104,10 @@ pub struct BuildArgs {
     store: StoreDtype,
     #[command(flatten)]
     post: IndexPostArgs,
+    /// The list column naming a product for `index upsert` / `index delete` (e.g. `sku`;
+    /// kept as metadata). Without it the product label (`product_id`) is the key.
+    #[arg(long)]
+    key_column: Option<String>,
 }
 
 /// Post-processing stored in the index and applied to every search (`search`, `serve`).
@@ -198,6 +212,21 @@ pub struct AddArgs {
 }
 
 #[derive(clap::Args)]
+pub struct DeleteArgs {
+    /// The index: a folder or a `postgres://` URL.
+    #[arg(long)]
+    index: String,
+    #[command(flatten)]
+    pg: PgArgs,
+    /// A product key to delete (repeatable).
+    #[arg(long = "key", required_unless_present = "keys")]
+    key: Vec<String>,
+    /// A file of product keys, one per line (blank lines and `#` comments skipped).
+    #[arg(long)]
+    keys: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
 pub struct InfoArgs {
     /// The index: a folder or a `postgres://` URL.
     #[arg(long)]
@@ -211,6 +240,9 @@ impl IndexCommand {
         match self {
             IndexCommand::Build(a) => build(a),
             IndexCommand::Add(a) => add(a),
+            IndexCommand::Upsert(a) => upsert(a),
+            IndexCommand::Delete(a) => delete(a),
+            IndexCommand::Compact(a) => compact(a),
             IndexCommand::Info(a) => info(a),
             IndexCommand::Migrate(a) => migrate(a),
             IndexCommand::Dups(a) => dups(a),
@@ -286,7 +318,18 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         catalogue_root: Some(std::path::absolute(args.list.root())?),
         post_processing,
         match_threshold: None,
+        key_column: args.key_column.clone(),
+        deleted: None,
     };
+    if let Some(column) = &args.key_column
+        && let Some(n) = items.iter().position(|i| !i.metadata.contains_key(column))
+    {
+        bail!(
+            "{}: image {} has no {column} (the --key-column every row must fill)",
+            args.list.csv.display(),
+            items[n].path.display()
+        );
+    }
     if is_postgres_url(&args.out) {
         let opts = args.hnsw.apply(args.pg.options(&args.out));
         load_into_postgres(&opts, &args.hnsw, &meta, &items, &rows)?;
@@ -419,38 +462,92 @@ fn add(args: AddArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn upsert(args: AddArgs) -> anyhow::Result<()> {
+    let (index, loaded) = open_with_model(&args.index, &args.pg, &args.device)?;
+    let (items, mut rows) = embed_list(&loaded, &args.list)?;
+    index
+        .meta()
+        .post_processing
+        .prepare_rows(&mut rows, loaded.dim)?;
+    let (replaced, added) = index
+        .upsert(&items, &rows)
+        .with_context(|| format!("upserting into {}", index.location()))?;
+    if (replaced, added) == (0, 0) {
+        println!("this upsert was applied before; nothing changed");
+    } else {
+        println!(
+            "replaced {replaced} images and added {added} in {} (keys: {})",
+            index.location(),
+            index.meta().key_name()
+        );
+    }
+    Ok(())
+}
+
+fn delete(args: DeleteArgs) -> anyhow::Result<()> {
+    let mut keys: std::collections::HashSet<String> = args.key.iter().cloned().collect();
+    if let Some(file) = &args.keys {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading keys from {}", file.display()))?;
+        keys.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string),
+        );
+    }
+    let index = open_catalogue(&args.index, &args.pg)?;
+    let n = index
+        .delete_keys(&keys)
+        .with_context(|| format!("deleting from {}", index.location()))?;
+    println!(
+        "deleted {n} images of {} {} key(s) from {}",
+        keys.len(),
+        index.meta().key_name(),
+        index.location()
+    );
+    Ok(())
+}
+
+fn compact(args: InfoArgs) -> anyhow::Result<()> {
+    let index = open_catalogue(&args.index, &args.pg)?;
+    println!("{}", index.compact()?);
+    Ok(())
+}
+
 fn dups(args: DupsArgs) -> anyhow::Result<()> {
     if !(args.threshold > 0.0 && args.threshold <= 1.0) {
         bail!("--threshold must be in (0, 1], got {}", args.threshold);
     }
     let index = open_catalogue(&args.index, &args.pg)?;
     let dim = index.meta().dim;
-    let rows = index.rows();
     // Both engines through the catalogue seam, in chunks so PostgreSQL answers in bounded
-    // queries.
+    // queries. Ids have gaps after deletes; groups are found over positions in `ids`.
+    let ids = index.ids()?;
+    let rows = ids.len();
     let mut data = Vec::with_capacity(rows * dim);
-    let ids: Vec<u64> = (0..rows as u64).collect();
     for chunk in ids.chunks(10_000) {
         data.extend(index.vectors(chunk)?);
     }
     let mut pairs =
         duplicates::candidate_pairs(MatrixView::f32(&data, rows, dim), args.threshold, args.k);
     if args.max_hash_distance < 64 {
-        pairs = verify_by_hash(index.as_ref(), &pairs, args.max_hash_distance)?;
+        pairs = verify_by_hash(index.as_ref(), &ids, &pairs, args.max_hash_distance)?;
     }
     let groups = duplicates::groups_from_pairs(rows, &pairs);
     let mut members = Vec::new();
     for (g, group) in groups.iter().enumerate() {
         println!("group {} ({} images):", g + 1, group.len());
-        for &id in group {
+        for &position in group {
+            let id = ids[position as usize];
             let item = index
-                .item(id as u64)?
+                .item(id)?
                 .with_context(|| format!("row {id} vanished from {}", index.location()))?;
             let path = item.path.display().to_string();
             println!("  {id:>8}  {:>6}  {path}", item.label);
             members.push(duplicates::GroupMember {
                 group: g + 1,
-                id,
+                id: u32::try_from(id).context("row id beyond u32")?,
                 label: item.label,
                 path,
             });
@@ -472,26 +569,28 @@ fn dups(args: DupsArgs) -> anyhow::Result<()> {
 /// Default `--max-hash-distance` of `index dups` (BENCHMARKS.md "Near-duplicate groups").
 const DEFAULT_MAX_HASH_DISTANCE: u32 = 5;
 
-/// The candidate pairs whose images' difference hashes are within `max_distance` bits; an image
-/// that cannot be read drops its pairs (counted and reported).
+/// The candidate pairs (positions in `ids`) whose images' difference hashes are within
+/// `max_distance` bits; an image that cannot be read drops its pairs (counted and reported).
 fn verify_by_hash(
     index: &dyn Catalogue,
+    ids: &[u64],
     pairs: &[(u32, u32)],
     max_distance: u32,
 ) -> anyhow::Result<Vec<(u32, u32)>> {
-    let mut ids: Vec<u32> = pairs.iter().flat_map(|&(a, b)| [a, b]).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let bar = images_bar(ids.len(), "hashing candidate images");
+    let mut positions: Vec<u32> = pairs.iter().flat_map(|&(a, b)| [a, b]).collect();
+    positions.sort_unstable();
+    positions.dedup();
+    let bar = images_bar(positions.len(), "hashing candidate images");
     let mut hashes = std::collections::HashMap::new();
     let mut unreadable = Vec::new();
-    for (done, &id) in ids.iter().enumerate() {
+    for (done, &position) in positions.iter().enumerate() {
+        let id = ids[position as usize];
         let item = index
-            .item(id as u64)?
+            .item(id)?
             .with_context(|| format!("row {id} vanished from {}", index.location()))?;
         match decode_rgb_file(&item.path, &DecodeLimits::default()) {
             Ok(img) => {
-                hashes.insert(id, crop_tolerant_hash(&img));
+                hashes.insert(position, crop_tolerant_hash(&img));
             }
             Err(e) => unreadable.push(format!("{}: {e}", item.path.display())),
         }
@@ -524,6 +623,12 @@ fn info(args: InfoArgs) -> anyhow::Result<()> {
         let index = Index::open(Path::new(&args.index))?;
         println!("index      {}", index.location());
         println!("version    {}", index.version_dir.display());
+        if index.deleted_rows() > 0 {
+            println!(
+                "deleted    {} rows (tombstones; `index compact` drops them)",
+                index.deleted_rows()
+            );
+        }
         println!("labels     {}", index.distinct_labels()?.len());
         print_info(&index);
     }
@@ -543,6 +648,10 @@ fn print_info(index: &dyn Catalogue) {
         m.preprocessing.size, m.preprocessing.mean, m.preprocessing.std
     );
     println!("model      {}", m.model);
+    println!(
+        "key        {} (what index upsert / delete name products by)",
+        m.key_name()
+    );
     match index.metadata_columns() {
         Ok(columns) if !columns.is_empty() => println!("metadata   {}", columns.join(", ")),
         Ok(_) => {}

@@ -1,11 +1,14 @@
 //! `visual-search serve`: the HTTP search service over an index (see the serve crate).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use visual_search_retrieval::auto_box::AutoBox;
 
 use anyhow::Context;
+use visual_search_retrieval::postgres_index::is_postgres_url;
 use visual_search_serve::inference::{Embedder, InferenceQueue};
+use visual_search_serve::live_index::watch_folder;
 use visual_search_serve::{AppState, ServeConfig, serve};
 
 use visual_search_inference::InferenceModel;
@@ -61,6 +64,11 @@ pub struct Args {
     /// 0.7x the input side): saves its memory; `box=auto` then answers 400.
     #[arg(long)]
     no_auto_box: bool,
+    /// Seconds between checks of an on-disk index for a new version (written by `index
+    /// add/upsert/delete/compact`), which is then served without a restart; 0 turns it off.
+    /// A PostgreSQL index is always live.
+    #[arg(long, default_value_t = 2.0)]
+    reload_every_s: f64,
 }
 
 /// The index's model, and the same model at the auto-box window side.
@@ -121,6 +129,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let queue = InferenceQueue::start(Box::new(embedder), args.max_batch, args.queue);
     let index_bytes = index.size_bytes();
+    let folder = (!is_postgres_url(&args.index)).then(|| PathBuf::from(&args.index));
     let state = Arc::new(AppState::new(index, index_bytes, queue, config));
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
@@ -129,9 +138,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("listening on {}", args.addr))?;
         println!(
             "serving {} images on http://{}",
-            state.index.rows(),
+            state.index.get().rows(),
             listener.local_addr()?
         );
+        if let Some(dir) = folder
+            && args.reload_every_s > 0.0
+        {
+            let every = Duration::from_secs_f64(args.reload_every_s.max(0.05));
+            tokio::spawn(watch_folder(state.index.clone(), dir, every));
+        }
         use std::io::Write;
         std::io::stdout().flush()?;
         serve(listener, state).await.context("serving")
