@@ -18,9 +18,15 @@ pub mod metrics;
 pub mod npy;
 pub mod open_set;
 pub mod pipeline;
+#[cfg(feature = "postgres")]
+pub mod postgres_connect;
+#[cfg(feature = "postgres")]
 pub mod postgres_edit;
+#[cfg(feature = "postgres")]
 pub mod postgres_index;
+#[cfg(feature = "postgres")]
 pub mod postgres_load;
+#[cfg(feature = "postgres")]
 pub mod postgres_tls;
 pub mod query_blending;
 pub mod rerank;
