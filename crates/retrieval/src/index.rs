@@ -31,12 +31,14 @@
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use half::f16;
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::RetrievalError;
+use crate::filter_postings::FilterPostings;
 use crate::index_post_processing::IndexPostProcessing;
 use crate::item_metadata::{Filter, MAX_COLUMNS, Metadata, check_column_name};
 use crate::matrix::MatrixView;
@@ -185,6 +187,8 @@ pub struct Index {
     deleted: Vec<u32>,
     /// The rows not deleted, increasing; `None` when nothing is deleted.
     live: Option<Vec<u32>>,
+    /// Rows per metadata value and label, built on the first filtered search.
+    postings: OnceLock<FilterPostings>,
 }
 
 /// Where a new version's `embeddings.bin` comes from.
@@ -616,6 +620,7 @@ impl Index {
             data,
             deleted,
             live,
+            postings: OnceLock::new(),
         })
     }
 
@@ -639,18 +644,10 @@ impl Index {
         if filter.is_empty() {
             return self.live.clone();
         }
-        let candidates: Box<dyn Iterator<Item = u32>> = match &self.live {
-            Some(live) => Box::new(live.iter().copied()),
-            None => Box::new(0..self.items.len() as u32),
-        };
-        Some(
-            candidates
-                .filter(|&r| {
-                    let item = &self.items[r as usize];
-                    filter.matches(item.label, &item.metadata)
-                })
-                .collect(),
-        )
+        let postings = self
+            .postings
+            .get_or_init(|| FilterPostings::build(&self.items));
+        Some(postings.rows(filter, &self.deleted))
     }
 
     fn bytes(&self) -> &[u8] {

@@ -9,6 +9,7 @@ pub mod duplicates;
 pub mod embedding_file;
 pub mod ensemble;
 pub mod error;
+pub mod filter_postings;
 pub mod index;
 pub mod index_post_processing;
 pub mod item_metadata;
