@@ -61,6 +61,9 @@ pub trait Catalogue: Send + Sync {
         k: usize,
         filter: &Filter,
     ) -> Result<Vec<Vec<CatalogueHit>>, RetrievalError>;
+    /// Adds `items` (their `embeddings` row-major, already in the index's space) after the
+    /// rows there; returns the number of rows the index then holds.
+    fn append(&self, items: &[IndexItem], embeddings: &[f32]) -> Result<usize, RetrievalError>;
     /// Replaces the products of `items` (by the index's product key: the label or its key
     /// column) with them, atomically: returns `(rows replaced, rows added)`. The open handle
     /// keeps reading what it opened; the next opening sees the change.
@@ -102,6 +105,11 @@ impl Catalogue for Index {
         self.live_rows()
     }
 
+    fn append(&self, items: &[IndexItem], embeddings: &[f32]) -> Result<usize, RetrievalError> {
+        Index::append(self, items, embeddings)?;
+        Ok(Index::open(&self.dir)?.live_rows())
+    }
+
     fn upsert(
         &self,
         items: &[IndexItem],
@@ -117,10 +125,7 @@ impl Catalogue for Index {
     fn compact(&self) -> Result<String, RetrievalError> {
         Ok(match Index::compact(self)? {
             0 => "nothing to compact: no deleted rows".to_string(),
-            n => format!(
-                "dropped {n} deleted rows; the rows after them have new ids ({} rows now)",
-                self.live_rows()
-            ),
+            n => format!("dropped {n} deleted rows; the rows after them have new ids"),
         })
     }
 

@@ -10,11 +10,14 @@
 //!     items.csv        id,label,path[,metadata columns…] (row i of the embeddings is id i)
 //!     embeddings.bin   rows × dim little-endian f16 (default) or f32, nothing else
 //!     deleted.bin      only after a delete: the deleted row ids, u32 little-endian, increasing
+//!   writer.lock        locked (flock) by each write, so concurrent writers take turns
 //! ```
 //!
 //! Every write (`build`, `add`, `upsert`, `delete`, `compact`) creates a new version folder,
 //! syncs it, then swaps `current`, so a reader sees either the old index or the new one, never
-//! a mix, and a killed write leaves the old one in place.
+//! a mix, and a killed write leaves the old one in place. Writers hold `writer.lock` and apply
+//! their change to the version current at that moment, not the one they opened, so two
+//! `index add` runs at once both land (the kernel drops the lock of a killed writer).
 //!
 //! Deletes are tombstones: the rows stay in the files, listed in `deleted.bin`, and searches,
 //! lookups and counts skip them, so row ids stay stable and a delete does not copy the
@@ -485,7 +488,25 @@ pub fn build_index(
         )));
     }
     let bytes = encode(embeddings, meta.dtype);
+    std::fs::create_dir_all(dir).map_err(|e| RetrievalError::io(dir, e))?;
+    let _writer = lock_writer(dir)?;
     write_version(dir, meta, items, EmbeddingSource::Bytes(&bytes), &[])
+}
+
+/// The file writers lock (`flock`) so that two writes of one index run one after the other.
+const WRITER_LOCK_FILE: &str = "writer.lock";
+
+/// Waits for, then holds, the index's writer lock until the returned file is dropped.
+fn lock_writer(dir: &Path) -> Result<std::fs::File, RetrievalError> {
+    let path = dir.join(WRITER_LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| RetrievalError::io(&path, e))?;
+    file.lock().map_err(|e| RetrievalError::io(&path, e))?;
+    Ok(file)
 }
 
 /// The tombstone file of a version.
@@ -700,9 +721,34 @@ impl Index {
             .unwrap_or(0)
     }
 
+    /// Runs the write `op` under the index's writer lock, on the current version: this one, or
+    /// the newer one another writer made since this was opened (so neither write is lost).
+    fn write_latest<T>(
+        &self,
+        op: impl FnOnce(&Index) -> Result<T, RetrievalError>,
+    ) -> Result<T, RetrievalError> {
+        let _writer = lock_writer(&self.dir)?;
+        let current = current_version(&self.dir)?.map(|v| self.dir.join(v));
+        if current.as_deref() == Some(self.version_dir.as_path()) {
+            return op(self);
+        }
+        let latest = Index::open(&self.dir)?;
+        if latest.meta.model != self.meta.model || latest.meta.dim != self.meta.dim {
+            return Err(RetrievalError::Invalid(format!(
+                "{} was rebuilt with another model while this change was prepared; run it again",
+                self.dir.display()
+            )));
+        }
+        op(&latest)
+    }
+
     /// Appends items and their embeddings as a new version; the open `Index` keeps reading the
     /// old one.
     pub fn append(&self, items: &[IndexItem], embeddings: &[f32]) -> Result<(), RetrievalError> {
+        self.write_latest(|latest| latest.append_here(items, embeddings))
+    }
+
+    fn append_here(&self, items: &[IndexItem], embeddings: &[f32]) -> Result<(), RetrievalError> {
         if embeddings.len() != items.len() * self.meta.dim {
             return Err(RetrievalError::Invalid(format!(
                 "{} embedding values for {} items of dim {}",
@@ -740,6 +786,10 @@ impl Index {
     /// Tombstones every live row whose product key is in `keys`, as a new version that shares
     /// this one's embeddings file; returns how many rows were deleted (0: nothing written).
     pub fn delete_keys(&self, keys: &HashSet<String>) -> Result<usize, RetrievalError> {
+        self.write_latest(|latest| latest.delete_keys_here(keys))
+    }
+
+    fn delete_keys_here(&self, keys: &HashSet<String>) -> Result<usize, RetrievalError> {
         let doomed = self.rows_with_keys(keys);
         if doomed.is_empty() {
             return Ok(0);
@@ -761,6 +811,14 @@ impl Index {
     /// carry and appends them, as one new version. Every item must have a key. Returns
     /// `(rows replaced, rows added)`.
     pub fn upsert(
+        &self,
+        items: &[IndexItem],
+        embeddings: &[f32],
+    ) -> Result<(usize, usize), RetrievalError> {
+        self.write_latest(|latest| latest.upsert_here(items, embeddings))
+    }
+
+    fn upsert_here(
         &self,
         items: &[IndexItem],
         embeddings: &[f32],
@@ -806,6 +864,10 @@ impl Index {
     /// Rewrites the index without its deleted rows (rows after each one move up, so their
     /// ids change); returns how many rows were dropped (0: nothing written).
     pub fn compact(&self) -> Result<usize, RetrievalError> {
+        self.write_latest(Index::compact_here)
+    }
+
+    fn compact_here(&self) -> Result<usize, RetrievalError> {
         let Some(live) = &self.live else {
             return Ok(0);
         };
@@ -833,17 +895,19 @@ impl Index {
         &self,
         threshold: Option<MatchThreshold>,
     ) -> Result<(), RetrievalError> {
-        let meta = IndexMeta {
-            match_threshold: threshold,
-            ..self.meta.clone()
-        };
-        write_version(
-            &self.dir,
-            meta,
-            &self.items,
-            EmbeddingSource::SameAs(&self.version_dir.join("embeddings.bin")),
-            &self.deleted,
-        )
+        self.write_latest(|latest| {
+            let meta = IndexMeta {
+                match_threshold: threshold,
+                ..latest.meta.clone()
+            };
+            write_version(
+                &latest.dir,
+                meta,
+                &latest.items,
+                EmbeddingSource::SameAs(&latest.version_dir.join("embeddings.bin")),
+                &latest.deleted,
+            )
+        })
     }
 }
 
@@ -1124,6 +1188,40 @@ mod tests {
             0,
             "nothing left to compact"
         );
+    }
+
+    #[test]
+    fn writes_from_handles_opened_before_another_write_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = dir.path().join("idx");
+        build_index(
+            &idx,
+            meta(IndexDtype::F32),
+            &[item(1, "a.jpg")],
+            &[1.0, 0.0],
+        )
+        .unwrap();
+        let first = Index::open(&idx).unwrap();
+        let second = Index::open(&idx).unwrap();
+        first.append(&[item(2, "b.jpg")], &[0.0, 1.0]).unwrap();
+        // `second` still reads the first version; its write lands on top of `first`'s.
+        second.append(&[item(3, "c.jpg")], &[0.6, 0.8]).unwrap();
+        let keys: HashSet<String> = ["1".to_string()].into();
+        assert_eq!(first.delete_keys(&keys).unwrap(), 1);
+        let now = Index::open(&idx).unwrap();
+        let paths: Vec<_> = now.items.iter().map(|i| i.path.clone()).collect();
+        assert_eq!(paths, ["a.jpg", "b.jpg", "c.jpg"].map(PathBuf::from));
+        assert!(now.is_deleted(0));
+        // Writers from several threads at once: every row arrives.
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let stale = Index::open(&idx).unwrap();
+                scope.spawn(move || {
+                    stale.append(&[item(10 + t, "t.jpg")], &[1.0, 0.0]).unwrap();
+                });
+            }
+        });
+        assert_eq!(Index::open(&idx).unwrap().meta.rows, 7);
     }
 
     #[test]

@@ -361,6 +361,33 @@ impl Catalogue for PgIndex {
         })
     }
 
+    /// A journaled load ([`crate::postgres_load`]): resumable, and disjoint from concurrent
+    /// adds; running a finished one again writes nothing.
+    fn append(&self, items: &[IndexItem], embeddings: &[f32]) -> Result<usize, RetrievalError> {
+        let outcome = crate::postgres_load::load_rows(
+            &self.opts,
+            self.meta.dtype,
+            crate::postgres_load::LoadKind::Add,
+            items,
+            embeddings,
+            &mut |_, _| {},
+        )?;
+        if outcome.already_loaded {
+            tracing::warn!(
+                "these {} rows were loaded before; nothing written",
+                items.len()
+            );
+        } else if outcome.resumed_from > 0 {
+            tracing::warn!(
+                "resumed an interrupted load after {} of {} rows",
+                outcome.resumed_from,
+                outcome.rows
+            );
+        }
+        let t = self.opts.table.clone();
+        self.with_client(|c| count_rows(c, &t)).map(|n| n as usize)
+    }
+
     fn upsert(
         &self,
         items: &[IndexItem],

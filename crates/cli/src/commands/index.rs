@@ -24,7 +24,7 @@ use visual_search_retrieval::query_blending::QueryBlending;
 
 use crate::args::model::{DeviceArgs, ModelArgs};
 use crate::args::postgres::{PgArgs, open_catalogue};
-use crate::index_model::{load_index_model, open_with_model, preprocessing};
+use crate::index_model::{open_with_model, preprocessing};
 use crate::list_metadata::read_list_metadata;
 use crate::progress::images_bar;
 use crate::sample_lists::ListArgs;
@@ -423,41 +423,19 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
 }
 
 fn add(args: AddArgs) -> anyhow::Result<()> {
-    let (location, before, added) = if is_postgres_url(&args.index) {
-        let (index, loaded) = open_with_model(&args.index, &args.pg, &args.device)?;
-        let (items, mut rows) = embed_list(&loaded, &args.list)?;
-        index
-            .meta()
-            .post_processing
-            .prepare_rows(&mut rows, loaded.dim)?;
-        let opts = args.pg.options(&args.index);
-        let outcome = load_rows(
-            &opts,
-            index.meta().dtype,
-            LoadKind::Add,
-            &items,
-            &rows,
-            &mut |_, _| {},
-        )?;
-        report_load(&outcome);
-        // With other writers, this load's range may start after rows they reserved.
-        (index.location(), outcome.first_id as usize, items.len())
-    } else {
-        let index = Index::open(Path::new(&args.index))?;
-        let loaded = load_index_model(&index.meta, &args.device)?;
-        let (items, mut rows) = embed_list(&loaded, &args.list)?;
-        index
-            .meta
-            .post_processing
-            .prepare_rows(&mut rows, loaded.dim)?;
-        index
-            .append(&items, &rows)
-            .with_context(|| format!("appending to {}", args.index))?;
-        (index.location(), index.meta.rows, items.len())
-    };
+    let (index, loaded) = open_with_model(&args.index, &args.pg, &args.device)?;
+    let (items, mut rows) = embed_list(&loaded, &args.list)?;
+    index
+        .meta()
+        .post_processing
+        .prepare_rows(&mut rows, loaded.dim)?;
+    let now = index
+        .append(&items, &rows)
+        .with_context(|| format!("appending to {}", index.location()))?;
     println!(
-        "added {added} images to {location} (now {})",
-        before + added
+        "added {} images to {} (now {now})",
+        items.len(),
+        index.location()
     );
     Ok(())
 }
