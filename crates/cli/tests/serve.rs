@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{catalogue, http, lite0_build, run_ok, start_server, start_server_with};
+use common::{
+    catalogue, http, http_with_headers, lite0_build, run_ok, start_server, start_server_with,
+};
 
 fn json(body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(body)
@@ -431,6 +433,131 @@ fn index_and_serve_the_grocery_catalogue() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+
+    // Catalogue writes over HTTP: off unless the server has a token.
+    let delete_body = br#"{"keys": ["9000"]}"#;
+    let (status, _, _) = http(addr, "DELETE", "/items", "application/json", delete_body);
+    assert_eq!(status, 403);
+    let token = "0123456789abcdef-test-token";
+    let token_file = shop.dir.path().join("write.token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let writer = start_server_with(
+        &index,
+        &[
+            "--write-token-file",
+            token_file.to_str().unwrap(),
+            "--reload-every-s",
+            "0",
+        ],
+    );
+    let w = writer.addr.as_str();
+    let bearer = format!("Bearer {token}");
+    let auth = [("Authorization", bearer.as_str())];
+    let rows_now = (150 - kiwis) as u64;
+    // A product form: the first gallery image again, as new product 9000.
+    let gallery = std::fs::read_to_string(root.join("gallery.csv")).unwrap();
+    let first_image = gallery.lines().nth(1).unwrap().split(',').next().unwrap();
+    let original = std::fs::read(root.join(first_image)).unwrap();
+    let item_form = |photo: &[u8], fields: &[(&str, &str)]| {
+        let mut form = Vec::new();
+        for (name, value) in fields {
+            form.extend_from_slice(
+                format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+                    .as_bytes(),
+            );
+        }
+        form.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"p.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n").as_bytes());
+        form.extend_from_slice(photo);
+        form.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        form
+    };
+    let fields = [("label", "9000"), ("category", "Test")];
+    let (status, _, _) = http(
+        w,
+        "POST",
+        "/items?mode=add",
+        &multipart,
+        &item_form(&original, &fields),
+    );
+    assert_eq!(status, 401, "no token");
+    let (status, _, body) = http_with_headers(
+        w,
+        "POST",
+        "/items?mode=add",
+        &auth,
+        &multipart,
+        &item_form(&original, &fields),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let added = json(&body);
+    assert_eq!(
+        (added["added"].as_u64(), added["rows"].as_u64()),
+        (Some(1), Some(rows_now + 1)),
+        "{added}"
+    );
+    // Prepared as `index build` prepares gallery images: its nearest item is its original.
+    let (status, _, body) = http(
+        w,
+        "GET",
+        &format!("/items/{rows_now}/similar?k=1"),
+        "text/plain",
+        b"",
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let twin = json(&body);
+    assert_eq!(twin["results"][0]["id"], 0, "{twin}");
+    assert!(
+        twin["results"][0]["score"].as_f64().unwrap() > 0.999,
+        "{twin}"
+    );
+    let (_, _, body) = http(
+        w,
+        "POST",
+        "/search?k=3&filter=label%3D9000",
+        "image/jpeg",
+        &photo,
+    );
+    let found = json(&body);
+    assert_eq!(
+        found["results"][0]["metadata"]["category"], "Test",
+        "{found}"
+    );
+    // Upsert (the default mode) replaces product 9000's image; delete removes it; compact.
+    let (status, _, body) = http_with_headers(
+        w,
+        "POST",
+        "/items",
+        &auth,
+        &multipart,
+        &item_form(&photo, &fields),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        (
+            json(&body)["removed"].as_u64(),
+            json(&body)["added"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    let (status, _, body) = http_with_headers(
+        w,
+        "DELETE",
+        "/items",
+        &auth,
+        "application/json",
+        delete_body,
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json(&body)["removed"], 1);
+    let (status, _, body) =
+        http_with_headers(w, "POST", "/index/compact", &auth, "text/plain", b"");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json(&body)["rows"].as_u64(), Some(rows_now));
+    let uploads = std::fs::read_dir(index.join("uploads")).unwrap().count();
+    assert_eq!(
+        uploads, 2,
+        "both photos are kept; nothing deletes a user's file"
+    );
 }
 
 /// `index calibrate` measures a threshold on labelled queries and stores it; the service then

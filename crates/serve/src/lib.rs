@@ -17,6 +17,7 @@
 //! is behind [`inference::Embedder`], so this crate knows nothing of burn.
 
 pub mod api_error;
+pub mod catalogue_writes;
 pub mod inference;
 pub mod live_index;
 pub mod metrics;
@@ -43,6 +44,7 @@ use visual_search_retrieval::index::Preprocessing;
 use visual_search_retrieval::item_metadata::{Filter, Metadata};
 
 use crate::api_error::{ApiError, bad_request};
+use crate::catalogue_writes::{WriteConfig, add_items, compact_index, delete_items};
 use crate::inference::{InferenceQueue, QueueError};
 use crate::live_index::LiveIndex;
 use crate::metrics::Metrics;
@@ -74,6 +76,9 @@ pub struct ServeConfig {
     /// The window search behind `box=auto`; `None` when the server runs without the window
     /// model (`serve --no-auto-box`).
     pub auto_box: Option<AutoBox>,
+    /// Catalogue writes over HTTP (`POST /items`, `DELETE /items`, `POST /index/compact`);
+    /// `None` keeps them off.
+    pub writes: Option<WriteConfig>,
 }
 
 impl Default for ServeConfig {
@@ -88,6 +93,7 @@ impl Default for ServeConfig {
             drain_timeout: Duration::from_secs(10),
             max_concurrent_decodes: std::thread::available_parallelism().map_or(2, |n| n.get()),
             auto_box: None,
+            writes: None,
         }
     }
 }
@@ -102,6 +108,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Permits for upload decodes (`config.max_concurrent_decodes`).
     pub decoders: tokio::sync::Semaphore,
+    /// The folder of an on-disk index, reopened after each write made over HTTP.
+    pub index_folder: Option<std::path::PathBuf>,
 }
 
 impl AppState {
@@ -117,7 +125,14 @@ impl AppState {
             queue,
             config,
             metrics: Metrics::default(),
+            index_folder: None,
         }
+    }
+
+    /// Names the on-disk index folder (so HTTP writes serve their new version at once).
+    pub fn with_index_folder(mut self, dir: Option<std::path::PathBuf>) -> Self {
+        self.index_folder = dir;
+        self
     }
 }
 
@@ -583,6 +598,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/search", post(search))
         .route("/images/{id}", get(image))
         .route("/items/{id}/similar", get(similar))
+        .route("/items", post(add_items).delete(delete_items))
+        .route("/index/compact", post(compact_index))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit))

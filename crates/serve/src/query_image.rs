@@ -43,8 +43,17 @@ pub fn decode_query(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, Str
 
 /// CHW floats for the model from a decoded image, cropped to `bbox` when given.
 pub fn prepare_decoded(image: &RgbImage, bbox: Option<BBox>, pre: &Preprocessing) -> Vec<f32> {
-    let crop = bbox.map_or(Crop::None, Crop::Box);
-    let rect = crop_rect(image, &crop);
+    prepare_cropped(image, &bbox.map_or(Crop::None, Crop::Box), pre)
+}
+
+/// CHW floats of a catalogue image added over HTTP, prepared as `index build` prepares a
+/// gallery image: its white border cropped away first.
+pub fn prepare_catalogue_image(image: &RgbImage, pre: &Preprocessing) -> Vec<f32> {
+    prepare_cropped(image, &Crop::WhiteBorder, pre)
+}
+
+fn prepare_cropped(image: &RgbImage, crop: &Crop, pre: &Preprocessing) -> Vec<f32> {
+    let rect = crop_rect(image, crop);
     let s = pre.size as u32;
     let resized = resize_rgb(image, rect, s, s);
     let mut out = vec![0.0f32; 3 * pre.size * pre.size];

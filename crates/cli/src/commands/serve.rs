@@ -7,6 +7,7 @@ use visual_search_retrieval::auto_box::AutoBox;
 
 use anyhow::Context;
 use visual_search_retrieval::postgres_index::is_postgres_url;
+use visual_search_serve::catalogue_writes::WriteConfig;
 use visual_search_serve::inference::{Embedder, InferenceQueue};
 use visual_search_serve::live_index::watch_folder;
 use visual_search_serve::{AppState, ServeConfig, serve};
@@ -69,6 +70,15 @@ pub struct Args {
     /// A PostgreSQL index is always live.
     #[arg(long, default_value_t = 2.0)]
     reload_every_s: f64,
+    /// Turn on catalogue writes over HTTP (`POST /items`, `DELETE /items`, `POST
+    /// /index/compact`), each needing `Authorization: Bearer <token>` with the token in this
+    /// file (at least 16 characters; a file keeps it out of `ps` and shell history).
+    #[arg(long)]
+    write_token_file: Option<PathBuf>,
+    /// Where photos added over HTTP are kept [default: `uploads/` in an on-disk index's
+    /// folder; required for a PostgreSQL index].
+    #[arg(long)]
+    upload_dir: Option<PathBuf>,
 }
 
 /// The index's model, and the same model at the auto-box window side.
@@ -94,7 +104,34 @@ impl Embedder for ModelEmbedder {
     }
 }
 
+/// The write settings, when `--write-token-file` turns writes on.
+fn write_config(args: &Args, folder: Option<&PathBuf>) -> anyhow::Result<Option<WriteConfig>> {
+    let Some(file) = &args.write_token_file else {
+        return Ok(None);
+    };
+    let token = std::fs::read_to_string(file)
+        .with_context(|| format!("reading the write token from {}", file.display()))?
+        .trim()
+        .to_string();
+    if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        anyhow::bail!(
+            "{}: the write token must be at least 16 characters without spaces",
+            file.display()
+        );
+    }
+    let upload_dir = match (&args.upload_dir, folder) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(index)) => index.join("uploads"),
+        (None, None) => {
+            anyhow::bail!("--upload-dir is needed to take photos over HTTP into a PostgreSQL index")
+        }
+    };
+    Ok(Some(WriteConfig { token, upload_dir }))
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let folder = (!is_postgres_url(&args.index)).then(|| PathBuf::from(&args.index));
+    let writes = write_config(&args, folder.as_ref())?;
     let (index, loaded) = open_with_model(&args.index, &args.pg, &args.device)?;
     let defaults = ServeConfig::default();
     let auto_box = AutoBox::default();
@@ -110,6 +147,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .unwrap_or(defaults.max_concurrent_decodes)
             .max(1),
         auto_box: (!args.no_auto_box).then_some(auto_box),
+        writes,
         ..defaults
     };
     let windows = match args.no_auto_box {
@@ -129,8 +167,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let queue = InferenceQueue::start(Box::new(embedder), args.max_batch, args.queue);
     let index_bytes = index.size_bytes();
-    let folder = (!is_postgres_url(&args.index)).then(|| PathBuf::from(&args.index));
-    let state = Arc::new(AppState::new(index, index_bytes, queue, config));
+    let state = Arc::new(
+        AppState::new(index, index_bytes, queue, config).with_index_folder(folder.clone()),
+    );
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(&args.addr)
