@@ -510,6 +510,21 @@ fn index_and_serve_the_grocery_catalogue() {
         twin["results"][0]["score"].as_f64().unwrap() > 0.999,
         "{twin}"
     );
+    // The re-upload is a near-duplicate of its original (`index dups` over HTTP).
+    assert_eq!(http(w, "GET", "/index/dups", "text/plain", b"").0, 401);
+    let (status, _, body) = http_with_headers(w, "GET", "/index/dups", &auth, "text/plain", b"");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let dups = json(&body);
+    let pair_found = dups["groups"].as_array().unwrap().iter().any(|g| {
+        let ids: Vec<u64> = g
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["id"].as_u64())
+            .collect();
+        ids.contains(&0) && ids.contains(&rows_now)
+    });
+    assert!(pair_found, "{dups}");
     let (_, _, body) = http(
         w,
         "POST",

@@ -63,6 +63,7 @@ pub fn groups_from_pairs(rows: usize, pairs: &[(u32, u32)]) -> Vec<Vec<u32>> {
 }
 
 /// One row of the `index dups --out` CSV.
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct GroupMember {
     pub group: usize,
     pub id: u32,

@@ -4,6 +4,7 @@
 
 pub mod auto_box;
 pub mod catalogue;
+pub mod catalogue_duplicates;
 pub mod centring;
 pub mod duplicates;
 pub mod embedding_file;

@@ -17,7 +17,7 @@
 //! is behind [`inference::Embedder`], so this crate knows nothing of burn.
 
 pub mod api_error;
-pub mod catalogue_writes;
+pub mod back_office;
 pub mod inference;
 pub mod live_index;
 pub mod metrics;
@@ -44,7 +44,7 @@ use visual_search_retrieval::index::Preprocessing;
 use visual_search_retrieval::item_metadata::{Filter, Metadata};
 
 use crate::api_error::{ApiError, bad_request};
-use crate::catalogue_writes::{WriteConfig, add_items, compact_index, delete_items};
+use crate::back_office::{WriteConfig, add_items, compact_index, delete_items, duplicate_groups};
 use crate::inference::{InferenceQueue, QueueError};
 use crate::live_index::LiveIndex;
 use crate::metrics::Metrics;
@@ -600,6 +600,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/items/{id}/similar", get(similar))
         .route("/items", post(add_items).delete(delete_items))
         .route("/index/compact", post(compact_index))
+        .route("/index/dups", get(duplicate_groups))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit))

@@ -14,12 +14,12 @@ use visual_search_retrieval::index::{
 
 use crate::dev_set_run::{BlendRounds, RankPreset, eval_loader, parse_blend_rounds};
 use crate::embedding_run::embed_with_progress;
-use visual_search_data::image::difference_hash::crop_tolerant_hash;
-use visual_search_data::image::{DecodeLimits, decode_rgb_file};
 use visual_search_inference::InferenceModel;
+use visual_search_retrieval::catalogue_duplicates::{
+    DEFAULT_MAX_HASH_DISTANCE, DupSettings, find_duplicate_groups,
+};
 use visual_search_retrieval::duplicates;
 use visual_search_retrieval::index_post_processing::IndexPostProcessing;
-use visual_search_retrieval::matrix::MatrixView;
 use visual_search_retrieval::query_blending::QueryBlending;
 
 use crate::args::model::{DeviceArgs, ModelArgs};
@@ -494,47 +494,41 @@ fn compact(args: InfoArgs) -> anyhow::Result<()> {
 }
 
 fn dups(args: DupsArgs) -> anyhow::Result<()> {
-    if !(args.threshold > 0.0 && args.threshold <= 1.0) {
-        bail!("--threshold must be in (0, 1], got {}", args.threshold);
-    }
     let index = open_catalogue(&args.index, &args.pg)?;
-    let dim = index.meta().dim;
-    // Both engines through the catalogue seam, in chunks so PostgreSQL answers in bounded
-    // queries. Ids have gaps after deletes; groups are found over positions in `ids`.
-    let ids = index.ids()?;
-    let rows = ids.len();
-    let mut data = Vec::with_capacity(rows * dim);
-    for chunk in ids.chunks(10_000) {
-        data.extend(index.vectors(chunk)?);
+    let settings = DupSettings {
+        threshold: args.threshold,
+        k: args.k,
+        max_hash_distance: args.max_hash_distance,
+    };
+    let bar = images_bar(0, "hashing candidate images");
+    let report = find_duplicate_groups(index.as_ref(), &settings, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    if !report.unreadable.is_empty() {
+        eprintln!(
+            "{} candidate image(s) could not be read; their pairs are left out:",
+            report.unreadable.len()
+        );
+        report
+            .unreadable
+            .iter()
+            .take(20)
+            .for_each(|u| eprintln!("  {u}"));
     }
-    let mut pairs =
-        duplicates::candidate_pairs(MatrixView::f32(&data, rows, dim), args.threshold, args.k);
-    if args.max_hash_distance < 64 {
-        pairs = verify_by_hash(index.as_ref(), &ids, &pairs, args.max_hash_distance)?;
-    }
-    let groups = duplicates::groups_from_pairs(rows, &pairs);
-    let mut members = Vec::new();
-    for (g, group) in groups.iter().enumerate() {
+    for (g, group) in report.groups.iter().enumerate() {
         println!("group {} ({} images):", g + 1, group.len());
-        for &position in group {
-            let id = ids[position as usize];
-            let item = index
-                .item(id)?
-                .with_context(|| format!("row {id} vanished from {}", index.location()))?;
-            let path = item.path.display().to_string();
-            println!("  {id:>8}  {:>6}  {path}", item.label);
-            members.push(duplicates::GroupMember {
-                group: g + 1,
-                id: u32::try_from(id).context("row id beyond u32")?,
-                label: item.label,
-                path,
-            });
+        for m in group {
+            println!("  {:>8}  {:>6}  {}", m.id, m.label, m.path);
         }
     }
+    let members: Vec<duplicates::GroupMember> = report.groups.into_iter().flatten().collect();
     println!(
-        "{} groups of near-duplicates ({} of {rows} images) at cosine >= {}",
-        groups.len(),
+        "{} groups of near-duplicates ({} of {} images) at cosine >= {}",
+        members.last().map_or(0, |m| m.group),
         members.len(),
+        report.rows,
         args.threshold
     );
     if let Some(out) = &args.out {
@@ -542,54 +536,6 @@ fn dups(args: DupsArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", out.display()))?;
     }
     Ok(())
-}
-
-/// Default `--max-hash-distance` of `index dups` (BENCHMARKS.md "Near-duplicate groups").
-const DEFAULT_MAX_HASH_DISTANCE: u32 = 5;
-
-/// The candidate pairs (positions in `ids`) whose images' difference hashes are within
-/// `max_distance` bits; an image that cannot be read drops its pairs (counted and reported).
-fn verify_by_hash(
-    index: &dyn Catalogue,
-    ids: &[u64],
-    pairs: &[(u32, u32)],
-    max_distance: u32,
-) -> anyhow::Result<Vec<(u32, u32)>> {
-    let mut positions: Vec<u32> = pairs.iter().flat_map(|&(a, b)| [a, b]).collect();
-    positions.sort_unstable();
-    positions.dedup();
-    let bar = images_bar(positions.len(), "hashing candidate images");
-    let mut hashes = std::collections::HashMap::new();
-    let mut unreadable = Vec::new();
-    for (done, &position) in positions.iter().enumerate() {
-        let id = ids[position as usize];
-        let item = index
-            .item(id)?
-            .with_context(|| format!("row {id} vanished from {}", index.location()))?;
-        match decode_rgb_file(&item.path, &DecodeLimits::default()) {
-            Ok(img) => {
-                hashes.insert(position, crop_tolerant_hash(&img));
-            }
-            Err(e) => unreadable.push(format!("{}: {e}", item.path.display())),
-        }
-        bar.set_position(done as u64 + 1);
-    }
-    bar.finish_and_clear();
-    if !unreadable.is_empty() {
-        eprintln!(
-            "{} candidate image(s) could not be read; their pairs are left out:",
-            unreadable.len()
-        );
-        unreadable.iter().take(20).for_each(|u| eprintln!("  {u}"));
-    }
-    Ok(pairs
-        .iter()
-        .copied()
-        .filter(|(a, b)| match (hashes.get(a), hashes.get(b)) {
-            (Some(ha), Some(hb)) => ha.distance(hb) <= max_distance,
-            _ => false,
-        })
-        .collect())
 }
 
 fn info(args: InfoArgs) -> anyhow::Result<()> {

@@ -7,7 +7,7 @@ use visual_search_retrieval::auto_box::AutoBox;
 
 use anyhow::Context;
 use visual_search_retrieval::postgres_index::is_postgres_url;
-use visual_search_serve::catalogue_writes::WriteConfig;
+use visual_search_serve::back_office::WriteConfig;
 use visual_search_serve::inference::{Embedder, InferenceQueue};
 use visual_search_serve::live_index::watch_folder;
 use visual_search_serve::{AppState, ServeConfig, serve};

@@ -1,10 +1,12 @@
-//! Changing the catalogue over HTTP, for a shop's back office: `POST /items` (add or upsert a
-//! product's photos), `DELETE /items` (remove products by key) and `POST /index/compact`. The
-//! same engine seam as `visual-search index upsert | delete | compact`, so both engines work.
+//! The catalogue's back office over HTTP: `POST /items` (add or upsert a product's photos),
+//! `DELETE /items` (remove products by key), `POST /index/compact` and `GET /index/dups`
+//! (near-duplicate groups). The same engine seam and code as `visual-search index upsert |
+//! delete | compact | dups`, so both engines work.
 //!
-//! Writes are off unless the server was given a token (`serve --write-token-file`); each write
+//! These are off unless the server was given a token (`serve --write-token-file`); each
 //! request must carry `Authorization: Bearer <token>` (401 otherwise, compared in constant
-//! time). Uploaded photos are kept in the upload folder under fresh names (never replacing a
+//! time). `dups` changes nothing but reads every candidate image on the server, so it is
+//! behind the token too. Uploaded photos are kept in the upload folder under fresh names (never replacing a
 //! file), prepared as `index build` prepares gallery images (white border cropped, resized,
 //! normalised), embedded by the server's model queue and brought into the index's space. After
 //! a write to an on-disk index the new version is served at once.
@@ -24,6 +26,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use visual_search_data::image::DecodeLimits;
 use visual_search_retrieval::catalogue::Catalogue;
+use visual_search_retrieval::catalogue_duplicates::{DupSettings, find_duplicate_groups};
 use visual_search_retrieval::index::{Index, IndexItem};
 use visual_search_retrieval::item_metadata::{Metadata, check_column_name, check_value};
 
@@ -354,6 +357,66 @@ pub(crate) async fn compact_index(
     }
     .await;
     reply(&state, "compact", outcome)
+}
+
+#[derive(Deserialize)]
+pub(crate) struct DupsParams {
+    threshold: Option<f32>,
+    k: Option<usize>,
+    max_hash_distance: Option<u32>,
+}
+
+/// `GET /index/dups?threshold=0.9&k=10&max_hash_distance=5`: the near-duplicate groups, as
+/// `index dups` finds them (`retrieval::catalogue_duplicates`).
+pub(crate) async fn duplicate_groups(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<DupsParams>,
+    request_headers: header::HeaderMap,
+) -> Response {
+    let outcome = async {
+        authorize(&state, &request_headers)?;
+        let defaults = DupSettings::default();
+        let settings = DupSettings {
+            threshold: params.threshold.unwrap_or(defaults.threshold),
+            k: params.k.unwrap_or(defaults.k).clamp(1, 100),
+            max_hash_distance: params
+                .max_hash_distance
+                .unwrap_or(defaults.max_hash_distance),
+        };
+        if !(settings.threshold > 0.0 && settings.threshold <= 1.0) {
+            return Err(bad_request("threshold must be in (0, 1]"));
+        }
+        let index = state.index.get();
+        let mut report = tokio::task::spawn_blocking(move || {
+            find_duplicate_groups(index.as_ref(), &settings, &mut |_, _| {})
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+        // Clients see catalogue-relative paths, never the server's own.
+        let meta = state.index.get().meta().clone();
+        for member in report.groups.iter_mut().flatten() {
+            member.path = meta.client_path(Path::new(&member.path));
+        }
+        // Unreadable files are named in the server's log, not to clients (server paths).
+        if !report.unreadable.is_empty() {
+            for u in &report.unreadable {
+                tracing::warn!("index dups: {u}");
+            }
+            let n = report.unreadable.len();
+            report.unreadable = vec![format!(
+                "{n} candidate images could not be read; their pairs are left out"
+            )];
+        }
+        Ok(report)
+    }
+    .await;
+    let response = match outcome {
+        Ok(report) => axum::Json(report).into_response(),
+        Err(e) => e.into_response(),
+    };
+    state.metrics.request("dups", response.status().as_u16());
+    response
 }
 
 #[cfg(test)]
