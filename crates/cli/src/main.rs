@@ -5,6 +5,7 @@
 mod allocator;
 mod args;
 mod auto_box_run;
+mod broken_pipe;
 mod commands;
 mod dev_set_run;
 mod embedding_run;
@@ -76,6 +77,9 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        broken_pipe::exit_quietly_on_closed_stdout();
+    }
     let result = match cli.command {
         Command::Data(c) => c.run(),
         Command::Train(a) => commands::train::run(a),

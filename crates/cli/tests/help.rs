@@ -63,3 +63,22 @@ fn every_subcommand_has_help() {
         seen.len()
     );
 }
+
+/// A command whose reader went away (`visual-search models | head -0`) ends quietly by
+/// SIGPIPE, as C tools do, instead of panicking with "failed printing to stdout".
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_visual-search"))
+        .arg("models")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // 13: SIGPIPE on Linux.
+    assert_eq!(out.status.signal(), Some(13), "{:?}", out.status);
+}
