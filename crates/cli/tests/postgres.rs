@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 use common::pg_cluster::PgCluster;
 use common::{bin, catalogue, http, lite0_build, lite0_index, query_list, run_ok, start_server};
 use visual_search_retrieval::catalogue::Catalogue;
-use visual_search_retrieval::index::{
-    INDEX_FORMAT_VERSION, Index, IndexDtype, IndexItem, IndexMeta, Preprocessing, build_index,
-};
+use visual_search_retrieval::index::{Index, IndexDtype, IndexItem, IndexMeta, build_index};
 use visual_search_retrieval::item_metadata::Filter;
 use visual_search_retrieval::postgres_index::{PgIndex, PgOptions, create_tables};
 use visual_search_retrieval::postgres_load::{LoadKind, load_rows};
@@ -312,25 +310,10 @@ fn synthetic_rows(rows: usize, dim: usize, tag: &str) -> (Vec<IndexItem>, Vec<f3
 }
 
 fn synthetic_meta(rows: usize, dim: usize) -> IndexMeta {
-    IndexMeta {
-        format_version: INDEX_FORMAT_VERSION,
-        dtype: IndexDtype::F32,
-        dim,
-        rows,
-        embeddings_crc32: 0,
-        items_crc32: 0,
-        model: serde_json::json!({"model": "efficientnet_lite0", "size": 224}),
-        catalogue_root: None,
-        post_processing: Default::default(),
-        match_threshold: None,
-        key_column: None,
-        deleted: None,
-        preprocessing: Preprocessing {
-            size: 224,
-            mean: [0.5; 3],
-            std: [0.5; 3],
-        },
-    }
+    let mut meta = common::synthetic_meta(dim, 224);
+    meta.rows = rows;
+    meta.model = serde_json::json!({"model": "efficientnet_lite0", "size": 224});
+    meta
 }
 
 /// An on-disk index of `rows` random unit vectors (no model needed to migrate it).

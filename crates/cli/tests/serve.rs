@@ -850,9 +850,7 @@ fn index_dups_finds_a_resized_copy() {
 /// killed one left.
 #[test]
 fn a_killed_compact_leaves_the_old_version_or_the_new() {
-    use visual_search_retrieval::index::{
-        INDEX_FORMAT_VERSION, Index, IndexDtype, IndexItem, IndexMeta, Preprocessing, build_index,
-    };
+    use visual_search_retrieval::index::{Index, IndexItem, build_index};
     let dir = tempfile::tempdir().unwrap();
     let idx = dir.path().join("big.index");
     let (rows, dim) = (200_000, 48);
@@ -860,25 +858,7 @@ fn a_killed_compact_leaves_the_old_version_or_the_new() {
         .map(|i| IndexItem::new((i / 2) as i64, format!("img/{i}.jpg")))
         .collect();
     let emb: Vec<f32> = (0..rows * dim).map(|i| ((i % 97) as f32) / 97.0).collect();
-    let meta = IndexMeta {
-        format_version: INDEX_FORMAT_VERSION,
-        dtype: IndexDtype::F32,
-        dim,
-        rows,
-        embeddings_crc32: 0,
-        items_crc32: 0,
-        model: serde_json::json!({"synthetic": true}),
-        catalogue_root: None,
-        post_processing: Default::default(),
-        match_threshold: None,
-        key_column: None,
-        deleted: None,
-        preprocessing: Preprocessing {
-            size: 32,
-            mean: [0.5; 3],
-            std: [0.5; 3],
-        },
-    };
+    let meta = common::synthetic_meta(dim, 32);
     build_index(&idx, meta, &items, &emb).unwrap();
     let keys: std::collections::HashSet<String> = (0..1000).map(|k| (k * 7).to_string()).collect();
     let deleted = Index::open(&idx).unwrap().delete_keys(&keys).unwrap();

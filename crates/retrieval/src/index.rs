@@ -117,6 +117,32 @@ pub struct IndexMeta {
 }
 
 impl IndexMeta {
+    /// The metadata of a new index of `dim`-wide rows stored as `dtype`, made by `model` (a
+    /// reference the loader reads back) with `preprocessing`; rows and checksums are filled
+    /// in when it is written, and nothing else is stored.
+    pub fn new(
+        dtype: IndexDtype,
+        dim: usize,
+        model: serde_json::Value,
+        preprocessing: Preprocessing,
+    ) -> Self {
+        IndexMeta {
+            format_version: INDEX_FORMAT_VERSION,
+            dtype,
+            dim,
+            rows: 0,
+            embeddings_crc32: 0,
+            items_crc32: 0,
+            model,
+            preprocessing,
+            catalogue_root: None,
+            post_processing: IndexPostProcessing::default(),
+            match_threshold: None,
+            key_column: None,
+            deleted: None,
+        }
+    }
+
     /// The product key of `item`: its label, or its value of the key column (`None` when the
     /// item does not set it).
     pub fn key_of(&self, item: &IndexItem) -> Option<String> {
@@ -916,25 +942,21 @@ mod tests {
     use super::*;
 
     fn meta(dtype: IndexDtype) -> IndexMeta {
-        IndexMeta {
-            format_version: INDEX_FORMAT_VERSION,
+        IndexMeta::new(
             dtype,
-            dim: 2,
-            rows: 0,
-            embeddings_crc32: 0,
-            items_crc32: 0,
-            model: serde_json::json!({"model": "tiny"}),
-            catalogue_root: None,
-            post_processing: Default::default(),
-            match_threshold: None,
-            key_column: None,
-            deleted: None,
-            preprocessing: Preprocessing {
+            2,
+            serde_json::json!({"model": "tiny"}),
+            Preprocessing {
                 size: 32,
                 mean: [0.5; 3],
                 std: [0.5; 3],
             },
-        }
+        )
+    }
+
+    /// An index at `idx` of one row, `a.jpg` of product 1.
+    fn build_one(idx: &Path) {
+        build_index(idx, meta(IndexDtype::F32), &[item(1, "a.jpg")], &[1.0, 0.0]).unwrap();
     }
 
     fn item(label: i64, path: &str) -> IndexItem {
@@ -1005,13 +1027,7 @@ mod tests {
     fn truncated_or_edited_indexes_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let idx = dir.path().join("idx");
-        build_index(
-            &idx,
-            meta(IndexDtype::F32),
-            &[item(1, "a.jpg")],
-            &[1.0, 0.0],
-        )
-        .unwrap();
+        build_one(&idx);
         let version = Index::open(&idx).unwrap().version_dir;
         let data = version.join("embeddings.bin");
         let bytes = std::fs::read(&data).unwrap();
@@ -1068,13 +1084,7 @@ mod tests {
     fn an_empty_build_keeps_the_previous_index() {
         let dir = tempfile::tempdir().unwrap();
         let idx = dir.path().join("idx");
-        build_index(
-            &idx,
-            meta(IndexDtype::F32),
-            &[item(1, "a.jpg")],
-            &[1.0, 0.0],
-        )
-        .unwrap();
+        build_one(&idx);
         let err = build_index(&idx, meta(IndexDtype::F32), &[], &[])
             .unwrap_err()
             .to_string();
@@ -1194,13 +1204,7 @@ mod tests {
     fn writes_from_handles_opened_before_another_write_lose_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let idx = dir.path().join("idx");
-        build_index(
-            &idx,
-            meta(IndexDtype::F32),
-            &[item(1, "a.jpg")],
-            &[1.0, 0.0],
-        )
-        .unwrap();
+        build_one(&idx);
         let first = Index::open(&idx).unwrap();
         let second = Index::open(&idx).unwrap();
         first.append(&[item(2, "b.jpg")], &[0.0, 1.0]).unwrap();
@@ -1262,13 +1266,7 @@ mod tests {
     fn leftovers_of_a_killed_write_are_swept() {
         let dir = tempfile::tempdir().unwrap();
         let idx = dir.path().join("idx");
-        build_index(
-            &idx,
-            meta(IndexDtype::F32),
-            &[item(1, "a.jpg")],
-            &[1.0, 0.0],
-        )
-        .unwrap();
+        build_one(&idx);
         let leftover = idx.join(".v000002.abc123");
         std::fs::create_dir(&leftover).unwrap();
         std::fs::write(leftover.join("embeddings.bin"), [0u8; 8]).unwrap();

@@ -8,7 +8,7 @@ mod common;
 use common::{floats, rerank_fixture};
 use visual_search_retrieval::catalogue::Catalogue;
 use visual_search_retrieval::index::{
-    INDEX_FORMAT_VERSION, Index, IndexDtype, IndexItem, IndexMeta, Preprocessing, build_index,
+    Index, IndexDtype, IndexItem, IndexMeta, Preprocessing, build_index,
 };
 use visual_search_retrieval::index_post_processing::IndexPostProcessing;
 use visual_search_retrieval::item_metadata::Filter;
@@ -29,25 +29,17 @@ fn a_centred_blending_index_searches_like_the_composed_functions() {
         centre: Some(mean.clone()),
         blending: Some(QueryBlending::winner()),
     };
-    let meta = IndexMeta {
-        format_version: INDEX_FORMAT_VERSION,
-        dtype: IndexDtype::F32,
+    let mut meta = IndexMeta::new(
+        IndexDtype::F32,
         dim,
-        rows,
-        embeddings_crc32: 0,
-        items_crc32: 0,
-        model: serde_json::json!({"model": "fixture"}),
-        preprocessing: Preprocessing {
+        serde_json::json!({"model": "fixture"}),
+        Preprocessing {
             size: 32,
             mean: [0.5; 3],
             std: [0.5; 3],
         },
-        catalogue_root: None,
-        post_processing: post.clone(),
-        match_threshold: None,
-        key_column: None,
-        deleted: None,
-    };
+    );
+    meta.post_processing = post.clone();
     let items: Vec<IndexItem> = (0..rows)
         .map(|i| IndexItem::new(i as i64, format!("img/{i}.jpg")))
         .collect();

@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use visual_search_retrieval::catalogue::{Catalogue, CatalogueHit};
 use visual_search_retrieval::index::{
-    INDEX_FORMAT_VERSION, Index, IndexDtype, IndexItem, IndexMeta, Preprocessing, build_index,
+    Index, IndexDtype, IndexItem, IndexMeta, Preprocessing, build_index,
 };
 use visual_search_retrieval::item_metadata::Filter;
 use visual_search_retrieval::postgres_index::{
@@ -130,25 +130,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .collect();
     let filter = Filter::parse("shelf=3")?;
     let all = Filter::default();
-    let meta = IndexMeta {
-        format_version: INDEX_FORMAT_VERSION,
-        dtype: IndexDtype::F32,
-        dim: args.dim,
-        rows: args.rows,
-        embeddings_crc32: 0,
-        items_crc32: 0,
-        model: serde_json::json!({"synthetic": true}),
-        catalogue_root: None,
-        post_processing: Default::default(),
-        match_threshold: None,
-        key_column: None,
-        deleted: None,
-        preprocessing: Preprocessing {
+    let meta = IndexMeta::new(
+        IndexDtype::F32,
+        args.dim,
+        serde_json::json!({"synthetic": true}),
+        Preprocessing {
             size: 224,
             mean: [0.5; 3],
             std: [0.5; 3],
         },
-    };
+    );
     let mut rows_out: Vec<Vec<String>> = Vec::new();
 
     let dir = tempfile::tempdir()?;

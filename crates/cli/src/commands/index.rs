@@ -8,9 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use visual_search_data::Sample;
-use visual_search_retrieval::index::{
-    INDEX_FORMAT_VERSION, Index, IndexDtype, IndexItem, IndexMeta, build_index,
-};
+use visual_search_retrieval::index::{Index, IndexDtype, IndexItem, IndexMeta, build_index};
 
 use crate::dev_set_run::{BlendRounds, RankPreset, eval_loader, parse_blend_rounds};
 use crate::embedding_run::embed_with_progress;
@@ -303,24 +301,19 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
     let loaded = args.model.load()?;
     let (items, mut rows) = embed_list(&loaded, &args.list)?;
     let post_processing = args.post.apply(&mut rows, loaded.dim);
-    let meta = IndexMeta {
-        format_version: INDEX_FORMAT_VERSION,
-        dtype: match args.store {
-            StoreDtype::F16 => IndexDtype::F16,
-            StoreDtype::F32 => IndexDtype::F32,
-        },
-        dim: loaded.dim,
-        rows: items.len(),
-        embeddings_crc32: 0,
-        items_crc32: 0,
-        model: serde_json::to_value(&loaded.reference)?,
-        preprocessing: preprocessing(&loaded),
-        catalogue_root: Some(std::path::absolute(args.list.root())?),
-        post_processing,
-        match_threshold: None,
-        key_column: args.key_column.clone(),
-        deleted: None,
+    let dtype = match args.store {
+        StoreDtype::F16 => IndexDtype::F16,
+        StoreDtype::F32 => IndexDtype::F32,
     };
+    let mut meta = IndexMeta::new(
+        dtype,
+        loaded.dim,
+        serde_json::to_value(&loaded.reference)?,
+        preprocessing(&loaded),
+    );
+    meta.catalogue_root = Some(std::path::absolute(args.list.root())?);
+    meta.post_processing = post_processing;
+    meta.key_column = args.key_column.clone();
     if let Some(column) = &args.key_column
         && let Some(n) = items.iter().position(|i| !i.metadata.contains_key(column))
     {
@@ -422,13 +415,23 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn add(args: AddArgs) -> anyhow::Result<()> {
+/// An opened index, and a list's items with their embeddings in that index's space.
+type IndexAndRows = (Box<dyn Catalogue>, Vec<IndexItem>, Vec<f32>);
+
+/// The index of `add`/`upsert` and its list embedded with the index's model, in the index's
+/// space (its stored post-processing applied).
+fn open_and_embed(args: &AddArgs) -> anyhow::Result<IndexAndRows> {
     let (index, loaded) = open_with_model(&args.index, &args.pg, &args.device)?;
     let (items, mut rows) = embed_list(&loaded, &args.list)?;
     index
         .meta()
         .post_processing
         .prepare_rows(&mut rows, loaded.dim)?;
+    Ok((index, items, rows))
+}
+
+fn add(args: AddArgs) -> anyhow::Result<()> {
+    let (index, items, rows) = open_and_embed(&args)?;
     let now = index
         .append(&items, &rows)
         .with_context(|| format!("appending to {}", index.location()))?;
@@ -441,12 +444,7 @@ fn add(args: AddArgs) -> anyhow::Result<()> {
 }
 
 fn upsert(args: AddArgs) -> anyhow::Result<()> {
-    let (index, loaded) = open_with_model(&args.index, &args.pg, &args.device)?;
-    let (items, mut rows) = embed_list(&loaded, &args.list)?;
-    index
-        .meta()
-        .post_processing
-        .prepare_rows(&mut rows, loaded.dim)?;
+    let (index, items, rows) = open_and_embed(&args)?;
     let (replaced, added) = index
         .upsert(&items, &rows)
         .with_context(|| format!("upserting into {}", index.location()))?;

@@ -333,3 +333,18 @@ pub fn kiwi_scene(grocery: &Path, dir: &Path) -> (PathBuf, [f64; 4]) {
         [KIWI_AT.0 as f64, KIWI_AT.1 as f64, w as f64, h as f64],
     )
 }
+
+/// The metadata of a synthetic index of `dim`-wide f32 rows (no model behind it) whose
+/// queries would be `size` px.
+pub fn synthetic_meta(dim: usize, size: usize) -> visual_search_retrieval::index::IndexMeta {
+    visual_search_retrieval::index::IndexMeta::new(
+        visual_search_retrieval::index::IndexDtype::F32,
+        dim,
+        serde_json::json!({"synthetic": true}),
+        visual_search_retrieval::index::Preprocessing {
+            size,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+        },
+    )
+}
