@@ -288,6 +288,20 @@ fn stored_post_processing_answers_the_same_on_both_engines() {
     assert_eq!(verdicts(&pg_index), verdicts(&embedded_index));
 }
 
+/// Creates the tables of `meta` and loads `items` (a build), as `index build` does.
+fn create_and_load(opts: &PgOptions, meta: &IndexMeta, items: &[IndexItem], emb: &[f32]) {
+    create_tables(opts, meta, false).unwrap();
+    load_rows(
+        opts,
+        IndexDtype::F32,
+        LoadKind::Build,
+        items,
+        emb,
+        &mut |_, _| {},
+    )
+    .unwrap();
+}
+
 /// `rows` random unit vectors of width `dim` with items `img/{tag}{i}.jpg`.
 fn synthetic_rows(rows: usize, dim: usize, tag: &str) -> (Vec<IndexItem>, Vec<f32>) {
     let mut state = 1u64 + tag.len() as u64;
@@ -626,16 +640,7 @@ fn filtered_search_equals_brute_force_over_the_kept_rows_on_both_engines() {
     build_index(&dir.path().join("idx"), meta.clone(), &items, &emb).unwrap();
     let embedded = Index::open(&dir.path().join("idx")).unwrap();
     let opts = PgOptions::new(&pg.url(), "filtered_items");
-    create_tables(&opts, &meta, false).unwrap();
-    load_rows(
-        &opts,
-        IndexDtype::F32,
-        LoadKind::Build,
-        &items,
-        &emb,
-        &mut |_, _| {},
-    )
-    .unwrap();
+    create_and_load(&opts, &meta, &items, &emb);
     visual_search_retrieval::postgres_index::create_hnsw(&opts, IndexDtype::F32).unwrap();
     let mut exact = PgIndex::open(&opts).unwrap();
     exact.exact = true;
@@ -742,16 +747,7 @@ fn upsert_and_delete_are_transactions_that_survive_a_kill() {
     let (items, emb) = synthetic_rows(40, dim, "u-");
     let meta = synthetic_meta(40, dim);
     let opts = PgOptions::new(&pg.url(), "edited_items");
-    create_tables(&opts, &meta, false).unwrap();
-    load_rows(
-        &opts,
-        IndexDtype::F32,
-        LoadKind::Build,
-        &items,
-        &emb,
-        &mut |_, _| {},
-    )
-    .unwrap();
+    create_and_load(&opts, &meta, &items, &emb);
     let index = PgIndex::open(&opts).unwrap();
     // Product 2 (rows 8..12) gets one new photo; product 99 is new.
     let new_items = vec![

@@ -152,6 +152,24 @@ impl IndexMeta {
         }
     }
 
+    /// The product keys of `items`; an error names the first item without one.
+    pub fn product_keys(&self, items: &[IndexItem]) -> Result<HashSet<String>, RetrievalError> {
+        items
+            .iter()
+            .enumerate()
+            .map(|(n, item)| {
+                self.key_of(item).ok_or_else(|| {
+                    RetrievalError::Invalid(format!(
+                        "row {} ({}) has no {} (the index's product key)",
+                        n + 1,
+                        item.path.display(),
+                        self.key_name()
+                    ))
+                })
+            })
+            .collect()
+    }
+
     /// What a product key is, for messages.
     pub fn key_name(&self) -> &str {
         self.key_column.as_deref().unwrap_or("label")
@@ -775,6 +793,17 @@ impl Index {
     }
 
     fn append_here(&self, items: &[IndexItem], embeddings: &[f32]) -> Result<(), RetrievalError> {
+        self.write_with_rows(items, embeddings, &self.deleted)
+    }
+
+    /// Writes this version plus `items` (their `embeddings`) at the end, with `deleted` as its
+    /// tombstones.
+    fn write_with_rows(
+        &self,
+        items: &[IndexItem],
+        embeddings: &[f32],
+        deleted: &[u32],
+    ) -> Result<(), RetrievalError> {
         if embeddings.len() != items.len() * self.meta.dim {
             return Err(RetrievalError::Invalid(format!(
                 "{} embedding values for {} items of dim {}",
@@ -792,7 +821,7 @@ impl Index {
             self.meta.clone(),
             &all,
             EmbeddingSource::Bytes(&bytes),
-            &self.deleted,
+            deleted,
         )
     }
 
@@ -849,41 +878,12 @@ impl Index {
         items: &[IndexItem],
         embeddings: &[f32],
     ) -> Result<(usize, usize), RetrievalError> {
-        let mut keys = HashSet::new();
-        for (n, item) in items.iter().enumerate() {
-            let key = self.meta.key_of(item).ok_or_else(|| {
-                RetrievalError::Invalid(format!(
-                    "row {} ({}) has no {} (the index's product key)",
-                    n + 1,
-                    item.path.display(),
-                    self.meta.key_name()
-                ))
-            })?;
-            keys.insert(key);
-        }
-        if embeddings.len() != items.len() * self.meta.dim {
-            return Err(RetrievalError::Invalid(format!(
-                "{} embedding values for {} items of dim {}",
-                embeddings.len(),
-                items.len(),
-                self.meta.dim
-            )));
-        }
+        let keys = self.meta.product_keys(items)?;
         let replaced = self.rows_with_keys(&keys);
         let mut deleted = self.deleted.clone();
         deleted.extend(&replaced);
         deleted.sort_unstable();
-        let mut bytes = self.bytes().to_vec();
-        bytes.extend(encode(embeddings, self.meta.dtype));
-        let mut all = self.items.clone();
-        all.extend(items.iter().cloned());
-        write_version(
-            &self.dir,
-            self.meta.clone(),
-            &all,
-            EmbeddingSource::Bytes(&bytes),
-            &deleted,
-        )?;
+        self.write_with_rows(items, embeddings, &deleted)?;
         Ok((replaced.len(), items.len()))
     }
 

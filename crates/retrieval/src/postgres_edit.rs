@@ -73,17 +73,7 @@ pub fn upsert(
     embeddings: &[f32],
 ) -> Result<(usize, usize), RetrievalError> {
     check_table(&opts.table)?;
-    let mut keys = HashSet::new();
-    for (n, item) in items.iter().enumerate() {
-        keys.insert(meta.key_of(item).ok_or_else(|| {
-            RetrievalError::Invalid(format!(
-                "row {} ({}) has no {} (the index's product key)",
-                n + 1,
-                item.path.display(),
-                meta.key_name()
-            ))
-        })?);
-    }
+    let keys = meta.product_keys(items)?;
     if items.is_empty() || embeddings.len() != items.len() * meta.dim {
         return Err(RetrievalError::Invalid(format!(
             "{} embedding values for {} items of dim {}",
