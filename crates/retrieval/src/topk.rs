@@ -8,6 +8,11 @@
 //! `select_nth_unstable` — a partial sort; only the final k are fully sorted. Order is score
 //! descending, ties broken by the lower gallery index (the gallery is scanned in index order,
 //! so a later candidate equal to the k-th best loses the tie and is skipped by a strict `>`).
+//!
+//! With fewer queries than threads (a service answers one query at a time) the query chunks
+//! cannot keep the threads busy, so the gallery is split into one contiguous part per thread
+//! instead, each part keeps its own best k, and the parts' lists are merged by the same total
+//! order — the answer is identical to one scan.
 
 use std::cmp::Ordering;
 
@@ -201,7 +206,6 @@ fn top_k_among(
     );
     let candidates = selected.map_or(gallery.rows, <[u32]>::len);
     let k = k.min(candidates);
-    let dim = queries.dim;
     let mut query_scratch = Vec::new();
     let q_all = queries
         .rows_f32(0, queries.rows, &mut query_scratch)
@@ -214,13 +218,74 @@ fn top_k_among(
             scores: Vec::new(),
         };
     }
-    let mut collectors: Vec<Collector> = (0..queries.rows).map(|_| Collector::new(k)).collect();
+    let threads = rayon::current_num_threads();
+    let blocks = candidates.div_ceil(GALLERY_BLOCK);
+    // Fewer queries than threads (one query: what `serve` asks): the gallery is split into one
+    // contiguous part per thread instead, each scanned for every query, and the parts' best
+    // are merged. The ranking order is total (score, then row), so the merge is exact.
+    let parts = if queries.rows < threads {
+        threads.min(blocks).max(1)
+    } else {
+        1
+    };
+    let blocks_per_part = blocks.div_ceil(parts);
+    let part_ranges: Vec<std::ops::Range<usize>> = (0..parts)
+        .map(|p| {
+            let start = (p * blocks_per_part * GALLERY_BLOCK).min(candidates);
+            start..((p + 1) * blocks_per_part * GALLERY_BLOCK).min(candidates)
+        })
+        .collect();
+    let scan = |range: &std::ops::Range<usize>| {
+        scan_part(&q_all, queries.rows, gallery, selected, range.clone(), k)
+    };
+    let found: Vec<Vec<(f32, u32)>> = if parts == 1 {
+        scan(&part_ranges[0])
+    } else {
+        let per_part: Vec<Vec<Vec<(f32, u32)>>> = part_ranges.par_iter().map(scan).collect();
+        (0..queries.rows)
+            .map(|q| {
+                let mut all: Vec<(f32, u32)> =
+                    per_part.iter().flat_map(|p| p[q].iter().copied()).collect();
+                all.sort_unstable_by(better);
+                all.truncate(k);
+                all
+            })
+            .collect()
+    };
+    let mut indices = Vec::with_capacity(queries.rows * k);
+    let mut scores = Vec::with_capacity(queries.rows * k);
+    for best in &found {
+        for &(s, i) in best {
+            scores.push(s);
+            indices.push(i);
+        }
+    }
+    TopK {
+        queries: queries.rows,
+        k,
+        indices,
+        scores,
+    }
+}
+
+/// The best `k` (best first) for each of the `n_q` queries (`q_all`, row-major) among the
+/// candidates at positions `range` (gallery rows, or positions in `selected`).
+fn scan_part(
+    q_all: &[f32],
+    n_q_all: usize,
+    gallery: MatrixView<'_>,
+    selected: Option<&[u32]>,
+    range: std::ops::Range<usize>,
+    k: usize,
+) -> Vec<Vec<(f32, u32)>> {
+    let dim = gallery.dim;
+    let mut collectors: Vec<Collector> = (0..n_q_all).map(|_| Collector::new(k)).collect();
     let chunk_rows = QUERY_CHUNK
-        .min(queries.rows.div_ceil(rayon::current_num_threads()))
+        .min(n_q_all.div_ceil(rayon::current_num_threads()))
         .max(1);
     let mut gallery_scratch = Vec::new();
-    for start in (0..candidates).step_by(GALLERY_BLOCK) {
-        let end = (start + GALLERY_BLOCK).min(candidates);
+    for start in range.clone().step_by(GALLERY_BLOCK) {
+        let end = (start + GALLERY_BLOCK).min(range.end);
         let (block, rows) = match selected {
             None => (
                 gallery.rows_f32(start, end, &mut gallery_scratch),
@@ -255,20 +320,7 @@ fn top_k_among(
                 }
             });
     }
-    let mut indices = Vec::with_capacity(queries.rows * k);
-    let mut scores = Vec::with_capacity(queries.rows * k);
-    for c in collectors {
-        for (s, i) in c.finish() {
-            scores.push(s);
-            indices.push(i);
-        }
-    }
-    TopK {
-        queries: queries.rows,
-        k,
-        indices,
-        scores,
-    }
+    collectors.into_iter().map(Collector::finish).collect()
 }
 
 #[cfg(test)]
@@ -325,6 +377,47 @@ mod tests {
             let (idx, sc) = brute(&q, &g, dim, k);
             assert_eq!(got.indices, idx, "k = {k}");
             assert_eq!(got.scores, sc);
+        }
+    }
+
+    #[test]
+    fn a_few_queries_split_the_gallery_across_threads_and_match_brute_force() {
+        let dim = 5;
+        let g = pseudo_random(9000 * dim, 7);
+        let rows: Vec<u32> = (0..9000u32).step_by(2).collect();
+        let kept: Vec<f32> = rows
+            .iter()
+            .flat_map(|&r| g[r as usize * dim..(r as usize + 1) * dim].to_vec())
+            .collect();
+        // Four threads whatever the machine has, so the gallery is split in parts.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(4)
+            .build()
+            .unwrap();
+        for n_q in [1, 3] {
+            let q = pseudo_random(n_q * dim, 8 + n_q as u32);
+            for k in [1, 10, 1000] {
+                let got = pool.install(|| {
+                    top_k(
+                        MatrixView::f32(&q, n_q, dim),
+                        MatrixView::f32(&g, 9000, dim),
+                        k,
+                    )
+                });
+                let (idx, sc) = brute(&q, &g, dim, k);
+                assert_eq!((got.indices, got.scores), (idx, sc), "{n_q} queries, k {k}");
+                let got = pool.install(|| {
+                    top_k_rows(
+                        MatrixView::f32(&q, n_q, dim),
+                        MatrixView::f32(&g, 9000, dim),
+                        &rows,
+                        k,
+                    )
+                });
+                let (idx, sc) = brute(&q, &kept, dim, k);
+                let mapped: Vec<u32> = idx.iter().map(|&i| rows[i as usize]).collect();
+                assert_eq!((got.indices, got.scores), (mapped, sc), "filtered, k {k}");
+            }
         }
     }
 
