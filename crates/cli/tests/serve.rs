@@ -885,10 +885,7 @@ fn a_killed_compact_leaves_the_old_version_or_the_new() {
             assert_eq!(index.items[0], items[2], "rows renumbered past product 0");
             break;
         }
-        assert!(
-            !finished || delay_ms < 5000,
-            "compact finished but nothing changed"
-        );
+        assert!(!finished, "compact finished but the index is unchanged");
         assert!(delay_ms < 60_000, "compact never finished");
         delay_ms = delay_ms * 3 / 2 + 1;
     }
