@@ -106,8 +106,7 @@ impl Catalogue for Index {
     }
 
     fn append(&self, items: &[IndexItem], embeddings: &[f32]) -> Result<usize, RetrievalError> {
-        Index::append(self, items, embeddings)?;
-        Ok(Index::open(&self.dir)?.live_rows())
+        Index::append(self, items, embeddings)
     }
 
     fn upsert(
@@ -130,10 +129,7 @@ impl Catalogue for Index {
     }
 
     fn ids(&self) -> Result<Vec<u64>, RetrievalError> {
-        Ok((0..self.meta.rows)
-            .filter(|&r| !self.is_deleted(r))
-            .map(|r| r as u64)
-            .collect())
+        Ok(self.live_ids().map(|r| r as u64).collect())
     }
 
     fn search_raw(
@@ -176,17 +172,14 @@ impl Catalogue for Index {
     }
 
     fn distinct_labels(&self) -> Result<Vec<i64>, RetrievalError> {
-        let mut labels: Vec<i64> = (0..self.items.len())
-            .filter(|&r| !self.is_deleted(r))
-            .map(|r| self.items[r].label)
-            .collect();
+        let mut labels: Vec<i64> = self.live_items().map(|i| i.label).collect();
         labels.sort_unstable();
         labels.dedup();
         Ok(labels)
     }
 
     fn metadata_columns(&self) -> Result<Vec<String>, RetrievalError> {
-        Ok(metadata_columns(&self.items))
+        Ok(metadata_columns(self.live_items()))
     }
 
     fn store_match_threshold(

@@ -26,9 +26,11 @@
 //! rows of every product key it brings and appends the new rows, in one version. The product
 //! key is the label, or a metadata column chosen at build time (`key_column`). A version with
 //! tombstones is written as format 2, so a build that does not know them refuses it instead
-//! of returning deleted rows. On open, `meta.json` is checked against its CRC-32, and the file sizes
-//! and the CRC-32 of both data files against `meta.json`: a truncated, edited or mismatched
-//! index is refused with the reason.
+//! of returning deleted rows.
+//!
+//! On open, `meta.json` is checked against its CRC-32, and the file sizes and the CRC-32 of the
+//! data files against `meta.json`: a truncated, edited or mismatched index is refused with the
+//! reason.
 //! `embeddings.bin` starts at offset 0 of a page-aligned mapping, so its rows are read in place.
 
 use std::collections::HashSet;
@@ -251,9 +253,9 @@ fn fmt_err(path: &Path, message: impl Into<String>) -> RetrievalError {
 }
 
 /// The metadata columns of `items`, sorted (every name any item sets).
-pub fn metadata_columns(items: &[IndexItem]) -> Vec<String> {
+pub fn metadata_columns<'a>(items: impl IntoIterator<Item = &'a IndexItem>) -> Vec<String> {
     let names: std::collections::BTreeSet<&String> =
-        items.iter().flat_map(|i| i.metadata.keys()).collect();
+        items.into_iter().flat_map(|i| i.metadata.keys()).collect();
     names.into_iter().cloned().collect()
 }
 
@@ -704,6 +706,18 @@ impl Index {
         self.meta.rows - self.deleted.len()
     }
 
+    /// The ids of the rows not deleted, increasing.
+    pub fn live_ids(&self) -> impl Iterator<Item = usize> + '_ {
+        let all = self.live.is_none().then_some(0..self.meta.rows);
+        let listed = self.live.iter().flatten().map(|&r| r as usize);
+        all.into_iter().flatten().chain(listed)
+    }
+
+    /// The items of the rows not deleted, in id order.
+    pub fn live_items(&self) -> impl Iterator<Item = &IndexItem> + '_ {
+        self.live_ids().map(|r| &self.items[r])
+    }
+
     /// The rows a search with `filter` may return, increasing; `None` means every row.
     pub fn allowed_rows(&self, filter: &Filter) -> Option<Vec<u32>> {
         if filter.is_empty() {
@@ -787,13 +801,12 @@ impl Index {
     }
 
     /// Appends items and their embeddings as a new version; the open `Index` keeps reading the
-    /// old one.
-    pub fn append(&self, items: &[IndexItem], embeddings: &[f32]) -> Result<(), RetrievalError> {
-        self.write_latest(|latest| latest.append_here(items, embeddings))
-    }
-
-    fn append_here(&self, items: &[IndexItem], embeddings: &[f32]) -> Result<(), RetrievalError> {
-        self.write_with_rows(items, embeddings, &self.deleted)
+    /// old one. Returns the rows a search of the new version can return.
+    pub fn append(&self, items: &[IndexItem], embeddings: &[f32]) -> Result<usize, RetrievalError> {
+        self.write_latest(|latest| {
+            latest.write_with_rows(items, embeddings, &latest.deleted)?;
+            Ok(latest.live_rows() + items.len())
+        })
     }
 
     /// Writes this version plus `items` (their `embeddings`) at the end, with `deleted` as its
@@ -827,8 +840,7 @@ impl Index {
 
     /// The live rows whose product key is in `keys`.
     fn rows_with_keys(&self, keys: &HashSet<String>) -> Vec<u32> {
-        (0..self.items.len())
-            .filter(|&r| !self.is_deleted(r))
+        self.live_ids()
             .filter(|&r| {
                 self.meta
                     .key_of(&self.items[r])
