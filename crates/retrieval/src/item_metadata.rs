@@ -234,6 +234,14 @@ fn quote(value: &str) -> String {
     }
 }
 
+impl std::str::FromStr for Filter {
+    type Err = RetrievalError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Filter::parse(text)
+    }
+}
+
 impl fmt::Display for Filter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let parts: Vec<String> = self

@@ -147,17 +147,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     build_index(dir.path(), meta.clone(), &items, &data)?;
     let embedded_build = t.elapsed().as_secs_f64();
     let embedded = Index::open(dir.path())?;
-    let (p50, p99, exact) = time_queries(&embedded, &queries, args.dim, args.k, &all)?;
-    let base = p50;
-    rows_out.push(vec![
-        "embedded exact (f32)".into(),
-        format!("{embedded_build:.1}"),
-        format!("{p50:.2}"),
-        format!("{p99:.2}"),
-        "1.00x".into(),
-        "1.000".into(),
-    ]);
-
     let opts = PgOptions {
         batch_rows: 10_000,
         ..PgOptions::new(&args.url, &args.table)
@@ -176,80 +165,64 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let t = Instant::now();
     create_hnsw(&opts, IndexDtype::F32)?;
     let hnsw_build = t.elapsed().as_secs_f64();
-    let mut pg = PgIndex::open(&PgOptions {
+    let mut pg_exact_index = PgIndex::open(&PgOptions {
         pool: 1,
         ..opts.clone()
     })?;
-    pg.exact = true;
+    pg_exact_index.exact = true;
     let few = &queries[..(args.queries / 5).max(1) * args.dim];
-    let (p50, p99, pg_exact) = time_queries(&pg, few, args.dim, args.k, &all)?;
-    rows_out.push(vec![
-        "pgvector exact (vector)".into(),
-        format!("{load:.1} (COPY)"),
-        format!("{p50:.2}"),
-        format!("{p99:.2}"),
-        format!("{:.2}x", base / p50),
-        format!("{:.3}", recall(&pg_exact, &exact[..pg_exact.len()])),
-    ]);
-    for ef in &args.ef_search {
-        let mut pg = PgIndex::open(&PgOptions {
-            pool: 1,
-            ef_search: *ef,
-            ..opts.clone()
-        })?;
-        pg.exact = false;
-        let (p50, p99, found) = time_queries(&pg, &queries, args.dim, args.k, &all)?;
-        rows_out.push(vec![
-            format!("pgvector HNSW ef_search {ef}"),
-            format!("{:.1} (COPY + HNSW {hnsw_build:.1})", load + hnsw_build),
-            format!("{p50:.2}"),
-            format!("{p99:.2}"),
-            format!("{:.2}x", base / p50),
-            format!("{:.3}", recall(&found, &exact)),
-        ]);
-    }
 
-    // Filtered: 10% of the rows.
-    let (p50, p99, exact) = time_queries(&embedded, &queries, args.dim, args.k, &filter)?;
-    let base = p50;
-    rows_out.push(vec![
-        "embedded exact, filter 10%".into(),
-        "-".into(),
-        format!("{p50:.2}"),
-        format!("{p99:.2}"),
-        "1.00x".into(),
-        "1.000".into(),
-    ]);
-    let (p50, p99, pg_exact) = time_queries(&pg, few, args.dim, args.k, &filter)?;
-    rows_out.push(vec![
-        "pgvector exact, filter 10%".into(),
-        "-".into(),
-        format!("{p50:.2}"),
-        format!("{p99:.2}"),
-        format!("{:.2}x", base / p50),
-        format!("{:.3}", recall(&pg_exact, &exact[..pg_exact.len()])),
-    ]);
-    for ef in &args.ef_search {
-        let pg = PgIndex::open(&PgOptions {
-            pool: 1,
-            ef_search: *ef,
-            ..opts.clone()
-        })?;
-        let (p50, p99, found) = time_queries(&pg, &queries, args.dim, args.k, &filter)?;
-        let short = found.iter().filter(|f| f.len() < args.k).count();
+    // Every engine without a filter, then with the filter keeping 10% of the rows; each pass's
+    // baseline is the embedded exact search with the same filter.
+    let passes = [
+        (&all, "", "", true),
+        (&filter, ", filter 10%", ", filter 10% (iterative)", false),
+    ];
+    for (filter, suffix, hnsw_suffix, with_build) in passes {
+        let build = |text: String| if with_build { text } else { "-".to_string() };
+        let (p50, p99, exact) = time_queries(&embedded, &queries, args.dim, args.k, filter)?;
+        let base = p50;
         rows_out.push(vec![
-            format!("pgvector HNSW ef_search {ef}, filter 10% (iterative)"),
-            "-".into(),
+            format!("embedded exact (f32){suffix}"),
+            build(format!("{embedded_build:.1}")),
+            format!("{p50:.2}"),
+            format!("{p99:.2}"),
+            "1.00x".into(),
+            "1.000".into(),
+        ]);
+        let (p50, p99, pg_exact) = time_queries(&pg_exact_index, few, args.dim, args.k, filter)?;
+        rows_out.push(vec![
+            format!("pgvector exact (vector){suffix}"),
+            build(format!("{load:.1} (COPY)")),
             format!("{p50:.2}"),
             format!("{p99:.2}"),
             format!("{:.2}x", base / p50),
-            format!("{:.3}", recall(&found, &exact))
-                + &(if short > 0 {
-                    format!(" ({short} queries short of k)")
-                } else {
-                    String::new()
-                }),
+            format!("{:.3}", recall(&pg_exact, &exact[..pg_exact.len()])),
         ]);
+        for ef in &args.ef_search {
+            let pg = PgIndex::open(&PgOptions {
+                pool: 1,
+                ef_search: *ef,
+                ..opts.clone()
+            })?;
+            let (p50, p99, found) = time_queries(&pg, &queries, args.dim, args.k, filter)?;
+            let short = found.iter().filter(|f| f.len() < args.k).count();
+            let short = match short {
+                0 => String::new(),
+                n => format!(" ({n} queries short of k)"),
+            };
+            rows_out.push(vec![
+                format!("pgvector HNSW ef_search {ef}{hnsw_suffix}"),
+                build(format!(
+                    "{:.1} (COPY + HNSW {hnsw_build:.1})",
+                    load + hnsw_build
+                )),
+                format!("{p50:.2}"),
+                format!("{p99:.2}"),
+                format!("{:.2}x", base / p50),
+                format!("{:.3}{short}", recall(&found, &exact)),
+            ]);
+        }
     }
     println!(
         "index: {} clustered {}-d vectors, {} single queries, top {}, {} cores; ratio = embedded exact p50 / p50",

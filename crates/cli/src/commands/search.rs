@@ -48,17 +48,13 @@ pub struct Args {
     /// Only catalogue items whose metadata match: `name=value[|value…][,name=value…]` (every
     /// name must hold one of its values; `label=` filters product labels), e.g.
     /// `category=Fruit|Vegetables,in_stock=true`.
-    #[arg(long, value_parser = parse_filter)]
+    #[arg(long)]
     filter: Option<Filter>,
     /// Compute device: flex (CPU), tch, tch-cuda:N, cuda:N, wgpu or auto.
     #[command(flatten)]
     device: DeviceArgs,
     #[command(flatten)]
     auto_box: AutoBoxArgs,
-}
-
-fn parse_filter(text: &str) -> Result<Filter, String> {
-    Filter::parse(text).map_err(|e| e.to_string())
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
