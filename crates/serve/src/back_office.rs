@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use visual_search_data::image::DecodeLimits;
 use visual_search_retrieval::catalogue::Catalogue;
 use visual_search_retrieval::catalogue_duplicates::{DupSettings, find_duplicate_groups};
-use visual_search_retrieval::index::{Index, IndexItem};
+use visual_search_retrieval::index::IndexItem;
 use visual_search_retrieval::item_metadata::{Metadata, check_column_name, check_value};
 
 use crate::api_error::{ApiError, bad_request};
@@ -99,12 +99,12 @@ async fn write(
         .map_err(internal)?;
     let mut rows = None;
     if let Some(dir) = state.index_folder.clone() {
-        let reopened = tokio::task::spawn_blocking(move || Index::open(&dir))
+        let live = state.index.clone();
+        tokio::task::spawn_blocking(move || live.reload_folder(&dir))
             .await
             .map_err(internal)?
             .map_err(internal)?;
-        rows = Some(reopened.rows());
-        state.index.replace(Box::new(reopened)).map_err(internal)?;
+        rows = Some(state.index.get().rows());
     }
     Ok(WriteReply {
         removed,

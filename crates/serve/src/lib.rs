@@ -129,9 +129,15 @@ impl AppState {
         }
     }
 
-    /// Names the on-disk index folder (so HTTP writes serve their new version at once).
-    pub fn with_index_folder(mut self, dir: Option<std::path::PathBuf>) -> Self {
+    /// Names the on-disk index folder (so HTTP writes serve their new version at once) and
+    /// the version of it being served (`current` read before the index was opened).
+    pub fn with_index_folder(
+        mut self,
+        dir: Option<std::path::PathBuf>,
+        version: Option<String>,
+    ) -> Self {
         self.index_folder = dir;
+        self.index.record_version(version);
         self
     }
 }

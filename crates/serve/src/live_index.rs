@@ -8,17 +8,19 @@
 //! (the server's model embeds the queries); otherwise the server keeps the old one and logs
 //! why (rebuilding with another model needs a restart).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use visual_search_retrieval::catalogue::Catalogue;
 use visual_search_retrieval::index::Index;
 
-/// The served index and its size on disk.
+/// The served index, its size on disk, and for an on-disk index the version of `current`
+/// last handled (served, or refused as made by another model).
 struct Served {
     index: Arc<dyn Catalogue>,
     bytes: u64,
+    seen_version: Option<String>,
 }
 
 /// The index in use, swapped atomically.
@@ -32,8 +34,18 @@ impl LiveIndex {
             slot: RwLock::new(Served {
                 index: Arc::from(index),
                 bytes,
+                seen_version: None,
             }),
         }
+    }
+
+    /// Records the on-disk version being served: what `current` named before it was opened
+    /// (a write in between only costs one more reload).
+    pub fn record_version(&self, version: Option<String>) {
+        self.slot
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .seen_version = version;
     }
 
     /// The index now in use (hold it for the whole request).
@@ -50,60 +62,65 @@ impl LiveIndex {
         self.slot.read().unwrap_or_else(|p| p.into_inner()).bytes
     }
 
-    /// Swaps in `index` if the running model can query it (same model reference, width and
-    /// preprocessing); otherwise says why and keeps the old one.
-    pub fn replace(&self, index: Box<dyn Catalogue>) -> Result<(), String> {
-        let bytes = index.size_bytes();
+    fn seen_version(&self) -> Option<String> {
+        self.slot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .seen_version
+            .clone()
+    }
+
+    /// Serves the version that `dir/current` names, unless it is the one last handled: opens
+    /// and verifies it (blocking) and swaps it in if the running model can query it (same
+    /// model reference, width and preprocessing); otherwise says why and keeps the old one.
+    /// Returns the rows of the version swapped in, `None` when there was none to take.
+    pub fn reload_folder(&self, dir: &Path) -> Result<Option<usize>, String> {
+        let now = current_version(dir);
+        if now.is_none() || now == self.seen_version() {
+            return Ok(None);
+        }
+        let index = Index::open(dir).map_err(|e| e.to_string())?;
+        let version = index
+            .version_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        let (rows, bytes) = (index.rows(), index.size_bytes());
         let mut slot = self.slot.write().unwrap_or_else(|p| p.into_inner());
-        let (old, new) = (slot.index.meta(), index.meta());
-        if old.model != new.model || old.dim != new.dim || old.preprocessing != new.preprocessing {
+        let (old, new) = (slot.index.meta(), &index.meta);
+        let same_model =
+            old.model == new.model && old.dim == new.dim && old.preprocessing == new.preprocessing;
+        slot.seen_version = version;
+        if !same_model {
             return Err(format!(
                 "{} was rebuilt with another model or preprocessing; restart the server to \
                  serve it",
-                index.location()
+                dir.display()
             ));
         }
-        *slot = Served {
-            index: Arc::from(index),
-            bytes,
-        };
-        Ok(())
+        slot.index = Arc::new(index);
+        slot.bytes = bytes;
+        Ok(Some(rows))
     }
 }
 
 /// The version an on-disk index's `current` file names now.
-fn current_version(dir: &std::path::Path) -> Option<String> {
+pub fn current_version(dir: &Path) -> Option<String> {
     std::fs::read_to_string(dir.join("current"))
         .ok()
         .map(|t| t.trim().to_string())
 }
 
-/// Every `every`, reads `dir/current`; when it names a new version, opens and verifies it and
-/// swaps it in. Runs until the server stops.
+/// Every `every`, serves the version `dir/current` names if it is new
+/// ([`LiveIndex::reload_folder`]). Runs until the server stops.
 pub async fn watch_folder(live: Arc<LiveIndex>, dir: PathBuf, every: Duration) {
-    let mut seen = current_version(&dir);
     loop {
         tokio::time::sleep(every).await;
-        let now = current_version(&dir);
-        if now.is_none() || now == seen {
-            continue;
-        }
-        let opening = dir.clone();
-        let opened = tokio::task::spawn_blocking(move || Index::open(&opening)).await;
-        match opened {
-            Ok(Ok(index)) => {
-                let rows = index.rows();
-                match live.replace(Box::new(index)) {
-                    Ok(()) => tracing::info!(
-                        "serving the new index version {} ({rows} images)",
-                        now.as_deref().unwrap_or_default()
-                    ),
-                    Err(why) => tracing::warn!("{why}"),
-                }
-                seen = now;
-            }
+        let (live, dir) = (live.clone(), dir.clone());
+        match tokio::task::spawn_blocking(move || live.reload_folder(&dir)).await {
+            Ok(Ok(Some(rows))) => tracing::info!("serving a new index version ({rows} images)"),
+            Ok(Ok(None)) => {}
             // A version replaced again while it was being opened: the next tick sees the newer.
-            Ok(Err(e)) => tracing::warn!("new index version not served yet: {e}"),
+            Ok(Err(why)) => tracing::warn!("new index version not served: {why}"),
             Err(e) => tracing::warn!("opening the new index version failed: {e}"),
         }
     }

@@ -9,7 +9,7 @@ use anyhow::Context;
 use visual_search_retrieval::postgres_index::is_postgres_url;
 use visual_search_serve::back_office::WriteConfig;
 use visual_search_serve::inference::{Embedder, InferenceQueue};
-use visual_search_serve::live_index::watch_folder;
+use visual_search_serve::live_index::{current_version, watch_folder};
 use visual_search_serve::{AppState, ServeConfig, serve};
 
 use visual_search_inference::InferenceModel;
@@ -132,6 +132,8 @@ fn write_config(args: &Args, folder: Option<&PathBuf>) -> anyhow::Result<Option<
 pub fn run(args: Args) -> anyhow::Result<()> {
     let folder = (!is_postgres_url(&args.index)).then(|| PathBuf::from(&args.index));
     let writes = write_config(&args, folder.as_ref())?;
+    // Read before opening: a version written in between is then reloaded, never missed.
+    let version = folder.as_deref().and_then(current_version);
     let (index, loaded) = open_with_model(&args.index, &args.pg, &args.device)?;
     let defaults = ServeConfig::default();
     let auto_box = AutoBox::default();
@@ -168,7 +170,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let queue = InferenceQueue::start(Box::new(embedder), args.max_batch, args.queue);
     let index_bytes = index.size_bytes();
     let state = Arc::new(
-        AppState::new(index, index_bytes, queue, config).with_index_folder(folder.clone()),
+        AppState::new(index, index_bytes, queue, config).with_index_folder(folder.clone(), version),
     );
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
