@@ -97,7 +97,7 @@ pub fn merge_sets(
 }
 
 /// Lists (up to 20 of) the images that could not be read.
-fn report_skipped(skipped: &[SkippedSample], what: &str, consequence: &str) {
+pub fn report_skipped(skipped: &[SkippedSample], what: &str, consequence: &str) {
     if skipped.is_empty() {
         return;
     }

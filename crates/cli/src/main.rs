@@ -14,6 +14,7 @@ mod index_model;
 mod list_metadata;
 mod progress;
 mod sample_lists;
+mod sharded_embedding;
 mod table;
 
 use clap::{Parser, Subcommand};

@@ -236,6 +236,55 @@ fn mine_the_grocery_fixture_end_to_end() {
     assert!(text.contains("41 done before, 0 embedded now"), "{text}");
     assert_eq!(server.requests(), before);
 
+    // Three workers at once (`--shard I/3`), then `--merge-parts`: the same features, bit for
+    // bit, as the one process.
+    let work3 = dir.path().join("grocery-3-workers");
+    std::fs::create_dir_all(&work3).unwrap();
+    std::fs::copy(work.join("pairs.parquet"), work3.join("pairs.parquet")).unwrap();
+    let workers: Vec<_> = (0..3)
+        .map(|i| {
+            let mut worker: Vec<String> = vec![
+                "mine".into(),
+                "features".into(),
+                "--work-dir".into(),
+                work3.display().to_string(),
+                "--shard".into(),
+                format!("{i}/3"),
+            ];
+            worker.extend_from_slice(&args);
+            bin()
+                .args(&worker)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for w in workers {
+        let out = w.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut merge = args.clone();
+    merge.push("--merge-parts".into());
+    let text = mine("features", &work3, &merge);
+    assert!(
+        text.contains("41 image URLs from 3 worker stores: 0 merged before, 40 embedded and 1 failed merged now"),
+        "{text}"
+    );
+    let one = visual_search_mining::feature_store::read_features(&work.join("features")).unwrap();
+    let three =
+        visual_search_mining::feature_store::read_features(&work3.join("features")).unwrap();
+    assert!(
+        one == three,
+        "3 workers made other features than one process"
+    );
+    let text = mine("features", &work3, &merge);
+    assert!(text.contains("41 merged before, 0 embedded"), "{text}");
+
     // ImageNet Lite0 is no product model: its right photos score 0.26-0.55 against the catalogue
     // image and the wrong ones 0.11-0.26 (the histogram shows the valley), so the threshold sits
     // lower than the 0.5-0.6 the original used with its trained model.

@@ -20,6 +20,7 @@ pub mod image;
 pub mod loader;
 pub mod root_containment;
 pub mod sampler;
+pub mod shard;
 pub mod transform;
 
 pub use error::{DataError, Result};

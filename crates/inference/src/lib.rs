@@ -14,6 +14,7 @@ pub mod batch_embedder;
 pub mod batch_norm_folding;
 pub mod device_choice;
 pub mod error;
+pub mod fingerprint;
 pub mod int8;
 pub mod model;
 pub mod model_dir;

@@ -3,16 +3,15 @@
 //! `~/.cache/visual-search/onnx/<key>/`, keyed by a SHA-256 of the weights' bytes, the model
 //! name and the input size — so changed weights never reuse a stale export.
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use visual_search_model::registry::{ModelSpec, lookup};
 
 use crate::error::{InferenceError, Result};
+use crate::fingerprint::hash_source;
 use crate::model::{ModelSource, Preprocessing, load_burn};
-use crate::model_dir::{INFO_FILE, WEIGHTS_FILE};
 use crate::onnx::{export_model, write_model};
 
 /// What the cache remembers next to each `model.onnx`.
@@ -30,20 +29,6 @@ pub fn cache_root() -> Result<PathBuf> {
         .ok_or_else(|| InferenceError::Invalid("no HOME to keep the ONNX export cache in".into()))
 }
 
-fn hash_file(hasher: &mut Sha256, path: &Path) -> Result<()> {
-    let mut file = std::fs::File::open(path).map_err(|e| InferenceError::io(path, e))?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(|e| InferenceError::io(path, e))?;
-        if n == 0 {
-            return Ok(());
-        }
-        hasher.update(&buf[..n]);
-    }
-}
-
 fn cache_key(source: &ModelSource, size: Option<usize>) -> Result<String> {
     // The size the export is laid out for, whether given or the model's own.
     let size = match (size, source) {
@@ -56,19 +41,7 @@ fn cache_key(source: &ModelSource, size: Option<usize>) -> Result<String> {
         "format 1; opset {}; size {size};",
         crate::onnx::OPSET
     ));
-    match source {
-        ModelSource::Registry { name, weights } => {
-            h.update(format!("registry {name};"));
-            if let Some(w) = weights {
-                hash_file(&mut h, w)?;
-            }
-        }
-        ModelSource::Dir(dir) => {
-            h.update("dir;");
-            hash_file(&mut h, &dir.join(INFO_FILE))?;
-            hash_file(&mut h, &dir.join(WEIGHTS_FILE))?;
-        }
-    }
+    hash_source(&mut h, source)?;
     Ok(h.finalize()
         .iter()
         .take(16)

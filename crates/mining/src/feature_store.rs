@@ -33,6 +33,20 @@ struct StoreMeta {
     dim: usize,
 }
 
+/// The model and width a features folder was made with, if it has any yet.
+pub fn store_model(dir: &Path) -> Result<Option<(String, usize)>> {
+    let meta_path = dir.join("meta.json");
+    match std::fs::read(&meta_path) {
+        Ok(bytes) => {
+            let found: StoreMeta = serde_json::from_slice(&bytes)
+                .map_err(|e| MiningError::invalid(&meta_path, format!("damaged: {e}")))?;
+            Ok(Some((found.model, found.dim)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(MiningError::io(&meta_path, e)),
+    }
+}
+
 /// An open features folder.
 pub struct FeatureStore {
     dir: PathBuf,

@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use visual_search_data::image::{DecodeLimits, Normalization, decode_rgb_bytes};
+use visual_search_data::shard::ShardSpec;
 use visual_search_data::transform::EvalTransform;
 use visual_search_data::{Crop, Sample};
 
@@ -39,7 +40,21 @@ pub struct FeaturesOptions {
     /// Fetch again the URLs an earlier run recorded as failed.
     pub retry_failed: bool,
     pub limits: DecodeLimits,
+    /// Embed only this worker's share of the URLs, into its own store under the features
+    /// folder ([`worker_store`]); `feature_merge` joins the workers' stores.
+    pub shard: Option<ShardSpec>,
 }
+
+/// Where worker `spec` keeps its features: `workers/I-of-N/` inside the features folder, a
+/// store of its own (resumable like the main one), so workers never write the same files.
+pub fn worker_store(store_dir: &Path, spec: ShardSpec) -> PathBuf {
+    store_dir
+        .join(WORKERS_DIR)
+        .join(format!("{}-of-{}", spec.index, spec.count))
+}
+
+/// The folder inside the features folder that holds the workers' stores.
+pub const WORKERS_DIR: &str = "workers";
 
 /// What `mine features` did.
 #[derive(Debug, Default)]
@@ -76,7 +91,15 @@ pub fn mine_features(
     options: &FeaturesOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<FeaturesReport> {
-    let urls = image_urls(products)?;
+    let all_urls = image_urls(products)?;
+    let (urls, store_dir) = match options.shard {
+        Some(spec) => (
+            all_urls[spec.share(all_urls.len())].to_vec(),
+            worker_store(store_dir, spec),
+        ),
+        None => (all_urls, store_dir.to_path_buf()),
+    };
+    let store_dir = store_dir.as_path();
     let mut store =
         FeatureStore::open_for_writing(store_dir, &embedder.describe(), embedder.dim())?;
     let previous = read_features(store_dir)?;
@@ -198,7 +221,7 @@ fn snapshot(
 }
 
 /// `url,error` for every URL of the store that has no embedding (atomically rewritten).
-fn write_failed_report(store_dir: &Path, path: &Path) -> Result<()> {
+pub(crate) fn write_failed_report(store_dir: &Path, path: &Path) -> Result<()> {
     let all = read_features(store_dir)?;
     let mut failed: Vec<(&String, &String)> = all
         .iter()

@@ -14,6 +14,7 @@
 pub mod amazon_records;
 pub mod download;
 pub mod error;
+pub mod feature_merge;
 pub mod feature_store;
 pub mod features;
 pub mod fetch;

@@ -8,6 +8,7 @@ pub mod catalogue_duplicates;
 pub mod centring;
 pub mod duplicates;
 pub mod embedding_file;
+pub mod embedding_parts;
 pub mod ensemble;
 pub mod error;
 pub mod filter_postings;

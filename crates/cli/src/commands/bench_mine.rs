@@ -280,6 +280,7 @@ fn bench_features(args: &Args, dir: &Path) -> anyhow::Result<()> {
         snapshot_every: 1000,
         retry_failed: false,
         limits: DecodeLimits::default(),
+        shard: None,
     };
     let t = Instant::now();
     let r = mine_features(

@@ -22,20 +22,24 @@ use visual_search_retrieval::query_blending::QueryBlending;
 
 use crate::args::model::{DeviceArgs, ModelArgs};
 use crate::args::postgres::{PgArgs, open_catalogue};
+use crate::args::shard::{ShardArgs, ShardMode};
 use crate::index_model::{open_with_model, preprocessing};
 use crate::list_metadata::read_list_metadata;
 use crate::progress::images_bar;
-use crate::sample_lists::ListArgs;
+use crate::sample_lists::{ListArgs, ListKind};
+use crate::sharded_embedding::ShardedList;
 use visual_search_retrieval::catalogue::Catalogue;
+use visual_search_retrieval::item_metadata::Metadata;
 use visual_search_retrieval::postgres_index::{
     PgOptions, create_hnsw, create_tables, is_postgres_url, redact,
 };
 use visual_search_retrieval::postgres_load::{LoadKind, LoadOutcome, load_rows};
+use visual_search_train::embedding::EmbeddedSet;
 
 #[derive(clap::Subcommand)]
 pub enum IndexCommand {
     /// Embed a catalogue list (gallery.csv, a Product10K list, …) into a new index folder.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Embed more images into an existing index with the index's own model.
     Add(AddArgs),
     /// Replace products: embed a list with the index's model, remove every image of the
@@ -106,6 +110,8 @@ pub struct BuildArgs {
     /// kept as metadata). Without it the product label (`product_id`) is the key.
     #[arg(long)]
     key_column: Option<String>,
+    #[command(flatten)]
+    shard: ShardArgs,
 }
 
 /// Post-processing stored in the index and applied to every search (`search`, `serve`).
@@ -236,7 +242,7 @@ pub struct InfoArgs {
 impl IndexCommand {
     pub fn run(self) -> anyhow::Result<()> {
         match self {
-            IndexCommand::Build(a) => build(a),
+            IndexCommand::Build(a) => build(*a),
             IndexCommand::Add(a) => add(a),
             IndexCommand::Upsert(a) => upsert(a),
             IndexCommand::Delete(a) => delete(a),
@@ -255,11 +261,28 @@ fn embed_list(
     loaded: &InferenceModel,
     list: &ListArgs,
 ) -> anyhow::Result<(Vec<IndexItem>, Vec<f32>)> {
+    let (kind, samples, metadata) = read_list(list)?;
+    let set = embed_with_progress(
+        loaded,
+        false,
+        samples.clone(),
+        &eval_loader(list.batch_size, list.workers),
+        &format!("embedding {kind:?}"),
+        LEFT_OUT,
+    )?;
+    Ok(index_rows(&samples, metadata, &set))
+}
+
+/// What an index build says of the images it could not read.
+const LEFT_OUT: &str = "they are left out of the index";
+
+/// A list's samples and the metadata of each.
+fn read_list(list: &ListArgs) -> anyhow::Result<(ListKind, Arc<[Sample]>, Vec<Metadata>)> {
     let (kind, samples) = list.read()?;
     if samples.is_empty() {
         bail!("{} lists no images", list.csv.display());
     }
-    let mut metadata = read_list_metadata(&list.csv, kind)?;
+    let metadata = read_list_metadata(&list.csv, kind)?;
     if metadata.len() != samples.len() {
         bail!(
             "{}: {} rows of metadata for {} images (was the file changed while reading?)",
@@ -268,19 +291,19 @@ fn embed_list(
             samples.len()
         );
     }
-    let loader = eval_loader(list.batch_size, list.workers);
-    let samples: Arc<[Sample]> = samples.into();
-    let result = embed_with_progress(
-        loaded,
-        false,
-        samples.clone(),
-        &loader,
-        &format!("embedding {kind:?}"),
-        "they are left out of the index",
-    )?;
-    let dim = result.embeddings.dim;
+    Ok((kind, samples.into(), metadata))
+}
+
+/// The index rows of an embedded list: its items and their embeddings, the images that could
+/// not be read left out.
+fn index_rows(
+    samples: &[Sample],
+    mut metadata: Vec<Metadata>,
+    set: &EmbeddedSet,
+) -> (Vec<IndexItem>, Vec<f32>) {
+    let dim = set.embeddings.dim;
     let skipped: std::collections::HashSet<usize> =
-        result.skipped.iter().map(|s| s.sample_index).collect();
+        set.skipped.iter().map(|s| s.sample_index).collect();
     let mut items = Vec::with_capacity(samples.len());
     let mut rows = Vec::with_capacity(samples.len() * dim);
     for (i, s) in samples.iter().enumerate() {
@@ -292,14 +315,39 @@ fn embed_list(
             path: std::path::absolute(&s.path).unwrap_or_else(|_| s.path.clone()),
             metadata: std::mem::take(&mut metadata[i]),
         });
-        rows.extend_from_slice(result.embeddings.row(i));
+        rows.extend_from_slice(set.embeddings.row(i));
     }
-    Ok((items, rows))
+    (items, rows)
 }
 
 fn build(args: BuildArgs) -> anyhow::Result<()> {
+    let (kind, samples, metadata) = read_list(&args.list)?;
+    let parts_for = match (&args.shard.parts, is_postgres_url(&args.out)) {
+        (None, true) if args.shard.mode()? != ShardMode::Whole => {
+            bail!(
+                "a sharded build into PostgreSQL needs --parts DIR (a folder every worker can reach)"
+            )
+        }
+        _ => PathBuf::from(&args.out),
+    };
+    let sharded = ShardedList::new(
+        &args.shard,
+        &parts_for,
+        &args.list,
+        samples.clone(),
+        &args.model,
+        "",
+    )?;
     let loaded = args.model.load()?;
-    let (items, mut rows) = embed_list(&loaded, &args.list)?;
+    let loader = eval_loader(args.list.batch_size, args.list.workers);
+    let what = format!("embedding {kind:?}");
+    let embedded = sharded.embed(&loaded.device_name, &what, LEFT_OUT, &mut |part| {
+        embed_with_progress(&loaded, false, part, &loader, &what, LEFT_OUT)
+    })?;
+    let Some(set) = embedded else {
+        return Ok(());
+    };
+    let (items, mut rows) = index_rows(&samples, metadata, &set);
     let post_processing = args.post.apply(&mut rows, loaded.dim);
     let dtype = match args.store {
         StoreDtype::F16 => IndexDtype::F16,

@@ -1,17 +1,20 @@
-//! `mine features`: embed every image of WORK_DIR/pairs.parquet into WORK_DIR/features/.
+//! `mine features`: embed every image of WORK_DIR/pairs.parquet into WORK_DIR/features/ — in
+//! one process, or as worker I of N into `features/workers/I-of-N/` and then merged.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
 use visual_search_data::image::{DecodeLimits, Normalization};
-use visual_search_mining::features::{FeaturesOptions, ImageEmbedder, mine_features};
+use visual_search_mining::feature_merge::merge_worker_features;
+use visual_search_mining::features::{FeaturesOptions, ImageEmbedder, mine_features, worker_store};
 
 use super::WorkDir;
 use super::fetch_args::FetchArgs;
 use visual_search_inference::InferenceModel;
 
 use crate::args::model::ModelArgs;
+use crate::args::shard::{ShardMode, WorkerArgs};
 use crate::progress::images_bar;
 
 #[derive(clap::Args)]
@@ -32,6 +35,8 @@ pub struct Args {
     /// Fetch again the URLs an earlier run recorded as failed.
     #[arg(long)]
     retry_failed: bool,
+    #[command(flatten)]
+    worker: WorkerArgs,
 }
 
 /// A loaded registry/exported model as the mining crate's embedder.
@@ -73,13 +78,23 @@ impl ImageEmbedder for ModelEmbedder {
 pub fn run(a: Args) -> anyhow::Result<()> {
     let work = WorkDir::new(&a.work_dir);
     work.require(&work.pairs(), "pairs")?;
+    let shard = match a.worker.mode()? {
+        ShardMode::Merge => return merge(&work, a.snapshot_every),
+        ShardMode::Worker(spec) => Some(spec),
+        ShardMode::Whole => None,
+    };
     let mut embedder = ModelEmbedder::load(&a.model)?;
     let options = FeaturesOptions {
+        shard,
         fetch: a.fetch.config()?,
         batch_size: a.batch_size,
         snapshot_every: a.snapshot_every,
         retry_failed: a.retry_failed,
         limits: DecodeLimits::default(),
+    };
+    let store = match shard {
+        Some(spec) => worker_store(&work.features(), spec),
+        None => work.features(),
     };
     let bar = images_bar(0, "embedding");
     let start = Instant::now();
@@ -105,6 +120,26 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         r.failed,
         fresh as f64 / secs.max(1e-9),
         r.snapshots,
+        store.display()
+    );
+    println!("failed URLs: {}", r.failed_report.display());
+    if let Some(spec) = shard {
+        println!("worker {spec} is done; when every worker is, run again with --merge-parts");
+    }
+    Ok(())
+}
+
+/// Joins the workers' stores into the features folder.
+fn merge(work: &WorkDir, chunk_size: usize) -> anyhow::Result<()> {
+    let r = merge_worker_features(&work.pairs(), &work.features(), chunk_size)
+        .context("mine features --merge-parts")?;
+    println!(
+        "{} image URLs from {} worker stores: {} merged before, {} embedded and {} failed merged now → {}",
+        r.urls,
+        r.workers,
+        r.already_merged,
+        r.embedded,
+        r.failed,
         work.features().display()
     );
     println!("failed URLs: {}", r.failed_report.display());
