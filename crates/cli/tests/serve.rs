@@ -242,6 +242,59 @@ fn index_and_serve_the_grocery_catalogue() {
     for bad in ["/items/9999/similar", "/items/x/similar"] {
         assert_eq!(http(addr, "GET", bad, "text/plain", b"").0, 404, "{bad}");
     }
+    // Search by an embedding the client made (here: item 149's stored row, scaled, since the
+    // server normalises it): item 149 first, at cosine ~1, judged a match.
+    let stored = {
+        let opened = visual_search_retrieval::index::Index::open(&index).unwrap();
+        let view = opened.view().unwrap();
+        let mut scratch = Vec::new();
+        view.rows_f32(149, 150, &mut scratch).to_vec()
+    };
+    let scaled: Vec<f32> = stored.iter().map(|v| v * 3.0).collect();
+    let body = serde_json::json!({"embedding": scaled, "k": 5}).to_string();
+    let (status, _, reply) = http(
+        addr,
+        "POST",
+        "/search/vector",
+        "application/json",
+        body.as_bytes(),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&reply));
+    let by_vector = json(&reply);
+    assert_eq!(by_vector["results"][0]["id"], 149, "{by_vector}");
+    assert!(by_vector["results"][0]["score"].as_f64().unwrap() > 0.999);
+    assert_eq!(by_vector["k"], 5);
+    assert!(by_vector["match"].is_object(), "{by_vector}");
+    let zeros = vec![0.0f32; stored.len()];
+    for (bad, why) in [
+        (
+            serde_json::json!({"embedding": &stored[..10]}).to_string(),
+            "holds",
+        ),
+        (
+            serde_json::json!({"embedding": zeros}).to_string(),
+            "all zeros",
+        ),
+        (
+            serde_json::json!({"embedding": stored, "k": 0}).to_string(),
+            "k must be",
+        ),
+        (
+            serde_json::json!({"embedding": stored, "kk": 1}).to_string(),
+            "unknown field",
+        ),
+        ("[1, 2".to_string(), "must be JSON"),
+    ] {
+        let (status, _, reply) = http(
+            addr,
+            "POST",
+            "/search/vector",
+            "application/json",
+            bad.as_bytes(),
+        );
+        let text = String::from_utf8_lossy(&reply);
+        assert!(status == 400 && text.contains(why), "{status} {text}");
+    }
     let by_item = search_cli("5", &["--item", "149"]);
     let (title, table) = by_item.split_once('\n').unwrap();
     assert!(

@@ -5,6 +5,8 @@
 //!   body; query `k` (default 10), optional `bbox=x,y,w,h` (applied to every photo) and
 //!   `filter=category=Fruit,in_stock=true` (only items whose metadata match) → JSON top-k with
 //!   ids, labels, scores, metadata and image URLs, plus phase timings.
+//! - `POST /search/vector` — a JSON `{"embedding": [...]}` the client made itself (same
+//!   answer, no model; `vector_search`).
 //! - `GET /items/{id}/similar?k=&filter=` — the catalogue items most like item `id` (itself
 //!   left out), searched with its stored embedding.
 //! - `GET /images/{id}` — a JPEG thumbnail (≤ 256 px) of a catalogue image.
@@ -23,6 +25,7 @@ pub mod live_index;
 pub mod metrics;
 pub mod query_image;
 pub mod upload;
+pub mod vector_search;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -52,6 +55,7 @@ use crate::query_image::{
     decode_query, parse_bbox, prepare_decoded, prepare_query, prepare_windows, thumbnail_jpeg,
 };
 use crate::upload::read_upload;
+use crate::vector_search::search_vector;
 
 /// Limits and sizes of the service.
 #[derive(Debug, Clone)]
@@ -178,10 +182,21 @@ struct Timings {
     total: f64,
 }
 
+/// What a search was asked with: it decides `photos` and whether the top hit is judged a match.
+#[derive(Clone, Copy)]
+enum QueryKind {
+    /// This many photos (their mean embedding).
+    Photos(usize),
+    /// A client's embedding.
+    Vector,
+    /// A catalogue item's neighbours (no match: the item itself is left out).
+    Item,
+}
+
 #[derive(Serialize)]
 struct SearchResponse {
     k: usize,
-    /// Photos searched together (0 for a search by catalogue item).
+    /// Photos searched together (0 for a search by catalogue item or by embedding).
     photos: usize,
     results: Vec<Hit>,
     /// The top result when it is the product asked for: at or above the index's calibrated
@@ -202,9 +217,13 @@ impl SearchResponse {
     fn new(
         index: &dyn Catalogue,
         hits: Vec<CatalogueHit>,
-        photos: usize,
+        query: QueryKind,
         timings_ms: Timings,
     ) -> Self {
+        let photos = match query {
+            QueryKind::Photos(n) => n,
+            QueryKind::Vector | QueryKind::Item => 0,
+        };
         let results: Vec<Hit> = hits
             .into_iter()
             .enumerate()
@@ -219,8 +238,8 @@ impl SearchResponse {
             })
             .collect();
         let meta = index.meta();
-        // A search by catalogue item (no photo) finds the item's neighbours, not the item.
-        let matched = (photos > 0).then(|| {
+        // A search by catalogue item finds the item's neighbours, not the item.
+        let matched = (!matches!(query, QueryKind::Item)).then(|| {
             results
                 .first()
                 .filter(|top| meta.is_match(top.score))
@@ -354,7 +373,7 @@ async fn run_search(
     let mut response = SearchResponse::new(
         index.as_ref(),
         hits.pop().unwrap_or_default(),
-        photos,
+        QueryKind::Photos(photos),
         timings,
     );
     if auto_box.is_some() {
@@ -513,7 +532,13 @@ async fn similar(
                     search,
                     total: search,
                 };
-                axum::Json(SearchResponse::new(index.as_ref(), hits, 0, timings)).into_response()
+                axum::Json(SearchResponse::new(
+                    index.as_ref(),
+                    hits,
+                    QueryKind::Item,
+                    timings,
+                ))
+                .into_response()
             }
             Ok(Ok(None)) => {
                 ApiError(StatusCode::NOT_FOUND, format!("no catalogue item {id}")).into_response()
@@ -602,6 +627,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/", get(page))
         .route("/search", post(search))
+        .route("/search/vector", post(search_vector))
         .route("/images/{id}", get(image))
         .route("/items/{id}/similar", get(similar))
         .route("/items", post(add_items).delete(delete_items))

@@ -1,0 +1,112 @@
+//! `POST /search/vector`: search with an embedding the client made itself — for clients that
+//! embed on their own GPUs, and for benchmarks of the index without the model. The body is
+//! JSON, `{"embedding": [...], "k": 10, "filter": "category=Fruit"}` (`k` and `filter` may
+//! also be query parameters). The vector must have the index's dimension and finite values; it
+//! is L2-normalised here, then searched exactly as a photo's embedding is (the index's
+//! centring and blending, the filter, the "not in the catalogue" threshold).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use crate::api_error::{ApiError, bad_request};
+use crate::{AppState, QueryKind, SearchResponse, Timings, parse_filter};
+
+#[derive(Deserialize)]
+pub(crate) struct VectorParams {
+    k: Option<usize>,
+    filter: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VectorQuery {
+    embedding: Vec<f32>,
+    k: Option<usize>,
+    filter: Option<String>,
+}
+
+pub(crate) async fn search_vector(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<VectorParams>,
+    body: Bytes,
+) -> Response {
+    let started = Instant::now();
+    let response = match run(&state, params, &body, started).await {
+        Ok(body) => axum::Json(body).into_response(),
+        Err(e) => e.into_response(),
+    };
+    state
+        .metrics
+        .request("search_vector", response.status().as_u16());
+    if response.status().is_success() {
+        state.metrics.search_latency(started.elapsed());
+    }
+    response
+}
+
+async fn run(
+    state: &AppState,
+    params: VectorParams,
+    body: &[u8],
+    started: Instant,
+) -> Result<SearchResponse, ApiError> {
+    let query: VectorQuery = serde_json::from_slice(body).map_err(|e| {
+        bad_request(format!(
+            "the body must be JSON {{\"embedding\": [numbers], \"k\": 10, \"filter\": \"…\"}}: {e}"
+        ))
+    })?;
+    let k = query.k.or(params.k).unwrap_or(10);
+    if k == 0 || k > state.config.max_k {
+        return Err(bad_request(format!(
+            "k must be in 1..={}",
+            state.config.max_k
+        )));
+    }
+    let filter = parse_filter(query.filter.as_deref().or(params.filter.as_deref()))?;
+    let index = state.index.get();
+    let dim = index.meta().dim;
+    let mut embedding = query.embedding;
+    if embedding.len() != dim {
+        return Err(bad_request(format!(
+            "the embedding has {} values; this index holds {dim}-d vectors",
+            embedding.len()
+        )));
+    }
+    if let Some(i) = embedding.iter().position(|v| !v.is_finite()) {
+        return Err(bad_request(format!(
+            "embedding[{i}] is not a finite number"
+        )));
+    }
+    let norm = embedding.iter().map(|v| v * v).sum::<f32>().sqrt();
+    if norm == 0.0 {
+        return Err(bad_request("the embedding is all zeros"));
+    }
+    embedding.iter_mut().for_each(|v| *v /= norm);
+    let parsed = Instant::now();
+    let searcher = index.clone();
+    let mut hits =
+        tokio::task::spawn_blocking(move || searcher.search_items(&embedding, k, &filter))
+            .await
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let done = Instant::now();
+    let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+    let timings = Timings {
+        decode: ms(started, parsed),
+        model: 0.0,
+        search: ms(parsed, done),
+        total: ms(started, done),
+    };
+    Ok(SearchResponse::new(
+        index.as_ref(),
+        hits.pop().unwrap_or_default(),
+        QueryKind::Vector,
+        timings,
+    ))
+}
