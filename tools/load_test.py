@@ -8,12 +8,16 @@ Prints one JSON line: requests, errors, throughput, latency p50/p90/p99/max, RSS
 
   python3 tools/load_test.py --addr 127.0.0.1:8080 --pid PID \
       --photos ../shared/datasets/grocery-store/dataset/queries.csv --duration 60 --clients 4
+
+With --vectors DIM instead of --photos, the clients POST random unit vectors of that dimension
+to /search/vector: the index and the HTTP path measured without the model.
 """
 import argparse
 import csv
 import http.client
 import json
 import os
+import random
 import threading
 import time
 
@@ -30,15 +34,27 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--addr", required=True)
     ap.add_argument("--pid", type=int, required=True, help="server process, for memory sampling")
-    ap.add_argument("--photos", required=True, help="a queries.csv / gallery.csv (img_path column)")
+    what = ap.add_mutually_exclusive_group(required=True)
+    what.add_argument("--photos", help="a queries.csv / gallery.csv (img_path column)")
+    what.add_argument("--vectors", type=int, metavar="DIM", help="random unit vectors to /search/vector")
     ap.add_argument("--duration", type=float, default=60)
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--k", type=int, default=10)
     a = ap.parse_args()
-    root = os.path.dirname(a.photos)
-    with open(a.photos) as f:
-        paths = [os.path.join(root, r["img_path"]) for r in csv.DictReader(f)]
-    photos = [open(p, "rb").read() for p in paths]
+    if a.photos:
+        root = os.path.dirname(a.photos)
+        with open(a.photos) as f:
+            paths = [os.path.join(root, r["img_path"]) for r in csv.DictReader(f)]
+        bodies = [open(p, "rb").read() for p in paths]
+        path, content_type = "/search", "image/jpeg"
+    else:
+        rng = random.Random(7)
+        bodies = []
+        for _ in range(256):
+            v = [rng.gauss(0, 1) for _ in range(a.vectors)]
+            n = sum(x * x for x in v) ** 0.5
+            bodies.append(json.dumps({"embedding": [x / n for x in v]}).encode())
+        path, content_type = "/search/vector", "application/json"
     host, port = a.addr.rsplit(":", 1)
     latencies, errors, lock = [], [], threading.Lock()
     stop = time.monotonic() + a.duration
@@ -47,11 +63,11 @@ def main():
         conn = http.client.HTTPConnection(host, int(port), timeout=60)
         i = offset
         while time.monotonic() < stop:
-            body = photos[i % len(photos)]
+            body = bodies[i % len(bodies)]
             i += a.clients
             t0 = time.perf_counter()
             try:
-                conn.request("POST", f"/search?k={a.k}", body, {"Content-Type": "image/jpeg"})
+                conn.request("POST", f"{path}?k={a.k}", body, {"Content-Type": content_type})
                 resp = conn.getresponse()
                 data = resp.read()
                 ok = resp.status == 200 and len(json.loads(data)["results"]) == a.k

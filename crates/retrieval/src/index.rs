@@ -70,7 +70,8 @@ pub enum IndexDtype {
 }
 
 impl IndexDtype {
-    fn bytes(self) -> usize {
+    /// Bytes per stored value.
+    pub fn bytes(self) -> usize {
         match self {
             IndexDtype::F16 => 2,
             IndexDtype::F32 => 4,

@@ -23,6 +23,11 @@ pub struct PgOptions {
     pub m: u32,
     /// HNSW build beam width.
     pub ef_construction: u32,
+    /// `maintenance_work_mem` of the HNSW build, MiB: the graph should fit in it (pgvector
+    /// slows down a lot and warns once it does not), about rows × (4·dim + 8·m) bytes.
+    pub hnsw_memory_mb: u32,
+    /// `max_parallel_maintenance_workers` of the HNSW build (`None`: the server's setting).
+    pub hnsw_workers: Option<u32>,
     /// HNSW search beam width (recall/latency trade-off).
     pub ef_search: u32,
     /// Keep reconnecting this long after a lost connection before giving up.
@@ -42,6 +47,8 @@ impl PgOptions {
             batch_rows: 10_000,
             m: 16,
             ef_construction: 64,
+            hnsw_memory_mb: 1024,
+            hnsw_workers: None,
             ef_search: 100,
             retry_for: Duration::from_secs(60),
             pool: 4,

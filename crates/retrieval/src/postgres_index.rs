@@ -156,10 +156,14 @@ pub fn create_hnsw(opts: &PgOptions, dtype: IndexDtype) -> Result<(), RetrievalE
         IndexDtype::F32 => "vector_cosine_ops",
         IndexDtype::F16 => "halfvec_cosine_ops",
     };
+    let workers = match opts.hnsw_workers {
+        Some(n) => format!("SET max_parallel_maintenance_workers = {n};"),
+        None => String::new(),
+    };
     c.batch_execute(&format!(
-        "SET maintenance_work_mem = '1GB';
+        "SET maintenance_work_mem = '{}MB'; {workers}
          CREATE INDEX IF NOT EXISTS {t}_hnsw ON {t} USING hnsw (embedding {ops}) WITH (m = {}, ef_construction = {})",
-        opts.m, opts.ef_construction
+        opts.hnsw_memory_mb.max(64), opts.m, opts.ef_construction
     ))
     .map_err(|e| pg_err("building the HNSW index", e))
 }

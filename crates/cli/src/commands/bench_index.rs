@@ -26,8 +26,9 @@ use crate::table;
 #[derive(clap::Args)]
 pub struct Args {
     /// A PostgreSQL server with pgvector (`postgres://user@host:port/db`); the table is replaced.
+    /// Without it only the embedded index is measured.
     #[arg(long)]
-    url: String,
+    url: Option<String>,
     #[arg(long, default_value = "bench_items")]
     table: String,
     #[arg(long, default_value_t = 100_000)]
@@ -40,8 +41,40 @@ pub struct Args {
     #[arg(long, default_value_t = 10)]
     k: usize,
     /// HNSW search beam widths to time.
-    #[arg(long, value_delimiter = ',', default_value = "40,100")]
+    #[arg(long, value_delimiter = ',', default_value = "40,100,200")]
     ef_search: Vec<u32>,
+    /// Stored precision of the embedded index (and of the pgvector column: halfvec for f16).
+    #[arg(long, value_enum, default_value = "f32")]
+    store: StoreArg,
+    /// Parallel workers for the HNSW build (`max_parallel_maintenance_workers`).
+    #[arg(long, default_value_t = 2)]
+    hnsw_workers: u32,
+    /// Leave out the filtered pass (at 1M rows pgvector's filtered searches take seconds each).
+    #[arg(long)]
+    no_filter: bool,
+    /// Keep the embedded index in this new folder (to `serve` it, e.g. for the load test);
+    /// refused if the folder exists.
+    #[arg(long)]
+    keep: Option<std::path::PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum StoreArg {
+    F32,
+    F16,
+}
+
+/// Resident memory of this process, MiB (Linux; 0 elsewhere).
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// `rows` unit vectors around `rows / 100` random centres, and queries near random rows.
@@ -116,9 +149,23 @@ fn recall(found: &[Vec<CatalogueHit>], exact: &[Vec<CatalogueHit>]) -> f64 {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if !is_postgres_url(&args.url) {
+    if let Some(url) = &args.url
+        && !is_postgres_url(url)
+    {
         bail!("--url must be a postgres:// URL");
     }
+    if let Some(keep) = &args.keep
+        && keep.exists()
+    {
+        bail!(
+            "{} exists; --keep writes a new folder and never replaces one",
+            keep.display()
+        );
+    }
+    let dtype = match args.store {
+        StoreArg::F32 => IndexDtype::F32,
+        StoreArg::F16 => IndexDtype::F16,
+    };
     let (data, queries) = clustered(args.rows, args.dim, args.queries);
     // Ten shelves, so `shelf=3` keeps 10% of the rows, spread over every cluster.
     let items: Vec<IndexItem> = (0..args.rows)
@@ -131,7 +178,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let filter = Filter::parse("shelf=3")?;
     let all = Filter::default();
     let meta = IndexMeta::new(
-        IndexDtype::F32,
+        dtype,
         args.dim,
         serde_json::json!({"synthetic": true}),
         Preprocessing {
@@ -142,34 +189,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     let mut rows_out: Vec<Vec<String>> = Vec::new();
 
-    let dir = tempfile::tempdir()?;
+    let temp = tempfile::tempdir()?;
+    let dir = args
+        .keep
+        .clone()
+        .unwrap_or_else(|| temp.path().join("index"));
     let t = Instant::now();
-    build_index(dir.path(), meta.clone(), &items, &data)?;
+    build_index(&dir, meta.clone(), &items, &data)?;
     let embedded_build = t.elapsed().as_secs_f64();
-    let embedded = Index::open(dir.path())?;
-    let opts = PgOptions {
-        batch_rows: 10_000,
-        ..PgOptions::new(&args.url, &args.table)
+    let pg = match &args.url {
+        Some(url) => Some(load_postgres(&args, url, &meta, &items, &data)?),
+        None => None,
     };
+    drop(data);
+    let rss_before = rss_mib();
     let t = Instant::now();
-    create_tables(&opts, &meta, true)?;
-    load_rows(
-        &opts,
-        IndexDtype::F32,
-        LoadKind::Build,
-        &items,
-        &data,
-        &mut |_, _| {},
-    )?;
-    let load = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    create_hnsw(&opts, IndexDtype::F32)?;
-    let hnsw_build = t.elapsed().as_secs_f64();
-    let mut pg_exact_index = PgIndex::open(&PgOptions {
-        pool: 1,
-        ..opts.clone()
-    })?;
-    pg_exact_index.exact = true;
+    let embedded = Index::open(&dir)?;
+    let open_ms = t.elapsed().as_secs_f64() * 1e3;
+    let rss_open = rss_mib();
     let few = &queries[..(args.queries / 5).max(1) * args.dim];
 
     // Every engine without a filter, then with the filter keeping 10% of the rows; each pass's
@@ -178,34 +215,40 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (&all, "", "", true),
         (&filter, ", filter 10%", ", filter 10% (iterative)", false),
     ];
-    for (filter, suffix, hnsw_suffix, with_build) in passes {
+    let passes = &passes[..if args.no_filter { 1 } else { 2 }];
+    let mut rss_searched: f64 = 0.0;
+    for &(filter, suffix, hnsw_suffix, with_build) in passes {
         let build = |text: String| if with_build { text } else { "-".to_string() };
         let (p50, p99, exact) = time_queries(&embedded, &queries, args.dim, args.k, filter)?;
+        rss_searched = rss_searched.max(rss_mib());
         let base = p50;
         rows_out.push(vec![
-            format!("embedded exact (f32){suffix}"),
+            format!("embedded exact ({:?}){suffix}", args.store).to_lowercase(),
             build(format!("{embedded_build:.1}")),
             format!("{p50:.2}"),
             format!("{p99:.2}"),
             "1.00x".into(),
             "1.000".into(),
         ]);
-        let (p50, p99, pg_exact) = time_queries(&pg_exact_index, few, args.dim, args.k, filter)?;
+        let Some(pg) = &pg else {
+            continue;
+        };
+        let (p50, p99, pg_exact) = time_queries(&pg.exact, few, args.dim, args.k, filter)?;
         rows_out.push(vec![
             format!("pgvector exact (vector){suffix}"),
-            build(format!("{load:.1} (COPY)")),
+            build(format!("{:.1} (COPY)", pg.load_s)),
             format!("{p50:.2}"),
             format!("{p99:.2}"),
             format!("{:.2}x", base / p50),
             format!("{:.3}", recall(&pg_exact, &exact[..pg_exact.len()])),
         ]);
         for ef in &args.ef_search {
-            let pg = PgIndex::open(&PgOptions {
+            let hnsw = PgIndex::open(&PgOptions {
                 pool: 1,
                 ef_search: *ef,
-                ..opts.clone()
+                ..pg.opts.clone()
             })?;
-            let (p50, p99, found) = time_queries(&pg, &queries, args.dim, args.k, filter)?;
+            let (p50, p99, found) = time_queries(&hnsw, &queries, args.dim, args.k, filter)?;
             let short = found.iter().filter(|f| f.len() < args.k).count();
             let short = match short {
                 0 => String::new(),
@@ -214,8 +257,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             rows_out.push(vec![
                 format!("pgvector HNSW ef_search {ef}{hnsw_suffix}"),
                 build(format!(
-                    "{:.1} (COPY + HNSW {hnsw_build:.1})",
-                    load + hnsw_build
+                    "{:.1} (COPY + HNSW {:.1})",
+                    pg.load_s + pg.hnsw_s,
+                    pg.hnsw_s
                 )),
                 format!("{p50:.2}"),
                 format!("{p99:.2}"),
@@ -246,5 +290,63 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             &rows_out
         )
     );
+    println!(
+        "embedded index: {:.0} MiB on disk, opened in {open_ms:.1} ms; resident memory {rss_before:.0} MiB before opening it, {rss_open:.0} MiB after, {rss_searched:.0} MiB after the searches (its rows are memory-mapped: resident once read)",
+        embedded.meta.rows as f64 * args.dim as f64 * dtype.bytes() as f64 / (1 << 20) as f64
+    );
+    if let Some(keep) = &args.keep {
+        println!("kept the embedded index in {}", keep.display());
+    }
     Ok(())
+}
+
+/// A loaded PostgreSQL table: exact search on it, the options for HNSW searches, and how long
+/// the COPY and the HNSW build took.
+struct LoadedPg {
+    exact: PgIndex,
+    opts: PgOptions,
+    load_s: f64,
+    hnsw_s: f64,
+}
+
+fn load_postgres(
+    args: &Args,
+    url: &str,
+    meta: &IndexMeta,
+    items: &[IndexItem],
+    data: &[f32],
+) -> anyhow::Result<LoadedPg> {
+    // The graph must fit maintenance_work_mem or pgvector builds it far more slowly.
+    let graph_mib = args.rows as f64 * (4 * args.dim + 8 * 16) as f64 / (1 << 20) as f64;
+    let opts = PgOptions {
+        batch_rows: 10_000,
+        hnsw_memory_mb: (graph_mib * 1.5) as u32 + 256,
+        hnsw_workers: Some(args.hnsw_workers),
+        ..PgOptions::new(url, &args.table)
+    };
+    let t = Instant::now();
+    create_tables(&opts, meta, true)?;
+    load_rows(
+        &opts,
+        meta.dtype,
+        LoadKind::Build,
+        items,
+        data,
+        &mut |_, _| {},
+    )?;
+    let load_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    create_hnsw(&opts, meta.dtype)?;
+    let hnsw_s = t.elapsed().as_secs_f64();
+    let mut exact = PgIndex::open(&PgOptions {
+        pool: 1,
+        ..opts.clone()
+    })?;
+    exact.exact = true;
+    Ok(LoadedPg {
+        exact,
+        opts,
+        load_s,
+        hnsw_s,
+    })
 }

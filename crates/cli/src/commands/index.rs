@@ -168,6 +168,14 @@ pub struct HnswArgs {
     /// HNSW build beam width (pgvector's `ef_construction`).
     #[arg(long, default_value_t = 64)]
     ef_construction: u32,
+    /// Memory for building the HNSW graph (`maintenance_work_mem`, MiB); it should hold the
+    /// graph, about rows × (4·dim + 8·m) bytes, or pgvector builds much more slowly.
+    #[arg(long, default_value_t = 1024)]
+    hnsw_memory_mb: u32,
+    /// Parallel workers for the HNSW build (`max_parallel_maintenance_workers`) [default: the
+    /// server's setting].
+    #[arg(long)]
+    hnsw_workers: Option<u32>,
     /// Rows per COPY transaction (the unit a lost connection resumes from).
     #[arg(long, default_value_t = 10_000)]
     batch_rows: usize,
@@ -183,6 +191,8 @@ impl HnswArgs {
     fn apply(&self, mut o: PgOptions) -> PgOptions {
         o.m = self.m;
         o.ef_construction = self.ef_construction;
+        o.hnsw_memory_mb = self.hnsw_memory_mb;
+        o.hnsw_workers = self.hnsw_workers;
         o.batch_rows = self.batch_rows;
         o
     }
