@@ -295,6 +295,25 @@ fn index_and_serve_the_grocery_catalogue() {
         let text = String::from_utf8_lossy(&reply);
         assert!(status == 400 && text.contains(why), "{status} {text}");
     }
+    // A server without a model answers embeddings and refuses photos.
+    let bare = start_server_with(&index, &["--vectors-only"]);
+    let body = serde_json::json!({"embedding": stored, "k": 3}).to_string();
+    let (status, _, reply) = http(
+        &bare.addr,
+        "POST",
+        "/search/vector",
+        "application/json",
+        body.as_bytes(),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&reply));
+    assert_eq!(json(&reply)["results"][0]["id"], 149);
+    let (status, _, reply) = http(&bare.addr, "POST", "/search", "image/jpeg", &photo);
+    assert!(
+        status == 400 && String::from_utf8_lossy(&reply).contains("--vectors-only"),
+        "{status} {}",
+        String::from_utf8_lossy(&reply)
+    );
+    drop(bare);
     let by_item = search_cli("5", &["--item", "149"]);
     let (title, table) = by_item.split_once('\n').unwrap();
     assert!(

@@ -39,7 +39,8 @@ pub struct InferenceStats {
 /// Handle to the inference thread.
 #[derive(Clone)]
 pub struct InferenceQueue {
-    tx: SyncSender<Job>,
+    /// `None` for a server started without a model (`serve --vectors-only`).
+    tx: Option<SyncSender<Job>>,
     pub stats: Arc<InferenceStats>,
 }
 
@@ -48,6 +49,8 @@ pub struct InferenceQueue {
 pub enum QueueError {
     Busy,
     Stopped,
+    /// The server runs without a model: only embeddings can be searched.
+    NoModel,
 }
 
 impl InferenceQueue {
@@ -60,7 +63,19 @@ impl InferenceQueue {
             .name("inference".into())
             .spawn(move || run(embedder, rx, max_batch.max(1), &worker_stats))
             .expect("spawning the inference thread");
-        InferenceQueue { tx, stats }
+        InferenceQueue {
+            tx: Some(tx),
+            stats,
+        }
+    }
+
+    /// A queue with no model behind it, for a server that searches only embeddings its
+    /// clients send (`POST /search/vector`); every submission is refused.
+    pub fn without_model() -> Self {
+        InferenceQueue {
+            tx: None,
+            stats: Arc::new(InferenceStats::default()),
+        }
     }
 
     /// Queues one image; the receiver yields its embedding.
@@ -85,8 +100,11 @@ impl InferenceQueue {
         pixels: Vec<f32>,
         windows: Option<usize>,
     ) -> Result<oneshot::Receiver<Result<Vec<f32>, String>>, QueueError> {
+        let Some(tx) = &self.tx else {
+            return Err(QueueError::NoModel);
+        };
         let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Job {
+        match tx.try_send(Job {
             pixels,
             windows,
             reply,

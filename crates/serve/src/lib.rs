@@ -397,6 +397,9 @@ fn queued<T>(submitted: Result<T, QueueError>) -> Result<T, ApiError> {
             "busy: too many searches in flight, retry".into(),
         ),
         QueueError::Stopped => model_stopped(),
+        QueueError::NoModel => bad_request(
+            "this server runs without a model (serve --vectors-only): search with POST /search/vector",
+        ),
     })
 }
 

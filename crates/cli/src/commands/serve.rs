@@ -15,8 +15,8 @@ use visual_search_serve::{AppState, ServeConfig, serve};
 use visual_search_inference::InferenceModel;
 
 use crate::args::model::DeviceArgs;
-use crate::args::postgres::PgArgs;
-use crate::index_model::{load_index_model_at, open_with_model};
+use crate::args::postgres::{PgArgs, open_catalogue};
+use crate::index_model::{load_index_model, load_index_model_at};
 
 /// Serves an index: `POST /search` (image as multipart field `image` or raw body; `k`,
 /// `bbox=x,y,w,h`), `GET /images/{id}`, `GET /healthz`, `GET /metrics` and a web page at `/`.
@@ -79,6 +79,10 @@ pub struct Args {
     /// folder; required for a PostgreSQL index].
     #[arg(long)]
     upload_dir: Option<PathBuf>,
+    /// Load no model: serve only `POST /search/vector` (clients that embed on their own
+    /// machines, benchmarks of the index); photo searches and uploads answer 400.
+    #[arg(long)]
+    vectors_only: bool,
 }
 
 /// The index's model, and the same model at the auto-box window side.
@@ -134,7 +138,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let writes = write_config(&args, folder.as_ref())?;
     // Read before opening: a version written in between is then reloaded, never missed.
     let version = folder.as_deref().and_then(current_version);
-    let (index, loaded) = open_with_model(&args.index, &args.pg, &args.device)?;
+    let index = open_catalogue(&args.index, &args.pg)?;
+    let loaded = match args.vectors_only {
+        true => None,
+        false => Some(load_index_model(index.meta(), &args.device)?),
+    };
     let defaults = ServeConfig::default();
     let auto_box = AutoBox::default();
     let config = ServeConfig {
@@ -148,11 +156,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .max_decodes
             .unwrap_or(defaults.max_concurrent_decodes)
             .max(1),
-        auto_box: (!args.no_auto_box).then_some(auto_box),
+        auto_box: (!args.no_auto_box && loaded.is_some()).then_some(auto_box),
         writes,
         ..defaults
     };
-    let windows = match args.no_auto_box {
+    let windows = match args.no_auto_box || args.vectors_only {
         true => None,
         false => Some(
             load_index_model_at(
@@ -163,11 +171,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .context("loading the model at the auto-box window side")?,
         ),
     };
-    let embedder = ModelEmbedder {
-        model: loaded,
-        windows,
+    let queue = match loaded {
+        Some(model) => InferenceQueue::start(
+            Box::new(ModelEmbedder { model, windows }),
+            args.max_batch,
+            args.queue,
+        ),
+        None => InferenceQueue::without_model(),
     };
-    let queue = InferenceQueue::start(Box::new(embedder), args.max_batch, args.queue);
     let index_bytes = index.size_bytes();
     let state = Arc::new(
         AppState::new(index, index_bytes, queue, config).with_index_folder(folder.clone(), version),
