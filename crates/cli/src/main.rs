@@ -72,8 +72,14 @@ fn main() -> std::process::ExitCode {
     allocator::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(
+                    // The collective libraries log every peer that disconnects, which each
+                    // does when a data-parallel run ends; their failures reach the user as
+                    // errors of `train` (RUST_LOG shows the logs).
+                    "warn,burn_collective=off,burn_communication=off",
+                )
+            }),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -346,3 +346,81 @@ fn a_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint() {
         "nothing may be saved from a diverged step"
     );
 }
+
+/// A run of base port `port` … `port + world` that nothing listens on.
+fn free_ports(world: u16) -> u16 {
+    (0..200)
+        .map(|i| 20_000 + (std::process::id() as u16 % 20_000) + i * 17)
+        .find(|&base| {
+            (0..=world).all(|k| std::net::TcpListener::bind(("127.0.0.1", base + k)).is_ok())
+        })
+        .expect("free ports on 127.0.0.1")
+}
+
+/// Two processes on 127.0.0.1 (`--world-size 2`) train the run one process trains: the same
+/// loss at every step, rank 0 writing the checkpoints and rank 1 only its log. Dropout is off,
+/// since each share draws its own masks (as in PyTorch's DDP).
+#[test]
+fn two_processes_train_what_one_process_trains() {
+    let Some((dir, root)) = grocery_cut(48) else {
+        return;
+    };
+    let text = config(&root, 6, ARCFACE).replace(
+        "model:\n  name: tiny_convnext\n",
+        "model:\n  name: tiny_convnext\n  dropout: 0.0\n",
+    );
+    assert!(text.contains("dropout: 0.0"));
+    let cfg = dir.path().join("ddp.yml");
+    std::fs::write(&cfg, text).unwrap();
+    let runs = dir.path().join("runs");
+    let (cfg, runs_s) = (cfg.to_str().unwrap(), runs.to_str().unwrap());
+    run_ok(&train_args(cfg, runs_s, "one"));
+
+    let master = format!("127.0.0.1:{}", free_ports(2));
+    // Each rank's output is read on its own thread: a rank blocked on a full pipe would stall
+    // the group.
+    let ranks: Vec<_> = (0..2)
+        .map(|rank| {
+            let child = bin()
+                .args(train_args(cfg, runs_s, "two"))
+                .args(["--world-size", "2", "--rank", &rank.to_string()])
+                .args(["--master", &master, "--group-timeout-s", "120"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::thread::spawn(move || child.wait_with_output().unwrap())
+        })
+        .collect();
+    for (rank, waiter) in ranks.into_iter().enumerate() {
+        let out = waiter.join().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "rank {rank}: {text}");
+        assert!(
+            text.contains(&format!("rank {rank} of 2: joined")),
+            "{text}"
+        );
+    }
+    let one = losses(&runs.join("one"));
+    let two = losses(&runs.join("two"));
+    assert_eq!(one.len(), 6, "{one:?}");
+    assert_eq!(
+        one.iter().map(|l| l.0).collect::<Vec<_>>(),
+        two.iter().map(|l| l.0).collect::<Vec<_>>()
+    );
+    for ((step, a), (_, b)) in one.iter().zip(&two) {
+        assert!(
+            (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+            "step {step}: one process {a}, two processes {b}\n{one:?}\n{two:?}"
+        );
+    }
+    // Rank 0 wrote the checkpoints; rank 1 its own log and nothing else.
+    assert_eq!(last_step(&runs.join("two")), Some(6));
+    assert_eq!(losses(&runs.join("two/ranks/1")), two);
+    let rank1: Vec<_> = std::fs::read_dir(runs.join("two/ranks/1"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(rank1, vec!["metrics.csv".to_string()], "{rank1:?}");
+}

@@ -19,6 +19,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::formats::Sample;
 use crate::sampler::mix_seed;
+use crate::shard::ShardSpec;
 use crate::transform::SampleTransform;
 
 /// How batches are formed and delivered.
@@ -38,6 +39,10 @@ pub struct LoaderConfig {
     /// Added to each sample's position in `order` when seeding its RNG, so a pass resumed at
     /// position p draws the same augmentations as the uninterrupted pass did.
     pub position_offset: u64,
+    /// Data-parallel training: load only this process's share of each batch (contiguous, by
+    /// [`ShardSpec::share`]), each image seeded by its position in the whole batch, so the
+    /// shares of all processes are exactly the batch one process would load.
+    pub share: Option<ShardSpec>,
 }
 
 impl Default for LoaderConfig {
@@ -50,6 +55,7 @@ impl Default for LoaderConfig {
             drop_last: false,
             seed: 0,
             position_offset: 0,
+            share: None,
         }
     }
 }
@@ -99,12 +105,17 @@ struct Shared {
     batch_size: usize,
     seed: u64,
     position_offset: u64,
+    share: Option<ShardSpec>,
 }
 
 impl Shared {
     fn load_batch(&self, index: usize) -> Batch {
-        let start = index * self.batch_size;
-        let end = (start + self.batch_size).min(self.order.len());
+        let mut start = index * self.batch_size;
+        let mut end = (start + self.batch_size).min(self.order.len());
+        if let Some(share) = self.share {
+            let mine = share.share(end - start);
+            (start, end) = (start + mine.start, start + mine.end);
+        }
         let (h, w) = self.transform.output_size();
         let (h, w) = (h as usize, w as usize);
         let per_image = 3 * h * w;
@@ -200,6 +211,7 @@ impl BatchLoader {
             batch_size: config.batch_size,
             seed: config.seed,
             position_offset: config.position_offset,
+            share: config.share,
         });
         let (job_tx, job_rx) = unbounded::<usize>();
         let (result_tx, result_rx) = unbounded::<Batch>();

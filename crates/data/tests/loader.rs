@@ -8,6 +8,7 @@ use visual_search_data::formats::{Crop, Sample};
 use visual_search_data::image::Normalization;
 use visual_search_data::loader::{BatchLoader, LoaderConfig};
 use visual_search_data::sampler::{sequential_order, shuffled_order};
+use visual_search_data::shard::ShardSpec;
 use visual_search_data::transform::EvalTransform;
 
 /// 20 images (JPEG and PNG, various sizes), with sample 5 missing and sample 11 corrupt.
@@ -57,6 +58,7 @@ fn run(
         drop_last: false,
         seed: 7,
         position_offset: 0,
+        share: None,
     };
     let mut loader = BatchLoader::new(samples.clone(), order, transform, &config);
     assert_eq!(loader.n_batches(), 4);
@@ -119,4 +121,69 @@ fn shuffled_epochs_visit_every_sample_once() {
         ids(&epoch0),
         ids(&run(&samples, shuffled_order(20, 1, 0), 2, true))
     );
+}
+
+#[test]
+fn the_shares_of_a_batch_are_the_batch_with_the_same_augmentations() {
+    use visual_search_data::augment::{AugmentPolicy, TrainTransform};
+    let dir = tempfile::tempdir().unwrap();
+    let samples: Arc<[Sample]> = make_samples(dir.path()).into();
+    let transform = Arc::new(TrainTransform::new(
+        AugmentPolicy::RandAugment {
+            ops: 2,
+            magnitude: 9,
+        },
+        16,
+        Normalization::CLIP,
+    ));
+    let load = |share: Option<ShardSpec>| {
+        let config = LoaderConfig {
+            batch_size: 7,
+            num_workers: 2,
+            seed: 11,
+            position_offset: 3,
+            share,
+            ..LoaderConfig::default()
+        };
+        BatchLoader::new(
+            samples.clone(),
+            shuffled_order(20, 5, 0),
+            transform.clone(),
+            &config,
+        )
+        .map(|b| {
+            let mut labels = b.sample_indices.clone();
+            labels.extend(b.skipped.iter().map(|s| s.sample_index));
+            (b.index, b.sample_indices, b.images, labels.len())
+        })
+        .collect::<Vec<_>>()
+    };
+    let whole = load(None);
+    let parts: Vec<_> = (0..3)
+        .map(|i| load(Some(ShardSpec::new(i, 3).unwrap())))
+        .collect();
+    for (b, (index, ids, images, _)) in whole.iter().enumerate() {
+        let mut joined_ids = Vec::new();
+        let mut joined_images = Vec::new();
+        for part in &parts {
+            assert_eq!(part[b].0, *index);
+            joined_ids.extend_from_slice(&part[b].1);
+            joined_images.extend_from_slice(&part[b].2);
+        }
+        assert_eq!(&joined_ids, ids, "batch {b}");
+        assert!(
+            joined_images
+                .iter()
+                .map(|v| v.to_bits())
+                .eq(images.iter().map(|v| v.to_bits())),
+            "batch {b}: the shares were augmented otherwise"
+        );
+        // Each share is its contiguous part of the 7 (or last 6) positions.
+        let sizes: Vec<usize> = parts.iter().map(|p| p[b].3).collect();
+        assert_eq!(sizes.iter().sum::<usize>(), whole[b].3);
+        assert!(
+            sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1,
+            "{sizes:?}"
+        );
+    }
 }

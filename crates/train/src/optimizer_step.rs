@@ -11,6 +11,8 @@ use visual_search_model::embedder::EmbeddingModel;
 use visual_search_model::heads::arcface_subcenter::ArcFaceSubcenter;
 
 use crate::checkpoint::Optimizers;
+use crate::data_parallel::{ProcessGroup, flatten_grads, unflatten_grads};
+use crate::error::TrainError;
 use crate::grads::{clip_factor, scale, squared_norm};
 use crate::train_model::TrainModel;
 
@@ -45,6 +47,46 @@ impl Accumulators {
             &model.head,
             GradientsParams::from_module(grads, &model.head),
         );
+    }
+}
+
+impl Accumulators {
+    /// Data-parallel training: replaces the accumulated gradients by their sum over the
+    /// `group`'s processes times `factor(sums)`, where `sums` is the sum of `extras` over the
+    /// processes (sent along in the same exchange); returns `sums`.
+    pub fn all_reduce(
+        &mut self,
+        model: &TrainModel,
+        group: &ProcessGroup,
+        extras: [f64; 2],
+        factor: impl FnOnce(&[f64; 2]) -> f32,
+    ) -> Result<[f64; 2], TrainError> {
+        let e = &model.embedder;
+        let (mut gb, mut gn, mut gh) =
+            (self.backbone.grads(), self.neck.grads(), self.head.grads());
+        let mut flat = Vec::new();
+        flatten_grads(&e.backbone, &gb, &mut flat);
+        flatten_grads(&e.neck, &gn, &mut flat);
+        flatten_grads(&model.head, &gh, &mut flat);
+        let n = flat.len();
+        flat.extend(extras.map(|v| v as f32));
+        let summed = group.all_reduce_sum(flat)?;
+        if summed.len() != n + 2 {
+            return Err(TrainError::Invalid(format!(
+                "the group summed {} values, this process sent {}",
+                summed.len(),
+                n + 2
+            )));
+        }
+        let sums = [summed[n] as f64, summed[n + 1] as f64];
+        let f = factor(&sums);
+        let rest = unflatten_grads(&e.backbone, &mut gb, &summed[..n], f);
+        let rest = unflatten_grads(&e.neck, &mut gn, rest, f);
+        unflatten_grads(&model.head, &mut gh, rest, f);
+        self.backbone.accumulate(&e.backbone, gb);
+        self.neck.accumulate(&e.neck, gn);
+        self.head.accumulate(&model.head, gh);
+        Ok(sums)
     }
 }
 

@@ -18,6 +18,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use visual_search_data::image::Normalization;
 use visual_search_data::loader::{Batch, BatchLoader, LoaderConfig};
 use visual_search_data::sampler::{class_balanced_order, mix_seed, shuffled_order};
+use visual_search_data::shard::ShardSpec;
 use visual_search_data::transform::SampleTransform;
 use visual_search_model::registry::lookup;
 
@@ -26,6 +27,7 @@ use crate::checkpoint::{
     read_state, resolve_checkpoint, resume_checkpoint, save_checkpoint,
 };
 use crate::config::{Precision, SamplerKind, TrainConfig};
+use crate::data_parallel::ProcessGroup;
 use crate::error::TrainError;
 use crate::head::Head;
 use crate::labels::ClassIndex;
@@ -49,6 +51,8 @@ pub struct TrainOptions {
     pub resume: bool,
     /// Validate once before the first step (the zero-shot baseline).
     pub validate_at_start: bool,
+    /// Data-parallel training: this process's group (`data_parallel`); `None` trains alone.
+    pub group: Option<Arc<ProcessGroup>>,
 }
 
 /// What a user sees happen.
@@ -209,6 +213,9 @@ struct Phase<'a> {
     log: MetricsLog,
     schedule: Schedule,
     transform: Arc<dyn SampleTransform>,
+    group: Option<Arc<ProcessGroup>>,
+    /// Images this process trained on since the last step (its share of the batches).
+    images_in_step: usize,
 }
 
 impl<'a> Phase<'a> {
@@ -216,6 +223,14 @@ impl<'a> Phase<'a> {
         set_precision(config.optim.precision, &options.device)?;
         let run_dir = options.run_dir.as_path();
         std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
+        let leader = options.group.as_ref().is_none_or(|g| g.is_leader());
+        if options.group.is_some() && matches!(config.head, crate::config::HeadConfig::Xbm(_)) {
+            return Err(TrainError::Invalid(
+                "data-parallel training of an XBM phase is not supported: each process's \
+                 memory would hold only its own embeddings; train XBM in one process"
+                    .into(),
+            ));
+        }
         let spec = lookup(&config.model.name).map_err(|e| TrainError::Invalid(e.to_string()))?;
         let norm = Normalization {
             mean: spec.mean,
@@ -273,11 +288,19 @@ impl<'a> Phase<'a> {
         if config.model.freeze_batchnorm {
             model.embedder.backbone = set_training_flags(model.embedder.backbone, false);
         }
-        let log = MetricsLog::open(run_dir, resume_from.as_ref().map(|_| state.step))?;
-        let resolved =
-            serde_yaml_ng::to_string(config).map_err(|e| TrainError::Invalid(e.to_string()))?;
-        std::fs::write(run_dir.join("config.yml"), resolved)
-            .map_err(|e| TrainError::io(run_dir, e))?;
+        // The other ranks log beside the leader's run, in `ranks/R/`, and write nothing else.
+        let log_dir = match &options.group {
+            Some(g) if !leader => run_dir.join("ranks").join(g.config.rank.to_string()),
+            _ => run_dir.to_path_buf(),
+        };
+        std::fs::create_dir_all(&log_dir).map_err(|e| TrainError::io(&log_dir, e))?;
+        let log = MetricsLog::open(&log_dir, resume_from.as_ref().map(|_| state.step))?;
+        if leader {
+            let resolved =
+                serde_yaml_ng::to_string(config).map_err(|e| TrainError::Invalid(e.to_string()))?;
+            std::fs::write(run_dir.join("config.yml"), resolved)
+                .map_err(|e| TrainError::io(run_dir, e))?;
+        }
         let schedule = Schedule::new(config, data.train.len())?;
         let head = Head::new(
             config,
@@ -303,7 +326,13 @@ impl<'a> Phase<'a> {
             accumulators: Accumulators::default(),
             log,
             schedule,
+            group: options.group.clone(),
+            images_in_step: 0,
         })
+    }
+
+    fn is_leader(&self) -> bool {
+        self.group.as_ref().is_none_or(|g| g.is_leader())
     }
 
     fn model(&self) -> &TrainModel {
@@ -355,6 +384,10 @@ impl<'a> Phase<'a> {
             drop_last: true,
             seed: mix_seed(seed, 1_000_003 + epoch as u64),
             position_offset: (skip * bs) as u64,
+            share: self.group.as_ref().map(|g| {
+                ShardSpec::new(g.config.rank, g.config.world_size)
+                    .expect("a group's rank is below its size")
+            }),
         };
         let loader = BatchLoader::new(
             self.data.train.clone(),
@@ -387,15 +420,51 @@ impl<'a> Phase<'a> {
             self.state.step,
         );
         let value = loss.clone().into_scalar::<f32>();
-        if !value.is_finite() {
+        // In a group a non-finite loss is found in the summed loss, by every process at once.
+        if !value.is_finite() && self.group.is_none() {
             return Err(TrainError::NonFiniteLoss {
                 step: self.state.step + 1,
                 value,
             });
         }
-        let mut grads = loss.div_scalar(accum as f64).backward();
+        // In a group each share's gradient counts by its images (see `data_parallel`).
+        let weight = match &self.group {
+            Some(_) => shape[0] as f64 / self.config.dataset.batch_size as f64,
+            None => 1.0,
+        };
+        self.images_in_step += shape[0];
+        let mut grads = loss.div_scalar(accum as f64 / weight).backward();
         self.accumulators.accumulate(model, &mut grads);
         Ok(value)
+    }
+
+    /// The step's mean loss from `loss_sum` (each micro-batch's loss times its images); in a
+    /// group, first sums the gradients, losses and image counts over the processes.
+    fn finish_gradients(&mut self, loss_sum: f64) -> Result<f64, TrainError> {
+        let images = std::mem::take(&mut self.images_in_step);
+        let accum = self.config.optim.grad_accumulation as f64;
+        let Some(group) = self.group.clone() else {
+            return Ok(loss_sum / images.max(1) as f64);
+        };
+        let model = self
+            .model
+            .as_ref()
+            .expect("the model is back after each step");
+        let [loss, total] = self.accumulators.all_reduce(
+            model,
+            &group,
+            [loss_sum, images as f64],
+            // Weighted by share/batch above; an image the loader skipped shrinks the batch.
+            |sums| (self.config.dataset.batch_size as f64 * accum / sums[1].max(1.0)) as f32,
+        )?;
+        let mean = loss / total.max(1.0);
+        if !mean.is_finite() {
+            return Err(TrainError::NonFiniteLoss {
+                step: self.state.step + 1,
+                value: mean as f32,
+            });
+        }
+        Ok(mean)
     }
 
     /// Validates the model at `step`, logs and reports it.
@@ -434,17 +503,19 @@ impl<'a> Phase<'a> {
             self.state.epoch = epoch + 1;
             self.state.batches_in_epoch = 0;
         }
-        plot_run(self.run_dir)?;
-        let snapshot = self.head.memory().map(|m| m.snapshot());
-        let path = save_checkpoint(
-            self.run_dir,
-            self.model(),
-            &self.optimizers,
-            &self.state,
-            snapshot.as_ref(),
-        )?;
-        let best = prune_checkpoints(self.run_dir, self.config.eval.keep_best)?;
-        observer(TrainEvent::Checkpoint { path, best });
+        if self.is_leader() {
+            plot_run(self.run_dir)?;
+            let snapshot = self.head.memory().map(|m| m.snapshot());
+            let path = save_checkpoint(
+                self.run_dir,
+                self.model(),
+                &self.optimizers,
+                &self.state,
+                snapshot.as_ref(),
+            )?;
+            let best = prune_checkpoints(self.run_dir, self.config.eval.keep_best)?;
+            observer(TrainEvent::Checkpoint { path, best });
+        }
         let eval = &self.config.eval;
         let stop = eval.early_stopping_patience.is_some_and(|patience| {
             should_stop(&self.state.history, patience, eval.early_stopping_min_delta)
@@ -486,7 +557,7 @@ impl<'a> Phase<'a> {
                     continue;
                 }
                 let images = batch.shape()[0];
-                loss_sum += self.train_micro_batch(batch, micro)? as f64;
+                loss_sum += self.train_micro_batch(batch, micro)? as f64 * images as f64;
                 outcome.images += images;
                 window.1 += images;
                 micro += 1;
@@ -494,6 +565,8 @@ impl<'a> Phase<'a> {
                     continue;
                 }
                 micro = 0;
+                let mean_loss = self.finish_gradients(loss_sum)?;
+                loss_sum = 0.0;
                 let lr = self.schedule.lr.lr(self.state.step);
                 let model = self
                     .model
@@ -512,8 +585,6 @@ impl<'a> Phase<'a> {
                 self.state.step += 1;
                 self.state.epoch = epoch;
                 self.state.batches_in_epoch = skip + i + 1;
-                let mean_loss = loss_sum / accum as f64;
-                loss_sum = 0.0;
                 let ips = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
                 window = (Instant::now(), 0);
                 self.log.step(self.state.step, epoch, mean_loss, lr, ips)?;

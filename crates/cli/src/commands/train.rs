@@ -1,11 +1,13 @@
 //! `visual-search train`: one phase of the recipe from a YAML config.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use visual_search_model::device::training_device;
 use visual_search_model::registry::lookup;
 use visual_search_train::config::{HeadConfig, TrainConfig};
+use visual_search_train::data_parallel::{GroupConfig, ProcessGroup};
 use visual_search_train::trainer::{TrainEvent, TrainOptions, train};
 
 use crate::progress::steps_bar;
@@ -41,6 +43,72 @@ pub struct Args {
     /// Skip the validation before the first step (the zero-shot baseline).
     #[arg(long)]
     no_initial_eval: bool,
+    /// Data-parallel training over this many processes (one per machine or GPU): each trains
+    /// on its share of every batch and the gradients are summed before every step, so the run
+    /// is one process's run (README "Scale-out") [default: $WORLD_SIZE, else 1].
+    #[arg(long)]
+    world_size: Option<usize>,
+    /// This process's rank, 0 to world-size - 1; rank 0 coordinates the group and writes the
+    /// checkpoints [default: $RANK].
+    #[arg(long)]
+    rank: Option<usize>,
+    /// HOST:PORT where rank 0 coordinates the group, the same for every rank; rank R also
+    /// listens on PORT + 1 + R [default: $MASTER_ADDR:$MASTER_PORT].
+    #[arg(long)]
+    master: Option<String>,
+    /// The address the other ranks reach this one at [default: the master's host when that
+    /// is this machine].
+    #[arg(long)]
+    node_addr: Option<String>,
+    /// Give up (exit) when the other ranks do not answer within this many seconds.
+    #[arg(long, default_value_t = 600)]
+    group_timeout_s: u64,
+}
+
+/// Joins the training group the flags (or torchrun's variables) describe; `None` alone.
+fn join_group(args: &Args) -> anyhow::Result<Option<Arc<ProcessGroup>>> {
+    let env_number = |name: &str| -> anyhow::Result<Option<usize>> {
+        std::env::var(name)
+            .ok()
+            .map(|v| {
+                v.trim()
+                    .parse()
+                    .with_context(|| format!("{name}={v:?} is not a number"))
+            })
+            .transpose()
+    };
+    let world_size = match args.world_size {
+        Some(w) => w,
+        None => env_number("WORLD_SIZE")?.unwrap_or(1),
+    };
+    if world_size <= 1 {
+        return Ok(None);
+    }
+    let rank = match args.rank {
+        Some(r) => r,
+        None => env_number("RANK")?
+            .context("data-parallel training needs --rank (or $RANK) on every process")?,
+    };
+    let master = match &args.master {
+        Some(m) => m.clone(),
+        None => match (std::env::var("MASTER_ADDR"), std::env::var("MASTER_PORT")) {
+            (Ok(a), Ok(p)) => format!("{a}:{p}"),
+            _ => bail!(
+                "data-parallel training needs --master HOST:PORT (or $MASTER_ADDR and $MASTER_PORT)"
+            ),
+        },
+    };
+    let config = GroupConfig::new(
+        world_size,
+        rank,
+        &master,
+        args.node_addr.as_deref(),
+        std::time::Duration::from_secs(args.group_timeout_s),
+    )?;
+    eprintln!("rank {rank} of {world_size}: joining the group at {master}");
+    let group = ProcessGroup::join(config)?;
+    eprintln!("rank {rank} of {world_size}: joined");
+    Ok(Some(Arc::new(group)))
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -71,6 +139,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         device,
         resume,
         validate_at_start: !args.no_initial_eval,
+        group: join_group(&args)?,
     };
     println!(
         "run: {} ({}; model {})",
@@ -120,6 +189,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     .with_context(|| format!("training {}", run_dir.display()))?;
     if let Some(b) = bar {
         b.finish_and_clear();
+    }
+    if let Some(group) = &options.group {
+        group.leave()?;
     }
     let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
     println!(

@@ -92,6 +92,7 @@ pub fn flex_options(dir: &Path, resume: bool) -> TrainOptions {
         device: parse_device("flex").unwrap(),
         resume,
         validate_at_start: !resume,
+        group: None,
     }
 }
 
