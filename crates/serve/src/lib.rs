@@ -356,12 +356,7 @@ async fn run_search(
         }
     };
     let embedded = Instant::now();
-    let searcher = index.clone();
-    let mut hits =
-        tokio::task::spawn_blocking(move || searcher.search_items(&embedding, k, &filter))
-            .await
-            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let hits = search_one(&index, embedding, k, filter).await?;
     let done = Instant::now();
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
     let timings = Timings {
@@ -370,16 +365,28 @@ async fn run_search(
         search: ms(embedded, done),
         total: ms(started, done),
     };
-    let mut response = SearchResponse::new(
-        index.as_ref(),
-        hits.pop().unwrap_or_default(),
-        QueryKind::Photos(photos),
-        timings,
-    );
+    let mut response =
+        SearchResponse::new(index.as_ref(), hits, QueryKind::Photos(photos), timings);
     if auto_box.is_some() {
         response.found_box = Some(found_box.map(|b| [b.x, b.y, b.w, b.h]));
     }
     Ok(response)
+}
+
+/// The top `k` items passing `filter` for one query embedding, searched on the blocking pool.
+async fn search_one(
+    index: &Arc<dyn Catalogue>,
+    embedding: Vec<f32>,
+    k: usize,
+    filter: Filter,
+) -> Result<Vec<CatalogueHit>, ApiError> {
+    let searcher = index.clone();
+    let mut hits =
+        tokio::task::spawn_blocking(move || searcher.search_items(&embedding, k, &filter))
+            .await
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(hits.pop().unwrap_or_default())
 }
 
 fn model_stopped() -> ApiError {

@@ -10,12 +10,11 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::api_error::{ApiError, bad_request};
-use crate::{AppState, QueryKind, SearchResponse, Timings, parse_filter};
+use crate::{AppState, QueryKind, SearchResponse, Timings, parse_filter, search_one};
 
 #[derive(Deserialize)]
 pub(crate) struct VectorParams {
@@ -89,12 +88,7 @@ async fn run(
     }
     embedding.iter_mut().for_each(|v| *v /= norm);
     let parsed = Instant::now();
-    let searcher = index.clone();
-    let mut hits =
-        tokio::task::spawn_blocking(move || searcher.search_items(&embedding, k, &filter))
-            .await
-            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let hits = search_one(&index, embedding, k, filter).await?;
     let done = Instant::now();
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
     let timings = Timings {
@@ -105,7 +99,7 @@ async fn run(
     };
     Ok(SearchResponse::new(
         index.as_ref(),
-        hits.pop().unwrap_or_default(),
+        hits,
         QueryKind::Vector,
         timings,
     ))
