@@ -553,6 +553,14 @@ impl<'a> Phase<'a> {
                     });
                 }
                 outcome.skipped_images += batch.skipped.len();
+                if batch.is_empty() && self.group.is_some() {
+                    // The other ranks train this batch; skipping it here would put this rank
+                    // a micro-batch behind them.
+                    return Err(TrainError::Invalid(format!(
+                        "none of the images of this process's share of batch {} could be read",
+                        batch.index
+                    )));
+                }
                 if batch.is_empty() {
                     continue;
                 }
