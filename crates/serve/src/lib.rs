@@ -157,6 +157,15 @@ struct SearchParams {
     filter: Option<String>,
 }
 
+/// The `k` parameter (default 10), checked against the server's bound (400 outside it).
+fn checked_k(config: &ServeConfig, k: Option<usize>) -> Result<usize, ApiError> {
+    let k = k.unwrap_or(10);
+    if k == 0 || k > config.max_k {
+        return Err(bad_request(format!("k must be in 1..={}", config.max_k)));
+    }
+    Ok(k)
+}
+
 /// The `filter` parameter, parsed (400 when malformed).
 fn parse_filter(text: Option<&str>) -> Result<Filter, ApiError> {
     Filter::parse(text.unwrap_or_default()).map_err(|e| bad_request(e.to_string()))
@@ -263,22 +272,31 @@ async fn search(
     request: Request,
 ) -> Response {
     let started = Instant::now();
-    let outcome = tokio::time::timeout(
-        state.config.request_timeout,
-        run_search(state.clone(), params, request, started),
-    )
-    .await
-    .unwrap_or_else(|_| {
-        Err(ApiError(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!("search took longer than {:?}", state.config.request_timeout),
-        ))
-    });
+    let outcome = run_search(state.clone(), params, request, started);
+    answer_search(&state, "search", started, outcome).await
+}
+
+/// Runs a search under the request deadline (504 after it), answers it as JSON and counts it
+/// in the metrics (route, status, and the latency of a successful one).
+async fn answer_search(
+    state: &AppState,
+    route: &'static str,
+    started: Instant,
+    search: impl std::future::Future<Output = Result<SearchResponse, ApiError>>,
+) -> Response {
+    let outcome = tokio::time::timeout(state.config.request_timeout, search)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("search took longer than {:?}", state.config.request_timeout),
+            ))
+        });
     let response = match outcome {
         Ok(body) => axum::Json(body).into_response(),
         Err(e) => e.into_response(),
     };
-    state.metrics.request("search", response.status().as_u16());
+    state.metrics.request(route, response.status().as_u16());
     if response.status().is_success() {
         state.metrics.search_latency(started.elapsed());
     }
@@ -291,13 +309,7 @@ async fn run_search(
     request: Request,
     started: Instant,
 ) -> Result<SearchResponse, ApiError> {
-    let k = params.k.unwrap_or(10);
-    if k == 0 || k > state.config.max_k {
-        return Err(bad_request(format!(
-            "k must be in 1..={}",
-            state.config.max_k
-        )));
-    }
+    let k = checked_k(&state.config, params.k)?;
     let bbox = match &params.bbox {
         Some(text) => Some(parse_bbox(text).map_err(bad_request)?),
         None => None,
@@ -512,8 +524,9 @@ async fn auto_boxed_embedding(
     })
 }
 
+/// The `k` and `filter` query parameters of a search by item or by embedding.
 #[derive(Deserialize)]
-struct SimilarParams {
+struct TopKParams {
     k: Option<usize>,
     filter: Option<String>,
 }
@@ -521,45 +534,48 @@ struct SimilarParams {
 async fn similar(
     State(state): State<Arc<AppState>>,
     UrlPath(id): UrlPath<String>,
-    Query(params): Query<SimilarParams>,
+    Query(params): Query<TopKParams>,
 ) -> Response {
     let started = Instant::now();
-    let k = params.k.unwrap_or(10);
-    let filter = parse_filter(params.filter.as_deref());
-    let response = if k == 0 || k > state.config.max_k {
-        bad_request(format!("k must be in 1..={}", state.config.max_k)).into_response()
-    } else if let Err(e) = filter {
-        e.into_response()
-    } else if let (Ok(item), Ok(filter)) = (id.parse::<u64>(), filter) {
-        let index = state.index.get();
-        let s = index.clone();
-        match tokio::task::spawn_blocking(move || s.similar_items(item, k, &filter)).await {
-            Ok(Ok(Some(hits))) => {
-                let search = started.elapsed().as_secs_f64() * 1e3;
-                let timings = Timings {
-                    decode: 0.0,
-                    model: 0.0,
-                    search,
-                    total: search,
-                };
-                axum::Json(SearchResponse::new(
-                    index.as_ref(),
-                    hits,
-                    QueryKind::Item,
-                    timings,
-                ))
-                .into_response()
+    let not_found = || ApiError(StatusCode::NOT_FOUND, format!("no catalogue item {id}"));
+    let checked = (
+        checked_k(&state.config, params.k),
+        parse_filter(params.filter.as_deref()),
+    );
+    let response = match checked {
+        (Err(e), _) | (_, Err(e)) => e.into_response(),
+        (Ok(k), Ok(filter)) => match id.parse::<u64>() {
+            Err(_) => not_found().into_response(),
+            Ok(item) => {
+                let index = state.index.get();
+                let s = index.clone();
+                match tokio::task::spawn_blocking(move || s.similar_items(item, k, &filter)).await {
+                    Ok(Ok(Some(hits))) => {
+                        let search = started.elapsed().as_secs_f64() * 1e3;
+                        let timings = Timings {
+                            decode: 0.0,
+                            model: 0.0,
+                            search,
+                            total: search,
+                        };
+                        axum::Json(SearchResponse::new(
+                            index.as_ref(),
+                            hits,
+                            QueryKind::Item,
+                            timings,
+                        ))
+                        .into_response()
+                    }
+                    Ok(Ok(None)) => not_found().into_response(),
+                    Ok(Err(e)) => {
+                        ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+                    }
+                    Err(e) => {
+                        ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+                    }
+                }
             }
-            Ok(Ok(None)) => {
-                ApiError(StatusCode::NOT_FOUND, format!("no catalogue item {id}")).into_response()
-            }
-            Ok(Err(e)) => {
-                ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
-            }
-            Err(e) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-        }
-    } else {
-        ApiError(StatusCode::NOT_FOUND, format!("no catalogue item {id}")).into_response()
+        },
     };
     state.metrics.request("similar", response.status().as_u16());
     response

@@ -10,17 +10,14 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Deserialize;
 
 use crate::api_error::{ApiError, bad_request};
-use crate::{AppState, QueryKind, SearchResponse, Timings, parse_filter, search_one};
-
-#[derive(Deserialize)]
-pub(crate) struct VectorParams {
-    k: Option<usize>,
-    filter: Option<String>,
-}
+use crate::{
+    AppState, QueryKind, SearchResponse, Timings, TopKParams, answer_search, checked_k,
+    parse_filter, search_one,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,26 +29,17 @@ struct VectorQuery {
 
 pub(crate) async fn search_vector(
     State(state): State<Arc<AppState>>,
-    Query(params): Query<VectorParams>,
+    Query(params): Query<TopKParams>,
     body: Bytes,
 ) -> Response {
     let started = Instant::now();
-    let response = match run(&state, params, &body, started).await {
-        Ok(body) => axum::Json(body).into_response(),
-        Err(e) => e.into_response(),
-    };
-    state
-        .metrics
-        .request("search_vector", response.status().as_u16());
-    if response.status().is_success() {
-        state.metrics.search_latency(started.elapsed());
-    }
-    response
+    let outcome = run(&state, params, &body, started);
+    answer_search(&state, "search_vector", started, outcome).await
 }
 
 async fn run(
     state: &AppState,
-    params: VectorParams,
+    params: TopKParams,
     body: &[u8],
     started: Instant,
 ) -> Result<SearchResponse, ApiError> {
@@ -60,13 +48,7 @@ async fn run(
             "the body must be JSON {{\"embedding\": [numbers], \"k\": 10, \"filter\": \"…\"}}: {e}"
         ))
     })?;
-    let k = query.k.or(params.k).unwrap_or(10);
-    if k == 0 || k > state.config.max_k {
-        return Err(bad_request(format!(
-            "k must be in 1..={}",
-            state.config.max_k
-        )));
-    }
+    let k = checked_k(&state.config, query.k.or(params.k))?;
     let filter = parse_filter(query.filter.as_deref().or(params.filter.as_deref()))?;
     let index = state.index.get();
     let dim = index.meta().dim;
