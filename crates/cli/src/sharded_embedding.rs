@@ -31,9 +31,11 @@ pub struct ShardedList<'a> {
 }
 
 impl<'a> ShardedList<'a> {
-    /// The job of embedding `samples` (read from `list`) with `model`; `views` names what else
-    /// changes the embeddings (test-time flips and sizes), so parts made otherwise are refused.
+    /// The job of embedding `samples` (read from `list`) with `model`, run in `mode` (from
+    /// `shard.mode()`); `views` names what else changes the embeddings (test-time flips and
+    /// sizes), so parts made otherwise are refused.
     pub fn new(
+        mode: ShardMode,
         shard: &ShardArgs,
         output: &std::path::Path,
         list: &'a ListArgs,
@@ -41,7 +43,6 @@ impl<'a> ShardedList<'a> {
         model: &ModelArgs,
         views: &str,
     ) -> anyhow::Result<Self> {
-        let mode = shard.mode()?;
         let source = model.source();
         let name = match &source {
             ModelSource::Registry { name, .. } => name.clone(),
@@ -176,7 +177,7 @@ impl<'a> ShardedList<'a> {
         })?;
         eprintln!(
             "merged {} parts ({:.1} s of model time on {})",
-            chunk_ranges(self.job.rows, self.job.chunk_rows).len(),
+            merged.parts,
             merged.model_seconds,
             merged.devices.join(", ")
         );

@@ -242,6 +242,8 @@ fn other_job(path: &Path, found: &PartJob, wanted: &PartJob) -> RetrievalError {
 /// The parts of a job joined: the whole list's `rows x dim` matrix.
 #[derive(Debug)]
 pub struct MergedParts {
+    /// How many part files were joined.
+    pub parts: usize,
     pub dim: usize,
     pub data: Vec<f32>,
     pub skipped: Vec<PartSkip>,
@@ -274,6 +276,7 @@ pub fn merge_parts(dir: &Path, job: &PartJob) -> Result<MergedParts, RetrievalEr
         )));
     }
     let mut merged = MergedParts {
+        parts: chunks.len(),
         dim: 0,
         data: Vec::new(),
         skipped: Vec::new(),

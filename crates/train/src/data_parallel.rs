@@ -29,6 +29,7 @@ use burn_backend_wire::TensorData as WireData;
 use burn_backend_wire::ops::FloatTensorOps;
 use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
 use burn_flex_wire::{Flex, FlexDevice};
+use visual_search_data::shard::ShardSpec;
 
 use crate::error::TrainError;
 
@@ -39,6 +40,8 @@ pub struct GroupConfig {
     pub rank: usize,
     /// `HOST:PORT` of rank 0's orchestrator, the same for every process.
     pub master: String,
+    /// The master's port; rank R's data service listens on the next R + 1.
+    pub master_port: u16,
     /// The host the other processes reach this one at (its data service listens on the
     /// master's port + 1 + rank).
     pub node_host: String,
@@ -57,11 +60,11 @@ impl GroupConfig {
         node_host: Option<&str>,
         timeout: Duration,
     ) -> Result<Self, TrainError> {
-        if world_size == 0 || rank >= world_size {
-            return Err(TrainError::Invalid(format!(
+        ShardSpec::new(rank, world_size).map_err(|_| {
+            TrainError::Invalid(format!(
                 "rank {rank} of world size {world_size}: ranks are 0..{world_size}"
-            )));
-        }
+            ))
+        })?;
         let (host, port) = master.rsplit_once(':').ok_or_else(|| {
             TrainError::Invalid(format!("--master {master:?}: expected HOST:PORT"))
         })?;
@@ -87,16 +90,15 @@ impl GroupConfig {
             world_size,
             rank,
             master: master.to_string(),
+            master_port: port,
             node_host,
             timeout,
         })
     }
 
-    fn master_port(&self) -> u16 {
-        self.master
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse().ok())
-            .unwrap_or(0)
+    /// This process's share of every batch.
+    pub fn share(&self) -> ShardSpec {
+        ShardSpec::new(self.rank, self.world_size).expect("checked when the group was made")
     }
 }
 
@@ -119,10 +121,10 @@ impl ProcessGroup {
     /// (this returns once all `world_size` have).
     pub fn join(config: GroupConfig) -> Result<Self, TrainError> {
         // The libraries retry a port they cannot listen on for ever: say so at once instead.
-        let data_port = config.master_port() + 1 + config.rank as u16;
+        let data_port = config.master_port + 1 + config.rank as u16;
         let mut ports = vec![data_port];
         if config.rank == 0 {
-            ports.push(config.master_port());
+            ports.push(config.master_port);
         }
         for port in ports {
             std::net::TcpListener::bind(("0.0.0.0", port)).map_err(|e| {
@@ -133,7 +135,7 @@ impl ProcessGroup {
             })?;
         }
         if config.rank == 0 {
-            let port = config.master_port();
+            let port = config.master_port;
             std::thread::Builder::new()
                 .name("collective-orchestrator".into())
                 .spawn(move || {
@@ -314,7 +316,7 @@ mod tests {
         let t = Duration::from_secs(5);
         let c = GroupConfig::new(2, 1, "127.0.0.1:29500", None, t).unwrap();
         assert_eq!(c.node_host, "127.0.0.1");
-        assert_eq!(c.master_port(), 29500);
+        assert_eq!(c.master_port, 29500);
         assert!(GroupConfig::new(2, 2, "127.0.0.1:29500", None, t).is_err());
         assert!(GroupConfig::new(2, 0, "127.0.0.1", None, t).is_err());
         let e = GroupConfig::new(2, 0, "10.0.0.5:29500", None, t).unwrap_err();

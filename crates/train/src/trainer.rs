@@ -18,7 +18,6 @@ use burn::tensor::{Device, Tensor, TensorData};
 use visual_search_data::image::Normalization;
 use visual_search_data::loader::{Batch, BatchLoader, LoaderConfig};
 use visual_search_data::sampler::{class_balanced_order, mix_seed, shuffled_order};
-use visual_search_data::shard::ShardSpec;
 use visual_search_data::transform::SampleTransform;
 use visual_search_model::registry::lookup;
 
@@ -214,8 +213,6 @@ struct Phase<'a> {
     schedule: Schedule,
     transform: Arc<dyn SampleTransform>,
     group: Option<Arc<ProcessGroup>>,
-    /// Images this process trained on since the last step (its share of the batches).
-    images_in_step: usize,
 }
 
 impl<'a> Phase<'a> {
@@ -327,7 +324,6 @@ impl<'a> Phase<'a> {
             log,
             schedule,
             group: options.group.clone(),
-            images_in_step: 0,
         })
     }
 
@@ -384,10 +380,7 @@ impl<'a> Phase<'a> {
             drop_last: true,
             seed: mix_seed(seed, 1_000_003 + epoch as u64),
             position_offset: (skip * bs) as u64,
-            share: self.group.as_ref().map(|g| {
-                ShardSpec::new(g.config.rank, g.config.world_size)
-                    .expect("a group's rank is below its size")
-            }),
+            share: self.group.as_ref().map(|g| g.config.share()),
         };
         let loader = BatchLoader::new(
             self.data.train.clone(),
@@ -432,16 +425,15 @@ impl<'a> Phase<'a> {
             Some(_) => shape[0] as f64 / self.config.dataset.batch_size as f64,
             None => 1.0,
         };
-        self.images_in_step += shape[0];
         let mut grads = loss.div_scalar(accum as f64 / weight).backward();
         self.accumulators.accumulate(model, &mut grads);
         Ok(value)
     }
 
-    /// The step's mean loss from `loss_sum` (each micro-batch's loss times its images); in a
-    /// group, first sums the gradients, losses and image counts over the processes.
-    fn finish_gradients(&mut self, loss_sum: f64) -> Result<f64, TrainError> {
-        let images = std::mem::take(&mut self.images_in_step);
+    /// The step's mean loss from `loss_sum` (each micro-batch's loss times its images) over
+    /// the step's `images` (this process's share); in a group, first sums the gradients,
+    /// losses and image counts over the processes.
+    fn finish_gradients(&mut self, loss_sum: f64, images: usize) -> Result<f64, TrainError> {
         let accum = self.config.optim.grad_accumulation as f64;
         let Some(group) = self.group.clone() else {
             return Ok(loss_sum / images.max(1) as f64);
@@ -543,6 +535,7 @@ impl<'a> Phase<'a> {
         let mut window = (Instant::now(), 0usize);
         let mut micro = 0usize;
         let mut loss_sum = 0.0f64;
+        let mut step_images = 0usize;
         'epochs: for epoch in self.state.epoch..self.schedule.epochs {
             let (skip, loader) = self.epoch_loader(epoch);
             for (i, batch) in loader.enumerate() {
@@ -566,6 +559,7 @@ impl<'a> Phase<'a> {
                 }
                 let images = batch.shape()[0];
                 loss_sum += self.train_micro_batch(batch, micro)? as f64 * images as f64;
+                step_images += images;
                 outcome.images += images;
                 window.1 += images;
                 micro += 1;
@@ -573,8 +567,8 @@ impl<'a> Phase<'a> {
                     continue;
                 }
                 micro = 0;
-                let mean_loss = self.finish_gradients(loss_sum)?;
-                loss_sum = 0.0;
+                let mean_loss = self.finish_gradients(loss_sum, step_images)?;
+                (loss_sum, step_images) = (0.0, 0);
                 let lr = self.schedule.lr.lr(self.state.step);
                 let model = self
                     .model

@@ -57,6 +57,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         views += &format!(", also at {:?} px", args.tta_sizes);
     }
     let sharded = ShardedList::new(
+        args.shard.mode()?,
         &args.shard,
         &args.out,
         &args.list,

@@ -332,17 +332,14 @@ fn index_rows(
 
 fn build(args: BuildArgs) -> anyhow::Result<()> {
     let (kind, samples, metadata) = read_list(&args.list)?;
-    let parts_for = match (&args.shard.parts, is_postgres_url(&args.out)) {
-        (None, true) if args.shard.mode()? != ShardMode::Whole => {
-            bail!(
-                "a sharded build into PostgreSQL needs --parts DIR (a folder every worker can reach)"
-            )
-        }
-        _ => PathBuf::from(&args.out),
-    };
+    let mode = args.shard.mode()?;
+    if mode != ShardMode::Whole && args.shard.parts.is_none() && is_postgres_url(&args.out) {
+        bail!("a sharded build into PostgreSQL needs --parts DIR (a folder every worker can reach)")
+    }
     let sharded = ShardedList::new(
+        mode,
         &args.shard,
-        &parts_for,
+        Path::new(&args.out),
         &args.list,
         samples.clone(),
         &args.model,
