@@ -1,7 +1,8 @@
 //! `--auto-box` for the commands that embed queries (`rank`, `eval`, `search`): for a query
-//! photo without a box, its four corner windows are embedded with the same model loaded at the
-//! window side, and the query becomes the window whose best catalogue match clearly beats the
-//! whole photo's. The method and its exact rule are in `retrieval::auto_box`.
+//! photo without a box, its windows (four corners and the centre by default) are embedded with
+//! the same model loaded at the window side, and the query becomes the window whose catalogue
+//! matches name one product more clearly than the whole photo's. The method and its exact rule
+//! are in `retrieval::auto_box`.
 
 use std::sync::Arc;
 
@@ -21,22 +22,29 @@ use crate::embedding_run::embed_with_progress;
 /// Finding the product in query photos that have no box.
 #[derive(clap::Args, Debug, Clone)]
 pub struct AutoBoxArgs {
-    /// For query photos without a box: also search with the photo's four corner windows (4/7
-    /// of it wide and high, overlapping) and use the window whose best catalogue match beats
-    /// the whole photo's by --auto-box-min-gain. Cost per query: the photo plus four windows
-    /// at --auto-box-scale times the model's side (4 x 0.7² = 1.96 at the default), 2.96
-    /// embeddings in all, plus one search for the five.
+    /// For query photos without a box: also search with windows of the photo (its four
+    /// corners and its centre, each 0.45 of it wide and high) and use the window whose 20 best
+    /// catalogue items name one product most clearly, when that beats the whole photo by
+    /// --auto-box-min-gain. Cost per query: the photo plus five windows at --auto-box-scale
+    /// times the model's side (5 x 0.63² = 1.98 at the default), 2.98 embeddings in all, plus
+    /// one search for the six. Thorough (about 10 embeddings, finds more products in clutter):
+    /// --auto-box-positions 3 --auto-box-scale 1
     #[arg(long)]
     pub auto_box: bool,
-    /// How much higher (in cosine) a window's best match must score than the whole photo's.
+    /// How much higher a window's confidence (0 to 1: the share of its first product among the
+    /// products of its best catalogue items) must be than the whole photo's.
     #[arg(long, default_value_t = AutoBox::default().min_gain)]
     pub auto_box_min_gain: f32,
     /// Windows are embedded at this fraction of the model's input side.
     #[arg(long, default_value_t = AutoBox::default().window_scale)]
     pub auto_box_scale: f32,
-    /// Window places along each side of the photo (2: the four corners; 3: nine windows).
+    /// Window places along each side of the photo (2: the four corners, plus the centre;
+    /// 3: nine windows).
     #[arg(long, default_value_t = AutoBox::default().positions)]
     pub auto_box_positions: usize,
+    /// The windows' side, as a fraction of the photo's width and height.
+    #[arg(long, default_value_t = AutoBox::default().window)]
+    pub auto_box_window: f32,
 }
 
 impl AutoBoxArgs {
@@ -47,6 +55,7 @@ impl AutoBoxArgs {
             auto_box_min_gain: AutoBox::default().min_gain,
             auto_box_scale: AutoBox::default().window_scale,
             auto_box_positions: AutoBox::default().positions,
+            auto_box_window: AutoBox::default().window,
         }
     }
 
@@ -59,6 +68,7 @@ impl AutoBoxArgs {
             min_gain: self.auto_box_min_gain,
             window_scale: self.auto_box_scale,
             positions: self.auto_box_positions,
+            window: self.auto_box_window,
             ..AutoBox::default()
         };
         params.validate().map_err(anyhow::Error::msg)?;
@@ -98,13 +108,16 @@ pub struct AutoBoxReport {
 
 /// Replaces, in `queries` (the whole photos' embeddings of `samples`), the embedding of each
 /// photo without a box by its winning window's, when one wins against `gallery` (`dim`-wide
-/// unit rows); the windows are embedded with `window_model`.
+/// unit rows, whose products are `gallery_labels`); the windows are embedded with
+/// `window_model`.
+#[allow(clippy::too_many_arguments)]
 pub fn box_queries(
     window_model: &InferenceModel,
     params: &AutoBox,
     samples: &[Sample],
     queries: &mut EmbeddedSet,
     gallery: &[f32],
+    gallery_labels: &[i64],
     batch_size: usize,
     workers: Option<usize>,
 ) -> anyhow::Result<AutoBoxReport> {
@@ -149,14 +162,17 @@ pub fn box_queries(
     let top = top_k(
         MatrixView::f32(&all, rows, dim),
         MatrixView::f32(gallery, gallery.len() / dim.max(1), dim),
-        1,
+        params.candidates,
     );
     let mut report = AutoBoxReport {
         searched: open.len(),
         ..AutoBoxReport::default()
     };
     for (k, &i) in open.iter().enumerate() {
-        let score = |r: usize| top.row_scores(r).first().copied().unwrap_or(-1.0);
+        let score = |r: usize| {
+            let labels = top.row(r).iter().map(|&g| gallery_labels[g as usize]);
+            params.confidence(labels.zip(top.row_scores(r).iter().copied()))
+        };
         let base = k * (1 + per);
         let window_scores: Vec<f32> = (1..=per).map(|w| score(base + w)).collect();
         if let Some(choice) = params.choose(score(base), &window_scores) {

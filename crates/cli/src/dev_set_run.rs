@@ -130,6 +130,7 @@ pub fn embed_dev_set(
                 &queries,
                 &mut query_parts[0],
                 &gallery_parts[0].embeddings.data,
+                &gallery.iter().map(|s| s.label).collect::<Vec<_>>(),
                 args.batch_size,
                 args.workers,
             )?;

@@ -167,7 +167,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Some(choice) => {
                 let found = choice.window.to_bbox(image.width(), image.height());
                 println!(
-                    "{}: auto-box {:.0},{:.0},{:.0},{:.0} (best match {:.4} vs whole photo {:.4})",
+                    "{}: auto-box {:.0},{:.0},{:.0},{:.0} (confidence {:.3} vs whole photo {:.3})",
                     path.display(),
                     found.x,
                     found.y,
