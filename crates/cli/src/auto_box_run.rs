@@ -9,15 +9,18 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use visual_search_data::Sample;
 use visual_search_data::formats::Crop;
+use visual_search_data::repeated_photo_transform::RepeatedPhotoTransform;
+use visual_search_data::transform::EvalTransform;
 use visual_search_inference::InferenceModel;
 use visual_search_retrieval::auto_box::AutoBox;
 use visual_search_retrieval::matrix::MatrixView;
 use visual_search_retrieval::topk::top_k;
-use visual_search_train::embedding::EmbeddedSet;
+use visual_search_train::embedding::{EmbeddedSet, embed_samples};
 
 use crate::args::model::ModelArgs;
 use crate::dev_set_run::eval_loader;
-use crate::embedding_run::embed_with_progress;
+use crate::embedding_run::report_skipped;
+use crate::progress::images_bar;
 
 /// Finding the product in query photos that have no box.
 #[derive(clap::Args, Debug, Clone)]
@@ -142,14 +145,22 @@ pub fn box_queries(
             })
         })
         .collect();
-    let embedded = embed_with_progress(
+    // The windows of a photo are consecutive samples: decode the photo once for them.
+    let transform = Arc::new(RepeatedPhotoTransform::new(EvalTransform::new(
+        window_model.preprocessing.size as u32,
+        window_model.preprocessing.normalization(),
+    )));
+    let bar = images_bar(window_samples.len(), "auto-box windows");
+    let embedded = embed_samples(
         window_model,
-        false,
         window_samples,
+        transform,
         &eval_loader(batch_size, workers),
-        "auto-box windows",
-        "they cannot win",
-    )?;
+        |done, _| bar.set_position(done as u64),
+    );
+    bar.finish_and_clear();
+    let embedded = embedded?;
+    report_skipped(&embedded.skipped, "auto-box windows", "they cannot win");
     let per = windows.len();
     let mut all = Vec::with_capacity(open.len() * (1 + per) * dim);
     for (k, &i) in open.iter().enumerate() {

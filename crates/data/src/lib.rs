@@ -18,6 +18,7 @@ pub mod fashion_mnist;
 pub mod formats;
 pub mod image;
 pub mod loader;
+pub mod repeated_photo_transform;
 pub mod root_containment;
 pub mod sampler;
 pub mod shard;
