@@ -501,6 +501,16 @@ fn write_version(
         ))
     })?;
     let final_dir = dir.join(&name);
+    // A write killed between its rename and the `current` update leaves this version's folder
+    // without making it current; it is no one's version (we hold the writer lock, and `current`
+    // names an older one), and the rename below cannot replace a non-empty folder.
+    if final_dir.exists() {
+        tracing::info!(
+            "removing {} left by an interrupted write",
+            final_dir.display()
+        );
+        std::fs::remove_dir_all(&final_dir).map_err(|e| RetrievalError::io(&final_dir, e))?;
+    }
     let kept = tmp.keep();
     std::fs::rename(&kept, &final_dir).map_err(|e| RetrievalError::io(&final_dir, e))?;
     sync_dir(dir)?;
@@ -1294,5 +1304,26 @@ mod tests {
         .unwrap();
         assert!(!leftover.exists());
         assert!(unrelated.exists());
+    }
+
+    #[test]
+    fn a_version_renamed_but_never_made_current_does_not_block_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = dir.path().join("idx");
+        build_one(&idx);
+        // Killed after renaming its folder into place, before updating `current`.
+        let orphan = idx.join("v000002");
+        std::fs::create_dir(&orphan).unwrap();
+        std::fs::write(orphan.join("embeddings.bin"), [0u8; 8]).unwrap();
+        assert_eq!(current_version(&idx).unwrap().as_deref(), Some("v000001"));
+        build_index(
+            &idx,
+            meta(IndexDtype::F32),
+            &[item(1, "a.jpg")],
+            &[0.0, 1.0],
+        )
+        .unwrap();
+        assert_eq!(current_version(&idx).unwrap().as_deref(), Some("v000002"));
+        assert_eq!(Index::open(&idx).unwrap().items, vec![item(1, "a.jpg")]);
     }
 }
