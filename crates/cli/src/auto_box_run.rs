@@ -15,12 +15,11 @@ use visual_search_inference::InferenceModel;
 use visual_search_retrieval::auto_box::AutoBox;
 use visual_search_retrieval::matrix::MatrixView;
 use visual_search_retrieval::topk::top_k;
-use visual_search_train::embedding::{EmbeddedSet, embed_samples};
+use visual_search_train::embedding::EmbeddedSet;
 
 use crate::args::model::ModelArgs;
 use crate::dev_set_run::eval_loader;
-use crate::embedding_run::report_skipped;
-use crate::progress::images_bar;
+use crate::embedding_run::embed_with_transform;
 
 /// Finding the product in query photos that have no box.
 #[derive(clap::Args, Debug, Clone)]
@@ -150,17 +149,14 @@ pub fn box_queries(
         window_model.preprocessing.size as u32,
         window_model.preprocessing.normalization(),
     )));
-    let bar = images_bar(window_samples.len(), "auto-box windows");
-    let embedded = embed_samples(
+    let embedded = embed_with_transform(
         window_model,
         window_samples,
         transform,
         &eval_loader(batch_size, workers),
-        |done, _| bar.set_position(done as u64),
-    );
-    bar.finish_and_clear();
-    let embedded = embedded?;
-    report_skipped(&embedded.skipped, "auto-box windows", "they cannot win");
+        "auto-box windows",
+        "they cannot win",
+    )?;
     let per = windows.len();
     let mut all = Vec::with_capacity(open.len() * (1 + per) * dim);
     for (k, &i) in open.iter().enumerate() {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use visual_search_data::Sample;
 use visual_search_data::loader::{LoaderConfig, SkippedSample};
-use visual_search_data::transform::EvalTransform;
+use visual_search_data::transform::{EvalTransform, SampleTransform};
 use visual_search_retrieval::embedding_file::Embeddings;
 use visual_search_retrieval::ensemble::average_normalised;
 use visual_search_train::embedding::{EmbedTimings, EmbeddedSet, embed_samples};
@@ -31,9 +31,22 @@ pub fn embed_with_progress(
         model.preprocessing.size as u32,
         model.preprocessing.normalization(),
     ));
-    let bar = images_bar(samples.len(), what);
     let flipped = FlipAveraged { inner: model };
     let embedder: &dyn BatchEmbedder = if flip { &flipped } else { model };
+    embed_with_transform(embedder, samples, transform, loader, what, consequence)
+}
+
+/// [`embed_with_progress`] through the caller's `transform` (e.g. one that decodes a photo once
+/// for several crops of it), with the same bar and report.
+pub fn embed_with_transform(
+    embedder: &dyn BatchEmbedder,
+    samples: Arc<[Sample]>,
+    transform: Arc<dyn SampleTransform>,
+    loader: &LoaderConfig,
+    what: &str,
+    consequence: &str,
+) -> anyhow::Result<EmbeddedSet> {
+    let bar = images_bar(samples.len(), what);
     let set = embed_samples(embedder, samples, transform, loader, |done, _| {
         bar.set_position(done as u64)
     });
