@@ -17,7 +17,8 @@ mAP@1000 and the share of the gap between the whole scene and the true box that 
         -- --model efficientnet_lite0 --weights <lite0 .pth> --device ort [--size 141]
 
 Arguments after `--` go to every `visual-search embed`. Needs NumPy and Pillow. Writes only under
---work (made if missing; the embeddings are reused by a re-run).
+--work (made if missing; the embeddings are reused by a re-run; a folder holding other files is
+refused).
 """
 import argparse
 import csv
@@ -77,6 +78,12 @@ def main():
     a = p.parse_args()
     a.embed_args = [x for x in a.embed_args if x != "--"]
     os.makedirs(a.work, exist_ok=True)
+    ours = {"gallery.npy", "true_box.npy", "whole.npy"} | {
+        f"window{k:02d}.{ext}" for k in range(len(SIDES) * 9) for ext in ("csv", "csv.tmp", "npy")}
+    foreign = sorted(set(os.listdir(a.work)) - ours)
+    if foreign:
+        raise SystemExit(f"--work {a.work} holds files this study did not make ({foreign[:3]}); "
+                         "refusing to write there")
     boxed = os.path.abspath(a.boxed)
     with open(os.path.join(boxed, "queries.csv")) as f:
         rows = list(csv.DictReader(f))
