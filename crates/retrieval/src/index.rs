@@ -982,6 +982,19 @@ mod tests {
         build_index(idx, meta(IndexDtype::F32), &[item(1, "a.jpg")], &[1.0, 0.0]).unwrap();
     }
 
+    /// A second build of `idx`, other than [`build_one`]'s.
+    fn build_other(idx: &Path) {
+        build_index(idx, meta(IndexDtype::F32), &[item(1, "a.jpg")], &[0.0, 1.0]).unwrap();
+    }
+
+    /// The folder `name` in `idx` with a part of a version in it, as a killed write leaves it.
+    fn interrupted_write(idx: &Path, name: &str) -> PathBuf {
+        let folder = idx.join(name);
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::write(folder.join("embeddings.bin"), [0u8; 8]).unwrap();
+        folder
+    }
+
     fn item(label: i64, path: &str) -> IndexItem {
         IndexItem::new(label, path)
     }
@@ -1290,18 +1303,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let idx = dir.path().join("idx");
         build_one(&idx);
-        let leftover = idx.join(".v000002.abc123");
-        std::fs::create_dir(&leftover).unwrap();
-        std::fs::write(leftover.join("embeddings.bin"), [0u8; 8]).unwrap();
+        let leftover = interrupted_write(&idx, ".v000002.abc123");
         let unrelated = idx.join(".keep-me");
         std::fs::create_dir(&unrelated).unwrap();
-        build_index(
-            &idx,
-            meta(IndexDtype::F32),
-            &[item(1, "a.jpg")],
-            &[0.0, 1.0],
-        )
-        .unwrap();
+        build_other(&idx);
         assert!(!leftover.exists());
         assert!(unrelated.exists());
     }
@@ -1312,17 +1317,9 @@ mod tests {
         let idx = dir.path().join("idx");
         build_one(&idx);
         // Killed after renaming its folder into place, before updating `current`.
-        let orphan = idx.join("v000002");
-        std::fs::create_dir(&orphan).unwrap();
-        std::fs::write(orphan.join("embeddings.bin"), [0u8; 8]).unwrap();
+        interrupted_write(&idx, "v000002");
         assert_eq!(current_version(&idx).unwrap().as_deref(), Some("v000001"));
-        build_index(
-            &idx,
-            meta(IndexDtype::F32),
-            &[item(1, "a.jpg")],
-            &[0.0, 1.0],
-        )
-        .unwrap();
+        build_other(&idx);
         assert_eq!(current_version(&idx).unwrap().as_deref(), Some("v000002"));
         assert_eq!(Index::open(&idx).unwrap().items, vec![item(1, "a.jpg")]);
     }
