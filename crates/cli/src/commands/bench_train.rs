@@ -179,6 +179,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         };
         let torch = |mode: &str| baseline.as_ref().and_then(|b| torch_figures(&b[mode]));
         let (eager, bf16) = (torch("eager_f32"), torch("bf16_autocast"));
+        if let Some(why) = baseline
+            .as_ref()
+            .and_then(|b| b["bf16_autocast_error"].as_str())
+        {
+            eprintln!("{model}: PyTorch bf16 autocast: {why}");
+        }
         for device in &devices {
             for precision in &args.precisions {
                 if !precision.apply(device) {
