@@ -10,12 +10,12 @@
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::interpolate::bicubic_resize;
 use crate::layers::{conv, drop_path, layer_norm, linear, linear_gelu, matmul_rows, quick_gelu};
+use crate::train_ops::multi_head_attention;
 use crate::weights::WeightMapping;
 
 /// OpenCLIP's LayerNorm epsilon (every norm of the tower).
@@ -170,24 +170,12 @@ pub struct Attention {
 
 impl Attention {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let [b, n, d] = x.dims();
-        let h = self.heads;
-        let dh = d / h;
         let qkv = matmul_rows(
             x,
             self.in_proj_weight.val().transpose(),
             Some(self.in_proj_bias.val()),
         );
-        // [b, n, 3, h, dh] → [3, b, h, n, dh]
-        let qkv = qkv.reshape([b, n, 3, h, dh]).permute([2, 0, 3, 1, 4]);
-        let q = qkv.clone().narrow(0, 0, 1).reshape([b, h, n, dh]);
-        let k = qkv.clone().narrow(0, 1, 1).reshape([b, h, n, dh]);
-        let v = qkv.narrow(0, 2, 1).reshape([b, h, n, dh]);
-        let scores = q
-            .mul_scalar((dh as f64).powf(-0.5))
-            .matmul(k.swap_dims(2, 3));
-        let out = softmax(scores, 3).matmul(v);
-        linear(&self.out_proj, out.swap_dims(1, 2).reshape([b, n, d]))
+        linear(&self.out_proj, multi_head_attention(qkv, self.heads))
     }
 }
 

@@ -10,6 +10,8 @@
 //!   used for inference on flex;
 //! - **AdamW** (the optimizer step): one parallel pass per parameter ([`super::adamw_kernels`]);
 //! - **LayerNorm** (training): one pass each way ([`super::layer_norm_kernels`]);
+//! - **multi-head attention** (ViT): both ways from the packed QKV projection
+//!   ([`super::attention_kernels`]);
 //! - **linear**: in inference, product, bias and GELU in one pass per block of rows
 //!   ([`super::linear_kernels`]); in training, our product and its gradients (the same GEMM
 //!   entry point, so bf16 products apply), burn's bias addition, then our GELU.
@@ -29,10 +31,11 @@ use burn::backend::ops::{ActivationOps, FloatTensorOps, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Flex, TensorMetadata, backend_extension};
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{DType, TensorData};
+use burn::tensor::{DType, FloatDType, TensorData};
 
 use super::adamw_kernels::{self, AdamWScalars};
 use super::affine_kernels::{self, Activation};
+use super::attention_kernels::{self, AttentionShape};
 use super::conv_forward_kernels;
 use super::conv_kernels::{self as kernels, ConvGeometry};
 use super::gelu_kernels;
@@ -88,6 +91,9 @@ pub trait TrainOps: Backend {
 
     /// `x · weight` for 2-D tensors, with our GEMMs both ways (f32).
     fn train_matmul(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// Multi-head self-attention over the packed `[b, n, 3·d]` projection: `[b, n, d]`.
+    fn fused_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self>;
 
     /// `activation(x · weight + bias)` for a 2-D `x`, in one pass where our kernels cover it.
     fn fused_linear(
@@ -206,6 +212,24 @@ impl TrainOps for Flex {
         )
     }
 
+    fn fused_attention(qkv: FlexTensor, heads: usize) -> FlexTensor {
+        let dtype = qkv.dtype();
+        let qkv = match dtype {
+            DType::F32 => qkv.to_contiguous(),
+            _ => Flex::float_cast(qkv, FloatDType::F32).to_contiguous(),
+        };
+        let shape = attention_shape(&qkv, heads);
+        let y = attention_kernels::forward(f32_slice(&qkv), shape);
+        let y = FlexTensor::from_data(TensorData::new(
+            y,
+            [shape.batch, shape.tokens, shape.heads * shape.head_dim],
+        ));
+        match dtype {
+            DType::F32 => y,
+            other => Flex::float_cast(y, other.into()),
+        }
+    }
+
     fn fused_linear(
         x: FlexTensor,
         weight: FlexTensor,
@@ -258,6 +282,23 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
                 x.into_primitive(),
                 weight.into_primitive(),
             )),
+        }
+    }
+
+    fn fused_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+        match AttentionBackward
+            .prepare::<C>([qkv.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let qkv_state = prep.checkpoint(&qkv);
+                let output = Flex::fused_attention(qkv.into_primitive(), heads);
+                prep.finish((qkv_state, heads), output)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(Flex::fused_attention(qkv.into_primitive(), heads))
+            }
         }
     }
 
@@ -730,6 +771,56 @@ impl Backward<Flex, 1> for GeluBackward {
             let dx = gelu_kernels::backward(f32_slice(&x), f32_slice(&gy));
             grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dx, shape)));
         }
+    }
+}
+
+#[derive(Debug)]
+struct AttentionBackward;
+
+impl Backward<Flex, 1> for AttentionBackward {
+    type State = (NodeId, usize);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_qkv] = ops.parents;
+        let gy = grads.consume::<Flex>(&ops.node);
+        let (qkv_state, heads) = ops.state;
+        let qkv = checkpointer.retrieve_node_output::<FlexTensor>(qkv_state);
+        if let Some(node) = node_qkv {
+            let dtype = qkv.dtype();
+            let to_f32 = |t: FlexTensor| match t.dtype() {
+                DType::F32 => t.to_contiguous(),
+                _ => Flex::float_cast(t, FloatDType::F32).to_contiguous(),
+            };
+            let (qkv, gy) = (to_f32(qkv), to_f32(gy));
+            let shape = attention_shape(&qkv, heads);
+            let g = attention_kernels::backward(f32_slice(&qkv), f32_slice(&gy), shape);
+            let g = FlexTensor::from_data(TensorData::new(g, qkv.shape()));
+            let g = match dtype {
+                DType::F32 => g,
+                other => Flex::float_cast(g, other.into()),
+            };
+            grads.register::<Flex>(node.id, g);
+        }
+    }
+}
+
+/// The attention shape of a `[b, n, 3·heads·dh]` projection.
+fn attention_shape(qkv: &FlexTensor, heads: usize) -> AttentionShape {
+    let [batch, tokens, three_d] = qkv.shape().dims();
+    assert!(
+        heads > 0 && three_d % (3 * heads) == 0,
+        "a packed QKV projection of width {three_d} does not split into 3 × {heads} heads"
+    );
+    AttentionShape {
+        batch,
+        tokens,
+        heads,
+        head_dim: three_d / (3 * heads),
     }
 }
 

@@ -77,11 +77,11 @@ pub fn erf(x: f32) -> f32 {
     x * p / q
 }
 
-/// `e^y` for `y ≤ 0` (the only use here): `y = n·ln2 + r`, a degree-6 polynomial for `e^r`
+/// `e^y` for `y ≤ 0` (GELU's derivative, softmax after subtracting the maximum): `y = n·ln2 + r`, a degree-6 polynomial for `e^r`
 /// (Cephes' `expf` coefficients), and `2^n` built from its exponent bits. Branch-free.
 #[inline(always)]
 #[allow(clippy::excessive_precision)]
-fn exp(y: f32) -> f32 {
+pub(super) fn exp(y: f32) -> f32 {
     let y = y.clamp(-87.0, 0.0);
     let n = (y * std::f32::consts::LOG2_E).round();
     let r = y - n * 0.693_359_375 + n * 2.121_944_4e-4;

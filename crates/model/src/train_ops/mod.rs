@@ -1,7 +1,7 @@
 //! Operations that run our own kernels on flex: 2-D convolution (every backbone; forward with
 //! its bias and activation fused, and backward), a per-channel affine map + activation (a
 //! frozen batch norm and the ReLU/ReLU6 after it, in training), GELU and LayerNorm (ConvNeXt,
-//! ViT), and the linear layer (inference).
+//! ViT), ViT's multi-head attention, and the linear layer (inference).
 //!
 //! Other backends (tch, the GPU ones) run burn's operations unchanged. On flex, through a burn
 //! backend extension (`flex_ext`): every f32 convolution's forward pass runs
@@ -18,6 +18,7 @@
 pub mod adamw_kernels;
 pub mod affine_kernels;
 mod amx_gemm;
+pub mod attention_kernels;
 pub mod conv_forward_kernels;
 mod conv_geometry;
 pub mod conv_kernels;
@@ -170,6 +171,36 @@ pub fn linear_2d(
         LinearActivation::Identity => y,
         LinearActivation::Gelu => gelu(y),
     }
+}
+
+/// Multi-head self-attention, `softmax(q·kᵀ/√dh)·v` per head, over the packed projection
+/// `qkv` (`[b, n, 3·d]`, PyTorch `nn.MultiheadAttention`'s `in_proj` layout: q, k, v, each
+/// `[heads, dh]`): `[b, n, d]`, heads side by side. Our kernels both ways on flex in f32
+/// ([`attention_kernels`]), burn's composition otherwise.
+pub fn multi_head_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
+    #[cfg(feature = "flex")]
+    if runs_on_flex(&qkv) && qkv.dtype() == F32 {
+        use burn::backend::Dispatch;
+        return Tensor::<3>::from_dispatch(<Dispatch as flex_ext::TrainOps>::fused_attention(
+            qkv.into_dispatch(),
+            heads,
+        ));
+    }
+    let [b, n, three_d] = qkv.dims();
+    let d = three_d / 3;
+    let dh = d / heads;
+    // [b, n, 3, h, dh] → [3, b, h, n, dh]
+    let qkv = qkv.reshape([b, n, 3, heads, dh]).permute([2, 0, 3, 1, 4]);
+    let q = qkv.clone().narrow(0, 0, 1).reshape([b, heads, n, dh]);
+    let k = qkv.clone().narrow(0, 1, 1).reshape([b, heads, n, dh]);
+    let v = qkv.narrow(0, 2, 1).reshape([b, heads, n, dh]);
+    let scores = q
+        .mul_scalar((dh as f64).powf(-0.5))
+        .matmul(k.swap_dims(2, 3));
+    burn::tensor::activation::softmax(scores, 3)
+        .matmul(v)
+        .swap_dims(1, 2)
+        .reshape([b, n, d])
 }
 
 /// `norm.forward(x)` (LayerNorm over the last dimension, biased variance as PyTorch), with

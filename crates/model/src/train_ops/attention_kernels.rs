@@ -1,0 +1,326 @@
+//! Multi-head self-attention, `softmax(q·kᵀ/√dh)·v` for every head, read straight from the
+//! packed QKV projection and written straight into the layout the output projection reads:
+//! ViT's attention on flex, both ways.
+//!
+//! burn's composition (reshape the `[b, n, 3·d]` projection into heads, permute, take q/k/v,
+//! scale, a batched matmul against `kᵀ`, a multi-pass softmax, a second batched matmul,
+//! permute back) copies the projection and the output and makes a full pass over the
+//! `[b, h, n, n]` scores for the scale and for each step of the softmax; at ViT-B/32's 50 tokens
+//! the products themselves are small (`n·n·dh` = 160,000 multiply-adds per head). Here each
+//! image is one parallel task, and per head the products are GEMMs (`gemm` crate) on strided
+//! views of the projection itself — no copies — with the `[n, n]` scores soft-maxed while in
+//! cache. The backward pass recomputes the probabilities (cheaper than keeping `[b, h, n, n]`
+//! per layer) and writes the gradient of q, k and v straight into the packed layout. On one
+//! ViT-B/32 layer at batch 32 (2-core AVX2 machine, median of 20): forward 17 → 6.5 ms,
+//! forward + backward 71 → 27 ms.
+//!
+//! Layout: a token's projection row is `[q | k | v]`, each `[heads, dh]` (PyTorch
+//! `nn.MultiheadAttention`'s packed `in_proj`); the output row is `[heads, dh]`.
+
+use rayon::prelude::*;
+
+use super::gelu_kernels::exp as exp_nonpositive;
+use super::vectorized::vectorized;
+
+/// The shape of one attention call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionShape {
+    pub batch: usize,
+    pub tokens: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttentionShape {
+    fn width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    fn scale(&self) -> f32 {
+        (self.head_dim as f32).powf(-0.5)
+    }
+}
+
+/// `[batch, tokens, heads·head_dim]` from the `[batch, tokens, 3·heads·head_dim]` projection.
+pub fn forward(qkv: &[f32], shape: AttentionShape) -> Vec<f32> {
+    let (n, d, dh) = (shape.tokens, shape.width(), shape.head_dim);
+    assert_eq!(qkv.len(), shape.batch * n * 3 * d);
+    let mut out = vec![0.0f32; shape.batch * n * d];
+    if out.is_empty() {
+        return out;
+    }
+    out.par_chunks_mut(n * d)
+        .zip(qkv.par_chunks(n * 3 * d))
+        .for_each(|(out, qkv)| {
+            let mut p = vec![0.0f32; n * n];
+            for head in 0..shape.heads {
+                probabilities(qkv, shape, head, &mut p);
+                // out_h = P · v_h
+                product(
+                    (out, View::rows(n, dh, d, head * dh)),
+                    (&p, View::rows(n, n, n, 0)),
+                    (qkv, View::rows(n, dh, 3 * d, 2 * d + head * dh)),
+                    1.0,
+                );
+            }
+        });
+    out
+}
+
+/// The gradient of [`forward`] with respect to the projection, `[batch, tokens, 3·width]`,
+/// given the output gradient `gy` (`[batch, tokens, width]`).
+pub fn backward(qkv: &[f32], gy: &[f32], shape: AttentionShape) -> Vec<f32> {
+    let (n, d, dh) = (shape.tokens, shape.width(), shape.head_dim);
+    assert_eq!(qkv.len(), shape.batch * n * 3 * d);
+    assert_eq!(gy.len(), shape.batch * n * d);
+    let scale = shape.scale();
+    let mut dqkv = vec![0.0f32; qkv.len()];
+    if dqkv.is_empty() {
+        return dqkv;
+    }
+    dqkv.par_chunks_mut(n * 3 * d)
+        .zip(qkv.par_chunks(n * 3 * d).zip(gy.par_chunks(n * d)))
+        .for_each(|(dqkv, (qkv, gy))| {
+            let mut p = vec![0.0f32; n * n];
+            let mut ds = vec![0.0f32; n * n];
+            for head in 0..shape.heads {
+                let q = View::rows(n, dh, 3 * d, head * dh);
+                let k = View::rows(n, dh, 3 * d, d + head * dh);
+                let v = View::rows(n, dh, 3 * d, 2 * d + head * dh);
+                let g = View::rows(n, dh, d, head * dh);
+                probabilities(qkv, shape, head, &mut p);
+                // dP = g · vᵀ
+                product(
+                    (&mut ds, View::rows(n, n, n, 0)),
+                    (gy, g),
+                    (qkv, v.t()),
+                    1.0,
+                );
+                // dS = P ⊙ (dP − rowsum(P ⊙ dP)), the softmax's backward, times the scale
+                // the scores were multiplied by.
+                for (ds, p) in ds.chunks_exact_mut(n).zip(p.chunks_exact(n)) {
+                    softmax_backward_row(ds, p, scale);
+                }
+                let s = View::rows(n, n, n, 0);
+                // dq = dS · k; dk = dSᵀ · q; dv = Pᵀ · g
+                product((dqkv, q), (&ds, s), (qkv, k), 1.0);
+                product((dqkv, k), (&ds, s.t()), (qkv, q), 1.0);
+                product((dqkv, v), (&p, s.t()), (gy, g), 1.0);
+            }
+        });
+    dqkv
+}
+
+/// `softmax(q·kᵀ·scale)` of `head` of one image, row by row, into `p` (`[tokens, tokens]`).
+fn probabilities(qkv: &[f32], shape: AttentionShape, head: usize, p: &mut [f32]) {
+    let (n, d, dh) = (shape.tokens, shape.width(), shape.head_dim);
+    product(
+        (p, View::rows(n, n, n, 0)),
+        (qkv, View::rows(n, dh, 3 * d, head * dh)),
+        (qkv, View::rows(n, dh, 3 * d, d + head * dh).t()),
+        shape.scale(),
+    );
+    for row in p.chunks_exact_mut(n) {
+        softmax_row(row);
+    }
+}
+
+/// `row = softmax(row)`.
+fn softmax_row(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    vectorized(
+        #[inline(always)]
+        || {
+            for s in row.iter_mut() {
+                *s = exp_nonpositive(*s - max);
+            }
+        },
+    );
+    let inv = 1.0 / row.iter().sum::<f32>();
+    vectorized(
+        #[inline(always)]
+        || {
+            for s in row.iter_mut() {
+                *s *= inv;
+            }
+        },
+    );
+}
+
+/// `ds = scale · p ⊙ (ds − Σ p ⊙ ds)` over one row.
+fn softmax_backward_row(ds: &mut [f32], p: &[f32], scale: f32) {
+    let dot: f32 = ds.iter().zip(p).map(|(s, p)| s * p).sum();
+    vectorized(
+        #[inline(always)]
+        || {
+            for (s, &p) in ds.iter_mut().zip(p) {
+                *s = scale * p * (*s - dot);
+            }
+        },
+    );
+}
+
+/// A strided matrix inside a slice: element `(r, c)` at `offset + r · row_stride + c ·
+/// col_stride`.
+#[derive(Debug, Clone, Copy)]
+struct View {
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+    offset: usize,
+}
+
+impl View {
+    /// `rows × cols` with rows `row_stride` apart, starting at `offset`.
+    fn rows(rows: usize, cols: usize, row_stride: usize, offset: usize) -> Self {
+        View {
+            rows,
+            cols,
+            row_stride,
+            col_stride: 1,
+            offset,
+        }
+    }
+
+    /// The transpose, as a view of the same values.
+    fn t(self) -> Self {
+        View {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            offset: self.offset,
+        }
+    }
+
+    /// Whether every element lies inside a slice of `len` values.
+    fn fits(&self, len: usize) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || self.offset + (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride
+                < len
+    }
+}
+
+/// `dst = scale · lhs · rhs` on strided views (the `gemm` crate, on this thread).
+fn product(dst: (&mut [f32], View), lhs: (&[f32], View), rhs: (&[f32], View), scale: f32) {
+    let ((dst, d), (lhs, l), (rhs, r)) = (dst, lhs, rhs);
+    assert!(d.rows == l.rows && d.cols == r.cols && l.cols == r.rows);
+    assert!(d.fits(dst.len()) && l.fits(lhs.len()) && r.fits(rhs.len()));
+    // A destination whose rows overlap would be written twice over.
+    assert!(d.col_stride == 1 && (d.rows <= 1 || d.row_stride >= d.cols));
+    if d.rows == 0 || d.cols == 0 {
+        return;
+    }
+    // SAFETY: the asserts keep every index the GEMM touches inside the three slices, and
+    // `dst` is borrowed mutably, so it aliases neither input.
+    unsafe {
+        gemm::gemm(
+            d.rows,
+            d.cols,
+            l.cols,
+            dst.as_mut_ptr().add(d.offset),
+            d.col_stride as isize,
+            d.row_stride as isize,
+            false,
+            lhs.as_ptr().add(l.offset),
+            l.col_stride as isize,
+            l.row_stride as isize,
+            rhs.as_ptr().add(r.offset),
+            r.col_stride as isize,
+            r.row_stride as isize,
+            0.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plain definition, in f64.
+    fn reference(qkv: &[f32], s: AttentionShape) -> Vec<f64> {
+        let (n, d, dh) = (s.tokens, s.width(), s.head_dim);
+        let mut out = vec![0.0f64; s.batch * n * d];
+        for b in 0..s.batch {
+            for h in 0..s.heads {
+                let at = |t: usize, part: usize, c: usize| {
+                    qkv[(b * n + t) * 3 * d + part * d + h * dh + c] as f64
+                };
+                for i in 0..n {
+                    let scores: Vec<f64> = (0..n)
+                        .map(|j| (0..dh).map(|c| at(i, 0, c) * at(j, 1, c)).sum::<f64>())
+                        .map(|v| v / (dh as f64).sqrt())
+                        .collect();
+                    let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|v| (v - max).exp()).collect();
+                    let sum: f64 = e.iter().sum();
+                    for c in 0..dh {
+                        out[(b * n + i) * d + h * dh + c] =
+                            (0..n).map(|j| e[j] / sum * at(j, 2, c)).sum::<f64>();
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| {
+                let x = (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8;
+                (x % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    const SHAPE: AttentionShape = AttentionShape {
+        batch: 2,
+        tokens: 5,
+        heads: 3,
+        head_dim: 4,
+    };
+
+    #[test]
+    fn forward_matches_the_definition() {
+        let qkv = values(SHAPE.batch * SHAPE.tokens * 3 * SHAPE.width(), 7);
+        let ours = forward(&qkv, SHAPE);
+        for (a, b) in ours.iter().zip(reference(&qkv, SHAPE)) {
+            assert!((*a as f64 - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    /// The gradient of `Σ gy · forward(qkv)` by central differences, in f64 through the
+    /// reference.
+    #[test]
+    fn backward_matches_finite_differences() {
+        let qkv = values(SHAPE.batch * SHAPE.tokens * 3 * SHAPE.width(), 3);
+        let gy = values(SHAPE.batch * SHAPE.tokens * SHAPE.width(), 11);
+        let ours = backward(&qkv, &gy, SHAPE);
+        let loss = |qkv: &[f32]| -> f64 {
+            reference(qkv, SHAPE)
+                .iter()
+                .zip(&gy)
+                .map(|(y, &g)| y * g as f64)
+                .sum()
+        };
+        let h = 1e-2f32;
+        for (index, &analytic) in ours.iter().enumerate() {
+            let mut plus = qkv.clone();
+            plus[index] += h;
+            let mut minus = qkv.clone();
+            minus[index] -= h;
+            let numeric = (loss(&plus) - loss(&minus)) / (2.0 * h as f64);
+            assert!(
+                (analytic as f64 - numeric).abs() < 2e-3,
+                "element {index}: {analytic} vs {numeric}"
+            );
+        }
+    }
+}
