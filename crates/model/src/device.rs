@@ -102,7 +102,8 @@ pub fn is_flex(device: &Device) -> bool {
 
 /// The device to train `architecture` on: the named one, or for `auto` a compiled GPU backend,
 /// else the faster CPU backend for this family as measured by `bench train` (BENCHMARKS.md
-/// "Training throughput"): `tch` for ViT (libtorch's GEMMs; 1.4x flex), `flex` for the CNNs
+/// "Training throughput"): `tch` for ViT (libtorch's GEMMs; 1.4x flex before our attention
+/// kernel, about flex's speed since: 3.33 against 3.26 img/s in one run), `flex` for the CNNs
 /// (our convolution kernels; 1.0x–3.0x tch).
 ///
 /// With `bf16` (mixed precision, which only flex trains: bf16 products on AMX) `auto` on a CPU
