@@ -20,6 +20,7 @@
 use rayon::prelude::*;
 
 use super::gelu_kernels::exp as exp_nonpositive;
+use super::gemm_views::{Matrix, MatrixRef, gemm_f32_scaled};
 use super::vectorized::vectorized;
 
 /// The shape of one attention call.
@@ -60,10 +61,10 @@ pub fn forward(qkv: &[f32], shape: AttentionShape) -> Vec<f32> {
             let mut p = vec![0.0f32; n * n];
             probabilities(qkv, shape, head, &mut p);
             // out_h = P · v_h
-            product(
-                (block, View::rows(n, dh, dh, 0)),
-                (&p, View::rows(n, n, n, 0)),
-                (qkv, View::rows(n, dh, 3 * d, 2 * d + head * dh)),
+            gemm_f32_scaled(
+                Matrix::row_major(block, n, dh),
+                MatrixRef::row_major(&p, n, n),
+                MatrixRef::strided_rows(&qkv[2 * d + head * dh..], n, dh, 3 * d),
                 1.0,
             );
         });
@@ -99,26 +100,29 @@ pub fn backward(qkv: &[f32], gy: &[f32], shape: AttentionShape) -> Vec<f32> {
             let (image, head) = (task / shape.heads, task % shape.heads);
             let qkv = &qkv[image * n * 3 * d..][..n * 3 * d];
             let gy = &gy[image * n * d..][..n * d];
-            let q = View::rows(n, dh, 3 * d, head * dh);
-            let k = View::rows(n, dh, 3 * d, d + head * dh);
-            let v = View::rows(n, dh, 3 * d, 2 * d + head * dh);
-            let g = View::rows(n, dh, d, head * dh);
-            let s = View::rows(n, n, n, 0);
+            let part = |i: usize| MatrixRef::strided_rows(&qkv[i * d + head * dh..], n, dh, 3 * d);
+            let (q, k, v) = (part(0), part(1), part(2));
+            let g = MatrixRef::strided_rows(&gy[head * dh..], n, dh, d);
             let mut p = vec![0.0f32; n * n];
             let mut ds = vec![0.0f32; n * n];
             probabilities(qkv, shape, head, &mut p);
             // dP = g · vᵀ
-            product((&mut ds, s), (gy, g), (qkv, v.t()), 1.0);
+            gemm_f32_scaled(Matrix::row_major(&mut ds, n, n), g.clone(), v.t(), 1.0);
             // dS = P ⊙ (dP − rowsum(P ⊙ dP)), the softmax's backward, times the scale the
             // scores were multiplied by.
             for (ds, p) in ds.chunks_exact_mut(n).zip(p.chunks_exact(n)) {
                 softmax_backward_row(ds, p, scale);
             }
             // dq = dS · k; dk = dSᵀ · q; dv = Pᵀ · g
-            let part = |i: usize| View::rows(n, dh, dh, i * n * dh);
-            product((block, part(0)), (&ds, s), (qkv, k), 1.0);
-            product((block, part(1)), (&ds, s.t()), (qkv, q), 1.0);
-            product((block, part(2)), (&p, s.t()), (gy, g), 1.0);
+            let (dq, rest) = block.split_at_mut(n * dh);
+            let (dk, dv) = rest.split_at_mut(n * dh);
+            let (ds, p) = (
+                MatrixRef::row_major(&ds, n, n),
+                MatrixRef::row_major(&p, n, n),
+            );
+            gemm_f32_scaled(Matrix::row_major(dq, n, dh), ds.clone(), k, 1.0);
+            gemm_f32_scaled(Matrix::row_major(dk, n, dh), ds.t(), q, 1.0);
+            gemm_f32_scaled(Matrix::row_major(dv, n, dh), p.t(), g, 1.0);
         });
     let mut dqkv = vec![0.0f32; qkv.len()];
     dqkv.par_chunks_mut(n * 3 * d)
@@ -138,10 +142,10 @@ pub fn backward(qkv: &[f32], gy: &[f32], shape: AttentionShape) -> Vec<f32> {
 /// `softmax(q·kᵀ·scale)` of `head` of one image, row by row, into `p` (`[tokens, tokens]`).
 fn probabilities(qkv: &[f32], shape: AttentionShape, head: usize, p: &mut [f32]) {
     let (n, d, dh) = (shape.tokens, shape.width(), shape.head_dim);
-    product(
-        (p, View::rows(n, n, n, 0)),
-        (qkv, View::rows(n, dh, 3 * d, head * dh)),
-        (qkv, View::rows(n, dh, 3 * d, d + head * dh).t()),
+    gemm_f32_scaled(
+        Matrix::row_major(p, n, n),
+        MatrixRef::strided_rows(&qkv[head * dh..], n, dh, 3 * d),
+        MatrixRef::strided_rows(&qkv[d + head * dh..], n, dh, 3 * d).t(),
         shape.scale(),
     );
     for row in p.chunks_exact_mut(n) {
@@ -182,86 +186,6 @@ fn softmax_backward_row(ds: &mut [f32], p: &[f32], scale: f32) {
             }
         },
     );
-}
-
-/// A strided matrix inside a slice: element `(r, c)` at `offset + r · row_stride + c ·
-/// col_stride`.
-#[derive(Debug, Clone, Copy)]
-struct View {
-    rows: usize,
-    cols: usize,
-    row_stride: usize,
-    col_stride: usize,
-    offset: usize,
-}
-
-impl View {
-    /// `rows × cols` with rows `row_stride` apart, starting at `offset`.
-    fn rows(rows: usize, cols: usize, row_stride: usize, offset: usize) -> Self {
-        View {
-            rows,
-            cols,
-            row_stride,
-            col_stride: 1,
-            offset,
-        }
-    }
-
-    /// The transpose, as a view of the same values.
-    fn t(self) -> Self {
-        View {
-            rows: self.cols,
-            cols: self.rows,
-            row_stride: self.col_stride,
-            col_stride: self.row_stride,
-            offset: self.offset,
-        }
-    }
-
-    /// Whether every element lies inside a slice of `len` values.
-    fn fits(&self, len: usize) -> bool {
-        self.rows == 0
-            || self.cols == 0
-            || self.offset + (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride
-                < len
-    }
-}
-
-/// `dst = scale · lhs · rhs` on strided views (the `gemm` crate, on this thread).
-fn product(dst: (&mut [f32], View), lhs: (&[f32], View), rhs: (&[f32], View), scale: f32) {
-    let ((dst, d), (lhs, l), (rhs, r)) = (dst, lhs, rhs);
-    assert!(d.rows == l.rows && d.cols == r.cols && l.cols == r.rows);
-    assert!(d.fits(dst.len()) && l.fits(lhs.len()) && r.fits(rhs.len()));
-    // A destination whose rows overlap would be written twice over.
-    assert!(d.col_stride == 1 && (d.rows <= 1 || d.row_stride >= d.cols));
-    if d.rows == 0 || d.cols == 0 {
-        return;
-    }
-    // SAFETY: the asserts keep every index the GEMM touches inside the three slices, and
-    // `dst` is borrowed mutably, so it aliases neither input.
-    unsafe {
-        gemm::gemm(
-            d.rows,
-            d.cols,
-            l.cols,
-            dst.as_mut_ptr().add(d.offset),
-            d.col_stride as isize,
-            d.row_stride as isize,
-            false,
-            lhs.as_ptr().add(l.offset),
-            l.col_stride as isize,
-            l.row_stride as isize,
-            rhs.as_ptr().add(r.offset),
-            r.col_stride as isize,
-            r.row_stride as isize,
-            0.0,
-            scale,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
 }
 
 #[cfg(test)]

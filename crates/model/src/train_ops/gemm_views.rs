@@ -77,6 +77,33 @@ impl<'a> MatrixRef<'a> {
         }
     }
 
+    /// `rows × cols` with rows `row_stride` apart, starting at `data[0]`.
+    pub(super) fn strided_rows(
+        data: &'a [f32],
+        rows: usize,
+        cols: usize,
+        row_stride: usize,
+    ) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride,
+            col_stride: 1,
+        }
+    }
+
+    /// The transpose, as a view of the same values.
+    pub(super) fn t(self) -> Self {
+        Self {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
+    }
+
     fn fits(&self) -> bool {
         self.rows == 0
             || self.cols == 0
@@ -162,7 +189,7 @@ pub(super) fn gemm_f32(
 /// [`gemm`], then `activation` over `dst`: under bf16 products in the same pass as each
 /// block of the result is stored, else as a pass after the GEMM.
 pub(super) fn gemm_then(
-    dst: Matrix<'_>,
+    mut dst: Matrix<'_>,
     accumulate: bool,
     lhs: &Operand<'_>,
     rhs: &Operand<'_>,
@@ -190,8 +217,38 @@ pub(super) fn gemm_then(
             return amx_gemm::gemm(dst, accumulate, lhs, rhs, parallel, activation);
         }
     };
-    // SAFETY: the asserts above keep every index the GEMM touches inside the three slices, and
-    // `dst` is borrowed mutably, so it aliases neither input.
+    f32_gemm(&mut dst, accumulate, lhs, rhs, 1.0, parallelism);
+    activation.apply(&mut dst.data[..dst.rows * dst.cols]);
+}
+
+/// `dst = scale · lhs · rhs` in f32 whatever the [`matmul_precision`], on this thread: for
+/// products too small to gain from bf16 (attention's per-head products).
+pub(super) fn gemm_f32_scaled(
+    mut dst: Matrix<'_>,
+    lhs: MatrixRef<'_>,
+    rhs: MatrixRef<'_>,
+    scale: f32,
+) {
+    assert!(lhs.rows == dst.rows && rhs.cols == dst.cols && lhs.cols == rhs.rows);
+    assert!(dst.rows * dst.cols <= dst.data.len() && lhs.fits() && rhs.fits());
+    if dst.rows == 0 || dst.cols == 0 {
+        return;
+    }
+    f32_gemm(&mut dst, false, &lhs, &rhs, scale, Parallelism::None);
+}
+
+/// `dst (+)= scale · lhs · rhs` with the `gemm` crate; the callers check the shapes and that
+/// the views fit their slices.
+fn f32_gemm(
+    dst: &mut Matrix<'_>,
+    accumulate: bool,
+    lhs: &MatrixRef<'_>,
+    rhs: &MatrixRef<'_>,
+    scale: f32,
+    parallelism: Parallelism,
+) {
+    // SAFETY: the callers' asserts keep every index the GEMM touches inside the three slices,
+    // and `dst` is borrowed mutably, so it aliases neither input.
     unsafe {
         gemm::gemm(
             dst.rows,
@@ -208,14 +265,13 @@ pub(super) fn gemm_then(
             rhs.col_stride as isize,
             rhs.row_stride as isize,
             1.0,
-            1.0,
+            scale,
             false,
             false,
             false,
             parallelism,
         );
     }
-    activation.apply(&mut dst.data[..dst.rows * dst.cols]);
 }
 
 /// [`gemm_f32`] with operands that may be packed already ([`Operand`]): bf16 products when
