@@ -214,20 +214,14 @@ impl TrainOps for Flex {
 
     fn fused_attention(qkv: FlexTensor, heads: usize) -> FlexTensor {
         let dtype = qkv.dtype();
-        let qkv = match dtype {
-            DType::F32 => qkv.to_contiguous(),
-            _ => Flex::float_cast(qkv, FloatDType::F32).to_contiguous(),
-        };
+        let qkv = contiguous_f32(qkv);
         let shape = attention_shape(&qkv, heads);
         let y = attention_kernels::forward(f32_slice(&qkv), shape);
         let y = FlexTensor::from_data(TensorData::new(
             y,
             [shape.batch, shape.tokens, shape.heads * shape.head_dim],
         ));
-        match dtype {
-            DType::F32 => y,
-            other => Flex::float_cast(y, other.into()),
-        }
+        cast_from_f32(y, dtype)
     }
 
     fn fused_linear(
@@ -792,20 +786,28 @@ impl Backward<Flex, 1> for AttentionBackward {
         let qkv = checkpointer.retrieve_node_output::<FlexTensor>(qkv_state);
         if let Some(node) = node_qkv {
             let dtype = qkv.dtype();
-            let to_f32 = |t: FlexTensor| match t.dtype() {
-                DType::F32 => t.to_contiguous(),
-                _ => Flex::float_cast(t, FloatDType::F32).to_contiguous(),
-            };
-            let (qkv, gy) = (to_f32(qkv), to_f32(gy));
+            let (qkv, gy) = (contiguous_f32(qkv), contiguous_f32(gy));
             let shape = attention_shape(&qkv, heads);
             let g = attention_kernels::backward(f32_slice(&qkv), f32_slice(&gy), shape);
             let g = FlexTensor::from_data(TensorData::new(g, qkv.shape()));
-            let g = match dtype {
-                DType::F32 => g,
-                other => Flex::float_cast(g, other.into()),
-            };
-            grads.register::<Flex>(node.id, g);
+            grads.register::<Flex>(node.id, cast_from_f32(g, dtype));
         }
+    }
+}
+
+/// `t` as a contiguous f32 tensor (cast when it is another float type).
+fn contiguous_f32(t: FlexTensor) -> FlexTensor {
+    match t.dtype() {
+        DType::F32 => t.to_contiguous(),
+        _ => Flex::float_cast(t, FloatDType::F32).to_contiguous(),
+    }
+}
+
+/// An f32 result in the caller's `dtype`.
+fn cast_from_f32(t: FlexTensor, dtype: DType) -> FlexTensor {
+    match dtype {
+        DType::F32 => t,
+        other => Flex::float_cast(t, other.into()),
     }
 }
 
