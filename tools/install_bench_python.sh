@@ -3,7 +3,8 @@
 # with the reference libraries at the versions BENCHMARKS.md was measured with — PyTorch,
 # torchvision, timm, open_clip, pytorch-metric-learning, ONNX + ONNX Runtime, faiss, pyarrow.
 # All from PyPI (the default torch wheel, which also pulls its CUDA libraries: about 3 GB).
-# Idempotent: pip leaves what is already installed at these versions alone.
+# Idempotent: pip leaves what is already installed at these versions alone. Installs only into
+# a venv it made (or the project's own cache folder); another existing folder is refused.
 #
 #   tools/install_bench_python.sh            # → ~/.cache/visual-search/venv
 #   VISUAL_SEARCH_VENV=/some/dir tools/install_bench_python.sh
@@ -13,9 +14,16 @@
 set -euo pipefail
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/visual-search"
 venv="${VISUAL_SEARCH_VENV:-$cache/venv}"
+marker="$venv/.made-by-visual-search"
+if [ -e "$venv" ] && [ ! -e "$marker" ] && [ "$venv" != "$cache/venv" ]; then
+  # Pinned installs would up- or downgrade someone else's packages.
+  echo "refusing to install into $venv: this script did not make it (no $marker)" >&2
+  exit 1
+fi
 if [ ! -x "$venv/bin/python" ]; then
   python3 -c 'import ensurepip' 2>/dev/null || "$(dirname "$0")/apt_install_missing.sh" python3-venv
   python3 -m venv "$venv"
+  touch "$marker"
 fi
 "$venv/bin/python" -m pip install -q \
   torch==2.9.0 torchvision==0.24.0 timm==1.0.31 open_clip_torch==3.3.0 \
