@@ -635,33 +635,28 @@ pub fn should_stop(history: &[(usize, f64)], patience: usize, min_delta: f64) ->
 
 /// Puts `precision` in force for this process's training (and its validations): f32, or bf16
 /// mixed precision — f32 weights, optimizer state, norms, losses and heads, with the
-/// convolutions' and linear layers' products in bf16 (f32 sums) on AMX tiles, forward and
-/// backward. bf16 runs on flex with AMX-BF16 only; f16 is not implemented.
+/// convolutions' and linear layers' products in bf16, forward and backward: on flex inside our
+/// kernels on AMX tiles (refused without AMX-BF16), on tch and the GPU backends as bf16 casts
+/// around burn's operations. f16 is not implemented.
 fn set_precision(precision: Precision, device: &Device) -> Result<(), TrainError> {
-    use visual_search_model::train_ops::{MatmulPrecision, set_matmul_precision_for};
+    use visual_search_model::train_ops::{MatmulPrecision, set_training_precision_for};
     match precision {
         Precision::F32 => {
-            set_matmul_precision_for(device, MatmulPrecision::F32);
+            set_training_precision_for(device, MatmulPrecision::F32);
             Ok(())
         }
-        Precision::Bf16 if !visual_search_model::device::is_flex(device) => {
-            Err(TrainError::Invalid(
-                "optim.precision bf16 trains on flex (bf16 products on AMX tiles); \
-             on this device use precision: f32"
-                    .into(),
-            ))
-        }
-        Precision::Bf16 => match set_matmul_precision_for(device, MatmulPrecision::Bf16) {
+        Precision::Bf16 => match set_training_precision_for(device, MatmulPrecision::Bf16) {
             MatmulPrecision::Bf16 => Ok(()),
             MatmulPrecision::F32 => Err(TrainError::Invalid(
-                "optim.precision bf16 needs a CPU with AMX-BF16 (Intel Xeon 4th generation or \
-                 newer) and a Linux kernel that allows it; this machine has none: use \
-                 precision: f32"
+                "optim.precision bf16 on flex needs a CPU with AMX-BF16 (Intel Xeon 4th \
+                 generation or newer) and a Linux kernel that allows it; this machine has none: \
+                 use precision: f32 (or bf16 on tch, which a CPU without native bf16 runs slower \
+                 than f32)"
                     .into(),
             )),
         },
         Precision::F16 => Err(TrainError::Invalid(
-            "optim.precision f16 is not implemented; use bf16 (on AMX) or f32".into(),
+            "optim.precision f16 is not implemented; use bf16 or f32".into(),
         )),
     }
 }

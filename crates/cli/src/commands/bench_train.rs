@@ -61,8 +61,8 @@ pub struct Args {
     /// Backends to time [default: every compiled one].
     #[arg(long, value_delimiter = ',')]
     devices: Vec<String>,
-    /// Our precisions to time: f32, and bf16 (bf16 products on AMX; flex only), as
-    /// `optim.precision` trains.
+    /// Our precisions to time: f32, and bf16 (bf16 products: on AMX tiles on flex, as casts
+    /// around libtorch's or CubeCL's operations elsewhere), as `optim.precision` trains.
     #[arg(long, value_delimiter = ',', default_value = "f32")]
     precisions: Vec<StepPrecision>,
     #[command(flatten)]
@@ -79,14 +79,14 @@ enum StepPrecision {
 impl StepPrecision {
     /// Puts this precision in force for our kernels; false where `device` cannot run it.
     fn apply(self, device: &str) -> bool {
-        use visual_search_model::train_ops::{MatmulPrecision, set_matmul_precision_for};
+        use visual_search_model::train_ops::{MatmulPrecision, set_training_precision_for};
         let wanted = match self {
             StepPrecision::F32 => MatmulPrecision::F32,
             StepPrecision::Bf16 => MatmulPrecision::Bf16,
         };
         // An unknown device is reported by the step itself.
         parse_device(device).map_or(self == StepPrecision::F32, |d| {
-            set_matmul_precision_for(&d, wanted) == wanted
+            set_training_precision_for(&d, wanted) == wanted
         })
     }
 
@@ -189,7 +189,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             for precision in &args.precisions {
                 if !precision.apply(device) {
                     eprintln!(
-                        "{model} on {device}: no {} step here (bf16 runs on flex with AMX)",
+                        "{model} on {device}: no {} step here (bf16 on flex needs AMX)",
                         precision.name()
                     );
                     continue;

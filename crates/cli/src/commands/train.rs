@@ -33,11 +33,13 @@ pub struct Args {
     #[arg(long, conflicts_with_all = ["config", "name"])]
     resume: Option<PathBuf>,
     /// Compute device: flex (CPU), tch, tch-cuda:N, cuda:N, wgpu or auto. On a CPU, `flex`
-    /// trains the CNNs fastest (EfficientNet-Lite 3.0x, ResNet 1.2x, ConvNeXt 1.05x `tch`) and
-    /// `tch` (a `--features tch` build) ViT (1.4x `flex`); `auto` picks that way, or a compiled
-    /// GPU backend (`tch-cuda:0`, `cuda:0`). Precision is the config's `optim.precision`: on a
-    /// CPU with AMX, `bf16` (mixed; flex only, so `auto` then picks flex) trains ResNet and ViT
-    /// 1.7x faster than f32 (see BENCHMARKS.md "Training throughput").
+    /// trains the CNNs fastest (EfficientNet-Lite 2x, ResNet 1.2x, ConvNeXt 1.05x `tch`); ViT
+    /// runs as fast on `tch` (a `--features tch` build) as on `flex` or faster, so `auto` picks
+    /// `tch` for ViT when it is compiled, flex otherwise, or a compiled GPU backend
+    /// (`tch-cuda:0`, `cuda:0`). Precision is the config's `optim.precision`: `bf16` (mixed) on
+    /// flex needs a CPU with AMX (then `auto` picks flex; 1.7x f32 for ResNet and ViT); on tch
+    /// and the GPU backends it is bf16 casts around their convolutions and matmuls, for a GPU
+    /// (see README "Precision" and BENCHMARKS.md "Training throughput").
     #[arg(long, default_value = "auto")]
     device: String,
     /// Skip the validation before the first step (the zero-shot baseline).

@@ -3,7 +3,8 @@
 //! frozen batch norm and the ReLU/ReLU6 after it, in training), GELU and LayerNorm (ConvNeXt,
 //! ViT), ViT's multi-head attention, and the linear layer (inference).
 //!
-//! Other backends (tch, the GPU ones) run burn's operations unchanged. On flex, through a burn
+//! Other backends (tch, the GPU ones) run burn's operations, in bf16 where [`bf16_casts`] is
+//! on (`optim.precision: bf16`, [`set_training_precision_for`]). On flex, through a burn
 //! backend extension (`flex_ext`): every f32 convolution's forward pass runs
 //! [`conv_forward_kernels`] (in inference with the bias and the activation in the same pass),
 //! its backward pass [`conv_kernels`] instead of burn's default gradient composition; a
@@ -19,6 +20,7 @@ pub mod adamw_kernels;
 pub mod affine_kernels;
 mod amx_gemm;
 pub mod attention_kernels;
+pub mod bf16_casts;
 pub mod conv_forward_kernels;
 mod conv_geometry;
 pub mod conv_kernels;
@@ -55,6 +57,23 @@ pub fn set_matmul_precision_for(
         set_matmul_precision(precision)
     } else {
         MatmulPrecision::F32
+    }
+}
+
+/// Puts `precision` in force for training (and its validations) on `device` and returns the
+/// precision now in force there: on flex as [`set_matmul_precision_for`] (bf16 products on AMX
+/// only); on any other device bf16 is always available, as [`bf16_casts`] around burn's
+/// convolutions and matmuls.
+pub fn set_training_precision_for(
+    device: &burn::tensor::Device,
+    precision: MatmulPrecision,
+) -> MatmulPrecision {
+    if crate::device::is_flex(device) {
+        bf16_casts::set_enabled(false);
+        set_matmul_precision(precision)
+    } else {
+        bf16_casts::set_enabled(precision == MatmulPrecision::Bf16);
+        precision
     }
 }
 
@@ -114,6 +133,9 @@ fn conv2d_training(
             None => y,
         };
     }
+    if bf16_casts::applies(&x) {
+        return bf16_casts::conv2d(x, weight, bias, options);
+    }
     burn::tensor::module::conv2d(x, weight, bias, options)
 }
 
@@ -162,7 +184,11 @@ pub fn linear_2d(
         ));
     }
     let d_out = weight.dims()[1];
-    let y = x.matmul(weight);
+    let y = if bf16_casts::applies(&x) {
+        bf16_casts::matmul(x, weight)
+    } else {
+        x.matmul(weight)
+    };
     let y = match bias {
         Some(bias) => y.add(bias.reshape([1, d_out])),
         None => y,
@@ -194,11 +220,17 @@ pub fn multi_head_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
     let q = qkv.clone().narrow(0, 0, 1).reshape([b, heads, n, dh]);
     let k = qkv.clone().narrow(0, 1, 1).reshape([b, heads, n, dh]);
     let v = qkv.narrow(0, 2, 1).reshape([b, heads, n, dh]);
-    let scores = q
-        .mul_scalar((dh as f64).powf(-0.5))
-        .matmul(k.swap_dims(2, 3));
-    burn::tensor::activation::softmax(scores, 3)
-        .matmul(v)
+    let bf16 = bf16_casts::applies(&q);
+    let matmul = |a: Tensor<4>, b: Tensor<4>| {
+        if bf16 {
+            bf16_casts::matmul(a, b)
+        } else {
+            a.matmul(b)
+        }
+    };
+    // Under bf16 casts the products are bf16 and the softmax between them f32.
+    let scores = matmul(q.mul_scalar((dh as f64).powf(-0.5)), k.swap_dims(2, 3));
+    matmul(burn::tensor::activation::softmax(scores, 3), v)
         .swap_dims(1, 2)
         .reshape([b, n, d])
 }

@@ -87,17 +87,33 @@ eval:
 
 /// Options for a run on flex in `dir`.
 pub fn flex_options(dir: &Path, resume: bool) -> TrainOptions {
+    options_on("flex", dir, resume)
+}
+
+/// Options for a run on `device` in `dir`.
+pub fn options_on(device: &str, dir: &Path, resume: bool) -> TrainOptions {
     TrainOptions {
         run_dir: dir.to_path_buf(),
-        device: parse_device("flex").unwrap(),
+        device: parse_device(device).unwrap(),
         resume,
         validate_at_start: !resume,
         group: None,
     }
 }
 
+/// A run on flex: its summary and step losses.
 pub fn run(config: &TrainConfig, dir: &Path, resume: bool) -> (TrainSummary, Vec<f64>) {
-    let options = flex_options(dir, resume);
+    run_on("flex", config, dir, resume)
+}
+
+/// [`run`] on `device`.
+pub fn run_on(
+    device: &str,
+    config: &TrainConfig,
+    dir: &Path,
+    resume: bool,
+) -> (TrainSummary, Vec<f64>) {
+    let options = options_on(device, dir, resume);
     let mut losses = Vec::new();
     let summary = train(config, &options, &mut |e| {
         if let TrainEvent::Step { loss, .. } = e {
