@@ -20,12 +20,18 @@ use visual_search_train::trainer::train;
 
 const ARCFACE: &str = "  type: arcface\n  k: 2\n  s: 16.0";
 
-#[test]
-fn bf16_follows_the_f32_loss_curve() {
+/// The generated dataset, a folder for the runs, and the bf16 config on that dataset.
+fn bf16_setup() -> (tempfile::TempDir, tempfile::TempDir, TrainConfig) {
     let data = tempfile::tempdir().unwrap();
     dataset(data.path());
     let runs = tempfile::tempdir().unwrap();
     let bf16 = config(data.path(), ARCFACE, "  precision: bf16");
+    (data, runs, bf16)
+}
+
+#[test]
+fn bf16_follows_the_f32_loss_curve() {
+    let (data, runs, bf16) = bf16_setup();
     if !native_bf16() {
         let options = flex_options(&runs.path().join("bf16"), false);
         let err = train(&bf16, &options, &mut |_| {})
@@ -43,10 +49,7 @@ fn bf16_follows_the_f32_loss_curve() {
 #[cfg(feature = "tch")]
 #[test]
 fn bf16_on_tch_follows_the_f32_loss_curve() {
-    let data = tempfile::tempdir().unwrap();
-    dataset(data.path());
-    let runs = tempfile::tempdir().unwrap();
-    let bf16 = config(data.path(), ARCFACE, "  precision: bf16");
+    let (data, runs, bf16) = bf16_setup();
     follows_the_f32_curve("tch", data.path(), runs.path(), bf16);
 }
 

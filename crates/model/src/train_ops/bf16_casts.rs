@@ -17,13 +17,14 @@ use burn::tensor::{DType, Tensor};
 
 static CAST_PRODUCTS: AtomicBool = AtomicBool::new(false);
 
-/// Turns the casts on or off for this process (every model on a non-flex device).
-pub fn set_enabled(on: bool) {
+/// Turns the casts on or off for this process (every model on a non-flex device); through
+/// [`super::set_training_precision_for`].
+pub(super) fn set_enabled(on: bool) {
     CAST_PRODUCTS.store(on, Ordering::Relaxed);
 }
 
 /// Whether [`set_enabled`] turned the casts on.
-pub fn enabled() -> bool {
+pub(super) fn enabled() -> bool {
     CAST_PRODUCTS.load(Ordering::Relaxed)
 }
 
