@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
+
+use crate::fused_adamw::GradScale;
 use burn::store::ModuleRecord;
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
@@ -51,11 +53,12 @@ pub struct TrainState {
     pub history: Vec<(usize, f64)>,
 }
 
-/// The three optimisers of a run.
+/// The three optimisers of a run, and the gradient scale (clipping factor) they all apply.
 pub struct Optimizers {
     pub backbone: ModuleOptimizer,
     pub neck: ModuleOptimizer,
     pub head: ModuleOptimizer,
+    pub grad_scale: GradScale,
 }
 
 fn ck_err(path: &Path, message: impl Into<String>) -> TrainError {
@@ -309,6 +312,7 @@ pub fn load_optimizers(dir: &Path, optimizers: Optimizers) -> Result<Optimizers,
         backbone: load(optimizers.backbone, "optim_backbone.bpk")?,
         neck: load(optimizers.neck, "optim_neck.bpk")?,
         head: load(optimizers.head, "optim_head.bpk")?,
+        grad_scale: optimizers.grad_scale,
     })
 }
 

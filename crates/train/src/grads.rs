@@ -1,10 +1,12 @@
 //! Gradient handling the optimiser does not do for us: clipping by the *global* norm over all
-//! parameters (PyTorch's `clip_grad_norm_`; burn's built-in clipping is per parameter), and the
+//! parameters (PyTorch's `clip_grad_norm_`; burn's built-in clipping is per parameter; the
+//! factor itself is applied inside the AdamW pass, [`crate::fused_adamw::GradScale`]), and the
 //! split of parameters into weight-decay (≥ 2 dimensions) and no-decay (biases, norms) groups.
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
+use visual_search_model::train_ops::sum_of_squares;
 
 struct SquaredNorm<'a> {
     grads: &'a GradientsParams,
@@ -14,24 +16,11 @@ struct SquaredNorm<'a> {
 impl ModuleVisitor for SquaredNorm<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(g) = self.grads.get::<D>(param.id) {
-            let s = g.powi_scalar(2).sum();
+            let s = sum_of_squares(g);
             self.total = Some(match self.total.take() {
                 Some(t) => t + s,
                 None => s,
             });
-        }
-    }
-}
-
-struct Scale<'a> {
-    grads: &'a mut GradientsParams,
-    factor: f64,
-}
-
-impl ModuleVisitor for Scale<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if let Some(g) = self.grads.remove::<D>(param.id) {
-            self.grads.register(param.id, g.mul_scalar(self.factor));
         }
     }
 }
@@ -41,11 +30,6 @@ pub fn squared_norm<M: Module>(module: &M, grads: &GradientsParams) -> f64 {
     let mut v = SquaredNorm { grads, total: None };
     module.visit(&mut v);
     v.total.map_or(0.0, |t| t.into_scalar::<f64>())
-}
-
-/// Scales one module's gradients by `factor`.
-pub fn scale<M: Module>(module: &M, grads: &mut GradientsParams, factor: f64) {
-    module.visit(&mut Scale { grads, factor });
 }
 
 /// The clipping factor PyTorch's `clip_grad_norm_` applies for a global norm `total`.

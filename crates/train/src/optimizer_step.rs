@@ -13,7 +13,7 @@ use visual_search_model::heads::arcface_subcenter::ArcFaceSubcenter;
 use crate::checkpoint::Optimizers;
 use crate::data_parallel::{ProcessGroup, flatten_grads, unflatten_grads};
 use crate::error::TrainError;
-use crate::grads::{clip_factor, scale, squared_norm};
+use crate::grads::{clip_factor, squared_norm};
 use crate::train_model::TrainModel;
 
 /// Gradients summed over the micro-batches of one step, per model part.
@@ -105,23 +105,23 @@ pub fn optimizer_step(
     optimizers: &mut Optimizers,
     settings: StepSettings,
 ) -> TrainModel {
-    let (mut gb, mut gn, mut gh) = (
+    let (gb, gn, gh) = (
         accumulators.backbone.grads(),
         accumulators.neck.grads(),
         accumulators.head.grads(),
     );
-    if let Some(max) = settings.grad_clip {
-        let total = (squared_norm(&model.embedder.backbone, &gb)
-            + squared_norm(&model.embedder.neck, &gn)
-            + squared_norm(&model.head, &gh))
-        .sqrt();
-        let factor = clip_factor(total, max);
-        if factor < 1.0 {
-            scale(&model.embedder.backbone, &mut gb, factor);
-            scale(&model.embedder.neck, &mut gn, factor);
-            scale(&model.head, &mut gh, factor);
+    // The clipping factor is applied inside each parameter's AdamW pass.
+    let factor = match settings.grad_clip {
+        Some(max) => {
+            let total = (squared_norm(&model.embedder.backbone, &gb)
+                + squared_norm(&model.embedder.neck, &gn)
+                + squared_norm(&model.head, &gh))
+            .sqrt();
+            clip_factor(total, max)
         }
-    }
+        None => 1.0,
+    };
+    optimizers.grad_scale.set(factor as f32);
     let TrainModel {
         embedder: EmbeddingModel { backbone, neck },
         head,

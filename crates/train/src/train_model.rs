@@ -13,7 +13,7 @@ use visual_search_model::registry::{BuildOptions, ModelSpec};
 use crate::checkpoint::{Optimizers, load_module, read_state, resolve_checkpoint};
 use crate::config::{HeadConfig, TrainConfig};
 use crate::error::TrainError;
-use crate::fused_adamw::FusedAdamW;
+use crate::fused_adamw::{FusedAdamW, GradScale};
 use crate::grads::no_decay_ids;
 use crate::labels::ClassIndex;
 
@@ -68,19 +68,34 @@ pub fn materialize<M: Module>(module: &M) {
 }
 
 /// AdamW (eps 1e-8) with weight decay, and a decay-free group for `no_decay`: burn's AdamW
-/// step, fused ([`FusedAdamW`]).
-fn optimizer(weight_decay: f64, no_decay: Vec<burn::module::ParamId>) -> ModuleOptimizer {
-    let decayed = FusedAdamW::new(1e-8, weight_decay as f32);
-    let plain = FusedAdamW::new(1e-8, 0.0);
+/// step, fused ([`FusedAdamW`]), gradients times `grad_scale`.
+fn optimizer(
+    weight_decay: f64,
+    no_decay: Vec<burn::module::ParamId>,
+    grad_scale: &GradScale,
+) -> ModuleOptimizer {
+    let decayed = FusedAdamW::new(1e-8, weight_decay as f32).with_grad_scale(grad_scale.clone());
+    let plain = FusedAdamW::new(1e-8, 0.0).with_grad_scale(grad_scale.clone());
     ModuleOptimizer::from(decayed).with_group(ParamGroup::from_ids(no_decay), plain, None)
 }
 
-/// AdamW for each model part, with the no-decay group of its biases and norms.
+/// AdamW for each model part, with the no-decay group of its biases and norms; one gradient
+/// scale (clipping) for all three.
 pub fn build_optimizers(model: &TrainModel, weight_decay: f64) -> Optimizers {
+    let grad_scale = GradScale::default();
     Optimizers {
-        backbone: optimizer(weight_decay, no_decay_ids(&model.embedder.backbone)),
-        neck: optimizer(weight_decay, no_decay_ids(&model.embedder.neck)),
-        head: optimizer(weight_decay, no_decay_ids(&model.head)),
+        backbone: optimizer(
+            weight_decay,
+            no_decay_ids(&model.embedder.backbone),
+            &grad_scale,
+        ),
+        neck: optimizer(
+            weight_decay,
+            no_decay_ids(&model.embedder.neck),
+            &grad_scale,
+        ),
+        head: optimizer(weight_decay, no_decay_ids(&model.head), &grad_scale),
+        grad_scale,
     }
 }
 

@@ -1,11 +1,13 @@
 //! One AdamW step over a parameter tensor, in one parallel pass: the new parameter, first and
-//! second moments from the old ones and the gradient.
+//! second moments from the old ones and the gradient (times the clipping factor, when the
+//! gradients are clipped by their global norm).
 //!
 //! burn's AdamW is a dozen element-wise tensor operations per parameter, each a full pass and,
 //! on flex, each on one thread. Here each element is updated once, in parallel chunks, with
 //! exactly burn's arithmetic in burn's order (every operation rounded to f32 as burn's separate
 //! operations round), so the result is bit-for-bit burn's `AdamW` (AMSGrad and cautious decay
-//! off) and its state stays burn's `AdamWState` record.
+//! off) — given the gradient multiplied by `grad_scale` first, as a separate f32 pass would —
+//! and its state stays burn's `AdamWState` record.
 
 use std::mem::MaybeUninit;
 
@@ -26,6 +28,9 @@ pub struct AdamWScalars {
     /// `1 - lr · weight_decay`.
     pub decay: f32,
     pub lr: f32,
+    /// The factor the gradient is multiplied by before the step (global-norm clipping); 1
+    /// leaves it as it is.
+    pub grad_scale: f32,
 }
 
 /// Elements per parallel task.
@@ -75,8 +80,9 @@ pub fn step(param: &[f32], grad: &[f32], m: &[f32], v: &[f32], s: &AdamWScalars)
                 #[inline(always)]
                 || {
                     for i in 0..p_o.len() {
-                        let m1 = m[i] * s.beta_1 + g[i] * f1;
-                        let m2 = v[i] * s.beta_2 + (g[i] * g[i]) * f2;
+                        let g = g[i] * s.grad_scale;
+                        let m1 = m[i] * s.beta_1 + g * f1;
+                        let m2 = v[i] * s.beta_2 + (g * g) * f2;
                         let delta = (m1 / s.bias_correction_1)
                             / ((m2 / s.bias_correction_2).sqrt() + s.epsilon);
                         p_o[i].write(p[i] * s.decay - delta * s.lr);

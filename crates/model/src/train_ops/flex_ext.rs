@@ -8,7 +8,8 @@
 //!   each way ([`super::affine_kernels`]);
 //! - **GELU** (exact, erf): vectorised and parallel both ways ([`super::gelu_kernels`]); also
 //!   used for inference on flex;
-//! - **AdamW** (the optimizer step): one parallel pass per parameter ([`super::adamw_kernels`]);
+//! - **AdamW** (the optimizer step): one parallel pass per parameter ([`super::adamw_kernels`]),
+//!   and the squared gradient norms for clipping before it ([`super::grad_norm_kernels`]);
 //! - **LayerNorm** (training): one pass each way ([`super::layer_norm_kernels`]);
 //! - **multi-head attention** (ViT): both ways from the packed QKV projection
 //!   ([`super::attention_kernels`]);
@@ -39,6 +40,7 @@ use super::attention_kernels::{self, AttentionShape};
 use super::conv_forward_kernels;
 use super::conv_kernels::{self as kernels, ConvGeometry};
 use super::gelu_kernels;
+use super::grad_norm_kernels;
 use super::layer_norm_kernels;
 use super::linear_kernels::{self, LinearActivation};
 
@@ -88,6 +90,9 @@ pub trait TrainOps: Backend {
         moment_2: FloatTensor<Self>,
         scalars: AdamWScalars,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// `Σ x²` over an f32 tensor (not tracked), summed in f64: a one-element f64 tensor.
+    fn sum_of_squares(x: FloatTensor<Self>) -> FloatTensor<Self>;
 
     /// `x · weight` for 2-D tensors, with our GEMMs both ways (f32).
     fn train_matmul(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -210,6 +215,12 @@ impl TrainOps for Flex {
             tensor(out.moment_1),
             tensor(out.moment_2),
         )
+    }
+
+    fn sum_of_squares(x: FlexTensor) -> FlexTensor {
+        let x = x.to_contiguous();
+        let sum = grad_norm_kernels::sum_of_squares(f32_slice(&x));
+        FlexTensor::from_data(TensorData::new(vec![sum], [1]))
     }
 
     fn fused_attention(qkv: FlexTensor, heads: usize) -> FlexTensor {
@@ -443,6 +454,11 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
             FloatTensor::<Self>::new(m1),
             FloatTensor::<Self>::new(m2),
         )
+    }
+
+    /// flex's sum on the values: gradient norms are never tracked.
+    fn sum_of_squares(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        FloatTensor::<Self>::new(Flex::sum_of_squares(x.into_primitive()))
     }
 
     fn train_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {

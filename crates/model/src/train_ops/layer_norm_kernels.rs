@@ -14,7 +14,7 @@
 
 use rayon::prelude::*;
 
-use super::vectorized::vectorized;
+use super::vectorized::{sum_f64, vectorized};
 
 /// Rows per parallel task (at least one).
 fn rows_per_task(width: usize) -> usize {
@@ -128,20 +128,6 @@ fn row_stats(row: &[f32], eps: f64) -> (f32, f32) {
         d * d
     }) / n;
     (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
-}
-
-/// `Σ f(v)` over `values` in f64, as eight running sums (so the loop vectorises).
-#[inline(always)]
-fn sum_f64(values: &[f32], f: impl Fn(f32) -> f64) -> f64 {
-    let mut lanes = [0.0f64; 8];
-    let chunks = values.chunks_exact(8);
-    let rest: f64 = chunks.remainder().iter().map(|&v| f(v)).sum();
-    for chunk in chunks {
-        for (lane, &v) in lanes.iter_mut().zip(chunk) {
-            *lane += f(v);
-        }
-    }
-    lanes.iter().sum::<f64>() + rest
 }
 
 /// `Σ a·b` (each product in f32, as before, summed in f64) as eight running sums.

@@ -12,7 +12,8 @@
 //! [`layer_norm_kernels`] in place of burn's six-operation LayerNorm; GELU runs
 //! [`gelu_kernels`] in place of flex's scalar-libm GELU; an inference `Linear` runs
 //! [`linear_kernels`] (product, bias and GELU in one pass); and an AdamW step runs
-//! [`adamw_kernels`] (one parallel pass per parameter). Only f32 tensors take these
+//! [`adamw_kernels`] (one parallel pass per parameter, the clipping factor inside) after
+//! [`grad_norm_kernels`]' global-norm sums. Only f32 tensors take these
 //! paths. In a training pass the convolution's bias, when there is one, is added after
 //! it, so its gradient is autodiff's ordinary broadcast-add reduction.
 
@@ -29,6 +30,7 @@ mod depthwise_forward;
 mod flex_ext;
 pub mod gelu_kernels;
 mod gemm_views;
+pub mod grad_norm_kernels;
 pub mod layer_norm_kernels;
 pub mod linear_kernels;
 mod vectorized;
@@ -290,6 +292,11 @@ pub fn adamw_update<const D: usize>(
         );
     }
     let s = scalars;
+    let grad = if s.grad_scale == 1.0 {
+        grad
+    } else {
+        grad.mul_scalar(s.grad_scale)
+    };
     let m1 = moment_1
         .mul_scalar(s.beta_1)
         .add(grad.clone().mul_scalar(1.0 - s.beta_1));
@@ -307,6 +314,20 @@ pub fn adamw_update<const D: usize>(
         m1,
         m2,
     )
+}
+
+/// `Σ x²` over all of `x` as a one-element tensor, for clipping gradients by their global
+/// norm: in f64 on flex for f32 `x` (one parallel pass, [`grad_norm_kernels`]), else burn's
+/// `powi(2).sum()` in `x`'s dtype, left on its device until read.
+pub fn sum_of_squares<const D: usize>(x: Tensor<D>) -> Tensor<1> {
+    #[cfg(feature = "flex")]
+    if runs_on_flex(&x) && x.dtype() == F32 {
+        use burn::backend::Dispatch;
+        return Tensor::<1>::from_dispatch(<Dispatch as flex_ext::TrainOps>::sum_of_squares(
+            x.into_dispatch(),
+        ));
+    }
+    x.powi_scalar(2).sum()
 }
 
 /// Exact (erf) GELU.
