@@ -14,8 +14,8 @@
 //! - **multi-head attention** (ViT): both ways from the packed QKV projection
 //!   ([`super::attention_kernels`]);
 //! - **linear**: in inference, product, bias and GELU in one pass per block of rows
-//!   ([`super::linear_kernels`]); in training, our product and its gradients (the same GEMM
-//!   entry point, so bf16 products apply), burn's bias addition, then our GELU.
+//!   ([`super::linear_kernels`]); in training, the same product onto the bias rows and its
+//!   three gradients (the same GEMM entry point, so bf16 products apply), then our GELU.
 //!
 //! burn's default convolution backward — the one every backend inherits — computes the weight
 //! gradient as a forward convolution with the output gradient as its kernel, one batch-1
@@ -94,9 +94,6 @@ pub trait TrainOps: Backend {
     /// `Σ x²` over an f32 tensor (not tracked), summed in f64: a one-element f64 tensor.
     fn sum_of_squares(x: FloatTensor<Self>) -> FloatTensor<Self>;
 
-    /// `x · weight` for 2-D tensors, with our GEMMs both ways (f32).
-    fn train_matmul(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self>;
-
     /// Multi-head self-attention over the packed `[b, n, 3·d]` projection: `[b, n, d]`.
     fn fused_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self>;
 
@@ -110,16 +107,6 @@ pub trait TrainOps: Backend {
 }
 
 impl TrainOps for Flex {
-    fn train_matmul(x: FlexTensor, weight: FlexTensor) -> FlexTensor {
-        if [x.dtype(), weight.dtype()] != [DType::F32; 2] {
-            return Flex::float_matmul(x, weight);
-        }
-        let ([rows, d_in], [_, d_out]) = (x.shape().dims(), weight.shape().dims());
-        let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
-        let y = linear_kernels::matmul(f32_slice(&x), f32_slice(&weight), rows, d_in, d_out);
-        FlexTensor::from_data(TensorData::new(y, [rows, d_out]))
-    }
-
     fn train_conv2d(x: FlexTensor, weight: FlexTensor, options: ConvOptions<2>) -> FlexTensor {
         our_forward(&x, &weight, None, &options, Activation::Identity)
             .unwrap_or_else(|| Flex::conv2d(x, weight, None, options))
@@ -271,25 +258,6 @@ impl TrainOps for Flex {
 }
 
 impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
-    fn train_matmul(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
-        match TrainMatmulBackward
-            .prepare::<C>([x.node(), weight.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let x_state = prep.checkpoint(&x);
-                let weight_state = prep.checkpoint(&weight);
-                let output = Flex::train_matmul(x.into_primitive(), weight.into_primitive());
-                prep.finish((x_state, weight_state), output)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(Flex::train_matmul(
-                x.into_primitive(),
-                weight.into_primitive(),
-            )),
-        }
-    }
-
     fn fused_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
         match AttentionBackward
             .prepare::<C>([qkv.node()])
@@ -307,18 +275,39 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
         }
     }
 
-    /// Our (tracked) product, burn's (tracked) bias addition, then our GELU.
+    /// `x · weight + bias` as one tracked operation (flex's fused forward: the product
+    /// accumulates onto the bias rows), then our GELU as a second one.
     fn fused_linear(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         activation: LinearActivation,
     ) -> FloatTensor<Self> {
-        let [d_out] = bias.shape().dims();
-        let y = Self::float_add(
-            Self::train_matmul(x, weight),
-            Self::float_reshape(bias, [1, d_out].into()),
-        );
+        let y = match LinearBackward
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let weight_state = prep.checkpoint(&weight);
+                let output = Flex::fused_linear(
+                    x.into_primitive(),
+                    weight.into_primitive(),
+                    bias.into_primitive(),
+                    LinearActivation::Identity,
+                );
+                prep.finish((x_state, weight_state), output)
+            }
+            OpsKind::UnTracked(prep) => {
+                return prep.finish(Flex::fused_linear(
+                    x.into_primitive(),
+                    weight.into_primitive(),
+                    bias.into_primitive(),
+                    activation,
+                ));
+            }
+        };
         match activation {
             LinearActivation::Identity => y,
             LinearActivation::Gelu => Self::train_gelu(y),
@@ -477,19 +466,21 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
     }
 }
 
+/// The gradients of `x · weight + bias`: our GEMMs for `x` and `weight`, parallel column
+/// sums for `bias`.
 #[derive(Debug)]
-struct TrainMatmulBackward;
+struct LinearBackward;
 
-impl Backward<Flex, 2> for TrainMatmulBackward {
+impl Backward<Flex, 3> for LinearBackward {
     type State = (NodeId, NodeId);
 
     fn backward(
         self,
-        ops: Ops<Self::State, 2>,
+        ops: Ops<Self::State, 3>,
         grads: &mut Gradients,
         checkpointer: &mut Checkpointer,
     ) {
-        let [node_x, node_weight] = ops.parents;
+        let [node_x, node_weight, node_bias] = ops.parents;
         let gy = grads.consume::<Flex>(&ops.node);
         let (x_state, weight_state) = ops.state;
         let x = checkpointer.retrieve_node_output::<FlexTensor>(x_state);
@@ -501,6 +492,15 @@ impl Backward<Flex, 2> for TrainMatmulBackward {
             weight.to_contiguous(),
             gy.to_contiguous(),
         );
+        if let Some(node) = node_bias {
+            let grad = if f32s {
+                let db = linear_kernels::bias_grad(f32_slice(&gy), d_out);
+                FlexTensor::from_data(TensorData::new(db, [d_out]))
+            } else {
+                Flex::float_reshape(Flex::float_sum_dim(gy.clone(), 0), [d_out].into())
+            };
+            grads.register::<Flex>(node.id, grad);
+        }
         if let Some(node) = node_x {
             let grad = if f32s {
                 let dx = linear_kernels::matmul_input_grad(

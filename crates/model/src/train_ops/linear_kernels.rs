@@ -9,9 +9,11 @@
 //! cache. Blocks run in parallel; a product with fewer blocks than threads splits its GEMM
 //! instead.
 //!
-//! In training, the product `x · weight` and its two gradients ([`matmul`],
-//! [`matmul_input_grad`], [`matmul_weight_grad`]) run through the same GEMM entry point, so
-//! that bf16 products (`set_matmul_precision`) reach the linear layers' backward pass too.
+//! Training runs the same forward pass (without the activation, which is its own tracked
+//! operation) and its three gradients: [`matmul_input_grad`] and [`matmul_weight_grad`] through
+//! the same GEMM entry point, so that bf16 products (`set_matmul_precision`) reach the backward
+//! pass too, and [`bias_grad`]'s column sums. burn's broadcast bias addition and its gradient
+//! (a reduction over rows) were single-threaded passes over every linear output of ViT-B/32.
 
 use std::mem::MaybeUninit;
 
@@ -20,6 +22,7 @@ use rayon::prelude::*;
 
 use super::gelu_kernels;
 use super::gemm_views::{Matrix, MatrixRef, Operand, gemm};
+use super::vectorized::vectorized;
 
 /// What follows the product.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,8 +49,23 @@ pub fn forward(
     rows: usize,
     activation: LinearActivation,
 ) -> Vec<f32> {
-    let block_rows = (BLOCK_VALUES / bias.len().max(1)).max(MIN_BLOCK_ROWS);
+    let block_rows = block_rows(rows, bias.len(), rayon::current_num_threads());
     forward_in_blocks(x, weight, bias, rows, activation, block_rows)
+}
+
+/// Rows per block: about [`BLOCK_VALUES`] outputs, at least [`MIN_BLOCK_ROWS`] rows, and,
+/// when there are at least as many blocks as `threads`, a multiple of `threads` blocks of
+/// equal size, so that no thread gets one more block than another (ViT-B/32 at batch 32 has
+/// 1,600 rows: 256-row blocks made seven, four on one thread and three on the other).
+fn block_rows(rows: usize, d_out: usize, threads: usize) -> usize {
+    let target = (BLOCK_VALUES / d_out.max(1)).max(MIN_BLOCK_ROWS);
+    let blocks = rows.div_ceil(target.max(1));
+    let threads = threads.max(1);
+    if blocks < threads {
+        return target;
+    }
+    let blocks = (blocks / threads) * threads;
+    rows.div_ceil(blocks)
 }
 
 /// [`forward`] with `block_rows` rows per block.
@@ -113,15 +131,7 @@ pub fn forward_in_blocks(
     y
 }
 
-/// `x · weight`: `x` is `[rows, d_in]`, `weight` `[d_in, d_out]`.
-pub fn matmul(x: &[f32], weight: &[f32], rows: usize, d_in: usize, d_out: usize) -> Vec<f32> {
-    product(
-        MatrixRef::row_major(x, rows, d_in),
-        MatrixRef::row_major(weight, d_in, d_out),
-    )
-}
-
-/// The gradient of [`matmul`] with respect to `x`: `gy · weightᵀ`, `[rows, d_in]`.
+/// The gradient of `x · weight` with respect to `x`: `gy · weightᵀ`, `[rows, d_in]`.
 pub fn matmul_input_grad(
     gy: &[f32],
     weight: &[f32],
@@ -135,7 +145,7 @@ pub fn matmul_input_grad(
     )
 }
 
-/// The gradient of [`matmul`] with respect to `weight`: `xᵀ · gy`, `[d_in, d_out]`.
+/// The gradient of `x · weight` with respect to `weight`: `xᵀ · gy`, `[d_in, d_out]`.
 pub fn matmul_weight_grad(
     x: &[f32],
     gy: &[f32],
@@ -149,10 +159,43 @@ pub fn matmul_weight_grad(
     )
 }
 
-/// `lhs · rhs` into a new row-major matrix, the GEMM split across threads.
+/// The gradient of `x · weight + bias` with respect to `bias`: the column sums of `gy`
+/// (`[rows, d_out]`), in f64 per parallel block of rows, then over the blocks.
+pub fn bias_grad(gy: &[f32], d_out: usize) -> Vec<f32> {
+    if d_out == 0 {
+        return Vec::new();
+    }
+    let block = (BLOCK_VALUES / d_out).max(1) * d_out;
+    let sums = gy
+        .par_chunks(block)
+        .map(|rows| {
+            let mut sums = vec![0.0f64; d_out];
+            vectorized(
+                #[inline(always)]
+                || {
+                    for row in rows.chunks_exact(d_out) {
+                        for (s, &v) in sums.iter_mut().zip(row) {
+                            *s += v as f64;
+                        }
+                    }
+                },
+            );
+            sums
+        })
+        .reduce_with(|mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+            a
+        })
+        .unwrap_or_else(|| vec![0.0; d_out]);
+    sums.into_iter().map(|v| v as f32).collect()
+}
+
+/// `lhs · rhs` into a new row-major matrix, the GEMM split across threads. The output is
+/// zeroed in parallel too (on the calling thread alone, `vec![0.0; …]` was the main thread's
+/// largest cost in a ViT step while the workers waited).
 fn product(lhs: MatrixRef<'_>, rhs: MatrixRef<'_>) -> Vec<f32> {
     let (rows, cols) = (lhs.rows, rhs.cols);
-    let mut y = vec![0.0; rows * cols];
+    let mut y = zeros(rows * cols);
     gemm(
         Matrix::row_major(&mut y, rows, cols),
         false,
@@ -161,4 +204,52 @@ fn product(lhs: MatrixRef<'_>, rhs: MatrixRef<'_>) -> Vec<f32> {
         Parallelism::Rayon(0),
     );
     y
+}
+
+/// `len` zeros, written in parallel blocks.
+fn zeros(len: usize) -> Vec<f32> {
+    let mut y: Vec<f32> = Vec::with_capacity(len);
+    y.spare_capacity_mut()[..len]
+        .par_chunks_mut(BLOCK_VALUES)
+        .for_each(|block| {
+            for v in block {
+                v.write(0.0);
+            }
+        });
+    // SAFETY: the blocks cover all `len` elements, each written above.
+    unsafe { y.set_len(len) };
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_are_even_per_thread() {
+        // ViT-B/32 at batch 32: 1,600 rows of 3,072 → six blocks of 267 rows on two threads.
+        assert_eq!(block_rows(1600, 3072, 2), 267);
+        assert_eq!(1600usize.div_ceil(block_rows(1600, 3072, 2)) % 2, 0);
+        // Fewer blocks than threads: one block of the target size (the GEMM splits instead).
+        assert_eq!(block_rows(50, 3072, 2), MIN_BLOCK_ROWS);
+        // Narrow outputs: about BLOCK_VALUES values per block (1,024 rows), rounded to 96
+        // blocks for four threads.
+        assert_eq!(block_rows(100_000, 64, 4), 1042);
+        assert_eq!(block_rows(10, 64, 1), 10);
+    }
+
+    #[test]
+    fn bias_grad_sums_columns_over_blocks() {
+        let (rows, d_out) = (300, 1000);
+        let gy: Vec<f32> = (0..rows * d_out)
+            .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+            .collect();
+        let got = bias_grad(&gy, d_out);
+        for (c, &g) in got.iter().enumerate() {
+            let want: f64 = (0..rows).map(|r| gy[r * d_out + c] as f64).sum();
+            assert!((g as f64 - want).abs() <= 1e-5 * want.abs().max(1.0), "{c}");
+        }
+        assert_eq!(bias_grad(&[], 3), vec![0.0; 3]);
+        assert_eq!(zeros(5), vec![0.0; 5]);
+    }
 }
