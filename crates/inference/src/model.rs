@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use visual_search_data::image::Normalization;
+use visual_search_model::compute_pool::on_pool;
 use visual_search_model::embedder::EmbeddingModel;
 use visual_search_model::registry::{BuildOptions, ModelSpec, lookup};
 
@@ -389,7 +390,8 @@ impl InferenceModel {
     }
 }
 
-/// Un-normalised features of a burn model, as host floats.
+/// Un-normalised features of a burn model, as host floats; computed on a thread of the
+/// compute pool ([`on_pool`]).
 pub fn burn_features(
     model: &EmbeddingModel,
     device: &Device,
@@ -397,9 +399,11 @@ pub fn burn_features(
     n: usize,
     size: usize,
 ) -> Vec<f32> {
-    let x = Tensor::<4>::from_data(TensorData::new(pixels, [n, 3, size, size]), device)
-        .cast(device.settings().float_dtype);
-    model.features(x).into_data().iter::<f32>().collect()
+    on_pool(device, || {
+        let x = Tensor::<4>::from_data(TensorData::new(pixels, [n, 3, size, size]), device)
+            .cast(device.settings().float_dtype);
+        model.features(x).into_data().iter::<f32>().collect()
+    })
 }
 
 /// NaN/inf → 0, then each row scaled to unit L2 norm (all-zero rows stay zero): the SPEC's

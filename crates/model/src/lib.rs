@@ -6,6 +6,7 @@
 //! the backend from the runtime `Device`).
 
 pub mod backbones;
+pub mod compute_pool;
 pub mod device;
 pub mod embedder;
 pub mod heads;

@@ -19,6 +19,7 @@ use visual_search_data::image::Normalization;
 use visual_search_data::loader::{Batch, BatchLoader, LoaderConfig};
 use visual_search_data::sampler::{class_balanced_order, mix_seed, shuffled_order};
 use visual_search_data::transform::SampleTransform;
+use visual_search_model::compute_pool::on_pool;
 use visual_search_model::registry::lookup;
 
 use crate::checkpoint::{
@@ -531,6 +532,7 @@ impl<'a> Phase<'a> {
             images: 0,
             train_time: Duration::ZERO,
         };
+        let device = self.train_device.clone();
         let clock = Instant::now();
         let mut window = (Instant::now(), 0usize);
         let mut micro = 0usize;
@@ -558,7 +560,9 @@ impl<'a> Phase<'a> {
                     continue;
                 }
                 let images = batch.shape()[0];
-                loss_sum += self.train_micro_batch(batch, micro)? as f64 * images as f64;
+                // On a pool thread: the loader's next batch is awaited outside.
+                loss_sum += on_pool(&device, || self.train_micro_batch(batch, micro))? as f64
+                    * images as f64;
                 step_images += images;
                 outcome.images += images;
                 window.1 += images;
@@ -574,16 +578,15 @@ impl<'a> Phase<'a> {
                     .model
                     .take()
                     .expect("the model is back after each step");
-                self.model = Some(optimizer_step(
-                    model,
-                    &mut self.accumulators,
-                    &mut self.optimizers,
-                    StepSettings {
-                        lr,
-                        backbone_lr_factor: self.config.optim.backbone_lr_factor,
-                        grad_clip: self.config.optim.grad_clip,
-                    },
-                ));
+                let settings = StepSettings {
+                    lr,
+                    backbone_lr_factor: self.config.optim.backbone_lr_factor,
+                    grad_clip: self.config.optim.grad_clip,
+                };
+                let (accumulators, optimizers) = (&mut self.accumulators, &mut self.optimizers);
+                self.model = Some(on_pool(&device, || {
+                    optimizer_step(model, accumulators, optimizers, settings)
+                }));
                 self.state.step += 1;
                 self.state.epoch = epoch;
                 self.state.batches_in_epoch = skip + i + 1;

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use anyhow::bail;
 use burn::tensor::{Tensor, TensorData};
+use visual_search_model::compute_pool::on_pool;
 use visual_search_model::device::{compiled_backends, parse_device};
 use visual_search_model::embedder::EmbeddingModel;
 use visual_search_model::heads::arcface_subcenter::{
@@ -341,6 +342,9 @@ fn time_ours(
             )
         }))
     };
+    // Each step on a pool thread, as the trainer runs it.
+    let mut step =
+        |model: TrainModel, times: &mut PhaseTimes| on_pool(&device, || step(model, times));
     for _ in 0..args.warmup {
         model = step(model, &mut PhaseTimes::default())?;
     }
