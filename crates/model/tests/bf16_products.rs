@@ -14,6 +14,7 @@ use std::path::Path;
 use burn::tensor::{Device, Tensor, TensorData};
 use common::conv_fixture::{Loaded, cases, geometry};
 use common::relative_error;
+use visual_search_model::train_ops::linear_kernels::Weight;
 use visual_search_model::train_ops::{
     self, Activation, LinearActivation, MatmulPrecision, conv_forward_kernels, conv_kernels,
     linear_kernels, native_bf16, set_matmul_precision,
@@ -127,8 +128,14 @@ fn linear_layer_in_any_blocking() {
         (LinearActivation::Gelu, "y_gelu"),
     ] {
         for block_rows in [rows, 8, 1] {
-            let got =
-                linear_kernels::forward_in_blocks(&x, &weight, &bias, rows, activation, block_rows);
+            let got = linear_kernels::forward_in_blocks(
+                &x,
+                Weight::RowMajor(&weight),
+                &bias,
+                rows,
+                activation,
+                block_rows,
+            );
             let e = close(&got, &read(key), &format!("{key}, {block_rows}-row blocks"));
             largest = largest.max(e);
         }

@@ -42,7 +42,7 @@ use super::conv_kernels::{self as kernels, ConvGeometry};
 use super::gelu_kernels;
 use super::grad_norm_kernels;
 use super::layer_norm_kernels;
-use super::linear_kernels::{self, LinearActivation};
+use super::linear_kernels::{self, LinearActivation, Weight, WeightLayout};
 
 #[backend_extension(Flex, Autodiff)]
 pub trait TrainOps: Backend {
@@ -231,14 +231,14 @@ impl TrainOps for Flex {
         if [x.dtype(), weight.dtype(), bias.dtype()] == [DType::F32; 3] {
             let [rows, _] = x.shape().dims();
             let [d_out] = bias.shape().dims();
-            let (x, weight, bias) = (
+            let (x, (weight, layout), bias) = (
                 x.to_contiguous(),
-                weight.to_contiguous(),
+                linear_weight(weight),
                 bias.to_contiguous(),
             );
             let y = linear_kernels::forward(
                 f32_slice(&x),
-                f32_slice(&weight),
+                weight_values(&weight, layout),
                 f32_slice(&bias),
                 rows,
                 activation,
@@ -487,11 +487,8 @@ impl Backward<Flex, 3> for LinearBackward {
         let weight = checkpointer.retrieve_node_output::<FlexTensor>(weight_state);
         let ([rows, d_in], [_, d_out]) = (x.shape().dims(), weight.shape().dims());
         let f32s = [x.dtype(), weight.dtype(), gy.dtype()] == [DType::F32; 3];
-        let (x, weight, gy) = (
-            x.to_contiguous(),
-            weight.to_contiguous(),
-            gy.to_contiguous(),
-        );
+        let (x, (weight, layout), gy) =
+            (x.to_contiguous(), linear_weight(weight), gy.to_contiguous());
         if let Some(node) = node_bias {
             let grad = if f32s {
                 let db = linear_kernels::bias_grad(f32_slice(&gy), d_out);
@@ -505,7 +502,7 @@ impl Backward<Flex, 3> for LinearBackward {
             let grad = if f32s {
                 let dx = linear_kernels::matmul_input_grad(
                     f32_slice(&gy),
-                    f32_slice(&weight),
+                    weight_values(&weight, layout),
                     rows,
                     d_in,
                     d_out,
@@ -524,8 +521,18 @@ impl Backward<Flex, 3> for LinearBackward {
                     rows,
                     d_in,
                     d_out,
+                    layout,
                 );
-                FlexTensor::from_data(TensorData::new(dw, [d_in, d_out]))
+                // Laid out as the weight is, so that a transposed weight's gradient reaches its
+                // parameter (through the transpose's backward) without a copy.
+                match layout {
+                    WeightLayout::RowMajor => {
+                        FlexTensor::from_data(TensorData::new(dw, [d_in, d_out]))
+                    }
+                    WeightLayout::Transposed => Flex::float_transpose(FlexTensor::from_data(
+                        TensorData::new(dw, [d_out, d_in]),
+                    )),
+                }
             } else {
                 Flex::float_matmul(Flex::float_transpose(x), gy)
             };
@@ -850,6 +857,31 @@ fn plane_size(shape: &burn::tensor::Shape) -> usize {
 /// The values of a contiguous f32 tensor. The public entry points ([`super::channel_affine`],
 /// [`super::gelu`], [`super::layer_norm`], [`super::adamw_update`]) only route f32 tensors
 /// here.
+/// A 2-D f32 weight as the linear kernels read it: as it is when row-major or the transpose of
+/// a row-major matrix (ViT's packed attention projection), else a row-major copy.
+fn linear_weight(w: FlexTensor) -> (FlexTensor, WeightLayout) {
+    let [d_in, _] = w.shape().dims();
+    if w.is_contiguous() {
+        return (w, WeightLayout::RowMajor);
+    }
+    let layout = w.layout();
+    if layout.start_offset() == 0
+        && layout.strides() == [1, d_in as isize]
+        && w.storage::<f32>().len() == w.shape().num_elements()
+    {
+        return (w, WeightLayout::Transposed);
+    }
+    (w.to_contiguous(), WeightLayout::RowMajor)
+}
+
+/// The values of a weight from [`linear_weight`].
+fn weight_values(w: &FlexTensor, layout: WeightLayout) -> Weight<'_> {
+    match layout {
+        WeightLayout::RowMajor => Weight::RowMajor(f32_slice(w)),
+        WeightLayout::Transposed => Weight::Transposed(w.storage::<f32>()),
+    }
+}
+
 fn f32_slice(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>()
         .expect("the fused operations are only called with contiguous f32 tensors")

@@ -40,11 +40,44 @@ const BLOCK_VALUES: usize = 1 << 16;
 /// (ViT-B/32 embed 22.2 → 17.5 img/s).
 const MIN_BLOCK_ROWS: usize = 256;
 
+/// A linear layer's `[d_in, d_out]` weight, as its values lie in memory.
+#[derive(Debug, Clone, Copy)]
+pub enum Weight<'a> {
+    /// Row-major `[d_in, d_out]` (burn's `Linear`).
+    RowMajor(&'a [f32]),
+    /// A row-major `[d_out, d_in]` seen transposed: PyTorch's layout, which ViT's packed
+    /// attention projection keeps (copying it to row-major cost a pass over 21 M weights in
+    /// every forward and backward pass of ViT-B/32).
+    Transposed(&'a [f32]),
+}
+
+impl<'a> Weight<'a> {
+    fn view(self, d_in: usize, d_out: usize) -> MatrixRef<'a> {
+        match self {
+            Weight::RowMajor(w) => MatrixRef::row_major(w, d_in, d_out),
+            Weight::Transposed(w) => MatrixRef::transposed(w, d_in, d_out),
+        }
+    }
+
+    fn len(self) -> usize {
+        match self {
+            Weight::RowMajor(w) | Weight::Transposed(w) => w.len(),
+        }
+    }
+
+    pub fn layout(self) -> WeightLayout {
+        match self {
+            Weight::RowMajor(_) => WeightLayout::RowMajor,
+            Weight::Transposed(_) => WeightLayout::Transposed,
+        }
+    }
+}
+
 /// `activation(x · weight + bias)`: `x` is `[rows, d_in]`, `weight` `[d_in, d_out]`, `bias`
 /// `[d_out]`; the result is `[rows, d_out]`.
 pub fn forward(
     x: &[f32],
-    weight: &[f32],
+    weight: Weight<'_>,
     bias: &[f32],
     rows: usize,
     activation: LinearActivation,
@@ -71,7 +104,7 @@ fn block_rows(rows: usize, d_out: usize, threads: usize) -> usize {
 /// [`forward`] with `block_rows` rows per block.
 pub fn forward_in_blocks(
     x: &[f32],
-    weight: &[f32],
+    weight: Weight<'_>,
     bias: &[f32],
     rows: usize,
     activation: LinearActivation,
@@ -95,7 +128,7 @@ pub fn forward_in_blocks(
         Parallelism::None
     };
     // The weight is shared by every block: under bf16 products it is packed once here.
-    let weight = Operand::rhs(MatrixRef::row_major(weight, d_in, d_out), true);
+    let weight = Operand::rhs(weight.view(d_in, d_out), true);
     let run = |(index, block): (usize, &mut [MaybeUninit<f32>])| {
         for row in block.chunks_mut(d_out) {
             for (v, &b) in row.iter_mut().zip(bias) {
@@ -134,29 +167,42 @@ pub fn forward_in_blocks(
 /// The gradient of `x · weight` with respect to `x`: `gy · weightᵀ`, `[rows, d_in]`.
 pub fn matmul_input_grad(
     gy: &[f32],
-    weight: &[f32],
+    weight: Weight<'_>,
     rows: usize,
     d_in: usize,
     d_out: usize,
 ) -> Vec<f32> {
     product(
         MatrixRef::row_major(gy, rows, d_out),
-        MatrixRef::transposed(weight, d_out, d_in),
+        weight.view(d_in, d_out).t(),
     )
 }
 
-/// The gradient of `x · weight` with respect to `weight`: `xᵀ · gy`, `[d_in, d_out]`.
+/// The gradient of `x · weight` with respect to `weight`, laid out as the weight is: `xᵀ · gy`
+/// (`[d_in, d_out]`) for a row-major weight, `gyᵀ · x` (`[d_out, d_in]`) for a transposed one.
 pub fn matmul_weight_grad(
     x: &[f32],
     gy: &[f32],
     rows: usize,
     d_in: usize,
     d_out: usize,
+    layout: WeightLayout,
 ) -> Vec<f32> {
-    product(
-        MatrixRef::transposed(x, d_in, rows),
+    let (x, gy) = (
+        MatrixRef::row_major(x, rows, d_in),
         MatrixRef::row_major(gy, rows, d_out),
-    )
+    );
+    match layout {
+        WeightLayout::RowMajor => product(x.t(), gy),
+        WeightLayout::Transposed => product(gy.t(), x),
+    }
+}
+
+/// Which of [`Weight`]'s layouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightLayout {
+    RowMajor,
+    Transposed,
 }
 
 /// The gradient of `x · weight + bias` with respect to `bias`: the column sums of `gy`
