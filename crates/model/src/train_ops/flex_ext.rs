@@ -857,15 +857,16 @@ fn plane_size(shape: &burn::tensor::Shape) -> usize {
 /// The values of a contiguous f32 tensor. The public entry points ([`super::channel_affine`],
 /// [`super::gelu`], [`super::layer_norm`], [`super::adamw_update`]) only route f32 tensors
 /// here.
-/// A 2-D f32 weight as the linear kernels read it: as it is when row-major or the transpose of
-/// a row-major matrix (ViT's packed attention projection), else a row-major copy.
+/// A 2-D weight as the linear kernels read it: as it is when row-major or (f32) the transpose
+/// of a row-major matrix (ViT's packed attention projection), else a row-major copy.
 fn linear_weight(w: FlexTensor) -> (FlexTensor, WeightLayout) {
     let [d_in, _] = w.shape().dims();
     if w.is_contiguous() {
         return (w, WeightLayout::RowMajor);
     }
     let layout = w.layout();
-    if layout.start_offset() == 0
+    if w.dtype() == DType::F32
+        && layout.start_offset() == 0
         && layout.strides() == [1, d_in as isize]
         && w.storage::<f32>().len() == w.shape().num_elements()
     {
