@@ -10,14 +10,13 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
-
-use crate::fused_adamw::GradScale;
 use burn::store::ModuleRecord;
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 use visual_search_model::losses::xbm::MemorySnapshot;
 
 use crate::error::TrainError;
+use crate::fused_adamw::GradScale;
 use crate::labels::ClassIndex;
 use crate::train_model::TrainModel;
 
