@@ -33,6 +33,9 @@ CASES = {
     "pointwise_s2": (2, 6, 7, 7, 4, 1, 2, (0, 0, 0, 0), 1, 1),
     # More channels than one 16-lane block, and not a multiple of it; odd sizes.
     "depthwise5_s2_20ch": (2, 20, 13, 11, 20, 5, 2, (1, 2, 1, 2), 1, 20),
+    # Stride 1 (its input gradient is a correlation with the flipped kernel), dilated, with
+    # uneven padding and two blocks of channels.
+    "depthwise3_d2_20ch": (3, 20, 9, 10, 20, 3, 1, (2, 1, 2, 2), 2, 20),
 }
 
 

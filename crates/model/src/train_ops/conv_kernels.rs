@@ -6,24 +6,29 @@
 //!   and one GEMM on the `gemm` crate (the GEMM burn-flex itself uses). The weight gradient
 //!   accumulates over the batch in one partial per thread, the input gradient is independent per
 //!   image, so both keep every core busy whatever the layer.
-//! - **depthwise** (groups = channels in = channels out): direct loops, parallel over channels
-//!   (weight gradient) or over (image, channel) planes (input gradient), with the valid output
-//!   range of each kernel tap computed once so the inner loops carry no bounds tests.
+//! - **depthwise** (groups = channels in = channels out): vectorised across channels, 16 at a
+//!   time — the weight gradient in `depthwise_weight_grad`, the input gradient of a stride-1
+//!   layer as the forward kernel (`depthwise_forward`) applied to the output gradient with the
+//!   flipped kernel. A strided layer's input gradient loops over (image, channel) planes, with
+//!   the valid output range of each kernel tap computed once so the inner loops carry no
+//!   bounds tests.
 //!
 //! Other groupings return `None`, and the caller falls back to burn's composition.
 
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::affine_kernels::Activation;
 pub use super::conv_geometry::ConvGeometry;
 use super::conv_geometry::im2col;
 use super::gemm_views::{Matrix, MatrixRef, Operand, gemm, gemm_f32};
+use super::{depthwise_forward, depthwise_weight_grad};
 
 /// `dL/dweight`, shape `[out_channels, in_channels / groups, kernel_h, kernel_w]`, or `None` for
 /// a grouping these kernels do not cover.
 pub fn weight_grad(x: &[f32], gy: &[f32], g: &ConvGeometry) -> Option<Vec<f32>> {
     if g.is_depthwise() {
-        Some(depthwise_weight_grad(x, gy, g))
+        Some(depthwise_weight_grad::weight_grad(x, gy, g))
     } else if g.groups == 1 {
         Some(dense_weight_grad(x, gy, g))
     } else {
@@ -43,34 +48,16 @@ pub fn input_grad(weight: &[f32], gy: &[f32], g: &ConvGeometry) -> Option<Vec<f3
     }
 }
 
-fn depthwise_weight_grad(x: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f32> {
-    let taps = g.kernel_h * g.kernel_w;
-    let mut dw = vec![0.0f32; g.out_channels * taps];
-    dw.par_chunks_mut(taps).enumerate().for_each(|(c, dw_c)| {
-        let mut acc: Vec<Lanes> = (0..taps).map(|_| Lanes::default()).collect();
-        for n in 0..g.batch {
-            let plane = n * g.in_channels + c;
-            let x_plane = &x[plane * g.in_plane()..][..g.in_plane()];
-            let gy_plane = &gy[plane * g.out_plane()..][..g.out_plane()];
-            g.for_each_tap_row(|row| {
-                let gy_row = &gy_plane[row.out];
-                let x_row = &x_plane[row.input..];
-                if g.stride[1] == 1 {
-                    acc[row.tap].dot(gy_row, &x_row[..gy_row.len()]);
-                } else {
-                    acc[row.tap].dot_strided(gy_row, x_row, g.stride[1]);
-                }
-            });
-            for (d, lanes) in dw_c.iter_mut().zip(&mut acc) {
-                *d += lanes.sum();
-                *lanes = Lanes::default();
-            }
-        }
-    });
-    dw
-}
-
 fn depthwise_input_grad(weight: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    if let Some(flipped) = flipped_correlation(g) {
+        return depthwise_forward::forward(
+            gy,
+            &flip_taps(weight, g.kernel_h * g.kernel_w),
+            None,
+            &flipped,
+            Activation::Identity,
+        );
+    }
     let taps = g.kernel_h * g.kernel_w;
     let mut dx = vec![0.0f32; g.batch * g.in_channels * g.in_plane()];
     dx.par_chunks_mut(g.in_plane())
@@ -209,32 +196,30 @@ fn col2im_add(col: &[f32], g: &ConvGeometry, dx_n: &mut [f32]) {
     }
 }
 
-/// Eight running sums, so the dot products vectorise (a single f32 accumulator would force
-/// the compiler to keep the additions in order).
-#[derive(Default)]
-struct Lanes([f32; 8]);
-
-impl Lanes {
-    fn dot(&mut self, a: &[f32], b: &[f32]) {
-        let mut a8 = a.chunks_exact(8);
-        let mut b8 = b.chunks_exact(8);
-        for (x, y) in (&mut a8).zip(&mut b8) {
-            for i in 0..8 {
-                self.0[i] += x[i] * y[i];
-            }
-        }
-        for (i, (x, y)) in a8.remainder().iter().zip(b8.remainder()).enumerate() {
-            self.0[i] += x * y;
-        }
+/// For a stride-1 depthwise convolution `g`, the geometry under which its input gradient is a
+/// depthwise convolution of the output gradient with the flipped kernel: `dx[i] = Σ_k w[k] ·
+/// gy[i + pad − k·d]`, a correlation with padding `d·(kernel − 1) − pad` (which must not be
+/// negative). `None` for a stride above 1, whose input gradient keeps the per-plane loops.
+fn flipped_correlation(g: &ConvGeometry) -> Option<ConvGeometry> {
+    if g.stride != [1, 1] {
+        return None;
     }
+    let pad =
+        |dim: usize, kernel: usize| (g.dilation[dim] * (kernel - 1)).checked_sub(g.pad_begin[dim]);
+    Some(ConvGeometry {
+        in_h: g.out_h,
+        in_w: g.out_w,
+        out_h: g.in_h,
+        out_w: g.in_w,
+        pad_begin: [pad(0, g.kernel_h)?, pad(1, g.kernel_w)?],
+        ..*g
+    })
+}
 
-    fn dot_strided(&mut self, a: &[f32], b: &[f32], stride: usize) {
-        for (i, (x, y)) in a.iter().zip(b.iter().step_by(stride)).enumerate() {
-            self.0[i % 8] += x * y;
-        }
-    }
-
-    fn sum(&self) -> f32 {
-        self.0.iter().sum()
-    }
+/// Each channel's kernel taps in reverse order (the kernel rotated by 180°).
+fn flip_taps(weight: &[f32], taps: usize) -> Vec<f32> {
+    weight
+        .chunks_exact(taps)
+        .flat_map(|w| w.iter().rev().copied())
+        .collect()
 }

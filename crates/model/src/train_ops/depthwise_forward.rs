@@ -1,16 +1,15 @@
 //! The f32 forward pass of a depthwise 2-D convolution (NCHW), with its bias and activation,
-//! vectorised across channels.
+//! vectorised across channels ([`depthwise_blocks`]' layout).
 //!
 //! EfficientNet's depthwise layers run on planes as small as 7×7 (1,152 channels): a loop along
 //! the width of such a plane does 7 multiply-adds per setup, and a stride-2 layer reads every
-//! other value. Here the channels are taken [`LANES`] at a time (the `nChw16c` blocking oneDNN
-//! uses): each block's input is copied once into a zero-padded `[h][w][LANES]` buffer, so every
-//! kernel tap of every output pixel is one full-width vector multiply-add with no bounds tests
-//! whatever the stride, padding or plane size, and each finished output row is activated and
-//! copied back to the block's NCHW planes while it is in L1. Blocks of (image, channels) run in
-//! parallel. The multiply-adds are explicit AVX-512 or AVX2 + FMA instructions, picked at run
-//! time (with a plain-array fallback): written as array loops, the compiler kept the
-//! accumulators on the stack and ran them 2.5x slower.
+//! other value. Here each block of channels' input is copied once into the zero-padded
+//! channel-interleaved buffer, every kernel tap of every output pixel is one full-width vector
+//! multiply-add, and each finished output row is activated and copied back to the block's NCHW
+//! planes while it is in L1. Blocks of (image, channels) run in parallel.
+//!
+//! The same kernel computes the input gradient of a stride-1 depthwise convolution
+//! (`conv_kernels`): a correlation of the output gradient with the flipped kernel.
 
 use std::mem::MaybeUninit;
 
@@ -18,10 +17,8 @@ use rayon::prelude::*;
 
 use super::affine_kernels::Activation;
 use super::conv_geometry::ConvGeometry;
+use super::depthwise_blocks::{self, BlockKernel, LANES, Lanes, PaddedInput, lanes, lanes_mut};
 use super::vectorized::Simd;
-
-/// Channels per block: one AVX-512 register of f32.
-const LANES: usize = 16;
 
 /// Output pixels accumulated together (independent multiply-add chains per tap).
 const PIXELS: usize = 4;
@@ -91,7 +88,15 @@ fn forward_on(
                 g,
                 activation,
             };
-            block.run(simd, input, row, planes);
+            depthwise_blocks::run(
+                simd,
+                BlockRun {
+                    block: &block,
+                    input,
+                    row,
+                    planes,
+                },
+            );
         },
     );
     // SAFETY: the jobs cover the buffer's `len` elements exactly once (every image, every
@@ -112,62 +117,31 @@ struct Block<'a> {
     activation: Activation,
 }
 
-impl Block<'_> {
-    /// Computes the block into `planes` (its `lanes` output planes) with `simd` (which the CPU
-    /// has: [`Simd::detect`] or below); `input` and `row` are scratch buffers.
-    fn run(
-        &self,
-        simd: Simd,
-        input: &mut Vec<f32>,
-        row: &mut Vec<f32>,
-        planes: &mut [MaybeUninit<f32>],
-    ) {
-        match simd {
-            // SAFETY: `simd` is one the CPU has.
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx512 => unsafe { self.run_avx512(input, row, planes) },
-            // SAFETY: as above.
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx2 => unsafe { self.run_avx2(input, row, planes) },
-            Simd::Portable => self.run_with::<[f32; LANES]>(input, row, planes),
-        }
-    }
+/// [`Block`] computed into `planes` (its `lanes` output planes), with scratch buffers.
+struct BlockRun<'a, 'b> {
+    block: &'a Block<'a>,
+    input: &'b mut Vec<f32>,
+    row: &'b mut Vec<f32>,
+    planes: &'b mut [MaybeUninit<f32>],
+}
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn run_avx512(
-        &self,
-        input: &mut Vec<f32>,
-        row: &mut Vec<f32>,
-        planes: &mut [MaybeUninit<f32>],
-    ) {
-        self.run_with::<x86::Avx512>(input, row, planes)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn run_avx2(
-        &self,
-        input: &mut Vec<f32>,
-        row: &mut Vec<f32>,
-        planes: &mut [MaybeUninit<f32>],
-    ) {
-        self.run_with::<x86::Avx2>(input, row, planes)
-    }
+impl BlockKernel for BlockRun<'_, '_> {
+    type Output = ();
 
     #[inline(always)]
-    fn run_with<V: Lanes>(
-        &self,
-        input: &mut Vec<f32>,
-        row: &mut Vec<f32>,
-        planes: &mut [MaybeUninit<f32>],
-    ) {
-        let g = self.g;
+    fn run<V: Lanes>(self) {
+        let Self {
+            block,
+            input,
+            row,
+            planes,
+        } = self;
+        let g = block.g;
         let out_plane = g.out_plane();
-        self.padded.fill(self.x_block, self.lanes, input);
+        block.padded.fill(block.x_block, block.lanes, input);
         for oh in 0..g.out_h {
-            output_row::<V>(input, self.padded, self.w, self.b, oh, g, row);
-            self.activation.apply(row);
+            output_row::<V>(input, block.padded, block.w, block.b, oh, g, row);
+            block.activation.apply(row);
             for (lane, plane) in planes.chunks_mut(out_plane).enumerate() {
                 let out = &mut plane[oh * g.out_w..][..g.out_w];
                 for (o, pixel) in out.iter_mut().zip(row.chunks_exact(LANES)) {
@@ -219,161 +193,6 @@ fn output_row<V: Lanes>(
             a.store(lanes_mut(row, (ow + p) * LANES));
         }
         ow += done;
-    }
-}
-
-/// `values[start..start + LANES]` as an array.
-#[inline(always)]
-fn lanes(values: &[f32], start: usize) -> &[f32; LANES] {
-    values[start..start + LANES]
-        .try_into()
-        .expect("a slice of LANES values")
-}
-
-/// `values[start..start + LANES]` as a mutable array.
-#[inline(always)]
-fn lanes_mut(values: &mut [f32], start: usize) -> &mut [f32; LANES] {
-    (&mut values[start..start + LANES])
-        .try_into()
-        .expect("a slice of LANES values")
-}
-
-/// [`LANES`] f32 values in registers: one AVX-512 register, two AVX2 registers, or an array.
-trait Lanes: Copy {
-    fn load(values: &[f32; LANES]) -> Self;
-    fn store(self, values: &mut [f32; LANES]);
-    /// `self + w · v`.
-    fn mul_add(self, w: Self, v: Self) -> Self;
-}
-
-impl Lanes for [f32; LANES] {
-    #[inline(always)]
-    fn load(values: &[f32; LANES]) -> Self {
-        *values
-    }
-    #[inline(always)]
-    fn store(self, values: &mut [f32; LANES]) {
-        *values = self;
-    }
-    #[inline(always)]
-    fn mul_add(mut self, w: Self, v: Self) -> Self {
-        for l in 0..LANES {
-            self[l] += w[l] * v[l];
-        }
-        self
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use std::arch::x86_64::*;
-
-    use super::{LANES, Lanes};
-
-    /// Only ever constructed inside `#[target_feature(enable = "avx512f")]` code.
-    #[derive(Clone, Copy)]
-    pub(super) struct Avx512(__m512);
-
-    impl Lanes for Avx512 {
-        #[inline(always)]
-        fn load(values: &[f32; LANES]) -> Self {
-            // SAFETY: 16 readable f32s; callers run on a CPU with AVX-512F (see the type).
-            Self(unsafe { _mm512_loadu_ps(values.as_ptr()) })
-        }
-        #[inline(always)]
-        fn store(self, values: &mut [f32; LANES]) {
-            // SAFETY: 16 writable f32s; AVX-512F as above.
-            unsafe { _mm512_storeu_ps(values.as_mut_ptr(), self.0) }
-        }
-        #[inline(always)]
-        fn mul_add(self, w: Self, v: Self) -> Self {
-            // SAFETY: AVX-512F as above.
-            Self(unsafe { _mm512_fmadd_ps(w.0, v.0, self.0) })
-        }
-    }
-
-    /// Only ever constructed inside `#[target_feature(enable = "avx2,fma")]` code.
-    #[derive(Clone, Copy)]
-    pub(super) struct Avx2([__m256; 2]);
-
-    impl Lanes for Avx2 {
-        #[inline(always)]
-        fn load(values: &[f32; LANES]) -> Self {
-            // SAFETY: 16 readable f32s; callers run on a CPU with AVX2 and FMA (see the type).
-            unsafe {
-                Self([
-                    _mm256_loadu_ps(values.as_ptr()),
-                    _mm256_loadu_ps(values.as_ptr().add(8)),
-                ])
-            }
-        }
-        #[inline(always)]
-        fn store(self, values: &mut [f32; LANES]) {
-            // SAFETY: 16 writable f32s; AVX2 as above.
-            unsafe {
-                _mm256_storeu_ps(values.as_mut_ptr(), self.0[0]);
-                _mm256_storeu_ps(values.as_mut_ptr().add(8), self.0[1]);
-            }
-        }
-        #[inline(always)]
-        fn mul_add(self, w: Self, v: Self) -> Self {
-            // SAFETY: AVX2 and FMA as above.
-            unsafe {
-                Self([
-                    _mm256_fmadd_ps(w.0[0], v.0[0], self.0[0]),
-                    _mm256_fmadd_ps(w.0[1], v.0[1], self.0[1]),
-                ])
-            }
-        }
-    }
-}
-
-/// The zero-padded, channel-interleaved copy of one block's input: `[height][width][LANES]`,
-/// with the input at row `pad_top`, column `pad_left`, and zeros wherever a tap reaches past the
-/// input (padding, or lanes past the last channel).
-struct PaddedInput {
-    height: usize,
-    width: usize,
-    top: usize,
-    left: usize,
-    in_h: usize,
-    in_w: usize,
-}
-
-impl PaddedInput {
-    fn new(g: &ConvGeometry) -> Self {
-        // Every row/column a tap of an output pixel reaches, from the first padded one.
-        let reach = |out: usize, dim: usize, kernel: usize| {
-            (out.max(1) - 1) * g.stride[dim] + (kernel - 1) * g.dilation[dim] + 1
-        };
-        Self {
-            height: reach(g.out_h, 0, g.kernel_h),
-            width: reach(g.out_w, 1, g.kernel_w),
-            top: g.pad_begin[0],
-            left: g.pad_begin[1],
-            in_h: g.in_h,
-            in_w: g.in_w,
-        }
-    }
-
-    /// Copies the `lanes` planes of `x_block` into `buffer`.
-    #[inline(always)]
-    fn fill(&self, x_block: &[f32], lanes: usize, buffer: &mut Vec<f32>) {
-        buffer.clear();
-        buffer.resize(self.height * self.width * LANES, 0.0);
-        let plane = self.in_h * self.in_w;
-        let rows = self.in_h.min(self.height.saturating_sub(self.top));
-        let cols = self.in_w.min(self.width.saturating_sub(self.left));
-        for ih in 0..rows {
-            let line =
-                &mut buffer[((ih + self.top) * self.width + self.left) * LANES..][..cols * LANES];
-            for lane in 0..lanes {
-                let source = &x_block[lane * plane + ih * self.in_w..][..cols];
-                for (pixel, &v) in line.chunks_exact_mut(LANES).zip(source) {
-                    pixel[lane] = v;
-                }
-            }
-        }
     }
 }
 

@@ -25,7 +25,9 @@ pub mod bf16_casts;
 pub mod conv_forward_kernels;
 mod conv_geometry;
 pub mod conv_kernels;
+mod depthwise_blocks;
 mod depthwise_forward;
+mod depthwise_weight_grad;
 #[cfg(feature = "flex")]
 mod flex_ext;
 pub mod gelu_kernels;
