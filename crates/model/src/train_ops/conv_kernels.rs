@@ -7,22 +7,17 @@
 //!   accumulates over the batch in one partial per thread, the input gradient is independent per
 //!   image, so both keep every core busy whatever the layer.
 //! - **depthwise** (groups = channels in = channels out): vectorised across channels, 16 at a
-//!   time — the weight gradient in `depthwise_weight_grad`, the input gradient of a stride-1
-//!   layer as the forward kernel (`depthwise_forward`) applied to the output gradient with the
-//!   flipped kernel. A strided layer's input gradient loops over (image, channel) planes, with
-//!   the valid output range of each kernel tap computed once so the inner loops carry no
-//!   bounds tests.
+//!   time, in `depthwise_weight_grad` and `depthwise_input_grad`.
 //!
 //! Other groupings return `None`, and the caller falls back to burn's composition.
 
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::affine_kernels::Activation;
 pub use super::conv_geometry::ConvGeometry;
 use super::conv_geometry::im2col;
 use super::gemm_views::{Matrix, MatrixRef, Operand, gemm, gemm_f32};
-use super::{depthwise_forward, depthwise_weight_grad};
+use super::{depthwise_input_grad, depthwise_weight_grad};
 
 /// `dL/dweight`, shape `[out_channels, in_channels / groups, kernel_h, kernel_w]`, or `None` for
 /// a grouping these kernels do not cover.
@@ -40,48 +35,12 @@ pub fn weight_grad(x: &[f32], gy: &[f32], g: &ConvGeometry) -> Option<Vec<f32>> 
 /// not cover.
 pub fn input_grad(weight: &[f32], gy: &[f32], g: &ConvGeometry) -> Option<Vec<f32>> {
     if g.is_depthwise() {
-        Some(depthwise_input_grad(weight, gy, g))
+        Some(depthwise_input_grad::input_grad(weight, gy, g))
     } else if g.groups == 1 {
         Some(dense_input_grad(weight, gy, g))
     } else {
         None
     }
-}
-
-fn depthwise_input_grad(weight: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f32> {
-    if let Some(flipped) = flipped_correlation(g) {
-        return depthwise_forward::forward(
-            gy,
-            &flip_taps(weight, g.kernel_h * g.kernel_w),
-            None,
-            &flipped,
-            Activation::Identity,
-        );
-    }
-    let taps = g.kernel_h * g.kernel_w;
-    let mut dx = vec![0.0f32; g.batch * g.in_channels * g.in_plane()];
-    dx.par_chunks_mut(g.in_plane())
-        .enumerate()
-        .for_each(|(plane, dx_plane)| {
-            let c = plane % g.in_channels;
-            let w_c = &weight[c * taps..(c + 1) * taps];
-            let gy_plane = &gy[plane * g.out_plane()..][..g.out_plane()];
-            g.for_each_tap_row(|row| {
-                let wv = w_c[row.tap];
-                let gy_row = &gy_plane[row.out];
-                let dx_row = &mut dx_plane[row.input..];
-                if g.stride[1] == 1 {
-                    for (d, &v) in dx_row.iter_mut().zip(gy_row) {
-                        *d += wv * v;
-                    }
-                } else {
-                    for (d, &v) in dx_row.iter_mut().step_by(g.stride[1]).zip(gy_row) {
-                        *d += wv * v;
-                    }
-                }
-            });
-        });
-    dx
 }
 
 fn dense_weight_grad(x: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f32> {
@@ -194,32 +153,4 @@ fn col2im_add(col: &[f32], g: &ConvGeometry, dx_n: &mut [f32]) {
             }
         });
     }
-}
-
-/// For a stride-1 depthwise convolution `g`, the geometry under which its input gradient is a
-/// depthwise convolution of the output gradient with the flipped kernel: `dx[i] = Σ_k w[k] ·
-/// gy[i + pad − k·d]`, a correlation with padding `d·(kernel − 1) − pad` (which must not be
-/// negative). `None` for a stride above 1, whose input gradient keeps the per-plane loops.
-fn flipped_correlation(g: &ConvGeometry) -> Option<ConvGeometry> {
-    if g.stride != [1, 1] {
-        return None;
-    }
-    let pad =
-        |dim: usize, kernel: usize| (g.dilation[dim] * (kernel - 1)).checked_sub(g.pad_begin[dim]);
-    Some(ConvGeometry {
-        in_h: g.out_h,
-        in_w: g.out_w,
-        out_h: g.in_h,
-        out_w: g.in_w,
-        pad_begin: [pad(0, g.kernel_h)?, pad(1, g.kernel_w)?],
-        ..*g
-    })
-}
-
-/// Each channel's kernel taps in reverse order (the kernel rotated by 180°).
-fn flip_taps(weight: &[f32], taps: usize) -> Vec<f32> {
-    weight
-        .chunks_exact(taps)
-        .flat_map(|w| w.iter().rev().copied())
-        .collect()
 }

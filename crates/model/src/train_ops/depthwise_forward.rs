@@ -9,7 +9,7 @@
 //! planes while it is in L1. Blocks of (image, channels) run in parallel.
 //!
 //! The same kernel computes the input gradient of a stride-1 depthwise convolution
-//! (`conv_kernels`): a correlation of the output gradient with the flipped kernel.
+//! (`depthwise_input_grad`): a correlation of the output gradient with the flipped kernel.
 
 use std::mem::MaybeUninit;
 

@@ -27,6 +27,7 @@ mod conv_geometry;
 pub mod conv_kernels;
 mod depthwise_blocks;
 mod depthwise_forward;
+mod depthwise_input_grad;
 mod depthwise_weight_grad;
 #[cfg(feature = "flex")]
 mod flex_ext;
