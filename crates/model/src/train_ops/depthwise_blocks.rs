@@ -10,6 +10,8 @@
 //! picked at run time by [`run`]; written as array loops, the compiler kept the accumulators on
 //! the stack and ran them 2.5x slower.
 
+use std::mem::MaybeUninit;
+
 use super::conv_geometry::ConvGeometry;
 use super::vectorized::Simd;
 
@@ -45,6 +47,39 @@ unsafe fn run_avx512<K: BlockKernel>(kernel: K) -> K::Output {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn run_avx2<K: BlockKernel>(kernel: K) -> K::Output {
     kernel.run::<x86::Avx2>()
+}
+
+/// A depthwise kernel's `[channels, 1, kh, kw]` weights as `[block][tap][lane]`, zero past the
+/// last channel.
+pub(super) fn block_weights(weight: &[f32], channels: usize, taps: usize) -> Vec<f32> {
+    let mut blocked = vec![0.0f32; channels.div_ceil(LANES) * taps * LANES];
+    for c in 0..channels {
+        let (block, lane) = (c / LANES, c % LANES);
+        for tap in 0..taps {
+            blocked[(block * taps + tap) * LANES + lane] = weight[c * taps + tap];
+        }
+    }
+    blocked
+}
+
+/// The jobs of an NCHW result `[images][channels][plane]`: one per image and block of
+/// [`LANES`] channels, as `(image, block, its planes)` (the last block of an image may hold
+/// fewer planes).
+pub(super) fn plane_blocks(
+    result: &mut [MaybeUninit<f32>],
+    channels: usize,
+    plane: usize,
+) -> Vec<(usize, usize, &mut [MaybeUninit<f32>])> {
+    let mut jobs = Vec::new();
+    if plane == 0 || channels == 0 {
+        return jobs;
+    }
+    for (n, image) in result.chunks_mut(channels * plane).enumerate() {
+        for (block, planes) in image.chunks_mut(LANES * plane).enumerate() {
+            jobs.push((n, block, planes));
+        }
+    }
+    jobs
 }
 
 /// `values[start..start + LANES]` as an array.

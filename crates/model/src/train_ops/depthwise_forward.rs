@@ -45,32 +45,18 @@ fn forward_on(
 ) -> Vec<f32> {
     let channels = g.out_channels;
     let taps = g.kernel_h * g.kernel_w;
-    let blocks = channels.div_ceil(LANES);
-    // Weights as [block][tap][lane] and biases as [block][lane], zero past the last channel.
-    let mut block_weights = vec![0.0f32; blocks * taps * LANES];
-    let mut block_bias = vec![0.0f32; blocks * LANES];
-    for c in 0..channels {
-        let (block, lane) = (c / LANES, c % LANES);
-        for tap in 0..taps {
-            block_weights[(block * taps + tap) * LANES + lane] = weight[c * taps + tap];
-        }
-        block_bias[block * LANES + lane] = bias.map_or(0.0, |b| b[c]);
+    let block_weights = depthwise_blocks::block_weights(weight, channels, taps);
+    // Biases as [block][lane], zero past the last channel.
+    let mut block_bias = vec![0.0f32; channels.div_ceil(LANES) * LANES];
+    if let Some(bias) = bias {
+        block_bias[..channels].copy_from_slice(&bias[..channels]);
     }
     let padded = PaddedInput::new(g);
-    let (out_plane, out_image) = (g.out_plane(), channels * g.out_plane());
-    let len = g.batch * out_image;
+    let out_plane = g.out_plane();
+    let len = g.batch * channels * out_plane;
     let mut y: Vec<f32> = Vec::with_capacity(len);
-    let mut jobs: Vec<(usize, usize, &mut [MaybeUninit<f32>])> = Vec::new();
-    if out_plane > 0 {
-        for (n, image) in y.spare_capacity_mut()[..len]
-            .chunks_mut(out_image)
-            .enumerate()
-        {
-            for (block, planes) in image.chunks_mut(LANES * out_plane).enumerate() {
-                jobs.push((n, block, planes));
-            }
-        }
-    }
+    let jobs =
+        depthwise_blocks::plane_blocks(&mut y.spare_capacity_mut()[..len], channels, out_plane);
     jobs.into_par_iter().for_each_init(
         || (Vec::new(), Vec::new()),
         |(input, row), (n, block, planes)| {

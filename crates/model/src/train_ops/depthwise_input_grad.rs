@@ -70,31 +70,14 @@ fn flip_taps(weight: &[f32], taps: usize) -> Vec<f32> {
 fn scattered(simd: Simd, weight: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f32> {
     let channels = g.in_channels;
     let taps = g.kernel_h * g.kernel_w;
-    let blocks = channels.div_ceil(LANES);
-    // Weights as [block][tap][lane], zero past the last channel.
-    let mut block_weights = vec![0.0f32; blocks * taps * LANES];
-    for c in 0..channels {
-        let (block, lane) = (c / LANES, c % LANES);
-        for tap in 0..taps {
-            block_weights[(block * taps + tap) * LANES + lane] = weight[c * taps + tap];
-        }
-    }
+    let block_weights = depthwise_blocks::block_weights(weight, channels, taps);
     let padded = PaddedInput::new(g);
     let grad_layout = PaddedInput::unpadded(g.out_h, g.out_w);
-    let (in_plane, in_image) = (g.in_plane(), channels * g.in_plane());
-    let len = g.batch * in_image;
+    let in_plane = g.in_plane();
+    let len = g.batch * channels * in_plane;
     let mut dx: Vec<f32> = Vec::with_capacity(len);
-    let mut jobs: Vec<(usize, usize, &mut [MaybeUninit<f32>])> = Vec::new();
-    if in_plane > 0 {
-        for (n, image) in dx.spare_capacity_mut()[..len]
-            .chunks_mut(in_image)
-            .enumerate()
-        {
-            for (block, planes) in image.chunks_mut(LANES * in_plane).enumerate() {
-                jobs.push((n, block, planes));
-            }
-        }
-    }
+    let jobs =
+        depthwise_blocks::plane_blocks(&mut dx.spare_capacity_mut()[..len], channels, in_plane);
     jobs.into_par_iter().for_each_init(
         || (Vec::new(), Vec::new()),
         |(grad, sums), (n, block, planes)| {
