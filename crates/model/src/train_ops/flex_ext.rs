@@ -854,9 +854,6 @@ fn plane_size(shape: &burn::tensor::Shape) -> usize {
     shape.dims::<4>()[2..].iter().product()
 }
 
-/// The values of a contiguous f32 tensor. The public entry points ([`super::channel_affine`],
-/// [`super::gelu`], [`super::layer_norm`], [`super::adamw_update`]) only route f32 tensors
-/// here.
 /// A 2-D weight as the linear kernels read it: as it is when row-major or (f32) the transpose
 /// of a row-major matrix (ViT's packed attention projection), else a row-major copy.
 fn linear_weight(w: FlexTensor) -> (FlexTensor, WeightLayout) {
@@ -883,6 +880,9 @@ fn weight_values(w: &FlexTensor, layout: WeightLayout) -> Weight<'_> {
     }
 }
 
+/// The values of a contiguous f32 tensor. The public entry points ([`super::channel_affine`],
+/// [`super::gelu`], [`super::layer_norm`], [`super::adamw_update`]) only route f32 tensors
+/// here.
 fn f32_slice(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>()
         .expect("the fused operations are only called with contiguous f32 tensors")

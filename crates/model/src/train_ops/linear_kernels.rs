@@ -64,13 +64,6 @@ impl<'a> Weight<'a> {
             Weight::RowMajor(w) | Weight::Transposed(w) => w.len(),
         }
     }
-
-    pub fn layout(self) -> WeightLayout {
-        match self {
-            Weight::RowMajor(_) => WeightLayout::RowMajor,
-            Weight::Transposed(_) => WeightLayout::Transposed,
-        }
-    }
 }
 
 /// `activation(x · weight + bias)`: `x` is `[rows, d_in]`, `weight` `[d_in, d_out]`, `bias`
