@@ -31,7 +31,7 @@ pub(super) fn weight_grad(x: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f32> {
     weight_grad_on(Simd::detect(), x, gy, g)
 }
 
-pub(super) fn weight_grad_on(simd: Simd, x: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f32> {
+fn weight_grad_on(simd: Simd, x: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f32> {
     let channels = g.out_channels;
     let taps = g.kernel_h * g.kernel_w;
     let mut dw = vec![0.0f32; channels * taps];
