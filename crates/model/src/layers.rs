@@ -10,7 +10,9 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Distribution, Tensor};
 
-use crate::train_ops::{Activation, LinearActivation, channel_affine, conv2d_act, linear_2d};
+use crate::train_ops::{
+    Activation, LinearActivation, channel_affine, conv2d_act, conv2d_add_act, linear_2d,
+};
 
 /// TensorFlow "same" padding for one dimension: `(before, after)`.
 pub fn tf_same_padding(
@@ -49,6 +51,32 @@ pub fn conv_bn_act(
 ) -> Tensor<4> {
     let padding = burn_padding(conv, &x);
     conv_padded_bn_act(conv, bn, x, padding, activation)
+}
+
+/// `activation(batch_norm(conv(x)) + residual)` with burn's padding rules: a residual block's
+/// last convolution, its shortcut and the activation after their sum. Without a batch norm (a
+/// BN-folded model in inference) one pass on flex.
+pub fn conv_bn_add_act(
+    conv: &Conv2d,
+    bn: &Option<BatchNorm>,
+    x: Tensor<4>,
+    residual: Tensor<4>,
+    activation: Activation,
+) -> Tensor<4> {
+    let padding = burn_padding(conv, &x);
+    let options = ConvOptions::new_with_padding(conv.stride, padding, conv.dilation, conv.groups);
+    let (weight, bias) = (conv.weight.val(), conv.bias.as_ref().map(|b| b.val()));
+    match bn {
+        None => conv2d_add_act(x, weight, bias, residual, options, activation),
+        Some(_) => activate(
+            batch_norm_act(
+                bn,
+                conv2d_act(x, weight, bias, options, Activation::Identity),
+                Activation::Identity,
+            ) + residual,
+            activation,
+        ),
+    }
 }
 
 /// `conv.forward(x)` (burn's padding rules), through [`crate::train_ops::conv2d`] so that flex

@@ -56,7 +56,9 @@ fn convolutions_forward_and_backward() {
         let (bias, _) = fixture.get(name, "bias");
         let (gy, gys) = fixture.get(name, "gy");
         let g = geometry(&xs, &ws, &gys, case);
-        if let Some(y) = conv_forward_kernels::forward(&x, &w, Some(&bias), &g, Activation::Relu) {
+        if let Some(y) =
+            conv_forward_kernels::forward(&x, &w, Some(&bias), None, &g, Activation::Relu)
+        {
             let e = close(
                 &y,
                 &fixture.get(name, "y_relu").0,

@@ -34,13 +34,14 @@ fn forward_kernels_match_pytorch() {
         let (y, ys) = fixture.get(name, "y");
         let g = geometry(&xs, &ws, &ys, case);
         for (activation, key) in ACTIVATIONS {
-            let got = conv_forward_kernels::forward(&x, &w, Some(&bias), &g, activation)
+            let got = conv_forward_kernels::forward(&x, &w, Some(&bias), None, &g, activation)
                 .expect("kernel covers this case");
             let e = relative_error(&got, &fixture.get(name, key).0);
             assert!(e <= 1e-5, "{name} {activation:?}: relative error {e}");
         }
         // Without a bias: the output less the bias.
-        let got = conv_forward_kernels::forward(&x, &w, None, &g, Activation::Identity).unwrap();
+        let got =
+            conv_forward_kernels::forward(&x, &w, None, None, &g, Activation::Identity).unwrap();
         let want: Vec<f32> = y
             .iter()
             .enumerate()
@@ -48,6 +49,31 @@ fn forward_kernels_match_pytorch() {
             .collect();
         let e = relative_error(&got, &want);
         assert!(e <= 1e-5, "{name} without bias: relative error {e}");
+        // With a residual (a ResNet block's shortcut) and the ReLU after the sum; the dense
+        // kernel covers it, the depthwise one leaves it to burn.
+        let residual: Vec<f32> = (0..y.len())
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+            .collect();
+        let got = conv_forward_kernels::forward(
+            &x,
+            &w,
+            Some(&bias),
+            Some(&residual),
+            &g,
+            Activation::Relu,
+        );
+        match got {
+            Some(got) => {
+                let want: Vec<f32> = y
+                    .iter()
+                    .zip(&residual)
+                    .map(|(v, r)| (v + r).max(0.0))
+                    .collect();
+                let e = relative_error(&got, &want);
+                assert!(e <= 1e-5, "{name} with a residual: relative error {e}");
+            }
+            None => assert_ne!(g.groups, 1, "{name}: the dense kernel takes a residual"),
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{conv_bn_act, drop_path};
+use crate::layers::{conv_bn_act, conv_bn_add_act, drop_path, is_training};
 use crate::pooling::{Pooling, PoolingKind};
 use crate::train_ops::Activation;
 use crate::weights::WeightMapping;
@@ -163,21 +163,26 @@ pub struct ResBlock {
 
 impl ResBlock {
     fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        let mut x = conv_bn_act(&self.conv1, &self.bn1, input.clone(), Activation::Relu);
-        // A bottleneck block has a ReLU between its second and third convolutions.
-        let after_second = match self.conv3 {
-            Some(_) => Activation::Relu,
-            None => Activation::Identity,
-        };
-        x = conv_bn_act(&self.conv2, &self.bn2, x, after_second);
-        if let Some(conv3) = &self.conv3 {
-            x = conv_bn_act(conv3, &self.bn3, x, Activation::Identity);
-        }
         let shortcut = match &self.downsample {
-            Some(d) => conv_bn_act(&d.conv, &d.bn, input, Activation::Identity),
-            None => input,
+            Some(d) => conv_bn_act(&d.conv, &d.bn, input.clone(), Activation::Identity),
+            None => input.clone(),
         };
-        relu(drop_path(x, self.drop_path) + shortcut)
+        let mut x = conv_bn_act(&self.conv1, &self.bn1, input, Activation::Relu);
+        // A bottleneck block has a ReLU between its second and third convolutions.
+        let (middle, last) = match &self.conv3 {
+            Some(conv3) => (Some((&self.conv2, &self.bn2)), (conv3, &self.bn3)),
+            None => (None, (&self.conv2, &self.bn2)),
+        };
+        if let Some((conv, bn)) = middle {
+            x = conv_bn_act(conv, bn, x, Activation::Relu);
+        }
+        let (conv, bn) = last;
+        if self.drop_path > 0.0 && is_training(&x) {
+            let x = conv_bn_act(conv, bn, x, Activation::Identity);
+            return relu(drop_path(x, self.drop_path) + shortcut);
+        }
+        // The last convolution, the shortcut and the ReLU: one pass in inference on flex.
+        conv_bn_add_act(conv, bn, x, shortcut, Activation::Relu)
     }
 }
 
@@ -194,9 +199,8 @@ pub struct ResNet {
 
 impl ResNet {
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = self
-            .maxpool
-            .forward(conv_bn_act(&self.conv1, &self.bn1, x, Activation::Relu));
+        let stem = conv_bn_act(&self.conv1, &self.bn1, x, Activation::Relu);
+        let mut x = crate::train_ops::max_pool2d(&self.maxpool, stem);
         for stage in &self.layers {
             for block in stage {
                 x = block.forward(x);

@@ -43,6 +43,7 @@ use super::gelu_kernels;
 use super::grad_norm_kernels;
 use super::layer_norm_kernels;
 use super::linear_kernels::{self, LinearActivation, Weight, WeightLayout};
+use super::max_pool_kernels::{self, PoolGeometry};
 
 #[backend_extension(Flex, Autodiff)]
 pub trait TrainOps: Backend {
@@ -97,6 +98,26 @@ pub trait TrainOps: Backend {
     /// Multi-head self-attention over the packed `[b, n, 3·d]` projection: `[b, n, d]`.
     fn fused_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self>;
 
+    /// `activation(conv2d(x, weight) + bias + residual)`, in one pass where our kernels cover
+    /// it; the residual has the output's shape.
+    fn fused_conv2d_add(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        options: ConvOptions<2>,
+        activation: Activation,
+    ) -> FloatTensor<Self>;
+
+    /// Max pooling of an NCHW tensor (symmetric padding, floor rounding), without indices.
+    fn fused_max_pool2d(
+        x: FloatTensor<Self>,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        dilation: [usize; 2],
+    ) -> FloatTensor<Self>;
+
     /// `activation(x · weight + bias)` for a 2-D `x`, in one pass where our kernels cover it.
     fn fused_linear(
         x: FloatTensor<Self>,
@@ -108,7 +129,7 @@ pub trait TrainOps: Backend {
 
 impl TrainOps for Flex {
     fn train_conv2d(x: FlexTensor, weight: FlexTensor, options: ConvOptions<2>) -> FlexTensor {
-        our_forward(&x, &weight, None, &options, Activation::Identity)
+        our_forward(&x, &weight, None, None, &options, Activation::Identity)
             .unwrap_or_else(|| Flex::conv2d(x, weight, None, options))
     }
 
@@ -119,15 +140,44 @@ impl TrainOps for Flex {
         options: ConvOptions<2>,
         activation: Activation,
     ) -> FlexTensor {
-        if let Some(y) = our_forward(&x, &weight, Some(&bias), &options, activation) {
-            return y;
+        flex_conv2d(x, weight, bias, None, options, activation)
+    }
+
+    fn fused_conv2d_add(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        residual: FlexTensor,
+        options: ConvOptions<2>,
+        activation: Activation,
+    ) -> FlexTensor {
+        flex_conv2d(x, weight, bias, Some(residual), options, activation)
+    }
+
+    fn fused_max_pool2d(
+        x: FlexTensor,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        dilation: [usize; 2],
+    ) -> FlexTensor {
+        let [batch, channels, in_h, in_w] = x.shape().dims();
+        let geometry = PoolGeometry {
+            in_h,
+            in_w,
+            kernel,
+            stride,
+            padding,
+            dilation,
+        };
+        if let (DType::F32, Some([out_h, out_w])) = (x.dtype(), geometry.out_size()) {
+            let x = x.to_contiguous();
+            let y = max_pool_kernels::forward(f32_slice(&x), batch * channels, &geometry);
+            if let Some(y) = y {
+                return FlexTensor::from_data(TensorData::new(y, [batch, channels, out_h, out_w]));
+            }
         }
-        let y = Flex::conv2d(x, weight, Some(bias), options);
-        match activation {
-            Activation::Identity => y,
-            Activation::Relu => Flex::relu(y),
-            Activation::Relu6 => Flex::float_clamp(y, 0.0f32.into(), 6.0f32.into()),
-        }
+        Flex::max_pool2d(x, kernel, stride, padding, dilation, false)
     }
 
     fn train_channel_affine(
@@ -353,11 +403,31 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
         let y = Self::train_conv2d(x, weight, options);
         let [channels] = bias.shape().dims();
         let y = Self::float_add(y, Self::float_reshape(bias, [1, channels, 1, 1].into()));
-        match activation {
-            Activation::Identity => y,
-            Activation::Relu => Self::relu(y),
-            Activation::Relu6 => Self::float_clamp_max(Self::relu(y), 6.0f32.into()),
-        }
+        activate_tracked::<C>(y, activation)
+    }
+
+    /// As `fused_conv2d`, with burn's (tracked) residual addition before the activation.
+    fn fused_conv2d_add(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        options: ConvOptions<2>,
+        activation: Activation,
+    ) -> FloatTensor<Self> {
+        let y = Self::fused_conv2d(x, weight, bias, options, Activation::Identity);
+        activate_tracked::<C>(Self::float_add(y, residual), activation)
+    }
+
+    /// burn's pooling (with the indices its backward pass needs).
+    fn fused_max_pool2d(
+        x: FloatTensor<Self>,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        dilation: [usize; 2],
+    ) -> FloatTensor<Self> {
+        Self::max_pool2d(x, kernel, stride, padding, dilation, false)
     }
 
     fn train_channel_affine(
@@ -606,11 +676,58 @@ fn our_grad(
     Some(FlexTensor::from_data(TensorData::new(values, shape)))
 }
 
+/// Flex's fused convolution: our kernels, else burn's convolution, the residual addition and the
+/// activation one after another.
+fn flex_conv2d(
+    x: FlexTensor,
+    weight: FlexTensor,
+    bias: FlexTensor,
+    residual: Option<FlexTensor>,
+    options: ConvOptions<2>,
+    activation: Activation,
+) -> FlexTensor {
+    let ours = our_forward(
+        &x,
+        &weight,
+        Some(&bias),
+        residual.as_ref(),
+        &options,
+        activation,
+    );
+    if let Some(y) = ours {
+        return y;
+    }
+    let y = Flex::conv2d(x, weight, Some(bias), options);
+    let y = match residual {
+        Some(r) => Flex::float_add(y, r),
+        None => y,
+    };
+    match activation {
+        Activation::Identity => y,
+        Activation::Relu => Flex::relu(y),
+        Activation::Relu6 => Flex::float_clamp(y, 0.0f32.into(), 6.0f32.into()),
+    }
+}
+
+/// `activation(y)` as tracked operations.
+fn activate_tracked<C: CheckpointStrategy>(
+    y: FloatTensor<Autodiff<Flex, C>>,
+    activation: Activation,
+) -> FloatTensor<Autodiff<Flex, C>> {
+    type Tracked<C> = Autodiff<Flex, C>;
+    match activation {
+        Activation::Identity => y,
+        Activation::Relu => Tracked::<C>::relu(y),
+        Activation::Relu6 => Tracked::<C>::float_clamp_max(Tracked::<C>::relu(y), 6.0f32.into()),
+    }
+}
+
 /// The convolution's output from our forward kernels, or `None` where they do not apply.
 fn our_forward(
     x: &FlexTensor,
     weight: &FlexTensor,
     bias: Option<&FlexTensor>,
+    residual: Option<&FlexTensor>,
     options: &ConvOptions<2>,
     activation: Activation,
 ) -> Option<FlexTensor> {
@@ -633,16 +750,25 @@ fn our_forward(
         out_size(1, in_w, kernel_w)?,
     ];
     let geometry = geometry(x, weight, &out_shape, options)?;
+    if residual.is_some_and(|r| r.dtype() != DType::F32 || r.shape().dims::<4>() != out_shape) {
+        return None;
+    }
     let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
     let bias = bias.map(|b| b.to_contiguous());
     let bias = match &bias {
         Some(b) => Some(b.as_slice::<f32>()?),
         None => None,
     };
+    let residual = residual.map(|r| r.to_contiguous());
+    let residual = match &residual {
+        Some(r) => Some(r.as_slice::<f32>()?),
+        None => None,
+    };
     let y = conv_forward_kernels::forward(
         x.as_slice::<f32>()?,
         weight.as_slice::<f32>()?,
         bias,
+        residual,
         &geometry,
         activation,
     )?;

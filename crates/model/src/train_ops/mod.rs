@@ -36,9 +36,11 @@ mod gemm_views;
 pub mod grad_norm_kernels;
 pub mod layer_norm_kernels;
 pub mod linear_kernels;
+pub mod max_pool_kernels;
 mod vectorized;
 
 use burn::nn::LayerNorm;
+use burn::nn::pool::MaxPool2d;
 use burn::tensor::Tensor;
 use burn::tensor::ops::ConvOptions;
 
@@ -100,19 +102,59 @@ pub fn conv2d_act(
     options: ConvOptions<2>,
     activation: Activation,
 ) -> Tensor<4> {
+    conv2d_residual_act(x, weight, bias, None, options, activation)
+}
+
+/// `activation(conv2d(x, weight) + bias + residual)` (a residual block's last convolution, the
+/// shortcut and the ReLU after their sum): one pass in inference on flex.
+pub fn conv2d_add_act(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    residual: Tensor<4>,
+    options: ConvOptions<2>,
+    activation: Activation,
+) -> Tensor<4> {
+    conv2d_residual_act(x, weight, bias, Some(residual), options, activation)
+}
+
+fn conv2d_residual_act(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    residual: Option<Tensor<4>>,
+    options: ConvOptions<2>,
+    activation: Activation,
+) -> Tensor<4> {
     #[cfg(feature = "flex")]
     if runs_on_flex(&x) && !x.device().is_autodiff() {
         use burn::backend::Dispatch;
         let bias = bias.unwrap_or_else(|| zero_bias(weight.dims()[0], &x));
-        return Tensor::<4>::from_dispatch(<Dispatch as flex_ext::TrainOps>::fused_conv2d(
+        let (x, weight, bias) = (
             x.into_dispatch(),
             weight.into_dispatch(),
             bias.into_dispatch(),
-            options,
-            activation,
-        ));
+        );
+        return Tensor::<4>::from_dispatch(match residual {
+            Some(r) => <Dispatch as flex_ext::TrainOps>::fused_conv2d_add(
+                x,
+                weight,
+                bias,
+                r.into_dispatch(),
+                options,
+                activation,
+            ),
+            None => {
+                <Dispatch as flex_ext::TrainOps>::fused_conv2d(x, weight, bias, options, activation)
+            }
+        });
     }
-    crate::layers::activate(conv2d_training(x, weight, bias, options), activation)
+    let y = conv2d_training(x, weight, bias, options);
+    let y = match residual {
+        Some(r) => y + r,
+        None => y,
+    };
+    crate::layers::activate(y, activation)
 }
 
 /// A convolution on autodiff flex (our backward kernels) or on another backend (burn's).
@@ -343,6 +385,35 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
         ));
     }
     burn::tensor::activation::gelu(x)
+}
+
+/// `pool.forward(x)`; on flex in inference our kernel, which skips the indices burn-flex
+/// computes for a backward pass (symmetric padding and floor rounding only, else burn's).
+pub fn max_pool2d(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    if runs_on_flex(&x) && !x.device().is_autodiff() && !pool.ceil_mode {
+        use burn::nn::PaddingConfig2d;
+        let padding = match pool.padding {
+            PaddingConfig2d::Valid => Some([0, 0]),
+            PaddingConfig2d::Explicit(top, left, bottom, right)
+                if top == bottom && left == right =>
+            {
+                Some([top, left])
+            }
+            _ => None,
+        };
+        if let Some(padding) = padding {
+            use burn::backend::Dispatch;
+            return Tensor::<4>::from_dispatch(<Dispatch as flex_ext::TrainOps>::fused_max_pool2d(
+                x.into_dispatch(),
+                pool.kernel_size,
+                pool.stride,
+                padding,
+                pool.dilation,
+            ));
+        }
+    }
+    pool.forward(x)
 }
 
 /// A zero bias of `len` values in `like`'s dtype, for the fused operations, which always take
