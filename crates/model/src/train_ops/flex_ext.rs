@@ -1,11 +1,14 @@
 //! Our training operations as a burn backend extension on flex (an extension is how burn lets a
 //! model replace an operation and its backward without a fork):
 //! - **convolution**: the forward pass, with its bias and activation fused when it has them
-//!   (inference on a BN-folded model), runs [`super::conv_forward_kernels`]; the backward pass
-//!   (registered with burn's autodiff) runs [`super::conv_kernels`]. Both fall back to burn's
-//!   operations for what they do not cover (another dtype, a grouping other than 1 or depthwise);
+//!   (inference on a BN-folded model; a ResNet block's shortcut too), runs
+//!   [`super::conv_forward_kernels`]; the backward pass (registered with burn's autodiff) runs
+//!   [`super::conv_kernels`]. Both fall back to burn's operations for what they do not cover
+//!   (another dtype, a grouping other than 1 or depthwise);
 //! - **per-channel affine + activation** (frozen batch norm, then ReLU/ReLU6): one fused pass
 //!   each way ([`super::affine_kernels`]);
+//! - **max pool** (inference): without the indices burn-flex computes for a backward pass
+//!   ([`super::max_pool_kernels`]); autodiff keeps burn's;
 //! - **GELU** (exact, erf): vectorised and parallel both ways ([`super::gelu_kernels`]); also
 //!   used for inference on flex;
 //! - **AdamW** (the optimizer step): one parallel pass per parameter ([`super::adamw_kernels`]),

@@ -1,5 +1,7 @@
 //! Operations that run our own kernels on flex: 2-D convolution (every backbone; forward with
-//! its bias and activation fused, and backward), a per-channel affine map + activation (a
+//! its bias, activation and — for a ResNet block's last one — the shortcut fused, and
+//! backward), ResNet's max pool in inference ([`max_pool_kernels`]), a per-channel affine map +
+//! activation (a
 //! frozen batch norm and the ReLU/ReLU6 after it, in training), GELU and LayerNorm (ConvNeXt,
 //! ViT), ViT's multi-head attention, and the linear layer (inference).
 //!
