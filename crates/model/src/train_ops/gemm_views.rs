@@ -3,6 +3,7 @@
 //! (the GEMM burn-flex itself uses), or, when the process-wide matmul precision is bf16 and
 //! the CPU has AMX, [`super::amx_gemm`]'s bf16 products with f32 sums.
 
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use gemm::Parallelism;
@@ -260,16 +261,83 @@ fn f32_gemm(
     scale: f32,
     parallelism: Parallelism,
 ) {
+    // SAFETY: the callers' asserts keep every index the GEMM touches inside the three slices,
+    // and `dst` is borrowed mutably, so it aliases neither input.
+    unsafe {
+        f32_gemm_into(
+            dst.data.as_mut_ptr(),
+            dst.rows,
+            dst.cols,
+            accumulate,
+            lhs,
+            rhs,
+            scale,
+            parallelism,
+        )
+    }
+}
+
+/// `dst = lhs · rhs` in f32, written into memory that may not be initialised: the GEMM only
+/// stores into its output unless asked to accumulate (the `gemm` crate's `read_dst`, BLAS's
+/// β = 0: "C need not be set on input"). Returns `dst`, now initialised. A convolution's
+/// output gets its bias and activation in one pass after this instead of a pass that writes
+/// the bias rows before the product and one that applies the activation after it.
+pub(super) fn f32_product_into<'a>(
+    dst: &'a mut [MaybeUninit<f32>],
+    lhs: &MatrixRef<'_>,
+    rhs: &MatrixRef<'_>,
+    parallelism: Parallelism,
+) -> &'a mut [f32] {
+    let (rows, cols) = (lhs.rows, rhs.cols);
+    assert!(lhs.cols == rhs.rows && dst.len() == rows * cols && lhs.fits() && rhs.fits());
+    if rows > 0 && cols > 0 {
+        // SAFETY: `dst` holds the `rows × cols` output (asserted) and is borrowed mutably, the
+        // inputs fit their slices (asserted), and without accumulation the GEMM writes every
+        // output value and reads none (for `k = 0` it writes zeros).
+        unsafe {
+            f32_gemm_into(
+                dst.as_mut_ptr().cast(),
+                rows,
+                cols,
+                false,
+                lhs,
+                rhs,
+                1.0,
+                parallelism,
+            )
+        }
+    }
+    // SAFETY: every element was written above (or there are none), and `MaybeUninit<f32>` has
+    // the layout of `f32`.
+    unsafe { &mut *(dst as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// [`f32_gemm`] on a raw `rows × cols` row-major output.
+///
+/// # Safety
+/// `dst` must be valid for writes (and, when `accumulate`, reads) of `rows · cols` values that
+/// nothing else touches meanwhile, and `lhs`/`rhs` must fit their slices with `lhs` `rows ×
+/// k` and `rhs` `k × cols`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn f32_gemm_into(
+    dst: *mut f32,
+    rows: usize,
+    cols: usize,
+    accumulate: bool,
+    lhs: &MatrixRef<'_>,
+    rhs: &MatrixRef<'_>,
+    scale: f32,
+    parallelism: Parallelism,
+) {
     let threads = match parallelism {
         Parallelism::None => 1,
         Parallelism::Rayon(0) => rayon::current_num_threads(),
         Parallelism::Rayon(n) => n,
     };
-    if threads > 1 && dst.rows < FEW_ROWS && dst.cols >= 2 * MIN_TASK_COLS {
-        let tasks = (2 * threads).min(dst.cols / MIN_TASK_COLS);
-        let width = dst.cols.div_ceil(tasks).next_multiple_of(16);
-        let (rows, cols) = (dst.rows, dst.cols);
-        let out = SharedOut(dst.data.as_mut_ptr());
+    if threads > 1 && rows < FEW_ROWS && cols >= 2 * MIN_TASK_COLS {
+        let tasks = (2 * threads).min(cols / MIN_TASK_COLS);
+        let width = cols.div_ceil(tasks).next_multiple_of(16);
+        let out = SharedOut(dst);
         rayon::scope(|scope| {
             for first in (0..cols).step_by(width) {
                 let out = &out;
@@ -296,14 +364,13 @@ fn f32_gemm(
         });
         return;
     }
-    // SAFETY: the callers' asserts keep every index the GEMM touches inside the three slices,
-    // and `dst` is borrowed mutably, so it aliases neither input.
+    // SAFETY: forwarded from the caller.
     unsafe {
         f32_gemm_raw(
-            dst.data.as_mut_ptr(),
-            dst.cols,
-            dst.rows,
-            dst.cols,
+            dst,
+            cols,
+            rows,
+            cols,
             accumulate,
             lhs,
             rhs.data.as_ptr(),
