@@ -379,25 +379,47 @@ fn current_version(dir: &Path) -> Result<Option<String>, RetrievalError> {
     Ok(Some(name.to_string()))
 }
 
-/// Removes temp version folders (`.vNNNNNN.*`) that a killed write left behind.
+/// The prefix of the temp file `current` is written through (then renamed over it).
+const CURRENT_TEMP_PREFIX: &str = ".current.";
+
+/// Removes what a killed write left behind: temp version folders (`.vNNNNNN.*`) and temp
+/// `current` files (`.current.*`).
 fn sweep_leftovers(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let leftover = name
+        let version_folder = name
             .strip_prefix('.')
             .and_then(|rest| rest.split_once('.'))
             .is_some_and(|(version, _)| is_version_name(version));
-        if leftover && entry.path().is_dir() {
-            tracing::info!(
-                "removing {} left by an interrupted write",
-                entry.path().display()
-            );
-            let _ = std::fs::remove_dir_all(entry.path());
+        let path = entry.path();
+        if version_folder && path.is_dir() {
+            tracing::info!("removing {} left by an interrupted write", path.display());
+            let _ = std::fs::remove_dir_all(&path);
+        } else if name.starts_with(CURRENT_TEMP_PREFIX) && path.is_file() {
+            tracing::info!("removing {} left by an interrupted write", path.display());
+            let _ = std::fs::remove_file(&path);
         }
     }
+}
+
+/// Points `current` at version `name`: a temp file (`.current.*`, swept by the next write if
+/// this one is killed) synced, then renamed over `current`.
+fn write_current(dir: &Path, name: &str) -> Result<(), RetrievalError> {
+    let mut tmp = tempfile::Builder::new()
+        .prefix(CURRENT_TEMP_PREFIX)
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .tempfile_in(dir)
+        .map_err(|e| RetrievalError::io(dir, e))?;
+    let path = dir.join("current");
+    tmp.write_all(format!("{name}\n").as_bytes())
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(|e| RetrievalError::io(&path, e))?;
+    tmp.persist(&path)
+        .map_err(|e| RetrievalError::io(&path, e.error))?;
+    Ok(())
 }
 
 /// Makes renames inside `dir` durable.
@@ -514,7 +536,7 @@ fn write_version(
     let kept = tmp.keep();
     std::fs::rename(&kept, &final_dir).map_err(|e| RetrievalError::io(&final_dir, e))?;
     sync_dir(dir)?;
-    crate::npy::write_atomically(&dir.join("current"), format!("{name}\n").as_bytes())?;
+    write_current(dir, &name)?;
     sync_dir(dir)?;
     if let Some(old) = previous.filter(|p| *p != name) {
         // Readers that mapped the old version keep their mapping; the folder can go.
@@ -1304,11 +1326,24 @@ mod tests {
         let idx = dir.path().join("idx");
         build_one(&idx);
         let leftover = interrupted_write(&idx, ".v000002.abc123");
+        // Killed while writing `current`: its temp file.
+        let current_temp = idx.join(".current.x7Yz");
+        std::fs::write(&current_temp, "v000002").unwrap();
         let unrelated = idx.join(".keep-me");
         std::fs::create_dir(&unrelated).unwrap();
+        let unrelated_file = idx.join(".tmp-notes");
+        std::fs::write(&unrelated_file, "mine").unwrap();
         build_other(&idx);
         assert!(!leftover.exists());
-        assert!(unrelated.exists());
+        assert!(!current_temp.exists());
+        assert!(unrelated.exists() && unrelated_file.exists());
+        // A write leaves nothing of its own behind.
+        let dotted: Vec<String> = std::fs::read_dir(&idx)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert_eq!(dotted.len(), 2, "{dotted:?}");
     }
 
     #[test]

@@ -70,7 +70,6 @@ fn dense(
     activation: Activation,
 ) -> Vec<f32> {
     let (rows, p) = (g.col_rows(), g.out_plane());
-    let in_image = g.in_channels * g.in_plane();
     let across_images = g.batch >= rayon::current_num_threads();
     let inner = if across_images {
         Parallelism::None
@@ -83,13 +82,7 @@ fn dense(
     // The weight is shared by every image: under bf16 products it is packed once here.
     let weight = Operand::lhs(MatrixRef::row_major(weight, g.out_channels, rows), true);
     let run = |col: &mut Vec<f32>, n: usize, y_n: &mut [f32]| {
-        let x_n = &x[n * in_image..][..in_image];
-        let col_n: &[f32] = if g.is_plain_pointwise() {
-            x_n
-        } else {
-            im2col(x_n, g, col);
-            col
-        };
+        let col_n = patches(x, n, g, col);
         gemm_then(
             Matrix::row_major(y_n, g.out_channels, p),
             bias.is_some() || residual.is_some(),
@@ -124,7 +117,7 @@ fn product_then_epilogue(
     inner: Parallelism,
 ) -> Vec<f32> {
     let (rows, p, co) = (g.col_rows(), g.out_plane(), g.out_channels);
-    let (in_image, image_len) = (g.in_channels * g.in_plane(), co * p);
+    let image_len = co * p;
     let weight = MatrixRef::row_major(weight, co, rows);
     let len = g.batch * image_len;
     let mut y: Vec<f32> = Vec::with_capacity(len);
@@ -135,13 +128,7 @@ fn product_then_epilogue(
         .par_chunks_mut(image_len)
         .enumerate()
         .for_each_init(Vec::new, |col, (n, y_n)| {
-            let x_n = &x[n * in_image..][..in_image];
-            let rhs: &[f32] = if g.is_plain_pointwise() {
-                x_n
-            } else {
-                im2col(x_n, g, col);
-                col
-            };
+            let rhs = patches(x, n, g, col);
             let y_n = f32_product_into(y_n, &weight, &MatrixRef::row_major(rhs, rows, p), inner);
             let residual_n = residual.map(|r| &r[n * image_len..][..image_len]);
             vectorized(
@@ -153,6 +140,19 @@ fn product_then_epilogue(
     // `len` elements, and `len` fits the capacity.
     unsafe { y.set_len(len) };
     y
+}
+
+/// Image `n`'s `[col_rows, out_plane]` patch matrix: the image itself for a plain pointwise
+/// convolution, else its im2col in `col` (one buffer per task, see [`im2col`]).
+fn patches<'a>(x: &'a [f32], n: usize, g: &ConvGeometry, col: &'a mut Vec<f32>) -> &'a [f32] {
+    let in_image = g.in_channels * g.in_plane();
+    let x_n = &x[n * in_image..][..in_image];
+    if g.is_plain_pointwise() {
+        x_n
+    } else {
+        im2col(x_n, g, col);
+        col
+    }
 }
 
 /// `y[r, i] = activation(y[r, i] + bias[r] + residual[r, i])` over rows of `plane` values.
