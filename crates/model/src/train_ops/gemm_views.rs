@@ -1,7 +1,9 @@
 //! Strided matrix views over f32 slices and the one checked GEMM entry point of our kernels
 //! (convolutions forward and backward, the inference `Linear`): the `gemm` crate's f32 GEMM
 //! (the GEMM burn-flex itself uses), or, when the process-wide matmul precision is bf16 and
-//! the CPU has AMX, [`super::amx_gemm`]'s bf16 products with f32 sums.
+//! the CPU has AMX, [`super::amx_gemm`]'s bf16 products with f32 sums. One more checked entry,
+//! [`f32_product_into`], writes an f32 product into memory not yet initialised (a
+//! convolution's output, whose bias and activation follow in one pass).
 
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
