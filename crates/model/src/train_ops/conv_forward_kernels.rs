@@ -69,57 +69,62 @@ fn dense(
     g: &ConvGeometry,
     activation: Activation,
 ) -> Vec<f32> {
-    let (rows, p) = (g.col_rows(), g.out_plane());
+    let (rows, p, co) = (g.col_rows(), g.out_plane(), g.out_channels);
+    let image_len = co * p;
     let across_images = g.batch >= rayon::current_num_threads();
     let inner = if across_images {
         Parallelism::None
     } else {
         Parallelism::Rayon(0)
     };
+    let residual_of = |n: usize| residual.map(|r| &r[n * image_len..][..image_len]);
     if matmul_precision() == MatmulPrecision::F32 {
-        return product_then_epilogue(x, weight, bias, residual, g, activation, inner);
+        // Each image's GEMM writes its output (no fill before it), then one pass adds the bias
+        // (and the residual) and applies the activation while the output is warm. Writing the
+        // bias rows before the product was 6 % of a ResNet-50 inference pass, and the
+        // activation a second pass after it.
+        let weight = MatrixRef::row_major(weight, co, rows);
+        return per_image(g.batch, image_len, |col, n, image| {
+            let rhs = MatrixRef::row_major(patches(x, n, g, col), rows, p);
+            let y_n = f32_product_into(image, &weight, &rhs, inner);
+            let residual_n = residual_of(n);
+            vectorized(
+                #[inline(always)]
+                || epilogue(y_n, p, bias, residual_n, activation),
+            );
+            y_n
+        });
     }
-    // The weight is shared by every image: under bf16 products it is packed once here.
-    let weight = Operand::lhs(MatrixRef::row_major(weight, g.out_channels, rows), true);
-    let run = |col: &mut Vec<f32>, n: usize, y_n: &mut [f32]| {
-        let col_n = patches(x, n, g, col);
+    // bf16 products: the weight is shared by every image and packed once here; each image
+    // starts as its bias (+ residual) rows, and the AMX GEMM accumulates onto them and applies
+    // the activation as each block is stored.
+    let weight = Operand::lhs(MatrixRef::row_major(weight, co, rows), true);
+    per_image(g.batch, image_len, |col, n, image| {
+        let y_n = start_rows(image, p, bias, residual_of(n));
+        let rhs = MatrixRef::row_major(patches(x, n, g, col), rows, p);
         gemm_then(
-            Matrix::row_major(y_n, g.out_channels, p),
+            Matrix::row_major(y_n, co, p),
             bias.is_some() || residual.is_some(),
             &weight,
-            &Operand::F32(MatrixRef::row_major(col_n, rows, p)),
+            &Operand::F32(rhs),
             inner,
             activation,
         );
-    };
-    let zeros;
-    let bias = match bias {
-        Some(b) => b,
-        None => {
-            zeros = vec![0.0; g.out_channels];
-            &zeros
-        }
-    };
-    images_from_bias(g.batch, p, bias, residual, run)
+        y_n
+    })
 }
 
-/// f32 products: each image's GEMM writes its output (no fill before it), then one pass adds
-/// the bias (and the residual) and applies the activation while the image's output is warm.
-/// Writing the bias rows before the product was 6 % of a ResNet-50 inference pass, and the
-/// activation a second pass after it.
-fn product_then_epilogue(
-    x: &[f32],
-    weight: &[f32],
-    bias: Option<&[f32]>,
-    residual: Option<&[f32]>,
-    g: &ConvGeometry,
-    activation: Activation,
-    inner: Parallelism,
+/// `batch` images of `image_len` values each, in parallel: `write(col, n, image)` writes image
+/// `n` in full and returns it, initialised (`col` is one scratch buffer per task). There is no
+/// zeroing pass over the buffer first.
+fn per_image(
+    batch: usize,
+    image_len: usize,
+    write: impl for<'a> Fn(&mut Vec<f32>, usize, &'a mut [MaybeUninit<f32>]) -> &'a mut [f32]
+    + Sync
+    + Send,
 ) -> Vec<f32> {
-    let (rows, p, co) = (g.col_rows(), g.out_plane(), g.out_channels);
-    let image_len = co * p;
-    let weight = MatrixRef::row_major(weight, co, rows);
-    let len = g.batch * image_len;
+    let len = batch * image_len;
     let mut y: Vec<f32> = Vec::with_capacity(len);
     if len == 0 {
         return y;
@@ -127,16 +132,14 @@ fn product_then_epilogue(
     y.spare_capacity_mut()[..len]
         .par_chunks_mut(image_len)
         .enumerate()
-        .for_each_init(Vec::new, |col, (n, y_n)| {
-            let rhs = patches(x, n, g, col);
-            let y_n = f32_product_into(y_n, &weight, &MatrixRef::row_major(rhs, rows, p), inner);
-            let residual_n = residual.map(|r| &r[n * image_len..][..image_len]);
-            vectorized(
-                #[inline(always)]
-                || epilogue(y_n, p, bias, residual_n, activation),
-            );
+        .for_each_init(Vec::new, |col, (n, image)| {
+            let (start, size) = (image.as_ptr() as *const f32, image.len());
+            let written = write(col, n, image);
+            // An initialised view of exactly this image's memory is what marks it written.
+            assert!(written.as_ptr() == start && written.len() == size);
         });
-    // SAFETY: each image's product wrote all of its `image_len` values, the images cover all
+    // SAFETY: every image's task got back an `&mut [f32]` over exactly that image's memory
+    // (asserted), which exists only once its values are initialised; the images cover all
     // `len` elements, and `len` fits the capacity.
     unsafe { y.set_len(len) };
     y
@@ -167,8 +170,8 @@ fn epilogue(
     match activation {
         Activation::Identity if bias.is_none() && residual.is_none() => {}
         Activation::Identity => epilogue_with(y, plane, bias, residual, |v| v),
-        Activation::Relu => epilogue_with(y, plane, bias, residual, |v| v.max(0.0)),
-        Activation::Relu6 => epilogue_with(y, plane, bias, residual, |v| v.clamp(0.0, 6.0)),
+        Activation::Relu => epilogue_with(y, plane, bias, residual, |v| Activation::Relu.of(v)),
+        Activation::Relu6 => epilogue_with(y, plane, bias, residual, |v| Activation::Relu6.of(v)),
     }
 }
 
@@ -197,51 +200,28 @@ fn epilogue_with(
     }
 }
 
-/// A `[batch, bias.len(), plane]` buffer whose row `r` of each image starts as `bias[r]` (plus
-/// the same values of `residual`, when given) when `op(col, n, image)` runs on image `n`; images
-/// run in parallel, `col` is one scratch buffer per task. Each image is filled by the task that
-/// then works on it, so there is no separate zeroing pass over the buffer.
-fn images_from_bias(
-    batch: usize,
+/// Writes `bias[r]` (zero without a bias; plus `residual`'s same value, when given) into every
+/// value of row `r` of an image's `[rows, plane]` output and returns it, initialised.
+fn start_rows<'a>(
+    image: &'a mut [MaybeUninit<f32>],
     plane: usize,
-    bias: &[f32],
+    bias: Option<&[f32]>,
     residual: Option<&[f32]>,
-    op: impl Fn(&mut Vec<f32>, usize, &mut [f32]) + Sync + Send,
-) -> Vec<f32> {
-    let image_len = bias.len() * plane;
-    let len = batch * image_len;
-    let mut buffer: Vec<f32> = Vec::with_capacity(len);
-    if image_len > 0 {
-        buffer.spare_capacity_mut()[..len]
-            .par_chunks_mut(image_len)
-            .enumerate()
-            .for_each_init(Vec::new, |col, (n, image)| {
-                match residual {
-                    None => {
-                        for (values, &b) in image.chunks_mut(plane).zip(bias) {
-                            for v in values {
-                                v.write(b);
-                            }
-                        }
-                    }
-                    Some(residual) => {
-                        let residual = &residual[n * image_len..][..image_len];
-                        let rows = image.chunks_mut(plane).zip(residual.chunks(plane));
-                        for ((values, r), &b) in rows.zip(bias) {
-                            for (v, &r) in values.iter_mut().zip(r) {
-                                v.write(r + b);
-                            }
-                        }
-                    }
+) -> &'a mut [f32] {
+    for (r, values) in image.chunks_mut(plane).enumerate() {
+        let b = bias.map_or(0.0, |b| b[r]);
+        match residual {
+            None => values.iter_mut().for_each(|v| {
+                v.write(b);
+            }),
+            Some(residual) => {
+                for (v, &s) in values.iter_mut().zip(&residual[r * plane..][..plane]) {
+                    v.write(s + b);
                 }
-                // SAFETY: every element of `image` was just written, and `MaybeUninit<f32>`
-                // has the layout of `f32`.
-                let image = unsafe { &mut *(image as *mut [MaybeUninit<f32>] as *mut [f32]) };
-                op(col, n, image);
-            });
+            }
+        }
     }
-    // SAFETY: the loop above wrote all `len` elements (every image in full), and `len` fits the
-    // capacity.
-    unsafe { buffer.set_len(len) };
-    buffer
+    // SAFETY: every element of `image` was just written (its rows of `plane` values cover it),
+    // and `MaybeUninit<f32>` has the layout of `f32`.
+    unsafe { &mut *(image as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
