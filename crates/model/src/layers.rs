@@ -236,7 +236,7 @@ pub fn is_training<const D: usize>(x: &Tensor<D>) -> bool {
 /// Stochastic depth: during training, zeroes whole samples of a residual branch with
 /// probability `rate` and scales the rest by `1 / (1 - rate)`; identity otherwise.
 pub fn drop_path<const D: usize>(x: Tensor<D>, rate: f64) -> Tensor<D> {
-    if rate <= 0.0 || !is_training(&x) {
+    if !drop_path_applies(&x, rate) {
         return x;
     }
     let keep = 1.0 - rate;
@@ -244,6 +244,11 @@ pub fn drop_path<const D: usize>(x: Tensor<D>, rate: f64) -> Tensor<D> {
     shape[0] = x.dims()[0];
     let mask = Tensor::<D>::random(shape, Distribution::Bernoulli(keep), &x.device());
     x.mul(mask).div_scalar(keep)
+}
+
+/// Whether [`drop_path`] at `rate` changes `x`: only in a training pass, at a positive rate.
+pub fn drop_path_applies<const D: usize>(x: &Tensor<D>, rate: f64) -> bool {
+    rate > 0.0 && is_training(x)
 }
 
 /// Mean over H and W: `[B, C, H, W]` → `[B, C]`.

@@ -10,7 +10,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{conv_bn_act, conv_bn_add_act, drop_path, is_training};
+use crate::layers::{conv_bn_act, conv_bn_add_act, drop_path, drop_path_applies};
 use crate::pooling::{Pooling, PoolingKind};
 use crate::train_ops::Activation;
 use crate::weights::WeightMapping;
@@ -177,7 +177,7 @@ impl ResBlock {
             x = conv_bn_act(conv, bn, x, Activation::Relu);
         }
         let (conv, bn) = last;
-        if self.drop_path > 0.0 && is_training(&x) {
+        if drop_path_applies(&x, self.drop_path) {
             let x = conv_bn_act(conv, bn, x, Activation::Identity);
             return relu(drop_path(x, self.drop_path) + shortcut);
         }
