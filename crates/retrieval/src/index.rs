@@ -379,8 +379,16 @@ fn current_version(dir: &Path) -> Result<Option<String>, RetrievalError> {
     Ok(Some(name.to_string()))
 }
 
-/// The prefix of the temp file `current` is written through (then renamed over it).
+/// The prefix of the temp file `current` is written through before it is renamed over it
+/// ([`crate::npy::write_atomically`] names it after its target).
 const CURRENT_TEMP_PREFIX: &str = ".current.";
+
+/// `write_atomically`'s temp file for `current`: the prefix and tempfile's six random
+/// alphanumerics, nothing else (a user's `.current.notes` is not ours to remove).
+fn is_current_temp(name: &str) -> bool {
+    name.strip_prefix(CURRENT_TEMP_PREFIX)
+        .is_some_and(|rest| rest.len() == 6 && rest.chars().all(|c| c.is_ascii_alphanumeric()))
+}
 
 /// Removes what a killed write left behind: temp version folders (`.vNNNNNN.*`) and temp
 /// `current` files (`.current.*`).
@@ -398,28 +406,11 @@ fn sweep_leftovers(dir: &Path) {
         if version_folder && path.is_dir() {
             tracing::info!("removing {} left by an interrupted write", path.display());
             let _ = std::fs::remove_dir_all(&path);
-        } else if name.starts_with(CURRENT_TEMP_PREFIX) && path.is_file() {
+        } else if is_current_temp(&name) && path.is_file() {
             tracing::info!("removing {} left by an interrupted write", path.display());
             let _ = std::fs::remove_file(&path);
         }
     }
-}
-
-/// Points `current` at version `name`: a temp file (`.current.*`, swept by the next write if
-/// this one is killed) synced, then renamed over `current`.
-fn write_current(dir: &Path, name: &str) -> Result<(), RetrievalError> {
-    let mut tmp = tempfile::Builder::new()
-        .prefix(CURRENT_TEMP_PREFIX)
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
-        .tempfile_in(dir)
-        .map_err(|e| RetrievalError::io(dir, e))?;
-    let path = dir.join("current");
-    tmp.write_all(format!("{name}\n").as_bytes())
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(|e| RetrievalError::io(&path, e))?;
-    tmp.persist(&path)
-        .map_err(|e| RetrievalError::io(&path, e.error))?;
-    Ok(())
 }
 
 /// Makes renames inside `dir` durable.
@@ -536,7 +527,7 @@ fn write_version(
     let kept = tmp.keep();
     std::fs::rename(&kept, &final_dir).map_err(|e| RetrievalError::io(&final_dir, e))?;
     sync_dir(dir)?;
-    write_current(dir, &name)?;
+    crate::npy::write_atomically(&dir.join("current"), format!("{name}\n").as_bytes())?;
     sync_dir(dir)?;
     if let Some(old) = previous.filter(|p| *p != name) {
         // Readers that mapped the old version keep their mapping; the folder can go.
@@ -1327,23 +1318,25 @@ mod tests {
         build_one(&idx);
         let leftover = interrupted_write(&idx, ".v000002.abc123");
         // Killed while writing `current`: its temp file.
-        let current_temp = idx.join(".current.x7Yz");
+        let current_temp = idx.join(".current.x7Yz0a");
         std::fs::write(&current_temp, "v000002").unwrap();
         let unrelated = idx.join(".keep-me");
         std::fs::create_dir(&unrelated).unwrap();
         let unrelated_file = idx.join(".tmp-notes");
         std::fs::write(&unrelated_file, "mine").unwrap();
+        let unrelated_current = idx.join(".current.notes");
+        std::fs::write(&unrelated_current, "mine").unwrap();
         build_other(&idx);
         assert!(!leftover.exists());
         assert!(!current_temp.exists());
-        assert!(unrelated.exists() && unrelated_file.exists());
+        assert!(unrelated.exists() && unrelated_file.exists() && unrelated_current.exists());
         // A write leaves nothing of its own behind.
         let dotted: Vec<String> = std::fs::read_dir(&idx)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .filter(|n| n.starts_with('.'))
             .collect();
-        assert_eq!(dotted.len(), 2, "{dotted:?}");
+        assert_eq!(dotted.len(), 3, "{dotted:?}");
     }
 
     #[test]

@@ -79,14 +79,21 @@ pub fn encode_i64(values: &[i64], rows: usize, cols: usize) -> Vec<u8> {
     out
 }
 
-/// Writes bytes to `path` atomically (temp file in the same folder, then rename).
+/// Writes bytes to `path` atomically (temp file in the same folder, then rename). The temp
+/// file is `.<file name>.XXXXXX`, so what a killed write leaves says what it was writing (an
+/// index's next write sweeps `.current.*`).
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), RetrievalError> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| RetrievalError::io(dir, e))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .tempfile_in(dir)
         .map_err(|e| RetrievalError::io(dir, e))?;
