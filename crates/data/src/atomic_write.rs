@@ -1,19 +1,28 @@
 //! Writing files so a crash never leaves a half-written one: temp file in the same folder,
-//! flushed, then renamed over the target.
+//! flushed, then renamed over the target. The one implementation in the workspace (retrieval's
+//! `npy::write_atomically` maps its error).
 
 use std::io::Write;
 use std::path::Path;
 
 use crate::error::{DataError, Result};
 
-/// Writes `bytes` to `path` atomically (temp file + rename).
+/// Writes `bytes` to `path` atomically (temp file + rename). The temp file is
+/// `.<file name>.XXXXXX` (six alphanumerics), so what a killed write leaves says what it was
+/// writing, and a folder's owner can sweep exactly its own leftovers (an index sweeps
+/// `.current.XXXXXX`).
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
     std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .tempfile_in(dir)
         .map_err(|e| DataError::io(dir, e))?;

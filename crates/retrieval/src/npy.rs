@@ -4,7 +4,6 @@
 //! are needed and the format is a 10-byte preamble plus a Python-literal header; this keeps the
 //! reader strict (shape and size are checked against the file) with no extra dependency.
 
-use std::io::Write;
 use std::path::Path;
 
 use crate::error::RetrievalError;
@@ -79,32 +78,15 @@ pub fn encode_i64(values: &[i64], rows: usize, cols: usize) -> Vec<u8> {
     out
 }
 
-/// Writes bytes to `path` atomically (temp file in the same folder, then rename). The temp
-/// file is `.<file name>.XXXXXX`, so what a killed write leaves says what it was writing (an
-/// index's next write sweeps `.current.*`).
+/// Writes bytes to `path` atomically: the data crate's
+/// [`write_atomically`](visual_search_data::atomic_write::write_atomically) (temp file
+/// `.<file name>.XXXXXX` in the same folder, then rename) with this crate's error.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), RetrievalError> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| RetrievalError::io(dir, e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
-        .tempfile_in(dir)
-        .map_err(|e| RetrievalError::io(dir, e))?;
-    tmp.write_all(bytes)
-        .map_err(|e| RetrievalError::io(path, e))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| RetrievalError::io(path, e))?;
-    tmp.persist(path)
-        .map_err(|e| RetrievalError::io(path, e.error))?;
-    Ok(())
+    use visual_search_data::error::DataError;
+    visual_search_data::atomic_write::write_atomically(path, bytes).map_err(|e| match e {
+        DataError::Io { path, source } => RetrievalError::Io { path, source },
+        other => RetrievalError::Invalid(other.to_string()),
+    })
 }
 
 /// Reads a 2-D (or 1-D, as one row) float `.npy` as f32: `(values, rows, cols)`.
