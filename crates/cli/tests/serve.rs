@@ -530,7 +530,7 @@ fn index_and_serve_the_grocery_catalogue() {
     let gallery = std::fs::read_to_string(root.join("gallery.csv")).unwrap();
     let first_image = gallery.lines().nth(1).unwrap().split(',').next().unwrap();
     let original = std::fs::read(root.join(first_image)).unwrap();
-    let item_form = |photo: &[u8], fields: &[(&str, &str)]| {
+    let item_form = |photos: &[&[u8]], fields: &[(&str, &str)]| {
         let mut form = Vec::new();
         for (name, value) in fields {
             form.extend_from_slice(
@@ -538,9 +538,12 @@ fn index_and_serve_the_grocery_catalogue() {
                     .as_bytes(),
             );
         }
-        form.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"p.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n").as_bytes());
-        form.extend_from_slice(photo);
-        form.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        for photo in photos {
+            form.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"p.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n").as_bytes());
+            form.extend_from_slice(photo);
+            form.extend_from_slice(b"\r\n");
+        }
+        form.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
         form
     };
     let fields = [("label", "9000"), ("category", "Test")];
@@ -549,16 +552,33 @@ fn index_and_serve_the_grocery_catalogue() {
         "POST",
         "/items?mode=add",
         &multipart,
-        &item_form(&original, &fields),
+        &item_form(&[&original], &fields),
     );
     assert_eq!(status, 401, "no token");
+    // A form whose second photo is not an image: refused, and the first photo kept for it is
+    // removed again (no orphan upload).
     let (status, _, body) = http_with_headers(
         w,
         "POST",
         "/items?mode=add",
         &auth,
         &multipart,
-        &item_form(&original, &fields),
+        &item_form(&[&original, b"not an image"], &fields),
+    );
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    let uploads_now = || {
+        std::fs::read_dir(index.join("uploads"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(uploads_now(), 0, "a refused form leaves no upload");
+    let (status, _, body) = http_with_headers(
+        w,
+        "POST",
+        "/items?mode=add",
+        &auth,
+        &multipart,
+        &item_form(&[&original], &fields),
     );
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let added = json(&body);
@@ -616,7 +636,7 @@ fn index_and_serve_the_grocery_catalogue() {
         "/items",
         &auth,
         &multipart,
-        &item_form(&photo, &fields),
+        &item_form(&[&photo], &fields),
     );
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(
@@ -640,9 +660,9 @@ fn index_and_serve_the_grocery_catalogue() {
         http_with_headers(w, "POST", "/index/compact", &auth, "text/plain", b"");
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(json(&body)["rows"].as_u64(), Some(rows_now));
-    let uploads = std::fs::read_dir(index.join("uploads")).unwrap().count();
     assert_eq!(
-        uploads, 2,
+        uploads_now(),
+        2,
         "both photos are kept; nothing deletes a user's file"
     );
 }

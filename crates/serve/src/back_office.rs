@@ -134,6 +134,18 @@ struct ItemForm {
     metadata: Metadata,
 }
 
+impl ItemForm {
+    /// The item each uploaded photo becomes, before it has a path (the product key is read
+    /// from it).
+    fn metadata_item(&self) -> IndexItem {
+        IndexItem {
+            label: self.label,
+            path: PathBuf::new(),
+            metadata: self.metadata.clone(),
+        }
+    }
+}
+
 async fn read_item_form(request: Request, max_body_bytes: usize) -> Result<ItemForm, ApiError> {
     check_declared_length(&request, max_body_bytes)?;
     if !is_multipart(&request) {
@@ -209,6 +221,28 @@ fn keep_upload(dir: &Path, bytes: &[u8]) -> Result<PathBuf, String> {
     Ok(std::path::absolute(&path).unwrap_or(path))
 }
 
+/// The photos one request kept: removed again when the request fails before the index holds
+/// them (a bad second image, a model error, a refused write), so a failed upload leaves no
+/// orphan files; [`KeptUploads::keep`] once the index refers to them.
+#[derive(Default)]
+struct KeptUploads(Vec<PathBuf>);
+
+impl KeptUploads {
+    /// The index holds the photos now: they stay.
+    fn keep(mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for KeptUploads {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            // Files this request created itself and nothing refers to.
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// A new, empty file in `dir` with a unique name (`upload-<time>-<n>`).
 fn tempfile_in(dir: &Path) -> Result<(std::fs::File, PathBuf), String> {
     let stamp = std::time::SystemTime::now()
@@ -249,6 +283,13 @@ pub(crate) async fn add_items(
         };
         let form = read_item_form(request, state.config.max_body_bytes).await?;
         let index = state.index.get();
+        let product = form.metadata_item();
+        if upsert && index.meta().key_of(&product).is_none() {
+            return Err(bad_request(format!(
+                "an upsert needs the product key field {:?}",
+                index.meta().key_name()
+            )));
+        }
         let pre = index.meta().preprocessing.clone();
         let limits = DecodeLimits {
             max_pixels: state.config.max_pixels,
@@ -257,9 +298,9 @@ pub(crate) async fn add_items(
         };
         let images = form.images;
         let n = images.len();
-        let (prepared, paths) = tokio::task::spawn_blocking(move || {
+        let (prepared, kept) = tokio::task::spawn_blocking(move || {
             let mut prepared = Vec::with_capacity(n);
-            let mut paths = Vec::with_capacity(n);
+            let mut kept = KeptUploads::default();
             for (i, bytes) in images.iter().enumerate() {
                 let image = decode_query(bytes, &limits).map_err(|e| {
                     bad_request(if n == 1 {
@@ -269,9 +310,10 @@ pub(crate) async fn add_items(
                     })
                 })?;
                 prepared.push(prepare_catalogue_image(&image, &pre));
-                paths.push(keep_upload(&config.upload_dir, bytes).map_err(internal)?);
+                kept.0
+                    .push(keep_upload(&config.upload_dir, bytes).map_err(internal)?);
             }
-            Ok::<_, ApiError>((prepared, paths))
+            Ok::<_, ApiError>((prepared, kept))
         })
         .await
         .map_err(internal)??;
@@ -288,29 +330,27 @@ pub(crate) async fn add_items(
             .post_processing
             .prepare_rows(&mut rows, index.meta().dim)
             .map_err(internal)?;
-        let items: Vec<IndexItem> = paths
-            .into_iter()
+        let items: Vec<IndexItem> = kept
+            .0
+            .iter()
             .map(|path| IndexItem {
-                label: form.label,
-                path,
-                metadata: form.metadata.clone(),
+                path: path.clone(),
+                ..product.clone()
             })
             .collect();
-        if upsert && index.meta().key_of(&items[0]).is_none() {
-            return Err(bad_request(format!(
-                "an upsert needs the product key field {:?}",
-                index.meta().key_name()
-            )));
-        }
         write(&state, move |index| {
-            if upsert {
+            let written = if upsert {
                 index.upsert(&items, &rows).map_err(|e| e.to_string())
             } else {
                 index
                     .append(&items, &rows)
                     .map(|_| (0, items.len()))
                     .map_err(|e| e.to_string())
+            };
+            if written.is_ok() {
+                kept.keep();
             }
+            written
         })
         .await
     }
