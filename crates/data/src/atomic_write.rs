@@ -7,6 +7,9 @@ use std::path::Path;
 
 use crate::error::{DataError, Result};
 
+/// Random alphanumerics after a temp file's `.<file name>.` prefix.
+const TEMP_SUFFIX_LEN: usize = 6;
+
 /// Writes `bytes` to `path` atomically (temp file + rename). The temp file is
 /// `.<file name>.XXXXXX` (six alphanumerics), so what a killed write leaves says what it was
 /// writing, and a folder's owner can sweep exactly its own leftovers (an index sweeps
@@ -23,6 +26,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         .unwrap_or_default();
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
+        .rand_bytes(TEMP_SUFFIX_LEN)
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .tempfile_in(dir)
         .map_err(|e| DataError::io(dir, e))?;
@@ -33,6 +37,19 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     tmp.persist(path)
         .map_err(|e| DataError::io(path, e.error))?;
     Ok(())
+}
+
+/// Whether `file_name` is a temp file [`write_atomically`] made on its way to a file named
+/// `target`: `.<target>.` and the random suffix, nothing else (a user's `.current.notes` is
+/// not one), so a folder's owner can sweep what a killed write left.
+pub fn is_temp_file_of(file_name: &str, target: &str) -> bool {
+    file_name
+        .strip_prefix('.')
+        .and_then(|rest| rest.strip_prefix(target))
+        .and_then(|rest| rest.strip_prefix('.'))
+        .is_some_and(|suffix| {
+            suffix.len() == TEMP_SUFFIX_LEN && suffix.chars().all(|c| c.is_ascii_alphanumeric())
+        })
 }
 
 #[cfg(test)]
@@ -49,5 +66,18 @@ mod tests {
         super::write_atomically(&atomic, b"x").unwrap();
         let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&atomic), mode(&plain));
+    }
+
+    #[test]
+    fn temp_files_are_told_from_a_users_files() {
+        use super::is_temp_file_of;
+        assert!(is_temp_file_of(".current.x7Yz0a", "current"));
+        assert!(!is_temp_file_of(".current.notes", "current"));
+        assert!(!is_temp_file_of(".current.x7Yz0ab", "current"));
+        assert!(!is_temp_file_of(".current.x7Yz-a", "current"));
+        assert!(!is_temp_file_of("current.x7Yz0a", "current"));
+        assert!(!is_temp_file_of(".currently.x7Yz0a", "current"));
+        assert!(!is_temp_file_of(".meta.json.x7Yz0a", "current"));
+        assert!(is_temp_file_of(".meta.json.x7Yz0a", "meta.json"));
     }
 }

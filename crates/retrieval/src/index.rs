@@ -41,6 +41,7 @@ use std::sync::OnceLock;
 use half::f16;
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
+use visual_search_data::atomic_write::is_temp_file_of;
 
 use crate::error::RetrievalError;
 use crate::filter_postings::FilterPostings;
@@ -379,17 +380,6 @@ fn current_version(dir: &Path) -> Result<Option<String>, RetrievalError> {
     Ok(Some(name.to_string()))
 }
 
-/// The prefix of the temp file `current` is written through before it is renamed over it
-/// ([`crate::npy::write_atomically`] names it after its target).
-const CURRENT_TEMP_PREFIX: &str = ".current.";
-
-/// `write_atomically`'s temp file for `current`: the prefix and tempfile's six random
-/// alphanumerics, nothing else (a user's `.current.notes` is not ours to remove).
-fn is_current_temp(name: &str) -> bool {
-    name.strip_prefix(CURRENT_TEMP_PREFIX)
-        .is_some_and(|rest| rest.len() == 6 && rest.chars().all(|c| c.is_ascii_alphanumeric()))
-}
-
 /// Removes what a killed write left behind: temp version folders (`.vNNNNNN.*`) and temp
 /// `current` files (`.current.*`).
 fn sweep_leftovers(dir: &Path) {
@@ -406,7 +396,7 @@ fn sweep_leftovers(dir: &Path) {
         if version_folder && path.is_dir() {
             tracing::info!("removing {} left by an interrupted write", path.display());
             let _ = std::fs::remove_dir_all(&path);
-        } else if is_current_temp(&name) && path.is_file() {
+        } else if is_temp_file_of(&name, "current") && path.is_file() {
             tracing::info!("removing {} left by an interrupted write", path.display());
             let _ = std::fs::remove_file(&path);
         }
