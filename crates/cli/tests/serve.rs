@@ -160,6 +160,13 @@ fn index_and_serve_the_grocery_catalogue() {
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
     let (status, _, _) = http(addr, "POST", "/search?bbox=1,2,3", "image/jpeg", &photo);
     assert_eq!(status, 400);
+    let off_photo = "/search?bbox=100000,100000,50,50";
+    let (status, _, body) = http(addr, "POST", off_photo, "image/jpeg", &photo);
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        status == 400 && text.contains("outside the"),
+        "{status} {text}"
+    );
 
     let (status, _, body) = http(addr, "POST", "/search?k=1", "image/jpeg", &photo);
     assert_eq!(status, 200);
@@ -250,21 +257,27 @@ fn index_and_serve_the_grocery_catalogue() {
         let mut scratch = Vec::new();
         view.rows_f32(149, 150, &mut scratch).to_vec()
     };
-    let scaled: Vec<f32> = stored.iter().map(|v| v * 3.0).collect();
-    let body = serde_json::json!({"embedding": scaled, "k": 5}).to_string();
-    let (status, _, reply) = http(
-        addr,
-        "POST",
-        "/search/vector",
-        "application/json",
-        body.as_bytes(),
-    );
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&reply));
-    let by_vector = json(&reply);
-    assert_eq!(by_vector["results"][0]["id"], 149, "{by_vector}");
-    assert!(by_vector["results"][0]["score"].as_f64().unwrap() > 0.999);
-    assert_eq!(by_vector["k"], 5);
-    assert!(by_vector["match"].is_object(), "{by_vector}");
+    // Scales whose squares overflow or vanish in f32 are still the same direction.
+    for scale in [3.0f32, 1e30, 1e-30] {
+        let scaled: Vec<f32> = stored.iter().map(|v| v * scale).collect();
+        let body = serde_json::json!({"embedding": scaled, "k": 5}).to_string();
+        let (status, _, reply) = http(
+            addr,
+            "POST",
+            "/search/vector",
+            "application/json",
+            body.as_bytes(),
+        );
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&reply));
+        let by_vector = json(&reply);
+        assert_eq!(by_vector["results"][0]["id"], 149, "x{scale}: {by_vector}");
+        assert!(
+            by_vector["results"][0]["score"].as_f64().unwrap() > 0.999,
+            "x{scale}: {by_vector}"
+        );
+        assert_eq!(by_vector["k"], 5);
+        assert!(by_vector["match"].is_object(), "{by_vector}");
+    }
     let zeros = vec![0.0f32; stored.len()];
     for (bad, why) in [
         (

@@ -25,14 +25,38 @@ pub fn parse_bbox(text: &str) -> Result<BBox, String> {
     }
 }
 
-/// CHW floats for the model from an uploaded image.
+/// Refuses a query box that does not overlap the photo. A catalogue row's box that misses its
+/// image keeps the whole image (`box_rect`, so a dataset with a few bad rows still loads), but a
+/// query box is typed by a person for this photo: one that misses it was given for another
+/// photo or another scale, and searching the whole photo instead would answer a different
+/// question without saying so.
+pub fn check_box_on_photo(bbox: &BBox, image: &RgbImage) -> Result<(), String> {
+    let (w, h) = image.dimensions();
+    let overlaps =
+        bbox.x < w as f64 && bbox.y < h as f64 && bbox.x + bbox.w > 0.0 && bbox.y + bbox.h > 0.0;
+    if overlaps {
+        Ok(())
+    } else {
+        Err(format!(
+            "bbox {},{},{},{} lies outside the {w}x{h} photo (x,y,w,h are pixels of the photo sent)",
+            bbox.x, bbox.y, bbox.w, bbox.h
+        ))
+    }
+}
+
+/// CHW floats for the model from an uploaded image, cropped to `bbox` when given (which must
+/// overlap the photo: [`check_box_on_photo`]).
 pub fn prepare_query(
     bytes: &[u8],
     bbox: Option<BBox>,
     pre: &Preprocessing,
     limits: &DecodeLimits,
 ) -> Result<Vec<f32>, String> {
-    Ok(prepare_decoded(&decode_query(bytes, limits)?, bbox, pre))
+    let image = decode_query(bytes, limits)?;
+    if let Some(b) = &bbox {
+        check_box_on_photo(b, &image)?;
+    }
+    Ok(prepare_decoded(&image, bbox, pre))
 }
 
 /// An uploaded image decoded under `limits` (the auto-box search prepares it more than once:
@@ -113,6 +137,53 @@ mod tests {
         for bad in ["1,2,3", "a,b,c,d", "0,0,0,5", "1,2,3,NaN"] {
             assert!(parse_bbox(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_query_box_must_overlap_the_photo() {
+        let photo = RgbImage::new(40, 30);
+        let on = |x, y, w, h| check_box_on_photo(&BBox { x, y, w, h }, &photo);
+        assert!(on(0.0, 0.0, 40.0, 30.0).is_ok());
+        assert!(on(-10.0, -10.0, 11.0, 11.0).is_ok(), "one pixel inside");
+        assert!(on(39.5, 29.5, 100.0, 100.0).is_ok(), "half a pixel inside");
+        for (x, y, w, h) in [
+            (40.0, 0.0, 5.0, 5.0),
+            (0.0, 30.0, 5.0, 5.0),
+            (-10.0, 0.0, 10.0, 5.0),
+            (1000.0, 1000.0, 5.0, 5.0),
+        ] {
+            let err = on(x, y, w, h).unwrap_err();
+            assert!(err.contains("outside the 40x30 photo"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_query_box_off_the_photo_is_refused_before_embedding() {
+        let pre = Preprocessing {
+            size: 16,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+        };
+        let mut png = Vec::new();
+        RgbImage::new(40, 30)
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        let limits = DecodeLimits::default();
+        let inside = BBox {
+            x: 5.0,
+            y: 5.0,
+            w: 10.0,
+            h: 10.0,
+        };
+        assert!(prepare_query(&png, Some(inside), &pre, &limits).is_ok());
+        let outside = BBox {
+            x: 100.0,
+            y: 5.0,
+            w: 10.0,
+            h: 10.0,
+        };
+        let err = prepare_query(&png, Some(outside), &pre, &limits).unwrap_err();
+        assert!(err.contains("outside"), "{err}");
     }
 
     #[test]

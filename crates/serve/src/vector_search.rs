@@ -64,11 +64,19 @@ async fn run(
             "embedding[{i}] is not a finite number"
         )));
     }
-    let norm = embedding.iter().map(|v| v * v).sum::<f32>().sqrt();
+    // The norm in f64: squares of finite f32 values can overflow f32 (values near 1e20 and
+    // up) or vanish in it (below 1e-23), and either left a vector of zeros or NaNs to search.
+    let norm = embedding
+        .iter()
+        .map(|&v| f64::from(v) * f64::from(v))
+        .sum::<f64>()
+        .sqrt();
     if norm == 0.0 {
         return Err(bad_request("the embedding is all zeros"));
     }
-    embedding.iter_mut().for_each(|v| *v /= norm);
+    embedding
+        .iter_mut()
+        .for_each(|v| *v = (f64::from(*v) / norm) as f32);
     let parsed = Instant::now();
     let hits = search_one(&index, embedding, k, filter).await?;
     let done = Instant::now();

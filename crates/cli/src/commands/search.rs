@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use visual_search_data::image::DecodeLimits;
 use visual_search_serve::query_image::{
-    decode_query, parse_bbox, prepare_decoded, prepare_windows,
+    check_box_on_photo, decode_query, parse_bbox, prepare_decoded, prepare_windows,
 };
 
 use visual_search_retrieval::ensemble::fuse_rows;
@@ -156,6 +156,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let image = decode_query(&bytes, &DecodeLimits::default())
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if let Some(b) = &bbox {
+            check_box_on_photo(b, &image)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        }
         let whole = loaded.embed(prepare_decoded(&image, bbox, pre), 1)?;
         let Some((params, window_model, at_side)) = &auto_box else {
             embeddings.extend(whole);
