@@ -9,6 +9,7 @@ mod broken_pipe;
 mod commands;
 mod dev_set_run;
 mod embedding_run;
+mod error_report;
 mod holdout;
 mod index_model;
 mod list_metadata;
@@ -106,7 +107,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_report::error_line(&e));
             std::process::ExitCode::FAILURE
         }
     }

@@ -100,7 +100,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let loaded = match loaded {
             Ok(m) => m,
             Err(e) if dtype != Precision::F32 => {
-                eprintln!("{device} {}: not timed ({e:#})", dtype.name());
+                eprintln!(
+                    "{device} {}: not timed ({})",
+                    dtype.name(),
+                    crate::error_report::error_line(&e)
+                );
                 continue;
             }
             Err(e) => return Err(e),
@@ -130,7 +134,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             match run_baseline(&args, &input, size) {
                 Ok(b) => baseline = Some(best_of(baseline, b)),
                 Err(e) => {
-                    eprintln!("baseline unavailable ({e:#}); printing our figures only");
+                    eprintln!(
+                        "baseline unavailable ({}); printing our figures only",
+                        crate::error_report::error_line(&e)
+                    );
                     with_baseline = false;
                 }
             }

@@ -163,7 +163,10 @@ fn bench_pairs(args: &Args, dir: &Path) -> anyhow::Result<()> {
                 v["seconds"].as_f64().map(|sec| args.reviews as f64 / sec)
             }
             Err(e) => {
-                eprintln!("baseline unavailable ({e:#})");
+                eprintln!(
+                    "baseline unavailable ({})",
+                    crate::error_report::error_line(&e)
+                );
                 None
             }
         }
@@ -310,7 +313,10 @@ fn bench_features(args: &Args, dir: &Path) -> anyhow::Result<()> {
         match run_script(&python, "bench_mine_features.py", &a) {
             Ok(v) => v["images_per_s"].as_f64(),
             Err(e) => {
-                eprintln!("baseline unavailable ({e:#})");
+                eprintln!(
+                    "baseline unavailable ({})",
+                    crate::error_report::error_line(&e)
+                );
                 None
             }
         }

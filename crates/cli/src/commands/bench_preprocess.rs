@@ -71,7 +71,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         match run_baseline(&python, &samples, args.size, threads, args.repeat) {
             Ok(b) => Some(b),
             Err(e) => {
-                eprintln!("baseline unavailable ({e:#}); printing our figures only");
+                eprintln!(
+                    "baseline unavailable ({}); printing our figures only",
+                    crate::error_report::error_line(&e)
+                );
                 None
             }
         }

@@ -142,7 +142,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             match ours(&args, &root, device, dtype) {
                 Ok(run) => runs.push(run),
                 Err(e) if dtype != Precision::F32 => {
-                    eprintln!("{device} {}: not timed ({e:#})", dtype.name())
+                    eprintln!(
+                        "{device} {}: not timed ({})",
+                        dtype.name(),
+                        crate::error_report::error_line(&e)
+                    )
                 }
                 Err(e) => return Err(e),
             }
@@ -153,7 +157,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("ranking with the Python ranker ({engine}) …");
         match python(&args, &root, size, engine) {
             Ok(r) => runs.push(r),
-            Err(e) => eprintln!("Python ranker {engine} unavailable: {e:#}"),
+            Err(e) => eprintln!(
+                "Python ranker {engine} unavailable: {}",
+                crate::error_report::error_line(&e)
+            ),
         }
     }
     println!(

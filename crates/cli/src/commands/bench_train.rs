@@ -173,7 +173,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             match run_baseline(&args, model, weights.as_ref(), &input, size) {
                 Ok(b) => Some(b),
                 Err(e) => {
-                    eprintln!("{model}: baseline unavailable ({e:#}); our figures only");
+                    eprintln!(
+                        "{model}: baseline unavailable ({}); our figures only",
+                        crate::error_report::error_line(&e)
+                    );
                     None
                 }
             }
