@@ -155,6 +155,83 @@ fn autodiff_on_flex_matches_pytorch() {
     }
 }
 
+/// `[n][c][plane]` values as `[n][plane][c]`.
+fn to_nhwc(values: &[f32], shape: &[usize]) -> Vec<f32> {
+    let (n, c, plane) = (shape[0], shape[1], shape[2] * shape[3]);
+    let mut out = vec![0.0; values.len()];
+    for i in 0..n {
+        for ch in 0..c {
+            for p in 0..plane {
+                out[(i * plane + p) * c + ch] = values[(i * c + ch) * plane + p];
+            }
+        }
+    }
+    out
+}
+
+/// A channels-last input (ConvNeXt's residual stream: an NHWC tensor seen as NCHW) and output
+/// gradient take the depthwise kernels' channels-last paths (the input gradient's at stride 1;
+/// strided layers fall back to NCHW copies): the same output and gradients.
+#[test]
+fn channels_last_depthwise_on_flex_matches_pytorch() {
+    let fixture = Loaded::open();
+    let device = Device::flex().autodiff();
+    let mut covered = 0;
+    for (name, case) in &cases() {
+        let (x, xs) = fixture.get(name, "x");
+        let (w, ws) = fixture.get(name, "weight");
+        let (gy, gys) = fixture.get(name, "gy");
+        let g = geometry(&xs, &ws, &gys, case);
+        if g.groups == 1 {
+            continue;
+        }
+        covered += 1;
+        // An NHWC tensor permuted to NCHW: channels-last memory under an NCHW shape.
+        let channels_last = |values: &[f32], shape: &[usize]| {
+            let nhwc = [shape[0], shape[2], shape[3], shape[1]];
+            Tensor::<4>::from_data(TensorData::new(to_nhwc(values, shape), nhwc), &device)
+        };
+        let x_last = channels_last(&x, &xs).require_grad();
+        let w_tensor = Tensor::<4>::from_data(TensorData::new(w, ws.clone()), &device);
+        let w_tensor = w_tensor.require_grad();
+        let y = train_ops::conv2d(
+            x_last.clone().permute([0, 3, 1, 2]),
+            w_tensor.clone(),
+            None,
+            options(case),
+        );
+        let (want_y, ys) = fixture.get(name, "y");
+        let (bias, _) = fixture.get(name, "bias");
+        let plane = ys[2] * ys[3];
+        let want_y: Vec<f32> = want_y
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v - bias[(i / plane) % ys[1]])
+            .collect();
+        let got_y = y.clone().into_data().try_to_vec::<f32>().unwrap();
+        let ey = relative_error(&got_y, &want_y);
+        assert!(ey <= 1e-5, "{name}: output relative error {ey}");
+        // The loss reads the output channels-last (as a ConvNeXt block's LayerNorm does), so
+        // the output gradient arrives channels-last.
+        let grads = y
+            .permute([0, 2, 3, 1])
+            .mul(channels_last(&gy, &gys))
+            .sum()
+            .backward();
+        let dx = x_last.grad(&grads).unwrap();
+        assert_eq!(dx.dims(), [xs[0], xs[2], xs[3], xs[1]]);
+        let dx = dx.into_data().try_to_vec::<f32>().unwrap();
+        let dw = w_tensor.grad(&grads).unwrap();
+        let dw = dw.into_data().try_to_vec::<f32>().unwrap();
+        let (gx, gxs) = fixture.get(name, "gx");
+        let ex = relative_error(&dx, &to_nhwc(&gx, &gxs));
+        let ew = relative_error(&dw, &fixture.get(name, "gw").0);
+        assert!(ew <= 1e-5, "{name}: weight gradient relative error {ew}");
+        assert!(ex <= 1e-5, "{name}: input gradient relative error {ex}");
+    }
+    assert!(covered >= 4, "{covered} depthwise cases");
+}
+
 /// What the kernels do not cover (a bias, two groups) still trains: the same values and
 /// gradients as burn's own `conv2d`.
 #[test]

@@ -25,12 +25,37 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::affine_kernels::Activation;
-use super::conv_geometry::{ConvGeometry, im2col};
+use super::conv_geometry::{ChannelOrder, ConvGeometry, im2col};
 use super::depthwise_forward;
 use super::gemm_views::{
     MatmulPrecision, Matrix, MatrixRef, Operand, f32_product_into, gemm_then, matmul_precision,
 };
 use super::vectorized::vectorized;
+
+/// [`forward`] of a depthwise convolution on a channels-last (NHWC) `x`, into a channels-last
+/// result; `None` for any other grouping.
+pub fn depthwise_channels_last(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    g: &ConvGeometry,
+    activation: Activation,
+) -> Option<Vec<f32>> {
+    assert_eq!(x.len(), g.batch * g.in_channels * g.in_plane());
+    assert!(bias.is_none_or(|b| b.len() == g.out_channels));
+    if !g.is_depthwise() {
+        return None;
+    }
+    assert_eq!(weight.len(), g.out_channels * g.kernel_h * g.kernel_w);
+    Some(depthwise_forward::forward(
+        x,
+        weight,
+        bias,
+        g,
+        activation,
+        ChannelOrder::Last,
+    ))
+}
 
 /// `activation(conv2d(x, weight) + bias + residual)`, shape `[batch, out_channels, out_h,
 /// out_w]` (the residual's too), or `None` for a grouping these kernels do not cover (or a
@@ -52,7 +77,14 @@ pub fn forward(
             return None;
         }
         assert_eq!(weight.len(), g.out_channels * g.kernel_h * g.kernel_w);
-        Some(depthwise_forward::forward(x, weight, bias, g, activation))
+        Some(depthwise_forward::forward(
+            x,
+            weight,
+            bias,
+            g,
+            activation,
+            ChannelOrder::First,
+        ))
     } else if g.groups == 1 {
         assert_eq!(weight.len(), g.out_channels * g.col_rows());
         Some(dense(x, weight, bias, residual, g, activation))

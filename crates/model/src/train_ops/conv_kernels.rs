@@ -14,18 +14,29 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-pub use super::conv_geometry::ConvGeometry;
 use super::conv_geometry::im2col;
+pub use super::conv_geometry::{ChannelOrder, ConvGeometry};
 use super::gemm_views::{Matrix, MatrixRef, Operand, gemm, gemm_f32};
 use super::{depthwise_input_grad, depthwise_weight_grad};
 
 /// `dL/dweight`, shape `[out_channels, in_channels / groups, kernel_h, kernel_w]`, or `None` for
 /// a grouping these kernels do not cover.
 pub fn weight_grad(x: &[f32], gy: &[f32], g: &ConvGeometry) -> Option<Vec<f32>> {
+    weight_grad_in((x, ChannelOrder::First), (gy, ChannelOrder::First), g)
+}
+
+/// [`weight_grad`] from an input and an output gradient each laid out as its order says;
+/// `None` also for a channels-last operand of a non-depthwise convolution.
+pub fn weight_grad_in(
+    x: (&[f32], ChannelOrder),
+    gy: (&[f32], ChannelOrder),
+    g: &ConvGeometry,
+) -> Option<Vec<f32>> {
+    let nchw = x.1 == ChannelOrder::First && gy.1 == ChannelOrder::First;
     if g.is_depthwise() {
         Some(depthwise_weight_grad::weight_grad(x, gy, g))
-    } else if g.groups == 1 {
-        Some(dense_weight_grad(x, gy, g))
+    } else if g.groups == 1 && nchw {
+        Some(dense_weight_grad(x.0, gy.0, g))
     } else {
         None
     }
@@ -34,9 +45,20 @@ pub fn weight_grad(x: &[f32], gy: &[f32], g: &ConvGeometry) -> Option<Vec<f32>> 
 /// `dL/dx`, shape `[batch, in_channels, in_h, in_w]`, or `None` for a grouping these kernels do
 /// not cover.
 pub fn input_grad(weight: &[f32], gy: &[f32], g: &ConvGeometry) -> Option<Vec<f32>> {
+    input_grad_in(weight, (gy, ChannelOrder::First), g)
+}
+
+/// [`input_grad`] from an output gradient laid out as its order says, in the same order;
+/// `None` also for a channels-last one the kernels do not cover (only a stride-1 depthwise
+/// convolution's is).
+pub fn input_grad_in(
+    weight: &[f32],
+    (gy, order): (&[f32], ChannelOrder),
+    g: &ConvGeometry,
+) -> Option<Vec<f32>> {
     if g.is_depthwise() {
-        Some(depthwise_input_grad::input_grad(weight, gy, g))
-    } else if g.groups == 1 {
+        depthwise_input_grad::input_grad(weight, gy, g, order)
+    } else if g.groups == 1 && order == ChannelOrder::First {
         Some(dense_input_grad(weight, gy, g))
     } else {
         None

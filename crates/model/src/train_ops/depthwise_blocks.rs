@@ -12,7 +12,7 @@
 
 use std::mem::MaybeUninit;
 
-use super::conv_geometry::ConvGeometry;
+use super::conv_geometry::{ChannelOrder, ConvGeometry};
 use super::vectorized::Simd;
 
 /// Channels per block: one AVX-512 register of f32.
@@ -80,6 +80,20 @@ pub(super) fn plane_blocks(
         }
     }
     jobs
+}
+
+/// `[n][c][plane]` values as `[n][plane][c]` (the tests' channels-last copies).
+#[cfg(test)]
+pub(super) fn nchw_to_nhwc(values: &[f32], n: usize, c: usize, plane: usize) -> Vec<f32> {
+    let mut out = vec![0.0; values.len()];
+    for i in 0..n {
+        for ch in 0..c {
+            for p in 0..plane {
+                out[(i * plane + p) * c + ch] = values[(i * c + ch) * plane + p];
+            }
+        }
+    }
+    out
 }
 
 /// `values[start..start + LANES]` as an array.
@@ -226,6 +240,48 @@ impl PaddedInput {
             left: 0,
             in_h: h,
             in_w: w,
+        }
+    }
+
+    /// Copies channels `c0..c0 + lanes` of image `n` of `x` (`channels` channels, laid out as
+    /// `order` says) into `buffer`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn fill_from(
+        &self,
+        x: &[f32],
+        order: ChannelOrder,
+        n: usize,
+        channels: usize,
+        c0: usize,
+        lanes: usize,
+        buffer: &mut Vec<f32>,
+    ) {
+        let plane = self.in_h * self.in_w;
+        match order {
+            ChannelOrder::First => self.fill(
+                &x[(n * channels + c0) * plane..][..lanes * plane],
+                lanes,
+                buffer,
+            ),
+            ChannelOrder::Last => {
+                buffer.clear();
+                buffer.resize(self.height * self.width * LANES, 0.0);
+                let image = &x[n * plane * channels..][..plane * channels];
+                let rows = self.in_h.min(self.height.saturating_sub(self.top));
+                let cols = self.in_w.min(self.width.saturating_sub(self.left));
+                for ih in 0..rows {
+                    let line = &mut buffer[((ih + self.top) * self.width + self.left) * LANES..]
+                        [..cols * LANES];
+                    let source = &image[ih * self.in_w * channels..][..cols * channels];
+                    for (pixel, values) in line
+                        .chunks_exact_mut(LANES)
+                        .zip(source.chunks_exact(channels))
+                    {
+                        pixel[..lanes].copy_from_slice(&values[c0..c0 + lanes]);
+                    }
+                }
+            }
         }
     }
 

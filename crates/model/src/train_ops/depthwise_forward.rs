@@ -1,12 +1,13 @@
-//! The f32 forward pass of a depthwise 2-D convolution (NCHW), with its bias and activation,
-//! vectorised across channels ([`depthwise_blocks`]' layout).
+//! The f32 forward pass of a depthwise 2-D convolution (NCHW, or NHWC in and out), with its bias
+//! and activation, vectorised across channels ([`depthwise_blocks`]' layout).
 //!
 //! EfficientNet's depthwise layers run on planes as small as 7×7 (1,152 channels): a loop along
 //! the width of such a plane does 7 multiply-adds per setup, and a stride-2 layer reads every
 //! other value. Here each block of channels' input is copied once into the zero-padded
 //! channel-interleaved buffer, every kernel tap of every output pixel is one full-width vector
 //! multiply-add, and each finished output row is activated and copied back to the block's NCHW
-//! planes while it is in L1. Blocks of (image, channels) run in parallel.
+//! planes (or its channels of each NHWC pixel) while it is in L1. Blocks of (image, channels)
+//! run in parallel.
 //!
 //! The same kernel computes the input gradient of a stride-1 depthwise convolution
 //! (`depthwise_input_grad`): a correlation of the output gradient with the flipped kernel.
@@ -16,7 +17,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::affine_kernels::Activation;
-use super::conv_geometry::ConvGeometry;
+use super::conv_geometry::{ChannelOrder, ConvGeometry};
 use super::depthwise_blocks::{self, BlockKernel, LANES, Lanes, PaddedInput, lanes, lanes_mut};
 use super::vectorized::Simd;
 
@@ -24,15 +25,16 @@ use super::vectorized::Simd;
 const PIXELS: usize = 4;
 
 /// `activation(depthwise_conv2d(x, weight) + bias)` for `g.is_depthwise()`; `weight` is
-/// `[channels, 1, kernel_h, kernel_w]`.
+/// `[channels, 1, kernel_h, kernel_w]`; `x` and the result are laid out as `order` says.
 pub(super) fn forward(
     x: &[f32],
     weight: &[f32],
     bias: Option<&[f32]>,
     g: &ConvGeometry,
     activation: Activation,
+    order: ChannelOrder,
 ) -> Vec<f32> {
-    forward_on(Simd::detect(), x, weight, bias, g, activation)
+    forward_on(Simd::detect(), x, weight, bias, g, activation, order)
 }
 
 fn forward_on(
@@ -42,6 +44,7 @@ fn forward_on(
     bias: Option<&[f32]>,
     g: &ConvGeometry,
     activation: Activation,
+    order: ChannelOrder,
 ) -> Vec<f32> {
     let channels = g.out_channels;
     let taps = g.kernel_h * g.kernel_w;
@@ -55,46 +58,108 @@ fn forward_on(
     let out_plane = g.out_plane();
     let len = g.batch * channels * out_plane;
     let mut y: Vec<f32> = Vec::with_capacity(len);
-    let jobs =
-        depthwise_blocks::plane_blocks(&mut y.spare_capacity_mut()[..len], channels, out_plane);
-    jobs.into_par_iter().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(input, row), (n, block, planes)| {
-            let c0 = block * LANES;
-            let lanes = planes.len() / out_plane;
-            let x_block = &x[(n * channels + c0) * g.in_plane()..][..lanes * g.in_plane()];
-            let w = &block_weights[block * taps * LANES..][..taps * LANES];
-            let b = &block_bias[block * LANES..][..LANES];
-            let block = Block {
-                x_block,
-                lanes,
-                w,
-                b,
-                padded: &padded,
-                g,
-                activation,
-            };
-            depthwise_blocks::run(
-                simd,
-                BlockRun {
-                    block: &block,
-                    input,
-                    row,
-                    planes,
+    let block_of = |n: usize, block: usize| {
+        let c0 = block * LANES;
+        Block {
+            x,
+            order,
+            n,
+            c0,
+            lanes: LANES.min(channels - c0),
+            w: &block_weights[block * taps * LANES..][..taps * LANES],
+            b: &block_bias[block * LANES..][..LANES],
+            padded: &padded,
+            g,
+            activation,
+        }
+    };
+    match order {
+        ChannelOrder::First => {
+            let jobs = depthwise_blocks::plane_blocks(
+                &mut y.spare_capacity_mut()[..len],
+                channels,
+                out_plane,
+            );
+            jobs.into_par_iter().for_each_init(
+                || (Vec::new(), Vec::new()),
+                |(input, row), (n, block, planes)| {
+                    let block = block_of(n, block);
+                    let dest = Destination::Planes(planes);
+                    depthwise_blocks::run(
+                        simd,
+                        BlockRun {
+                            block: &block,
+                            input,
+                            row,
+                            dest,
+                        },
+                    );
                 },
             );
-        },
-    );
+        }
+        ChannelOrder::Last => {
+            let out = SharedOut(y.as_mut_ptr());
+            let blocks = channels.div_ceil(LANES);
+            let jobs: Vec<(usize, usize)> = (0..g.batch)
+                .flat_map(|n| (0..blocks).map(move |block| (n, block)))
+                .collect();
+            jobs.into_par_iter().for_each_init(
+                || (Vec::new(), Vec::new()),
+                |(input, row), (n, block)| {
+                    let block = block_of(n, block);
+                    let dest = Destination::ChannelsLast {
+                        // SAFETY: image `n`'s `out_plane · channels` values lie inside `y`'s
+                        // capacity of `len` (`n < batch`).
+                        image: unsafe { out.get().add(n * out_plane * channels) },
+                        channels,
+                    };
+                    depthwise_blocks::run(
+                        simd,
+                        BlockRun {
+                            block: &block,
+                            input,
+                            row,
+                            dest,
+                        },
+                    );
+                },
+            );
+        }
+    }
     // SAFETY: the jobs cover the buffer's `len` elements exactly once (every image, every
-    // block of its planes), and each job wrote every element of its planes: each of its lanes'
-    // planes, row `oh` for every `oh < out_h`, all `out_w` values of the row.
+    // block of its channels), and each job wrote every element of its block: each of its lanes'
+    // values at row `oh` for every `oh < out_h`, all `out_w` pixels of the row.
     unsafe { y.set_len(len) };
     y
 }
 
+/// The result's pointer, shared by the jobs of an NHWC result, each writing its own channels.
+struct SharedOut(*mut f32);
+// SAFETY: the jobs write disjoint elements through it (their own image and channel block).
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The pointer (a method, so closures capture the `Sync` wrapper, not the raw field).
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Where a block's output rows go.
+enum Destination<'a> {
+    /// The block's `lanes` NCHW planes.
+    Planes(&'a mut [MaybeUninit<f32>]),
+    /// Its image's NHWC values, from the first; the block writes its channels of every pixel.
+    ChannelsLast { image: *mut f32, channels: usize },
+}
+
 /// One block of [`LANES`] channels of one image.
 struct Block<'a> {
-    x_block: &'a [f32],
+    x: &'a [f32],
+    order: ChannelOrder,
+    n: usize,
+    /// First channel of the block.
+    c0: usize,
     lanes: usize,
     w: &'a [f32],
     b: &'a [f32],
@@ -103,12 +168,12 @@ struct Block<'a> {
     activation: Activation,
 }
 
-/// [`Block`] computed into `planes` (its `lanes` output planes), with scratch buffers.
+/// [`Block`] computed into `dest`, with scratch buffers.
 struct BlockRun<'a, 'b> {
     block: &'a Block<'a>,
     input: &'b mut Vec<f32>,
     row: &'b mut Vec<f32>,
-    planes: &'b mut [MaybeUninit<f32>],
+    dest: Destination<'b>,
 }
 
 impl BlockKernel for BlockRun<'_, '_> {
@@ -120,18 +185,40 @@ impl BlockKernel for BlockRun<'_, '_> {
             block,
             input,
             row,
-            planes,
+            mut dest,
         } = self;
         let g = block.g;
         let out_plane = g.out_plane();
-        block.padded.fill(block.x_block, block.lanes, input);
+        let channels = g.in_channels;
+        let (c0, lanes) = (block.c0, block.lanes);
+        block
+            .padded
+            .fill_from(block.x, block.order, block.n, channels, c0, lanes, input);
         for oh in 0..g.out_h {
             output_row::<V>(input, block.padded, block.w, block.b, oh, g, row);
             block.activation.apply(row);
-            for (lane, plane) in planes.chunks_mut(out_plane).enumerate() {
-                let out = &mut plane[oh * g.out_w..][..g.out_w];
-                for (o, pixel) in out.iter_mut().zip(row.chunks_exact(LANES)) {
-                    o.write(pixel[lane]);
+            match &mut dest {
+                Destination::Planes(planes) => {
+                    for (lane, plane) in planes.chunks_mut(out_plane).enumerate() {
+                        let out = &mut plane[oh * g.out_w..][..g.out_w];
+                        for (o, pixel) in out.iter_mut().zip(row.chunks_exact(LANES)) {
+                            o.write(pixel[lane]);
+                        }
+                    }
+                }
+                Destination::ChannelsLast { image, channels } => {
+                    for (ow, pixel) in row.chunks_exact(LANES).enumerate() {
+                        // SAFETY: pixel `(oh, ow)`'s channels `c0..c0 + lanes` lie inside the
+                        // image (`c0 + lanes <= channels`), no other job writes them, and
+                        // `pixel` is our own buffer.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                pixel.as_ptr(),
+                                image.add((oh * g.out_w + ow) * *channels + c0),
+                                lanes,
+                            )
+                        };
+                    }
                 }
             }
         }
@@ -184,6 +271,7 @@ fn output_row<V: Lanes>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::depthwise_blocks::nchw_to_nhwc;
     use super::*;
 
     /// Every instruction set this CPU has gives the portable version's values (the parity test
@@ -209,10 +297,18 @@ mod tests {
         let x: Vec<f32> = (0..2 * 37 * 11 * 13).map(value).collect();
         let w: Vec<f32> = (0..37 * 15).map(|i| value(i + 3)).collect();
         let b: Vec<f32> = (0..37).map(|i| value(i + 11)).collect();
-        let portable = forward_on(Simd::Portable, &x, &w, Some(&b), &g, Activation::Relu6);
+        let portable = forward_on(
+            Simd::Portable,
+            &x,
+            &w,
+            Some(&b),
+            &g,
+            Activation::Relu6,
+            ChannelOrder::First,
+        );
         let detected = Simd::detect();
         #[allow(unused_mut)]
-        let mut available = vec![detected];
+        let mut available = vec![detected, Simd::Portable];
         #[cfg(target_arch = "x86_64")]
         if detected == Simd::Avx512
             && std::arch::is_x86_feature_detected!("avx2")
@@ -221,10 +317,29 @@ mod tests {
             available.push(Simd::Avx2);
         }
         for simd in available {
-            let got = forward_on(simd, &x, &w, Some(&b), &g, Activation::Relu6);
+            let got = forward_on(
+                simd,
+                &x,
+                &w,
+                Some(&b),
+                &g,
+                Activation::Relu6,
+                ChannelOrder::First,
+            );
             for (a, p) in got.iter().zip(&portable) {
                 assert!((a - p).abs() <= 1e-5, "{simd:?}: {a} vs {p}");
             }
+            // Channels-last in and out: the same values, transposed.
+            let got_last = forward_on(
+                simd,
+                &nchw_to_nhwc(&x, 2, 37, 11 * 13),
+                &w,
+                Some(&b),
+                &g,
+                Activation::Relu6,
+                ChannelOrder::Last,
+            );
+            assert_eq!(got_last, nchw_to_nhwc(&got, 2, 37, 6 * 7), "{simd:?}");
         }
     }
 }

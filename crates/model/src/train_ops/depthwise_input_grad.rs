@@ -7,34 +7,42 @@
 //! channel-blocked forms instead:
 //! - **stride 1**: a correlation of the output gradient with the flipped kernel, padded by
 //!   `dilation·(kernel − 1) − pad` — the forward kernel ([`depthwise_forward`]) computes it,
-//!   with every sum in registers.
+//!   with every sum in registers; NCHW or NHWC, in and out, as the forward kernel.
 //! - **any other stride**: each block's output gradient is interleaved, and every output pixel
 //!   adds `w[tap] · gy[o]` into a zero-padded `[h][w][LANES]` input-gradient buffer (one
 //!   full-width multiply-add per tap, no bounds tests), whose interior is then copied back to
-//!   the block's NCHW planes. Jobs of (image, channel block) run in parallel.
+//!   the block's NCHW planes. Jobs of (image, channel block) run in parallel. NCHW only.
 
 use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
 use super::affine_kernels::Activation;
-use super::conv_geometry::ConvGeometry;
+use super::conv_geometry::{ChannelOrder, ConvGeometry};
 use super::depthwise_blocks::{self, BlockKernel, LANES, Lanes, PaddedInput, lanes, lanes_mut};
 use super::depthwise_forward;
 use super::vectorized::Simd;
 
-/// `dL/dx` of a depthwise convolution (`g.is_depthwise()`), `[batch, channels, in_h, in_w]`;
-/// `weight` is `[channels, 1, kernel_h, kernel_w]`.
-pub(super) fn input_grad(weight: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f32> {
-    match flipped_correlation(g) {
-        Some(flipped) => depthwise_forward::forward(
+/// `dL/dx` of a depthwise convolution (`g.is_depthwise()`), `[batch, channels, in_h, in_w]`
+/// laid out as `gy` (`order`); `weight` is `[channels, 1, kernel_h, kernel_w]`. `None` for a
+/// channels-last `gy` of a strided convolution (the scatter form is NCHW only).
+pub(super) fn input_grad(
+    weight: &[f32],
+    gy: &[f32],
+    g: &ConvGeometry,
+    order: ChannelOrder,
+) -> Option<Vec<f32>> {
+    match (flipped_correlation(g), order) {
+        (Some(flipped), _) => Some(depthwise_forward::forward(
             gy,
             &flip_taps(weight, g.kernel_h * g.kernel_w),
             None,
             &flipped,
             Activation::Identity,
-        ),
-        None => scattered(Simd::detect(), weight, gy, g),
+            order,
+        )),
+        (None, ChannelOrder::First) => Some(scattered(Simd::detect(), weight, gy, g)),
+        (None, ChannelOrder::Last) => None,
     }
 }
 
@@ -177,6 +185,7 @@ fn write_interior(
 
 #[cfg(test)]
 mod tests {
+    use super::super::depthwise_blocks::nchw_to_nhwc;
     use super::*;
 
     /// The scatter form on every instruction set this CPU has, against the definition, on a
@@ -251,7 +260,17 @@ mod tests {
                 .into_iter()
                 .map(|simd| (format!("{simd:?}"), scattered(simd, &w, &gy, &g)))
                 .collect();
-            results.push(("production path".into(), input_grad(&w, &gy, &g)));
+            let production = input_grad(&w, &gy, &g, ChannelOrder::First).unwrap();
+            // Channels-last: the same values, transposed (stride 1), or not covered.
+            let gy_last = nchw_to_nhwc(&gy, g.batch, g.in_channels, g.out_plane());
+            match input_grad(&w, &gy_last, &g, ChannelOrder::Last) {
+                Some(last) => assert_eq!(
+                    last,
+                    nchw_to_nhwc(&production, g.batch, g.in_channels, g.in_plane())
+                ),
+                None => assert_ne!(g.stride, [1, 1]),
+            }
+            results.push(("production path".into(), production));
             for (name, got) in results {
                 assert_eq!(got.len(), want.len());
                 for (a, b) in got.iter().zip(&want) {

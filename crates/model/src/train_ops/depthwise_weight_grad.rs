@@ -1,5 +1,5 @@
-//! The f32 weight gradient of a depthwise 2-D convolution (NCHW), vectorised across channels
-//! ([`depthwise_blocks`]' layout).
+//! The f32 weight gradient of a depthwise 2-D convolution (NCHW or NHWC inputs), vectorised
+//! across channels ([`depthwise_blocks`]' layout).
 //!
 //! `dw[c][tap] = Σ_n Σ_out gy[n][c][out] · x[n][c][in(out, tap)]`. Along a plane's rows this is
 //! a dot product per tap and row, as short as 7 values on ConvNeXt's last stage and strided on
@@ -15,7 +15,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::conv_geometry::ConvGeometry;
+use super::conv_geometry::{ChannelOrder, ConvGeometry};
 use super::depthwise_blocks::{self, BlockKernel, LANES, Lanes, PaddedInput, lanes};
 use super::vectorized::Simd;
 
@@ -26,12 +26,22 @@ const TAPS_AT_ONCE: usize = 8;
 /// Jobs per thread to aim for, so that uneven jobs still even out.
 const JOBS_PER_THREAD: usize = 4;
 
-/// `dL/dweight` of a depthwise convolution (`g.is_depthwise()`), `[channels, 1, kh, kw]`.
-pub(super) fn weight_grad(x: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f32> {
+/// `dL/dweight` of a depthwise convolution (`g.is_depthwise()`), `[channels, 1, kh, kw]`, from
+/// its input `x` and output gradient `gy`, each laid out as its order says.
+pub(super) fn weight_grad(
+    x: (&[f32], ChannelOrder),
+    gy: (&[f32], ChannelOrder),
+    g: &ConvGeometry,
+) -> Vec<f32> {
     weight_grad_on(Simd::detect(), x, gy, g)
 }
 
-fn weight_grad_on(simd: Simd, x: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f32> {
+fn weight_grad_on(
+    simd: Simd,
+    (x, x_order): (&[f32], ChannelOrder),
+    (gy, gy_order): (&[f32], ChannelOrder),
+    g: &ConvGeometry,
+) -> Vec<f32> {
     let channels = g.out_channels;
     let taps = g.kernel_h * g.kernel_w;
     let mut dw = vec![0.0f32; channels * taps];
@@ -61,17 +71,8 @@ fn weight_grad_on(simd: Simd, x: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f3
                 let lanes = LANES.min(channels - c0);
                 let mut sums = vec![0.0f32; taps * LANES];
                 for n in images {
-                    let plane = n * channels + c0;
-                    padded.fill(
-                        &x[plane * g.in_plane()..][..lanes * g.in_plane()],
-                        lanes,
-                        input,
-                    );
-                    grad_layout.fill(
-                        &gy[plane * g.out_plane()..][..lanes * g.out_plane()],
-                        lanes,
-                        grad,
-                    );
+                    padded.fill_from(x, x_order, n, channels, c0, lanes, input);
+                    grad_layout.fill_from(gy, gy_order, n, channels, c0, lanes, grad);
                     depthwise_blocks::run(
                         simd,
                         Accumulate {
@@ -171,6 +172,7 @@ impl Accumulate<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::depthwise_blocks::nchw_to_nhwc;
     use super::*;
 
     /// Every instruction set this CPU has gives the definition's values (the parity test
@@ -218,10 +220,36 @@ mod tests {
         {
             available.push(Simd::Avx2);
         }
+        let (x_last, gy_last) = (
+            nchw_to_nhwc(&x, 3, 37, 11 * 13),
+            nchw_to_nhwc(&gy, 3, 37, 36),
+        );
         for simd in available {
-            let got = weight_grad_on(simd, &x, &gy, &g);
+            let got = weight_grad_on(
+                simd,
+                (&x, ChannelOrder::First),
+                (&gy, ChannelOrder::First),
+                &g,
+            );
             for (a, w) in got.iter().zip(&want) {
                 assert!((f64::from(*a) - w).abs() <= 1e-4, "{simd:?}: {a} vs {w}");
+            }
+            // Either input channels-last: the same sums in the same order.
+            for (xs, gys) in [
+                (
+                    (&x_last[..], ChannelOrder::Last),
+                    (&gy[..], ChannelOrder::First),
+                ),
+                (
+                    (&x[..], ChannelOrder::First),
+                    (&gy_last[..], ChannelOrder::Last),
+                ),
+                (
+                    (&x_last[..], ChannelOrder::Last),
+                    (&gy_last[..], ChannelOrder::Last),
+                ),
+            ] {
+                assert_eq!(weight_grad_on(simd, xs, gys, &g), got, "{simd:?}");
             }
         }
     }

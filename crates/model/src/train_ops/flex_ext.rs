@@ -4,7 +4,9 @@
 //!   (inference on a BN-folded model; a ResNet block's shortcut too), runs
 //!   [`super::conv_forward_kernels`]; the backward pass (registered with burn's autodiff) runs
 //!   [`super::conv_kernels`]. Both fall back to burn's operations for what they do not cover
-//!   (another dtype, a grouping other than 1 or depthwise);
+//!   (another dtype, a grouping other than 1 or depthwise). A depthwise layer whose input (or
+//!   output gradient) is channels-last in memory — ConvNeXt's residual stream, NHWC between its
+//!   LayerNorms and MLPs — is computed in that layout, in and out, with no NCHW copy;
 //! - **per-channel affine + activation** (frozen batch norm, then ReLU/ReLU6): one fused pass
 //!   each way ([`super::affine_kernels`]);
 //! - **max pool** (inference): without the indices burn-flex computes for a backward pass
@@ -41,7 +43,7 @@ use super::adamw_kernels::{self, AdamWScalars};
 use super::affine_kernels::{self, Activation};
 use super::attention_kernels::{self, AttentionShape};
 use super::conv_forward_kernels;
-use super::conv_kernels::{self as kernels, ConvGeometry};
+use super::conv_kernels::{self as kernels, ChannelOrder, ConvGeometry};
 use super::gelu_kernels;
 use super::grad_norm_kernels;
 use super::layer_norm_kernels;
@@ -662,6 +664,36 @@ fn our_grad(
     options: &ConvOptions<2>,
 ) -> Option<FlexTensor> {
     let geometry = geometry(x, weight, &gy.shape().dims(), options)?;
+    // A channels-last output gradient (ConvNeXt's stream) is read as it lies where the kernels
+    // take it: a depthwise layer's weight gradient, and its input gradient at stride 1 (which
+    // comes out channels-last too).
+    if geometry.is_depthwise()
+        && let Some(gy_last) = channels_last_values(gy)
+    {
+        let grad = match which {
+            ConvGrad::Input => {
+                let weight_values = weight.to_contiguous();
+                let weight_values = weight_values.as_slice::<f32>()?;
+                kernels::input_grad_in(weight_values, (gy_last, ChannelOrder::Last), &geometry)
+                    .map(|dx| channels_last_tensor(dx, x.shape().dims()))
+            }
+            ConvGrad::Weight => {
+                let x_contiguous;
+                let x_operand = match channels_last_values(x) {
+                    Some(values) => (values, ChannelOrder::Last),
+                    None => {
+                        x_contiguous = x.to_contiguous();
+                        (x_contiguous.as_slice::<f32>()?, ChannelOrder::First)
+                    }
+                };
+                kernels::weight_grad_in(x_operand, (gy_last, ChannelOrder::Last), &geometry)
+                    .map(|dw| FlexTensor::from_data(TensorData::new(dw, weight.shape())))
+            }
+        };
+        if grad.is_some() {
+            return grad;
+        }
+    }
     let gy = gy.to_contiguous();
     let gy = gy.as_slice::<f32>()?;
     let (values, shape) = match which {
@@ -677,6 +709,25 @@ fn our_grad(
         }
     };
     Some(FlexTensor::from_data(TensorData::new(values, shape)))
+}
+
+/// The NHWC values of a `[n, c, h, w]` f32 tensor whose memory is channels-last — an NHWC
+/// tensor permuted to NCHW, as ConvNeXt's blocks leave their residual stream — or `None`.
+fn channels_last_values(t: &FlexTensor) -> Option<&[f32]> {
+    let layout = t.layout();
+    if t.dtype() != DType::F32 || layout.num_dims() != 4 || layout.start_offset() != 0 {
+        return None;
+    }
+    let [_, c, h, w] = layout.shape().dims::<4>();
+    if layout.strides() != [(h * w * c) as isize, 1, (w * c) as isize, c as isize] {
+        return None;
+    }
+    t.storage::<f32>().get(..layout.num_elements())
+}
+
+/// `[n, c, h, w]` values stored NHWC as a tensor of that shape (an NHWC tensor permuted).
+fn channels_last_tensor(values: Vec<f32>, [n, c, h, w]: [usize; 4]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, [n, h, w, c])).permute(&[0, 3, 1, 2])
 }
 
 /// Flex's fused convolution: our kernels, else burn's convolution, the residual addition and the
@@ -755,6 +806,27 @@ fn our_forward(
     let geometry = geometry(x, weight, &out_shape, options)?;
     if residual.is_some_and(|r| r.dtype() != DType::F32 || r.shape().dims::<4>() != out_shape) {
         return None;
+    }
+    // A channels-last input to a depthwise layer (ConvNeXt's stream) is read as it lies, and
+    // the output is channels-last too, ready for the block's LayerNorm.
+    if geometry.is_depthwise()
+        && residual.is_none()
+        && let Some(x_last) = channels_last_values(x)
+    {
+        let weight = weight.to_contiguous();
+        let bias = bias.map(|b| b.to_contiguous());
+        let bias = match &bias {
+            Some(b) => Some(b.as_slice::<f32>()?),
+            None => None,
+        };
+        let y = conv_forward_kernels::depthwise_channels_last(
+            x_last,
+            weight.as_slice::<f32>()?,
+            bias,
+            &geometry,
+            activation,
+        )?;
+        return Some(channels_last_tensor(y, out_shape));
     }
     let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
     let bias = bias.map(|b| b.to_contiguous());
