@@ -41,13 +41,10 @@ pub fn depthwise_channels_last(
     g: &ConvGeometry,
     activation: Activation,
 ) -> Option<Vec<f32>> {
-    assert_eq!(x.len(), g.batch * g.in_channels * g.in_plane());
-    assert!(bias.is_none_or(|b| b.len() == g.out_channels));
     if !g.is_depthwise() {
         return None;
     }
-    assert_eq!(weight.len(), g.out_channels * g.kernel_h * g.kernel_w);
-    Some(depthwise_forward::forward(
+    Some(depthwise(
         x,
         weight,
         bias,
@@ -55,6 +52,21 @@ pub fn depthwise_channels_last(
         activation,
         ChannelOrder::Last,
     ))
+}
+
+/// A depthwise convolution's forward pass, its input and result laid out as `order` says.
+fn depthwise(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    g: &ConvGeometry,
+    activation: Activation,
+    order: ChannelOrder,
+) -> Vec<f32> {
+    assert_eq!(x.len(), g.batch * g.in_channels * g.in_plane());
+    assert!(bias.is_none_or(|b| b.len() == g.out_channels));
+    assert_eq!(weight.len(), g.out_channels * g.kernel_h * g.kernel_w);
+    depthwise_forward::forward(x, weight, bias, g, activation, order)
 }
 
 /// `activation(conv2d(x, weight) + bias + residual)`, shape `[batch, out_channels, out_h,
@@ -76,8 +88,7 @@ pub fn forward(
         if residual.is_some() {
             return None;
         }
-        assert_eq!(weight.len(), g.out_channels * g.kernel_h * g.kernel_w);
-        Some(depthwise_forward::forward(
+        Some(depthwise(
             x,
             weight,
             bias,

@@ -58,9 +58,9 @@ fn forward_on(
     let out_plane = g.out_plane();
     let len = g.batch * channels * out_plane;
     let mut y: Vec<f32> = Vec::with_capacity(len);
-    let block_of = |n: usize, block: usize| {
+    let run_block = |input: &mut Vec<f32>, row: &mut Vec<f32>, n, block, dest| {
         let c0 = block * LANES;
-        Block {
+        let block = Block {
             x,
             order,
             n,
@@ -71,7 +71,14 @@ fn forward_on(
             padded: &padded,
             g,
             activation,
-        }
+        };
+        let run = BlockRun {
+            block: &block,
+            input,
+            row,
+            dest,
+        };
+        depthwise_blocks::run(simd, run);
     };
     match order {
         ChannelOrder::First => {
@@ -83,17 +90,7 @@ fn forward_on(
             jobs.into_par_iter().for_each_init(
                 || (Vec::new(), Vec::new()),
                 |(input, row), (n, block, planes)| {
-                    let block = block_of(n, block);
-                    let dest = Destination::Planes(planes);
-                    depthwise_blocks::run(
-                        simd,
-                        BlockRun {
-                            block: &block,
-                            input,
-                            row,
-                            dest,
-                        },
-                    );
+                    run_block(input, row, n, block, Destination::Planes(planes));
                 },
             );
         }
@@ -106,22 +103,13 @@ fn forward_on(
             jobs.into_par_iter().for_each_init(
                 || (Vec::new(), Vec::new()),
                 |(input, row), (n, block)| {
-                    let block = block_of(n, block);
                     let dest = Destination::ChannelsLast {
                         // SAFETY: image `n`'s `out_plane · channels` values lie inside `y`'s
                         // capacity of `len` (`n < batch`).
                         image: unsafe { out.get().add(n * out_plane * channels) },
                         channels,
                     };
-                    depthwise_blocks::run(
-                        simd,
-                        BlockRun {
-                            block: &block,
-                            input,
-                            row,
-                            dest,
-                        },
-                    );
+                    run_block(input, row, n, block, dest);
                 },
             );
         }
