@@ -274,11 +274,18 @@ impl PaddedInput {
                     let line = &mut buffer[((ih + self.top) * self.width + self.left) * LANES..]
                         [..cols * LANES];
                     let source = &image[ih * self.in_w * channels..][..cols * channels];
-                    for (pixel, values) in line
+                    let pixels = line
                         .chunks_exact_mut(LANES)
-                        .zip(source.chunks_exact(channels))
-                    {
-                        pixel[..lanes].copy_from_slice(&values[c0..c0 + lanes]);
+                        .zip(source.chunks_exact(channels));
+                    if lanes == LANES {
+                        // A fixed-size copy: a few vector moves, not a `memcpy` call.
+                        for (pixel, values) in pixels {
+                            *lanes_mut(pixel, 0) = *self::lanes(values, c0);
+                        }
+                    } else {
+                        for (pixel, values) in pixels {
+                            pixel[..lanes].copy_from_slice(&values[c0..c0 + lanes]);
+                        }
                     }
                 }
             }

@@ -200,12 +200,15 @@ impl BlockKernel for BlockRun<'_, '_> {
                         // image (`c0 + lanes <= channels`), no other job writes them, and
                         // `pixel` is our own buffer.
                         unsafe {
-                            std::ptr::copy_nonoverlapping(
-                                pixel.as_ptr(),
-                                image.add((oh * g.out_w + ow) * *channels + c0),
-                                lanes,
-                            )
-                        };
+                            let to = image.add((oh * g.out_w + ow) * *channels + c0);
+                            if lanes == LANES {
+                                // A fixed-size copy, not a `memcpy` call per pixel.
+                                to.cast::<[f32; LANES]>()
+                                    .write_unaligned(*depthwise_blocks::lanes(pixel, 0));
+                            } else {
+                                std::ptr::copy_nonoverlapping(pixel.as_ptr(), to, lanes);
+                            }
+                        }
                     }
                 }
             }
