@@ -42,7 +42,8 @@ pub struct Args {
     /// Results per photo.
     #[arg(long, default_value_t = 5)]
     k: usize,
-    /// Crop each photo to this box first: x,y,w,h in pixels.
+    /// Crop each photo to this box first: x,y,w,h in pixels (a box that misses a photo is an
+    /// error).
     #[arg(long)]
     bbox: Option<String>,
     /// Only catalogue items whose metadata match: `name=value[|value…][,name=value…]` (every
