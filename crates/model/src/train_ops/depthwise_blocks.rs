@@ -257,23 +257,26 @@ impl PaddedInput {
         lanes: usize,
         buffer: &mut Vec<f32>,
     ) {
+        buffer.clear();
+        buffer.resize(self.height * self.width * LANES, 0.0);
         let plane = self.in_h * self.in_w;
-        match order {
-            ChannelOrder::First => self.fill(
-                &x[(n * channels + c0) * plane..][..lanes * plane],
-                lanes,
-                buffer,
-            ),
-            ChannelOrder::Last => {
-                buffer.clear();
-                buffer.resize(self.height * self.width * LANES, 0.0);
-                let image = &x[n * plane * channels..][..plane * channels];
-                let rows = self.in_h.min(self.height.saturating_sub(self.top));
-                let cols = self.in_w.min(self.width.saturating_sub(self.left));
-                for ih in 0..rows {
-                    let line = &mut buffer[((ih + self.top) * self.width + self.left) * LANES..]
-                        [..cols * LANES];
-                    let source = &image[ih * self.in_w * channels..][..cols * channels];
+        let rows = self.in_h.min(self.height.saturating_sub(self.top));
+        let cols = self.in_w.min(self.width.saturating_sub(self.left));
+        for ih in 0..rows {
+            let line =
+                &mut buffer[((ih + self.top) * self.width + self.left) * LANES..][..cols * LANES];
+            match order {
+                ChannelOrder::First => {
+                    let block = &x[(n * channels + c0) * plane..][..lanes * plane];
+                    for lane in 0..lanes {
+                        let source = &block[lane * plane + ih * self.in_w..][..cols];
+                        for (pixel, &v) in line.chunks_exact_mut(LANES).zip(source) {
+                            pixel[lane] = v;
+                        }
+                    }
+                }
+                ChannelOrder::Last => {
+                    let source = &x[(n * plane + ih * self.in_w) * channels..][..cols * channels];
                     let pixels = line
                         .chunks_exact_mut(LANES)
                         .zip(source.chunks_exact(channels));
@@ -287,26 +290,6 @@ impl PaddedInput {
                             pixel[..lanes].copy_from_slice(&values[c0..c0 + lanes]);
                         }
                     }
-                }
-            }
-        }
-    }
-
-    /// Copies the `lanes` planes of `x_block` into `buffer`.
-    #[inline(always)]
-    pub(super) fn fill(&self, x_block: &[f32], lanes: usize, buffer: &mut Vec<f32>) {
-        buffer.clear();
-        buffer.resize(self.height * self.width * LANES, 0.0);
-        let plane = self.in_h * self.in_w;
-        let rows = self.in_h.min(self.height.saturating_sub(self.top));
-        let cols = self.in_w.min(self.width.saturating_sub(self.left));
-        for ih in 0..rows {
-            let line =
-                &mut buffer[((ih + self.top) * self.width + self.left) * LANES..][..cols * LANES];
-            for lane in 0..lanes {
-                let source = &x_block[lane * plane + ih * self.in_w..][..cols];
-                for (pixel, &v) in line.chunks_exact_mut(LANES).zip(source) {
-                    pixel[lane] = v;
                 }
             }
         }

@@ -90,12 +90,8 @@ fn scattered(simd: Simd, weight: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f3
         || (Vec::new(), Vec::new()),
         |(grad, sums), (n, block, planes)| {
             let lanes = planes.len() / in_plane;
-            let first_plane = n * channels + block * LANES;
-            grad_layout.fill(
-                &gy[first_plane * g.out_plane()..][..lanes * g.out_plane()],
-                lanes,
-                grad,
-            );
+            let c0 = block * LANES;
+            grad_layout.fill_from(gy, ChannelOrder::First, n, channels, c0, lanes, grad);
             sums.clear();
             sums.resize(padded.height * padded.width * LANES, 0.0);
             depthwise_blocks::run(

@@ -807,33 +807,25 @@ fn our_forward(
     if residual.is_some_and(|r| r.dtype() != DType::F32 || r.shape().dims::<4>() != out_shape) {
         return None;
     }
+    let weight = weight.to_contiguous();
+    let weight = weight.as_slice::<f32>()?;
+    let bias = bias.map(|b| b.to_contiguous());
+    let bias = match &bias {
+        Some(b) => Some(b.as_slice::<f32>()?),
+        None => None,
+    };
     // A channels-last input to a depthwise layer (ConvNeXt's stream) is read as it lies, and
     // the output is channels-last too, ready for the block's LayerNorm.
     if geometry.is_depthwise()
         && residual.is_none()
         && let Some(x_last) = channels_last_values(x)
     {
-        let weight = weight.to_contiguous();
-        let bias = bias.map(|b| b.to_contiguous());
-        let bias = match &bias {
-            Some(b) => Some(b.as_slice::<f32>()?),
-            None => None,
-        };
         let y = conv_forward_kernels::depthwise_channels_last(
-            x_last,
-            weight.as_slice::<f32>()?,
-            bias,
-            &geometry,
-            activation,
+            x_last, weight, bias, &geometry, activation,
         )?;
         return Some(channels_last_tensor(y, out_shape));
     }
-    let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
-    let bias = bias.map(|b| b.to_contiguous());
-    let bias = match &bias {
-        Some(b) => Some(b.as_slice::<f32>()?),
-        None => None,
-    };
+    let x = x.to_contiguous();
     let residual = residual.map(|r| r.to_contiguous());
     let residual = match &residual {
         Some(r) => Some(r.as_slice::<f32>()?),
@@ -841,7 +833,7 @@ fn our_forward(
     };
     let y = conv_forward_kernels::forward(
         x.as_slice::<f32>()?,
-        weight.as_slice::<f32>()?,
+        weight,
         bias,
         residual,
         &geometry,
