@@ -6,7 +6,8 @@ use std::path::Path;
 use image::RgbImage;
 use visual_search_data::formats::{BBox, Crop, Window};
 use visual_search_data::image::{
-    DecodeLimits, Normalization, Rect, crop_rect, decode_rgb_bytes, decode_rgb_file, resize_rgb,
+    DecodeLimits, Normalization, Rect, box_overlap, crop_rect, decode_rgb_bytes, decode_rgb_file,
+    resize_rgb,
 };
 use visual_search_retrieval::index::Preprocessing;
 
@@ -32,9 +33,7 @@ pub fn parse_bbox(text: &str) -> Result<BBox, String> {
 /// question without saying so.
 pub fn check_box_on_photo(bbox: &BBox, image: &RgbImage) -> Result<(), String> {
     let (w, h) = image.dimensions();
-    let overlaps =
-        bbox.x < w as f64 && bbox.y < h as f64 && bbox.x + bbox.w > 0.0 && bbox.y + bbox.h > 0.0;
-    if overlaps {
+    if box_overlap(bbox, w, h).is_some() {
         Ok(())
     } else {
         Err(format!(

@@ -42,20 +42,22 @@ pub fn crop_rect(image: &RgbImage, crop: &Crop) -> Rect {
 /// The box clamped to the image, covering every pixel the box touches (floor of the start, ceil
 /// of the end). A box that misses the image entirely keeps the whole image.
 pub fn box_rect(b: &BBox, width: u32, height: u32) -> Rect {
+    box_overlap(b, width, height).unwrap_or(Rect::full(width, height))
+}
+
+/// The pixels of a `width × height` image the box touches, or `None` when it misses the image.
+pub fn box_overlap(b: &BBox, width: u32, height: u32) -> Option<Rect> {
     let clamp = |v: f64, max: u32| v.clamp(0.0, max as f64) as u32;
     let x0 = clamp(b.x.floor(), width);
     let y0 = clamp(b.y.floor(), height);
     let x1 = clamp((b.x + b.w).ceil(), width);
     let y1 = clamp((b.y + b.h).ceil(), height);
-    if x1 <= x0 || y1 <= y0 {
-        return Rect::full(width, height);
-    }
-    Rect {
+    (x1 > x0 && y1 > y0).then(|| Rect {
         x: x0,
         y: y0,
         width: x1 - x0,
         height: y1 - y0,
-    }
+    })
 }
 
 /// Removes edge rows and columns whose mean intensity is exactly 255 (SPEC), i.e. whose every
