@@ -11,7 +11,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::pg_cluster::PgCluster;
-use common::{bin, catalogue, http, lite0_build, lite0_index, query_list, run_ok, start_server};
+use common::{
+    bin, catalogue, http, http_with_headers, lite0_build, lite0_index, query_list, run_ok,
+    start_server_with,
+};
 use visual_search_retrieval::catalogue::Catalogue;
 use visual_search_retrieval::index::{Index, IndexDtype, IndexItem, IndexMeta, build_index};
 use visual_search_retrieval::item_metadata::Filter;
@@ -117,7 +120,17 @@ fn postgres_index_answers_like_the_embedded_index() {
     assert!(hits >= 36, "HNSW recall@10 {hits}/40");
 
     // `serve` over PostgreSQL gives the embedded index's answer.
-    let server = start_server(Path::new(&url));
+    let token_file = dir.path().join("write.token");
+    std::fs::write(&token_file, "0123456789abcdef-test-token\n").unwrap();
+    let server = start_server_with(
+        Path::new(&url),
+        &[
+            "--write-token-file",
+            token_file.to_str().unwrap(),
+            "--upload-dir",
+            dir.path().join("uploads").to_str().unwrap(),
+        ],
+    );
     let photo = std::fs::read(&photos[0]).unwrap();
     let (status, _, body) = http(&server.addr, "POST", "/search?k=10", "image/jpeg", &photo);
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
@@ -165,6 +178,40 @@ fn postgres_index_answers_like_the_embedded_index() {
     assert_eq!(status, 200, "{headers}");
     let (status, _, _) = http(&server.addr, "GET", "/images/99999", "text/plain", b"");
     assert_eq!(status, 404);
+
+    // A delete over HTTP: the reply and `/metrics` give the rows the table holds after it.
+    let label = json["results"][0]["label"].to_string();
+    let of_label: i64 = pg
+        .client()
+        .query_one(
+            "SELECT count(*) FROM visual_search_items WHERE label = $1",
+            &[&label.parse::<i64>().unwrap()],
+        )
+        .unwrap()
+        .get(0);
+    assert!(of_label > 0);
+    let (status, _, body) = http_with_headers(
+        &server.addr,
+        "DELETE",
+        "/items",
+        &[("Authorization", "Bearer 0123456789abcdef-test-token")],
+        "application/json",
+        format!(r#"{{"keys": ["{label}"]}}"#).as_bytes(),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let reply: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let left = 149 - of_label as u64;
+    assert_eq!(
+        (reply["removed"].as_u64(), reply["rows"].as_u64()),
+        (Some(of_label as u64), Some(left)),
+        "{reply}"
+    );
+    let (_, _, metrics) = http(&server.addr, "GET", "/metrics", "text/plain", b"");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains(&format!("visual_search_index_rows {left}\n")),
+        "{metrics}"
+    );
 }
 
 /// `index build --preset winner` (centring + query blending stored in the index) gives the same
@@ -819,6 +866,7 @@ fn upsert_and_delete_are_transactions_that_survive_a_kill() {
 
     // Again, unhindered: applied once; a third run finds it applied.
     assert_eq!(index.upsert(&new_items, &new_emb).unwrap(), (4, 2));
+    assert_eq!(index.rows(), 38, "the writing handle counts its change");
     assert_eq!(index.upsert(&new_items, &new_emb).unwrap(), (0, 0));
     assert_eq!(count("SELECT count(*) FROM edited_items"), 38);
     let reopened = PgIndex::open(&opts).unwrap();
@@ -835,6 +883,7 @@ fn upsert_and_delete_are_transactions_that_survive_a_kill() {
 
     let keys: HashSet<String> = ["0".to_string(), "99".to_string(), "12345".to_string()].into();
     assert_eq!(reopened.delete_keys(&keys).unwrap(), 5);
+    assert_eq!(reopened.rows(), 33, "the writing handle counts its change");
     assert!(reopened.compact().unwrap().contains("vacuumed"));
     let after = PgIndex::open(&opts).unwrap();
     assert_eq!(after.rows(), 33);

@@ -174,6 +174,9 @@ pub struct PgIndex {
     meta: IndexMeta,
     pool: Vec<Mutex<Client>>,
     next: AtomicUsize,
+    /// Rows in the table: counted at opening and again after each write through this handle
+    /// (a write by another process shows at this handle's next write or opening).
+    rows: AtomicUsize,
     /// How the statements read an item's metadata: its column, or an empty object for tables
     /// made before it existed.
     metadata: &'static str,
@@ -216,6 +219,7 @@ impl PgIndex {
         }
         Ok(PgIndex {
             opts: opts.clone(),
+            rows: AtomicUsize::new(meta.rows),
             meta,
             pool,
             next: AtomicUsize::new(0),
@@ -241,6 +245,22 @@ impl PgIndex {
         }
     }
 
+    /// Counts the table's rows again (after a write) and returns the count.
+    fn recount(&self) -> Result<usize, RetrievalError> {
+        let t = self.opts.table.clone();
+        let n = self.with_client(|c| count_rows(c, &t))? as usize;
+        self.rows.store(n, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    /// [`Self::recount`] after a committed write, which stands even when the count fails (the
+    /// old count is kept and the failure logged).
+    fn recount_after_write(&self) {
+        if let Err(e) = self.recount() {
+            tracing::warn!("{}: rows not counted after the write: {e}", self.opts.table);
+        }
+    }
+
     /// The server's size of the table and its indexes.
     pub fn total_bytes(&self) -> Result<u64, RetrievalError> {
         let t = self.opts.table.clone();
@@ -257,7 +277,7 @@ impl Catalogue for PgIndex {
     }
 
     fn rows(&self) -> usize {
-        self.meta.rows
+        self.rows.load(Ordering::Relaxed)
     }
 
     fn search_raw(
@@ -388,8 +408,7 @@ impl Catalogue for PgIndex {
                 outcome.rows
             );
         }
-        let t = self.opts.table.clone();
-        self.with_client(|c| count_rows(c, &t)).map(|n| n as usize)
+        self.recount()
     }
 
     fn upsert(
@@ -397,11 +416,15 @@ impl Catalogue for PgIndex {
         items: &[IndexItem],
         embeddings: &[f32],
     ) -> Result<(usize, usize), RetrievalError> {
-        crate::postgres_edit::upsert(&self.opts, &self.meta, items, embeddings)
+        let changed = crate::postgres_edit::upsert(&self.opts, &self.meta, items, embeddings)?;
+        self.recount_after_write();
+        Ok(changed)
     }
 
     fn delete_keys(&self, keys: &HashSet<String>) -> Result<usize, RetrievalError> {
-        crate::postgres_edit::delete_keys(&self.opts, &self.meta, keys)
+        let removed = crate::postgres_edit::delete_keys(&self.opts, &self.meta, keys)?;
+        self.recount_after_write();
+        Ok(removed)
     }
 
     fn compact(&self) -> Result<String, RetrievalError> {

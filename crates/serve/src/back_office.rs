@@ -47,10 +47,9 @@ struct WriteReply {
     /// Rows removed (an upsert's replaced images, a delete's images).
     removed: usize,
     added: usize,
-    /// Images an on-disk index serves after the change (absent for PostgreSQL, whose count
-    /// other writers change too).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rows: Option<usize>,
+    /// Images the index serves after the change (for PostgreSQL, counted just after it, with
+    /// what other writers committed meanwhile).
+    rows: usize,
 }
 
 fn internal(e: impl ToString) -> ApiError {
@@ -97,19 +96,21 @@ async fn write(
         .await
         .map_err(internal)?
         .map_err(internal)?;
-    let mut rows = None;
-    if let Some(dir) = state.index_folder.clone() {
-        let live = state.index.clone();
-        tokio::task::spawn_blocking(move || live.reload_folder(&dir))
-            .await
-            .map_err(internal)?
-            .map_err(internal)?;
-        rows = Some(state.index.get().rows());
-    }
+    let live = state.index.clone();
+    let reload = match state.index_folder.clone() {
+        Some(dir) => tokio::task::spawn_blocking(move || live.reload_folder(&dir).map(drop)),
+        // An engine changed in place (PostgreSQL) counted its rows as it wrote; its size on
+        // its server is asked again.
+        None => tokio::task::spawn_blocking(move || {
+            live.refresh_bytes();
+            Ok(())
+        }),
+    };
+    reload.await.map_err(internal)?.map_err(internal)?;
     Ok(WriteReply {
         removed,
         added,
-        rows,
+        rows: state.index.get().rows(),
     })
 }
 

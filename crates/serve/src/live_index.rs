@@ -62,6 +62,16 @@ impl LiveIndex {
         self.slot.read().unwrap_or_else(|p| p.into_inner()).bytes
     }
 
+    /// Asks the index in use for its size again (after a write to an engine changed in place).
+    pub fn refresh_bytes(&self) {
+        let index = self.get();
+        let bytes = index.size_bytes();
+        let mut slot = self.slot.write().unwrap_or_else(|p| p.into_inner());
+        if Arc::ptr_eq(&slot.index, &index) {
+            slot.bytes = bytes;
+        }
+    }
+
     fn seen_version(&self) -> Option<String> {
         self.slot
             .read()
