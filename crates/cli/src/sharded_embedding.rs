@@ -12,7 +12,7 @@ use visual_search_inference::fingerprint::model_fingerprint;
 use visual_search_retrieval::embedding_file::Embeddings;
 use visual_search_retrieval::embedding_parts::{
     ExistingPart, PartHeader, PartJob, PartSkip, ShardSpec, batch_aligned_chunk_rows, chunk_ranges,
-    existing_part, list_digest, merge_parts, write_part,
+    existing_part, list_digest, merge_parts, sweep_part_temps, write_part,
 };
 use visual_search_train::embedding::{EmbedTimings, EmbeddedSet};
 
@@ -126,6 +126,8 @@ impl<'a> ShardedList<'a> {
                 }
                 ExistingPart::Missing => {}
             }
+            // A killed run of this worker may have left this part's temp file.
+            sweep_part_temps(dir, std::slice::from_ref(rows));
             eprintln!(
                 "worker {spec}: part {} of {} (rows {}..{})",
                 n + 1,

@@ -116,12 +116,17 @@ fn sharded_embed_and_index_build_equal_one_process() {
         );
     }
 
-    // A part lost (say its worker's disk died): the merge names its rows, and re-running its
-    // worker redoes that part alone.
+    // A part lost (say its worker was killed while writing it, leaving its temp file): the
+    // merge names its rows, and re-running its worker redoes that part alone and sweeps the
+    // temp file (a user's file beside it stays).
     let out = dir.path().join("sharded-3.safetensors");
     let args = job_args(&["embed"], &csv, &weights, &out);
     let parts = dir.path().join("sharded-3.safetensors.parts");
     std::fs::remove_file(parts.join("rows-000000000006-000000000012.safetensors")).unwrap();
+    let killed_write = parts.join(".rows-000000000006-000000000012.safetensors.x7Yz0a");
+    let users_note = parts.join(".rows-000000000006-000000000012.safetensors.notes");
+    std::fs::write(&killed_write, b"half a part").unwrap();
+    std::fs::write(&users_note, b"mine").unwrap();
     let merge = bin().args(&args).arg("--merge-parts").output().unwrap();
     let text = String::from_utf8_lossy(&merge.stderr);
     assert!(!merge.status.success());
@@ -134,6 +139,7 @@ fn sharded_embed_and_index_build_equal_one_process() {
         text.contains("(0 written before, 1 now, 1 unreadable images)"),
         "{text}"
     );
+    assert!(!killed_write.exists() && users_note.exists());
     let text = run(&args, &["--shard", "2/3"]);
     assert!(
         text.contains("(2 written before, 0 now, 0 unreadable images)"),

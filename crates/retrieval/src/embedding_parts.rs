@@ -27,6 +27,7 @@ pub use visual_search_data::shard::ShardSpec;
 
 use crate::error::RetrievalError;
 use crate::npy::write_atomically;
+use visual_search_data::atomic_write::is_temp_file_of;
 
 /// Version of the part layout; a merge refuses parts of another version.
 pub const PART_FORMAT_VERSION: u32 = 1;
@@ -105,6 +106,41 @@ pub fn part_path(dir: &Path, rows: &Range<usize>) -> PathBuf {
         "rows-{:012}-{:012}.safetensors",
         rows.start, rows.end
     ))
+}
+
+/// Removes the temp files that killed writes of the parts of `chunks` left in `dir`
+/// (`.rows-….safetensors.XXXXXX`, [`write_atomically`]'s names; nothing else is touched) and
+/// returns how many went. A worker calls it for the chunks it is about to embed, the merge for
+/// all of them once every part is there: no live write of those parts is expected then.
+pub fn sweep_part_temps(dir: &Path, chunks: &[Range<usize>]) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let targets: std::collections::HashSet<String> = chunks
+        .iter()
+        .filter_map(|rows| {
+            part_path(dir, rows)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .collect();
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let target = name
+            .strip_prefix('.')
+            .and_then(|rest| rest.rsplit_once('.'))
+            .map(|(target, _)| target);
+        let leftover = target.is_some_and(|t| targets.contains(t) && is_temp_file_of(&name, t));
+        if leftover && entry.path().is_file() && std::fs::remove_file(entry.path()).is_ok() {
+            tracing::info!(
+                "removed {}, left by an interrupted part write",
+                entry.path().display()
+            );
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// Writes a part atomically.
@@ -253,7 +289,8 @@ pub struct MergedParts {
 }
 
 /// Joins the parts of `job` found in `dir`: every chunk must be there, sound and of this job;
-/// the error lists the missing chunks (so the user sees which worker to run again).
+/// the error lists the missing chunks (so the user sees which worker to run again). After a
+/// merge the temp files killed part writes left are swept ([`sweep_part_temps`]).
 pub fn merge_parts(dir: &Path, job: &PartJob) -> Result<MergedParts, RetrievalError> {
     let chunks = chunk_ranges(job.rows, job.chunk_rows);
     let missing: Vec<&Range<usize>> = chunks
@@ -314,6 +351,7 @@ pub fn merge_parts(dir: &Path, job: &PartJob) -> Result<MergedParts, RetrievalEr
             merged.devices.push(header.device);
         }
     }
+    sweep_part_temps(dir, &chunks);
     Ok(merged)
 }
 
@@ -342,6 +380,40 @@ mod tests {
             device: "flex".into(),
             model_seconds: 0.5,
         }
+    }
+
+    #[test]
+    fn killed_part_writes_are_swept_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = job(10);
+        let chunks = chunk_ranges(10, 4);
+        let name = |rows: &Range<usize>| {
+            part_path(dir.path(), rows)
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        };
+        let leftover = dir.path().join(format!(".{}.Ab12Cd", name(&chunks[0])));
+        let other_chunk = dir.path().join(format!(".{}.Ef34Gh", name(&chunks[1])));
+        let keep = [
+            dir.path().join(format!(".{}.notes", name(&chunks[0]))),
+            dir.path().join(format!("{}.Ab12Cd", name(&chunks[0]))),
+            dir.path().join(".rows-x.safetensors.Ab12Cd"),
+        ];
+        for path in keep.iter().chain([&leftover, &other_chunk]) {
+            std::fs::write(path, b"half a part").unwrap();
+        }
+        // A worker about to embed chunk 0 sweeps chunk 0's leftovers only.
+        assert_eq!(sweep_part_temps(dir.path(), &chunks[..1]), 1);
+        assert!(!leftover.exists() && other_chunk.exists());
+        // A merge sweeps every chunk's.
+        for r in &chunks {
+            write_part(dir.path(), header(&job, r, 1), &vec![0.5; r.len()]).unwrap();
+        }
+        merge_parts(dir.path(), &job).unwrap();
+        assert!(!other_chunk.exists());
+        assert!(keep.iter().all(|p| p.exists()), "a user's files stay");
     }
 
     #[test]
