@@ -9,10 +9,11 @@
 //! descending, ties broken by the lower gallery index (the gallery is scanned in index order,
 //! so a later candidate equal to the k-th best loses the tie and is skipped by a strict `>`).
 //!
-//! With fewer queries than threads (a service answers one query at a time) the query chunks
-//! cannot keep the threads busy, so the gallery is split into one contiguous part per thread
-//! instead, each part keeps its own best k, and the parts' lists are merged by the same total
-//! order — the answer is identical to one scan.
+//! With few queries (a service's one query, or the few its batcher gathered) the query chunks
+//! cannot keep the threads busy, or would each convert the same f16 blocks, so the gallery is
+//! split into one contiguous part per thread instead, each part keeps its own best k for every
+//! query, and the parts' lists are merged by the same total order — the answer is identical to
+//! one scan.
 
 use std::cmp::Ordering;
 
@@ -26,6 +27,10 @@ const GALLERY_BLOCK: usize = 1024;
 /// Queries per GEMM tile (at most; fewer when that keeps every thread busy). Large chunks reuse
 /// each gallery block for many queries: 64 → 512 took 10k x 1M x 512 from 132 to ~155 GFLOP/s.
 const QUERY_CHUNK: usize = 512;
+/// Up to this many queries the gallery is split between the threads (each converts and scores
+/// its own rows for every query) rather than the queries: a few queries split between threads
+/// would make each thread convert every f16 block and run GEMMs too thin to pay for packing.
+const SPLIT_GALLERY_UP_TO: usize = 64;
 
 /// The best `k` gallery rows per query, best first.
 #[derive(Debug, Clone, PartialEq)]
@@ -220,10 +225,10 @@ fn top_k_among(
     }
     let threads = rayon::current_num_threads();
     let blocks = candidates.div_ceil(GALLERY_BLOCK);
-    // Fewer queries than threads (one query: what `serve` asks): the gallery is split into one
-    // contiguous part per thread instead, each scanned for every query, and the parts' best
-    // are merged. The ranking order is total (score, then row), so the merge is exact.
-    let parts = if queries.rows < threads {
+    // Few queries (what `serve` asks): the gallery is split into one contiguous part per thread
+    // instead, each scanned for every query, and the parts' best are merged. The ranking order
+    // is total (score, then row), so the merge is exact.
+    let parts = if queries.rows <= SPLIT_GALLERY_UP_TO {
         threads.min(blocks).max(1)
     } else {
         1
@@ -236,7 +241,15 @@ fn top_k_among(
         })
         .collect();
     let scan = |range: &std::ops::Range<usize>| {
-        scan_part(&q_all, queries.rows, gallery, selected, range.clone(), k)
+        scan_part(
+            &q_all,
+            queries.rows,
+            gallery,
+            selected,
+            range.clone(),
+            k,
+            parts == 1,
+        )
     };
     let found: Vec<Vec<(f32, u32)>> = if parts == 1 {
         scan(&part_ranges[0])
@@ -277,12 +290,17 @@ fn scan_part(
     selected: Option<&[u32]>,
     range: std::ops::Range<usize>,
     k: usize,
+    split_queries: bool,
 ) -> Vec<Vec<(f32, u32)>> {
     let dim = gallery.dim;
     let mut collectors: Vec<Collector> = (0..n_q_all).map(|_| Collector::new(k)).collect();
-    let chunk_rows = QUERY_CHUNK
-        .min(n_q_all.div_ceil(rayon::current_num_threads()))
-        .max(1);
+    let chunk_rows = if split_queries {
+        QUERY_CHUNK
+            .min(n_q_all.div_ceil(rayon::current_num_threads()))
+            .max(1)
+    } else {
+        n_q_all.max(1)
+    };
     let mut gallery_scratch = Vec::new();
     for start in range.clone().step_by(GALLERY_BLOCK) {
         let end = (start + GALLERY_BLOCK).min(range.end);
@@ -394,7 +412,8 @@ mod tests {
             .num_threads(4)
             .build()
             .unwrap();
-        for n_q in [1, 3] {
+        // One query, fewer than the threads, and a batch of several per thread.
+        for n_q in [1, 3, 40] {
             let q = pseudo_random(n_q * dim, 8 + n_q as u32);
             for k in [1, 10, 1000] {
                 let got = pool.install(|| {
