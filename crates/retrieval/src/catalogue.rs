@@ -90,6 +90,11 @@ pub trait Catalogue: Send + Sync {
     ) -> Result<(), RetrievalError>;
     /// The item with row id `id`.
     fn item(&self, id: u64) -> Result<Option<IndexItem>, RetrievalError>;
+    /// Whether one search of several queries costs about one query's (an exact scan reads
+    /// the rows once for all of them), so that a server gains by batching concurrent searches.
+    fn scans_queries_together(&self) -> bool {
+        false
+    }
     /// Bytes the index takes in its engine.
     fn size_bytes(&self) -> u64;
     /// Where it lives, for messages.
@@ -195,6 +200,10 @@ impl Catalogue for Index {
             .filter(|&i| !self.is_deleted(i))
             .and_then(|i| self.items.get(i))
             .cloned())
+    }
+
+    fn scans_queries_together(&self) -> bool {
+        true
     }
 
     fn size_bytes(&self) -> u64 {

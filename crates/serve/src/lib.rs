@@ -25,6 +25,7 @@ pub mod inference;
 pub mod live_index;
 pub mod metrics;
 pub mod query_image;
+pub mod search_batcher;
 pub mod upload;
 pub mod vector_search;
 
@@ -51,10 +52,11 @@ use crate::api_error::{ApiError, bad_request};
 use crate::back_office::{WriteConfig, add_items, compact_index, delete_items, duplicate_groups};
 use crate::inference::{InferenceQueue, QueueError};
 use crate::live_index::LiveIndex;
-use crate::metrics::Metrics;
+use crate::metrics::{Counters, Metrics};
 use crate::query_image::{
     decode_query, parse_bbox, prepare_decoded, prepare_query, prepare_windows, thumbnail_jpeg,
 };
+use crate::search_batcher::SearchBatcher;
 use crate::upload::read_upload;
 use crate::vector_search::search_vector;
 
@@ -115,6 +117,8 @@ pub struct AppState {
     pub decoders: tokio::sync::Semaphore,
     /// The folder of an on-disk index, reopened after each write made over HTTP.
     pub index_folder: Option<std::path::PathBuf>,
+    /// Concurrent searches of the embedded index, scanned together.
+    pub searches: SearchBatcher,
 }
 
 impl AppState {
@@ -131,6 +135,7 @@ impl AppState {
             config,
             metrics: Metrics::default(),
             index_folder: None,
+            searches: SearchBatcher::new(),
         }
     }
 
@@ -369,7 +374,7 @@ async fn run_search(
         }
     };
     let embedded = Instant::now();
-    let hits = search_one(&index, embedding, k, filter).await?;
+    let hits = search_one(&state, &index, embedding, k, filter).await?;
     let done = Instant::now();
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
     let timings = Timings {
@@ -386,19 +391,30 @@ async fn run_search(
     Ok(response)
 }
 
-/// The top `k` items passing `filter` for one query embedding, searched on the blocking pool.
+/// The top `k` items passing `filter` for one query embedding: scanned together with the
+/// other searches waiting when the engine gains by it ([`SearchBatcher`]), otherwise on the
+/// blocking pool.
 async fn search_one(
+    state: &AppState,
     index: &Arc<dyn Catalogue>,
     embedding: Vec<f32>,
     k: usize,
     filter: Filter,
 ) -> Result<Vec<CatalogueHit>, ApiError> {
+    let internal = |e: String| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e);
+    if index.scans_queries_together() {
+        return state
+            .searches
+            .search(index.clone(), embedding, k, filter)
+            .await
+            .map_err(internal);
+    }
     let searcher = index.clone();
     let mut hits =
         tokio::task::spawn_blocking(move || searcher.search_items(&embedding, k, &filter))
             .await
-            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            .map_err(|e| internal(e.to_string()))?
+            .map_err(|e| internal(e.to_string()))?;
     Ok(hits.pop().unwrap_or_default())
 }
 
@@ -635,12 +651,16 @@ async fn healthz(State(state): State<Arc<AppState>>) -> &'static str {
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     state.metrics.request("metrics", 200);
     let stats = &state.queue.stats;
-    let text = state.metrics.render(
-        state.index.get().rows(),
-        state.index.bytes(),
-        stats.batches.load(std::sync::atomic::Ordering::Relaxed),
-        stats.images.load(std::sync::atomic::Ordering::Relaxed),
-    );
+    let relaxed = std::sync::atomic::Ordering::Relaxed;
+    let (index_scans, index_searches) = state.searches.counts();
+    let text = state.metrics.render(&Counters {
+        index_rows: state.index.get().rows(),
+        index_bytes: state.index.bytes(),
+        inference_batches: stats.batches.load(relaxed),
+        inference_images: stats.images.load(relaxed),
+        index_scans,
+        index_searches,
+    });
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

@@ -1,5 +1,6 @@
 //! Prometheus text-format metrics, kept in atomics so handlers never lock: request counts by
-//! route and status, a latency histogram of searches, and the index's size.
+//! route and status, a latency histogram of searches, the index's size, and the counters of the
+//! model queue and the search batcher ([`Counters`]).
 
 use std::fmt::Write;
 use std::sync::Mutex;
@@ -10,6 +11,19 @@ use std::time::Duration;
 const BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
+
+/// Figures the page shows that other parts of the server keep.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counters {
+    pub index_rows: usize,
+    pub index_bytes: u64,
+    /// Model forward passes and the images they embedded.
+    pub inference_batches: u64,
+    pub inference_images: u64,
+    /// Index scans the search batcher ran and the searches they answered.
+    pub index_scans: u64,
+    pub index_searches: u64,
+}
 
 #[derive(Default)]
 pub struct Metrics {
@@ -42,7 +56,7 @@ impl Metrics {
     }
 
     /// The metrics page.
-    pub fn render(&self, index_rows: usize, index_bytes: u64, batches: u64, images: u64) -> String {
+    pub fn render(&self, c: &Counters) -> String {
         let mut out = String::new();
         out.push_str("# HELP visual_search_requests_total HTTP requests by route and status.\n");
         out.push_str("# TYPE visual_search_requests_total counter\n");
@@ -78,25 +92,37 @@ impl Metrics {
             (
                 "visual_search_index_rows",
                 "Images in the index.",
-                index_rows as u64,
+                c.index_rows as u64,
                 "gauge",
             ),
             (
                 "visual_search_index_bytes",
                 "Size of the index on disk.",
-                index_bytes,
+                c.index_bytes,
                 "gauge",
             ),
             (
                 "visual_search_inference_batches_total",
                 "Model forward passes.",
-                batches,
+                c.inference_batches,
                 "counter",
             ),
             (
                 "visual_search_inference_images_total",
                 "Images embedded.",
-                images,
+                c.inference_images,
+                "counter",
+            ),
+            (
+                "visual_search_index_scans_total",
+                "Scans of the embedded index (concurrent searches share one).",
+                c.index_scans,
+                "counter",
+            ),
+            (
+                "visual_search_index_searches_total",
+                "Searches those scans answered.",
+                c.index_searches,
                 "counter",
             ),
         ];
@@ -122,12 +148,20 @@ mod tests {
         m.request("search", 200);
         m.request("search", 200);
         m.request("search", 400);
-        let text = m.render(5, 100, 2, 2);
+        let text = m.render(&Counters {
+            index_rows: 5,
+            index_bytes: 100,
+            index_scans: 3,
+            index_searches: 7,
+            ..Counters::default()
+        });
         assert!(text.contains("visual_search_search_seconds_bucket{le=\"0.005\"} 0"));
         assert!(text.contains("visual_search_search_seconds_bucket{le=\"0.01\"} 1"));
         assert!(text.contains("visual_search_search_seconds_bucket{le=\"0.5\"} 2"));
         assert!(text.contains("visual_search_search_seconds_count 2"));
         assert!(text.contains("visual_search_requests_total{route=\"search\",status=\"200\"} 2"));
         assert!(text.contains("visual_search_index_rows 5"));
+        assert!(text.contains("visual_search_index_scans_total 3"));
+        assert!(text.contains("visual_search_index_searches_total 7"));
     }
 }

@@ -78,7 +78,7 @@ async fn run(
         .iter_mut()
         .for_each(|v| *v = (f64::from(*v) / norm) as f32);
     let parsed = Instant::now();
-    let hits = search_one(&index, embedding, k, filter).await?;
+    let hits = search_one(state, &index, embedding, k, filter).await?;
     let done = Instant::now();
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
     let timings = Timings {

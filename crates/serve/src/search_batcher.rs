@@ -1,0 +1,309 @@
+//! Concurrent searches scanned together. An exact scan of the embedded index reads every row
+//! once per call whatever the number of queries in it (the rows stream through one GEMM per
+//! block, `retrieval::topk`), and one query already keeps every core busy; so searches that
+//! arrive while a scan runs would only queue behind it. Here they wait for the scan thread
+//! instead, and the next scan takes all of them at once: at 1M rows several clients cost
+//! about one scan, where each used to cost one of its own.
+//!
+//! No search is held back to wait for others: a lone search starts at once, and a batch is
+//! whatever gathered while the previous scan ran. Searches of one batch are grouped by index
+//! version and filter (one engine call each); a group asks for its largest `k` and each search
+//! keeps its own first `k` (exact top-k in a total order, so that is its own answer). Engines
+//! whose search of several queries costs several searches (PostgreSQL runs one statement per
+//! query) are not batched ([`Catalogue::scans_queries_together`]).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+
+use visual_search_retrieval::catalogue::{Catalogue, CatalogueHit};
+use visual_search_retrieval::item_metadata::Filter;
+
+/// The most searches one scan takes (a bound on the batch's score tiles and replies).
+const MAX_BATCH: usize = 64;
+
+/// One waiting search and where its answer goes.
+struct Job {
+    index: Arc<dyn Catalogue>,
+    query: Vec<f32>,
+    k: usize,
+    filter: Filter,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<CatalogueHit>, String>>,
+}
+
+/// Engine calls made and the searches they answered (`/metrics`).
+#[derive(Default)]
+struct Counts {
+    scans: AtomicU64,
+    searches: AtomicU64,
+}
+
+/// The scan thread's inbox; the thread ends when the batcher is dropped.
+pub struct SearchBatcher {
+    jobs: mpsc::Sender<Job>,
+    counts: Arc<Counts>,
+}
+
+impl Default for SearchBatcher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SearchBatcher {
+    /// Starts the scan thread.
+    pub fn new() -> Self {
+        let (jobs, inbox) = mpsc::channel::<Job>();
+        let counts = Arc::new(Counts::default());
+        let thread_counts = counts.clone();
+        std::thread::Builder::new()
+            .name("search-batcher".into())
+            .spawn(move || {
+                while let Ok(first) = inbox.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match inbox.try_recv() {
+                            Ok(job) => batch.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    // A panic inside the engine fails this batch's searches (their replies
+                    // are dropped), not every later one.
+                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        run_batch(batch, &thread_counts)
+                    }));
+                    if ran.is_err() {
+                        tracing::error!("a batch of searches panicked; its searches failed");
+                    }
+                }
+            })
+            .expect("spawning the search thread");
+        SearchBatcher { jobs, counts }
+    }
+
+    /// Engine calls made so far and the searches they answered.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.counts.scans.load(Ordering::Relaxed),
+            self.counts.searches.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The top `k` items of `index` passing `filter` for `query` (one embedding, already
+    /// L2-normalised), scanned with whatever other searches are waiting.
+    pub async fn search(
+        &self,
+        index: Arc<dyn Catalogue>,
+        query: Vec<f32>,
+        k: usize,
+        filter: Filter,
+    ) -> Result<Vec<CatalogueHit>, String> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Job {
+                index,
+                query,
+                k,
+                filter,
+                reply,
+            })
+            .map_err(|_| "the search thread stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the search thread stopped".to_string())?
+    }
+}
+
+/// Answers a batch: one engine call per (index version, filter) group.
+fn run_batch(mut batch: Vec<Job>, counts: &Counts) {
+    while !batch.is_empty() {
+        let (first_index, first_filter) = (batch[0].index.clone(), batch[0].filter.clone());
+        let (group, rest): (Vec<Job>, Vec<Job>) = batch
+            .into_iter()
+            .partition(|j| Arc::ptr_eq(&j.index, &first_index) && j.filter == first_filter);
+        batch = rest;
+        let k = group.iter().map(|j| j.k).max().unwrap_or(0);
+        let queries: Vec<f32> = group.iter().flat_map(|j| j.query.iter().copied()).collect();
+        counts.scans.fetch_add(1, Ordering::Relaxed);
+        counts
+            .searches
+            .fetch_add(group.len() as u64, Ordering::Relaxed);
+        match first_index.search_items(&queries, k, &first_filter) {
+            Ok(found) if found.len() == group.len() => {
+                for (job, mut hits) in group.into_iter().zip(found) {
+                    hits.truncate(job.k);
+                    // A search whose client has gone (deadline passed) has no one to answer.
+                    let _ = job.reply.send(Ok(hits));
+                }
+            }
+            Ok(found) => {
+                let why = format!(
+                    "the index answered {} queries for {}",
+                    found.len(),
+                    group.len()
+                );
+                for job in group {
+                    let _ = job.reply.send(Err(why.clone()));
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                for job in group {
+                    let _ = job.reply.send(Err(why.clone()));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use visual_search_retrieval::index::{
+        Index, IndexDtype, IndexItem, IndexMeta, Preprocessing, build_index,
+    };
+
+    /// An index of `rows` pseudo-random unit vectors, every third item in category "a".
+    fn index(dir: &std::path::Path, rows: usize, dim: usize, seed: u32) -> Arc<dyn Catalogue> {
+        let mut x = seed | 1;
+        let mut values: Vec<f32> = (0..rows * dim)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x % 1000) as f32 / 500.0 - 1.0
+            })
+            .collect();
+        for row in values.chunks_mut(dim) {
+            let n = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+            row.iter_mut().for_each(|v| *v /= n);
+        }
+        let items: Vec<IndexItem> = (0..rows)
+            .map(|i| {
+                let mut item = IndexItem::new(i as i64, format!("{i}.jpg"));
+                let category = if i % 3 == 0 { "a" } else { "b" };
+                item.metadata.insert("category".into(), category.into());
+                item
+            })
+            .collect();
+        let pre = Preprocessing {
+            size: 224,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+        };
+        let meta = IndexMeta::new(IndexDtype::F16, dim, serde_json::json!({"t": 1}), pre);
+        build_index(dir, meta, &items, &values).unwrap();
+        Arc::new(Index::open(dir).unwrap())
+    }
+
+    #[test]
+    fn batched_searches_answer_as_searches_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let dim = 16;
+        let versions = [
+            index(&dir.path().join("one"), 3000, dim, 7),
+            index(&dir.path().join("two"), 500, dim, 11),
+        ];
+        let filters = [Filter::default(), Filter::parse("category=a").unwrap()];
+        // 48 searches in one batch over two index versions, two filters and several k.
+        let searches: Vec<(usize, Vec<f32>, usize, usize)> = (0..48)
+            .map(|i| {
+                let query = versions[0].vectors(&[(i * 37 % 500) as u64]).unwrap();
+                (i % 2, query, [1, 5, 10, 40][i / 4 % 4], i / 2 % 2)
+            })
+            .collect();
+        let (jobs, replies): (Vec<Job>, Vec<_>) = searches
+            .iter()
+            .map(|(v, query, k, f)| {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                let job = Job {
+                    index: versions[*v].clone(),
+                    query: query.clone(),
+                    k: *k,
+                    filter: filters[*f].clone(),
+                    reply,
+                };
+                (job, answer)
+            })
+            .unzip();
+        let counts = Counts::default();
+        run_batch(jobs, &counts);
+        assert_eq!(
+            (counts.scans.into_inner(), counts.searches.into_inner()),
+            (4, 48),
+            "one scan per version and filter"
+        );
+        let answers: Vec<Vec<CatalogueHit>> = replies
+            .into_iter()
+            .map(|mut r| r.try_recv().unwrap().unwrap())
+            .collect();
+        for ((v, query, k, f), hits) in searches.iter().zip(&answers) {
+            let alone = versions[*v]
+                .search_items(query, *k, &filters[*f])
+                .unwrap()
+                .pop()
+                .unwrap();
+            assert_eq!(hits.len(), *k);
+            let ids = |h: &[CatalogueHit]| h.iter().map(|h| h.id).collect::<Vec<_>>();
+            assert_eq!(ids(hits), ids(&alone), "version {v}, k {k}, filter {f}");
+            for (a, b) in hits.iter().zip(&alone) {
+                assert!((a.score - b.score).abs() < 1e-5);
+            }
+            if *f == 1 {
+                assert!(hits.iter().all(|h| h.item.metadata["category"] == "a"));
+            }
+        }
+    }
+
+    #[test]
+    fn concurrent_searches_through_the_thread_are_answered_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = index(&dir.path().join("idx"), 2000, 8, 5);
+        let batcher = Arc::new(SearchBatcher::new());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let answers = runtime.block_on(async {
+            let tasks: Vec<_> = (0..32u64)
+                .map(|id| {
+                    let (b, index) = (batcher.clone(), index.clone());
+                    let query = index.vectors(&[id]).unwrap();
+                    tokio::spawn(async move { b.search(index, query, 3, Filter::default()).await })
+                })
+                .collect();
+            let mut answers = Vec::new();
+            for task in tasks {
+                answers.push(task.await.unwrap().unwrap());
+            }
+            answers
+        });
+        for (id, hits) in answers.iter().enumerate() {
+            assert_eq!(hits[0].id, id as u64, "each row finds itself first");
+        }
+        let (scans, searches) = batcher.counts();
+        assert_eq!(searches, 32);
+        assert!((1..=32).contains(&scans), "{scans}");
+    }
+
+    #[test]
+    fn a_failing_search_fails_its_group_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = index(&dir.path().join("idx"), 100, 8, 3);
+        let batcher = SearchBatcher::new();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        // A query of the wrong width: the engine refuses it, the batcher stays up.
+        let bad =
+            runtime.block_on(batcher.search(index.clone(), vec![1.0; 5], 3, Filter::default()));
+        assert!(bad.unwrap_err().contains("dimension"));
+        let good = runtime.block_on(batcher.search(
+            index.clone(),
+            index.vectors(&[4]).unwrap(),
+            3,
+            Filter::default(),
+        ));
+        assert_eq!(good.unwrap()[0].id, 4);
+    }
+}
