@@ -19,7 +19,8 @@ use std::cmp::Ordering;
 
 use rayon::prelude::*;
 
-use crate::matrix::MatrixView;
+use crate::few_query_scores::{self, FewQueries};
+use crate::matrix::{MatrixView, Storage};
 
 /// Gallery rows per block: 1024 rows of 512-d f32 (2 MiB) stay in cache while every query chunk
 /// is multiplied with them.
@@ -302,8 +303,35 @@ fn scan_part(
         n_q_all.max(1)
     };
     let mut gallery_scratch = Vec::new();
+    // A few queries on one thread's part of the gallery: scored straight from the stored
+    // rows when the CPU allows and it pays (`few_query_scores`), otherwise by the GEMM below.
+    // Listed rows are gathered as f32 first.
+    let rows_f16 = selected.is_none() && matches!(gallery.storage, Storage::F16(_));
+    let few = if split_queries || !few_query_scores::pays_off(rows_f16, n_q_all) {
+        None
+    } else {
+        FewQueries::new(q_all, n_q_all, dim)
+    };
+    let mut few_tile = Vec::new();
     for start in range.clone().step_by(GALLERY_BLOCK) {
         let end = (start + GALLERY_BLOCK).min(range.end);
+        if let Some(few) = &few {
+            let n_g = end - start;
+            few_tile.resize(n_q_all * n_g, 0.0);
+            let (block, rows) = match selected {
+                None => (gallery.rows_stored(start, end), BlockRows::Run(start)),
+                Some(listed) => {
+                    let listed = &listed[start..end];
+                    let gathered = gallery.gather_f32(listed, &mut gallery_scratch);
+                    (Storage::F32(gathered), BlockRows::Listed(listed))
+                }
+            };
+            few.scores(block, n_g, &mut few_tile);
+            for (i, c) in collectors.iter_mut().enumerate() {
+                c.push_block(&few_tile[i * n_g..(i + 1) * n_g], rows);
+            }
+            continue;
+        }
         let (block, rows) = match selected {
             None => (
                 gallery.rows_f32(start, end, &mut gallery_scratch),
@@ -407,6 +435,7 @@ mod tests {
             .iter()
             .flat_map(|&r| g[r as usize * dim..(r as usize + 1) * dim].to_vec())
             .collect();
+        let g16: Vec<half::f16> = g.iter().map(|v| half::f16::from_f32(*v)).collect();
         // Four threads whatever the machine has, so the gallery is split in parts.
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(4)
@@ -436,6 +465,16 @@ mod tests {
                 let (idx, sc) = brute(&q, &kept, dim, k);
                 let mapped: Vec<u32> = idx.iter().map(|&i| rows[i as usize]).collect();
                 assert_eq!((got.indices, got.scores), (mapped, sc), "filtered, k {k}");
+                // f16 storage (quarter steps are exact in it): scored from the stored rows.
+                let got = pool.install(|| {
+                    top_k(
+                        MatrixView::f32(&q, n_q, dim),
+                        MatrixView::f16(&g16, 9000, dim),
+                        k,
+                    )
+                });
+                let (idx, sc) = brute(&q, &g, dim, k);
+                assert_eq!((got.indices, got.scores), (idx, sc), "f16, k {k}");
             }
         }
     }
