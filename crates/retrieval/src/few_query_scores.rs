@@ -15,17 +15,19 @@
 use half::f16;
 
 use crate::matrix::Storage;
+use crate::topk::BlockRows;
 
 /// Queries per register group (eight accumulators: two rows × four queries).
 const GROUP: usize = 4;
 
 /// Whether the kernel beats the GEMM path for `n_q` queries against rows stored as f16 (or
-/// f32). Measured at 1M × 1280 on a 2-core AVX2 machine (`bench topk --f16`): on f16 rows it
-/// wins up to 64 queries (4 queries 0.12 s against 0.46); on f32 rows a GEMM of one row is
-/// `gemm`'s own matrix-vector product, faster than this kernel, and from about 32 queries the
-/// GEMM's register tiles win.
-pub fn pays_off(rows_f16: bool, n_q: usize) -> bool {
-    if rows_f16 {
+/// f32 rows read in order). Measured at 1M × 1280 on a 2-core AVX2 machine (`bench topk
+/// --f16`): on f16 rows it wins up to 64 queries (4 queries 0.12 s against 0.46); on f32 rows
+/// a GEMM of one row is `gemm`'s own matrix-vector product, faster than this kernel, and from
+/// about 32 queries the GEMM's register tiles win. A filter's listed rows are always scored
+/// here (the GEMM would need them gathered into a copy first).
+pub fn pays_off(rows_f16: bool, listed: bool, n_q: usize) -> bool {
+    if rows_f16 || listed {
         n_q <= 64
     } else {
         (2..=16).contains(&n_q)
@@ -51,23 +53,26 @@ impl FewQueries {
         Some(FewQueries { padded, n_q, dim })
     }
 
-    /// `tile[q * n_g + j] = query q · gallery row j` for the `n_g` rows of `rows` (row-major,
-    /// `dim` wide).
-    pub fn scores(&self, rows: Storage<'_>, n_g: usize, tile: &mut [f32]) {
+    /// `tile[q * n_g + j] = query q · gallery row rows.index(j)` for the block's `n_g` rows
+    /// of `gallery` (row-major, `dim` wide, as stored).
+    pub(crate) fn scores(
+        &self,
+        gallery: Storage<'_>,
+        rows: BlockRows<'_>,
+        n_g: usize,
+        tile: &mut [f32],
+    ) {
         let dim = self.dim;
         assert!(tile.len() >= self.n_q * n_g, "score tile too small");
-        let stored = match rows {
-            Storage::F32(g) => g.len(),
-            Storage::F16(g) => g.len(),
-        };
-        assert!(stored >= n_g * dim, "gallery block too small");
-        // SAFETY: `new` checked AVX2, FMA and F16C; the asserts bound every access (rows
-        // `n_g * dim` values, queries padded to whole groups, tile `n_q * n_g`).
+        // SAFETY: `new` checked AVX2, FMA and F16C; the kernel slices every row it reads
+        // (bounds-checked) and loads 8 lanes only below the row's last whole 8; the queries
+        // are padded to whole groups; the tile holds `n_q * n_g` (asserted).
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            match rows {
-                Storage::F32(g) => x86::scores_f32(&self.padded, self.n_q, g, n_g, dim, tile),
-                Storage::F16(g) => x86::scores_f16(&self.padded, self.n_q, g, n_g, dim, tile),
+            let q = &self.padded;
+            match gallery {
+                Storage::F32(g) => x86::scores_f32(q, self.n_q, g, rows, n_g, dim, tile),
+                Storage::F16(g) => x86::scores_f16(q, self.n_q, g, rows, n_g, dim, tile),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -116,6 +121,7 @@ mod x86 {
     use half::f16;
 
     use super::{Element, GROUP};
+    use crate::topk::BlockRows;
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -147,17 +153,25 @@ mod x86 {
                 queries: &[f32],
                 n_q: usize,
                 gallery: &[$elem],
+                rows: BlockRows<'_>,
                 n_g: usize,
                 dim: usize,
                 tile: &mut [f32],
             ) {
                 let body = dim / 8 * 8;
+                let row = |j: usize| {
+                    let at = rows.index(j) as usize * dim;
+                    &gallery[at..at + dim]
+                };
                 let mut j = 0;
                 while j < n_g {
                     // Two rows at a time (the last one twice when `n_g` is odd).
                     let j1 = (j + 1).min(n_g - 1);
-                    let r0 = &gallery[j * dim..(j + 1) * dim];
-                    let r1 = &gallery[j1 * dim..(j1 + 1) * dim];
+                    let (r0, r1) = (row(j), row(j1));
+                    // Where the next pair's rows start, to fetch them while these are scored.
+                    let (n0, n1) = ((j + 2).min(n_g - 1), (j + 3).min(n_g - 1));
+                    let next0 = gallery.as_ptr().wrapping_add(rows.index(n0) as usize * dim);
+                    let next1 = gallery.as_ptr().wrapping_add(rows.index(n1) as usize * dim);
                     for (group, q) in queries.chunks_exact(GROUP * dim).enumerate() {
                         let (q0, rest) = q.split_at(dim);
                         let (q1, rest) = rest.split_at(dim);
@@ -166,11 +180,10 @@ mod x86 {
                         let mut d = 0;
                         while d < body {
                             // The next pair's rows at the same place: the hardware prefetcher
-                            // alone left one core reading 7 GB/s of f16 rows, this 11.5.
-                            // (A prefetch never faults, past the block's end included.)
-                            let next = r0.as_ptr().wrapping_add(2 * dim + d);
-                            _mm_prefetch::<_MM_HINT_T0>(next as *const i8);
-                            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(dim) as *const i8);
+                            // alone left one core reading 7 GB/s of f16 rows, this 11.5, and
+                            // listed rows (a filter's) are not sequential at all.
+                            _mm_prefetch::<_MM_HINT_T0>(next0.wrapping_add(d) as *const i8);
+                            _mm_prefetch::<_MM_HINT_T0>(next1.wrapping_add(d) as *const i8);
                             let x0 = $load(r0, d);
                             let x1 = $load(r1, d);
                             for (i, qi) in [q0, q1, q2, q3].into_iter().enumerate() {
@@ -246,20 +259,31 @@ mod tests {
         for (dim, n_q, n_g) in [(16, 1, 7), (13, 3, 9), (1280, 5, 33), (7, 8, 1), (64, 9, 2)] {
             let q = values(n_q * dim, 3 + dim as u32);
             let g = values(n_g * dim, 5 + n_q as u32);
-            let want = reference(&q, &g, dim);
             let few = FewQueries::new(&q, n_q, dim).unwrap();
-            let mut tile = vec![f32::NAN; n_q * n_g];
-            few.scores(Storage::F32(&g), n_g, &mut tile);
-            for (a, b) in tile.iter().zip(&want) {
-                assert!((a - b).abs() < 1e-4, "f32 {dim}x{n_q}x{n_g}: {a} vs {b}");
-            }
             let g16: Vec<f16> = g.iter().map(|&v| f16::from_f32(v)).collect();
             let g16_as_f32: Vec<f32> = g16.iter().map(|v| v.to_f32()).collect();
-            let want = reference(&q, &g16_as_f32, dim);
-            let mut tile = vec![f32::NAN; n_q * n_g];
-            few.scores(Storage::F16(&g16), n_g, &mut tile);
-            for (a, b) in tile.iter().zip(&want) {
-                assert!((a - b).abs() < 1e-4, "f16 {dim}x{n_q}x{n_g}: {a} vs {b}");
+            // Every row in order, and the rows listed backwards (a filter's, not sequential).
+            let backwards: Vec<u32> = (0..n_g as u32).rev().collect();
+            for listed in [false, true] {
+                let rows = if listed {
+                    BlockRows::Listed(&backwards)
+                } else {
+                    BlockRows::Run(0)
+                };
+                let check = |tile: &[f32], want: &[f32], what: &str| {
+                    for (i, a) in tile.iter().enumerate() {
+                        let (query, j) = (i / n_g, i % n_g);
+                        let row = if listed { n_g - 1 - j } else { j };
+                        let b = want[query * n_g + row];
+                        assert!((a - b).abs() < 1e-4, "{what} {dim}x{n_q}x{n_g}: {a} vs {b}");
+                    }
+                };
+                let mut tile = vec![f32::NAN; n_q * n_g];
+                few.scores(Storage::F32(&g), rows, n_g, &mut tile);
+                check(&tile, &reference(&q, &g, dim), "f32");
+                let mut tile = vec![f32::NAN; n_q * n_g];
+                few.scores(Storage::F16(&g16), rows, n_g, &mut tile);
+                check(&tile, &reference(&q, &g16_as_f32, dim), "f16");
             }
         }
     }

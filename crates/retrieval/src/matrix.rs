@@ -63,15 +63,6 @@ impl<'a> MatrixView<'a> {
         scratch
     }
 
-    /// Rows `start..end` as stored.
-    pub fn rows_stored(&self, start: usize, end: usize) -> Storage<'a> {
-        let span = start * self.dim..end * self.dim;
-        match self.storage {
-            Storage::F32(d) => Storage::F32(&d[span]),
-            Storage::F16(d) => Storage::F16(&d[span]),
-        }
-    }
-
     /// Rows `start..end` as f32: borrowed when stored as f32, converted into `scratch` otherwise.
     pub fn rows_f32<'s>(
         &'s self,

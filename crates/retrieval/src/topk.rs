@@ -125,14 +125,14 @@ impl Collector {
 
 /// Which gallery rows a block's columns are: a run from `start`, or listed (a filter's rows).
 #[derive(Clone, Copy)]
-enum BlockRows<'a> {
+pub(crate) enum BlockRows<'a> {
     Run(usize),
     Listed(&'a [u32]),
 }
 
 impl BlockRows<'_> {
     #[inline]
-    fn index(self, j: usize) -> u32 {
+    pub(crate) fn index(self, j: usize) -> u32 {
         match self {
             BlockRows::Run(start) => (start + j) as u32,
             BlockRows::Listed(rows) => rows[j],
@@ -305,9 +305,9 @@ fn scan_part(
     let mut gallery_scratch = Vec::new();
     // A few queries on one thread's part of the gallery: scored straight from the stored
     // rows when the CPU allows and it pays (`few_query_scores`), otherwise by the GEMM below.
-    // Listed rows are gathered as f32 first.
-    let rows_f16 = selected.is_none() && matches!(gallery.storage, Storage::F16(_));
-    let few = if split_queries || !few_query_scores::pays_off(rows_f16, n_q_all) {
+    let rows_f16 = matches!(gallery.storage, Storage::F16(_));
+    let few = if split_queries || !few_query_scores::pays_off(rows_f16, selected.is_some(), n_q_all)
+    {
         None
     } else {
         FewQueries::new(q_all, n_q_all, dim)
@@ -318,15 +318,11 @@ fn scan_part(
         if let Some(few) = &few {
             let n_g = end - start;
             few_tile.resize(n_q_all * n_g, 0.0);
-            let (block, rows) = match selected {
-                None => (gallery.rows_stored(start, end), BlockRows::Run(start)),
-                Some(listed) => {
-                    let listed = &listed[start..end];
-                    let gathered = gallery.gather_f32(listed, &mut gallery_scratch);
-                    (Storage::F32(gathered), BlockRows::Listed(listed))
-                }
+            let rows = match selected {
+                None => BlockRows::Run(start),
+                Some(listed) => BlockRows::Listed(&listed[start..end]),
             };
-            few.scores(block, n_g, &mut few_tile);
+            few.scores(gallery.storage, rows, n_g, &mut few_tile);
             for (i, c) in collectors.iter_mut().enumerate() {
                 c.push_block(&few_tile[i * n_g..(i + 1) * n_g], rows);
             }
