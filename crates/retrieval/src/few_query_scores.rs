@@ -220,6 +220,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::topk::tests::pseudo_random;
 
     /// Plain dot products in f64.
     fn reference(q: &[f32], g: &[f32], dim: usize) -> Vec<f32> {
@@ -236,18 +237,6 @@ mod tests {
         out
     }
 
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(2_654_435_761) | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
-
     #[test]
     fn scores_equal_dot_products_for_odd_sizes_and_both_storages() {
         if !kernel_available() {
@@ -257,8 +246,8 @@ mod tests {
         // Widths with and without a tail past whole 8 lanes; query counts around the group
         // size; an odd number of rows (the last pair repeats a row).
         for (dim, n_q, n_g) in [(16, 1, 7), (13, 3, 9), (1280, 5, 33), (7, 8, 1), (64, 9, 2)] {
-            let q = values(n_q * dim, 3 + dim as u32);
-            let g = values(n_g * dim, 5 + n_q as u32);
+            let q = pseudo_random(n_q * dim, 3 + dim as u32);
+            let g = pseudo_random(n_g * dim, 5 + n_q as u32);
             let few = FewQueries::new(&q, n_q, dim).unwrap();
             let g16: Vec<f16> = g.iter().map(|&v| f16::from_f32(v)).collect();
             let g16_as_f32: Vec<f32> = g16.iter().map(|v| v.to_f32()).collect();

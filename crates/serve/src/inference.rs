@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 
+use crate::batching::next_batch;
+
 use tokio::sync::oneshot;
 
 /// Turns preprocessed images into L2-normalised embeddings.
@@ -123,14 +125,7 @@ fn run(
     stats: &InferenceStats,
 ) {
     let dim = embedder.dim();
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < max_batch {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
+    while let Some(mut jobs) = next_batch(&rx, max_batch) {
         // A request that timed out (or whose client left) dropped its receiver: skip its job
         // rather than spend the model on it.
         jobs.retain(|job| !job.reply.is_closed());

@@ -21,6 +21,7 @@
 
 pub mod api_error;
 pub mod back_office;
+pub mod batching;
 pub mod inference;
 pub mod live_index;
 pub mod metrics;

@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
 use visual_search_retrieval::catalogue::{Catalogue, CatalogueHit};
+
+use crate::batching::next_batch;
 use visual_search_retrieval::item_metadata::Filter;
 
 /// The most searches one scan takes (a bound on the batch's score tiles and replies).
@@ -59,14 +61,7 @@ impl SearchBatcher {
         std::thread::Builder::new()
             .name("search-batcher".into())
             .spawn(move || {
-                while let Ok(first) = inbox.recv() {
-                    let mut batch = vec![first];
-                    while batch.len() < MAX_BATCH {
-                        match inbox.try_recv() {
-                            Ok(job) => batch.push(job),
-                            Err(_) => break,
-                        }
-                    }
+                while let Some(batch) = next_batch(&inbox, MAX_BATCH) {
                     // A panic inside the engine fails this batch's searches (their replies
                     // are dropped), not every later one.
                     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
