@@ -111,6 +111,9 @@ impl SearchBatcher {
 
 /// Answers a batch: one engine call per (index version, filter) group.
 fn run_batch(mut batch: Vec<Job>, counts: &Counts) {
+    // A search whose deadline passed while it waited (or whose client left) dropped its
+    // receiver: it is not scanned for.
+    batch.retain(|job| !job.reply.is_closed());
     while !batch.is_empty() {
         let (first_index, first_filter) = (batch[0].index.clone(), batch[0].filter.clone());
         let (group, rest): (Vec<Job>, Vec<Job>) = batch
@@ -279,6 +282,40 @@ mod tests {
         let (scans, searches) = batcher.counts();
         assert_eq!(searches, 32);
         assert!((1..=32).contains(&scans), "{scans}");
+    }
+
+    #[test]
+    fn searches_nobody_waits_for_are_not_scanned() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = index(&dir.path().join("idx"), 100, 8, 3);
+        let (jobs, mut replies): (Vec<Job>, Vec<_>) = (0..3u64)
+            .map(|id| {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                let query = index.vectors(&[id]).unwrap();
+                let filter = Filter::default();
+                let index = index.clone();
+                (
+                    Job {
+                        index,
+                        query,
+                        k: 2,
+                        filter,
+                        reply,
+                    },
+                    answer,
+                )
+            })
+            .unzip();
+        // The first and last requests gave up (their deadline passed) while queued.
+        drop(replies.pop());
+        drop(replies.remove(0));
+        let counts = Counts::default();
+        run_batch(jobs, &counts);
+        assert_eq!(
+            (counts.scans.into_inner(), counts.searches.into_inner()),
+            (1, 1)
+        );
+        assert_eq!(replies[0].try_recv().unwrap().unwrap()[0].id, 1);
     }
 
     #[test]
