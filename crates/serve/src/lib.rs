@@ -18,6 +18,9 @@
 //! size is capped, images are decoded under a pixel limit, decoding runs on the blocking pool,
 //! each search has a deadline, and the model queue is bounded (503 when full). The model itself
 //! is behind [`inference::Embedder`], so this crate knows nothing of burn.
+//!
+//! Concurrent requests share work: their photos one forward pass ([`inference`]), and their
+//! searches of the embedded index one scan of its rows ([`search_batcher`]).
 
 pub mod api_error;
 pub mod back_office;
