@@ -1,6 +1,6 @@
 //! Concurrent searches scanned together. An exact scan of the embedded index reads every row
-//! once per call whatever the number of queries in it (the rows stream through one GEMM per
-//! block, `retrieval::topk`), and one query already keeps every core busy; so searches that
+//! once per call whatever the number of queries in it (`retrieval::topk` scores each block of
+//! rows against all of them), and one query already keeps every core busy; so searches that
 //! arrive while a scan runs would only queue behind it. Here they wait for the scan thread
 //! instead, and the next scan takes all of them at once: at 1M rows several clients cost
 //! about one scan, where each used to cost one of its own.
@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
 use visual_search_retrieval::catalogue::{Catalogue, CatalogueHit};
+use visual_search_retrieval::item_metadata::Filter;
 
 use crate::batching::next_batch;
-use visual_search_retrieval::item_metadata::Filter;
 
 /// The most searches one scan takes (a bound on the batch's score tiles and replies).
 const MAX_BATCH: usize = 64;
