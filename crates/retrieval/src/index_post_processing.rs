@@ -110,23 +110,41 @@ pub fn similar_to_item<C: Catalogue + ?Sized>(
     k: usize,
     filter: &Filter,
 ) -> Result<Option<Vec<CatalogueHit>>, RetrievalError> {
+    let Some(query) = item_query(catalogue, id)? else {
+        return Ok(None);
+    };
+    let hits = search_prepared(catalogue, query, k.saturating_add(1), filter)?
+        .pop()
+        .unwrap_or_default();
+    Ok(Some(without_item(hits, id, k)))
+}
+
+/// The query of a search by catalogue row `id`: its stored vector (already in the index's
+/// space), cleaned and L2-normalised; `None` when there is no row `id`.
+pub fn item_query<C: Catalogue + ?Sized>(
+    catalogue: &C,
+    id: u64,
+) -> Result<Option<Vec<f32>>, RetrievalError> {
     if catalogue.item(id)?.is_none() {
         return Ok(None);
     }
     let mut query = catalogue.vectors(&[id])?;
     let dim = query.len();
     sanitize_and_normalize(&mut query, dim);
-    let mut hits = search_prepared(catalogue, query, k.saturating_add(1), filter)?
-        .pop()
-        .unwrap_or_default();
+    Ok(Some(query))
+}
+
+/// The answer of a search by row `id` that asked for `k + 1` items: the row itself left out,
+/// the first `k` of the rest.
+pub fn without_item(mut hits: Vec<CatalogueHit>, id: u64, k: usize) -> Vec<CatalogueHit> {
     hits.retain(|h| h.id != id);
     hits.truncate(k);
-    Ok(Some(hits))
+    hits
 }
 
 /// Blending rounds (when the index has them) and the final top-k, for queries already in the
-/// index's space.
-fn search_prepared<C: Catalogue + ?Sized>(
+/// index's space (what [`post_processed_search`] runs after preparing raw queries).
+pub fn search_prepared<C: Catalogue + ?Sized>(
     catalogue: &C,
     mut queries: Vec<f32>,
     k: usize,

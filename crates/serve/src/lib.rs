@@ -50,6 +50,7 @@ use visual_search_retrieval::catalogue::{Catalogue, CatalogueHit};
 use visual_search_retrieval::ensemble::fuse_rows;
 use visual_search_retrieval::error::RetrievalError;
 use visual_search_retrieval::index::Preprocessing;
+use visual_search_retrieval::index_post_processing::{item_query, without_item};
 use visual_search_retrieval::item_metadata::{Filter, Metadata};
 
 use crate::api_error::{ApiError, bad_request};
@@ -422,6 +423,39 @@ async fn search_one(
     Ok(hits.pop().unwrap_or_default())
 }
 
+/// The `k` items passing `filter` most like catalogue row `id` ([`Catalogue::similar_items`]),
+/// `None` when there is no row `id`: its stored vector scanned with the other searches waiting
+/// when the engine gains by it ([`SearchBatcher`]), otherwise on the blocking pool.
+async fn similar_hits(
+    state: &AppState,
+    index: &Arc<dyn Catalogue>,
+    id: u64,
+    k: usize,
+    filter: Filter,
+) -> Result<Option<Vec<CatalogueHit>>, ApiError> {
+    let internal = |e: String| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e);
+    let searcher = index.clone();
+    if !index.scans_queries_together() {
+        return tokio::task::spawn_blocking(move || searcher.similar_items(id, k, &filter))
+            .await
+            .map_err(|e| internal(e.to_string()))?
+            .map_err(|e| internal(e.to_string()));
+    }
+    let query = tokio::task::spawn_blocking(move || item_query(searcher.as_ref(), id))
+        .await
+        .map_err(|e| internal(e.to_string()))?
+        .map_err(|e| internal(e.to_string()))?;
+    let Some(query) = query else {
+        return Ok(None);
+    };
+    let hits = state
+        .searches
+        .search_in_index_space(index.clone(), query, k.saturating_add(1), filter)
+        .await
+        .map_err(internal)?;
+    Ok(Some(without_item(hits, id, k)))
+}
+
 fn model_stopped() -> ApiError {
     ApiError(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -569,9 +603,8 @@ async fn similar(
             Err(_) => not_found().into_response(),
             Ok(item) => {
                 let index = state.index.get();
-                let s = index.clone();
-                match tokio::task::spawn_blocking(move || s.similar_items(item, k, &filter)).await {
-                    Ok(Ok(Some(hits))) => {
+                match similar_hits(&state, &index, item, k, filter).await {
+                    Ok(Some(hits)) => {
                         let search = started.elapsed().as_secs_f64() * 1e3;
                         let timings = Timings {
                             decode: 0.0,
@@ -587,13 +620,8 @@ async fn similar(
                         ))
                         .into_response()
                     }
-                    Ok(Ok(None)) => not_found().into_response(),
-                    Ok(Err(e)) => {
-                        ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
-                    }
-                    Err(e) => {
-                        ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
-                    }
+                    Ok(None) => not_found().into_response(),
+                    Err(e) => e.into_response(),
                 }
             }
         },

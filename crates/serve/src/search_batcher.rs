@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
 use visual_search_retrieval::catalogue::{Catalogue, CatalogueHit};
+use visual_search_retrieval::index_post_processing::search_prepared;
 use visual_search_retrieval::item_metadata::Filter;
 
 use crate::batching::next_batch;
@@ -28,6 +29,9 @@ const MAX_BATCH: usize = 64;
 struct Job {
     index: Arc<dyn Catalogue>,
     query: Vec<f32>,
+    /// The query is already in the index's space (a stored row's vector: a search by item),
+    /// so the index's query preparation (centring) is not applied again.
+    in_index_space: bool,
     k: usize,
     filter: Filter,
     reply: tokio::sync::oneshot::Sender<Result<Vec<CatalogueHit>, String>>,
@@ -85,11 +89,35 @@ impl SearchBatcher {
     }
 
     /// The top `k` items of `index` passing `filter` for `query` (one embedding, already
-    /// L2-normalised), scanned with whatever other searches are waiting.
+    /// L2-normalised), scanned with whatever other searches are waiting: what
+    /// [`Catalogue::search_items`] answers.
     pub async fn search(
         &self,
         index: Arc<dyn Catalogue>,
         query: Vec<f32>,
+        k: usize,
+        filter: Filter,
+    ) -> Result<Vec<CatalogueHit>, String> {
+        self.submit(index, query, false, k, filter).await
+    }
+
+    /// [`Self::search`] for a query already in the index's space (a stored row's vector,
+    /// [`item_query`](visual_search_retrieval::index_post_processing::item_query)).
+    pub async fn search_in_index_space(
+        &self,
+        index: Arc<dyn Catalogue>,
+        query: Vec<f32>,
+        k: usize,
+        filter: Filter,
+    ) -> Result<Vec<CatalogueHit>, String> {
+        self.submit(index, query, true, k, filter).await
+    }
+
+    async fn submit(
+        &self,
+        index: Arc<dyn Catalogue>,
+        query: Vec<f32>,
+        in_index_space: bool,
         k: usize,
         filter: Filter,
     ) -> Result<Vec<CatalogueHit>, String> {
@@ -98,6 +126,7 @@ impl SearchBatcher {
             .send(Job {
                 index,
                 query,
+                in_index_space,
                 k,
                 filter,
                 reply,
@@ -109,16 +138,19 @@ impl SearchBatcher {
     }
 }
 
-/// Answers a batch: one engine call per (index version, filter) group.
+/// Answers a batch: one engine call per (index version, filter, query space) group.
 fn run_batch(mut batch: Vec<Job>, counts: &Counts) {
     // A search whose deadline passed while it waited (or whose client left) dropped its
     // receiver: it is not scanned for.
     batch.retain(|job| !job.reply.is_closed());
     while !batch.is_empty() {
         let (first_index, first_filter) = (batch[0].index.clone(), batch[0].filter.clone());
-        let (group, rest): (Vec<Job>, Vec<Job>) = batch
-            .into_iter()
-            .partition(|j| Arc::ptr_eq(&j.index, &first_index) && j.filter == first_filter);
+        let in_index_space = batch[0].in_index_space;
+        let (group, rest): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| {
+            Arc::ptr_eq(&j.index, &first_index)
+                && j.filter == first_filter
+                && j.in_index_space == in_index_space
+        });
         batch = rest;
         let k = group.iter().map(|j| j.k).max().unwrap_or(0);
         let queries: Vec<f32> = group.iter().flat_map(|j| j.query.iter().copied()).collect();
@@ -126,7 +158,12 @@ fn run_batch(mut batch: Vec<Job>, counts: &Counts) {
         counts
             .searches
             .fetch_add(group.len() as u64, Ordering::Relaxed);
-        match first_index.search_items(&queries, k, &first_filter) {
+        let found = if in_index_space {
+            search_prepared(first_index.as_ref(), queries, k, &first_filter)
+        } else {
+            first_index.search_items(&queries, k, &first_filter)
+        };
+        match found {
             Ok(found) if found.len() == group.len() => {
                 for (job, mut hits) in group.into_iter().zip(found) {
                     hits.truncate(job.k);
@@ -160,9 +197,17 @@ mod tests {
     use visual_search_retrieval::index::{
         Index, IndexDtype, IndexItem, IndexMeta, Preprocessing, build_index,
     };
+    use visual_search_retrieval::index_post_processing::IndexPostProcessing;
 
-    /// An index of `rows` pseudo-random unit vectors, every third item in category "a".
-    fn index(dir: &std::path::Path, rows: usize, dim: usize, seed: u32) -> Arc<dyn Catalogue> {
+    /// An index of `rows` pseudo-random unit vectors, every third item in category "a";
+    /// `centred`: stored centred on their mean, which searches subtract from raw queries.
+    fn index(
+        dir: &std::path::Path,
+        rows: usize,
+        dim: usize,
+        seed: u32,
+        centred: bool,
+    ) -> Arc<dyn Catalogue> {
         let mut x = seed | 1;
         let mut values: Vec<f32> = (0..rows * dim)
             .map(|_| {
@@ -189,7 +234,11 @@ mod tests {
             mean: [0.5; 3],
             std: [0.5; 3],
         };
-        let meta = IndexMeta::new(IndexDtype::F16, dim, serde_json::json!({"t": 1}), pre);
+        let mut meta = IndexMeta::new(IndexDtype::F16, dim, serde_json::json!({"t": 1}), pre);
+        if centred {
+            let mean = IndexPostProcessing::centre_catalogue(&mut values, dim);
+            meta.post_processing.centre = Some(mean);
+        }
         build_index(dir, meta, &items, &values).unwrap();
         Arc::new(Index::open(dir).unwrap())
     }
@@ -199,26 +248,38 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dim = 16;
         let versions = [
-            index(&dir.path().join("one"), 3000, dim, 7),
-            index(&dir.path().join("two"), 500, dim, 11),
+            index(&dir.path().join("one"), 3000, dim, 7, false),
+            index(&dir.path().join("two"), 500, dim, 11, true),
         ];
         let filters = [Filter::default(), Filter::parse("category=a").unwrap()];
-        // 48 searches in one batch over two index versions, two filters and several k.
-        let searches: Vec<(usize, Vec<f32>, usize, usize)> = (0..48)
-            .map(|i| {
-                let query = versions[0].vectors(&[(i * 37 % 500) as u64]).unwrap();
-                (i % 2, query, [1, 5, 10, 40][i / 4 % 4], i / 2 % 2)
+        // 64 searches in one batch over two index versions (one centred), two filters, raw
+        // queries and queries in the index's space (searches by item), and several k.
+        struct Search {
+            version: usize,
+            query: Vec<f32>,
+            k: usize,
+            filter: usize,
+            in_index_space: bool,
+        }
+        let searches: Vec<Search> = (0..64)
+            .map(|i| Search {
+                version: i % 2,
+                query: versions[0].vectors(&[(i * 37 % 500) as u64]).unwrap(),
+                k: [1, 5, 10, 40][i / 8 % 4],
+                filter: i / 2 % 2,
+                in_index_space: i / 4 % 2 == 1,
             })
             .collect();
         let (jobs, replies): (Vec<Job>, Vec<_>) = searches
             .iter()
-            .map(|(v, query, k, f)| {
+            .map(|s| {
                 let (reply, answer) = tokio::sync::oneshot::channel();
                 let job = Job {
-                    index: versions[*v].clone(),
-                    query: query.clone(),
-                    k: *k,
-                    filter: filters[*f].clone(),
+                    index: versions[s.version].clone(),
+                    query: s.query.clone(),
+                    in_index_space: s.in_index_space,
+                    k: s.k,
+                    filter: filters[s.filter].clone(),
                     reply,
                 };
                 (job, answer)
@@ -228,35 +289,46 @@ mod tests {
         run_batch(jobs, &counts);
         assert_eq!(
             (counts.scans.into_inner(), counts.searches.into_inner()),
-            (4, 48),
-            "one scan per version and filter"
+            (8, 64),
+            "one scan per version, filter and query space"
         );
         let answers: Vec<Vec<CatalogueHit>> = replies
             .into_iter()
             .map(|mut r| r.try_recv().unwrap().unwrap())
             .collect();
-        for ((v, query, k, f), hits) in searches.iter().zip(&answers) {
-            let alone = versions[*v]
-                .search_items(query, *k, &filters[*f])
+        let mut centring_mattered = false;
+        for (s, hits) in searches.iter().zip(&answers) {
+            let (index, filter) = (&versions[s.version], &filters[s.filter]);
+            let raw = index.search_items(&s.query, s.k, filter).unwrap().pop();
+            let prepared = search_prepared(index.as_ref(), s.query.clone(), s.k, filter)
                 .unwrap()
-                .pop()
-                .unwrap();
-            assert_eq!(hits.len(), *k);
+                .pop();
+            let (alone, other) = match s.in_index_space {
+                true => (prepared.unwrap(), raw.unwrap()),
+                false => (raw.unwrap(), prepared.unwrap()),
+            };
+            assert_eq!(hits.len(), s.k);
             let ids = |h: &[CatalogueHit]| h.iter().map(|h| h.id).collect::<Vec<_>>();
-            assert_eq!(ids(hits), ids(&alone), "version {v}, k {k}, filter {f}");
+            let what = format!("version {}, k {}, filter {}", s.version, s.k, s.filter);
+            assert_eq!(ids(hits), ids(&alone), "{what}");
+            centring_mattered |= ids(hits) != ids(&other);
             for (a, b) in hits.iter().zip(&alone) {
                 assert!((a.score - b.score).abs() < 1e-5);
             }
-            if *f == 1 {
+            if s.filter == 1 {
                 assert!(hits.iter().all(|h| h.item.metadata["category"] == "a"));
             }
         }
+        assert!(
+            centring_mattered,
+            "the test must tell the two query spaces apart"
+        );
     }
 
     #[test]
     fn concurrent_searches_through_the_thread_are_answered_and_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let index = index(&dir.path().join("idx"), 2000, 8, 5);
+        let index = index(&dir.path().join("idx"), 2000, 8, 5, false);
         let batcher = Arc::new(SearchBatcher::new());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -287,7 +359,7 @@ mod tests {
     #[test]
     fn searches_nobody_waits_for_are_not_scanned() {
         let dir = tempfile::tempdir().unwrap();
-        let index = index(&dir.path().join("idx"), 100, 8, 3);
+        let index = index(&dir.path().join("idx"), 100, 8, 3, false);
         let (jobs, mut replies): (Vec<Job>, Vec<_>) = (0..3u64)
             .map(|id| {
                 let (reply, answer) = tokio::sync::oneshot::channel();
@@ -298,6 +370,7 @@ mod tests {
                     Job {
                         index,
                         query,
+                        in_index_space: false,
                         k: 2,
                         filter,
                         reply,
@@ -321,7 +394,7 @@ mod tests {
     #[test]
     fn a_failing_search_fails_its_group_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let index = index(&dir.path().join("idx"), 100, 8, 3);
+        let index = index(&dir.path().join("idx"), 100, 8, 3, false);
         let batcher = SearchBatcher::new();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
