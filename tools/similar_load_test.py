@@ -5,9 +5,19 @@ item for D seconds; prints requests/s, p50 and p99 latency and the non-200 count
 
   python3 tools/similar_load_test.py 127.0.0.1:8080 CLIENTS SECONDS [ROWS]
 """
-import http.client, random, sys, threading, time
-addr, clients, dur = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-rows = int(sys.argv[4]) if len(sys.argv) > 4 else 1000000
+import argparse
+import http.client
+import random
+import threading
+import time
+
+ap = argparse.ArgumentParser(description="load on GET /items/{id}/similar")
+ap.add_argument("addr", help="host:port of the server")
+ap.add_argument("clients", type=int)
+ap.add_argument("seconds", type=float)
+ap.add_argument("rows", type=int, nargs="?", default=1000000, help="items in the index")
+args = ap.parse_args()
+addr, clients, dur, rows = args.addr, args.clients, args.seconds, args.rows
 host, port = addr.split(":")
 lat, errors = [], [0]
 lock = threading.Lock()
