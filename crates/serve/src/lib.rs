@@ -61,7 +61,7 @@ use crate::metrics::{Counters, Metrics};
 use crate::query_image::{
     decode_query, parse_bbox, prepare_decoded, prepare_query, prepare_windows, thumbnail_jpeg,
 };
-use crate::search_batcher::SearchBatcher;
+use crate::search_batcher::{QuerySpace, SearchBatcher};
 use crate::upload::read_upload;
 use crate::vector_search::search_vector;
 
@@ -410,7 +410,7 @@ async fn search_one(
     if index.scans_queries_together() {
         return state
             .searches
-            .search(index.clone(), embedding, k, filter)
+            .search(index.clone(), embedding, QuerySpace::Model, k, filter)
             .await
             .map_err(internal);
     }
@@ -450,7 +450,13 @@ async fn similar_hits(
     };
     let hits = state
         .searches
-        .search_in_index_space(index.clone(), query, k.saturating_add(1), filter)
+        .search(
+            index.clone(),
+            query,
+            QuerySpace::Index,
+            k.saturating_add(1),
+            filter,
+        )
         .await
         .map_err(internal)?;
     Ok(Some(without_item(hits, id, k)))

@@ -25,6 +25,17 @@ use crate::batching::next_batch;
 /// The most searches one scan takes (a bound on the batch's score tiles and replies).
 const MAX_BATCH: usize = 64;
 
+/// What space a query vector is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuerySpace {
+    /// As a model embeds (a photo's embedding, a client's vector): the index prepares it
+    /// (centring) before searching.
+    Model,
+    /// Already in the index's space: a stored row's vector (a search by item,
+    /// [`item_query`](visual_search_retrieval::index_post_processing::item_query)).
+    Index,
+}
+
 /// One waiting search and where its answer goes.
 struct Job {
     index: Arc<dyn Catalogue>,
@@ -88,39 +99,18 @@ impl SearchBatcher {
         )
     }
 
-    /// The top `k` items of `index` passing `filter` for `query` (one embedding, already
-    /// L2-normalised), scanned with whatever other searches are waiting: what
-    /// [`Catalogue::search_items`] answers.
+    /// The top `k` items of `index` passing `filter` for `query` (one L2-normalised vector in
+    /// `space`), scanned with whatever other searches are waiting: what
+    /// [`Catalogue::search_items`] answers for a model's embedding.
     pub async fn search(
         &self,
         index: Arc<dyn Catalogue>,
         query: Vec<f32>,
+        space: QuerySpace,
         k: usize,
         filter: Filter,
     ) -> Result<Vec<CatalogueHit>, String> {
-        self.submit(index, query, false, k, filter).await
-    }
-
-    /// [`Self::search`] for a query already in the index's space (a stored row's vector,
-    /// [`item_query`](visual_search_retrieval::index_post_processing::item_query)).
-    pub async fn search_in_index_space(
-        &self,
-        index: Arc<dyn Catalogue>,
-        query: Vec<f32>,
-        k: usize,
-        filter: Filter,
-    ) -> Result<Vec<CatalogueHit>, String> {
-        self.submit(index, query, true, k, filter).await
-    }
-
-    async fn submit(
-        &self,
-        index: Arc<dyn Catalogue>,
-        query: Vec<f32>,
-        in_index_space: bool,
-        k: usize,
-        filter: Filter,
-    ) -> Result<Vec<CatalogueHit>, String> {
+        let in_index_space = space == QuerySpace::Index;
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.jobs
             .send(Job {
@@ -339,7 +329,10 @@ mod tests {
                 .map(|id| {
                     let (b, index) = (batcher.clone(), index.clone());
                     let query = index.vectors(&[id]).unwrap();
-                    tokio::spawn(async move { b.search(index, query, 3, Filter::default()).await })
+                    tokio::spawn(async move {
+                        b.search(index, query, QuerySpace::Model, 3, Filter::default())
+                            .await
+                    })
                 })
                 .collect();
             let mut answers = Vec::new();
@@ -400,12 +393,18 @@ mod tests {
             .build()
             .unwrap();
         // A query of the wrong width: the engine refuses it, the batcher stays up.
-        let bad =
-            runtime.block_on(batcher.search(index.clone(), vec![1.0; 5], 3, Filter::default()));
+        let bad = runtime.block_on(batcher.search(
+            index.clone(),
+            vec![1.0; 5],
+            QuerySpace::Model,
+            3,
+            Filter::default(),
+        ));
         assert!(bad.unwrap_err().contains("dimension"));
         let good = runtime.block_on(batcher.search(
             index.clone(),
             index.vectors(&[4]).unwrap(),
+            QuerySpace::Model,
             3,
             Filter::default(),
         ));
