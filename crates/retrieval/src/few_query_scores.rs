@@ -26,7 +26,7 @@ const GROUP: usize = 4;
 /// a GEMM of one row is `gemm`'s own matrix-vector product, faster than this kernel, and from
 /// about 32 queries the GEMM's register tiles win. A filter's listed rows are always scored
 /// here (the GEMM would need them gathered into a copy first).
-pub fn pays_off(rows_f16: bool, listed: bool, n_q: usize) -> bool {
+pub(crate) fn pays_off(rows_f16: bool, listed: bool, n_q: usize) -> bool {
     if rows_f16 || listed {
         n_q <= 64
     } else {
@@ -35,7 +35,7 @@ pub fn pays_off(rows_f16: bool, listed: bool, n_q: usize) -> bool {
 }
 
 /// A few queries laid out for the kernel: zero rows pad them to a multiple of [`GROUP`].
-pub struct FewQueries {
+pub(crate) struct FewQueries {
     padded: Vec<f32>,
     n_q: usize,
     dim: usize,
@@ -44,7 +44,7 @@ pub struct FewQueries {
 impl FewQueries {
     /// `queries` (`n_q` rows of `dim`, row-major) ready to score, or `None` when this CPU lacks
     /// the instructions the kernel needs.
-    pub fn new(queries: &[f32], n_q: usize, dim: usize) -> Option<Self> {
+    pub(crate) fn new(queries: &[f32], n_q: usize, dim: usize) -> Option<Self> {
         if !kernel_available() || n_q == 0 || dim == 0 {
             return None;
         }

@@ -11,7 +11,7 @@ pub mod embedding_file;
 pub mod embedding_parts;
 pub mod ensemble;
 pub mod error;
-pub mod few_query_scores;
+mod few_query_scores;
 pub mod filter_postings;
 pub mod index;
 pub mod index_post_processing;
