@@ -315,33 +315,23 @@ fn scan_part(
     let mut few_tile = Vec::new();
     for start in range.clone().step_by(GALLERY_BLOCK) {
         let end = (start + GALLERY_BLOCK).min(range.end);
+        let n_g = end - start;
+        let rows = match selected {
+            None => BlockRows::Run(start),
+            Some(listed) => BlockRows::Listed(&listed[start..end]),
+        };
         if let Some(few) = &few {
-            let n_g = end - start;
             few_tile.resize(n_q_all * n_g, 0.0);
-            let rows = match selected {
-                None => BlockRows::Run(start),
-                Some(listed) => BlockRows::Listed(&listed[start..end]),
-            };
             few.scores(gallery.storage, rows, n_g, &mut few_tile);
             for (i, c) in collectors.iter_mut().enumerate() {
                 c.push_block(&few_tile[i * n_g..(i + 1) * n_g], rows);
             }
             continue;
         }
-        let (block, rows) = match selected {
-            None => (
-                gallery.rows_f32(start, end, &mut gallery_scratch),
-                BlockRows::Run(start),
-            ),
-            Some(listed) => {
-                let listed = &listed[start..end];
-                (
-                    gallery.gather_f32(listed, &mut gallery_scratch),
-                    BlockRows::Listed(listed),
-                )
-            }
+        let block = match rows {
+            BlockRows::Run(_) => gallery.rows_f32(start, end, &mut gallery_scratch),
+            BlockRows::Listed(listed) => gallery.gather_f32(listed, &mut gallery_scratch),
         };
-        let n_g = end - start;
         collectors
             .par_chunks_mut(chunk_rows)
             .enumerate()
