@@ -115,6 +115,8 @@ impl<'a> ShardedList<'a> {
         let mine = &chunks[spec.share(chunks.len())];
         let dir = &self.parts_dir;
         let (mut before, mut now, mut unreadable) = (0, 0, 0);
+        // A killed run of this worker may have left temp files of its parts.
+        sweep_part_temps(dir, mine);
         for (n, rows) in mine.iter().enumerate() {
             match existing_part(dir, &self.job, rows)? {
                 ExistingPart::Done => {
@@ -126,8 +128,6 @@ impl<'a> ShardedList<'a> {
                 }
                 ExistingPart::Missing => {}
             }
-            // A killed run of this worker may have left this part's temp file.
-            sweep_part_temps(dir, std::slice::from_ref(rows));
             eprintln!(
                 "worker {spec}: part {} of {} (rows {}..{})",
                 n + 1,

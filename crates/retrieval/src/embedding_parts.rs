@@ -110,8 +110,9 @@ pub fn part_path(dir: &Path, rows: &Range<usize>) -> PathBuf {
 
 /// Removes the temp files that killed writes of the parts of `chunks` left in `dir`
 /// (`.rows-….safetensors.XXXXXX`, [`write_atomically`]'s names; nothing else is touched) and
-/// returns how many went. A worker calls it for the chunks it is about to embed, the merge for
-/// all of them once every part is there: no live write of those parts is expected then.
+/// returns how many went. A worker calls it for its own chunks before it embeds them, the
+/// merge for all of them once every part is there: no live write of those parts is expected
+/// then.
 pub fn sweep_part_temps(dir: &Path, chunks: &[Range<usize>]) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
