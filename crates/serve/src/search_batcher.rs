@@ -40,9 +40,7 @@ pub enum QuerySpace {
 struct Job {
     index: Arc<dyn Catalogue>,
     query: Vec<f32>,
-    /// The query is already in the index's space (a stored row's vector: a search by item),
-    /// so the index's query preparation (centring) is not applied again.
-    in_index_space: bool,
+    space: QuerySpace,
     k: usize,
     filter: Filter,
     reply: tokio::sync::oneshot::Sender<Result<Vec<CatalogueHit>, String>>,
@@ -110,13 +108,12 @@ impl SearchBatcher {
         k: usize,
         filter: Filter,
     ) -> Result<Vec<CatalogueHit>, String> {
-        let in_index_space = space == QuerySpace::Index;
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.jobs
             .send(Job {
                 index,
                 query,
-                in_index_space,
+                space,
                 k,
                 filter,
                 reply,
@@ -135,11 +132,9 @@ fn run_batch(mut batch: Vec<Job>, counts: &Counts) {
     batch.retain(|job| !job.reply.is_closed());
     while !batch.is_empty() {
         let (first_index, first_filter) = (batch[0].index.clone(), batch[0].filter.clone());
-        let in_index_space = batch[0].in_index_space;
+        let space = batch[0].space;
         let (group, rest): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| {
-            Arc::ptr_eq(&j.index, &first_index)
-                && j.filter == first_filter
-                && j.in_index_space == in_index_space
+            Arc::ptr_eq(&j.index, &first_index) && j.filter == first_filter && j.space == space
         });
         batch = rest;
         let k = group.iter().map(|j| j.k).max().unwrap_or(0);
@@ -148,31 +143,31 @@ fn run_batch(mut batch: Vec<Job>, counts: &Counts) {
         counts
             .searches
             .fetch_add(group.len() as u64, Ordering::Relaxed);
-        let found = if in_index_space {
-            search_prepared(first_index.as_ref(), queries, k, &first_filter)
-        } else {
-            first_index.search_items(&queries, k, &first_filter)
+        let found = match space {
+            // A stored row's vector: the index's query preparation (centring) is not applied
+            // again.
+            QuerySpace::Index => search_prepared(first_index.as_ref(), queries, k, &first_filter),
+            QuerySpace::Model => first_index.search_items(&queries, k, &first_filter),
         };
-        match found {
-            Ok(found) if found.len() == group.len() => {
+        let answers = match found {
+            Ok(found) if found.len() == group.len() => Ok(found),
+            Ok(found) => Err(format!(
+                "the index answered {} queries for {}",
+                found.len(),
+                group.len()
+            )),
+            Err(e) => Err(e.to_string()),
+        };
+        // A search whose client has gone (deadline passed) has no one to answer: sends to it
+        // are ignored.
+        match answers {
+            Ok(found) => {
                 for (job, mut hits) in group.into_iter().zip(found) {
                     hits.truncate(job.k);
-                    // A search whose client has gone (deadline passed) has no one to answer.
                     let _ = job.reply.send(Ok(hits));
                 }
             }
-            Ok(found) => {
-                let why = format!(
-                    "the index answered {} queries for {}",
-                    found.len(),
-                    group.len()
-                );
-                for job in group {
-                    let _ = job.reply.send(Err(why.clone()));
-                }
-            }
-            Err(e) => {
-                let why = e.to_string();
+            Err(why) => {
                 for job in group {
                     let _ = job.reply.send(Err(why.clone()));
                 }
@@ -249,7 +244,7 @@ mod tests {
             query: Vec<f32>,
             k: usize,
             filter: usize,
-            in_index_space: bool,
+            space: QuerySpace,
         }
         let searches: Vec<Search> = (0..64)
             .map(|i| Search {
@@ -257,7 +252,11 @@ mod tests {
                 query: versions[0].vectors(&[(i * 37 % 500) as u64]).unwrap(),
                 k: [1, 5, 10, 40][i / 8 % 4],
                 filter: i / 2 % 2,
-                in_index_space: i / 4 % 2 == 1,
+                space: if i / 4 % 2 == 1 {
+                    QuerySpace::Index
+                } else {
+                    QuerySpace::Model
+                },
             })
             .collect();
         let (jobs, replies): (Vec<Job>, Vec<_>) = searches
@@ -267,7 +266,7 @@ mod tests {
                 let job = Job {
                     index: versions[s.version].clone(),
                     query: s.query.clone(),
-                    in_index_space: s.in_index_space,
+                    space: s.space,
                     k: s.k,
                     filter: filters[s.filter].clone(),
                     reply,
@@ -293,9 +292,9 @@ mod tests {
             let prepared = search_prepared(index.as_ref(), s.query.clone(), s.k, filter)
                 .unwrap()
                 .pop();
-            let (alone, other) = match s.in_index_space {
-                true => (prepared.unwrap(), raw.unwrap()),
-                false => (raw.unwrap(), prepared.unwrap()),
+            let (alone, other) = match s.space {
+                QuerySpace::Index => (prepared.unwrap(), raw.unwrap()),
+                QuerySpace::Model => (raw.unwrap(), prepared.unwrap()),
             };
             assert_eq!(hits.len(), s.k);
             let ids = |h: &[CatalogueHit]| h.iter().map(|h| h.id).collect::<Vec<_>>();
@@ -363,7 +362,7 @@ mod tests {
                     Job {
                         index,
                         query,
-                        in_index_space: false,
+                        space: QuerySpace::Model,
                         k: 2,
                         filter,
                         reply,
