@@ -186,6 +186,9 @@ impl BlockKernel for BlockRun<'_, '_> {
             output_row::<V>(input, block.padded, block.w, block.b, oh, g, row);
             block.activation.apply(row);
             match &mut dest {
+                Destination::Planes(planes) if lanes == LANES => {
+                    depthwise_blocks::deinterleave(row, planes, out_plane, oh * g.out_w);
+                }
                 Destination::Planes(planes) => {
                     for (lane, plane) in planes.chunks_mut(out_plane).enumerate() {
                         let out = &mut plane[oh * g.out_w..][..g.out_w];

@@ -163,6 +163,26 @@ fn write_interior(
     planes: &mut [MaybeUninit<f32>],
 ) {
     let (top, left) = (g.pad_begin[0], g.pad_begin[1]);
+    let in_plane = g.in_plane();
+    if planes.len() == LANES * in_plane {
+        // Whole rows through the transposes; zeros where no tap reached.
+        let cols = g.in_w.min(padded.width.saturating_sub(left));
+        for ih in 0..g.in_h {
+            let (py, start) = (ih + top, ih * g.in_w);
+            let mut written = 0;
+            if py < padded.height {
+                let line = &sums[(py * padded.width + left) * LANES..][..cols * LANES];
+                depthwise_blocks::deinterleave(line, planes, in_plane, start);
+                written = cols;
+            }
+            for plane in planes.chunks_mut(in_plane) {
+                for out in &mut plane[start + written..start + g.in_w] {
+                    out.write(0.0);
+                }
+            }
+        }
+        return;
+    }
     for (lane, plane) in planes.chunks_mut(g.in_plane()).enumerate() {
         for (ih, row) in plane.chunks_mut(g.in_w).enumerate() {
             let py = ih + top;
