@@ -147,7 +147,7 @@ pub(super) fn interleave(planes: &[f32], plane: usize, start: usize, line: &mut 
     let cols = line.len() / LANES;
     assert!(start + cols <= plane && planes.len() >= LANES * plane);
     #[cfg(target_arch = "x86_64")]
-    if Simd::detect() != Simd::Portable {
+    if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2; the bounds are asserted above.
         return unsafe { x86::interleave(planes, plane, start, line, cols) };
     }
@@ -169,7 +169,7 @@ pub(super) fn deinterleave(
     let cols = line.len() / LANES;
     assert!(start + cols <= plane && planes.len() >= LANES * plane);
     #[cfg(target_arch = "x86_64")]
-    if Simd::detect() != Simd::Portable {
+    if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: as in `interleave`.
         return unsafe { x86::deinterleave(line, planes, plane, start, cols) };
     }
