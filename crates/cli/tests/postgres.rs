@@ -212,6 +212,22 @@ fn postgres_index_answers_like_the_embedded_index() {
         metrics.contains(&format!("visual_search_index_rows {left}\n")),
         "{metrics}"
     );
+    // Rows another process deletes show at the next scrape.
+    let gone = pg
+        .client()
+        .execute(
+            "DELETE FROM visual_search_items WHERE id IN \
+             (SELECT id FROM visual_search_items ORDER BY id LIMIT 3)",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(gone, 3);
+    let (_, _, metrics) = http(&server.addr, "GET", "/metrics", "text/plain", b"");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains(&format!("visual_search_index_rows {}\n", left - 3)),
+        "{metrics}"
+    );
 }
 
 /// `index build --preset winner` (centring + query blending stored in the index) gives the same

@@ -30,6 +30,12 @@ pub trait Catalogue: Send + Sync {
     fn meta(&self) -> &IndexMeta;
     /// Items a search can return (deleted rows not counted).
     fn rows(&self) -> usize;
+    /// Counts the items again, for an engine other processes write to (a database table), so
+    /// a long-running server reports what the table holds now; an in-process index's count is
+    /// always current, and this is [`Catalogue::rows`].
+    fn recount_rows(&self) -> Result<usize, RetrievalError> {
+        Ok(self.rows())
+    }
     /// The ids of those items, increasing (ids have gaps after deletes).
     fn ids(&self) -> Result<Vec<u64>, RetrievalError>;
     /// The top `k` items that pass `filter` for each query (row-major, `dim` wide), after the

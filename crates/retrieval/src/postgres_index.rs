@@ -245,7 +245,8 @@ impl PgIndex {
         }
     }
 
-    /// Counts the table's rows again (after a write) and returns the count.
+    /// Counts the table's rows again (after a write, or for a server's metrics) and returns
+    /// the count.
     fn recount(&self) -> Result<usize, RetrievalError> {
         let t = self.opts.table.clone();
         let n = self.with_client(|c| count_rows(c, &t))? as usize;
@@ -278,6 +279,10 @@ impl Catalogue for PgIndex {
 
     fn rows(&self) -> usize {
         self.rows.load(Ordering::Relaxed)
+    }
+
+    fn recount_rows(&self) -> Result<usize, RetrievalError> {
+        self.recount()
     }
 
     fn search_raw(

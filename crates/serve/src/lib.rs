@@ -688,11 +688,12 @@ async fn healthz(State(state): State<Arc<AppState>>) -> &'static str {
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     state.metrics.request("metrics", 200);
+    let index_rows = current_rows(&state).await;
     let stats = &state.queue.stats;
     let relaxed = std::sync::atomic::Ordering::Relaxed;
     let (index_scans, index_searches) = state.searches.counts();
     let text = state.metrics.render(&Counters {
-        index_rows: state.index.get().rows(),
+        index_rows,
         index_bytes: state.index.bytes(),
         inference_batches: stats.batches.load(relaxed),
         inference_images: stats.images.load(relaxed),
@@ -700,6 +701,34 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         index_searches,
     });
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// The served index's rows now. An engine changed in place (PostgreSQL) may have been written
+/// by other processes since serve last counted, so it is counted (and sized) again; when that
+/// fails the last count stands and the failure is logged.
+async fn current_rows(state: &AppState) -> usize {
+    let index = state.index.get();
+    if state.index_folder.is_some() {
+        return index.rows();
+    }
+    let live = state.index.clone();
+    let counted = tokio::task::spawn_blocking(move || {
+        let rows = index.recount_rows();
+        live.refresh_bytes();
+        rows
+    })
+    .await;
+    match counted {
+        Ok(Ok(rows)) => rows,
+        Ok(Err(e)) => {
+            tracing::warn!("metrics: the index's rows were not counted again: {e}");
+            state.index.get().rows()
+        }
+        Err(e) => {
+            tracing::warn!("metrics: counting the index's rows failed: {e}");
+            state.index.get().rows()
+        }
+    }
 }
 
 async fn page() -> Html<&'static str> {
