@@ -245,19 +245,10 @@ impl PgIndex {
         }
     }
 
-    /// Counts the table's rows again (after a write, or for a server's metrics) and returns
-    /// the count.
-    fn recount(&self) -> Result<usize, RetrievalError> {
-        let t = self.opts.table.clone();
-        let n = self.with_client(|c| count_rows(c, &t))? as usize;
-        self.rows.store(n, Ordering::Relaxed);
-        Ok(n)
-    }
-
-    /// [`Self::recount`] after a committed write, which stands even when the count fails (the
-    /// old count is kept and the failure logged).
+    /// [`Catalogue::recount_rows`] after a committed write, which stands even when the count
+    /// fails (the old count is kept and the failure logged).
     fn recount_after_write(&self) {
-        if let Err(e) = self.recount() {
+        if let Err(e) = self.recount_rows() {
             tracing::warn!("{}: rows not counted after the write: {e}", self.opts.table);
         }
     }
@@ -281,8 +272,13 @@ impl Catalogue for PgIndex {
         self.rows.load(Ordering::Relaxed)
     }
 
+    /// Counts the table's rows again (after a write, or for a server's metrics), keeps the
+    /// count for [`Catalogue::rows`] and returns it.
     fn recount_rows(&self) -> Result<usize, RetrievalError> {
-        self.recount()
+        let t = self.opts.table.clone();
+        let n = self.with_client(|c| count_rows(c, &t))? as usize;
+        self.rows.store(n, Ordering::Relaxed);
+        Ok(n)
     }
 
     fn search_raw(
@@ -413,7 +409,7 @@ impl Catalogue for PgIndex {
                 outcome.rows
             );
         }
-        self.recount()
+        self.recount_rows()
     }
 
     fn upsert(

@@ -711,24 +711,19 @@ async fn current_rows(state: &AppState) -> usize {
     if state.index_folder.is_some() {
         return index.rows();
     }
-    let live = state.index.clone();
+    let (live, counter) = (state.index.clone(), index.clone());
     let counted = tokio::task::spawn_blocking(move || {
-        let rows = index.recount_rows();
+        let rows = counter.recount_rows();
         live.refresh_bytes();
         rows
     })
-    .await;
-    match counted {
-        Ok(Ok(rows)) => rows,
-        Ok(Err(e)) => {
-            tracing::warn!("metrics: the index's rows were not counted again: {e}");
-            state.index.get().rows()
-        }
-        Err(e) => {
-            tracing::warn!("metrics: counting the index's rows failed: {e}");
-            state.index.get().rows()
-        }
-    }
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|rows| rows.map_err(|e| e.to_string()));
+    counted.unwrap_or_else(|e| {
+        tracing::warn!("metrics: the index's rows were not counted again: {e}");
+        index.rows()
+    })
 }
 
 async fn page() -> Html<&'static str> {
