@@ -15,6 +15,7 @@ pub mod batch_norm_folding;
 pub mod device_choice;
 pub mod error;
 pub mod fingerprint;
+pub mod forward_passes;
 pub mod int8;
 pub mod model;
 pub mod model_dir;

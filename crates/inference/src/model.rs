@@ -14,6 +14,7 @@ use visual_search_model::registry::{BuildOptions, ModelSpec, lookup};
 
 use crate::device_choice::{DeviceChoice, Precision};
 use crate::error::{InferenceError, Result};
+use crate::forward_passes::{images_per_pass, in_passes};
 use crate::model_dir::{ONNX_FILE, load_model_dir, read_info};
 use crate::onnx_cache::cached_onnx_export;
 use crate::ort_runtime::OrtModel;
@@ -390,8 +391,8 @@ impl InferenceModel {
     }
 }
 
-/// Un-normalised features of a burn model, as host floats; computed on a thread of the
-/// compute pool ([`on_pool`]).
+/// Un-normalised features of a burn model, as host floats, in forward passes of at most
+/// [`images_per_pass`] images; computed on a thread of the compute pool ([`on_pool`]).
 pub fn burn_features(
     model: &EmbeddingModel,
     device: &Device,
@@ -400,9 +401,11 @@ pub fn burn_features(
     size: usize,
 ) -> Vec<f32> {
     on_pool(device, || {
-        let x = Tensor::<4>::from_data(TensorData::new(pixels, [n, 3, size, size]), device)
-            .cast(device.settings().float_dtype);
-        model.features(x).into_data().iter::<f32>().collect()
+        in_passes(&pixels, n, images_per_pass(device), |pass, images| {
+            let data = TensorData::new(pass.to_vec(), [images, 3, size, size]);
+            let x = Tensor::<4>::from_data(data, device).cast(device.settings().float_dtype);
+            model.features(x).into_data().iter::<f32>().collect()
+        })
     })
 }
 

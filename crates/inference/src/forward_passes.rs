@@ -1,0 +1,47 @@
+//! Batches split into forward passes of a cache-sized number of images on the CPU.
+//!
+//! A CNN's activations are large: EfficientNet-Lite0's widest layer holds 4.8 MB per image at
+//! 224 px, 154 MB for a batch of 32 — far more than a CPU's caches, so every layer streamed its
+//! input and output through memory. In passes of 8 images (38 MB) a layer's output is mostly
+//! still in the last-level cache when the next layer reads it. On a 2-core AMD EPYC (32 MB L3),
+//! flex's Lite0 batch of 32 runs 6 % faster this way, the other families within the noise
+//! (BENCHMARKS.md, "Forward passes of 8 images on flex"). Inference has no batch statistics, so
+//! each image's features do not depend on the others in its pass. Accelerators keep whole
+//! batches (they want them large), and so does ONNX Runtime, which plans its own memory: in
+//! passes of 8 it gained on Lite0 and ConvNeXt-tiny but lost on ResNet-50 and ViT-B/32.
+
+use burn::tensor::Device;
+use visual_search_model::device::is_flex;
+
+/// Images per forward pass on the CPU, unless the machine has more compute threads.
+pub const CPU_IMAGES_PER_PASS: usize = 8;
+
+/// The most images one forward pass on `device` takes: on flex [`CPU_IMAGES_PER_PASS`], or one
+/// per compute thread on a larger machine (so that every thread still has an image); on an
+/// accelerator the whole batch.
+pub fn images_per_pass(device: &Device) -> usize {
+    if is_flex(device) {
+        CPU_IMAGES_PER_PASS.max(rayon::current_num_threads())
+    } else {
+        usize::MAX
+    }
+}
+
+/// `forward` over `pixels` (`n` images, `pixels.len() / n` values each) in passes of at most
+/// `per_pass` images, in order; the passes' outputs concatenated.
+pub fn in_passes(
+    pixels: &[f32],
+    n: usize,
+    per_pass: usize,
+    mut forward: impl FnMut(&[f32], usize) -> Vec<f32>,
+) -> Vec<f32> {
+    if n <= per_pass {
+        return forward(pixels, n);
+    }
+    let per_image = pixels.len() / n;
+    let mut out = Vec::new();
+    for pass in pixels.chunks(per_pass * per_image) {
+        out.extend(forward(pass, pass.len() / per_image));
+    }
+    out
+}
