@@ -28,12 +28,13 @@ pub fn images_per_pass(device: &Device) -> usize {
 }
 
 /// `forward` over `pixels` (`n` images, `pixels.len() / n` values each) in passes of at most
-/// `per_pass` images, in order; the passes' outputs concatenated.
+/// `per_pass` images, in order; the passes' outputs concatenated. A batch that fits one pass is
+/// handed over as it is (no copy).
 pub fn in_passes(
-    pixels: &[f32],
+    pixels: Vec<f32>,
     n: usize,
     per_pass: usize,
-    mut forward: impl FnMut(&[f32], usize) -> Vec<f32>,
+    mut forward: impl FnMut(Vec<f32>, usize) -> Vec<f32>,
 ) -> Vec<f32> {
     if n <= per_pass {
         return forward(pixels, n);
@@ -41,7 +42,7 @@ pub fn in_passes(
     let per_image = pixels.len() / n;
     let mut out = Vec::new();
     for pass in pixels.chunks(per_pass * per_image) {
-        out.extend(forward(pass, pass.len() / per_image));
+        out.extend(forward(pass.to_vec(), pass.len() / per_image));
     }
     out
 }
