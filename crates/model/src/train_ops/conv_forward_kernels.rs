@@ -128,13 +128,17 @@ fn dense(
         // activation a second pass after it.
         let weight = MatrixRef::row_major(weight, co, rows);
         return per_image(g.batch, image_len, |col, n, image| {
-            let rhs = MatrixRef::row_major(patches(x, n, g, col), rows, p);
+            let rhs = MatrixRef::row_major(patches(x, n, g, col, !across_images), rows, p);
             let y_n = f32_product_into(image, &weight, &rhs, inner);
             let residual_n = residual_of(n);
-            vectorized(
-                #[inline(always)]
-                || epilogue(y_n, p, bias, residual_n, activation),
-            );
+            if across_images {
+                vectorized(
+                    #[inline(always)]
+                    || epilogue(y_n, p, bias, residual_n, activation),
+                );
+            } else {
+                parallel_epilogue(y_n, p, bias, residual_n, activation);
+            }
             y_n
         });
     }
@@ -144,7 +148,7 @@ fn dense(
     let weight = Operand::lhs(MatrixRef::row_major(weight, co, rows), true);
     per_image(g.batch, image_len, |col, n, image| {
         let y_n = start_rows(image, p, bias, residual_of(n));
-        let rhs = MatrixRef::row_major(patches(x, n, g, col), rows, p);
+        let rhs = MatrixRef::row_major(patches(x, n, g, col, !across_images), rows, p);
         gemm_then(
             Matrix::row_major(y_n, co, p),
             bias.is_some() || residual.is_some(),
@@ -189,16 +193,54 @@ fn per_image(
 }
 
 /// Image `n`'s `[col_rows, out_plane]` patch matrix: the image itself for a plain pointwise
-/// convolution, else its im2col in `col` (one buffer per task, see [`im2col`]).
-fn patches<'a>(x: &'a [f32], n: usize, g: &ConvGeometry, col: &'a mut Vec<f32>) -> &'a [f32] {
+/// convolution, else its im2col in `col` (one buffer per task, see [`im2col`]; its channels in
+/// parallel when `parallel`).
+fn patches<'a>(
+    x: &'a [f32],
+    n: usize,
+    g: &ConvGeometry,
+    col: &'a mut Vec<f32>,
+    parallel: bool,
+) -> &'a [f32] {
     let in_image = g.in_channels * g.in_plane();
     let x_n = &x[n * in_image..][..in_image];
     if g.is_plain_pointwise() {
         x_n
     } else {
-        im2col(x_n, g, col);
+        im2col(x_n, g, col, parallel);
         col
     }
+}
+
+/// [`epilogue`] over blocks of rows in parallel: for an image whose GEMM was split across the
+/// threads (fewer images than threads), so that its bias, residual and activation pass is not
+/// left to one thread while the others wait (5 % of a batch-1 Lite0 pass ran so).
+fn parallel_epilogue(
+    y: &mut [f32],
+    plane: usize,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    activation: Activation,
+) {
+    if plane == 0 || (activation == Activation::Identity && bias.is_none() && residual.is_none()) {
+        return;
+    }
+    let rows = y.len() / plane;
+    // A few blocks per thread, each at least 16k values (smaller ones cost more to hand out
+    // than to run).
+    let blocks = (rayon::current_num_threads() * 4).min((y.len() / 16_384).max(1));
+    let block_rows = rows.div_ceil(blocks).max(1);
+    y.par_chunks_mut(block_rows * plane)
+        .enumerate()
+        .for_each(|(i, block)| {
+            let (first, count) = (i * block_rows, block.len() / plane);
+            let bias = bias.map(|b| &b[first..first + count]);
+            let residual = residual.map(|r| &r[first * plane..][..block.len()]);
+            vectorized(
+                #[inline(always)]
+                || epilogue(block, plane, bias, residual, activation),
+            );
+        });
 }
 
 /// `y[r, i] = activation(y[r, i] + bias[r] + residual[r, i])` over rows of `plane` values.
@@ -267,4 +309,81 @@ fn start_rows<'a>(
     // SAFETY: every element of `image` was just written (its rows of `plane` values cover it),
     // and `MaybeUninit<f32>` has the layout of `f32`.
     unsafe { &mut *(image as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values in [-2, 2) from a fixed sequence.
+    fn values(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i * 7919 + seed * 104_729) % 1009) as f32 / 252.25 - 2.0)
+            .collect()
+    }
+
+    /// An image alone (its GEMM, im2col and epilogue split across the threads) gives the values
+    /// it gets in a batch of as many images as threads (one image per task): the epilogue's
+    /// blocks of rows each take their own bias and residual rows.
+    #[test]
+    fn one_image_split_across_threads_matches_one_image_per_thread() {
+        let threads = 4;
+        let g = |batch| ConvGeometry {
+            batch,
+            in_channels: 8,
+            in_h: 64,
+            in_w: 64,
+            out_channels: 24,
+            kernel_h: 3,
+            kernel_w: 3,
+            out_h: 64,
+            out_w: 64,
+            stride: [1, 1],
+            pad_begin: [1, 1],
+            dilation: [1, 1],
+            groups: 1,
+        };
+        let (one, all) = (g(1), g(threads));
+        let x = values(all.batch * all.in_channels * all.in_plane(), 1);
+        let weight = values(all.out_channels * all.col_rows(), 2);
+        let bias = values(all.out_channels, 3);
+        let residual = values(all.batch * all.out_channels * all.out_plane(), 4);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            // Over 16k values an image, so that its epilogue runs in several blocks.
+            assert!(all.out_channels * all.out_plane() >= 4 * 16_384);
+            for activation in [Activation::Relu6, Activation::Identity] {
+                let batched =
+                    forward(&x, &weight, Some(&bias), Some(&residual), &all, activation).unwrap();
+                let image = one.out_channels * one.out_plane();
+                for n in 0..threads {
+                    let x_n = &x[n * one.in_channels * one.in_plane()..]
+                        [..one.in_channels * one.in_plane()];
+                    let residual_n = &residual[n * image..][..image];
+                    let alone = forward(
+                        x_n,
+                        &weight,
+                        Some(&bias),
+                        Some(residual_n),
+                        &one,
+                        activation,
+                    )
+                    .unwrap();
+                    let want = &batched[n * image..][..image];
+                    let worst = alone
+                        .iter()
+                        .zip(want)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0.0f32, f32::max);
+                    assert!(
+                        worst <= 1e-3,
+                        "image {n}, {activation:?}: differs by {worst}"
+                    );
+                }
+            }
+        });
+    }
 }

@@ -2,6 +2,8 @@
 //! see it: sizes, the valid output range of each kernel tap (so inner loops carry no bounds
 //! tests), one walk over taps × output rows, and the im2col patch matrix.
 
+use rayon::prelude::*;
+
 /// Where an activation's channels lie in memory. The kernels take NCHW (`First`, burn's
 /// layout); the depthwise ones also take NHWC (`Last`): ConvNeXt's residual stream is
 /// channels-last between its LayerNorms and MLPs, and reading it there saves the two full
@@ -122,20 +124,21 @@ pub(super) struct TapRow {
 }
 
 /// Writes image `x_n`'s `[in_channels · kh · kw, out_h · out_w]` patch matrix into `col`
-/// (zeros where a tap falls in the padding).
+/// (zeros where a tap falls in the padding), its channels in parallel when `parallel` (a single
+/// image whose GEMM is split across the threads: otherwise one thread writes the whole matrix
+/// while the others wait).
 ///
 /// `col` must be empty or hold an earlier patch matrix of this same geometry (the callers keep
 /// one buffer per task of one convolution): the padding positions are the same for every image,
 /// so a buffer of the right length is not zeroed again, only its valid positions overwritten.
-pub(super) fn im2col(x_n: &[f32], g: &ConvGeometry, col: &mut Vec<f32>) {
+pub(super) fn im2col(x_n: &[f32], g: &ConvGeometry, col: &mut Vec<f32>, parallel: bool) {
     let (p, taps) = (g.out_plane(), g.kernel_h * g.kernel_w);
     if col.len() != g.col_rows() * p {
         col.clear();
         col.resize(g.col_rows() * p, 0.0);
     }
-    for c in 0..g.in_channels {
+    let channel = |(c, col_c): (usize, &mut [f32])| {
         let x_plane = &x_n[c * g.in_plane()..][..g.in_plane()];
-        let col_c = &mut col[c * taps * p..(c + 1) * taps * p];
         g.for_each_tap_row(|row| {
             let out = &mut col_c[row.tap * p..(row.tap + 1) * p][row.out];
             if g.stride[1] == 1 {
@@ -147,5 +150,13 @@ pub(super) fn im2col(x_n: &[f32], g: &ConvGeometry, col: &mut Vec<f32>) {
                 }
             }
         });
+    };
+    let per_channel = (taps * p).max(1);
+    if parallel {
+        col.par_chunks_mut(per_channel)
+            .enumerate()
+            .for_each(channel);
+    } else {
+        col.chunks_mut(per_channel).enumerate().for_each(channel);
     }
 }

@@ -83,7 +83,7 @@ fn dense_weight_grad(x: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f32> {
                 let col_n: &[f32] = if g.is_plain_pointwise() {
                     x_n
                 } else {
-                    im2col(x_n, g, &mut col);
+                    im2col(x_n, g, &mut col, false);
                     &col
                 };
                 // dw[co, r] += Σ_p gy[co, p] · col[r, p]
