@@ -8,7 +8,7 @@ runs PyTorch's convolution (asymmetric padding as an explicit `F.pad` first, as 
 `Conv2dSame` does) and records `gy`'s gradients with respect to `x` and `weight` in float64, so
 the fixture is the exact answer and our f32 kernels are checked against it within 1e-5 relative.
 For the forward kernels it also records a seeded `bias` and the output `conv + bias` as it is
-(`y`), after ReLU (`y_relu`) and after ReLU6 (`y_relu6`).
+(`y`), after ReLU (`y_relu`) and after ReLU6 (`y_relu6`), and the bias's gradient (`gb`).
 
 Run: ~/.cache/visual-search/venv/bin/python tools/make_conv_grad_fixtures.py
 """
@@ -53,6 +53,11 @@ def main():
         y.backward(gy)
         bias = torch.randn(co).double()
         y_bias = y.detach() + bias.view(1, -1, 1, 1)
+        # The bias's gradient, from PyTorch's own convolution with the bias.
+        bias_leaf = bias.clone().requires_grad_()
+        F.conv2d(F.pad(x.detach(), (left, right, top, bottom)), weight.detach(), bias_leaf,
+                 stride=s, dilation=d, groups=g).backward(gy)
+        tensors[f"{name}.gb"] = bias_leaf.grad.float().contiguous()
         tensors[f"{name}.bias"] = bias.float().contiguous()
         tensors[f"{name}.y"] = y_bias.float().contiguous()
         tensors[f"{name}.y_relu"] = F.relu(y_bias).float().contiguous()

@@ -1,7 +1,7 @@
 //! Our convolution kernels against PyTorch, within 1e-5 relative: the forward pass with bias and
 //! activation (called directly, and through `train_ops::conv2d_act` on flex as inference runs
 //! it), and the gradients (called directly, and through burn's autodiff on flex as a training
-//! step runs them).
+//! step runs them, with and without a bias: its gradient too).
 //!
 //! Fixture: `tests/fixtures/conv_grad.safetensors`, from `tools/make_conv_grad_fixtures.py`
 //! (float64 reference outputs and gradients for f32 inputs).
@@ -155,6 +155,45 @@ fn autodiff_on_flex_matches_pytorch() {
     }
 }
 
+/// With a bias, a training convolution on flex is one tracked operation: the same output and
+/// gradients, and the bias's gradient as PyTorch's.
+#[test]
+fn autodiff_with_bias_on_flex_matches_pytorch() {
+    let fixture = Loaded::open();
+    let device = Device::flex().autodiff();
+    for (name, case) in &cases() {
+        let load = |key: &str| {
+            let (v, s) = fixture.get(name, key);
+            Tensor::<4>::from_data(TensorData::new(v, s), &device)
+        };
+        let x = load("x").require_grad();
+        let w = load("weight").require_grad();
+        let (bias, bias_shape) = fixture.get(name, "bias");
+        let b = Tensor::<1>::from_data(TensorData::new(bias, bias_shape), &device).require_grad();
+        let y = train_ops::conv2d(x.clone(), w.clone(), Some(b.clone()), options(case));
+        let got_y = y.clone().into_data().try_to_vec::<f32>().unwrap();
+        let ey = relative_error(&got_y, &fixture.get(name, "y").0);
+        assert!(ey <= 1e-5, "{name}: output relative error {ey}");
+        let grads = y.mul(load("gy")).sum().backward();
+        let values = |t: Option<Tensor<4>>| t.unwrap().into_data().try_to_vec::<f32>().unwrap();
+        let (dx, dw) = (values(x.grad(&grads)), values(w.grad(&grads)));
+        let db = b
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        for (label, got, key) in [
+            ("input", &dx, "gx"),
+            ("weight", &dw, "gw"),
+            ("bias", &db, "gb"),
+        ] {
+            let e = relative_error(got, &fixture.get(name, key).0);
+            assert!(e <= 1e-5, "{name}: {label} gradient relative error {e}");
+        }
+    }
+}
+
 /// `[n][c][plane]` values as `[n][plane][c]`.
 fn to_nhwc(values: &[f32], shape: &[usize]) -> Vec<f32> {
     let (n, c, plane) = (shape[0], shape[1], shape[2] * shape[3]);
@@ -194,40 +233,69 @@ fn channels_last_depthwise_on_flex_matches_pytorch() {
         let x_last = channels_last(&x, &xs).require_grad();
         let w_tensor = Tensor::<4>::from_data(TensorData::new(w, ws.clone()), &device);
         let w_tensor = w_tensor.require_grad();
-        let y = train_ops::conv2d(
-            x_last.clone().permute([0, 3, 1, 2]),
-            w_tensor.clone(),
-            None,
-            options(case),
-        );
-        let (want_y, ys) = fixture.get(name, "y");
-        let (bias, _) = fixture.get(name, "bias");
-        let plane = ys[2] * ys[3];
-        let want_y: Vec<f32> = want_y
-            .iter()
-            .enumerate()
-            .map(|(i, v)| v - bias[(i / plane) % ys[1]])
-            .collect();
-        let got_y = y.clone().into_data().try_to_vec::<f32>().unwrap();
-        let ey = relative_error(&got_y, &want_y);
-        assert!(ey <= 1e-5, "{name}: output relative error {ey}");
-        // The loss reads the output channels-last (as a ConvNeXt block's LayerNorm does), so
-        // the output gradient arrives channels-last.
-        let grads = y
-            .permute([0, 2, 3, 1])
-            .mul(channels_last(&gy, &gys))
-            .sum()
-            .backward();
-        let dx = x_last.grad(&grads).unwrap();
-        assert_eq!(dx.dims(), [xs[0], xs[2], xs[3], xs[1]]);
-        let dx = dx.into_data().try_to_vec::<f32>().unwrap();
-        let dw = w_tensor.grad(&grads).unwrap();
-        let dw = dw.into_data().try_to_vec::<f32>().unwrap();
-        let (gx, gxs) = fixture.get(name, "gx");
-        let ex = relative_error(&dx, &to_nhwc(&gx, &gxs));
-        let ew = relative_error(&dw, &fixture.get(name, "gw").0);
-        assert!(ew <= 1e-5, "{name}: weight gradient relative error {ew}");
-        assert!(ex <= 1e-5, "{name}: input gradient relative error {ex}");
+        let (bias, bias_shape) = fixture.get(name, "bias");
+        // Without a bias (the output less the fixture's bias), then with it (ConvNeXt's
+        // depthwise layers have one: its gradient from the channels-last output gradient).
+        for with_bias in [false, true] {
+            let b =
+                Tensor::<1>::from_data(TensorData::new(bias.clone(), bias_shape.clone()), &device)
+                    .require_grad();
+            let y = train_ops::conv2d(
+                x_last.clone().permute([0, 3, 1, 2]),
+                w_tensor.clone(),
+                with_bias.then(|| b.clone()),
+                options(case),
+            );
+            let (want_y, ys) = fixture.get(name, "y");
+            let plane = ys[2] * ys[3];
+            let want_y: Vec<f32> = match with_bias {
+                true => want_y,
+                false => want_y
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| v - bias[(i / plane) % ys[1]])
+                    .collect(),
+            };
+            let got_y = y.clone().into_data().try_to_vec::<f32>().unwrap();
+            let ey = relative_error(&got_y, &want_y);
+            assert!(
+                ey <= 1e-5,
+                "{name} (bias {with_bias}): output relative error {ey}"
+            );
+            // The loss reads the output channels-last (as a ConvNeXt block's LayerNorm does),
+            // so the output gradient arrives channels-last.
+            let grads = y
+                .permute([0, 2, 3, 1])
+                .mul(channels_last(&gy, &gys))
+                .sum()
+                .backward();
+            let dx = x_last.grad(&grads).unwrap();
+            assert_eq!(dx.dims(), [xs[0], xs[2], xs[3], xs[1]]);
+            let dx = dx.into_data().try_to_vec::<f32>().unwrap();
+            let dw = w_tensor.grad(&grads).unwrap();
+            let dw = dw.into_data().try_to_vec::<f32>().unwrap();
+            let (gx, gxs) = fixture.get(name, "gx");
+            let ex = relative_error(&dx, &to_nhwc(&gx, &gxs));
+            let ew = relative_error(&dw, &fixture.get(name, "gw").0);
+            assert!(
+                ew <= 1e-5,
+                "{name} (bias {with_bias}): weight gradient relative error {ew}"
+            );
+            assert!(
+                ex <= 1e-5,
+                "{name} (bias {with_bias}): input gradient relative error {ex}"
+            );
+            if with_bias {
+                let db = b
+                    .grad(&grads)
+                    .unwrap()
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .unwrap();
+                let eb = relative_error(&db, &fixture.get(name, "gb").0);
+                assert!(eb <= 1e-5, "{name}: bias gradient relative error {eb}");
+            }
+        }
     }
     assert!(covered >= 4, "{covered} depthwise cases");
 }

@@ -10,6 +10,8 @@
 //!   time, in `depthwise_weight_grad` and `depthwise_input_grad`.
 //!
 //! Other groupings return `None`, and the caller falls back to burn's composition.
+//!
+//! The bias's gradient (`bias_grad`) is the output gradient's channel sums, whatever the grouping.
 
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -17,6 +19,7 @@ use rayon::prelude::*;
 use super::conv_geometry::im2col;
 pub use super::conv_geometry::{ChannelOrder, ConvGeometry};
 use super::gemm_views::{Matrix, MatrixRef, Operand, gemm, gemm_f32};
+use super::vectorized::{sum_f64, vectorized};
 use super::{depthwise_input_grad, depthwise_weight_grad};
 
 /// `dL/dweight`, shape `[out_channels, in_channels / groups, kernel_h, kernel_w]`, or `None` for
@@ -175,4 +178,28 @@ fn col2im_add(col: &[f32], g: &ConvGeometry, dx_n: &mut [f32]) {
             }
         });
     }
+}
+
+/// The gradient of `conv2d(x, weight) + bias` with respect to `bias` for an NCHW output
+/// gradient: each channel's sum over every image's plane, in f64 per plane (planes in
+/// parallel), then over the images.
+pub fn bias_grad(gy: &[f32], batch: usize, channels: usize, plane: usize) -> Vec<f32> {
+    assert_eq!(gy.len(), batch * channels * plane);
+    let mut sums = vec![0.0f64; channels];
+    if plane > 0 {
+        let plane_sums: Vec<f64> = gy
+            .par_chunks(plane)
+            .with_min_len((16_384 / plane).max(1))
+            .map(|values| {
+                vectorized(
+                    #[inline(always)]
+                    || sum_f64(values, |v| v as f64),
+                )
+            })
+            .collect();
+        for (i, sum) in plane_sums.into_iter().enumerate() {
+            sums[i % channels] += sum;
+        }
+    }
+    sums.into_iter().map(|v| v as f32).collect()
 }

@@ -3,10 +3,12 @@
 //! - **convolution**: the forward pass, with its bias and activation fused when it has them
 //!   (inference on a BN-folded model; a ResNet block's shortcut too), runs
 //!   [`super::conv_forward_kernels`]; the backward pass (registered with burn's autodiff) runs
-//!   [`super::conv_kernels`]. Both fall back to burn's operations for what they do not cover
-//!   (another dtype, a grouping other than 1 or depthwise). A depthwise layer whose input (or
-//!   output gradient) is channels-last in memory — ConvNeXt's residual stream, NHWC between its
-//!   LayerNorms and MLPs — is computed in that layout, in and out, with no NCHW copy;
+//!   [`super::conv_kernels`]; in training a bias is added in the forward pass too, and its
+//!   gradient is parallel channel sums. Both fall back to burn's operations for what they do
+//!   not cover (another dtype, a grouping other than 1 or depthwise). A depthwise layer whose
+//!   input (or output gradient) is channels-last in memory — ConvNeXt's residual stream, NHWC
+//!   between its LayerNorms and MLPs — is computed in that layout, in and out, with no NCHW
+//!   copy;
 //! - **per-channel affine + activation** (frozen batch norm, then ReLU/ReLU6): one fused pass
 //!   each way ([`super::affine_kernels`]);
 //! - **max pool** (inference): without the indices burn-flex computes for a backward pass
@@ -56,6 +58,15 @@ pub trait TrainOps: Backend {
     fn train_conv2d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self>;
+
+    /// `conv2d(x, weight) + bias` as one tracked operation whose backward pass is ours, the
+    /// bias's gradient included.
+    fn train_conv2d_bias(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self>;
 
@@ -136,6 +147,15 @@ impl TrainOps for Flex {
     fn train_conv2d(x: FlexTensor, weight: FlexTensor, options: ConvOptions<2>) -> FlexTensor {
         our_forward(&x, &weight, None, None, &options, Activation::Identity)
             .unwrap_or_else(|| Flex::conv2d(x, weight, None, options))
+    }
+
+    fn train_conv2d_bias(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        options: ConvOptions<2>,
+    ) -> FlexTensor {
+        flex_conv2d(x, weight, bias, None, options, Activation::Identity)
     }
 
     fn fused_conv2d(
@@ -397,6 +417,37 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
         }
     }
 
+    fn train_conv2d_bias(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        match TrainConvBiasBackward
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let weight_state = prep.checkpoint(&weight);
+                let output = Flex::train_conv2d_bias(
+                    x.into_primitive(),
+                    weight.into_primitive(),
+                    bias.into_primitive(),
+                    options.clone(),
+                );
+                prep.finish((x_state, weight_state, options), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::train_conv2d_bias(
+                x.into_primitive(),
+                weight.into_primitive(),
+                bias.into_primitive(),
+                options,
+            )),
+        }
+    }
+
     /// Our backward convolution, then burn's (tracked) bias addition and activation.
     fn fused_conv2d(
         x: FloatTensor<Self>,
@@ -633,19 +684,77 @@ impl Backward<Flex, 2> for TrainConvBackward {
         let (x_state, weight_state, options) = ops.state;
         let x = checkpointer.retrieve_node_output::<FlexTensor>(x_state);
         let weight = checkpointer.retrieve_node_output::<FlexTensor>(weight_state);
-
-        if let Some(node) = node_x {
-            let grad = our_grad(ConvGrad::Input, &x, &weight, &gy, &options).unwrap_or_else(|| {
-                Flex::conv2d_x_backward(x.clone(), weight.clone(), gy.clone(), options.clone())
-            });
-            grads.register::<Flex>(node.id, grad);
-        }
-        if let Some(node) = node_weight {
-            let grad = our_grad(ConvGrad::Weight, &x, &weight, &gy, &options)
-                .unwrap_or_else(|| Flex::conv2d_weight_backward(x, weight, gy, options));
-            grads.register::<Flex>(node.id, grad);
-        }
+        let ids = [node_x, node_weight].map(|node| node.map(|n| n.id));
+        register_conv_grads(ids, x, weight, gy, options, grads);
     }
+}
+
+/// `conv2d(x, weight) + bias`'s backward: [`TrainConvBackward`]'s, and the bias's gradient as
+/// parallel channel sums of the output gradient read as it lies (burn's broadcast addition
+/// summed it on one thread, after copying ConvNeXt's channels-last gradients to NCHW).
+#[derive(Debug)]
+struct TrainConvBiasBackward;
+
+impl Backward<Flex, 3> for TrainConvBiasBackward {
+    type State = (NodeId, NodeId, ConvOptions<2>);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_weight, node_bias] = ops.parents;
+        let gy = grads.consume::<Flex>(&ops.node);
+        let (x_state, weight_state, options) = ops.state;
+        let x = checkpointer.retrieve_node_output::<FlexTensor>(x_state);
+        let weight = checkpointer.retrieve_node_output::<FlexTensor>(weight_state);
+        if let Some(node) = node_bias {
+            grads.register::<Flex>(node.id, conv_bias_grad(&gy));
+        }
+        let ids = [node_x, node_weight].map(|node| node.map(|n| n.id));
+        register_conv_grads(ids, x, weight, gy, options, grads);
+    }
+}
+
+/// Registers the input's and the weight's gradients of a convolution (those that are tracked):
+/// our kernels where they apply, burn's otherwise.
+fn register_conv_grads(
+    [node_x, node_weight]: [Option<NodeId>; 2],
+    x: FlexTensor,
+    weight: FlexTensor,
+    gy: FlexTensor,
+    options: ConvOptions<2>,
+    grads: &mut Gradients,
+) {
+    if let Some(id) = node_x {
+        let grad = our_grad(ConvGrad::Input, &x, &weight, &gy, &options).unwrap_or_else(|| {
+            Flex::conv2d_x_backward(x.clone(), weight.clone(), gy.clone(), options.clone())
+        });
+        grads.register::<Flex>(id, grad);
+    }
+    if let Some(id) = node_weight {
+        let grad = our_grad(ConvGrad::Weight, &x, &weight, &gy, &options)
+            .unwrap_or_else(|| Flex::conv2d_weight_backward(x, weight, gy, options));
+        grads.register::<Flex>(id, grad);
+    }
+}
+
+/// The gradient of `conv2d(…) + bias` with respect to `bias`: the output gradient summed over
+/// every image and position of each channel, from a channels-last gradient as it lies.
+fn conv_bias_grad(gy: &FlexTensor) -> FlexTensor {
+    let [batch, channels, h, w] = gy.shape().dims();
+    let sums = match channels_last_values(gy) {
+        Some(values) => linear_kernels::bias_grad(values, channels),
+        None => {
+            let gy = contiguous_f32(gy.clone());
+            kernels::bias_grad(f32_slice(&gy), batch, channels, h * w)
+        }
+    };
+    cast_from_f32(
+        FlexTensor::from_data(TensorData::new(sums, [channels])),
+        gy.dtype(),
+    )
 }
 
 /// Which gradient of the convolution.

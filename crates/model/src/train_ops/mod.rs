@@ -169,18 +169,19 @@ fn conv2d_training(
     #[cfg(feature = "flex")]
     if runs_on_flex_autodiff(&x) {
         use burn::backend::Dispatch;
-        let y = Tensor::<4>::from_dispatch(<Dispatch as flex_ext::TrainOps>::train_conv2d(
-            x.into_dispatch(),
-            weight.into_dispatch(),
-            options,
-        ));
-        return match bias {
-            Some(bias) => {
-                let channels = bias.dims()[0];
-                y.add(bias.reshape([1, channels, 1, 1]))
-            }
-            None => y,
-        };
+        return Tensor::<4>::from_dispatch(match bias {
+            Some(bias) => <Dispatch as flex_ext::TrainOps>::train_conv2d_bias(
+                x.into_dispatch(),
+                weight.into_dispatch(),
+                bias.into_dispatch(),
+                options,
+            ),
+            None => <Dispatch as flex_ext::TrainOps>::train_conv2d(
+                x.into_dispatch(),
+                weight.into_dispatch(),
+                options,
+            ),
+        });
     }
     if bf16_casts::applies(&x) {
         return bf16_casts::conv2d(x, weight, bias, options);
