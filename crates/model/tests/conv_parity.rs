@@ -123,6 +123,8 @@ fn kernels_match_pytorch() {
     }
 }
 
+/// Through burn's autodiff on flex, without a bias and with one (then the convolution is one
+/// tracked operation with the bias inside): the output, and every gradient as PyTorch's.
 #[test]
 fn autodiff_on_flex_matches_pytorch() {
     let fixture = Loaded::open();
@@ -132,64 +134,46 @@ fn autodiff_on_flex_matches_pytorch() {
             let (v, s) = fixture.get(name, key);
             Tensor::<4>::from_data(TensorData::new(v, s), &device)
         };
-        let x = load("x").require_grad();
-        let w = load("weight").require_grad();
-        let y = train_ops::conv2d(x.clone(), w.clone(), None, options(case));
-        let grads = y.mul(load("gy")).sum().backward();
-        let dx = x
-            .grad(&grads)
-            .unwrap()
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap();
-        let dw = w
-            .grad(&grads)
-            .unwrap()
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap();
-        let ew = relative_error(&dw, &fixture.get(name, "gw").0);
-        let ex = relative_error(&dx, &fixture.get(name, "gx").0);
-        assert!(ew <= 1e-5, "{name}: weight gradient relative error {ew}");
-        assert!(ex <= 1e-5, "{name}: input gradient relative error {ex}");
-    }
-}
-
-/// With a bias, a training convolution on flex is one tracked operation: the same output and
-/// gradients, and the bias's gradient as PyTorch's.
-#[test]
-fn autodiff_with_bias_on_flex_matches_pytorch() {
-    let fixture = Loaded::open();
-    let device = Device::flex().autodiff();
-    for (name, case) in &cases() {
-        let load = |key: &str| {
-            let (v, s) = fixture.get(name, key);
-            Tensor::<4>::from_data(TensorData::new(v, s), &device)
-        };
-        let x = load("x").require_grad();
-        let w = load("weight").require_grad();
         let (bias, bias_shape) = fixture.get(name, "bias");
-        let b = Tensor::<1>::from_data(TensorData::new(bias, bias_shape), &device).require_grad();
-        let y = train_ops::conv2d(x.clone(), w.clone(), Some(b.clone()), options(case));
-        let got_y = y.clone().into_data().try_to_vec::<f32>().unwrap();
-        let ey = relative_error(&got_y, &fixture.get(name, "y").0);
-        assert!(ey <= 1e-5, "{name}: output relative error {ey}");
-        let grads = y.mul(load("gy")).sum().backward();
-        let values = |t: Option<Tensor<4>>| t.unwrap().into_data().try_to_vec::<f32>().unwrap();
-        let (dx, dw) = (values(x.grad(&grads)), values(w.grad(&grads)));
-        let db = b
-            .grad(&grads)
-            .unwrap()
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap();
-        for (label, got, key) in [
-            ("input", &dx, "gx"),
-            ("weight", &dw, "gw"),
-            ("bias", &db, "gb"),
-        ] {
-            let e = relative_error(got, &fixture.get(name, key).0);
-            assert!(e <= 1e-5, "{name}: {label} gradient relative error {e}");
+        for with_bias in [false, true] {
+            let x = load("x").require_grad();
+            let w = load("weight").require_grad();
+            let b =
+                Tensor::<1>::from_data(TensorData::new(bias.clone(), bias_shape.clone()), &device)
+                    .require_grad();
+            let y = train_ops::conv2d(
+                x.clone(),
+                w.clone(),
+                with_bias.then(|| b.clone()),
+                options(case),
+            );
+            if with_bias {
+                let got_y = y.clone().into_data().try_to_vec::<f32>().unwrap();
+                let ey = relative_error(&got_y, &fixture.get(name, "y").0);
+                assert!(ey <= 1e-5, "{name}: output relative error {ey}");
+            }
+            let grads = y.mul(load("gy")).sum().backward();
+            let values = |t: Option<Tensor<4>>| t.unwrap().into_data().try_to_vec::<f32>().unwrap();
+            let mut checks = vec![
+                ("input", values(x.grad(&grads)), "gx"),
+                ("weight", values(w.grad(&grads)), "gw"),
+            ];
+            if with_bias {
+                let db = b
+                    .grad(&grads)
+                    .unwrap()
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .unwrap();
+                checks.push(("bias", db, "gb"));
+            }
+            for (label, got, key) in checks {
+                let e = relative_error(&got, &fixture.get(name, key).0);
+                assert!(
+                    e <= 1e-5,
+                    "{name} (bias {with_bias}): {label} gradient relative error {e}"
+                );
+            }
         }
     }
 }
