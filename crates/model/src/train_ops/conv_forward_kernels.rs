@@ -13,7 +13,9 @@
 //!   replaces a separate addition and ReLU over every block's output (5 % of a ResNet-50
 //!   inference pass). Under bf16 products the output starts as the bias (+ residual) rows, the
 //!   AMX GEMM accumulates onto them and applies the activation as each block is stored.
-//!   Images run in parallel when there are at least as many as threads, else each GEMM is split.
+//!   Whole rounds of one image per thread run side by side; the images left over (fewer than
+//!   the threads: a single photo, an odd batch) each split their im2col, GEMM and output pass
+//!   across the threads.
 //! - **depthwise** (groups = channels in = channels out): vectorised across channels, see
 //!   [`super::depthwise_forward`].
 //!
@@ -114,11 +116,13 @@ fn dense(
 ) -> Vec<f32> {
     let (rows, p, co) = (g.col_rows(), g.out_plane(), g.out_channels);
     let image_len = co * p;
-    let across_images = g.batch >= rayon::current_num_threads();
-    let inner = if across_images {
-        Parallelism::None
-    } else {
-        Parallelism::Rayon(0)
+    // An image split across the threads (see `per_image`) splits its GEMM too.
+    let inner = |split: bool| {
+        if split {
+            Parallelism::Rayon(0)
+        } else {
+            Parallelism::None
+        }
     };
     let residual_of = |n: usize| residual.map(|r| &r[n * image_len..][..image_len]);
     if matmul_precision() == MatmulPrecision::F32 {
@@ -127,17 +131,17 @@ fn dense(
         // bias rows before the product was 6 % of a ResNet-50 inference pass, and the
         // activation a second pass after it.
         let weight = MatrixRef::row_major(weight, co, rows);
-        return per_image(g.batch, image_len, |col, n, image| {
-            let rhs = MatrixRef::row_major(patches(x, n, g, col, !across_images), rows, p);
-            let y_n = f32_product_into(image, &weight, &rhs, inner);
+        return per_image(g.batch, image_len, |col, n, image, split| {
+            let rhs = MatrixRef::row_major(patches(x, n, g, col, split), rows, p);
+            let y_n = f32_product_into(image, &weight, &rhs, inner(split));
             let residual_n = residual_of(n);
-            if across_images {
+            if split {
+                parallel_epilogue(y_n, p, bias, residual_n, activation);
+            } else {
                 vectorized(
                     #[inline(always)]
                     || epilogue(y_n, p, bias, residual_n, activation),
                 );
-            } else {
-                parallel_epilogue(y_n, p, bias, residual_n, activation);
             }
             y_n
         });
@@ -146,28 +150,33 @@ fn dense(
     // starts as its bias (+ residual) rows, and the AMX GEMM accumulates onto them and applies
     // the activation as each block is stored.
     let weight = Operand::lhs(MatrixRef::row_major(weight, co, rows), true);
-    per_image(g.batch, image_len, |col, n, image| {
+    per_image(g.batch, image_len, |col, n, image, split| {
         let y_n = start_rows(image, p, bias, residual_of(n));
-        let rhs = MatrixRef::row_major(patches(x, n, g, col, !across_images), rows, p);
+        let rhs = MatrixRef::row_major(patches(x, n, g, col, split), rows, p);
         gemm_then(
             Matrix::row_major(y_n, co, p),
             bias.is_some() || residual.is_some(),
             &weight,
             &Operand::F32(rhs),
-            inner,
+            inner(split),
             activation,
         );
         y_n
     })
 }
 
-/// `batch` images of `image_len` values each, in parallel: `write(col, n, image)` writes image
-/// `n` in full and returns it, initialised (`col` is one scratch buffer per task). There is no
-/// zeroing pass over the buffer first.
+/// `batch` images of `image_len` values each: `write(col, n, image, split)` writes image `n` in
+/// full and returns it, initialised (`col` is one scratch buffer per task). There is no zeroing
+/// pass over the buffer first.
+///
+/// Whole rounds of one image per thread run side by side (`split` false); the images left over,
+/// fewer than the threads, run one after another, each split across the threads (`split`
+/// true). With every image its own task, a batch of 3 on 2 threads kept one thread idle for a
+/// third of each convolution (Lite0 at batch 3 ran at 107 img/s, at batches 2 and 4 at 129–131).
 fn per_image(
     batch: usize,
     image_len: usize,
-    write: impl for<'a> Fn(&mut Vec<f32>, usize, &'a mut [MaybeUninit<f32>]) -> &'a mut [f32]
+    write: impl for<'a> Fn(&mut Vec<f32>, usize, &'a mut [MaybeUninit<f32>], bool) -> &'a mut [f32]
     + Sync
     + Send,
 ) -> Vec<f32> {
@@ -176,15 +185,22 @@ fn per_image(
     if len == 0 {
         return y;
     }
-    y.spare_capacity_mut()[..len]
+    let run = |col: &mut Vec<f32>, n: usize, image: &mut [MaybeUninit<f32>], split: bool| {
+        let (start, size) = (image.as_ptr() as *const f32, image.len());
+        let written = write(col, n, image, split);
+        // An initialised view of exactly this image's memory is what marks it written.
+        assert!(written.as_ptr() == start && written.len() == size);
+    };
+    let together = batch - batch % rayon::current_num_threads().max(1);
+    let (rounds, rest) = y.spare_capacity_mut()[..len].split_at_mut(together * image_len);
+    rounds
         .par_chunks_mut(image_len)
         .enumerate()
-        .for_each_init(Vec::new, |col, (n, image)| {
-            let (start, size) = (image.as_ptr() as *const f32, image.len());
-            let written = write(col, n, image);
-            // An initialised view of exactly this image's memory is what marks it written.
-            assert!(written.as_ptr() == start && written.len() == size);
-        });
+        .for_each_init(Vec::new, |col, (n, image)| run(col, n, image, false));
+    let mut col = Vec::new();
+    for (i, image) in rest.chunks_mut(image_len).enumerate() {
+        run(&mut col, together + i, image, true);
+    }
     // SAFETY: every image's task got back an `&mut [f32]` over exactly that image's memory
     // (asserted), which exists only once its values are initialised; the images cover all
     // `len` elements, and `len` fits the capacity.
@@ -323,8 +339,9 @@ mod tests {
     }
 
     /// An image alone (its GEMM, im2col and epilogue split across the threads) gives the values
-    /// it gets in a batch of as many images as threads (one image per task): the epilogue's
-    /// blocks of rows each take their own bias and residual rows.
+    /// it gets in a batch of one round of one image per thread and two images left over (split
+    /// too): the epilogue's blocks of rows each take their own bias and residual rows, and the
+    /// images left over their own image's.
     #[test]
     fn one_image_split_across_threads_matches_one_image_per_thread() {
         let threads = 4;
@@ -343,7 +360,7 @@ mod tests {
             dilation: [1, 1],
             groups: 1,
         };
-        let (one, all) = (g(1), g(threads));
+        let (one, all) = (g(1), g(threads + 2));
         let x = values(all.batch * all.in_channels * all.in_plane(), 1);
         let weight = values(all.out_channels * all.col_rows(), 2);
         let bias = values(all.out_channels, 3);
@@ -359,7 +376,7 @@ mod tests {
                 let batched =
                     forward(&x, &weight, Some(&bias), Some(&residual), &all, activation).unwrap();
                 let image = one.out_channels * one.out_plane();
-                for n in 0..threads {
+                for n in 0..all.batch {
                     let x_n = &x[n * one.in_channels * one.in_plane()..]
                         [..one.in_channels * one.in_plane()];
                     let residual_n = &residual[n * image..][..image];
