@@ -153,19 +153,12 @@ fn autodiff_on_flex_matches_pytorch() {
                 assert!(ey <= 1e-5, "{name}: output relative error {ey}");
             }
             let grads = y.mul(load("gy")).sum().backward();
-            let values = |t: Option<Tensor<4>>| t.unwrap().into_data().try_to_vec::<f32>().unwrap();
             let mut checks = vec![
-                ("input", values(x.grad(&grads)), "gx"),
-                ("weight", values(w.grad(&grads)), "gw"),
+                ("input", values(x.grad(&grads).unwrap()), "gx"),
+                ("weight", values(w.grad(&grads).unwrap()), "gw"),
             ];
             if with_bias {
-                let db = b
-                    .grad(&grads)
-                    .unwrap()
-                    .into_data()
-                    .try_to_vec::<f32>()
-                    .unwrap();
-                checks.push(("bias", db, "gb"));
+                checks.push(("bias", values(b.grad(&grads).unwrap()), "gb"));
             }
             for (label, got, key) in checks {
                 let e = relative_error(&got, &fixture.get(name, key).0);
@@ -176,6 +169,11 @@ fn autodiff_on_flex_matches_pytorch() {
             }
         }
     }
+}
+
+/// A tensor's values.
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
 }
 
 /// `[n][c][plane]` values as `[n][plane][c]`.
@@ -270,12 +268,7 @@ fn channels_last_depthwise_on_flex_matches_pytorch() {
                 "{name} (bias {with_bias}): input gradient relative error {ex}"
             );
             if with_bias {
-                let db = b
-                    .grad(&grads)
-                    .unwrap()
-                    .into_data()
-                    .try_to_vec::<f32>()
-                    .unwrap();
+                let db = values(b.grad(&grads).unwrap());
                 let eb = relative_error(&db, &fixture.get(name, "gb").0);
                 assert!(eb <= 1e-5, "{name}: bias gradient relative error {eb}");
             }
