@@ -5,8 +5,8 @@
 //! input and output through memory. In passes of 8 images (38 MB) a layer's output is mostly
 //! still in the last-level cache when the next layer reads it. On a 2-core AMD EPYC (32 MB L3),
 //! flex's Lite0 batch of 32 runs 5 % faster this way, ConvNeXt-tiny 2 %, ResNet-50 and ViT-B/32
-//! within the noise (BENCHMARKS.md, "Forward passes of 8 images on flex"). Inference has no batch statistics, so
-//! each image's features do not depend on the others in its pass. Accelerators keep whole
+//! within the noise (BENCHMARKS.md, "Forward passes of 8 images on flex"). Inference has no
+//! batch statistics, so each image's features do not depend on the others in its pass. Accelerators keep whole
 //! batches (they want them large), and so does ONNX Runtime, which plans its own memory: in
 //! passes of 8 it gained on Lite0 and ConvNeXt-tiny but lost on ResNet-50 and ViT-B/32.
 

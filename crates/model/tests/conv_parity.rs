@@ -148,7 +148,7 @@ fn autodiff_on_flex_matches_pytorch() {
                 options(case),
             );
             if with_bias {
-                let got_y = y.clone().into_data().try_to_vec::<f32>().unwrap();
+                let got_y = values(y.clone());
                 let ey = relative_error(&got_y, &fixture.get(name, "y").0);
                 assert!(ey <= 1e-5, "{name}: output relative error {ey}");
             }
@@ -238,7 +238,7 @@ fn channels_last_depthwise_on_flex_matches_pytorch() {
                     .map(|(i, v)| v - bias[(i / plane) % ys[1]])
                     .collect(),
             };
-            let got_y = y.clone().into_data().try_to_vec::<f32>().unwrap();
+            let got_y = values(y.clone());
             let ey = relative_error(&got_y, &want_y);
             assert!(
                 ey <= 1e-5,
@@ -253,9 +253,7 @@ fn channels_last_depthwise_on_flex_matches_pytorch() {
                 .backward();
             let dx = x_last.grad(&grads).unwrap();
             assert_eq!(dx.dims(), [xs[0], xs[2], xs[3], xs[1]]);
-            let dx = dx.into_data().try_to_vec::<f32>().unwrap();
-            let dw = w_tensor.grad(&grads).unwrap();
-            let dw = dw.into_data().try_to_vec::<f32>().unwrap();
+            let (dx, dw) = (values(dx), values(w_tensor.grad(&grads).unwrap()));
             let (gx, gxs) = fixture.get(name, "gx");
             let ex = relative_error(&dx, &to_nhwc(&gx, &gxs));
             let ew = relative_error(&dw, &fixture.get(name, "gw").0);
@@ -277,8 +275,8 @@ fn channels_last_depthwise_on_flex_matches_pytorch() {
     assert!(covered >= 4, "{covered} depthwise cases");
 }
 
-/// What the kernels do not cover (a bias, two groups) still trains: the same values and
-/// gradients as burn's own `conv2d`.
+/// A bias (our tracked op) and a grouping the kernels do not cover (two groups) still train:
+/// the same values and gradients as burn's own `conv2d`.
 #[test]
 fn bias_and_other_groupings_match_burns_conv() {
     let device = Device::flex().autodiff();

@@ -228,9 +228,9 @@ fn patches<'a>(
     }
 }
 
-/// [`epilogue`] over blocks of rows in parallel: for an image whose GEMM was split across the
-/// threads (fewer images than threads), so that its bias, residual and activation pass is not
-/// left to one thread while the others wait (4 % of a batch-1 Lite0 pass ran so).
+/// [`epilogue`] over blocks of rows in parallel: for an image split across the threads (see
+/// [`per_image`]), so that its bias, residual and activation pass is not left to one thread
+/// while the others wait (4 % of a batch-1 Lite0 pass ran so).
 fn parallel_epilogue(
     y: &mut [f32],
     plane: usize,
