@@ -1,5 +1,6 @@
 //! `train`, `--resume` after SIGKILL, a non-finite loss, and `export` on a small cut of the
-//! grocery data with a tiny ConvNeXt (fast enough for the test suite).
+//! grocery data with a tiny ConvNeXt (fast enough for the test suite); `bench train`'s step
+//! and its split by kind of operation on the same model.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -423,4 +424,56 @@ fn two_processes_train_what_one_process_trains() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert_eq!(rank1, vec!["metrics.csv".to_string()], "{rank1:?}");
+}
+
+#[test]
+fn bench_train_splits_a_flex_step_by_kind_of_operation() {
+    let Some((_dir, root)) = grocery_cut(8) else {
+        return;
+    };
+    let out = run_ok(&[
+        "bench",
+        "train",
+        "--models",
+        "tiny_convnext",
+        "--devices",
+        "flex",
+        "--no-baseline",
+        "--batch",
+        "4",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--dataset-dir",
+        root.to_str().unwrap(),
+    ]);
+    let title = "tiny_convnext visual-search flex f32, per step by kind of operation";
+    let profile = out.split(title).nth(1).unwrap_or_else(|| panic!("{out}"));
+    // Calls per step, forward and backward together: 5 blocks (a depthwise convolution, a
+    // LayerNorm, two linear layers and a GELU each), the stem and three downsampling layers
+    // (a convolution and a LayerNorm each), the final LayerNorm.
+    for (operation, calls) in [
+        ("depthwise conv", 10),
+        ("k×k conv", 8),
+        ("GELU", 10),
+        ("LayerNorm", 20),
+        ("linear", 20),
+    ] {
+        let line = profile
+            .lines()
+            .find(|l| l.starts_with(operation))
+            .unwrap_or_else(|| panic!("no {operation} row:\n{profile}"));
+        let counted = line[operation.len()..]
+            .split_whitespace()
+            .find_map(|w| w.parse::<u64>().ok());
+        assert_eq!(counted, Some(calls), "{line}");
+    }
+    for row in ["AdamW update", "the rest: burn's operations", "whole step"] {
+        assert!(
+            profile.lines().any(|l| l.starts_with(row)),
+            "{row}:\n{profile}"
+        );
+    }
+    assert!(!profile.contains("batch norm"), "{profile}");
 }

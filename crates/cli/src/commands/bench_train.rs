@@ -3,7 +3,8 @@
 //! PyTorch bf16 autocast on the same batch and recipe, measured in the same run by
 //! `tools/bench_train_torch.py`. Both sides report the split of a step into forward, backward
 //! and optimiser, and how many cores each phase kept busy (process CPU time / wall time), which
-//! shows the phases that run on one thread.
+//! shows the phases that run on one thread. On flex each of those phases is also split by kind
+//! of operation (`train_ops::op_profile`), with what burn's own operations take as the rest.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -18,6 +19,9 @@ use visual_search_model::heads::arcface_subcenter::{
     ArcFaceLoss, ArcFaceSubcenter, dynamic_margins,
 };
 use visual_search_model::registry::{BuildOptions, lookup};
+use visual_search_model::train_ops::op_profile::{
+    self, OpKind, OpProfile, OpTimes, Phase, process_cpu_seconds,
+};
 use visual_search_train::head::Head;
 use visual_search_train::labels::ClassIndex;
 use visual_search_train::optimizer_step::{Accumulators, StepSettings, optimizer_step};
@@ -118,24 +122,6 @@ impl PhaseTimes {
     }
 }
 
-/// User + system CPU seconds of this process, from `/proc/self/stat` (0 where there is none).
-fn process_cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // The kernel reports clock ticks; USER_HZ is 100 on every Linux architecture we build for.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 /// One model's figures on one side.
 struct StepFigures {
     images_per_s: f64,
@@ -143,6 +129,31 @@ struct StepFigures {
     phases: [f64; 3],
     /// Cores busy in each phase.
     cores: [f64; 3],
+    /// Our operations over the timed steps, and how many steps that was (flex only).
+    ops: Option<(OpProfile, usize)>,
+}
+
+/// Records our operations while it lives.
+struct RecordingOps;
+
+impl RecordingOps {
+    fn start() -> Self {
+        op_profile::take();
+        op_profile::set_recording(true);
+        Self
+    }
+
+    /// What was recorded, recording off.
+    fn finish(self) -> OpProfile {
+        drop(self);
+        op_profile::take()
+    }
+}
+
+impl Drop for RecordingOps {
+    fn drop(&mut self) {
+        op_profile::set_recording(false);
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -160,6 +171,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     let mut rows = Vec::new();
+    let mut op_tables = Vec::new();
     for model in &args.models {
         let spec = lookup(model)?;
         let size = args.size.unwrap_or(spec.input_size);
@@ -199,12 +211,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     continue;
                 }
                 let ours = time_ours(&args, model, weights.as_ref(), &input, size, device)?;
-                rows.push(row(
-                    &format!("{model} visual-search {device} {}", precision.name()),
-                    &ours,
-                    eager.as_ref(),
-                    bf16.as_ref(),
-                ));
+                let name = format!("{model} visual-search {device} {}", precision.name());
+                rows.push(row(&name, &ours, eager.as_ref(), bf16.as_ref()));
+                if let Some((ops, steps)) = ours.ops.as_ref().filter(|(ops, _)| !ops.is_empty()) {
+                    op_tables.push((name, op_rows(&ours, ops, *steps)));
+                }
             }
         }
         if let Some(e) = &eager {
@@ -239,7 +250,70 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "optimizer s (cores)",
     ];
     print!("{}", table::render(&header, &rows));
+    let op_header = [
+        "operation",
+        "calls",
+        "forward ms (cores)",
+        "backward ms (cores)",
+        "optimizer ms (cores)",
+        "share of step",
+    ];
+    for (name, op_rows) in &op_tables {
+        println!("\n{name}, per step by kind of operation (cores = CPU time / wall time):");
+        print!("{}", table::render(&op_header, op_rows));
+    }
     Ok(())
+}
+
+/// The rows of a step's profile: each kind of our operations that ran, then what the phases
+/// spent outside them (burn's own operations), then the whole step.
+fn op_rows(step: &StepFigures, ops: &OpProfile, steps: usize) -> Vec<Vec<String>> {
+    let n = steps.max(1) as f64;
+    let step_s: f64 = step.phases.iter().sum();
+    let cell = |t: OpTimes| {
+        if t.wall_s <= 0.0 {
+            return String::new();
+        }
+        let ms = t.wall_s / n * 1e3;
+        let digits = if ms < 10.0 { 1 } else { 0 };
+        format!("{ms:.digits$} ({:.1})", t.cpu_s / t.wall_s)
+    };
+    let line = |name: &str, calls: String, times: [OpTimes; 3]| {
+        let wall: f64 = times.iter().map(|t| t.wall_s).sum::<f64>() / n;
+        let mut r = vec![name.to_string(), calls];
+        r.extend(times.map(cell));
+        r.push(format!("{:.1} %", 100.0 * wall / step_s.max(1e-12)));
+        r
+    };
+    let mut rows = Vec::new();
+    for kind in OpKind::ALL {
+        let times = Phase::ALL.map(|p| ops.get(kind, p));
+        let calls: u64 = times.iter().map(|t| t.calls).sum();
+        if calls > 0 {
+            rows.push(line(kind.name(), format!("{:.0}", calls as f64 / n), times));
+        }
+    }
+    // The phases' own totals, over the same steps.
+    let phase = |i: usize| OpTimes {
+        calls: 0,
+        wall_s: step.phases[i] * n,
+        cpu_s: step.phases[i] * step.cores[i] * n,
+    };
+    let rest = Phase::ALL.map(|p| {
+        let (whole, ours) = (phase(p as usize), ops.phase_total(p));
+        OpTimes {
+            calls: 0,
+            wall_s: (whole.wall_s - ours.wall_s).max(0.0),
+            cpu_s: (whole.cpu_s - ours.cpu_s).max(0.0),
+        }
+    });
+    rows.push(line(
+        "the rest: burn's operations (element-wise, copies, loss)",
+        String::new(),
+        rest,
+    ));
+    rows.push(line("whole step", String::new(), [0, 1, 2].map(phase)));
+    rows
 }
 
 fn row(
@@ -270,6 +344,7 @@ fn torch_figures(v: &serde_json::Value) -> Option<StepFigures> {
         images_per_s: ips,
         phases: [0, 1, 2].map(|i| phase("phases_s", i)),
         cores: [0, 1, 2].map(|i| phase("cores", i)),
+        ops: None,
     })
 }
 
@@ -353,6 +428,7 @@ fn time_ours(
     }
     let mut total = PhaseTimes::default();
     let mut steps = Vec::new();
+    let recording = RecordingOps::start();
     for _ in 0..args.steps.max(1) {
         let mut t = PhaseTimes::default();
         model = step(model, &mut t)?;
@@ -362,6 +438,7 @@ fn time_ours(
             total.cpu[i] += t.cpu[i];
         }
     }
+    let ops = recording.finish();
     steps.sort_by(f64::total_cmp);
     let median = steps[steps.len() / 2];
     let n = steps.len() as f64;
@@ -369,6 +446,7 @@ fn time_ours(
         images_per_s: args.batch as f64 / median,
         phases: total.wall.map(|w| w / n),
         cores: [0, 1, 2].map(|i| total.cpu[i] / total.wall[i].max(1e-9)),
+        ops: Some((ops, steps.len())),
     })
 }
 

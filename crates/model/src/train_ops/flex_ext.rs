@@ -51,6 +51,7 @@ use super::grad_norm_kernels;
 use super::layer_norm_kernels;
 use super::linear_kernels::{self, LinearActivation, Weight, WeightLayout};
 use super::max_pool_kernels::{self, PoolGeometry};
+use super::op_profile::{self, OpKind, Phase};
 
 #[backend_extension(Flex, Autodiff)]
 pub trait TrainOps: Backend {
@@ -261,28 +262,32 @@ impl TrainOps for Flex {
         moment_2: FlexTensor,
         scalars: AdamWScalars,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
-        let shape = param.shape();
-        let [p, g, m, v] = [param, grad, moment_1, moment_2].map(|t| t.to_contiguous());
-        let out = adamw_kernels::step(
-            f32_slice(&p),
-            f32_slice(&g),
-            f32_slice(&m),
-            f32_slice(&v),
-            &scalars,
-        );
-        let tensor =
-            |values: Vec<f32>| FlexTensor::from_data(TensorData::new(values, shape.clone()));
-        (
-            tensor(out.param),
-            tensor(out.moment_1),
-            tensor(out.moment_2),
-        )
+        op_profile::timed(OpKind::AdamW, Phase::Optimizer, || {
+            let shape = param.shape();
+            let [p, g, m, v] = [param, grad, moment_1, moment_2].map(|t| t.to_contiguous());
+            let out = adamw_kernels::step(
+                f32_slice(&p),
+                f32_slice(&g),
+                f32_slice(&m),
+                f32_slice(&v),
+                &scalars,
+            );
+            let tensor =
+                |values: Vec<f32>| FlexTensor::from_data(TensorData::new(values, shape.clone()));
+            (
+                tensor(out.param),
+                tensor(out.moment_1),
+                tensor(out.moment_2),
+            )
+        })
     }
 
     fn sum_of_squares(x: FlexTensor) -> FlexTensor {
-        let x = x.to_contiguous();
-        let sum = grad_norm_kernels::sum_of_squares(f32_slice(&x));
-        FlexTensor::from_data(TensorData::new(vec![sum], [1]))
+        op_profile::timed(OpKind::GradNorm, Phase::Optimizer, || {
+            let x = x.to_contiguous();
+            let sum = grad_norm_kernels::sum_of_squares(f32_slice(&x));
+            FlexTensor::from_data(TensorData::new(vec![sum], [1]))
+        })
     }
 
     fn fused_attention(qkv: FlexTensor, heads: usize) -> FlexTensor {
@@ -334,46 +339,41 @@ impl TrainOps for Flex {
 
 impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
     fn fused_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
-        match AttentionBackward
-            .prepare::<C>([qkv.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let qkv_state = prep.checkpoint(&qkv);
-                let output = Flex::fused_attention(qkv.into_primitive(), heads);
-                prep.finish((qkv_state, heads), output)
-            }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(Flex::fused_attention(qkv.into_primitive(), heads))
-            }
-        }
+        op_profile::timed(
+            OpKind::Attention,
+            Phase::Forward,
+            || match AttentionBackward
+                .prepare::<C>([qkv.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(mut prep) => {
+                    let qkv_state = prep.checkpoint(&qkv);
+                    let output = Flex::fused_attention(qkv.into_primitive(), heads);
+                    prep.finish((qkv_state, heads), output)
+                }
+                OpsKind::UnTracked(prep) => {
+                    prep.finish(Flex::fused_attention(qkv.into_primitive(), heads))
+                }
+            },
+        )
     }
 
     /// `x · weight + bias` as one tracked operation (flex's fused forward: the product
-    /// accumulates onto the bias rows), then our GELU as a second one.
+    /// accumulates onto the bias rows), then our GELU as a second one. Untracked, flex's
+    /// forward with the GELU in its pass.
     fn fused_linear(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         activation: LinearActivation,
     ) -> FloatTensor<Self> {
-        let y = match LinearBackward
+        let prepared = LinearBackward
             .prepare::<C>([x.node(), weight.node(), bias.node()])
             .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let x_state = prep.checkpoint(&x);
-                let weight_state = prep.checkpoint(&weight);
-                let output = Flex::fused_linear(
-                    x.into_primitive(),
-                    weight.into_primitive(),
-                    bias.into_primitive(),
-                    LinearActivation::Identity,
-                );
-                prep.finish((x_state, weight_state), output)
-            }
+            .stateful();
+        let mut prep = match prepared {
+            OpsKind::Tracked(prep) => prep,
             OpsKind::UnTracked(prep) => {
                 return prep.finish(Flex::fused_linear(
                     x.into_primitive(),
@@ -383,6 +383,17 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
                 ));
             }
         };
+        let y = op_profile::timed(OpKind::Linear, Phase::Forward, || {
+            let x_state = prep.checkpoint(&x);
+            let weight_state = prep.checkpoint(&weight);
+            let output = Flex::fused_linear(
+                x.into_primitive(),
+                weight.into_primitive(),
+                bias.into_primitive(),
+                LinearActivation::Identity,
+            );
+            prep.finish((x_state, weight_state), output)
+        });
         match activation {
             LinearActivation::Identity => y,
             LinearActivation::Gelu => Self::train_gelu(y),
@@ -394,27 +405,30 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
         weight: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
-        match TrainConvBackward
-            .prepare::<C>([x.node(), weight.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let x_state = prep.checkpoint(&x);
-                let weight_state = prep.checkpoint(&weight);
-                let output = Flex::train_conv2d(
+        let kind = conv_kind(&x, &weight, options.groups);
+        op_profile::timed(kind, Phase::Forward, || {
+            match TrainConvBackward
+                .prepare::<C>([x.node(), weight.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(mut prep) => {
+                    let x_state = prep.checkpoint(&x);
+                    let weight_state = prep.checkpoint(&weight);
+                    let output = Flex::train_conv2d(
+                        x.into_primitive(),
+                        weight.into_primitive(),
+                        options.clone(),
+                    );
+                    prep.finish((x_state, weight_state, options), output)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(Flex::train_conv2d(
                     x.into_primitive(),
                     weight.into_primitive(),
-                    options.clone(),
-                );
-                prep.finish((x_state, weight_state, options), output)
+                    options,
+                )),
             }
-            OpsKind::UnTracked(prep) => prep.finish(Flex::train_conv2d(
-                x.into_primitive(),
-                weight.into_primitive(),
-                options,
-            )),
-        }
+        })
     }
 
     fn train_conv2d_bias(
@@ -423,29 +437,32 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
         bias: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
-        match TrainConvBiasBackward
-            .prepare::<C>([x.node(), weight.node(), bias.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let x_state = prep.checkpoint(&x);
-                let weight_state = prep.checkpoint(&weight);
-                let output = Flex::train_conv2d_bias(
+        let kind = conv_kind(&x, &weight, options.groups);
+        op_profile::timed(kind, Phase::Forward, || {
+            match TrainConvBiasBackward
+                .prepare::<C>([x.node(), weight.node(), bias.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(mut prep) => {
+                    let x_state = prep.checkpoint(&x);
+                    let weight_state = prep.checkpoint(&weight);
+                    let output = Flex::train_conv2d_bias(
+                        x.into_primitive(),
+                        weight.into_primitive(),
+                        bias.into_primitive(),
+                        options.clone(),
+                    );
+                    prep.finish((x_state, weight_state, options), output)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(Flex::train_conv2d_bias(
                     x.into_primitive(),
                     weight.into_primitive(),
                     bias.into_primitive(),
-                    options.clone(),
-                );
-                prep.finish((x_state, weight_state, options), output)
+                    options,
+                )),
             }
-            OpsKind::UnTracked(prep) => prep.finish(Flex::train_conv2d_bias(
-                x.into_primitive(),
-                weight.into_primitive(),
-                bias.into_primitive(),
-                options,
-            )),
-        }
+        })
     }
 
     /// Our backward convolution, then burn's (tracked) bias addition and activation.
@@ -492,30 +509,34 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
         shift: FloatTensor<Self>,
         activation: Activation,
     ) -> FloatTensor<Self> {
-        match ChannelAffineBackward
-            .prepare::<C>([x.node(), scale.node(), shift.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let x_state = prep.checkpoint(&x);
-                let scale_state = prep.checkpoint(&scale);
-                let shift_state = prep.checkpoint(&shift);
-                let output = Flex::train_channel_affine(
+        op_profile::timed(
+            OpKind::BatchNorm,
+            Phase::Forward,
+            || match ChannelAffineBackward
+                .prepare::<C>([x.node(), scale.node(), shift.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(mut prep) => {
+                    let x_state = prep.checkpoint(&x);
+                    let scale_state = prep.checkpoint(&scale);
+                    let shift_state = prep.checkpoint(&shift);
+                    let output = Flex::train_channel_affine(
+                        x.into_primitive(),
+                        scale.into_primitive(),
+                        shift.into_primitive(),
+                        activation,
+                    );
+                    prep.finish((x_state, scale_state, shift_state, activation), output)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(Flex::train_channel_affine(
                     x.into_primitive(),
                     scale.into_primitive(),
                     shift.into_primitive(),
                     activation,
-                );
-                prep.finish((x_state, scale_state, shift_state, activation), output)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(Flex::train_channel_affine(
-                x.into_primitive(),
-                scale.into_primitive(),
-                shift.into_primitive(),
-                activation,
-            )),
-        }
+                )),
+            },
+        )
     }
 
     fn train_layer_norm(
@@ -524,29 +545,33 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
         beta: FloatTensor<Self>,
         epsilon: f64,
     ) -> FloatTensor<Self> {
-        match LayerNormBackward
-            .prepare::<C>([x.node(), gamma.node(), beta.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let x_state = prep.checkpoint(&x);
-                let gamma_state = prep.checkpoint(&gamma);
-                let output = Flex::train_layer_norm(
+        op_profile::timed(
+            OpKind::LayerNorm,
+            Phase::Forward,
+            || match LayerNormBackward
+                .prepare::<C>([x.node(), gamma.node(), beta.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(mut prep) => {
+                    let x_state = prep.checkpoint(&x);
+                    let gamma_state = prep.checkpoint(&gamma);
+                    let output = Flex::train_layer_norm(
+                        x.into_primitive(),
+                        gamma.into_primitive(),
+                        beta.into_primitive(),
+                        epsilon,
+                    );
+                    prep.finish((x_state, gamma_state, epsilon), output)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(Flex::train_layer_norm(
                     x.into_primitive(),
                     gamma.into_primitive(),
                     beta.into_primitive(),
                     epsilon,
-                );
-                prep.finish((x_state, gamma_state, epsilon), output)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(Flex::train_layer_norm(
-                x.into_primitive(),
-                gamma.into_primitive(),
-                beta.into_primitive(),
-                epsilon,
-            )),
-        }
+                )),
+            },
+        )
     }
 
     /// flex's step on the values: an optimizer step is never tracked.
@@ -577,18 +602,20 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
     }
 
     fn train_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        match GeluBackward
-            .prepare::<C>([x.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let x_state = prep.checkpoint(&x);
-                let output = Flex::train_gelu(x.into_primitive());
-                prep.finish(x_state, output)
+        op_profile::timed(OpKind::Gelu, Phase::Forward, || {
+            match GeluBackward
+                .prepare::<C>([x.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(mut prep) => {
+                    let x_state = prep.checkpoint(&x);
+                    let output = Flex::train_gelu(x.into_primitive());
+                    prep.finish(x_state, output)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(Flex::train_gelu(x.into_primitive())),
             }
-            OpsKind::UnTracked(prep) => prep.finish(Flex::train_gelu(x.into_primitive())),
-        }
+        })
     }
 }
 
@@ -606,64 +633,66 @@ impl Backward<Flex, 3> for LinearBackward {
         grads: &mut Gradients,
         checkpointer: &mut Checkpointer,
     ) {
-        let [node_x, node_weight, node_bias] = ops.parents;
-        let gy = grads.consume::<Flex>(&ops.node);
-        let (x_state, weight_state) = ops.state;
-        let x = checkpointer.retrieve_node_output::<FlexTensor>(x_state);
-        let weight = checkpointer.retrieve_node_output::<FlexTensor>(weight_state);
-        let ([rows, d_in], [_, d_out]) = (x.shape().dims(), weight.shape().dims());
-        let f32s = [x.dtype(), weight.dtype(), gy.dtype()] == [DType::F32; 3];
-        let (x, (weight, layout), gy) =
-            (x.to_contiguous(), linear_weight(weight), gy.to_contiguous());
-        if let Some(node) = node_bias {
-            let grad = if f32s {
-                let db = linear_kernels::bias_grad(f32_slice(&gy), d_out);
-                FlexTensor::from_data(TensorData::new(db, [d_out]))
-            } else {
-                Flex::float_reshape(Flex::float_sum_dim(gy.clone(), 0), [d_out].into())
-            };
-            grads.register::<Flex>(node.id, grad);
-        }
-        if let Some(node) = node_x {
-            let grad = if f32s {
-                let dx = linear_kernels::matmul_input_grad(
-                    f32_slice(&gy),
-                    weight_values(&weight, layout),
-                    rows,
-                    d_in,
-                    d_out,
-                );
-                FlexTensor::from_data(TensorData::new(dx, [rows, d_in]))
-            } else {
-                Flex::float_matmul(gy.clone(), Flex::float_transpose(weight.clone()))
-            };
-            grads.register::<Flex>(node.id, grad);
-        }
-        if let Some(node) = node_weight {
-            let grad = if f32s {
-                let dw = linear_kernels::matmul_weight_grad(
-                    f32_slice(&x),
-                    f32_slice(&gy),
-                    rows,
-                    d_in,
-                    d_out,
-                    layout,
-                );
-                // Laid out as the weight is, so that a transposed weight's gradient reaches its
-                // parameter (through the transpose's backward) without a copy.
-                match layout {
-                    WeightLayout::RowMajor => {
-                        FlexTensor::from_data(TensorData::new(dw, [d_in, d_out]))
+        op_profile::timed(OpKind::Linear, Phase::Backward, || {
+            let [node_x, node_weight, node_bias] = ops.parents;
+            let gy = grads.consume::<Flex>(&ops.node);
+            let (x_state, weight_state) = ops.state;
+            let x = checkpointer.retrieve_node_output::<FlexTensor>(x_state);
+            let weight = checkpointer.retrieve_node_output::<FlexTensor>(weight_state);
+            let ([rows, d_in], [_, d_out]) = (x.shape().dims(), weight.shape().dims());
+            let f32s = [x.dtype(), weight.dtype(), gy.dtype()] == [DType::F32; 3];
+            let (x, (weight, layout), gy) =
+                (x.to_contiguous(), linear_weight(weight), gy.to_contiguous());
+            if let Some(node) = node_bias {
+                let grad = if f32s {
+                    let db = linear_kernels::bias_grad(f32_slice(&gy), d_out);
+                    FlexTensor::from_data(TensorData::new(db, [d_out]))
+                } else {
+                    Flex::float_reshape(Flex::float_sum_dim(gy.clone(), 0), [d_out].into())
+                };
+                grads.register::<Flex>(node.id, grad);
+            }
+            if let Some(node) = node_x {
+                let grad = if f32s {
+                    let dx = linear_kernels::matmul_input_grad(
+                        f32_slice(&gy),
+                        weight_values(&weight, layout),
+                        rows,
+                        d_in,
+                        d_out,
+                    );
+                    FlexTensor::from_data(TensorData::new(dx, [rows, d_in]))
+                } else {
+                    Flex::float_matmul(gy.clone(), Flex::float_transpose(weight.clone()))
+                };
+                grads.register::<Flex>(node.id, grad);
+            }
+            if let Some(node) = node_weight {
+                let grad = if f32s {
+                    let dw = linear_kernels::matmul_weight_grad(
+                        f32_slice(&x),
+                        f32_slice(&gy),
+                        rows,
+                        d_in,
+                        d_out,
+                        layout,
+                    );
+                    // Laid out as the weight is, so that a transposed weight's gradient reaches its
+                    // parameter (through the transpose's backward) without a copy.
+                    match layout {
+                        WeightLayout::RowMajor => {
+                            FlexTensor::from_data(TensorData::new(dw, [d_in, d_out]))
+                        }
+                        WeightLayout::Transposed => Flex::float_transpose(FlexTensor::from_data(
+                            TensorData::new(dw, [d_out, d_in]),
+                        )),
                     }
-                    WeightLayout::Transposed => Flex::float_transpose(FlexTensor::from_data(
-                        TensorData::new(dw, [d_out, d_in]),
-                    )),
-                }
-            } else {
-                Flex::float_matmul(Flex::float_transpose(x), gy)
-            };
-            grads.register::<Flex>(node.id, grad);
-        }
+                } else {
+                    Flex::float_matmul(Flex::float_transpose(x), gy)
+                };
+                grads.register::<Flex>(node.id, grad);
+            }
+        })
     }
 }
 
@@ -685,7 +714,10 @@ impl Backward<Flex, 2> for TrainConvBackward {
         let x = checkpointer.retrieve_node_output::<FlexTensor>(x_state);
         let weight = checkpointer.retrieve_node_output::<FlexTensor>(weight_state);
         let ids = [node_x, node_weight].map(|node| node.map(|n| n.id));
-        register_conv_grads(ids, x, weight, gy, options, grads);
+        let kind = conv_kind(&x, &weight, options.groups);
+        op_profile::timed(kind, Phase::Backward, || {
+            register_conv_grads(ids, x, weight, gy, options, grads)
+        });
     }
 }
 
@@ -709,11 +741,14 @@ impl Backward<Flex, 3> for TrainConvBiasBackward {
         let (x_state, weight_state, options) = ops.state;
         let x = checkpointer.retrieve_node_output::<FlexTensor>(x_state);
         let weight = checkpointer.retrieve_node_output::<FlexTensor>(weight_state);
-        if let Some(node) = node_bias {
-            grads.register::<Flex>(node.id, conv_bias_grad(&gy));
-        }
-        let ids = [node_x, node_weight].map(|node| node.map(|n| n.id));
-        register_conv_grads(ids, x, weight, gy, options, grads);
+        let kind = conv_kind(&x, &weight, options.groups);
+        op_profile::timed(kind, Phase::Backward, || {
+            if let Some(node) = node_bias {
+                grads.register::<Flex>(node.id, conv_bias_grad(&gy));
+            }
+            let ids = [node_x, node_weight].map(|node| node.map(|n| n.id));
+            register_conv_grads(ids, x, weight, gy, options, grads);
+        });
     }
 }
 
@@ -755,6 +790,12 @@ fn conv_bias_grad(gy: &FlexTensor) -> FlexTensor {
         FlexTensor::from_data(TensorData::new(sums, [channels])),
         gy.dtype(),
     )
+}
+
+/// The profile's kind of a convolution of `x` with `weight` in `groups` groups.
+fn conv_kind(x: &impl TensorMetadata, weight: &impl TensorMetadata, groups: usize) -> OpKind {
+    let [_, in_channels, _, _] = x.shape().dims();
+    OpKind::of_conv(in_channels, weight.shape().dims(), groups)
 }
 
 /// Which gradient of the convolution.
@@ -994,40 +1035,42 @@ impl Backward<Flex, 3> for ChannelAffineBackward {
         grads: &mut Gradients,
         checkpointer: &mut Checkpointer,
     ) {
-        let [node_x, node_scale, node_shift] = ops.parents;
-        let gy = grads.consume::<Flex>(&ops.node).to_contiguous();
-        let (x_state, scale_state, shift_state, activation) = ops.state;
-        let x = checkpointer.retrieve_node_output::<FlexTensor>(x_state);
-        let scale = checkpointer.retrieve_node_output::<FlexTensor>(scale_state);
-        let shift = checkpointer.retrieve_node_output::<FlexTensor>(shift_state);
-        let (x_shape, scale_shape) = (x.shape(), scale.shape());
-        let (x, scale, shift) = (
-            x.to_contiguous(),
-            scale.to_contiguous(),
-            shift.to_contiguous(),
-        );
-        let g = affine_kernels::backward(
-            f32_slice(&x),
-            f32_slice(&scale),
-            f32_slice(&shift),
-            f32_slice(&gy),
-            plane_size(&x_shape),
-            activation,
-        );
-        if let Some(node) = node_x {
-            grads.register::<Flex>(
-                node.id,
-                FlexTensor::from_data(TensorData::new(g.x, x_shape)),
+        op_profile::timed(OpKind::BatchNorm, Phase::Backward, || {
+            let [node_x, node_scale, node_shift] = ops.parents;
+            let gy = grads.consume::<Flex>(&ops.node).to_contiguous();
+            let (x_state, scale_state, shift_state, activation) = ops.state;
+            let x = checkpointer.retrieve_node_output::<FlexTensor>(x_state);
+            let scale = checkpointer.retrieve_node_output::<FlexTensor>(scale_state);
+            let shift = checkpointer.retrieve_node_output::<FlexTensor>(shift_state);
+            let (x_shape, scale_shape) = (x.shape(), scale.shape());
+            let (x, scale, shift) = (
+                x.to_contiguous(),
+                scale.to_contiguous(),
+                shift.to_contiguous(),
             );
-        }
-        if let Some(node) = node_scale {
-            let grad = FlexTensor::from_data(TensorData::new(g.scale, scale_shape.clone()));
-            grads.register::<Flex>(node.id, grad);
-        }
-        if let Some(node) = node_shift {
-            let grad = FlexTensor::from_data(TensorData::new(g.shift, scale_shape));
-            grads.register::<Flex>(node.id, grad);
-        }
+            let g = affine_kernels::backward(
+                f32_slice(&x),
+                f32_slice(&scale),
+                f32_slice(&shift),
+                f32_slice(&gy),
+                plane_size(&x_shape),
+                activation,
+            );
+            if let Some(node) = node_x {
+                grads.register::<Flex>(
+                    node.id,
+                    FlexTensor::from_data(TensorData::new(g.x, x_shape)),
+                );
+            }
+            if let Some(node) = node_scale {
+                let grad = FlexTensor::from_data(TensorData::new(g.scale, scale_shape.clone()));
+                grads.register::<Flex>(node.id, grad);
+            }
+            if let Some(node) = node_shift {
+                let grad = FlexTensor::from_data(TensorData::new(g.shift, scale_shape));
+                grads.register::<Flex>(node.id, grad);
+            }
+        })
     }
 }
 
@@ -1043,29 +1086,35 @@ impl Backward<Flex, 3> for LayerNormBackward {
         grads: &mut Gradients,
         checkpointer: &mut Checkpointer,
     ) {
-        let [node_x, node_gamma, node_beta] = ops.parents;
-        let gy = grads.consume::<Flex>(&ops.node).to_contiguous();
-        let (x_state, gamma_state, epsilon) = ops.state;
-        let x = checkpointer.retrieve_node_output::<FlexTensor>(x_state);
-        let gamma = checkpointer.retrieve_node_output::<FlexTensor>(gamma_state);
-        let (x_shape, gamma_shape) = (x.shape(), gamma.shape());
-        let (x, gamma) = (x.to_contiguous(), gamma.to_contiguous());
-        let g =
-            layer_norm_kernels::backward(f32_slice(&x), f32_slice(&gamma), f32_slice(&gy), epsilon);
-        if let Some(node) = node_x {
-            grads.register::<Flex>(
-                node.id,
-                FlexTensor::from_data(TensorData::new(g.x, x_shape)),
+        op_profile::timed(OpKind::LayerNorm, Phase::Backward, || {
+            let [node_x, node_gamma, node_beta] = ops.parents;
+            let gy = grads.consume::<Flex>(&ops.node).to_contiguous();
+            let (x_state, gamma_state, epsilon) = ops.state;
+            let x = checkpointer.retrieve_node_output::<FlexTensor>(x_state);
+            let gamma = checkpointer.retrieve_node_output::<FlexTensor>(gamma_state);
+            let (x_shape, gamma_shape) = (x.shape(), gamma.shape());
+            let (x, gamma) = (x.to_contiguous(), gamma.to_contiguous());
+            let g = layer_norm_kernels::backward(
+                f32_slice(&x),
+                f32_slice(&gamma),
+                f32_slice(&gy),
+                epsilon,
             );
-        }
-        if let Some(node) = node_gamma {
-            let grad = FlexTensor::from_data(TensorData::new(g.gamma, gamma_shape.clone()));
-            grads.register::<Flex>(node.id, grad);
-        }
-        if let Some(node) = node_beta {
-            let grad = FlexTensor::from_data(TensorData::new(g.beta, gamma_shape));
-            grads.register::<Flex>(node.id, grad);
-        }
+            if let Some(node) = node_x {
+                grads.register::<Flex>(
+                    node.id,
+                    FlexTensor::from_data(TensorData::new(g.x, x_shape)),
+                );
+            }
+            if let Some(node) = node_gamma {
+                let grad = FlexTensor::from_data(TensorData::new(g.gamma, gamma_shape.clone()));
+                grads.register::<Flex>(node.id, grad);
+            }
+            if let Some(node) = node_beta {
+                let grad = FlexTensor::from_data(TensorData::new(g.beta, gamma_shape));
+                grads.register::<Flex>(node.id, grad);
+            }
+        })
     }
 }
 
@@ -1081,15 +1130,17 @@ impl Backward<Flex, 1> for GeluBackward {
         grads: &mut Gradients,
         checkpointer: &mut Checkpointer,
     ) {
-        let [node_x] = ops.parents;
-        let gy = grads.consume::<Flex>(&ops.node).to_contiguous();
-        let x = checkpointer.retrieve_node_output::<FlexTensor>(ops.state);
-        if let Some(node) = node_x {
-            let shape = x.shape();
-            let x = x.to_contiguous();
-            let dx = gelu_kernels::backward(f32_slice(&x), f32_slice(&gy));
-            grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dx, shape)));
-        }
+        op_profile::timed(OpKind::Gelu, Phase::Backward, || {
+            let [node_x] = ops.parents;
+            let gy = grads.consume::<Flex>(&ops.node).to_contiguous();
+            let x = checkpointer.retrieve_node_output::<FlexTensor>(ops.state);
+            if let Some(node) = node_x {
+                let shape = x.shape();
+                let x = x.to_contiguous();
+                let dx = gelu_kernels::backward(f32_slice(&x), f32_slice(&gy));
+                grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dx, shape)));
+            }
+        })
     }
 }
 
@@ -1105,18 +1156,20 @@ impl Backward<Flex, 1> for AttentionBackward {
         grads: &mut Gradients,
         checkpointer: &mut Checkpointer,
     ) {
-        let [node_qkv] = ops.parents;
-        let gy = grads.consume::<Flex>(&ops.node);
-        let (qkv_state, heads) = ops.state;
-        let qkv = checkpointer.retrieve_node_output::<FlexTensor>(qkv_state);
-        if let Some(node) = node_qkv {
-            let dtype = qkv.dtype();
-            let (qkv, gy) = (contiguous_f32(qkv), contiguous_f32(gy));
-            let shape = attention_shape(&qkv, heads);
-            let g = attention_kernels::backward(f32_slice(&qkv), f32_slice(&gy), shape);
-            let g = FlexTensor::from_data(TensorData::new(g, qkv.shape()));
-            grads.register::<Flex>(node.id, cast_from_f32(g, dtype));
-        }
+        op_profile::timed(OpKind::Attention, Phase::Backward, || {
+            let [node_qkv] = ops.parents;
+            let gy = grads.consume::<Flex>(&ops.node);
+            let (qkv_state, heads) = ops.state;
+            let qkv = checkpointer.retrieve_node_output::<FlexTensor>(qkv_state);
+            if let Some(node) = node_qkv {
+                let dtype = qkv.dtype();
+                let (qkv, gy) = (contiguous_f32(qkv), contiguous_f32(gy));
+                let shape = attention_shape(&qkv, heads);
+                let g = attention_kernels::backward(f32_slice(&qkv), f32_slice(&gy), shape);
+                let g = FlexTensor::from_data(TensorData::new(g, qkv.shape()));
+                grads.register::<Flex>(node.id, cast_from_f32(g, dtype));
+            }
+        })
     }
 }
 

@@ -1,9 +1,8 @@
 //! Operations that run our own kernels on flex: 2-D convolution (every backbone; forward with
 //! its bias, activation and — for a ResNet block's last one — the shortcut fused, and
 //! backward), ResNet's max pool in inference ([`max_pool_kernels`]), a per-channel affine map +
-//! activation (a
-//! frozen batch norm and the ReLU/ReLU6 after it, in training), GELU and LayerNorm (ConvNeXt,
-//! ViT), ViT's multi-head attention, and the linear layer (inference).
+//! activation (a frozen batch norm and the ReLU/ReLU6 after it, in training), GELU and
+//! LayerNorm (ConvNeXt, ViT), ViT's multi-head attention, and the linear layer.
 //!
 //! Other backends (tch, the GPU ones) run burn's operations, in bf16 where [`bf16_casts`] is
 //! on (`optim.precision: bf16`, [`set_training_precision_for`]). On flex, through a burn
@@ -15,9 +14,10 @@
 //! [`gelu_kernels`] in place of flex's scalar-libm GELU; an inference `Linear` runs
 //! [`linear_kernels`] (product, bias and GELU in one pass); and an AdamW step runs
 //! [`adamw_kernels`] (one parallel pass per parameter, the clipping factor inside) after
-//! [`grad_norm_kernels`]' global-norm sums. Only f32 tensors take these
-//! paths. In a training pass the convolution's bias, when there is one, is added after
-//! it, so its gradient is autodiff's ordinary broadcast-add reduction.
+//! [`grad_norm_kernels`]' global-norm sums. Only f32 tensors take these paths. In a training
+//! pass a convolution's bias, when it has one, is added in the same operation and its gradient
+//! is parallel channel sums. [`op_profile`] times these operations by kind, forward, backward
+//! and in the optimiser step, when asked.
 
 pub mod adamw_kernels;
 pub mod affine_kernels;
@@ -39,6 +39,7 @@ pub mod grad_norm_kernels;
 pub mod layer_norm_kernels;
 pub mod linear_kernels;
 pub mod max_pool_kernels;
+pub mod op_profile;
 mod vectorized;
 
 use burn::nn::LayerNorm;
