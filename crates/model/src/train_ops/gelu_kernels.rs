@@ -4,8 +4,13 @@
 //! derivative) element by element; on ConvNeXt's MLP activations (`[32, 56, 56, 384]`) that was
 //! 2.3x PyTorch's time forward + backward. Here erf is a branch-free rational approximation and
 //! exp a range-reduced polynomial, both written so the compiler vectorises them (for the
-//! widest vector unit the CPU has, [`super::vectorized`]), over chunks in parallel. Accuracy: erf within 4.2e-7 absolute of the exact function (checked in Python over
-//! [-6, 6]; the GELU parity test compares with PyTorch).
+//! widest vector unit the CPU has, [`super::vectorized`]), over chunks in parallel; outputs
+//! are written once, into memory not zeroed or copied first (the forward pass copied its input
+//! on one thread before, half of its time on ConvNeXt-tiny's step). Accuracy: erf within
+//! 4.2e-7 absolute of the exact function (checked in Python over [-6, 6]; the GELU parity test
+//! compares with PyTorch).
+
+use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
@@ -14,10 +19,30 @@ use super::vectorized::vectorized;
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
 
+/// GELU of one value.
+#[inline(always)]
+fn gelu(v: f32) -> f32 {
+    0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2))
+}
+
 /// `0.5·x·(1 + erf(x/√2))`.
 pub fn forward(x: &[f32]) -> Vec<f32> {
-    let mut y = x.to_vec();
-    y.par_chunks_mut(CHUNK).for_each(in_place);
+    let mut y = Vec::with_capacity(x.len());
+    y.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(y, x)| {
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (o, &v) in y.iter_mut().zip(x) {
+                        o.write(gelu(v));
+                    }
+                },
+            )
+        });
+    // SAFETY: the chunks cover the first `x.len()` elements, and each was written above.
+    unsafe { y.set_len(x.len()) };
     y
 }
 
@@ -27,7 +52,7 @@ pub fn in_place(y: &mut [f32]) {
         #[inline(always)]
         || {
             for v in y.iter_mut() {
-                *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2));
+                *v = gelu(*v);
             }
         },
     )
@@ -37,21 +62,26 @@ pub fn in_place(y: &mut [f32]) {
 pub fn backward(x: &[f32], gy: &[f32]) -> Vec<f32> {
     // 1/√(2π)
     const INV_SQRT_2PI: f32 = 0.398_942_3;
-    let mut dx = vec![0.0f32; x.len()];
-    dx.par_chunks_mut(CHUNK)
+    assert_eq!(x.len(), gy.len());
+    let mut dx = Vec::with_capacity(x.len());
+    dx.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK).zip(gy.par_chunks(CHUNK)))
-        .for_each(|(dx, (x, gy))| {
+        .for_each(|(dx, (x, gy)): (&mut [MaybeUninit<f32>], _)| {
             vectorized(
                 #[inline(always)]
                 || {
                     for ((d, &v), &g) in dx.iter_mut().zip(x).zip(gy) {
                         let cdf = 0.5 * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
                         let pdf = INV_SQRT_2PI * exp(-0.5 * v * v);
-                        *d = g * (cdf + v * pdf);
+                        d.write(g * (cdf + v * pdf));
                     }
                 },
             )
         });
+    // SAFETY: the chunks cover the first `x.len()` elements (as many as `gy` has, asserted),
+    // and each was written above.
+    unsafe { dx.set_len(x.len()) };
     dx
 }
 
