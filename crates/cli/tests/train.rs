@@ -451,7 +451,7 @@ fn bench_train_splits_a_flex_step_by_kind_of_operation() {
     let title = "tiny_convnext visual-search flex f32, per step by kind of operation";
     let profile = out.split(title).nth(1).unwrap_or_else(|| panic!("{out}"));
     // Calls per step, forward and backward together: 5 blocks (a depthwise convolution, a
-    // LayerNorm, two linear layers and a GELU each), the stem and three downsampling layers
+    // LayerNorm, two linear layers, a GELU and the layer scale each), the stem and three downsampling layers
     // (a convolution and a LayerNorm each), the final LayerNorm.
     for (operation, calls) in [
         ("depthwise conv", 10),
@@ -459,6 +459,7 @@ fn bench_train_splits_a_flex_step_by_kind_of_operation() {
         ("GELU", 10),
         ("LayerNorm", 20),
         ("linear", 20),
+        ("layer scale + residual", 10),
     ] {
         let line = profile
             .lines()

@@ -105,7 +105,7 @@ fn check_times_and_optimizer(profile: &OpProfile) {
 fn a_convnext_step_counts_each_operation_once_per_pass() {
     let profile = step_profile("tiny_convnext", true);
     // Depths [1, 1, 2, 1]: 5 blocks, each a 7×7 depthwise convolution, a LayerNorm, two linear
-    // layers and a GELU; the 4×4 stem and three 2×2 downsampling convolutions, each with a
+    // layers, a GELU and the layer scale with the residual sum; the 4×4 stem and three 2×2 downsampling convolutions, each with a
     // LayerNorm; the final LayerNorm. Every one has a backward pass.
     assert_eq!(calls(&profile, OpKind::DepthwiseConv), [5, 5]);
     assert_eq!(calls(&profile, OpKind::Conv), [4, 4]);
@@ -113,6 +113,7 @@ fn a_convnext_step_counts_each_operation_once_per_pass() {
     assert_eq!(calls(&profile, OpKind::LayerNorm), [10, 10]);
     assert_eq!(calls(&profile, OpKind::Linear), [10, 10]);
     assert_eq!(calls(&profile, OpKind::Gelu), [5, 5]);
+    assert_eq!(calls(&profile, OpKind::LayerScale), [5, 5]);
     assert_eq!(calls(&profile, OpKind::BatchNorm), [0, 0]);
     check_times_and_optimizer(&profile);
 }
@@ -127,6 +128,7 @@ fn a_resnet_step_counts_each_operation_once_per_pass() {
     assert_eq!(calls(&profile, OpKind::BatchNorm), [17, 17]);
     assert_eq!(calls(&profile, OpKind::DepthwiseConv), [0, 0]);
     assert_eq!(calls(&profile, OpKind::Gelu), [0, 0]);
+    assert_eq!(calls(&profile, OpKind::LayerScale), [0, 0]);
     check_times_and_optimizer(&profile);
 }
 

@@ -11,8 +11,11 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{conv, drop_path, layer_norm, layer_norm_2d, linear, linear_gelu};
+use crate::layers::{
+    conv, drop_path, drop_path_applies, layer_norm, layer_norm_2d, linear, linear_gelu,
+};
 use crate::pooling::{Pooling, PoolingKind};
+use crate::train_ops::layer_scale_residual;
 use crate::weights::WeightMapping;
 
 /// Sizes of one ConvNeXt.
@@ -177,6 +180,9 @@ impl ConvNextBlock {
         let x = conv(&self.conv_dw, input.clone()).permute([0, 2, 3, 1]);
         let x = layer_norm(&self.norm, x, self.norm_eps);
         let x = linear(&self.mlp.fc2, linear_gelu(&self.mlp.fc1, x));
+        if !drop_path_applies(&x, self.drop_path) {
+            return layer_scale_residual(x, self.gamma.val(), input);
+        }
         let x = x
             .mul(self.gamma.val().reshape([1, 1, 1, -1]))
             .permute([0, 3, 1, 2]);

@@ -20,6 +20,8 @@
 //! - **LayerNorm** (training): one pass each way ([`super::layer_norm_kernels`]);
 //! - **multi-head attention** (ViT): both ways from the packed QKV projection
 //!   ([`super::attention_kernels`]);
+//! - **layer scale + residual** (ConvNeXt): `residual + gamma · x` written channels-last,
+//!   both ways in parallel passes ([`super::layer_scale_kernels`]);
 //! - **linear**: in inference, product, bias and GELU in one pass per block of rows
 //!   ([`super::linear_kernels`]); in training, the same product onto the bias rows and its
 //!   three gradients (the same GEMM entry point, so bf16 products apply), then our GELU.
@@ -49,6 +51,7 @@ use super::conv_kernels::{self as kernels, ChannelOrder, ConvGeometry};
 use super::gelu_kernels;
 use super::grad_norm_kernels;
 use super::layer_norm_kernels;
+use super::layer_scale_kernels;
 use super::linear_kernels::{self, LinearActivation, Weight, WeightLayout};
 use super::max_pool_kernels::{self, PoolGeometry};
 use super::op_profile::{self, OpKind, Phase};
@@ -141,6 +144,14 @@ pub trait TrainOps: Backend {
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         activation: LinearActivation,
+    ) -> FloatTensor<Self>;
+
+    /// `residual + gamma[c] · x` for a channels-last `x` (`[n, h, w, c]`) and an NCHW-shaped
+    /// `residual`: NCHW-shaped, channels-last in memory.
+    fn layer_scale_residual(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
 }
 
@@ -335,9 +346,59 @@ impl TrainOps for Flex {
             LinearActivation::Gelu => Flex::gelu(y),
         }
     }
+
+    fn layer_scale_residual(x: FlexTensor, gamma: FlexTensor, residual: FlexTensor) -> FlexTensor {
+        let [n, h, w, c] = x.shape().dims();
+        if [x.dtype(), gamma.dtype(), residual.dtype()] != [DType::F32; 3] {
+            let scaled = Flex::float_mul(x, Flex::float_reshape(gamma, [1, 1, 1, c].into()));
+            return Flex::float_add(scaled.permute(&[0, 3, 1, 2]), residual);
+        }
+        let (x, gamma) = (x.to_contiguous(), gamma.to_contiguous());
+        let (x, gamma) = (f32_slice(&x), f32_slice(&gamma));
+        let y = match channels_last_values(&residual) {
+            Some(r) => layer_scale_kernels::forward(x, gamma, (r, ChannelOrder::Last), h * w),
+            None => {
+                let r = residual.to_contiguous();
+                layer_scale_kernels::forward(x, gamma, (f32_slice(&r), ChannelOrder::First), h * w)
+            }
+        };
+        channels_last_tensor(y, [n, c, h, w])
+    }
 }
 
 impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
+    fn layer_scale_residual(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        op_profile::timed(
+            OpKind::LayerScale,
+            Phase::Forward,
+            || match LayerScaleBackward
+                .prepare::<C>([x.node(), gamma.node(), residual.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(mut prep) => {
+                    let x_state = prep.checkpoint(&x);
+                    let gamma_state = prep.checkpoint(&gamma);
+                    let output = Flex::layer_scale_residual(
+                        x.into_primitive(),
+                        gamma.into_primitive(),
+                        residual.into_primitive(),
+                    );
+                    prep.finish((x_state, gamma_state), output)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(Flex::layer_scale_residual(
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    residual.into_primitive(),
+                )),
+            },
+        )
+    }
+
     fn fused_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
         op_profile::timed(
             OpKind::Attention,
@@ -1139,6 +1200,56 @@ impl Backward<Flex, 1> for GeluBackward {
                 let x = x.to_contiguous();
                 let dx = gelu_kernels::backward(f32_slice(&x), f32_slice(&gy));
                 grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(dx, shape)));
+            }
+        })
+    }
+}
+
+/// The gradients of `residual + gamma · x`: the output gradient for the residual as it lies,
+/// and for `x` and `gamma` one parallel pass over it read channels-last (copied to that layout
+/// first when it is not).
+#[derive(Debug)]
+struct LayerScaleBackward;
+
+impl Backward<Flex, 3> for LayerScaleBackward {
+    type State = (NodeId, NodeId);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        op_profile::timed(OpKind::LayerScale, Phase::Backward, || {
+            let [node_x, node_gamma, node_residual] = ops.parents;
+            let gy = grads.consume::<Flex>(&ops.node);
+            let (x_state, gamma_state) = ops.state;
+            let x = checkpointer.retrieve_node_output::<FlexTensor>(x_state);
+            let gamma = checkpointer.retrieve_node_output::<FlexTensor>(gamma_state);
+            if let Some(node) = node_residual {
+                grads.register::<Flex>(node.id, gy.clone());
+            }
+            if node_x.is_none() && node_gamma.is_none() {
+                return;
+            }
+            let (x_shape, gamma_shape) = (x.shape(), gamma.shape());
+            let (x, gamma) = (contiguous_f32(x), contiguous_f32(gamma));
+            let gy_copy;
+            let gy_last = match channels_last_values(&gy) {
+                Some(values) => values,
+                None => {
+                    gy_copy = contiguous_f32(gy.permute(&[0, 2, 3, 1]));
+                    f32_slice(&gy_copy)
+                }
+            };
+            let g = layer_scale_kernels::backward(f32_slice(&x), f32_slice(&gamma), gy_last);
+            if let Some(node) = node_x {
+                let grad = FlexTensor::from_data(TensorData::new(g.x, x_shape));
+                grads.register::<Flex>(node.id, grad);
+            }
+            if let Some(node) = node_gamma {
+                let grad = FlexTensor::from_data(TensorData::new(g.gamma, gamma_shape));
+                grads.register::<Flex>(node.id, grad);
             }
         })
     }

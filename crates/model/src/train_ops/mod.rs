@@ -37,6 +37,7 @@ pub mod gelu_kernels;
 mod gemm_views;
 pub mod grad_norm_kernels;
 pub mod layer_norm_kernels;
+pub mod layer_scale_kernels;
 pub mod linear_kernels;
 pub mod max_pool_kernels;
 pub mod op_profile;
@@ -309,6 +310,26 @@ pub fn layer_norm<const D: usize>(norm: &LayerNorm, x: Tensor<D>, epsilon: f64) 
     }
     let _ = epsilon;
     norm.forward(x)
+}
+
+/// `residual + gamma[c] · x` for a channels-last `x` (`[n, h, w, c]`, ConvNeXt's MLP output)
+/// and `residual` (`[n, c, h, w]`, the block's input): ConvNeXt's layer scale and residual sum,
+/// `[n, c, h, w]`. On flex in f32 one parallel pass each way ([`layer_scale_kernels`]), the
+/// result channels-last in memory; burn's multiplication, permutation and addition otherwise.
+pub fn layer_scale_residual(x: Tensor<4>, gamma: Tensor<1>, residual: Tensor<4>) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    if runs_on_flex(&x) && [x.dtype(), gamma.dtype(), residual.dtype()] == [F32; 3] {
+        use burn::backend::Dispatch;
+        return Tensor::<4>::from_dispatch(<Dispatch as flex_ext::TrainOps>::layer_scale_residual(
+            x.into_dispatch(),
+            gamma.into_dispatch(),
+            residual.into_dispatch(),
+        ));
+    }
+    let [channels] = gamma.dims();
+    x.mul(gamma.reshape([1, 1, 1, channels]))
+        .permute([0, 3, 1, 2])
+        .add(residual)
 }
 
 /// One AdamW step of `param` (not tracked): the new parameter and first and second moments.

@@ -1,7 +1,7 @@
 //! Where a training step's time goes on flex, by kind of operation: the wall time, the process
 //! CPU time and the calls of each of our tracked operations (depthwise, 1×1 and other
-//! convolutions, frozen batch norm, GELU, LayerNorm, linear, attention, AdamW and the clipping
-//! norms), in the forward pass, the backward pass and the optimiser step. `bench train` prints
+//! convolutions, frozen batch norm, GELU, LayerNorm, linear, attention, ConvNeXt's layer scale,
+//! AdamW and the clipping norms), in the forward pass, the backward pass and the optimiser step. `bench train` prints
 //! it beside PyTorch's profiler; CPU time over wall time says which operations keep both cores
 //! busy and which run on one, and what the phases spend outside these operations is burn's own
 //! (element-wise operations, layout copies, reductions, the loss).
@@ -33,6 +33,8 @@ pub enum OpKind {
     Linear,
     /// Multi-head attention from the packed QKV projection (ViT).
     Attention,
+    /// ConvNeXt's layer scale and residual sum.
+    LayerScale,
     /// The AdamW update of each parameter.
     AdamW,
     /// The squared gradient norms for clipping.
@@ -40,7 +42,7 @@ pub enum OpKind {
 }
 
 impl OpKind {
-    pub const ALL: [OpKind; 10] = [
+    pub const ALL: [OpKind; 11] = [
         OpKind::DepthwiseConv,
         OpKind::PointwiseConv,
         OpKind::Conv,
@@ -49,6 +51,7 @@ impl OpKind {
         OpKind::LayerNorm,
         OpKind::Linear,
         OpKind::Attention,
+        OpKind::LayerScale,
         OpKind::AdamW,
         OpKind::GradNorm,
     ];
@@ -63,6 +66,7 @@ impl OpKind {
             OpKind::LayerNorm => "LayerNorm",
             OpKind::Linear => "linear (matmul + bias)",
             OpKind::Attention => "attention",
+            OpKind::LayerScale => "layer scale + residual",
             OpKind::AdamW => "AdamW update",
             OpKind::GradNorm => "gradient norms (clipping)",
         }
