@@ -223,9 +223,10 @@ pub fn layer_norm<const D: usize>(norm: &LayerNorm, x: Tensor<D>, epsilon: f64) 
     crate::train_ops::layer_norm(norm, x, epsilon)
 }
 
-/// LayerNorm over the channels of an NCHW tensor (timm's `LayerNorm2d`).
+/// LayerNorm over the channels of an NCHW tensor (timm's `LayerNorm2d`), through
+/// [`crate::train_ops::layer_norm_2d`] (our kernels on flex, in the tensor's own layout).
 pub fn layer_norm_2d(norm: &LayerNorm, x: Tensor<4>, epsilon: f64) -> Tensor<4> {
-    layer_norm(norm, x.permute([0, 2, 3, 1]), epsilon).permute([0, 3, 1, 2])
+    crate::train_ops::layer_norm_2d(norm, x, epsilon)
 }
 
 /// Whether a forward pass is a training pass (gradients are being recorded).

@@ -17,7 +17,9 @@
 //!   used for inference on flex;
 //! - **AdamW** (the optimizer step): one parallel pass per parameter ([`super::adamw_kernels`]),
 //!   and the squared gradient norms for clipping before it ([`super::grad_norm_kernels`]);
-//! - **LayerNorm** (training): one pass each way ([`super::layer_norm_kernels`]);
+//! - **LayerNorm** (training): one pass each way ([`super::layer_norm_kernels`]); over the
+//!   channels of an NCHW tensor (ConvNeXt's `LayerNorm2d`, training and inference) in the
+//!   layout the tensor has, NCHW or channels-last, with no transposing copy;
 //! - **multi-head attention** (ViT): both ways from the packed QKV projection
 //!   ([`super::attention_kernels`]);
 //! - **layer scale + residual** (ConvNeXt): `residual + gamma · x` written channels-last,
@@ -144,6 +146,14 @@ pub trait TrainOps: Backend {
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         activation: LinearActivation,
+    ) -> FloatTensor<Self>;
+
+    /// LayerNorm over the channels (dimension 1) of an NCHW-shaped `x`, in `x`'s memory layout.
+    fn train_layer_norm_2d(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
     ) -> FloatTensor<Self>;
 
     /// `residual + gamma[c] · x` for a channels-last `x` (`[n, h, w, c]`) and an NCHW-shaped
@@ -347,6 +357,25 @@ impl TrainOps for Flex {
         }
     }
 
+    fn train_layer_norm_2d(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        epsilon: f64,
+    ) -> FlexTensor {
+        let [n, c, h, w] = x.shape().dims();
+        let (gamma, beta) = (gamma.to_contiguous(), beta.to_contiguous());
+        let (gamma, beta) = (f32_slice(&gamma), f32_slice(&beta));
+        if let Some(x) = channels_last_values(&x) {
+            let y = layer_norm_kernels::forward(x, gamma, beta, epsilon);
+            return channels_last_tensor(y, [n, c, h, w]);
+        }
+        let x = x.to_contiguous();
+        let y =
+            layer_norm_kernels::forward_channels_first(f32_slice(&x), gamma, beta, epsilon, h * w);
+        FlexTensor::from_data(TensorData::new(y, [n, c, h, w]))
+    }
+
     fn layer_scale_residual(x: FlexTensor, gamma: FlexTensor, residual: FlexTensor) -> FlexTensor {
         let [n, h, w, c] = x.shape().dims();
         if [x.dtype(), gamma.dtype(), residual.dtype()] != [DType::F32; 3] {
@@ -367,6 +396,41 @@ impl TrainOps for Flex {
 }
 
 impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
+    fn train_layer_norm_2d(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        op_profile::timed(
+            OpKind::LayerNorm,
+            Phase::Forward,
+            || match LayerNorm2dBackward
+                .prepare::<C>([x.node(), gamma.node(), beta.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(mut prep) => {
+                    let x_state = prep.checkpoint(&x);
+                    let gamma_state = prep.checkpoint(&gamma);
+                    let output = Flex::train_layer_norm_2d(
+                        x.into_primitive(),
+                        gamma.into_primitive(),
+                        beta.into_primitive(),
+                        epsilon,
+                    );
+                    prep.finish((x_state, gamma_state, epsilon), output)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(Flex::train_layer_norm_2d(
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    epsilon,
+                )),
+            },
+        )
+    }
+
     fn layer_scale_residual(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -1166,6 +1230,76 @@ impl Backward<Flex, 3> for LayerNormBackward {
                     node.id,
                     FlexTensor::from_data(TensorData::new(g.x, x_shape)),
                 );
+            }
+            if let Some(node) = node_gamma {
+                let grad = FlexTensor::from_data(TensorData::new(g.gamma, gamma_shape.clone()));
+                grads.register::<Flex>(node.id, grad);
+            }
+            if let Some(node) = node_beta {
+                let grad = FlexTensor::from_data(TensorData::new(g.beta, gamma_shape));
+                grads.register::<Flex>(node.id, grad);
+            }
+        })
+    }
+}
+
+/// [`LayerNormBackward`] over the channels of an NCHW-shaped tensor: computed in the layout
+/// its input has (the output gradient copied to that layout when it differs), the input's
+/// gradient in that layout too.
+#[derive(Debug)]
+struct LayerNorm2dBackward;
+
+impl Backward<Flex, 3> for LayerNorm2dBackward {
+    type State = (NodeId, NodeId, f64);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        op_profile::timed(OpKind::LayerNorm, Phase::Backward, || {
+            let [node_x, node_gamma, node_beta] = ops.parents;
+            let gy = grads.consume::<Flex>(&ops.node);
+            let (x_state, gamma_state, epsilon) = ops.state;
+            let x = checkpointer.retrieve_node_output::<FlexTensor>(x_state);
+            let gamma = checkpointer.retrieve_node_output::<FlexTensor>(gamma_state);
+            let gamma_shape = gamma.shape();
+            let gamma = gamma.to_contiguous();
+            let [n, c, h, w] = x.shape().dims();
+            let (g, channels_last) = match channels_last_values(&x) {
+                Some(x_last) => {
+                    let gy_copy;
+                    let gy_last = match channels_last_values(&gy) {
+                        Some(values) => values,
+                        None => {
+                            gy_copy = gy.permute(&[0, 2, 3, 1]).to_contiguous();
+                            f32_slice(&gy_copy)
+                        }
+                    };
+                    let g =
+                        layer_norm_kernels::backward(x_last, f32_slice(&gamma), gy_last, epsilon);
+                    (g, true)
+                }
+                None => {
+                    let (x, gy) = (x.to_contiguous(), gy.to_contiguous());
+                    let g = layer_norm_kernels::backward_channels_first(
+                        f32_slice(&x),
+                        f32_slice(&gamma),
+                        f32_slice(&gy),
+                        epsilon,
+                        h * w,
+                    );
+                    (g, false)
+                }
+            };
+            if let Some(node) = node_x {
+                let dx = if channels_last {
+                    channels_last_tensor(g.x, [n, c, h, w])
+                } else {
+                    FlexTensor::from_data(TensorData::new(g.x, [n, c, h, w]))
+                };
+                grads.register::<Flex>(node.id, dx);
             }
             if let Some(node) = node_gamma {
                 let grad = FlexTensor::from_data(TensorData::new(g.gamma, gamma_shape.clone()));

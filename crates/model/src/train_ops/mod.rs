@@ -332,6 +332,29 @@ pub fn layer_scale_residual(x: Tensor<4>, gamma: Tensor<1>, residual: Tensor<4>)
         .add(residual)
 }
 
+/// `norm.forward` over the channels of an NCHW `x` (timm's `LayerNorm2d`), with `epsilon` the
+/// module's own: on flex in f32 (training and inference) our kernels in the layout `x` has,
+/// NCHW or channels-last in memory, the output in the same layout; elsewhere burn's `LayerNorm`
+/// on `x` permuted channels-last.
+pub fn layer_norm_2d(norm: &LayerNorm, x: Tensor<4>, epsilon: f64) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    if runs_on_flex(&x) && x.dtype() == F32 && norm.gamma.val().dtype() == F32 {
+        use burn::backend::Dispatch;
+        let gamma = norm.gamma.val();
+        let beta = match &norm.beta {
+            Some(beta) => beta.val(),
+            None => gamma.zeros_like(),
+        };
+        return Tensor::<4>::from_dispatch(<Dispatch as flex_ext::TrainOps>::train_layer_norm_2d(
+            x.into_dispatch(),
+            gamma.into_dispatch(),
+            beta.into_dispatch(),
+            epsilon,
+        ));
+    }
+    layer_norm(norm, x.permute([0, 2, 3, 1]), epsilon).permute([0, 3, 1, 2])
+}
+
 /// One AdamW step of `param` (not tracked): the new parameter and first and second moments.
 /// One parallel pass on flex in f32, burn's operations otherwise.
 pub fn adamw_update<const D: usize>(
