@@ -36,7 +36,7 @@ pub fn forward(
     if channels == 0 || len == 0 {
         return Vec::new();
     }
-    assert!(len % channels == 0);
+    assert!(len.is_multiple_of(channels));
     let mut y = Vec::with_capacity(len);
     let out = &mut y.spare_capacity_mut()[..len];
     match residual {
@@ -55,7 +55,7 @@ pub fn forward(
                 });
         }
         (r, ChannelOrder::First) => {
-            assert!(plane > 0 && len % (plane * channels) == 0);
+            assert!(plane > 0 && len.is_multiple_of(plane * channels));
             let image = plane * channels;
             // One task per image and tile of pixels; each reads its channels' runs of the
             // NCHW residual and writes its rows of the output.
@@ -132,7 +132,7 @@ pub fn backward(x: &[f32], gamma: &[f32], gy: &[f32]) -> LayerScaleGrads {
             gamma: vec![0.0; channels],
         };
     }
-    assert!(len % channels == 0);
+    assert!(len.is_multiple_of(channels));
     let block = (TASK_VALUES / channels).max(1) * channels;
     let mut dx = Vec::with_capacity(len);
     let sums = dx.spare_capacity_mut()[..len]
