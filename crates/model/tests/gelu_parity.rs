@@ -4,25 +4,19 @@
 //!
 //! Fixture: `tests/fixtures/gelu.safetensors`, from `tools/make_gelu_fixtures.py`.
 
+mod common;
+
 use std::path::Path;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use visual_search_model::train_ops::{self, gelu_kernels};
 use visual_search_model::weights::TensorFile;
 
+use common::assert_close_each as assert_close;
+
 fn fixture() -> TensorFile {
     TensorFile::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gelu.safetensors"))
         .unwrap()
-}
-
-fn assert_close(got: &[f32], want: &[f32], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (a, b)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (a - b).abs() <= 1e-5 * b.abs().max(1.0),
-            "{what}[{i}]: {a} vs {b}"
-        );
-    }
 }
 
 #[test]

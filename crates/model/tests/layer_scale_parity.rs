@@ -7,12 +7,16 @@
 //!
 //! Fixture: `tests/fixtures/layer_scale.safetensors`, from `tools/make_layer_scale_fixtures.py`.
 
+mod common;
+
 use std::path::Path;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use visual_search_model::train_ops::conv_kernels::ChannelOrder;
 use visual_search_model::train_ops::{self, layer_scale_kernels};
 use visual_search_model::weights::TensorFile;
+
+use common::assert_close_each as assert_close;
 
 const N: usize = 2;
 const H: usize = 5;
@@ -22,16 +26,6 @@ const C: usize = 8;
 fn fixture() -> TensorFile {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     TensorFile::open(&dir.join("tests/fixtures/layer_scale.safetensors")).unwrap()
-}
-
-fn assert_close(got: &[f32], want: &[f32], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (a, b)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (a - b).abs() <= 1e-5 * b.abs().max(1.0),
-            "{what}[{i}]: {a} vs {b}"
-        );
-    }
 }
 
 /// NCHW values as NHWC.

@@ -1225,21 +1225,35 @@ impl Backward<Flex, 3> for LayerNormBackward {
                 f32_slice(&gy),
                 epsilon,
             );
-            if let Some(node) = node_x {
-                grads.register::<Flex>(
-                    node.id,
-                    FlexTensor::from_data(TensorData::new(g.x, x_shape)),
-                );
-            }
-            if let Some(node) = node_gamma {
-                let grad = FlexTensor::from_data(TensorData::new(g.gamma, gamma_shape.clone()));
-                grads.register::<Flex>(node.id, grad);
-            }
-            if let Some(node) = node_beta {
-                let grad = FlexTensor::from_data(TensorData::new(g.beta, gamma_shape));
-                grads.register::<Flex>(node.id, grad);
-            }
+            let nodes = [node_x, node_gamma, node_beta].map(|node| node.map(|n| n.id));
+            register_layer_norm_grads(grads, nodes, g, gamma_shape, |dx| {
+                FlexTensor::from_data(TensorData::new(dx, x_shape))
+            });
         })
+    }
+}
+
+/// Registers a LayerNorm's gradients for those of its parents (x, gamma, beta) that are
+/// tracked; `dx` makes the input's gradient tensor from its values.
+fn register_layer_norm_grads(
+    grads: &mut Gradients,
+    [node_x, node_gamma, node_beta]: [Option<NodeId>; 3],
+    g: layer_norm_kernels::LayerNormGrads,
+    gamma_shape: burn::tensor::Shape,
+    dx: impl FnOnce(Vec<f32>) -> FlexTensor,
+) {
+    if let Some(id) = node_x {
+        grads.register::<Flex>(id, dx(g.x));
+    }
+    if let Some(id) = node_gamma {
+        let grad = FlexTensor::from_data(TensorData::new(g.gamma, gamma_shape.clone()));
+        grads.register::<Flex>(id, grad);
+    }
+    if let Some(id) = node_beta {
+        grads.register::<Flex>(
+            id,
+            FlexTensor::from_data(TensorData::new(g.beta, gamma_shape)),
+        );
     }
 }
 
@@ -1293,22 +1307,14 @@ impl Backward<Flex, 3> for LayerNorm2dBackward {
                     (g, false)
                 }
             };
-            if let Some(node) = node_x {
-                let dx = if channels_last {
-                    channels_last_tensor(g.x, [n, c, h, w])
+            let nodes = [node_x, node_gamma, node_beta].map(|node| node.map(|n| n.id));
+            register_layer_norm_grads(grads, nodes, g, gamma_shape, |dx| {
+                if channels_last {
+                    channels_last_tensor(dx, [n, c, h, w])
                 } else {
-                    FlexTensor::from_data(TensorData::new(g.x, [n, c, h, w]))
-                };
-                grads.register::<Flex>(node.id, dx);
-            }
-            if let Some(node) = node_gamma {
-                let grad = FlexTensor::from_data(TensorData::new(g.gamma, gamma_shape.clone()));
-                grads.register::<Flex>(node.id, grad);
-            }
-            if let Some(node) = node_beta {
-                let grad = FlexTensor::from_data(TensorData::new(g.beta, gamma_shape));
-                grads.register::<Flex>(node.id, grad);
-            }
+                    FlexTensor::from_data(TensorData::new(dx, [n, c, h, w]))
+                }
+            });
         })
     }
 }

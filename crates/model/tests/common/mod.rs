@@ -14,3 +14,14 @@ pub fn relative_error(got: &[f32], want: &[f32]) -> f32 {
         .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
     diff / scale
 }
+
+/// Each element within 1e-5 of the reference, relative to max(|reference|, 1).
+pub fn assert_close_each(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+            "{what}[{i}]: {a} vs {b}"
+        );
+    }
+}
