@@ -1000,6 +1000,12 @@ fn channels_last_values(t: &FlexTensor) -> Option<&[f32]> {
     t.storage::<f32>().get(..layout.num_elements())
 }
 
+/// An NCHW-shaped tensor as a contiguous f32 `[n, h, w, c]` one: without a copy when its memory
+/// is channels-last already (see [`channels_last_values`]).
+fn channels_last_contiguous(t: FlexTensor) -> FlexTensor {
+    contiguous_f32(t.permute(&[0, 2, 3, 1]))
+}
+
 /// `[n, c, h, w]` values stored NHWC as a tensor of that shape (an NHWC tensor permuted).
 fn channels_last_tensor(values: Vec<f32>, [n, c, h, w]: [usize; 4]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, [n, h, w, c])).permute(&[0, 3, 1, 2])
@@ -1161,7 +1167,6 @@ impl Backward<Flex, 3> for ChannelAffineBackward {
         checkpointer: &mut Checkpointer,
     ) {
         op_profile::timed(OpKind::BatchNorm, Phase::Backward, || {
-            let [node_x, node_scale, node_shift] = ops.parents;
             let gy = grads.consume::<Flex>(&ops.node).to_contiguous();
             let (x_state, scale_state, shift_state, activation) = ops.state;
             let x = checkpointer.retrieve_node_output::<FlexTensor>(x_state);
@@ -1181,20 +1186,11 @@ impl Backward<Flex, 3> for ChannelAffineBackward {
                 plane_size(&x_shape),
                 activation,
             );
-            if let Some(node) = node_x {
-                grads.register::<Flex>(
-                    node.id,
-                    FlexTensor::from_data(TensorData::new(g.x, x_shape)),
-                );
-            }
-            if let Some(node) = node_scale {
-                let grad = FlexTensor::from_data(TensorData::new(g.scale, scale_shape.clone()));
-                grads.register::<Flex>(node.id, grad);
-            }
-            if let Some(node) = node_shift {
-                let grad = FlexTensor::from_data(TensorData::new(g.shift, scale_shape));
-                grads.register::<Flex>(node.id, grad);
-            }
+            let values = (g.x, [g.scale, g.shift]);
+            let parents = ops.parents.map(|node| node.map(|n| n.id));
+            register_input_and_channel_grads(grads, parents, values, scale_shape, |dx| {
+                FlexTensor::from_data(TensorData::new(dx, x_shape))
+            });
         })
     }
 }
@@ -1212,7 +1208,6 @@ impl Backward<Flex, 3> for LayerNormBackward {
         checkpointer: &mut Checkpointer,
     ) {
         op_profile::timed(OpKind::LayerNorm, Phase::Backward, || {
-            let [node_x, node_gamma, node_beta] = ops.parents;
             let gy = grads.consume::<Flex>(&ops.node).to_contiguous();
             let (x_state, gamma_state, epsilon) = ops.state;
             let x = checkpointer.retrieve_node_output::<FlexTensor>(x_state);
@@ -1225,35 +1220,34 @@ impl Backward<Flex, 3> for LayerNormBackward {
                 f32_slice(&gy),
                 epsilon,
             );
-            let nodes = [node_x, node_gamma, node_beta].map(|node| node.map(|n| n.id));
-            register_layer_norm_grads(grads, nodes, g, gamma_shape, |dx| {
+            let values = (g.x, [g.gamma, g.beta]);
+            let parents = ops.parents.map(|node| node.map(|n| n.id));
+            register_input_and_channel_grads(grads, parents, values, gamma_shape, |dx| {
                 FlexTensor::from_data(TensorData::new(dx, x_shape))
             });
         })
     }
 }
 
-/// Registers a LayerNorm's gradients for those of its parents (x, gamma, beta) that are
-/// tracked; `dx` makes the input's gradient tensor from its values.
-fn register_layer_norm_grads(
+/// Registers the gradients of an operation of an input and two per-channel parameters (a
+/// LayerNorm's gamma and beta, a frozen batch norm's scale and shift) for those of its parents
+/// that are tracked: the parameters' from their values, `dx` making the input's tensor from
+/// its values.
+fn register_input_and_channel_grads(
     grads: &mut Gradients,
-    [node_x, node_gamma, node_beta]: [Option<NodeId>; 3],
-    g: layer_norm_kernels::LayerNormGrads,
-    gamma_shape: burn::tensor::Shape,
+    [node_x, node_a, node_b]: [Option<NodeId>; 3],
+    (dx_values, params): (Vec<f32>, [Vec<f32>; 2]),
+    param_shape: burn::tensor::Shape,
     dx: impl FnOnce(Vec<f32>) -> FlexTensor,
 ) {
     if let Some(id) = node_x {
-        grads.register::<Flex>(id, dx(g.x));
+        grads.register::<Flex>(id, dx(dx_values));
     }
-    if let Some(id) = node_gamma {
-        let grad = FlexTensor::from_data(TensorData::new(g.gamma, gamma_shape.clone()));
-        grads.register::<Flex>(id, grad);
-    }
-    if let Some(id) = node_beta {
-        grads.register::<Flex>(
-            id,
-            FlexTensor::from_data(TensorData::new(g.beta, gamma_shape)),
-        );
+    for (node, values) in [node_a, node_b].into_iter().zip(params) {
+        if let Some(id) = node {
+            let grad = FlexTensor::from_data(TensorData::new(values, param_shape.clone()));
+            grads.register::<Flex>(id, grad);
+        }
     }
 }
 
@@ -1273,7 +1267,6 @@ impl Backward<Flex, 3> for LayerNorm2dBackward {
         checkpointer: &mut Checkpointer,
     ) {
         op_profile::timed(OpKind::LayerNorm, Phase::Backward, || {
-            let [node_x, node_gamma, node_beta] = ops.parents;
             let gy = grads.consume::<Flex>(&ops.node);
             let (x_state, gamma_state, epsilon) = ops.state;
             let x = checkpointer.retrieve_node_output::<FlexTensor>(x_state);
@@ -1283,16 +1276,13 @@ impl Backward<Flex, 3> for LayerNorm2dBackward {
             let [n, c, h, w] = x.shape().dims();
             let (g, channels_last) = match channels_last_values(&x) {
                 Some(x_last) => {
-                    let gy_copy;
-                    let gy_last = match channels_last_values(&gy) {
-                        Some(values) => values,
-                        None => {
-                            gy_copy = gy.permute(&[0, 2, 3, 1]).to_contiguous();
-                            f32_slice(&gy_copy)
-                        }
-                    };
-                    let g =
-                        layer_norm_kernels::backward(x_last, f32_slice(&gamma), gy_last, epsilon);
+                    let gy_last = channels_last_contiguous(gy);
+                    let g = layer_norm_kernels::backward(
+                        x_last,
+                        f32_slice(&gamma),
+                        f32_slice(&gy_last),
+                        epsilon,
+                    );
                     (g, true)
                 }
                 None => {
@@ -1307,8 +1297,9 @@ impl Backward<Flex, 3> for LayerNorm2dBackward {
                     (g, false)
                 }
             };
-            let nodes = [node_x, node_gamma, node_beta].map(|node| node.map(|n| n.id));
-            register_layer_norm_grads(grads, nodes, g, gamma_shape, |dx| {
+            let values = (g.x, [g.gamma, g.beta]);
+            let parents = ops.parents.map(|node| node.map(|n| n.id));
+            register_input_and_channel_grads(grads, parents, values, gamma_shape, |dx| {
                 if channels_last {
                     channels_last_tensor(dx, [n, c, h, w])
                 } else {
@@ -1374,15 +1365,12 @@ impl Backward<Flex, 3> for LayerScaleBackward {
             }
             let (x_shape, gamma_shape) = (x.shape(), gamma.shape());
             let (x, gamma) = (contiguous_f32(x), contiguous_f32(gamma));
-            let gy_copy;
-            let gy_last = match channels_last_values(&gy) {
-                Some(values) => values,
-                None => {
-                    gy_copy = contiguous_f32(gy.permute(&[0, 2, 3, 1]));
-                    f32_slice(&gy_copy)
-                }
-            };
-            let g = layer_scale_kernels::backward(f32_slice(&x), f32_slice(&gamma), gy_last);
+            let gy_last = channels_last_contiguous(gy);
+            let g = layer_scale_kernels::backward(
+                f32_slice(&x),
+                f32_slice(&gamma),
+                f32_slice(&gy_last),
+            );
             if let Some(node) = node_x {
                 let grad = FlexTensor::from_data(TensorData::new(g.x, x_shape));
                 grads.register::<Flex>(node.id, grad);

@@ -294,12 +294,7 @@ pub fn layer_norm<const D: usize>(norm: &LayerNorm, x: Tensor<D>, epsilon: f64) 
     #[cfg(feature = "flex")]
     if x.device().is_autodiff() && runs_on_flex(&x) && x.dtype() == F32 {
         use burn::backend::Dispatch;
-        let gamma = norm.gamma.val();
-        if gamma.dtype() == F32 {
-            let beta = match &norm.beta {
-                Some(beta) => beta.val(),
-                None => gamma.zeros_like(),
-            };
+        if let Some((gamma, beta)) = f32_gamma_beta(norm) {
             return Tensor::<D>::from_dispatch(<Dispatch as flex_ext::TrainOps>::train_layer_norm(
                 x.into_dispatch(),
                 gamma.into_dispatch(),
@@ -338,13 +333,11 @@ pub fn layer_scale_residual(x: Tensor<4>, gamma: Tensor<1>, residual: Tensor<4>)
 /// on `x` permuted channels-last.
 pub fn layer_norm_2d(norm: &LayerNorm, x: Tensor<4>, epsilon: f64) -> Tensor<4> {
     #[cfg(feature = "flex")]
-    if runs_on_flex(&x) && x.dtype() == F32 && norm.gamma.val().dtype() == F32 {
+    if runs_on_flex(&x)
+        && x.dtype() == F32
+        && let Some((gamma, beta)) = f32_gamma_beta(norm)
+    {
         use burn::backend::Dispatch;
-        let gamma = norm.gamma.val();
-        let beta = match &norm.beta {
-            Some(beta) => beta.val(),
-            None => gamma.zeros_like(),
-        };
         return Tensor::<4>::from_dispatch(<Dispatch as flex_ext::TrainOps>::train_layer_norm_2d(
             x.into_dispatch(),
             gamma.into_dispatch(),
@@ -353,6 +346,21 @@ pub fn layer_norm_2d(norm: &LayerNorm, x: Tensor<4>, epsilon: f64) -> Tensor<4> 
         ));
     }
     layer_norm(norm, x.permute([0, 2, 3, 1]), epsilon).permute([0, 3, 1, 2])
+}
+
+/// A LayerNorm's `gamma` and `beta` (zeros when it has none), for our kernels: `None` unless
+/// `gamma` is f32.
+#[cfg(feature = "flex")]
+fn f32_gamma_beta(norm: &LayerNorm) -> Option<(Tensor<1>, Tensor<1>)> {
+    let gamma = norm.gamma.val();
+    if gamma.dtype() != F32 {
+        return None;
+    }
+    let beta = match &norm.beta {
+        Some(beta) => beta.val(),
+        None => gamma.zeros_like(),
+    };
+    Some((gamma, beta))
 }
 
 /// One AdamW step of `param` (not tracked): the new parameter and first and second moments.
