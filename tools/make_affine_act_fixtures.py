@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Reference values and gradients of a per-channel affine map + activation (issue 16).
 
+Checks the gradient before the activation that a convolution with a folded frozen batch norm
+computes from its output (`tests/affine_act_parity.rs`).
+
 `act(x * scale[c] + shift[c])` over NCHW — a frozen batch norm and the ReLU/ReLU6 after it — for
 identity, `F.relu` and `F.relu6` (hardtanh), in float64 from float32 inputs, so our fused f32
 kernel is checked against PyTorch's own derivative rules (ReLU passes where the output is > 0,

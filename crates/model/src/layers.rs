@@ -10,9 +10,7 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Distribution, Tensor};
 
-use crate::train_ops::{
-    Activation, LinearActivation, channel_affine, conv2d_act, conv2d_add_act, linear_2d,
-};
+use crate::train_ops::{Activation, LinearActivation, conv2d_act, conv2d_add_act, linear_2d};
 
 /// TensorFlow "same" padding for one dimension: `(before, after)`.
 pub fn tf_same_padding(
@@ -28,8 +26,9 @@ pub fn tf_same_padding(
 
 /// `activation(batch_norm(conv(x)))` with TF "same" padding computed for this input
 /// (asymmetric when stride > 1), as TF-trained weights (EfficientNet-Lite) expect. Once the
-/// batch norm is folded into the convolution (`bn` is `None`), convolution, bias and activation
-/// are one operation ([`crate::train_ops::conv2d_act`]).
+/// batch norm is folded into the convolution — at load for inference (`bn` is `None`), at each
+/// training pass when its statistics are frozen ([`frozen_batch_norm_folded`]) — convolution,
+/// bias and activation are one operation ([`crate::train_ops::conv2d_act`]).
 pub fn conv_tf_same_bn_act(
     conv: &Conv2d,
     bn: &Option<BatchNorm>,
@@ -65,6 +64,9 @@ pub fn conv_bn_add_act(
 ) -> Tensor<4> {
     let padding = burn_padding(conv, &x);
     let options = ConvOptions::new_with_padding(conv.stride, padding, conv.dilation, conv.groups);
+    if let Some((weight, bias)) = frozen_batch_norm_folded(conv, bn, &x) {
+        return conv2d_add_act(x, weight, Some(bias), residual, options, activation);
+    }
     let (weight, bias) = (conv.weight.val(), conv.bias.as_ref().map(|b| b.val()));
     match bn {
         None => conv2d_add_act(x, weight, bias, residual, options, activation),
@@ -110,6 +112,9 @@ fn conv_padded_bn_act(
     activation: Activation,
 ) -> Tensor<4> {
     let options = ConvOptions::new_with_padding(conv.stride, padding, conv.dilation, conv.groups);
+    if let Some((weight, bias)) = frozen_batch_norm_folded(conv, bn, &x) {
+        return conv2d_act(x, weight, Some(bias), options, activation);
+    }
     let (weight, bias) = (conv.weight.val(), conv.bias.as_ref().map(|b| b.val()));
     match bn {
         None => conv2d_act(x, weight, bias, options, activation),
@@ -119,6 +124,38 @@ fn conv_padded_bn_act(
             activation,
         ),
     }
+}
+
+/// In a training pass with frozen batch-norm statistics (the recipe's `freeze_batchnorm`), the
+/// batch norm after `conv` folded into it: `bn(conv(x)) = conv(x, weight · s) + (bias · s + t)`
+/// per output channel, `s = gamma / sqrt(var + eps)` and `t = beta - mean · s`, computed from the
+/// parameters as tracked operations, so that gamma, beta and the convolution's weight and bias
+/// still get their gradients (through the `[C]`-sized scaling, not the activations). The batch
+/// norm then costs no pass over the convolution's output either way: the convolution adds the
+/// bias and applies the activation in its output pass, and its backward masks the output
+/// gradient by its output (on flex, [`crate::train_ops::conv2d_act`]). `None` in inference (a
+/// BN-folded model has no batch norm), with batch statistics, or without a batch norm.
+fn frozen_batch_norm_folded(
+    conv: &Conv2d,
+    bn: &Option<BatchNorm>,
+    x: &Tensor<4>,
+) -> Option<(Tensor<4>, Tensor<1>)> {
+    let bn = bn.as_ref()?;
+    if !is_training(x) || bn.training.is_enabled() {
+        return None;
+    }
+    let device = x.device();
+    let mean = bn.running_mean.value().to_device(&device);
+    let var = bn.running_var.value().to_device(&device);
+    let scale = bn.gamma.val().div(var.add_scalar(bn.epsilon).sqrt());
+    let shift = bn.beta.val().sub(mean.mul(scale.clone()));
+    let bias = match &conv.bias {
+        Some(bias) => shift.add(bias.val().mul(scale.clone())),
+        None => shift,
+    };
+    let [channels] = scale.dims();
+    let weight = conv.weight.val().mul(scale.reshape([channels, 1, 1, 1]));
+    Some((weight, bias))
 }
 
 /// `linear.forward(x)`, through [`matmul_rows`].
@@ -173,22 +210,11 @@ fn matmul_rows_act<const D: usize>(
     y.reshape(out)
 }
 
-/// `activation(batch_norm(x))`. In a training pass with frozen statistics (the recipe's
-/// `freeze_batchnorm`) the batch norm is a per-channel affine map `x · scale + shift` whose `[C]`
-/// scale and shift come from gamma, beta and the statistics (so gamma and beta still train), and
-/// map and activation run as one operation ([`crate::train_ops::channel_affine`]); burn's
-/// `batch_norm` with running statistics decomposes into four full-size operations (sub, div,
-/// mul, add) before the activation's.
-pub fn batch_norm_act(bn: &Option<BatchNorm>, x: Tensor<4>, activation: Activation) -> Tensor<4> {
+/// `activation(batch_norm(x))` with burn's batch norm: in inference on a model whose batch norm
+/// is not folded, or in training with batch statistics (a frozen one is folded into its
+/// convolution instead).
+fn batch_norm_act(bn: &Option<BatchNorm>, x: Tensor<4>, activation: Activation) -> Tensor<4> {
     let x = match bn {
-        Some(bn) if is_training(&x) && !bn.training.is_enabled() => {
-            let device = x.device();
-            let mean = bn.running_mean.value().to_device(&device);
-            let var = bn.running_var.value().to_device(&device);
-            let scale = bn.gamma.val().div(var.add_scalar(bn.epsilon).sqrt());
-            let shift = bn.beta.val().sub(mean.mul(scale.clone()));
-            return channel_affine(x, scale, shift, activation);
-        }
         Some(bn) => bn.forward(x),
         None => x,
     };
@@ -270,37 +296,40 @@ mod tests {
     use burn::nn::BatchNormConfig;
     use burn::tensor::{Device, TensorData};
 
-    /// The fused affine form (with each activation after it) gives burn's batch norm (running
-    /// statistics) and its gradients for the input, gamma and beta.
+    /// A frozen batch norm folded into its convolution (with each activation after it) gives
+    /// burn's batch norm (running statistics) after the convolution, and the same gradients for
+    /// the input, the convolution's weight, gamma and beta — a channel of tiny variance (a
+    /// scale of -200 folded into its weights) included.
     #[test]
-    fn frozen_batch_norm_matches_burns_with_its_gradients() {
+    fn folded_frozen_batch_norm_matches_burns_with_its_gradients() {
         for activation in [Activation::Identity, Activation::Relu, Activation::Relu6] {
-            frozen_batch_norm_matches(activation);
+            folded_frozen_batch_norm_matches(activation);
         }
     }
 
-    fn frozen_batch_norm_matches(activation: Activation) {
+    fn folded_frozen_batch_norm_matches(activation: Activation) {
+        use burn::nn::conv::Conv2dConfig;
         let device = Device::flex().autodiff();
         let c = 3;
         let floats = |n: usize, f: fn(usize) -> f32| -> Vec<f32> { (0..n).map(f).collect() };
+        let tensor1 = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v, [c]), &device);
         let mut bn = BatchNormConfig::new(c).init(&device);
-        bn.gamma = Param::from_tensor(Tensor::from_data(
-            TensorData::new(vec![0.5f32, 1.5, -2.0], [c]),
-            &device,
-        ));
-        bn.beta = Param::from_tensor(Tensor::from_data(
-            TensorData::new(vec![0.1f32, -0.3, 0.7], [c]),
-            &device,
-        ));
-        bn.running_mean = RunningState::new(Tensor::from_data(
-            TensorData::new(vec![0.2f32, -1.0, 3.0], [c]),
-            &device,
-        ));
-        bn.running_var = RunningState::new(Tensor::from_data(
-            TensorData::new(vec![0.25f32, 4.0, 1e-4], [c]),
-            &device,
-        ));
+        bn.gamma = Param::from_tensor(tensor1(vec![0.5, 1.5, -2.0]));
+        bn.beta = Param::from_tensor(tensor1(vec![0.1, -0.3, 0.7]));
+        bn.running_mean = RunningState::new(tensor1(vec![0.2, -1.0, 3.0]));
+        bn.running_var = RunningState::new(tensor1(vec![0.25, 4.0, 1e-4]));
         bn.training = Param::initialized(bn.training.id, Flag::new(false));
+        let mut conv = Conv2dConfig::new([c, c], [3, 3])
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .with_bias(false)
+            .init(&device);
+        conv.weight = Param::from_tensor(Tensor::from_data(
+            TensorData::new(
+                floats(c * c * 9, |i| ((i * 5 % 11) as f32 - 5.0) / 7.0),
+                [c, c, 3, 3],
+            ),
+            &device,
+        ));
         let x_data = TensorData::new(
             floats(2 * c * 4 * 5, |i| ((i * 37 % 23) as f32 - 11.0) / 1.3),
             [2, c, 4, 5],
@@ -312,12 +341,13 @@ mod tests {
             ),
             &device,
         );
-        let run = |frozen: bool| {
+        let run = |folded: bool| {
             let x = Tensor::<4>::from_data(x_data.clone(), &device).require_grad();
-            let y = if frozen {
-                batch_norm_act(&Some(bn.clone()), x.clone(), activation)
+            let frozen = Some(bn.clone());
+            let y = if folded {
+                conv_bn_act(&conv, &frozen, x.clone(), activation)
             } else {
-                activate(bn.forward(x.clone()), activation)
+                batch_norm_act(&frozen, super::conv(&conv, x.clone()), activation)
             };
             let grads = y.clone().mul(weights.clone()).sum().backward();
             let vec = |t: Option<Tensor<4>>| t.unwrap().into_data().try_to_vec::<f32>().unwrap();
@@ -325,23 +355,26 @@ mod tests {
             (
                 y.into_data().try_to_vec::<f32>().unwrap(),
                 vec(x.grad(&grads)),
+                vec(conv.weight.val().grad(&grads)),
                 vec1(bn.gamma.val().grad(&grads)),
                 vec1(bn.beta.val().grad(&grads)),
             )
         };
         let (a, b) = (run(true), run(false));
         let close = |p: &[f32], q: &[f32], what: &str| {
+            let scale = q.iter().fold(1.0f32, |m, v| m.max(v.abs()));
             for (u, v) in p.iter().zip(q) {
                 assert!(
-                    (u - v).abs() <= 1e-5 * v.abs().max(1.0),
-                    "{what}: {u} vs {v}"
+                    (u - v).abs() <= 1e-5 * scale,
+                    "{activation:?} {what}: {u} vs {v}"
                 );
             }
         };
         close(&a.0, &b.0, "output");
         close(&a.1, &b.1, "input gradient");
-        close(&a.2, &b.2, "gamma gradient");
-        close(&a.3, &b.3, "beta gradient");
+        close(&a.2, &b.2, "weight gradient");
+        close(&a.3, &b.3, "gamma gradient");
+        close(&a.4, &b.4, "beta gradient");
     }
 
     /// The training form of ReLU6 gives burn's values and, away from the kinks, its gradient.

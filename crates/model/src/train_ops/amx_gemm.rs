@@ -25,7 +25,7 @@
 
 use rayon::prelude::*;
 
-use super::affine_kernels::Activation;
+use super::activation_kernels::Activation;
 use super::gemm_views::{Matrix, MatrixRef};
 
 /// Whether this CPU and OS run AMX-BF16 tiles (checked and permission asked once).

@@ -26,7 +26,7 @@ use std::mem::MaybeUninit;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::affine_kernels::Activation;
+use super::activation_kernels::Activation;
 use super::conv_geometry::{ChannelOrder, ConvGeometry, im2col};
 use super::depthwise_forward;
 use super::gemm_views::{

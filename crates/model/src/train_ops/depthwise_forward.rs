@@ -16,7 +16,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::affine_kernels::Activation;
+use super::activation_kernels::Activation;
 use super::conv_geometry::{ChannelOrder, ConvGeometry};
 use super::depthwise_blocks::{self, BlockKernel, LANES, Lanes, PaddedInput, lanes, lanes_mut};
 use super::vectorized::Simd;

@@ -3,14 +3,14 @@
 //! - **convolution**: the forward pass, with its bias and activation fused when it has them
 //!   (inference on a BN-folded model; a ResNet block's shortcut too), runs
 //!   [`super::conv_forward_kernels`]; the backward pass (registered with burn's autodiff) runs
-//!   [`super::conv_kernels`]; in training a bias is added in the forward pass too, and its
-//!   gradient is parallel channel sums. Both fall back to burn's operations for what they do
+//!   [`super::conv_kernels`]; in training the bias and the activation (a frozen batch norm
+//!   folded into the convolution, then ReLU/ReLU6) are in the forward pass too, and their
+//!   gradients one in-place pass over the output gradient with the bias's channel sums
+//!   ([`super::activation_kernels`]). Both fall back to burn's operations for what they do
 //!   not cover (another dtype, a grouping other than 1 or depthwise). A depthwise layer whose
 //!   input (or output gradient) is channels-last in memory — ConvNeXt's residual stream, NHWC
 //!   between its LayerNorms and MLPs — is computed in that layout, in and out, with no NCHW
 //!   copy;
-//! - **per-channel affine + activation** (frozen batch norm, then ReLU/ReLU6): one fused pass
-//!   each way ([`super::affine_kernels`]);
 //! - **max pool** (inference): without the indices burn-flex computes for a backward pass
 //!   ([`super::max_pool_kernels`]); autodiff keeps burn's;
 //! - **GELU** (exact, erf): vectorised and parallel both ways ([`super::gelu_kernels`]); also
@@ -45,8 +45,8 @@ use burn::backend::{Autodiff, Backend, Flex, TensorMetadata, backend_extension};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, FloatDType, TensorData};
 
+use super::activation_kernels::{self, Activation};
 use super::adamw_kernels::{self, AdamWScalars};
-use super::affine_kernels::{self, Activation};
 use super::attention_kernels::{self, AttentionShape};
 use super::conv_forward_kernels;
 use super::conv_kernels::{self as kernels, ChannelOrder, ConvGeometry};
@@ -67,29 +67,14 @@ pub trait TrainOps: Backend {
         options: ConvOptions<2>,
     ) -> FloatTensor<Self>;
 
-    /// `conv2d(x, weight) + bias` as one tracked operation whose backward pass is ours, the
-    /// bias's gradient included.
-    fn train_conv2d_bias(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
-        options: ConvOptions<2>,
-    ) -> FloatTensor<Self>;
-
-    /// `activation(conv2d(x, weight) + bias)`, in one pass where our kernels cover it.
+    /// `activation(conv2d(x, weight) + bias)`, in one pass where our kernels cover it; in
+    /// training one tracked operation whose backward pass is ours (the activation's and the
+    /// bias's gradients from the output and the output gradient).
     fn fused_conv2d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         options: ConvOptions<2>,
-        activation: Activation,
-    ) -> FloatTensor<Self>;
-
-    /// `activation(x · scale[c] + shift[c])` over an f32 NCHW tensor.
-    fn train_channel_affine(
-        x: FloatTensor<Self>,
-        scale: FloatTensor<Self>,
-        shift: FloatTensor<Self>,
         activation: Activation,
     ) -> FloatTensor<Self>;
 
@@ -171,15 +156,6 @@ impl TrainOps for Flex {
             .unwrap_or_else(|| Flex::conv2d(x, weight, None, options))
     }
 
-    fn train_conv2d_bias(
-        x: FlexTensor,
-        weight: FlexTensor,
-        bias: FlexTensor,
-        options: ConvOptions<2>,
-    ) -> FlexTensor {
-        flex_conv2d(x, weight, bias, None, options, Activation::Identity)
-    }
-
     fn fused_conv2d(
         x: FlexTensor,
         weight: FlexTensor,
@@ -225,28 +201,6 @@ impl TrainOps for Flex {
             }
         }
         Flex::max_pool2d(x, kernel, stride, padding, dilation, false)
-    }
-
-    fn train_channel_affine(
-        x: FlexTensor,
-        scale: FlexTensor,
-        shift: FlexTensor,
-        activation: Activation,
-    ) -> FlexTensor {
-        let shape = x.shape();
-        let (x, scale, shift) = (
-            x.to_contiguous(),
-            scale.to_contiguous(),
-            shift.to_contiguous(),
-        );
-        let y = affine_kernels::forward(
-            f32_slice(&x),
-            f32_slice(&scale),
-            f32_slice(&shift),
-            plane_size(&shape),
-            activation,
-        );
-        FlexTensor::from_data(TensorData::new(y, shape))
     }
 
     fn train_gelu(x: FlexTensor) -> FlexTensor {
@@ -556,11 +510,15 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
         })
     }
 
-    fn train_conv2d_bias(
+    /// One tracked operation: our forward kernels (bias and activation in the output pass), and
+    /// a backward pass that masks the output gradient by the output where the activation did not
+    /// pass, sums it per channel for the bias and runs our convolution gradients on it.
+    fn fused_conv2d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         options: ConvOptions<2>,
+        activation: Activation,
     ) -> FloatTensor<Self> {
         let kind = conv_kind(&x, &weight, options.groups);
         op_profile::timed(kind, Phase::Forward, || {
@@ -572,36 +530,27 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
                 OpsKind::Tracked(mut prep) => {
                     let x_state = prep.checkpoint(&x);
                     let weight_state = prep.checkpoint(&weight);
-                    let output = Flex::train_conv2d_bias(
+                    let output = Flex::fused_conv2d(
                         x.into_primitive(),
                         weight.into_primitive(),
                         bias.into_primitive(),
                         options.clone(),
+                        activation,
                     );
-                    prep.finish((x_state, weight_state, options), output)
+                    // The output tells the backward where the activation passed.
+                    let activated =
+                        (activation != Activation::Identity).then(|| (output.clone(), activation));
+                    prep.finish((x_state, weight_state, options, activated), output)
                 }
-                OpsKind::UnTracked(prep) => prep.finish(Flex::train_conv2d_bias(
+                OpsKind::UnTracked(prep) => prep.finish(Flex::fused_conv2d(
                     x.into_primitive(),
                     weight.into_primitive(),
                     bias.into_primitive(),
                     options,
+                    activation,
                 )),
             }
         })
-    }
-
-    /// Our backward convolution, then burn's (tracked) bias addition and activation.
-    fn fused_conv2d(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
-        options: ConvOptions<2>,
-        activation: Activation,
-    ) -> FloatTensor<Self> {
-        let y = Self::train_conv2d(x, weight, options);
-        let [channels] = bias.shape().dims();
-        let y = Self::float_add(y, Self::float_reshape(bias, [1, channels, 1, 1].into()));
-        activate_tracked::<C>(y, activation)
     }
 
     /// As `fused_conv2d`, with burn's (tracked) residual addition before the activation.
@@ -626,42 +575,6 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
         dilation: [usize; 2],
     ) -> FloatTensor<Self> {
         Self::max_pool2d(x, kernel, stride, padding, dilation, false)
-    }
-
-    fn train_channel_affine(
-        x: FloatTensor<Self>,
-        scale: FloatTensor<Self>,
-        shift: FloatTensor<Self>,
-        activation: Activation,
-    ) -> FloatTensor<Self> {
-        op_profile::timed(
-            OpKind::BatchNorm,
-            Phase::Forward,
-            || match ChannelAffineBackward
-                .prepare::<C>([x.node(), scale.node(), shift.node()])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(mut prep) => {
-                    let x_state = prep.checkpoint(&x);
-                    let scale_state = prep.checkpoint(&scale);
-                    let shift_state = prep.checkpoint(&shift);
-                    let output = Flex::train_channel_affine(
-                        x.into_primitive(),
-                        scale.into_primitive(),
-                        shift.into_primitive(),
-                        activation,
-                    );
-                    prep.finish((x_state, scale_state, shift_state, activation), output)
-                }
-                OpsKind::UnTracked(prep) => prep.finish(Flex::train_channel_affine(
-                    x.into_primitive(),
-                    scale.into_primitive(),
-                    shift.into_primitive(),
-                    activation,
-                )),
-            },
-        )
     }
 
     fn train_layer_norm(
@@ -846,14 +759,21 @@ impl Backward<Flex, 2> for TrainConvBackward {
     }
 }
 
-/// `conv2d(x, weight) + bias`'s backward: [`TrainConvBackward`]'s, and the bias's gradient as
-/// parallel channel sums of the output gradient read as it lies (burn's broadcast addition
-/// summed it on one thread, after copying ConvNeXt's channels-last gradients to NCHW).
+/// `activation(conv2d(x, weight) + bias)`'s backward: with an activation, the output gradient
+/// masked where it did not pass (read from the output, kept in the state); the bias's gradient
+/// as parallel channel sums of that gradient read as it lies (burn's broadcast addition summed
+/// it on one thread, after copying ConvNeXt's channels-last gradients to NCHW); then
+/// [`TrainConvBackward`]'s.
 #[derive(Debug)]
 struct TrainConvBiasBackward;
 
 impl Backward<Flex, 3> for TrainConvBiasBackward {
-    type State = (NodeId, NodeId, ConvOptions<2>);
+    type State = (
+        NodeId,
+        NodeId,
+        ConvOptions<2>,
+        Option<(FlexTensor, Activation)>,
+    );
 
     fn backward(
         self,
@@ -863,13 +783,23 @@ impl Backward<Flex, 3> for TrainConvBiasBackward {
     ) {
         let [node_x, node_weight, node_bias] = ops.parents;
         let gy = grads.consume::<Flex>(&ops.node);
-        let (x_state, weight_state, options) = ops.state;
+        let (x_state, weight_state, options, activated) = ops.state;
         let x = checkpointer.retrieve_node_output::<FlexTensor>(x_state);
         let weight = checkpointer.retrieve_node_output::<FlexTensor>(weight_state);
         let kind = conv_kind(&x, &weight, options.groups);
         op_profile::timed(kind, Phase::Backward, || {
-            if let Some(node) = node_bias {
-                grads.register::<Flex>(node.id, conv_bias_grad(&gy));
+            let (gy, bias_grad) = match activated {
+                Some((output, activation)) => {
+                    let (gy, sums) = pre_activation_grad(&output, gy, activation);
+                    (gy, Some(sums))
+                }
+                None => {
+                    let bias_grad = node_bias.is_some().then(|| conv_bias_grad(&gy));
+                    (gy, bias_grad)
+                }
+            };
+            if let (Some(node), Some(grad)) = (node_bias, bias_grad) {
+                grads.register::<Flex>(node.id, grad);
             }
             let ids = [node_x, node_weight].map(|node| node.map(|n| n.id));
             register_conv_grads(ids, x, weight, gy, options, grads);
@@ -915,6 +845,44 @@ fn conv_bias_grad(gy: &FlexTensor) -> FlexTensor {
         FlexTensor::from_data(TensorData::new(sums, [channels])),
         gy.dtype(),
     )
+}
+
+/// The gradient before the activation of a convolution's `output` (NCHW) for the output
+/// gradient `gy`, and its channel sums (the bias's gradient), in one pass — over `gy`'s own
+/// memory when nothing else holds it (the usual case: it is the next layer's input gradient).
+fn pre_activation_grad(
+    output: &FlexTensor,
+    gy: FlexTensor,
+    activation: Activation,
+) -> (FlexTensor, FlexTensor) {
+    let (shape, dtype) = (output.shape(), gy.dtype());
+    let [_, channels, _, _] = shape.dims();
+    let output = contiguous_f32(output.clone());
+    let mut gy = contiguous_f32(gy);
+    if unique_values_mut(&mut gy).is_none() {
+        gy = FlexTensor::from_data(TensorData::new(f32_slice(&gy).to_vec(), shape.clone()));
+    }
+    let g = unique_values_mut(&mut gy).expect("a tensor just made from a vector is unique");
+    let sums = activation_kernels::mask_pre_activation_grad(
+        f32_slice(&output),
+        g,
+        plane_size(&shape),
+        channels,
+        activation,
+    );
+    let sums = FlexTensor::from_data(TensorData::new(sums, [channels]));
+    (cast_from_f32(gy, dtype), cast_from_f32(sums, dtype))
+}
+
+/// The values of a contiguous f32 tensor to overwrite, when it is their only holder and they
+/// are its whole buffer.
+fn unique_values_mut(t: &mut FlexTensor) -> Option<&mut [f32]> {
+    let len = t.shape().num_elements();
+    if t.dtype() != DType::F32 || t.layout().contiguous_offsets() != Some((0, len)) {
+        return None;
+    }
+    t.try_storage_mut::<f32>()
+        .filter(|values| values.len() == len)
 }
 
 /// The profile's kind of a convolution of `x` with `weight` in `groups` groups.
@@ -1152,47 +1120,6 @@ fn geometry(
         dilation: options.dilation,
         groups: options.groups,
     })
-}
-
-#[derive(Debug)]
-struct ChannelAffineBackward;
-
-impl Backward<Flex, 3> for ChannelAffineBackward {
-    type State = (NodeId, NodeId, NodeId, Activation);
-
-    fn backward(
-        self,
-        ops: Ops<Self::State, 3>,
-        grads: &mut Gradients,
-        checkpointer: &mut Checkpointer,
-    ) {
-        op_profile::timed(OpKind::BatchNorm, Phase::Backward, || {
-            let gy = grads.consume::<Flex>(&ops.node).to_contiguous();
-            let (x_state, scale_state, shift_state, activation) = ops.state;
-            let x = checkpointer.retrieve_node_output::<FlexTensor>(x_state);
-            let scale = checkpointer.retrieve_node_output::<FlexTensor>(scale_state);
-            let shift = checkpointer.retrieve_node_output::<FlexTensor>(shift_state);
-            let (x_shape, scale_shape) = (x.shape(), scale.shape());
-            let (x, scale, shift) = (
-                x.to_contiguous(),
-                scale.to_contiguous(),
-                shift.to_contiguous(),
-            );
-            let g = affine_kernels::backward(
-                f32_slice(&x),
-                f32_slice(&scale),
-                f32_slice(&shift),
-                f32_slice(&gy),
-                plane_size(&x_shape),
-                activation,
-            );
-            let values = (g.x, [g.scale, g.shift]);
-            let parents = ops.parents.map(|node| node.map(|n| n.id));
-            register_input_and_channel_grads(grads, parents, values, scale_shape, |dx| {
-                FlexTensor::from_data(TensorData::new(dx, x_shape))
-            });
-        })
-    }
 }
 
 #[derive(Debug)]
@@ -1474,9 +1401,9 @@ fn weight_values(w: &FlexTensor, layout: WeightLayout) -> Weight<'_> {
     }
 }
 
-/// The values of a contiguous f32 tensor. The public entry points ([`super::channel_affine`],
-/// [`super::gelu`], [`super::layer_norm`], [`super::adamw_update`]) only route f32 tensors
-/// here.
+/// The values of a contiguous f32 tensor. The public entry points ([`super::gelu`],
+/// [`super::layer_norm`], [`super::adamw_update`]) only route f32 tensors here, and the others
+/// make them so ([`contiguous_f32`]).
 fn f32_slice(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>()
         .expect("the fused operations are only called with contiguous f32 tensors")

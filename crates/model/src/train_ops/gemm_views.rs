@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use gemm::Parallelism;
 
-use super::affine_kernels::Activation;
+use super::activation_kernels::Activation;
 use super::amx_gemm;
 
 /// The precision of the products inside our f32 GEMMs, like PyTorch's

@@ -1,26 +1,26 @@
 //! Operations that run our own kernels on flex: 2-D convolution (every backbone; forward with
 //! its bias, activation and — for a ResNet block's last one — the shortcut fused, and
-//! backward), ResNet's max pool in inference ([`max_pool_kernels`]), a per-channel affine map +
-//! activation (a frozen batch norm and the ReLU/ReLU6 after it, in training), GELU and
-//! LayerNorm (ConvNeXt, ViT), ViT's multi-head attention, and the linear layer.
+//! backward), ResNet's max pool in inference ([`max_pool_kernels`]), GELU and LayerNorm
+//! (ConvNeXt, ViT), ViT's multi-head attention, and the linear layer.
 //!
 //! Other backends (tch, the GPU ones) run burn's operations, in bf16 where [`bf16_casts`] is
 //! on (`optim.precision: bf16`, [`set_training_precision_for`]). On flex, through a burn
 //! backend extension (`flex_ext`): every f32 convolution's forward pass runs
 //! [`conv_forward_kernels`] (in inference with the bias and the activation in the same pass),
 //! its backward pass [`conv_kernels`] instead of burn's default gradient composition; a
-//! training pass runs [`affine_kernels`] in place of four element-wise operations each way and
-//! [`layer_norm_kernels`] in place of burn's six-operation LayerNorm; GELU runs
+//! training pass runs [`layer_norm_kernels`] in place of burn's six-operation LayerNorm; GELU runs
 //! [`gelu_kernels`] in place of flex's scalar-libm GELU; an inference `Linear` runs
 //! [`linear_kernels`] (product, bias and GELU in one pass); and an AdamW step runs
 //! [`adamw_kernels`] (one parallel pass per parameter, the clipping factor inside) after
 //! [`grad_norm_kernels`]' global-norm sums. Only f32 tensors take these paths. In a training
-//! pass a convolution's bias, when it has one, is added in the same operation and its gradient
-//! is parallel channel sums. [`op_profile`] times these operations by kind, forward, backward
+//! pass a convolution's bias and activation, when it has them (a frozen batch norm folded into
+//! it, then ReLU/ReLU6), run in the same operation: forward in its output pass, backward as one
+//! in-place pass over the output gradient ([`activation_kernels`]) with the bias's channel sums.
+//! [`op_profile`] times these operations by kind, forward, backward
 //! and in the optimiser step, when asked.
 
+pub mod activation_kernels;
 pub mod adamw_kernels;
-pub mod affine_kernels;
 mod amx_gemm;
 pub mod attention_kernels;
 pub mod bf16_casts;
@@ -48,8 +48,8 @@ use burn::nn::pool::MaxPool2d;
 use burn::tensor::Tensor;
 use burn::tensor::ops::ConvOptions;
 
+pub use activation_kernels::Activation;
 pub use adamw_kernels::AdamWScalars;
-pub use affine_kernels::Activation;
 pub use gemm_views::{MatmulPrecision, matmul_precision, native_bf16, set_matmul_precision};
 pub use linear_kernels::LinearActivation;
 
@@ -153,65 +153,51 @@ fn conv2d_residual_act(
             }
         });
     }
-    let y = conv2d_training(x, weight, bias, options);
-    let y = match residual {
-        Some(r) => y + r,
-        None => y,
-    };
-    crate::layers::activate(y, activation)
+    match residual {
+        Some(r) => {
+            let y = conv2d_training(x, weight, bias, options, Activation::Identity);
+            crate::layers::activate(y + r, activation)
+        }
+        None => conv2d_training(x, weight, bias, options, activation),
+    }
 }
 
-/// A convolution on autodiff flex (our backward kernels) or on another backend (burn's).
+/// `activation(conv2d(x, weight) + bias)` on autodiff flex (one tracked operation with our
+/// kernels both ways, the activation in the convolution's output pass) or on another backend
+/// (burn's operations).
 fn conv2d_training(
     x: Tensor<4>,
     weight: Tensor<4>,
     bias: Option<Tensor<1>>,
     options: ConvOptions<2>,
+    activation: Activation,
 ) -> Tensor<4> {
     #[cfg(feature = "flex")]
     if runs_on_flex_autodiff(&x) {
         use burn::backend::Dispatch;
-        return Tensor::<4>::from_dispatch(match bias {
-            Some(bias) => <Dispatch as flex_ext::TrainOps>::train_conv2d_bias(
-                x.into_dispatch(),
-                weight.into_dispatch(),
-                bias.into_dispatch(),
-                options,
-            ),
-            None => <Dispatch as flex_ext::TrainOps>::train_conv2d(
+        return Tensor::<4>::from_dispatch(match (bias, activation) {
+            (None, Activation::Identity) => <Dispatch as flex_ext::TrainOps>::train_conv2d(
                 x.into_dispatch(),
                 weight.into_dispatch(),
                 options,
             ),
+            (bias, activation) => {
+                let bias = bias.unwrap_or_else(|| zero_bias(weight.dims()[0], &x));
+                <Dispatch as flex_ext::TrainOps>::fused_conv2d(
+                    x.into_dispatch(),
+                    weight.into_dispatch(),
+                    bias.into_dispatch(),
+                    options,
+                    activation,
+                )
+            }
         });
     }
-    if bf16_casts::applies(&x) {
-        return bf16_casts::conv2d(x, weight, bias, options);
-    }
-    burn::tensor::module::conv2d(x, weight, bias, options)
-}
-
-/// `activation(x · scale[c] + shift[c])` over an NCHW tensor, `scale` and `shift` of shape `[C]`.
-pub fn channel_affine(
-    x: Tensor<4>,
-    scale: Tensor<1>,
-    shift: Tensor<1>,
-    activation: Activation,
-) -> Tensor<4> {
-    #[cfg(feature = "flex")]
-    if runs_on_flex_autodiff(&x) && [x.dtype(), scale.dtype(), shift.dtype()] == [F32; 3] {
-        use burn::backend::Dispatch;
-        return Tensor::<4>::from_dispatch(<Dispatch as flex_ext::TrainOps>::train_channel_affine(
-            x.into_dispatch(),
-            scale.into_dispatch(),
-            shift.into_dispatch(),
-            activation,
-        ));
-    }
-    let [channels] = scale.dims();
-    let y = x
-        .mul(scale.reshape([1, channels, 1, 1]))
-        .add(shift.reshape([1, channels, 1, 1]));
+    let y = if bf16_casts::applies(&x) {
+        bf16_casts::conv2d(x, weight, bias, options)
+    } else {
+        burn::tensor::module::conv2d(x, weight, bias, options)
+    };
     crate::layers::activate(y, activation)
 }
 

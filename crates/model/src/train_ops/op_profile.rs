@@ -1,7 +1,8 @@
 //! Where a training step's time goes on flex, by kind of operation: the wall time, the process
 //! CPU time and the calls of each of our tracked operations (depthwise, 1×1 and other
-//! convolutions, frozen batch norm, GELU, LayerNorm, linear, attention, ConvNeXt's layer scale,
-//! AdamW and the clipping norms), in the forward pass, the backward pass and the optimiser step. `bench train` prints
+//! convolutions — with the frozen batch norm folded into them and the activation after it —
+//! GELU, LayerNorm, linear, attention, ConvNeXt's layer scale, AdamW and the clipping norms), in
+//! the forward pass, the backward pass and the optimiser step. `bench train` prints
 //! it beside PyTorch's profiler; CPU time over wall time says which operations keep both cores
 //! busy and which run on one, and what the phases spend outside these operations is burn's own
 //! (element-wise operations, layout copies, reductions, the loss).
@@ -19,14 +20,13 @@ use std::time::Instant;
 /// A kind of operation in the profile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpKind {
-    /// A convolution with one group per channel (EfficientNet, ConvNeXt).
+    /// A convolution with one group per channel (EfficientNet, ConvNeXt). Each convolution kind
+    /// includes its bias and activation, and a frozen batch norm folded into it.
     DepthwiseConv,
     /// A 1×1 convolution.
     PointwiseConv,
     /// Any other convolution: stems, patch embeddings, ResNet's 3×3 layers.
     Conv,
-    /// A frozen batch norm and the activation after it.
-    BatchNorm,
     Gelu,
     LayerNorm,
     /// A linear layer's product and bias.
@@ -42,11 +42,10 @@ pub enum OpKind {
 }
 
 impl OpKind {
-    pub const ALL: [OpKind; 11] = [
+    pub const ALL: [OpKind; 10] = [
         OpKind::DepthwiseConv,
         OpKind::PointwiseConv,
         OpKind::Conv,
-        OpKind::BatchNorm,
         OpKind::Gelu,
         OpKind::LayerNorm,
         OpKind::Linear,
@@ -61,7 +60,6 @@ impl OpKind {
             OpKind::DepthwiseConv => "depthwise conv",
             OpKind::PointwiseConv => "1×1 conv",
             OpKind::Conv => "k×k conv (stems, 3×3, patches)",
-            OpKind::BatchNorm => "batch norm + activation",
             OpKind::Gelu => "GELU",
             OpKind::LayerNorm => "LayerNorm",
             OpKind::Linear => "linear (matmul + bias)",

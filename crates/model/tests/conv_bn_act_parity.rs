@@ -1,0 +1,165 @@
+//! A convolution + frozen batch norm + activation (and a ResNet block's residual before it) as
+//! our CNNs train it — the batch norm folded into the convolution — against PyTorch's unfolded
+//! composition: the output and the gradients of the input, the convolution's weight and bias,
+//! gamma, beta and the residual, within 1e-5 relative, through burn's autodiff on flex; and the
+//! same output from an inference pass (which keeps the batch norm as it is).
+//!
+//! Fixture: `tests/fixtures/conv_bn_act.safetensors`, from `tools/make_conv_bn_act_fixtures.py`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::module::{Param, RunningState};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
+use burn::tensor::{Device, Tensor, TensorData};
+use common::relative_error;
+use serde::Deserialize;
+use visual_search_model::layers::{conv_bn_act, conv_bn_add_act};
+use visual_search_model::train_ops::Activation;
+use visual_search_model::weights::TensorFile;
+
+#[derive(Deserialize)]
+struct Case {
+    stride: usize,
+    padding: [[usize; 2]; 2],
+    groups: usize,
+    bias: bool,
+    residual: bool,
+    activation: String,
+    epsilon: f64,
+}
+
+fn fixture_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/conv_bn_act.safetensors")
+}
+
+fn cases() -> BTreeMap<String, Case> {
+    let bytes = std::fs::read(fixture_path()).unwrap();
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    serde_json::from_str(&metadata.metadata().as_ref().unwrap()["cases"]).unwrap()
+}
+
+struct Fixture {
+    file: TensorFile,
+    case: String,
+}
+
+impl Fixture {
+    fn values(&self, key: &str) -> Vec<f32> {
+        self.file.read_f32(&format!("{}.{key}", self.case)).unwrap()
+    }
+
+    fn tensor<const D: usize>(&self, key: &str, device: &Device) -> Tensor<D> {
+        let shape = self.file.entries[&format!("{}.{key}", self.case)]
+            .shape
+            .clone();
+        Tensor::<D>::from_data(TensorData::new(self.values(key), shape), device)
+    }
+}
+
+fn activation(name: &str) -> Activation {
+    match name {
+        "identity" => Activation::Identity,
+        "relu" => Activation::Relu,
+        "relu6" => Activation::Relu6,
+        other => panic!("unknown activation {other}"),
+    }
+}
+
+/// The fixture's convolution and frozen batch norm as burn modules on `device`.
+fn modules(f: &Fixture, case: &Case, device: &Device) -> (Conv2d, BatchNorm) {
+    let weight = f.tensor::<4>("weight", device);
+    let [out_channels, in_per_group, k, _] = weight.dims();
+    let [[top, bottom], [left, right]] = case.padding;
+    let mut conv = Conv2dConfig::new([in_per_group * case.groups, out_channels], [k, k])
+        .with_stride([case.stride; 2])
+        .with_groups(case.groups)
+        .with_padding(PaddingConfig2d::Explicit(top, left, bottom, right))
+        .with_bias(case.bias)
+        .init(device);
+    conv.weight = Param::from_tensor(weight);
+    if case.bias {
+        conv.bias = Some(Param::from_tensor(f.tensor("bias", device)));
+    }
+    let mut bn = BatchNormConfig::new(out_channels)
+        .with_epsilon(case.epsilon)
+        .init(device);
+    bn.gamma = Param::from_tensor(f.tensor("gamma", device));
+    bn.beta = Param::from_tensor(f.tensor("beta", device));
+    bn.running_mean = RunningState::new(f.tensor("mean", device));
+    bn.running_var = RunningState::new(f.tensor("var", device));
+    bn.training = Param::from_bool(false);
+    (conv, bn)
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+fn check(got: Vec<f32>, f: &Fixture, key: &str) {
+    let e = relative_error(&got, &f.values(key));
+    assert!(e <= 1e-5, "{} {key}: relative error {e}", f.case);
+}
+
+#[test]
+fn folded_frozen_batch_norm_trains_as_pytorch() {
+    let cases = cases();
+    assert_eq!(cases.len(), 5);
+    let device = Device::flex().autodiff();
+    for (name, case) in &cases {
+        let f = Fixture {
+            file: TensorFile::open(&fixture_path()).unwrap(),
+            case: name.clone(),
+        };
+        let (conv, bn) = modules(&f, case, &device);
+        let frozen = Some(bn.clone());
+        let x = f.tensor::<4>("x", &device).require_grad();
+        let act = activation(&case.activation);
+        let residual = case
+            .residual
+            .then(|| f.tensor::<4>("residual", &device).require_grad());
+        let z = match &residual {
+            Some(r) => conv_bn_add_act(&conv, &frozen, x.clone(), r.clone(), act),
+            None => conv_bn_act(&conv, &frozen, x.clone(), act),
+        };
+        check(values(z.clone()), &f, "z");
+        let grads = z.mul(f.tensor("gz", &device)).sum().backward();
+        check(values(x.grad(&grads).unwrap()), &f, "gx");
+        check(
+            values(conv.weight.val().grad(&grads).unwrap()),
+            &f,
+            "gweight",
+        );
+        check(values(bn.gamma.val().grad(&grads).unwrap()), &f, "ggamma");
+        check(values(bn.beta.val().grad(&grads).unwrap()), &f, "gbeta");
+        if let Some(bias) = &conv.bias {
+            check(values(bias.val().grad(&grads).unwrap()), &f, "gbias");
+        }
+        if let Some(r) = residual {
+            check(values(r.grad(&grads).unwrap()), &f, "gresidual");
+        }
+    }
+}
+
+#[test]
+fn inference_keeps_the_batch_norm_and_the_same_output() {
+    let device = Device::flex();
+    for (name, case) in &cases() {
+        let f = Fixture {
+            file: TensorFile::open(&fixture_path()).unwrap(),
+            case: name.clone(),
+        };
+        let (conv, bn) = modules(&f, case, &device);
+        let bn = Some(bn);
+        let (x, act) = (f.tensor::<4>("x", &device), activation(&case.activation));
+        let z = if case.residual {
+            conv_bn_add_act(&conv, &bn, x, f.tensor("residual", &device), act)
+        } else {
+            conv_bn_act(&conv, &bn, x, act)
+        };
+        check(values(z), &f, "z");
+    }
+}
