@@ -163,3 +163,28 @@ fn inference_keeps_the_batch_norm_and_the_same_output() {
         check(values(z), &f, "z");
     }
 }
+
+/// The backward pass masks the output gradient in place only when nothing else holds it: here
+/// the output also feeds a sum with another tracked tensor, whose gradient is the same tensor
+/// and stays as it was, while the input's gradient is PyTorch's.
+#[test]
+fn a_shared_output_gradient_is_left_as_it_is() {
+    let cases = cases();
+    let device = Device::flex().autodiff();
+    let name = "expand_relu6";
+    let f = Fixture {
+        file: TensorFile::open(&fixture_path()).unwrap(),
+        case: name.to_string(),
+    };
+    let (conv, bn) = modules(&f, &cases[name], &device);
+    let x = f.tensor::<4>("x", &device).require_grad();
+    let z = conv_bn_act(&conv, &Some(bn), x.clone(), Activation::Relu6);
+    let other = Tensor::<4>::zeros(z.dims(), &device).require_grad();
+    let grads = z
+        .add(other.clone())
+        .mul(f.tensor("gz", &device))
+        .sum()
+        .backward();
+    check(values(x.grad(&grads).unwrap()), &f, "gx");
+    assert_eq!(values(other.grad(&grads).unwrap()), f.values("gz"));
+}

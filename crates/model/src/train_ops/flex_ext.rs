@@ -858,20 +858,32 @@ fn pre_activation_grad(
     let (shape, dtype) = (output.shape(), gy.dtype());
     let [_, channels, _, _] = shape.dims();
     let output = contiguous_f32(output.clone());
-    let mut gy = contiguous_f32(gy);
-    if unique_values_mut(&mut gy).is_none() {
-        gy = FlexTensor::from_data(TensorData::new(f32_slice(&gy).to_vec(), shape.clone()));
-    }
-    let g = unique_values_mut(&mut gy).expect("a tensor just made from a vector is unique");
+    let mut gy = owned_f32(gy);
     let sums = activation_kernels::mask_pre_activation_grad(
         f32_slice(&output),
-        g,
+        owned_values(&mut gy),
         plane_size(&shape),
         channels,
         activation,
     );
     let sums = FlexTensor::from_data(TensorData::new(sums, [channels]));
     (cast_from_f32(gy, dtype), cast_from_f32(sums, dtype))
+}
+
+/// `t` as a contiguous f32 tensor whose values are its own to overwrite (for a kernel that
+/// writes a gradient over the output gradient it reads, [`pre_activation_grad`]): `t` itself
+/// when nothing else holds its values, else a copy.
+fn owned_f32(t: FlexTensor) -> FlexTensor {
+    let mut t = contiguous_f32(t);
+    if unique_values_mut(&mut t).is_none() {
+        t = FlexTensor::from_data(TensorData::new(f32_slice(&t).to_vec(), t.shape()));
+    }
+    t
+}
+
+/// The values of a tensor from [`owned_f32`], to overwrite.
+fn owned_values(t: &mut FlexTensor) -> &mut [f32] {
+    unique_values_mut(t).expect("owned_f32 returns a tensor that alone holds its values")
 }
 
 /// The values of a contiguous f32 tensor to overwrite, when it is their only holder and they
