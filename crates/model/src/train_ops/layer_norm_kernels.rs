@@ -100,18 +100,23 @@ pub fn backward(x: &[f32], gamma: &[f32], gy: &[f32], eps: f64) -> LayerNormGrad
                         .zip(gy.chunks_exact(width))
                     {
                         let (mean, rstd) = row_stats(x_row, eps);
-                        for i in 0..width {
-                            let h = (x_row[i] - mean) * rstd;
-                            xhat[i] = h;
-                            g[i] = gy_row[i] * gamma[i];
-                            dgamma[i] += (gy_row[i] * h) as f64;
-                            dbeta[i] += gy_row[i] as f64;
+                        // Zipped, not indexed: the bounds checks of six indexed slices kept
+                        // this loop scalar.
+                        let sums = dgamma.iter_mut().zip(dbeta.iter_mut());
+                        let row = x_row.iter().zip(gy_row).zip(gamma);
+                        for (((h, g), (dgamma, dbeta)), ((&x, &gy), &gamma)) in
+                            xhat.iter_mut().zip(g.iter_mut()).zip(sums).zip(row)
+                        {
+                            *h = (x - mean) * rstd;
+                            *g = gy * gamma;
+                            *dgamma += (gy * *h) as f64;
+                            *dbeta += gy as f64;
                         }
                         // the row means of g = gy·gamma and of g·xhat
                         let mean_g = (sum_f64(&g, |v| v as f64) / width as f64) as f32;
                         let mean_gx = (sum_f64_pairs(&g, &xhat) / width as f64) as f32;
-                        for i in 0..width {
-                            dx_row[i].write(rstd * (g[i] - mean_g - xhat[i] * mean_gx));
+                        for ((d, &g), &h) in dx_row.iter_mut().zip(&g).zip(&xhat) {
+                            d.write(rstd * (g - mean_g - h * mean_gx));
                         }
                     }
                 },
