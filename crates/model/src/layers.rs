@@ -27,7 +27,7 @@ pub fn tf_same_padding(
 /// `activation(batch_norm(conv(x)))` with TF "same" padding computed for this input
 /// (asymmetric when stride > 1), as TF-trained weights (EfficientNet-Lite) expect. Once the
 /// batch norm is folded into the convolution — at load for inference (`bn` is `None`), at each
-/// training pass when its statistics are frozen ([`frozen_batch_norm_folded`]) — convolution,
+/// training pass when its statistics are frozen (`frozen_batch_norm_folded`) — convolution,
 /// bias and activation are one operation ([`crate::train_ops::conv2d_act`]).
 pub fn conv_tf_same_bn_act(
     conv: &Conv2d,

@@ -4,7 +4,7 @@
 //! A frozen batch norm is folded into its convolution in training
 //! ([`crate::layers::conv_bn_act`]), so the convolution's forward pass adds the bias and applies
 //! the activation while its output is warm, and its backward pass starts here: one parallel,
-//! branch-free, vectorised pass ([`super::vectorized`]) that masks the output gradient where the
+//! branch-free, vectorised pass (`super::vectorized`) that masks the output gradient where the
 //! activation did not pass — in place — and sums it per channel for the bias. Composed from
 //! burn's operations the batch norm and activation were four full-size tensors forward (mul,
 //! add, relu, clamp) and as many again backward; then one fused affine pass each way, which
