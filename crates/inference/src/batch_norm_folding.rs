@@ -1,7 +1,9 @@
 //! Folding inference-mode batch norm into the convolution before it, for burn devices:
 //! `w' = w · γ/√(σ²+ε)` per output channel, `b' = β + (b − μ) · γ/√(σ²+ε)`, and the norm
 //! removed — four elementwise passes over every activation fewer (EfficientNet-Lite, ResNet).
-//! The ONNX export folds the same way (`onnx::params`); training never sees a folded model.
+//! The ONNX export folds the same way (`onnx::params`). Training's validations embed with a
+//! folded copy; the model being trained keeps its batch norms (a frozen one is folded into its
+//! convolution at each training pass, `visual_search_model::layers::conv_bn_act`).
 
 use burn::module::Param;
 use burn::nn::BatchNorm;

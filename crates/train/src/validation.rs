@@ -10,6 +10,7 @@ use visual_search_data::image::Normalization;
 use visual_search_data::loader::LoaderConfig;
 use visual_search_data::transform::{EvalTransform, SampleTransform};
 use visual_search_inference::BurnEmbedder;
+use visual_search_inference::batch_norm_folding::fold_batch_norms;
 use visual_search_retrieval::metrics::evaluate;
 use visual_search_retrieval::pipeline::{RankOptions, rank};
 
@@ -30,7 +31,10 @@ pub fn validate(
     norm: Normalization,
     device: &Device,
 ) -> Result<ValidationMetrics, TrainError> {
-    let valid = model.embedder.valid();
+    // Inference on a copy with its batch norms folded into the convolutions (convolution, bias
+    // and activation in one pass on flex), as every inference command runs the model; the
+    // training model keeps its batch norms.
+    let valid = fold_batch_norms(model.embedder.valid());
     let embedder = BurnEmbedder {
         model: &valid,
         device,

@@ -175,7 +175,9 @@ pub fn take() -> OpProfile {
 }
 
 /// Runs `f`, the operation of `kind` in `phase`, and records its times while recording is on
-/// (unless another timed operation on this thread encloses it).
+/// (unless another timed operation on this thread encloses it). Only flex's operations are
+/// timed, so a build without flex does not call it.
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
 pub(crate) fn timed<T>(kind: OpKind, phase: Phase, f: impl FnOnce() -> T) -> T {
     if !RECORDING.load(Ordering::Relaxed) || TIMING.get() {
         return f();
