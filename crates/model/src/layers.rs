@@ -10,7 +10,9 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Distribution, Tensor};
 
-use crate::train_ops::{Activation, LinearActivation, conv2d_act, conv2d_add_act, linear_2d};
+use crate::train_ops::{
+    Activation, LinearActivation, conv2d_act, conv2d_add_act, linear_2d, scale_out_channels,
+};
 
 /// TensorFlow "same" padding for one dimension: `(before, after)`.
 pub fn tf_same_padding(
@@ -153,9 +155,7 @@ fn frozen_batch_norm_folded(
         Some(bias) => shift.add(bias.val().mul(scale.clone())),
         None => shift,
     };
-    let [channels] = scale.dims();
-    let weight = conv.weight.val().mul(scale.reshape([channels, 1, 1, 1]));
-    Some((weight, bias))
+    Some((scale_out_channels(conv.weight.val(), scale), bias))
 }
 
 /// `linear.forward(x)`, through [`matmul_rows`].

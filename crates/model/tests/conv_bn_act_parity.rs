@@ -188,3 +188,48 @@ fn a_shared_output_gradient_is_left_as_it_is() {
     check(values(x.grad(&grads).unwrap()), &f, "gx");
     assert_eq!(values(other.grad(&grads).unwrap()), f.values("gz"));
 }
+
+/// The folding's per-output-channel weight scaling (our op on flex) gives burn's broadcast
+/// product and its gradients for the weight and the scale.
+#[test]
+fn weight_scaling_matches_burns_broadcast_product() {
+    use visual_search_model::train_ops::scale_out_channels;
+    let device = Device::flex().autodiff();
+    let shape = [6, 4, 3, 3];
+    let len: usize = shape.iter().product();
+    let w: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin()).collect();
+    let s = vec![0.5f32, -2.0, 3.25, 0.0, 1e-3, 7.0];
+    let g: Vec<f32> = (0..len).map(|i| (i as f32 * 0.71).cos()).collect();
+    let run = |ours: bool| {
+        let weight =
+            Tensor::<4>::from_data(TensorData::new(w.clone(), shape), &device).require_grad();
+        let scale = Tensor::<1>::from_data(TensorData::new(s.clone(), [6]), &device).require_grad();
+        let y = if ours {
+            scale_out_channels(weight.clone(), scale.clone())
+        } else {
+            weight.clone().mul(scale.clone().reshape([6, 1, 1, 1]))
+        };
+        let out = values(y.clone());
+        let grads = y
+            .mul(Tensor::<4>::from_data(
+                TensorData::new(g.clone(), shape),
+                &device,
+            ))
+            .sum()
+            .backward();
+        (
+            out,
+            values(weight.grad(&grads).unwrap()),
+            values(scale.grad(&grads).unwrap()),
+        )
+    };
+    let (ours, burns) = (run(true), run(false));
+    for (label, a, b) in [
+        ("output", &ours.0, &burns.0),
+        ("weight gradient", &ours.1, &burns.1),
+        ("scale gradient", &ours.2, &burns.2),
+    ] {
+        let e = relative_error(a, b);
+        assert!(e <= 1e-6, "{label}: relative error {e}");
+    }
+}

@@ -13,6 +13,8 @@
 //!   copy;
 //! - **max pool** (inference): without the indices burn-flex computes for a backward pass
 //!   ([`super::max_pool_kernels`]); autodiff keeps burn's;
+//! - **per-row weight scaling** (a frozen batch norm folded into its convolution in training):
+//!   one parallel pass each way ([`super::row_scale_kernels`]);
 //! - **GELU** (exact, erf): vectorised and parallel both ways ([`super::gelu_kernels`]); also
 //!   used for inference on flex;
 //! - **AdamW** (the optimizer step): one parallel pass per parameter ([`super::adamw_kernels`]),
@@ -57,6 +59,7 @@ use super::layer_scale_kernels;
 use super::linear_kernels::{self, LinearActivation, Weight, WeightLayout};
 use super::max_pool_kernels::{self, PoolGeometry};
 use super::op_profile::{self, OpKind, Phase};
+use super::row_scale_kernels;
 
 #[backend_extension(Flex, Autodiff)]
 pub trait TrainOps: Backend {
@@ -77,6 +80,9 @@ pub trait TrainOps: Backend {
         options: ConvOptions<2>,
         activation: Activation,
     ) -> FloatTensor<Self>;
+
+    /// `w[r, ..] · s[r]`: an f32 weight `[rows, ..]` scaled per row by `s` (`[rows]`).
+    fn scale_rows(w: FloatTensor<Self>, s: FloatTensor<Self>) -> FloatTensor<Self>;
 
     /// Exact GELU of an f32 tensor.
     fn train_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -201,6 +207,13 @@ impl TrainOps for Flex {
             }
         }
         Flex::max_pool2d(x, kernel, stride, padding, dilation, false)
+    }
+
+    fn scale_rows(w: FlexTensor, s: FlexTensor) -> FlexTensor {
+        let shape = w.shape();
+        let (w, s) = (w.to_contiguous(), s.to_contiguous());
+        let y = row_scale_kernels::forward(f32_slice(&w), f32_slice(&s));
+        FlexTensor::from_data(TensorData::new(y, shape))
     }
 
     fn train_gelu(x: FlexTensor) -> FlexTensor {
@@ -637,6 +650,24 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
     /// flex's sum on the values: gradient norms are never tracked.
     fn sum_of_squares(x: FloatTensor<Self>) -> FloatTensor<Self> {
         FloatTensor::<Self>::new(Flex::sum_of_squares(x.into_primitive()))
+    }
+
+    fn scale_rows(w: FloatTensor<Self>, s: FloatTensor<Self>) -> FloatTensor<Self> {
+        match ScaleRowsBackward
+            .prepare::<C>([w.node(), s.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let w_state = prep.checkpoint(&w);
+                let s_state = prep.checkpoint(&s);
+                let output = Flex::scale_rows(w.into_primitive(), s.into_primitive());
+                prep.finish((w_state, s_state), output)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(Flex::scale_rows(w.into_primitive(), s.into_primitive()))
+            }
+        }
     }
 
     fn train_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -1246,6 +1277,36 @@ impl Backward<Flex, 3> for LayerNorm2dBackward {
                 }
             });
         })
+    }
+}
+
+/// [`TrainOps::scale_rows`]'s backward: both gradients in one parallel pass.
+#[derive(Debug)]
+struct ScaleRowsBackward;
+
+impl Backward<Flex, 2> for ScaleRowsBackward {
+    type State = (NodeId, NodeId);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_w, node_s] = ops.parents.map(|node| node.map(|n| n.id));
+        let g = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let (w_state, s_state) = ops.state;
+        let w = checkpointer.retrieve_node_output::<FlexTensor>(w_state);
+        let s = checkpointer.retrieve_node_output::<FlexTensor>(s_state);
+        let (w_shape, s_shape) = (w.shape(), s.shape());
+        let (w, s) = (w.to_contiguous(), s.to_contiguous());
+        let (dw, ds) = row_scale_kernels::backward(f32_slice(&w), f32_slice(&s), f32_slice(&g));
+        if let Some(id) = node_w {
+            grads.register::<Flex>(id, FlexTensor::from_data(TensorData::new(dw, w_shape)));
+        }
+        if let Some(id) = node_s {
+            grads.register::<Flex>(id, FlexTensor::from_data(TensorData::new(ds, s_shape)));
+        }
     }
 }
 

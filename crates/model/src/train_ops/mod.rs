@@ -41,6 +41,7 @@ pub mod layer_scale_kernels;
 pub mod linear_kernels;
 pub mod max_pool_kernels;
 pub mod op_profile;
+pub mod row_scale_kernels;
 mod vectorized;
 
 use burn::nn::LayerNorm;
@@ -427,6 +428,22 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
         ));
     }
     burn::tensor::activation::gelu(x)
+}
+
+/// `weight[c, ..] · scale[c]`: a convolution's weight scaled per output channel (a frozen batch
+/// norm folded into it). One parallel op each way on flex in f32 ([`row_scale_kernels`]), burn's
+/// broadcast multiplication otherwise.
+pub fn scale_out_channels(weight: Tensor<4>, scale: Tensor<1>) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    if runs_on_flex(&weight) && [weight.dtype(), scale.dtype()] == [F32; 2] {
+        use burn::backend::Dispatch;
+        return Tensor::<4>::from_dispatch(<Dispatch as flex_ext::TrainOps>::scale_rows(
+            weight.into_dispatch(),
+            scale.into_dispatch(),
+        ));
+    }
+    let [channels] = scale.dims();
+    weight.mul(scale.reshape([channels, 1, 1, 1]))
 }
 
 /// `pool.forward(x)`; on flex in inference our kernel, which skips the indices burn-flex
