@@ -25,7 +25,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::vectorized::{sum_f64, vectorized};
+use super::vectorized::{sum_f64, sum_f64_pairs, vectorized};
 
 /// Rows per parallel task (at least one).
 fn rows_per_task(width: usize) -> usize {
@@ -151,25 +151,6 @@ fn row_stats(row: &[f32], eps: f64) -> (f32, f32) {
         d * d
     }) / n;
     (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
-}
-
-/// `Σ a·b` (each product in f32, as before, summed in f64) as eight running sums.
-#[inline(always)]
-fn sum_f64_pairs(a: &[f32], b: &[f32]) -> f64 {
-    let mut lanes = [0.0f64; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let rest: f64 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(&x, &y)| (x * y) as f64)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for ((lane, &x), &y) in lanes.iter_mut().zip(x).zip(y) {
-            *lane += (x * y) as f64;
-        }
-    }
-    lanes.iter().sum::<f64>() + rest
 }
 
 /// Pixels per task of the per-pixel statistics: with 768 channels a tile of `x` (and `gy`) is

@@ -10,7 +10,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::vectorized::vectorized;
+use super::vectorized::{sum_f64_pairs, vectorized};
 
 /// `w` (rows of `w.len() / s.len()` values) with row `r` scaled by `s[r]`.
 pub fn forward(w: &[f32], s: &[f32]) -> Vec<f32> {
@@ -55,7 +55,7 @@ pub fn backward(w: &[f32], s: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>) {
                     for (d, &g) in d.iter_mut().zip(g) {
                         d.write(g * s);
                     }
-                    dot_f64(w, g)
+                    sum_f64_pairs(w, g)
                 },
             ) as f32
         })
@@ -77,25 +77,6 @@ fn row_len(w: &[f32], s: &[f32]) -> Option<usize> {
         s.len()
     );
     Some(w.len() / s.len())
-}
-
-/// `Σ a·b`, each product in f32, summed in f64 over eight running sums.
-#[inline(always)]
-fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
-    let mut lanes = [0.0f64; 8];
-    let (a8, a_rest) = a.as_chunks::<8>();
-    let (b8, b_rest) = b.as_chunks::<8>();
-    for (a, b) in a8.iter().zip(b8) {
-        for lane in 0..8 {
-            lanes[lane] += (a[lane] * b[lane]) as f64;
-        }
-    }
-    let rest: f64 = a_rest
-        .iter()
-        .zip(b_rest)
-        .map(|(&a, &b)| (a * b) as f64)
-        .sum();
-    lanes.iter().sum::<f64>() + rest
 }
 
 #[cfg(test)]

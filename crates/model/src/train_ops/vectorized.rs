@@ -62,6 +62,26 @@ pub(super) fn sum_f64(values: &[f32], f: impl Fn(f32) -> f64) -> f64 {
     lanes.iter().sum::<f64>() + rest
 }
 
+/// `Σ a·b` over pairs, each product in f32, summed in f64 as eight running sums (so the loop
+/// vectorises).
+#[inline(always)]
+pub(super) fn sum_f64_pairs(a: &[f32], b: &[f32]) -> f64 {
+    let mut lanes = [0.0f64; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let rest: f64 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(&x, &y)| (x * y) as f64)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for ((lane, &x), &y) in lanes.iter_mut().zip(x).zip(y) {
+            *lane += (x * y) as f64;
+        }
+    }
+    lanes.iter().sum::<f64>() + rest
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
