@@ -369,32 +369,11 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
         beta: FloatTensor<Self>,
         epsilon: f64,
     ) -> FloatTensor<Self> {
-        op_profile::timed(
-            OpKind::LayerNorm,
-            Phase::Forward,
-            || match LayerNorm2dBackward
-                .prepare::<C>([x.node(), gamma.node(), beta.node()])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(mut prep) => {
-                    let x_state = prep.checkpoint(&x);
-                    let gamma_state = prep.checkpoint(&gamma);
-                    let output = Flex::train_layer_norm_2d(
-                        x.into_primitive(),
-                        gamma.into_primitive(),
-                        beta.into_primitive(),
-                        epsilon,
-                    );
-                    prep.finish((x_state, gamma_state, epsilon), output)
-                }
-                OpsKind::UnTracked(prep) => prep.finish(Flex::train_layer_norm_2d(
-                    x.into_primitive(),
-                    gamma.into_primitive(),
-                    beta.into_primitive(),
-                    epsilon,
-                )),
-            },
+        tracked_layer_norm::<C, _>(
+            LayerNorm2dBackward,
+            [x, gamma, beta],
+            epsilon,
+            Flex::train_layer_norm_2d,
         )
     }
 
@@ -596,32 +575,11 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
         beta: FloatTensor<Self>,
         epsilon: f64,
     ) -> FloatTensor<Self> {
-        op_profile::timed(
-            OpKind::LayerNorm,
-            Phase::Forward,
-            || match LayerNormBackward
-                .prepare::<C>([x.node(), gamma.node(), beta.node()])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(mut prep) => {
-                    let x_state = prep.checkpoint(&x);
-                    let gamma_state = prep.checkpoint(&gamma);
-                    let output = Flex::train_layer_norm(
-                        x.into_primitive(),
-                        gamma.into_primitive(),
-                        beta.into_primitive(),
-                        epsilon,
-                    );
-                    prep.finish((x_state, gamma_state, epsilon), output)
-                }
-                OpsKind::UnTracked(prep) => prep.finish(Flex::train_layer_norm(
-                    x.into_primitive(),
-                    gamma.into_primitive(),
-                    beta.into_primitive(),
-                    epsilon,
-                )),
-            },
+        tracked_layer_norm::<C, _>(
+            LayerNormBackward,
+            [x, gamma, beta],
+            epsilon,
+            Flex::train_layer_norm,
         )
     }
 
@@ -1165,6 +1123,45 @@ fn geometry(
     })
 }
 
+/// A LayerNorm (`forward`, on the values) as one tracked operation whose backward pass is
+/// `backward`, with the input and gamma checkpointed for it.
+fn tracked_layer_norm<C, B>(
+    backward: B,
+    [x, gamma, beta]: [FloatTensor<Autodiff<Flex, C>>; 3],
+    epsilon: f64,
+    forward: fn(FlexTensor, FlexTensor, FlexTensor, f64) -> FlexTensor,
+) -> FloatTensor<Autodiff<Flex, C>>
+where
+    C: CheckpointStrategy,
+    B: Backward<Flex, 3, State = (NodeId, NodeId, f64)>,
+{
+    op_profile::timed(OpKind::LayerNorm, Phase::Forward, || {
+        match backward
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let gamma_state = prep.checkpoint(&gamma);
+                let output = forward(
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    epsilon,
+                );
+                prep.finish((x_state, gamma_state, epsilon), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(forward(
+                x.into_primitive(),
+                gamma.into_primitive(),
+                beta.into_primitive(),
+                epsilon,
+            )),
+        }
+    })
+}
+
 #[derive(Debug)]
 struct LayerNormBackward;
 
@@ -1200,8 +1197,7 @@ impl Backward<Flex, 3> for LayerNormBackward {
 }
 
 /// Registers the gradients of an operation of an input and two per-channel parameters (a
-/// LayerNorm's gamma and beta, a frozen batch norm's scale and shift) for those of its parents
-/// that are tracked: the parameters' from their values, `dx` making the input's tensor from
+/// LayerNorm's gamma and beta, in either layout) for those of its parents that are tracked: the parameters' from their values, `dx` making the input's tensor from
 /// its values.
 fn register_input_and_channel_grads(
     grads: &mut Gradients,
