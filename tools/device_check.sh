@@ -10,7 +10,8 @@
 # There:  device tool `run`, carry [".device-kit"], timeout_s 540, command
 #         `bash tools/device_check.sh .device-kit`
 # Output: $OUT/device_check.log (also printed). Each part has its own time limit, so a part that
-# hangs or fails leaves the others their time; the whole run stays under 7 minutes, leaving a lease of 15 minutes room for its start.
+# hangs or fails leaves the others their time; the whole run takes under 7 minutes, which leaves
+# a 15-minute lease room for the machine's start and the transfers.
 set -uo pipefail
 kit="${1:-.device-kit}"
 out="${OUT:-/tmp/device-check}"
