@@ -40,9 +40,7 @@ impl Activation {
             y.iter_mut().for_each(|v| *v = self.of(*v));
         }
     }
-}
 
-impl Activation {
     /// Whether the gradient passes at output `z`, as PyTorch has it: ReLU where the output is
     /// positive (`threshold_backward`), ReLU6 where its input is strictly inside (0, 6)
     /// (`hardtanh_backward`) — exactly where the output is.

@@ -1197,8 +1197,8 @@ impl Backward<Flex, 3> for LayerNormBackward {
 }
 
 /// Registers the gradients of an operation of an input and two per-channel parameters (a
-/// LayerNorm's gamma and beta, in either layout) for those of its parents that are tracked: the parameters' from their values, `dx` making the input's tensor from
-/// its values.
+/// LayerNorm's gamma and beta, in either layout) for those of its parents that are tracked:
+/// the parameters' from their values, `dx` making the input's tensor from its values.
 fn register_input_and_channel_grads(
     grads: &mut Gradients,
     [node_x, node_a, node_b]: [Option<NodeId>; 3],
