@@ -8,8 +8,9 @@ in eval mode while gamma and beta still train. We fold it into the convolution i
 in float64 from float32 inputs, with the gradients of the input, the convolution's weight and
 bias, gamma, beta and the residual. Cases: a 1x1 convolution before ReLU6 (EfficientNet-Lite's
 expansion), a depthwise 3x3 stride 2 with TF "same" (asymmetric) padding before ReLU6, a 3x3
-stride-2 stem with a convolution bias before ReLU, and a 1x1 convolution whose batch norm is
-followed by a residual and ReLU (ResNet's block tail).
+stride-2 stem with a convolution bias before ReLU, a 1x1 convolution whose batch norm is
+followed by a residual and ReLU (ResNet's block tail), and 1x1 projections without an activation,
+alone and with a residual (EfficientNet-Lite's inverted-residual tail).
 
 Run: ~/.cache/visual-search/venv/bin/python tools/make_conv_bn_act_fixtures.py
 """
@@ -31,6 +32,7 @@ CASES = {
     "stem3_s2_bias_relu": (2, 3, 11, 10, 8, 3, 2, (1, 1, 1, 1), 1, True, False, "relu"),
     "tail_residual_relu": (2, 6, 5, 7, 10, 1, 1, (0, 0, 0, 0), 1, False, True, "relu"),
     "project_identity": (2, 12, 6, 6, 5, 1, 1, (0, 0, 0, 0), 1, False, False, "identity"),
+    "project_residual_identity": (2, 12, 6, 6, 5, 1, 1, (0, 0, 0, 0), 1, False, True, "identity"),
 }
 ACTIVATIONS = {"identity": lambda z: z, "relu": F.relu, "relu6": F.relu6}
 

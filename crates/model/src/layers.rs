@@ -37,10 +37,30 @@ pub fn conv_tf_same_bn_act(
     x: Tensor<4>,
     activation: Activation,
 ) -> Tensor<4> {
+    let padding = tf_same_conv_padding(conv, &x);
+    conv_padded_bn_act(conv, bn, x, padding, None, activation)
+}
+
+/// `activation(batch_norm(conv(x)) + residual)` with TF "same" padding: an inverted-residual
+/// block's projection and its shortcut, one operation on flex (see [`conv_bn_add_act`]).
+pub fn conv_tf_same_bn_add_act(
+    conv: &Conv2d,
+    bn: &Option<BatchNorm>,
+    x: Tensor<4>,
+    residual: Tensor<4>,
+    activation: Activation,
+) -> Tensor<4> {
+    let padding = tf_same_conv_padding(conv, &x);
+    conv_padded_bn_act(conv, bn, x, padding, Some(residual), activation)
+}
+
+/// The `(before, after)` TF "same" padding per spatial dimension of `conv` over `x`.
+fn tf_same_conv_padding(conv: &Conv2d, x: &Tensor<4>) -> [(usize, usize); 2] {
     let [_, _, h, w] = x.dims();
-    let pad_h = tf_same_padding(h, conv.kernel_size[0], conv.stride[0], conv.dilation[0]);
-    let pad_w = tf_same_padding(w, conv.kernel_size[1], conv.stride[1], conv.dilation[1]);
-    conv_padded_bn_act(conv, bn, x, [pad_h, pad_w], activation)
+    [
+        tf_same_padding(h, conv.kernel_size[0], conv.stride[0], conv.dilation[0]),
+        tf_same_padding(w, conv.kernel_size[1], conv.stride[1], conv.dilation[1]),
+    ]
 }
 
 /// `activation(batch_norm(conv(x)))` with burn's padding rules; see [`conv_tf_same_bn_act`].
@@ -51,12 +71,13 @@ pub fn conv_bn_act(
     activation: Activation,
 ) -> Tensor<4> {
     let padding = burn_padding(conv, &x);
-    conv_padded_bn_act(conv, bn, x, padding, activation)
+    conv_padded_bn_act(conv, bn, x, padding, None, activation)
 }
 
 /// `activation(batch_norm(conv(x)) + residual)` with burn's padding rules: a residual block's
-/// last convolution, its shortcut and the activation after their sum. Without a batch norm (a
-/// BN-folded model in inference) one pass on flex.
+/// last convolution, its shortcut and the activation after their sum. With the batch norm
+/// folded (a BN-folded model in inference, a frozen batch norm in training) one operation on
+/// flex, the residual added in the convolution's output pass.
 pub fn conv_bn_add_act(
     conv: &Conv2d,
     bn: &Option<BatchNorm>,
@@ -65,22 +86,7 @@ pub fn conv_bn_add_act(
     activation: Activation,
 ) -> Tensor<4> {
     let padding = burn_padding(conv, &x);
-    let options = ConvOptions::new_with_padding(conv.stride, padding, conv.dilation, conv.groups);
-    if let Some((weight, bias)) = frozen_batch_norm_folded(conv, bn, &x) {
-        return conv2d_add_act(x, weight, Some(bias), residual, options, activation);
-    }
-    let (weight, bias) = (conv.weight.val(), conv.bias.as_ref().map(|b| b.val()));
-    match bn {
-        None => conv2d_add_act(x, weight, bias, residual, options, activation),
-        Some(_) => activate(
-            batch_norm_act(
-                bn,
-                conv2d_act(x, weight, bias, options, Activation::Identity),
-                Activation::Identity,
-            ) + residual,
-            activation,
-        ),
-    }
+    conv_padded_bn_act(conv, bn, x, padding, Some(residual), activation)
 }
 
 /// `conv.forward(x)` (burn's padding rules), through [`crate::train_ops::conv2d`] so that flex
@@ -105,26 +111,32 @@ fn burn_padding(conv: &Conv2d, x: &Tensor<4>) -> [(usize, usize); 2] {
 }
 
 /// `conv`'s weights and options with this `(before, after)` padding per spatial dimension, then
-/// the batch norm and the activation.
+/// the batch norm, the residual (when there is one) and the activation.
 fn conv_padded_bn_act(
     conv: &Conv2d,
     bn: &Option<BatchNorm>,
     x: Tensor<4>,
     padding: [(usize, usize); 2],
+    residual: Option<Tensor<4>>,
     activation: Activation,
 ) -> Tensor<4> {
     let options = ConvOptions::new_with_padding(conv.stride, padding, conv.dilation, conv.groups);
-    if let Some((weight, bias)) = frozen_batch_norm_folded(conv, bn, &x) {
-        return conv2d_act(x, weight, Some(bias), options, activation);
-    }
-    let (weight, bias) = (conv.weight.val(), conv.bias.as_ref().map(|b| b.val()));
-    match bn {
+    let (weight, bias) = match frozen_batch_norm_folded(conv, bn, &x) {
+        Some((weight, bias)) => (weight, Some(bias)),
+        None if bn.is_some() => {
+            // A batch norm of its own: batch statistics in training, or a model not yet folded.
+            let (weight, bias) = (conv.weight.val(), conv.bias.as_ref().map(|b| b.val()));
+            let y = conv2d_act(x, weight, bias, options, Activation::Identity);
+            return match residual {
+                Some(r) => activate(batch_norm_act(bn, y, Activation::Identity) + r, activation),
+                None => batch_norm_act(bn, y, activation),
+            };
+        }
+        None => (conv.weight.val(), conv.bias.as_ref().map(|b| b.val())),
+    };
+    match residual {
+        Some(r) => conv2d_add_act(x, weight, bias, r, options, activation),
         None => conv2d_act(x, weight, bias, options, activation),
-        Some(_) => batch_norm_act(
-            bn,
-            conv2d_act(x, weight, bias, options, Activation::Identity),
-            activation,
-        ),
     }
 }
 

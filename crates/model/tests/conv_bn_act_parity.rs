@@ -107,7 +107,7 @@ fn check(got: Vec<f32>, f: &Fixture, key: &str) {
 #[test]
 fn folded_frozen_batch_norm_trains_as_pytorch() {
     let cases = cases();
-    assert_eq!(cases.len(), 5);
+    assert_eq!(cases.len(), 6);
     let device = Device::flex().autodiff();
     for (name, case) in &cases {
         let f = Fixture {
@@ -187,6 +187,51 @@ fn a_shared_output_gradient_is_left_as_it_is() {
         .backward();
     check(values(x.grad(&grads).unwrap()), &f, "gx");
     assert_eq!(values(other.grad(&grads).unwrap()), f.values("gz"));
+}
+
+/// A ResNet block's input is both its first convolution's input and its residual, so the
+/// residual's gradient (the masked output gradient, registered after the convolution's
+/// gradients are done reading it) is summed with the input's: the same gradients as from two
+/// separate tensors holding the same values.
+#[test]
+fn a_residual_that_is_also_the_input_gets_both_gradients() {
+    let device = Device::flex().autodiff();
+    let shape = [2, 4, 5, 6];
+    let len: usize = shape.iter().product();
+    let values_of =
+        |scale: f32| -> Vec<f32> { (0..len).map(|i| (i as f32 * scale).sin() * 1.5).collect() };
+    let (xs, gz) = (values_of(0.37), values_of(0.53));
+    let conv = Conv2dConfig::new([4, 4], [3, 3])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .init(&device);
+    let bn = Some(BatchNormConfig::new(4).init(&device));
+    let run = |shared: bool| {
+        let x = Tensor::<4>::from_data(TensorData::new(xs.clone(), shape), &device).require_grad();
+        let r = if shared {
+            x.clone()
+        } else {
+            Tensor::<4>::from_data(TensorData::new(xs.clone(), shape), &device).require_grad()
+        };
+        let z = conv_bn_add_act(&conv, &bn, x.clone(), r.clone(), Activation::Relu);
+        let grads = z
+            .mul(Tensor::<4>::from_data(
+                TensorData::new(gz.clone(), shape),
+                &device,
+            ))
+            .sum()
+            .backward();
+        let gx = values(x.grad(&grads).unwrap());
+        if shared {
+            gx
+        } else {
+            let gr = values(r.grad(&grads).unwrap());
+            gx.iter().zip(&gr).map(|(a, b)| a + b).collect()
+        }
+    };
+    let (shared, separate) = (run(true), run(false));
+    let e = relative_error(&shared, &separate);
+    assert!(e <= 1e-6, "relative error {e}");
+    assert!(shared.iter().any(|&g| g != 0.0));
 }
 
 /// The folding's per-output-channel weight scaling (our op on flex) gives burn's broadcast

@@ -12,7 +12,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{conv_tf_same_bn_act, drop_path};
+use crate::layers::{conv_tf_same_bn_act, conv_tf_same_bn_add_act, drop_path, drop_path_applies};
 use crate::pooling::{Pooling, PoolingKind};
 use crate::train_ops::Activation;
 use crate::weights::WeightMapping;
@@ -180,11 +180,21 @@ impl MbConvBlock {
             x = conv_tf_same_bn_act(conv, &self.bn0, x, Activation::Relu6);
         }
         x = conv_tf_same_bn_act(&self.depthwise_conv, &self.bn1, x, Activation::Relu6);
-        x = conv_tf_same_bn_act(&self.project_conv, &self.bn2, x, Activation::Identity);
-        if self.skip {
-            x = drop_path(x, self.drop_connect_rate) + input;
+        if !self.skip {
+            return conv_tf_same_bn_act(&self.project_conv, &self.bn2, x, Activation::Identity);
         }
-        x
+        if drop_path_applies(&x, self.drop_connect_rate) {
+            x = conv_tf_same_bn_act(&self.project_conv, &self.bn2, x, Activation::Identity);
+            return drop_path(x, self.drop_connect_rate) + input;
+        }
+        // The shortcut added in the projection's output pass.
+        conv_tf_same_bn_add_act(
+            &self.project_conv,
+            &self.bn2,
+            x,
+            input,
+            Activation::Identity,
+        )
     }
 }
 

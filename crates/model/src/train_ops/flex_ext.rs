@@ -3,10 +3,11 @@
 //! - **convolution**: the forward pass, with its bias and activation fused when it has them
 //!   (inference on a BN-folded model; a ResNet block's shortcut too), runs
 //!   [`super::conv_forward_kernels`]; the backward pass (registered with burn's autodiff) runs
-//!   [`super::conv_kernels`]; in training the bias and the activation (a frozen batch norm
-//!   folded into the convolution, then ReLU/ReLU6) are in the forward pass too, and their
-//!   gradients one in-place pass over the output gradient with the bias's channel sums
-//!   ([`super::activation_kernels`]). Both fall back to burn's operations for what they do
+//!   [`super::conv_kernels`]; in training the bias, the shortcut and the activation (a frozen
+//!   batch norm folded into the convolution, a residual block's shortcut, then ReLU/ReLU6) are
+//!   in the forward pass too, and their gradients one in-place pass over the output gradient
+//!   with the bias's channel sums ([`super::activation_kernels`]), the shortcut's being that
+//!   gradient itself. Both fall back to burn's operations for what they do
 //!   not cover (another dtype, a grouping other than 1 or depthwise). A depthwise layer whose
 //!   input (or output gradient) is channels-last in memory — ConvNeXt's residual stream, NHWC
 //!   between its LayerNorms and MLPs — is computed in that layout, in and out, with no NCHW
@@ -545,7 +546,10 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
         })
     }
 
-    /// As `fused_conv2d`, with burn's (tracked) residual addition before the activation.
+    /// As `fused_conv2d`, with the residual added in the same output pass (a ResNet block's
+    /// tail, an inverted-residual block's projection): one tracked operation whose backward
+    /// pass hands the residual the masked output gradient the convolution's gradients read.
+    /// A residual of another shape than the output (a broadcast) takes burn's addition.
     fn fused_conv2d_add(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -554,8 +558,43 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
         options: ConvOptions<2>,
         activation: Activation,
     ) -> FloatTensor<Self> {
-        let y = Self::fused_conv2d(x, weight, bias, options, Activation::Identity);
-        activate_tracked::<C>(Self::float_add(y, residual), activation)
+        let out_shape = conv_out_shape(&x.shape().dims(), &weight.shape().dims(), &options);
+        if out_shape != Some(residual.shape().dims()) {
+            let y = Self::fused_conv2d(x, weight, bias, options, Activation::Identity);
+            return activate_tracked::<C>(Self::float_add(y, residual), activation);
+        }
+        let kind = conv_kind(&x, &weight, options.groups);
+        op_profile::timed(kind, Phase::Forward, || {
+            match TrainConvResidualBackward
+                .prepare::<C>([x.node(), weight.node(), bias.node(), residual.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(mut prep) => {
+                    let x_state = prep.checkpoint(&x);
+                    let weight_state = prep.checkpoint(&weight);
+                    let output = Flex::fused_conv2d_add(
+                        x.into_primitive(),
+                        weight.into_primitive(),
+                        bias.into_primitive(),
+                        residual.into_primitive(),
+                        options.clone(),
+                        activation,
+                    );
+                    let activated =
+                        (activation != Activation::Identity).then(|| (output.clone(), activation));
+                    prep.finish((x_state, weight_state, options, activated), output)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(Flex::fused_conv2d_add(
+                    x.into_primitive(),
+                    weight.into_primitive(),
+                    bias.into_primitive(),
+                    residual.into_primitive(),
+                    options,
+                    activation,
+                )),
+            }
+        })
     }
 
     /// burn's pooling (with the indices its backward pass needs).
@@ -756,13 +795,17 @@ impl Backward<Flex, 2> for TrainConvBackward {
 #[derive(Debug)]
 struct TrainConvBiasBackward;
 
+/// What [`TrainConvBiasBackward`] and [`TrainConvResidualBackward`] keep: the input's and the
+/// weight's checkpoints, the options, and with an activation the output and the activation.
+type ConvBiasState = (
+    NodeId,
+    NodeId,
+    ConvOptions<2>,
+    Option<(FlexTensor, Activation)>,
+);
+
 impl Backward<Flex, 3> for TrainConvBiasBackward {
-    type State = (
-        NodeId,
-        NodeId,
-        ConvOptions<2>,
-        Option<(FlexTensor, Activation)>,
-    );
+    type State = ConvBiasState;
 
     fn backward(
         self,
@@ -770,30 +813,75 @@ impl Backward<Flex, 3> for TrainConvBiasBackward {
         grads: &mut Gradients,
         checkpointer: &mut Checkpointer,
     ) {
-        let [node_x, node_weight, node_bias] = ops.parents;
         let gy = grads.consume::<Flex>(&ops.node);
-        let (x_state, weight_state, options, activated) = ops.state;
-        let x = checkpointer.retrieve_node_output::<FlexTensor>(x_state);
-        let weight = checkpointer.retrieve_node_output::<FlexTensor>(weight_state);
-        let kind = conv_kind(&x, &weight, options.groups);
-        op_profile::timed(kind, Phase::Backward, || {
-            let (gy, bias_grad) = match activated {
-                Some((output, activation)) => {
-                    let (gy, sums) = pre_activation_grad(&output, gy, activation);
-                    (gy, Some(sums))
-                }
-                None => {
-                    let bias_grad = node_bias.is_some().then(|| conv_bias_grad(&gy));
-                    (gy, bias_grad)
-                }
-            };
-            if let (Some(node), Some(grad)) = (node_bias, bias_grad) {
-                grads.register::<Flex>(node.id, grad);
-            }
-            let ids = [node_x, node_weight].map(|node| node.map(|n| n.id));
-            register_conv_grads(ids, x, weight, gy, options, grads);
-        });
+        let ids = ops.parents.map(|node| node.map(|n| n.id));
+        conv_bias_backward(ids, None, ops.state, gy, grads, checkpointer);
     }
+}
+
+/// `activation(conv2d(x, weight) + bias + residual)`'s backward: [`TrainConvBiasBackward`]'s,
+/// and the residual's gradient, which is the (masked) output gradient itself.
+#[derive(Debug)]
+struct TrainConvResidualBackward;
+
+impl Backward<Flex, 4> for TrainConvResidualBackward {
+    type State = ConvBiasState;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 4>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let gy = grads.consume::<Flex>(&ops.node);
+        let [x, weight, bias, residual] = ops.parents.map(|node| node.map(|n| n.id));
+        conv_bias_backward(
+            [x, weight, bias],
+            residual,
+            ops.state,
+            gy,
+            grads,
+            checkpointer,
+        );
+    }
+}
+
+/// The gradients of `activation(conv2d(x, weight) + bias [+ residual])` for the tracked parents
+/// among `[x, weight, bias]` and `residual`.
+fn conv_bias_backward(
+    [node_x, node_weight, node_bias]: [Option<NodeId>; 3],
+    node_residual: Option<NodeId>,
+    (x_state, weight_state, options, activated): ConvBiasState,
+    gy: FlexTensor,
+    grads: &mut Gradients,
+    checkpointer: &mut Checkpointer,
+) {
+    let x = checkpointer.retrieve_node_output::<FlexTensor>(x_state);
+    let weight = checkpointer.retrieve_node_output::<FlexTensor>(weight_state);
+    let kind = conv_kind(&x, &weight, options.groups);
+    op_profile::timed(kind, Phase::Backward, || {
+        let (gy, bias_grad) = match activated {
+            Some((output, activation)) => {
+                let (gy, sums) = pre_activation_grad(&output, gy, activation);
+                (gy, Some(sums))
+            }
+            None => {
+                let bias_grad = node_bias.is_some().then(|| conv_bias_grad(&gy));
+                (gy, bias_grad)
+            }
+        };
+        if let (Some(id), Some(grad)) = (node_bias, bias_grad) {
+            grads.register::<Flex>(id, grad);
+        }
+        // The residual's gradient is the output gradient's buffer itself (no copy), registered
+        // once the convolution's gradients are done with it; where the residual already has a
+        // gradient (a ResNet block's input also feeds its first convolution) burn adds the two.
+        let residual_grad = node_residual.map(|id| (id, gy.clone()));
+        register_conv_grads([node_x, node_weight], x, weight, gy, options, grads);
+        if let Some((id, grad)) = residual_grad {
+            grads.register::<Flex>(id, grad);
+        }
+    });
 }
 
 /// Registers the input's and the weight's gradients of a convolution (those that are tracked):
@@ -1026,6 +1114,28 @@ fn activate_tracked<C: CheckpointStrategy>(
     }
 }
 
+/// The `[batch, out_channels, out_h, out_w]` of a convolution of an input `x_shape` by a
+/// weight `weight_shape` (`None` when the kernel does not fit the padded input).
+fn conv_out_shape(
+    &[batch, _, in_h, in_w]: &[usize; 4],
+    &[out_channels, _, kernel_h, kernel_w]: &[usize; 4],
+    options: &ConvOptions<2>,
+) -> Option<[usize; 4]> {
+    let out_size = |dim: usize, size: usize, kernel: usize| {
+        let padded = size + options.padding[dim].0 + options.padding[dim].1;
+        let reach = options.dilation[dim] * (kernel - 1) + 1;
+        padded
+            .checked_sub(reach)
+            .map(|d| d / options.stride[dim] + 1)
+    };
+    Some([
+        batch,
+        out_channels,
+        out_size(0, in_h, kernel_h)?,
+        out_size(1, in_w, kernel_w)?,
+    ])
+}
+
 /// The convolution's output from our forward kernels, or `None` where they do not apply.
 fn our_forward(
     x: &FlexTensor,
@@ -1038,21 +1148,7 @@ fn our_forward(
     if bias.is_some_and(|b| b.dtype() != DType::F32) {
         return None;
     }
-    let [batch, _, in_h, in_w] = x.shape().dims();
-    let [out_channels, _, kernel_h, kernel_w] = weight.shape().dims();
-    let out_size = |dim: usize, size: usize, kernel: usize| {
-        let padded = size + options.padding[dim].0 + options.padding[dim].1;
-        let reach = options.dilation[dim] * (kernel - 1) + 1;
-        padded
-            .checked_sub(reach)
-            .map(|d| d / options.stride[dim] + 1)
-    };
-    let out_shape = [
-        batch,
-        out_channels,
-        out_size(0, in_h, kernel_h)?,
-        out_size(1, in_w, kernel_w)?,
-    ];
+    let out_shape = conv_out_shape(&x.shape().dims(), &weight.shape().dims(), options)?;
     let geometry = geometry(x, weight, &out_shape, options)?;
     if residual.is_some_and(|r| r.dtype() != DType::F32 || r.shape().dims::<4>() != out_shape) {
         return None;

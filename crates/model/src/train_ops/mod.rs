@@ -111,7 +111,8 @@ pub fn conv2d_act(
 }
 
 /// `activation(conv2d(x, weight) + bias + residual)` (a residual block's last convolution, the
-/// shortcut and the ReLU after their sum): one pass in inference on flex.
+/// shortcut and the ReLU after their sum): one pass on flex, in inference and in training (one
+/// tracked operation there, its backward ours).
 pub fn conv2d_add_act(
     x: Tensor<4>,
     weight: Tensor<4>,
@@ -155,6 +156,19 @@ fn conv2d_residual_act(
         });
     }
     match residual {
+        #[cfg(feature = "flex")]
+        Some(r) if runs_on_flex_autodiff(&x) => {
+            use burn::backend::Dispatch;
+            let bias = bias.unwrap_or_else(|| zero_bias(weight.dims()[0], &x));
+            Tensor::<4>::from_dispatch(<Dispatch as flex_ext::TrainOps>::fused_conv2d_add(
+                x.into_dispatch(),
+                weight.into_dispatch(),
+                bias.into_dispatch(),
+                r.into_dispatch(),
+                options,
+                activation,
+            ))
+        }
         Some(r) => {
             let y = conv2d_training(x, weight, bias, options, Activation::Identity);
             crate::layers::activate(y + r, activation)
