@@ -100,8 +100,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let loaded = match loaded {
             Ok(m) => m,
             Err(e) if dtype != Precision::F32 => {
+                // burn fixes a device's float type at its first tensor, so a burn device that
+                // loaded another dtype in this process cannot load this one.
+                let prefix = format!("{device} ");
+                let burn_device = !device.starts_with("ort");
+                let hint = if burn_device
+                    && engines
+                        .iter()
+                        .any(|(n, _): &(String, _)| n.starts_with(&prefix))
+                {
+                    format!(
+                        "; a process of its own times it: `bench embed --devices {device} \
+                         --dtypes {}`",
+                        dtype.name()
+                    )
+                } else {
+                    String::new()
+                };
                 eprintln!(
-                    "{device} {}: not timed ({})",
+                    "{device} {}: not timed ({}){hint}",
                     dtype.name(),
                     crate::error_report::error_line(&e)
                 );
