@@ -513,37 +513,13 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
         options: ConvOptions<2>,
         activation: Activation,
     ) -> FloatTensor<Self> {
-        let kind = conv_kind(&x, &weight, options.groups);
-        op_profile::timed(kind, Phase::Forward, || {
-            match TrainConvBiasBackward
-                .prepare::<C>([x.node(), weight.node(), bias.node()])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(mut prep) => {
-                    let x_state = prep.checkpoint(&x);
-                    let weight_state = prep.checkpoint(&weight);
-                    let output = Flex::fused_conv2d(
-                        x.into_primitive(),
-                        weight.into_primitive(),
-                        bias.into_primitive(),
-                        options.clone(),
-                        activation,
-                    );
-                    // The output tells the backward where the activation passed.
-                    let activated =
-                        (activation != Activation::Identity).then(|| (output.clone(), activation));
-                    prep.finish((x_state, weight_state, options, activated), output)
-                }
-                OpsKind::UnTracked(prep) => prep.finish(Flex::fused_conv2d(
-                    x.into_primitive(),
-                    weight.into_primitive(),
-                    bias.into_primitive(),
-                    options,
-                    activation,
-                )),
-            }
-        })
+        tracked_conv_bias::<C, _, 3>(
+            TrainConvBiasBackward,
+            [x, weight, bias],
+            options,
+            activation,
+            |[x, weight, bias], options| Flex::fused_conv2d(x, weight, bias, options, activation),
+        )
     }
 
     /// As `fused_conv2d`, with the residual added in the same output pass (a ResNet block's
@@ -563,38 +539,15 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
             let y = Self::fused_conv2d(x, weight, bias, options, Activation::Identity);
             return activate_tracked::<C>(Self::float_add(y, residual), activation);
         }
-        let kind = conv_kind(&x, &weight, options.groups);
-        op_profile::timed(kind, Phase::Forward, || {
-            match TrainConvResidualBackward
-                .prepare::<C>([x.node(), weight.node(), bias.node(), residual.node()])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(mut prep) => {
-                    let x_state = prep.checkpoint(&x);
-                    let weight_state = prep.checkpoint(&weight);
-                    let output = Flex::fused_conv2d_add(
-                        x.into_primitive(),
-                        weight.into_primitive(),
-                        bias.into_primitive(),
-                        residual.into_primitive(),
-                        options.clone(),
-                        activation,
-                    );
-                    let activated =
-                        (activation != Activation::Identity).then(|| (output.clone(), activation));
-                    prep.finish((x_state, weight_state, options, activated), output)
-                }
-                OpsKind::UnTracked(prep) => prep.finish(Flex::fused_conv2d_add(
-                    x.into_primitive(),
-                    weight.into_primitive(),
-                    bias.into_primitive(),
-                    residual.into_primitive(),
-                    options,
-                    activation,
-                )),
-            }
-        })
+        tracked_conv_bias::<C, _, 4>(
+            TrainConvResidualBackward,
+            [x, weight, bias, residual],
+            options,
+            activation,
+            |[x, weight, bias, residual], options| {
+                Flex::fused_conv2d_add(x, weight, bias, residual, options, activation)
+            },
+        )
     }
 
     /// burn's pooling (with the indices its backward pass needs).
@@ -794,6 +747,42 @@ impl Backward<Flex, 2> for TrainConvBackward {
 /// [`TrainConvBackward`]'s.
 #[derive(Debug)]
 struct TrainConvBiasBackward;
+
+/// `forward` over `[x, weight, bias, …]` (the rest: a residual) as one tracked operation whose
+/// state is a [`ConvBiasState`]: with an activation the output is kept, as it tells the
+/// backward pass where the activation passed.
+fn tracked_conv_bias<C, B, const N: usize>(
+    backward: B,
+    parents: [FloatTensor<Autodiff<Flex, C>>; N],
+    options: ConvOptions<2>,
+    activation: Activation,
+    forward: impl FnOnce([FlexTensor; N], ConvOptions<2>) -> FlexTensor,
+) -> FloatTensor<Autodiff<Flex, C>>
+where
+    C: CheckpointStrategy,
+    B: Backward<Flex, N, State = ConvBiasState>,
+{
+    let kind = conv_kind(&parents[0], &parents[1], options.groups);
+    op_profile::timed(kind, Phase::Forward, || {
+        match backward
+            .prepare::<C>(parents.each_ref().map(|t| t.node()))
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&parents[0]);
+                let weight_state = prep.checkpoint(&parents[1]);
+                let output = forward(parents.map(|t| t.into_primitive()), options.clone());
+                let activated =
+                    (activation != Activation::Identity).then(|| (output.clone(), activation));
+                prep.finish((x_state, weight_state, options, activated), output)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(forward(parents.map(|t| t.into_primitive()), options))
+            }
+        }
+    })
+}
 
 /// What [`TrainConvBiasBackward`] and [`TrainConvResidualBackward`] keep: the input's and the
 /// weight's checkpoints, the options, and with an activation the output and the activation.
