@@ -278,7 +278,7 @@ impl InferenceModel {
             Precision::F16 => FloatDType::F16,
             Precision::Bf16 if native_bf16_products(&device, true) => FloatDType::F32,
             Precision::Bf16 => {
-                if name == "flex" && !options.quiet {
+                if matches!(name.as_str(), "flex" | "cpu") && !options.quiet {
                     eprintln!(
                         "warning: this CPU has no AMX-BF16, so flex computes --dtype bf16 in \
                          bf16 tensors, several times slower than f32 (efficientnet_lite0 at \
