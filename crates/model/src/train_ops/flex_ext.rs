@@ -740,14 +740,6 @@ impl Backward<Flex, 2> for TrainConvBackward {
     }
 }
 
-/// `activation(conv2d(x, weight) + bias)`'s backward: with an activation, the output gradient
-/// masked where it did not pass (read from the output, kept in the state); the bias's gradient
-/// as parallel channel sums of that gradient read as it lies (burn's broadcast addition summed
-/// it on one thread, after copying ConvNeXt's channels-last gradients to NCHW); then
-/// [`TrainConvBackward`]'s.
-#[derive(Debug)]
-struct TrainConvBiasBackward;
-
 /// `forward` over `[x, weight, bias, …]` (the rest: a residual) as one tracked operation whose
 /// state is a [`ConvBiasState`]: with an activation the output is kept, as it tells the
 /// backward pass where the activation passed.
@@ -792,6 +784,14 @@ type ConvBiasState = (
     ConvOptions<2>,
     Option<(FlexTensor, Activation)>,
 );
+
+/// `activation(conv2d(x, weight) + bias)`'s backward: with an activation, the output gradient
+/// masked where it did not pass (read from the output, kept in the state); the bias's gradient
+/// as parallel channel sums of that gradient read as it lies (burn's broadcast addition summed
+/// it on one thread, after copying ConvNeXt's channels-last gradients to NCHW); then
+/// [`TrainConvBackward`]'s.
+#[derive(Debug)]
+struct TrainConvBiasBackward;
 
 impl Backward<Flex, 3> for TrainConvBiasBackward {
     type State = ConvBiasState;
