@@ -33,15 +33,36 @@ pub enum StoredDtype {
     F16,
 }
 
+/// The format of an embedding file, named by its extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmbeddingFormat {
+    Npy,
+    Safetensors,
+}
+
+impl EmbeddingFormat {
+    /// The format `path`'s extension names, or an error naming the file. Commands call it
+    /// before they embed, so a mistyped `--out` is refused before the work, not after.
+    pub fn of(path: &Path) -> Result<Self, RetrievalError> {
+        match path.extension().and_then(|s| s.to_str()) {
+            Some("npy") => Ok(Self::Npy),
+            Some("safetensors") => Ok(Self::Safetensors),
+            _ => Err(RetrievalError::format(
+                path,
+                "embedding files must end in .npy or .safetensors",
+            )),
+        }
+    }
+}
+
 /// Writes `.npy` or `.safetensors` (by extension).
 pub fn write_embeddings(
     path: &Path,
     e: &Embeddings,
     dtype: StoredDtype,
 ) -> Result<(), RetrievalError> {
-    let ext = path.extension().and_then(|s| s.to_str()).unwrap_or("");
-    let bytes = match ext {
-        "npy" => encode_f32(
+    let bytes = match EmbeddingFormat::of(path)? {
+        EmbeddingFormat::Npy => encode_f32(
             &e.data,
             e.rows,
             e.dim,
@@ -51,7 +72,7 @@ pub fn write_embeddings(
                 NpyDtype::F32
             },
         ),
-        "safetensors" => {
+        EmbeddingFormat::Safetensors => {
             let (values, st_dtype): (Vec<u8>, Dtype) = match dtype {
                 StoredDtype::F32 => (
                     e.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
@@ -84,21 +105,14 @@ pub fn write_embeddings(
             safetensors::serialize(tensors, None::<HashMap<String, String>>)
                 .map_err(|x| RetrievalError::Invalid(x.to_string()))?
         }
-        _ => {
-            return Err(RetrievalError::format(
-                path,
-                "embedding files must end in .npy or .safetensors",
-            ));
-        }
     };
     write_atomically(path, &bytes)
 }
 
 /// Reads an embedding file written by [`write_embeddings`] (or any 2-D float `.npy`).
 pub fn read_embeddings(path: &Path) -> Result<Embeddings, RetrievalError> {
-    let ext = path.extension().and_then(|s| s.to_str()).unwrap_or("");
-    match ext {
-        "npy" => {
+    match EmbeddingFormat::of(path)? {
+        EmbeddingFormat::Npy => {
             let (data, rows, dim) = read_f32(path)?;
             Ok(Embeddings {
                 rows,
@@ -107,7 +121,7 @@ pub fn read_embeddings(path: &Path) -> Result<Embeddings, RetrievalError> {
                 labels: None,
             })
         }
-        "safetensors" => {
+        EmbeddingFormat::Safetensors => {
             let bytes = std::fs::read(path).map_err(|e| RetrievalError::io(path, e))?;
             let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
                 RetrievalError::format(path, format!("invalid safetensors file: {e}"))
@@ -158,10 +172,6 @@ pub fn read_embeddings(path: &Path) -> Result<Embeddings, RetrievalError> {
                 labels,
             })
         }
-        _ => Err(RetrievalError::format(
-            path,
-            "embedding files must end in .npy or .safetensors",
-        )),
     }
 }
 

@@ -359,6 +359,13 @@ fn is_version_name(name: &str) -> bool {
     })
 }
 
+/// Whether `name` is a version folder a write had not finished (`.vNNNNNN.<suffix>`).
+fn is_temp_version_name(name: &str) -> bool {
+    name.strip_prefix('.')
+        .and_then(|rest| rest.split_once('.'))
+        .is_some_and(|(version, _)| is_version_name(version))
+}
+
 /// The live version named by `current`: `None` when there is no `current`, an error when it
 /// names anything but a version this index writes (so nothing else is ever opened or deleted).
 fn current_version(dir: &Path) -> Result<Option<String>, RetrievalError> {
@@ -373,7 +380,8 @@ fn current_version(dir: &Path) -> Result<Option<String>, RetrievalError> {
         return Err(fmt_err(
             &path,
             format!(
-                "names {name:?}, which is not a version folder this index writes (vNNNNNN);                  refusing to use or replace it"
+                "names {name:?}, which is not a version folder this index writes (vNNNNNN); \
+                 refusing to use or replace it"
             ),
         ));
     }
@@ -388,12 +396,8 @@ fn sweep_leftovers(dir: &Path) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let version_folder = name
-            .strip_prefix('.')
-            .and_then(|rest| rest.split_once('.'))
-            .is_some_and(|(version, _)| is_version_name(version));
         let path = entry.path();
-        if version_folder && path.is_dir() {
+        if is_temp_version_name(&name) && path.is_dir() {
             tracing::info!("removing {} left by an interrupted write", path.display());
             let _ = std::fs::remove_dir_all(&path);
         } else if is_temp_file_of(&name, "current") && path.is_file() {
@@ -526,13 +530,72 @@ fn write_version(
     Ok(())
 }
 
-/// Writes a new index (replacing any index at `dir` atomically).
+/// Whether `dir` may receive a new index: it does not exist, is an index (a rebuild replaces
+/// it with a new version and leaves any other file there alone), is empty, or holds only what
+/// an interrupted first build left. Anything else — a file, or a folder of other files — is
+/// refused, so a build never mixes an index into a user's folder. Commands call it before they
+/// embed, so a wrong `--out` costs nothing.
+pub fn check_build_target(dir: &Path) -> Result<(), RetrievalError> {
+    if dir.join("current").is_file() {
+        return Ok(());
+    }
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(_) if !dir.is_dir() => {
+            return Err(fmt_err(
+                dir,
+                "exists and is not a folder; an index is a folder — choose another --out",
+            ));
+        }
+        Err(e) => return Err(RetrievalError::io(dir, e)),
+    };
+    let foreign: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !is_index_entry(name))
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    let mut shown: Vec<&str> = foreign.iter().map(String::as_str).collect();
+    shown.sort_unstable();
+    let more = shown.len().saturating_sub(5);
+    shown.truncate(5);
+    Err(fmt_err(
+        dir,
+        format!(
+            "is not empty and is not an index (it holds {}{}); refusing to write into it — \
+             choose another --out",
+            shown.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        ),
+    ))
+}
+
+/// Whether an entry of an index folder is one an index writes: `current`, the writer lock, a
+/// version folder, or what an interrupted write leaves (`.vNNNNNN.*`, `.current.*`).
+fn is_index_entry(name: &str) -> bool {
+    name == "current"
+        || name == WRITER_LOCK_FILE
+        || is_version_name(name)
+        || is_temp_file_of(name, "current")
+        || is_temp_version_name(name)
+}
+
+/// Writes a new index (replacing any index at `dir` atomically); refuses a `dir` that
+/// [`check_build_target`] refuses.
 pub fn build_index(
     dir: &Path,
     meta: IndexMeta,
     items: &[IndexItem],
     embeddings: &[f32],
 ) -> Result<(), RetrievalError> {
+    check_build_target(dir)?;
     if items.is_empty() {
         return Err(RetrievalError::Invalid(
             "no catalogue image could be embedded; refusing to replace the index with an empty one"
@@ -1117,6 +1180,53 @@ mod tests {
                 "{bad:?} deleted a sibling"
             );
         }
+    }
+
+    #[test]
+    fn a_build_refuses_a_file_or_a_folder_of_other_files_and_replaces_an_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("notes.txt");
+        std::fs::write(&file, "mine").unwrap();
+        let err = build_index(
+            &file,
+            meta(IndexDtype::F32),
+            &[item(1, "a.jpg")],
+            &[1.0, 0.0],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("notes.txt") && err.contains("not a folder"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine");
+
+        let photos = dir.path().join("photos");
+        std::fs::create_dir(&photos).unwrap();
+        std::fs::write(photos.join("a.jpg"), "x").unwrap();
+        let err = check_build_target(&photos).unwrap_err().to_string();
+        assert!(
+            err.contains("not an index") && err.contains("a.jpg"),
+            "{err}"
+        );
+        assert!(build_one_err(&photos).contains("not an index"));
+        let entries: Vec<_> = std::fs::read_dir(&photos).unwrap().collect();
+        assert_eq!(entries.len(), 1, "nothing was written into the folder");
+
+        // An empty folder, an existing index, and one a killed write left parts in, are ours.
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        build_one(&empty);
+        interrupted_write(&empty, ".v000009.tmp123");
+        check_build_target(&empty).unwrap();
+        build_other(&empty);
+        assert_eq!(Index::open(&empty).unwrap().meta.rows, 1);
+    }
+
+    fn build_one_err(idx: &Path) -> String {
+        build_index(idx, meta(IndexDtype::F32), &[item(1, "a.jpg")], &[1.0, 0.0])
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]

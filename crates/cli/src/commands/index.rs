@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use visual_search_data::Sample;
-use visual_search_retrieval::index::{Index, IndexDtype, IndexItem, IndexMeta, build_index};
+use visual_search_retrieval::index::{
+    Index, IndexDtype, IndexItem, IndexMeta, build_index, check_build_target,
+};
 
 use crate::dev_set_run::{BlendRounds, RankPreset, eval_loader, parse_blend_rounds};
 use crate::embedding_run::embed_with_progress;
@@ -336,6 +338,19 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
     if mode != ShardMode::Whole && args.shard.parts.is_none() && is_postgres_url(&args.out) {
         bail!("a sharded build into PostgreSQL needs --parts DIR (a folder every worker can reach)")
     }
+    // What would refuse the finished build is checked before the embedding.
+    if !is_postgres_url(&args.out) {
+        check_build_target(Path::new(&args.out))?;
+    }
+    if let Some(column) = &args.key_column
+        && let Some(n) = metadata.iter().position(|m| !m.contains_key(column))
+    {
+        bail!(
+            "{}: image {} has no {column} (the --key-column every row must fill)",
+            args.list.csv.display(),
+            samples[n].path.display()
+        );
+    }
     let sharded = ShardedList::new(
         mode,
         &args.shard,
@@ -369,15 +384,6 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
     meta.catalogue_root = Some(std::path::absolute(args.list.root())?);
     meta.post_processing = post_processing;
     meta.key_column = args.key_column.clone();
-    if let Some(column) = &args.key_column
-        && let Some(n) = items.iter().position(|i| !i.metadata.contains_key(column))
-    {
-        bail!(
-            "{}: image {} has no {column} (the --key-column every row must fill)",
-            args.list.csv.display(),
-            items[n].path.display()
-        );
-    }
     if is_postgres_url(&args.out) {
         let opts = args.hnsw.apply(args.pg.options(&args.out));
         load_into_postgres(&opts, &args.hnsw, &meta, &items, &rows)?;

@@ -1,0 +1,86 @@
+//! Outputs a finished job could not be written to are refused before the job: `index build`
+//! into a folder of other files or with a `--key-column` a row lacks, `embed` to a file that
+//! is not `.npy` / `.safetensors`. Each run names weights that do not exist, so it can only
+//! end with the expected message if it stops before loading the model.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn run(args: &[&str]) -> (Output, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_visual-search"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output, text)
+}
+
+/// A gallery list whose images need not exist (nothing is read before the refusal), with a
+/// `sku` column that its second row leaves empty.
+fn gallery(dir: &Path) -> String {
+    let csv = dir.join("gallery.csv");
+    std::fs::write(&csv, "img_path,product_id,sku\na.jpg,1,S1\nb.jpg,2,\n").unwrap();
+    csv.to_str().unwrap().to_string()
+}
+
+const MODEL: [&str; 4] = [
+    "--model",
+    "efficientnet_lite0",
+    "--weights",
+    "/nonexistent/lite0.pth",
+];
+
+#[test]
+fn index_build_refuses_a_folder_of_other_files_and_leaves_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = gallery(dir.path());
+    let photos = dir.path().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    std::fs::write(photos.join("holiday.jpg"), "mine").unwrap();
+    let mut args = vec!["index", "build", "--csv", &csv, "--out"];
+    args.push(photos.to_str().unwrap());
+    args.extend(MODEL);
+    let (output, text) = run(&args);
+    assert!(!output.status.success(), "{text}");
+    assert!(
+        text.contains("not an index") && text.contains("holiday.jpg"),
+        "{text}"
+    );
+    assert!(!text.contains("lite0.pth"), "refused after loading: {text}");
+    let names: Vec<_> = std::fs::read_dir(&photos)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["holiday.jpg"]);
+}
+
+#[test]
+fn index_build_refuses_a_key_column_a_row_leaves_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = gallery(dir.path());
+    let out = dir.path().join("idx");
+    let mut args = vec!["index", "build", "--csv", &csv, "--key-column", "sku"];
+    args.extend(["--out", out.to_str().unwrap()]);
+    args.extend(MODEL);
+    let (output, text) = run(&args);
+    assert!(!output.status.success(), "{text}");
+    assert!(
+        text.contains("b.jpg") && text.contains("has no sku"),
+        "{text}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn embed_refuses_an_output_that_is_not_an_embedding_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = gallery(dir.path());
+    let out = dir.path().join("emb.txt");
+    let mut args = vec!["embed", "--csv", &csv, "--out", out.to_str().unwrap()];
+    args.extend(MODEL);
+    let (output, text) = run(&args);
+    assert!(!output.status.success(), "{text}");
+    assert!(text.contains("emb.txt") && text.contains(".npy"), "{text}");
+    assert!(!text.contains("lite0.pth"), "refused after loading: {text}");
+}
