@@ -8,7 +8,9 @@
 //!
 //! Fashion-MNIST has only 10 classes, so unlike the challenge the dev set shares its classes with
 //! training (closed set). Images are written as 28x28 greyscale PNGs under `train/<class>/` and
-//! `test/<class>/`; existing files are kept, so an interrupted import resumes.
+//! `test/<class>/`; existing files are kept, so an interrupted import resumes. The CSV lists of
+//! an earlier import are replaced, but never a list the import did not write (a user's own
+//! dataset root named as `--out`): that is refused before anything is written.
 
 use std::io::Read;
 
@@ -224,16 +226,6 @@ pub fn import_fashion_mnist(options: &ImportOptions) -> Result<ImportSummary> {
         push(if k % QUERY_EVERY == 0 { 3 } else { 2 }, "test", label, i);
     }
 
-    let mut written = 0;
-    for (list, source) in [
-        (0, &train_images),
-        (1, &train_images),
-        (2, &test_images),
-        (3, &test_images),
-    ] {
-        written += write_pngs(&options.out, &lists[list], source)?;
-    }
-
     let product10k = |rows: &[Split]| {
         let mut s = String::from("name,class,group\n");
         for r in rows {
@@ -259,15 +251,30 @@ pub fn import_fashion_mnist(options: &ImportOptions) -> Result<ImportSummary> {
     for (i, name) in CLASS_NAMES.iter().enumerate() {
         classes += &format!("{i},{name}\n");
     }
+    let lists_out = [
+        ("train.csv", product10k(&lists[0])),
+        ("test_kaggletest.csv", product10k(&lists[1])),
+        ("gallery.csv", gallery(&lists[2])),
+        ("queries.csv", queries(&lists[3])),
+        ("classes.csv", classes),
+    ];
     let out = &options.out;
-    write_atomically(&out.join("train.csv"), product10k(&lists[0]).as_bytes())?;
-    write_atomically(
-        &out.join("test_kaggletest.csv"),
-        product10k(&lists[1]).as_bytes(),
-    )?;
-    write_atomically(&out.join("gallery.csv"), gallery(&lists[2]).as_bytes())?;
-    write_atomically(&out.join("queries.csv"), queries(&lists[3]).as_bytes())?;
-    write_atomically(&out.join("classes.csv"), classes.as_bytes())?;
+    check_not_foreign(out, &lists_out)?;
+
+    let mut written = 0;
+    for (list, source) in [
+        (0, &train_images),
+        (1, &train_images),
+        (2, &test_images),
+        (3, &test_images),
+    ] {
+        written += write_pngs(out, &lists[list], source)?;
+    }
+    // The marker first: a run killed between the lists leaves a folder a re-run may finish.
+    write_atomically(&out.join(IMPORT_MARKER), IMPORT_MARKER_TEXT.as_bytes())?;
+    for (name, text) in &lists_out {
+        write_atomically(&out.join(name), text.as_bytes())?;
+    }
     Ok(ImportSummary {
         train: lists[0].len(),
         val: lists[1].len(),
@@ -275,6 +282,37 @@ pub fn import_fashion_mnist(options: &ImportOptions) -> Result<ImportSummary> {
         queries: lists[3].len(),
         images_written: written,
     })
+}
+
+/// The file an import leaves in its folder, so that a later import may replace its lists.
+const IMPORT_MARKER: &str = ".fashion-mnist-import";
+const IMPORT_MARKER_TEXT: &str =
+    "written by `visual-search data import fashion-mnist`; a re-import replaces the CSV lists\n";
+
+/// Refuses, before anything is written, an `out` whose lists were not written by an import:
+/// one of the lists exists with other contents and `out` has no [`IMPORT_MARKER`] (a user's
+/// own dataset root, say). An import from before the marker passes when its lists are the
+/// ones this import writes (a re-run with the same options).
+fn check_not_foreign(out: &Path, lists: &[(&str, String)]) -> Result<()> {
+    if out.join(IMPORT_MARKER).is_file() {
+        return Ok(());
+    }
+    for (name, text) in lists {
+        let path = out.join(name);
+        match std::fs::read(&path) {
+            Ok(existing) if existing != text.as_bytes() => {
+                return Err(invalid(
+                    &path,
+                    "exists and was not written by a Fashion-MNIST import; refusing to replace \
+                     it — choose another --out",
+                ));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(DataError::io(&path, e)),
+        }
+    }
+    Ok(())
 }
 
 /// Writes the PNGs of `rows` that do not exist yet, on all cores; returns how many were written.
@@ -360,10 +398,10 @@ mod tests {
         assert_eq!(read_idx_labels(&p).unwrap(), vec![1, 2]);
     }
 
-    #[test]
-    fn import_splits_and_writes_challenge_csvs() {
-        let dir = tempfile::tempdir().unwrap();
-        let from = dir.path().join("idx");
+    /// Fashion-MNIST-shaped IDX files in `dir`: 6 training images (classes 0, 1), 12 test
+    /// images (class 2).
+    fn idx_folder(dir: &Path) -> PathBuf {
+        let from = dir.join("idx");
         std::fs::create_dir(&from).unwrap();
         std::fs::write(from.join("train-images-idx3-ubyte"), idx_images(6)).unwrap();
         std::fs::write(
@@ -373,6 +411,56 @@ mod tests {
         .unwrap();
         std::fs::write(from.join("t10k-images-idx3-ubyte"), idx_images(12)).unwrap();
         std::fs::write(from.join("t10k-labels-idx1-ubyte"), idx_labels(&[2; 12])).unwrap();
+        from
+    }
+
+    #[test]
+    fn an_import_never_replaces_lists_it_did_not_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = idx_folder(dir.path());
+        let out = dir.path().join("my-dataset");
+        std::fs::create_dir(&out).unwrap();
+        std::fs::write(out.join("train.csv"), "name,class,group\nmine.jpg,7,7\n").unwrap();
+        let import = |max_per_class| {
+            import_fashion_mnist(&ImportOptions {
+                from: from.clone(),
+                out: out.clone(),
+                max_per_class,
+            })
+        };
+        let err = import(None).unwrap_err().to_string();
+        assert!(
+            err.contains("train.csv") && err.contains("refusing"),
+            "{err}"
+        );
+        let names: Vec<_> = std::fs::read_dir(&out).unwrap().collect();
+        assert_eq!(names.len(), 1, "nothing was written");
+        assert!(
+            std::fs::read_to_string(out.join("train.csv"))
+                .unwrap()
+                .contains("mine.jpg")
+        );
+
+        // Its own lists are replaced: by a re-run with other options, and (from before the
+        // marker) by a re-run that writes the same lists.
+        std::fs::remove_file(out.join("train.csv")).unwrap();
+        import(None).unwrap();
+        assert_eq!(import(Some(1)).unwrap().gallery, 1);
+        assert_eq!(import(None).unwrap().gallery, 10);
+        std::fs::remove_file(out.join(IMPORT_MARKER)).unwrap();
+        import(None).unwrap();
+        assert!(
+            out.join(IMPORT_MARKER).is_file(),
+            "an older import is adopted"
+        );
+        std::fs::remove_file(out.join(IMPORT_MARKER)).unwrap();
+        assert!(import(Some(1)).is_err(), "other lists, no marker");
+    }
+
+    #[test]
+    fn import_splits_and_writes_challenge_csvs() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = idx_folder(dir.path());
         let out = dir.path().join("out");
         let summary = import_fashion_mnist(&ImportOptions {
             from,
