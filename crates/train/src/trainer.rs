@@ -216,12 +216,32 @@ struct Phase<'a> {
     group: Option<Arc<ProcessGroup>>,
 }
 
+/// Refuses to start a new run in a folder that holds one (its `config.yml` or checkpoints):
+/// the new run's checkpoints would be pruned against the old run's, and `best` could name
+/// the old run's model.
+fn refuse_an_earlier_run(run_dir: &Path) -> Result<(), TrainError> {
+    let checkpoints = run_dir.join("checkpoints");
+    let has_checkpoints = std::fs::read_dir(&checkpoints).is_ok_and(|mut e| e.next().is_some());
+    if run_dir.join("config.yml").exists() || has_checkpoints {
+        return Err(TrainError::Invalid(format!(
+            "{} holds a run already; `train --resume {}` continues it, or choose another \
+             --name for a new run",
+            run_dir.display(),
+            run_dir.display()
+        )));
+    }
+    Ok(())
+}
+
 impl<'a> Phase<'a> {
     fn prepare(config: &'a TrainConfig, options: &'a TrainOptions) -> Result<Self, TrainError> {
         set_precision(config.optim.precision, &options.device)?;
         let run_dir = options.run_dir.as_path();
-        std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
         let leader = options.group.as_ref().is_none_or(|g| g.is_leader());
+        if leader && !options.resume {
+            refuse_an_earlier_run(run_dir)?;
+        }
+        std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
         if options.group.is_some() && matches!(config.head, crate::config::HeadConfig::Xbm(_)) {
             return Err(TrainError::Invalid(
                 "data-parallel training of an XBM phase is not supported: each process's \
@@ -296,8 +316,10 @@ impl<'a> Phase<'a> {
         if leader {
             let resolved =
                 serde_yaml_ng::to_string(config).map_err(|e| TrainError::Invalid(e.to_string()))?;
-            std::fs::write(run_dir.join("config.yml"), resolved)
-                .map_err(|e| TrainError::io(run_dir, e))?;
+            visual_search_data::atomic_write::write_atomically(
+                &run_dir.join("config.yml"),
+                resolved.as_bytes(),
+            )?;
         }
         let schedule = Schedule::new(config, data.train.len())?;
         let head = Head::new(

@@ -1,7 +1,7 @@
 //! The trainer end to end on a tiny model and generated images, with no external data, so it
 //! runs everywhere CI does: an ArcFace phase validates, checkpoints and resumes exactly where it
-//! stopped; an XBM phase starts from its checkpoint; a config asking for f16 is refused (bf16:
-//! `bf16_training.rs`).
+//! stopped; an XBM phase starts from its checkpoint; a new run in a finished run's folder and a
+//! config asking for f16 are refused (bf16: `bf16_training.rs`).
 
 mod common;
 
@@ -57,6 +57,22 @@ fn a_tiny_phase_trains_checkpoints_and_resumes_exactly() {
     let (sx, lx) = run(&xbm, &runs.path().join("xbm"), false);
     assert_eq!(sx.steps, 8);
     assert!(lx.iter().all(|l| l.is_finite()), "{lx:?}");
+
+    // A new run in the folder of a finished one is refused, and the old run is left as it was.
+    let metrics = std::fs::read(runs.path().join("straight/metrics.csv")).unwrap();
+    let options = flex_options(&runs.path().join("straight"), false);
+    let err = train(&straight, &options, &mut |_| {})
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("holds a run already") && err.contains("--resume"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(runs.path().join("straight/metrics.csv")).unwrap(),
+        metrics
+    );
 }
 
 #[test]
