@@ -10,8 +10,9 @@
 # There:  device tool `run`, carry [".device-kit"], timeout_s 540, command
 #         `bash tools/device_check.sh .device-kit`
 # Output: $OUT/device_check.log (also printed). Each part has its own time limit, so a part that
-# hangs or fails leaves the others their time; the whole run takes under 7 minutes, which leaves
-# a 15-minute lease room for the machine's start and the transfers.
+# hangs or fails leaves the others their time; the whole run takes under 9 minutes, which leaves
+# a 15-minute lease room for the machine's start and the transfers. A last part runs our
+# `--device ort-cuda:0` if that machine's onnxruntime has the CUDA provider.
 set -uo pipefail
 kit="${1:-.device-kit}"
 out="${OUT:-/tmp/device-check}"
@@ -60,5 +61,38 @@ part "issue 14: ViT-B/32 forward on flex against PyTorch folded + channels-last 
 timeout 150 $pin "$vs" bench embed --model vit_b32_clip --devices flex,ort --dtypes "$precisions" \
   --iters 4 --rounds 2 --dataset-dir "$kit/photos" --python python3
 echo "exit status: $?"
+
+part "issue 14: ONNX Runtime's CUDA execution provider (--device ort-cuda:0)"
+# Runs only if that machine's onnxruntime is the GPU build; otherwise it shows the clean refusal.
+providers=$(python3 -c 'import onnxruntime as o; print(" ".join(o.get_available_providers()))' 2>/dev/null)
+echo "onnxruntime providers: ${providers:-none}"
+if [[ " $providers " == *" CUDAExecutionProvider "* ]]; then
+  timeout 60 "$vs" bench embed --model efficientnet_lite0 --weights "$kit/lite0.pth" \
+    --devices ort-cuda:0 --batch 64 --iters 20 --no-baseline --dataset-dir "$kit/photos"
+  echo "exit status: $?"
+  # The same exported model.onnx from Python with the CUDA provider, batch 64: the baseline.
+  timeout 45 python3 - <<'PY'
+import glob, json, os, time
+import numpy as np, onnxruntime as ort
+def lite0_224(path):
+    info = json.load(open(os.path.join(os.path.dirname(path), "export.json")))
+    return info["model"] == "efficientnet_lite0" and info["preprocessing"]["size"] == 224
+files = sorted((f for f in glob.glob(os.path.expanduser("~/.cache/visual-search/onnx/*/model.onnx"))
+                if lite0_224(f)), key=os.path.getmtime)
+sess = ort.InferenceSession(files[-1], providers=["CUDAExecutionProvider"])
+name = sess.get_inputs()[0].name
+x = np.random.rand(64, 3, 224, 224).astype(np.float32)
+for _ in range(3):
+    sess.run(None, {name: x})
+t = time.perf_counter()
+for _ in range(20):
+    sess.run(None, {name: x})
+print(f"Python ONNX Runtime, CUDA provider, {files[-1]}: {64 * 20 / (time.perf_counter() - t):.1f} img/s")
+PY
+else
+  timeout 30 "$vs" embed --model efficientnet_lite0 --weights "$kit/lite0.pth" \
+    --csv "$kit/photos/train.csv" --out /tmp/ort-cuda.npy --device ort-cuda:0
+  echo "exit status: $? (expected non-zero with a message naming onnxruntime-gpu)"
+fi
 
 part "done"
