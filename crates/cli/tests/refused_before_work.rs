@@ -1,6 +1,6 @@
 //! Outputs a finished job could not be written to are refused before the job: `index build`
 //! into a folder of other files or with a `--key-column` a row lacks, `embed` to a file that
-//! is not `.npy` / `.safetensors`. Each run names weights that do not exist, so it can only
+//! is not `.npy` / `.safetensors`, `rank` to anything but an `.npy` file. Each run names weights that do not exist, so it can only
 //! end with the expected message if it stops before loading the model.
 
 use std::path::Path;
@@ -83,4 +83,41 @@ fn embed_refuses_an_output_that_is_not_an_embedding_file() {
     assert!(!output.status.success(), "{text}");
     assert!(text.contains("emb.txt") && text.contains(".npy"), "{text}");
     assert!(!text.contains("lite0.pth"), "refused after loading: {text}");
+}
+
+#[test]
+fn rank_refuses_an_output_that_is_not_an_npy_file() {
+    let dir = tempfile::tempdir().unwrap();
+    gallery(dir.path());
+    std::fs::write(
+        dir.path().join("queries.csv"),
+        "img_path,product_id\nq.jpg,1\n",
+    )
+    .unwrap();
+    let folder = dir.path().join("results");
+    std::fs::create_dir(&folder).unwrap();
+    for (out, expected) in [
+        (dir.path().join("ranking.csv"), "*.npy"),
+        (folder.clone(), "*.npy"),
+    ] {
+        let mut args = vec!["rank", "--dataset-dir", dir.path().to_str().unwrap()];
+        args.extend(["--out", out.to_str().unwrap()]);
+        args.extend(MODEL);
+        let (output, text) = run(&args);
+        assert!(!output.status.success(), "{text}");
+        assert!(text.contains(expected), "{text}");
+        assert!(!text.contains("lite0.pth"), "refused after loading: {text}");
+    }
+    let mut npy_folder = folder.clone();
+    npy_folder.set_extension("npy");
+    std::fs::create_dir(&npy_folder).unwrap();
+    let mut args = vec!["rank", "--dataset-dir", dir.path().to_str().unwrap()];
+    args.extend(["--out", npy_folder.to_str().unwrap()]);
+    args.extend(MODEL);
+    let (output, text) = run(&args);
+    assert!(
+        !output.status.success() && text.contains("is a folder"),
+        "{text}"
+    );
+    assert!(!dir.path().join("ranking.csv").exists());
 }

@@ -1,9 +1,9 @@
 //! `visual-search rank`: the submission ranker.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use visual_search_retrieval::npy::{encode_i64, write_atomically};
 use visual_search_retrieval::pipeline::rank;
 
@@ -38,7 +38,24 @@ pub struct Args {
     out: PathBuf,
 }
 
+/// Refuses, before any image is read, an `--out` the finished ranking could not be written
+/// to: one without the `.npy` extension (the CSV beside it would take the same name) or a
+/// folder.
+fn check_out(out: &Path) -> anyhow::Result<()> {
+    if out.extension().and_then(|e| e.to_str()) != Some("npy") {
+        bail!(
+            "{}: the ranking is an .npy file (its CSV goes beside it); name --out *.npy",
+            out.display()
+        );
+    }
+    if out.is_dir() {
+        bail!("{}: is a folder; name --out *.npy", out.display());
+    }
+    Ok(())
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
+    check_out(&args.out)?;
     let scales = load_scales(&args.model, args.model.load()?, &args.data.tta_sizes)?;
     let loaded = &scales[0];
     let members = args.ensemble.load(&args.model.device)?;
