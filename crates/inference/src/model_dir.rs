@@ -18,6 +18,7 @@ use crate::error::{InferenceError, Result};
 
 /// `model.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelDirInfo {
     pub format_version: u32,
     /// Registry name of the architecture.
@@ -253,7 +254,35 @@ pub fn load_model_dir(
 
 #[cfg(test)]
 mod tests {
-    use super::check_replaceable;
+    use super::{FORMAT_VERSION, INFO_FILE, ModelDirInfo, check_replaceable, read_info};
+
+    #[test]
+    fn a_model_json_key_this_build_does_not_know_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let info = ModelDirInfo {
+            format_version: FORMAT_VERSION,
+            model: "efficientnet_lite0".into(),
+            input_size: 224,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+            embedding_dim: 1280,
+            neck_dim: None,
+            gem: false,
+            dtype: "f32".into(),
+            source: "runs/x".into(),
+        };
+        let mut json = serde_json::to_value(&info).unwrap();
+        std::fs::write(dir.path().join(INFO_FILE), json.to_string()).unwrap();
+        assert_eq!(read_info(dir.path()).unwrap(), info);
+        // A hand edit with a typo: `neckdim` would otherwise load the model without its neck.
+        json["neckdim"] = 512.into();
+        std::fs::write(dir.path().join(INFO_FILE), json.to_string()).unwrap();
+        let err = read_info(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("model.json") && err.contains("unknown field `neckdim`"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn only_absent_empty_or_export_folders_may_be_replaced() {
