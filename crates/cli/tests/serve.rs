@@ -659,6 +659,18 @@ fn index_and_serve_the_grocery_catalogue() {
         ),
         (Some(1), Some(1))
     );
+    // A product name where the index keys products by label is refused, not a silent 0.
+    let (status, _, body) = http_with_headers(
+        w,
+        "DELETE",
+        "/items",
+        &auth,
+        "application/json",
+        br#"{"keys": ["kiwi"]}"#,
+    );
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("not a product label"), "{text}");
     let (status, _, body) = http_with_headers(
         w,
         "DELETE",

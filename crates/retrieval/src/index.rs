@@ -156,6 +156,30 @@ impl IndexMeta {
         }
     }
 
+    /// `keys` as this index stores product keys. Without a key column the keys are labels,
+    /// integers: `007` is label 7, and a key that is not an integer (a product name, say) is
+    /// refused, as it could never match.
+    pub fn parse_keys(
+        &self,
+        keys: impl IntoIterator<Item = String>,
+    ) -> Result<HashSet<String>, RetrievalError> {
+        keys.into_iter()
+            .map(|key| match &self.key_column {
+                Some(_) => Ok(key),
+                None => key
+                    .trim()
+                    .parse::<i64>()
+                    .map(|l| l.to_string())
+                    .map_err(|_| {
+                        RetrievalError::Invalid(format!(
+                            "key {key:?} is not a product label (an integer); this index keys \
+                         products by label (it was built without --key-column)"
+                        ))
+                    }),
+            })
+            .collect()
+    }
+
     /// The product keys of `items`; an error names the first item without one.
     pub fn product_keys(&self, items: &[IndexItem]) -> Result<HashSet<String>, RetrievalError> {
         items
@@ -1227,6 +1251,22 @@ mod tests {
         build_index(idx, meta(IndexDtype::F32), &[item(1, "a.jpg")], &[1.0, 0.0])
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn keys_are_labels_without_a_key_column() {
+        let keys = |m: &IndexMeta, k: &[&str]| m.parse_keys(k.iter().map(|s| s.to_string()));
+        let mut m = meta(IndexDtype::F32);
+        let labels = keys(&m, &["007", " 12", "-3"]).unwrap();
+        assert_eq!(labels, ["7", "12", "-3"].map(String::from).into());
+        let err = keys(&m, &["7", "Granny-Smith"]).unwrap_err().to_string();
+        assert!(
+            err.contains("Granny-Smith") && err.contains("label"),
+            "{err}"
+        );
+        m.key_column = Some("sku".into());
+        let skus = keys(&m, &["007", "Granny-Smith"]).unwrap();
+        assert_eq!(skus, ["007", "Granny-Smith"].map(String::from).into());
     }
 
     #[test]

@@ -371,7 +371,12 @@ pub(crate) async fn delete_items(State(state): State<Arc<AppState>>, request: Re
         let axum::Json(body) = axum::Json::<DeleteBody>::from_request(request, &())
             .await
             .map_err(|e| bad_request(e.body_text()))?;
-        let keys = body.keys.into_iter().collect();
+        let keys = state
+            .index
+            .get()
+            .meta()
+            .parse_keys(body.keys)
+            .map_err(|e| bad_request(e.to_string()))?;
         write(&state, move |index| {
             index
                 .delete_keys(&keys)

@@ -534,6 +534,7 @@ fn delete(args: DeleteArgs) -> anyhow::Result<()> {
         );
     }
     let index = open_catalogue(&args.index, &args.pg)?;
+    let keys = index.meta().parse_keys(keys)?;
     let n = index
         .delete_keys(&keys)
         .with_context(|| format!("deleting from {}", index.location()))?;
