@@ -93,6 +93,22 @@ fn index_and_serve_the_grocery_catalogue() {
         .split_whitespace()
         .collect();
     assert_eq!(first[2], "7", "{found}");
+    // A misspelled filter column would find nothing whatever the photo: it is named instead.
+    for (extra, expected) in [
+        (["--filter", "categroy=Fruit"], "categroy, which no item"),
+        (["--k", "0"], "--k must be at least 1"),
+    ] {
+        let mut args = vec!["search", "--index", index.to_str().unwrap()];
+        args.extend(extra);
+        args.push(kiwi.to_str().unwrap());
+        let out = common::bin().args(&args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && text.contains(expected), "{text}");
+    }
+    assert!(text_has_rows(&search_cli(
+        "3",
+        &["--filter", "category=Fruit", kiwi.to_str().unwrap()]
+    )));
 
     let server = start_server(&index);
     let addr = server.addr.as_str();
@@ -1017,4 +1033,9 @@ fn a_killed_compact_leaves_the_old_version_or_the_new() {
         .filter(|n| n.starts_with('.'))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// Whether `search` printed at least one result row.
+fn text_has_rows(text: &str) -> bool {
+    text.lines().any(|l| l.trim_start().starts_with("1 "))
 }

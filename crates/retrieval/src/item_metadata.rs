@@ -99,6 +99,19 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// The columns this filter names that are neither `label` nor one of `columns` (an index's
+    /// metadata columns): a clause on such a column matches no item, so a search with it finds
+    /// nothing whatever the query.
+    pub fn unknown_columns<'a>(&'a self, columns: &[String]) -> Vec<&'a str> {
+        let mut unknown: Vec<&str> = Vec::new();
+        for c in self.clauses.iter().map(|c| c.column.as_str()) {
+            if c != "label" && !columns.iter().any(|k| k == c) && !unknown.contains(&c) {
+                unknown.push(c);
+            }
+        }
+        unknown
+    }
+
     /// Parses `name=value[|value…][,name=value…]`; an empty text is the empty filter. A value
     /// holding `,`, `|` or `"` is written in double quotes, a quote inside doubled
     /// (`brand="Smith, ""the"" baker"`). A name given twice must match both clauses.
@@ -265,6 +278,20 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn a_filter_names_the_columns_an_index_lacks() {
+        let f = Filter::parse("categroy=Fruit,label=3,brand=Arla,categroy=Milk").unwrap();
+        let columns = ["brand".to_string(), "category".to_string()];
+        assert_eq!(f.unknown_columns(&columns), ["categroy"]);
+        assert_eq!(f.unknown_columns(&[]), ["categroy", "brand"]);
+        assert!(
+            Filter::parse("label=1")
+                .unwrap()
+                .unknown_columns(&[])
+                .is_empty()
+        );
     }
 
     #[test]

@@ -59,9 +59,28 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.k == 0 {
+        anyhow::bail!("--k must be at least 1");
+    }
     let filter = args.filter.clone().unwrap_or_default();
     // A search by item needs no model: open the index alone and load its model only for photos.
     let index = open_catalogue(&args.index, &args.pg)?;
+    if !filter.clauses.is_empty() {
+        let columns = index.metadata_columns()?;
+        let unknown = filter.unknown_columns(&columns);
+        if !unknown.is_empty() {
+            anyhow::bail!(
+                "--filter names {}, which no item of {} has (its metadata columns: {}; and label)",
+                unknown.join(", "),
+                index.location(),
+                if columns.is_empty() {
+                    "none".to_string()
+                } else {
+                    columns.join(", ")
+                }
+            );
+        }
+    }
     let bbox = args
         .bbox
         .as_deref()
