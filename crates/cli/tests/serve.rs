@@ -105,10 +105,6 @@ fn index_and_serve_the_grocery_catalogue() {
         let text = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && text.contains(expected), "{text}");
     }
-    assert!(text_has_rows(&search_cli(
-        "3",
-        &["--filter", "category=Fruit", kiwi.to_str().unwrap()]
-    )));
 
     let server = start_server(&index);
     let addr = server.addr.as_str();
@@ -405,6 +401,34 @@ fn index_and_serve_the_grocery_catalogue() {
     );
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(json(&body)["results"][0]["id"], 149);
+    // A column no item has (a typo) is named; a value no item has is an empty answer.
+    for route in ["/search", "/items/0/similar"] {
+        let (method, body) = match route {
+            "/search" => ("POST", photo.as_slice()),
+            _ => ("GET", &b""[..]),
+        };
+        let (status, _, reply) = http(
+            addr,
+            method,
+            &format!("{route}?filter=categroy%3DFruit"),
+            "image/jpeg",
+            body,
+        );
+        let text = String::from_utf8_lossy(&reply);
+        assert!(
+            status == 400 && text.contains("no catalogue item has categroy"),
+            "{text}"
+        );
+        let (status, _, reply) = http(
+            addr,
+            method,
+            &format!("{route}?filter=category%3DDairy"),
+            "image/jpeg",
+            body,
+        );
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&reply));
+        assert_eq!(json(&reply)["results"].as_array().map(Vec::len), Some(0));
+    }
     let filtered_cli = search_cli("5", &["--filter", "category=Fruit", kiwi.to_str().unwrap()]);
     let rows: Vec<&str> = filtered_cli
         .lines()
@@ -1033,9 +1057,4 @@ fn a_killed_compact_leaves_the_old_version_or_the_new() {
         .filter(|n| n.starts_with('.'))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-}
-
-/// Whether `search` printed at least one result row.
-fn text_has_rows(text: &str) -> bool {
-    text.lines().any(|l| l.trim_start().starts_with("1 "))
 }

@@ -398,8 +398,49 @@ async fn run_search(
 
 /// The top `k` items passing `filter` for one query embedding: scanned together with the
 /// other searches waiting when the engine gains by it ([`SearchBatcher`]), otherwise on the
-/// blocking pool.
+/// blocking pool. See [`explain_empty`] for a filter that left nothing.
 async fn search_one(
+    state: &AppState,
+    index: &Arc<dyn Catalogue>,
+    embedding: Vec<f32>,
+    k: usize,
+    filter: Filter,
+) -> Result<Vec<CatalogueHit>, ApiError> {
+    let kept = (!filter.is_empty()).then(|| filter.clone());
+    let hits = scan_one(state, index, embedding, k, filter).await?;
+    if hits.is_empty()
+        && let Some(filter) = kept
+    {
+        explain_empty(index, filter).await?;
+    }
+    Ok(hits)
+}
+
+/// A filtered search found nothing: a 400 naming the filter's columns that no item of the
+/// index has (a misspelled column matches nothing whatever the query), else nothing to say.
+/// Asked only then, as listing an index's columns reads every item's metadata.
+async fn explain_empty(index: &Arc<dyn Catalogue>, filter: Filter) -> Result<(), ApiError> {
+    let index = index.clone();
+    let unknown = tokio::task::spawn_blocking(move || {
+        index.metadata_columns().map(|columns| {
+            let unknown = filter.unknown_columns(&columns).join(", ");
+            (unknown, columns.join(", "))
+        })
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match unknown {
+        (unknown, _) if unknown.is_empty() => Ok(()),
+        (unknown, columns) => Err(bad_request(format!(
+            "filter: no catalogue item has {unknown} (metadata columns: {}; and label)",
+            if columns.is_empty() { "none" } else { &columns }
+        ))),
+    }
+}
+
+/// [`search_one`]'s scan.
+async fn scan_one(
     state: &AppState,
     index: &Arc<dyn Catalogue>,
     embedding: Vec<f32>,
@@ -427,6 +468,24 @@ async fn search_one(
 /// `None` when there is no row `id`: its stored vector scanned with the other searches waiting
 /// when the engine gains by it ([`SearchBatcher`]), otherwise on the blocking pool.
 async fn similar_hits(
+    state: &AppState,
+    index: &Arc<dyn Catalogue>,
+    id: u64,
+    k: usize,
+    filter: Filter,
+) -> Result<Option<Vec<CatalogueHit>>, ApiError> {
+    let kept = (!filter.is_empty()).then(|| filter.clone());
+    let hits = scan_similar(state, index, id, k, filter).await?;
+    if let (Some(hits), Some(filter)) = (&hits, kept)
+        && hits.is_empty()
+    {
+        explain_empty(index, filter).await?;
+    }
+    Ok(hits)
+}
+
+/// [`similar_hits`]' scan.
+async fn scan_similar(
     state: &AppState,
     index: &Arc<dyn Catalogue>,
     id: u64,
