@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use crate::amazon_records::{parse_meta, parse_review};
-use crate::error::Result;
+use crate::error::{MiningError, Result};
 use crate::json_lines::{StreamStats, stream_records};
 use crate::pairs_table::{ProductRow, ProductWriter};
 
@@ -36,6 +36,28 @@ struct Reviewed {
     user_images: Vec<String>,
 }
 
+/// A dump none of whose lines is a record — another file, or not JSON lines (a `.gz` that is
+/// not gzip is read as text) — is an error rather than an empty table: a few malformed lines
+/// in a real dump are counted and skipped, all of them mean the wrong input.
+fn refuse_unreadable(path: &Path, what: &str, stats: &StreamStats) -> Result<()> {
+    if stats.records > 0 || stats.malformed == 0 {
+        return Ok(());
+    }
+    let first = stats
+        .malformed_samples
+        .first()
+        .map(|(line, e)| format!(" (line {line}: {e})"))
+        .unwrap_or_default();
+    Err(MiningError::invalid(
+        path,
+        format!(
+            "none of its {} line(s) is a {what} record{first}; is it the right file, as JSON \
+             lines (plain or gzip)?",
+            stats.malformed
+        ),
+    ))
+}
+
 /// Runs both passes and writes `out` (Parquet).
 pub fn mine_pairs(
     reviews: &Path,
@@ -57,6 +79,7 @@ pub fn mine_pairs(
             }
         },
     )?;
+    refuse_unreadable(reviews, "review", &report.reviews)?;
     report.products_reviewed = products.len() as u64;
     products.retain(|_, p| !p.user_images.is_empty());
     for p in products.values_mut() {
@@ -106,7 +129,48 @@ pub fn mine_pairs(
     if let Some(e) = write_error {
         return Err(e);
     }
+    refuse_unreadable(metadata, "metadata", &report.metadata)?;
     report.without_metadata = report.products_with_user_images - done.len() as u64;
     report.written = writer.finish()?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const META: &str = "{\"parent_asin\":\"A1\",\"images\":[{\"large\":\"http://x/p1.jpg\"}]}\n";
+
+    #[test]
+    fn a_dump_with_no_record_in_it_is_refused_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (reviews, metadata) = (dir.path().join("r.json.gz"), dir.path().join("m.jsonl"));
+        let out = dir.path().join("pairs.parquet");
+        std::fs::write(&metadata, META).unwrap();
+        // Named .gz but not gzip, and no line of it JSON: another file.
+        std::fs::write(&reviews, "garbage\nmore garbage\n").unwrap();
+        let err = mine_pairs(&reviews, &metadata, &out, 2)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("r.json.gz") && err.contains("none of its 2 line(s) is a review record"),
+            "{err}"
+        );
+        assert!(!out.exists());
+
+        // One good line among bad ones is a real dump: the bad ones are counted and skipped.
+        let review = "{\"asin\":\"A1\",\"images\":[{\"large_image_url\":\"http://x/1.jpg\"}]}";
+        std::fs::write(&reviews, format!("garbage\n{review}\n")).unwrap();
+        let report = mine_pairs(&reviews, &metadata, &out, 2).unwrap();
+        assert_eq!((report.written, report.reviews.malformed), (1, 1));
+
+        std::fs::write(&metadata, "{broken\n").unwrap();
+        let err = mine_pairs(&reviews, &metadata, &out, 2)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("m.jsonl") && err.contains("metadata record"),
+            "{err}"
+        );
+    }
 }
