@@ -31,7 +31,7 @@ pub struct DevSetArgs {
     pub gallery: String,
     #[arg(long, default_value = "queries.csv")]
     pub queries: String,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::args::at_least_one)]
     pub batch_size: usize,
     /// Image-loading threads [default: all cores].
     #[arg(long)]

@@ -70,7 +70,7 @@ pub struct ListArgs {
     /// Image prefix folder for Product10K lists (e.g. `train/`).
     #[arg(long, default_value = "")]
     pub prefix: String,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::args::at_least_one)]
     pub batch_size: usize,
     /// Image-loading threads [default: all cores].
     #[arg(long)]

@@ -1,6 +1,7 @@
 //! Outputs a finished job could not be written to are refused before the job: `index build`
 //! into a folder of other files or with a `--key-column` a row lacks, `embed` to a file that
-//! is not `.npy` / `.safetensors`, `rank` to anything but an `.npy` file. Each run names weights that do not exist, so it can only
+//! is not `.npy` / `.safetensors`, `rank` to anything but an `.npy` file; a batch size of 0
+//! (which stopped the loader on an assertion). Each run names weights that do not exist, so it can only
 //! end with the expected message if it stops before loading the model.
 
 use std::path::Path;
@@ -120,4 +121,24 @@ fn rank_refuses_an_output_that_is_not_an_npy_file() {
         "{text}"
     );
     assert!(!dir.path().join("ranking.csv").exists());
+}
+
+#[test]
+fn a_batch_size_of_zero_is_refused_with_the_flags_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = gallery(dir.path());
+    let out = dir.path().join("emb.npy");
+    for command in [&["embed"][..], &["index", "build"]] {
+        let mut args = command.to_vec();
+        args.extend(["--csv", &csv, "--out", out.to_str().unwrap()]);
+        args.extend(["--batch-size", "0"]);
+        args.extend(MODEL);
+        let (output, text) = run(&args);
+        assert_eq!(output.status.code(), Some(2), "{text}");
+        assert!(
+            text.contains("--batch-size") && text.contains("must be at least 1"),
+            "{text}"
+        );
+        assert!(!text.contains("panicked"), "{text}");
+    }
 }

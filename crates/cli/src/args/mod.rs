@@ -5,3 +5,13 @@
 pub mod model;
 pub mod postgres;
 pub mod shard;
+
+/// A count that must be at least 1 (a batch size, say): clap refuses 0 with the flag's name,
+/// where the loaders below would otherwise stop on an assertion.
+pub fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}

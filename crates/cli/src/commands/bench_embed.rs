@@ -31,7 +31,7 @@ pub struct Args {
     weights: Option<PathBuf>,
     #[arg(long)]
     size: Option<usize>,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::args::at_least_one)]
     batch: usize,
     /// Timed passes (the best is kept).
     #[arg(long, default_value_t = 3)]

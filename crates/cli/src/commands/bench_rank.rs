@@ -39,7 +39,7 @@ pub struct Args {
     /// Python rankers to time: eager, folded, onnxruntime.
     #[arg(long, value_delimiter = ',', default_value = "folded,onnxruntime")]
     engines: Vec<String>,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::args::at_least_one)]
     batch_size: usize,
     /// Python with torch, torchvision, timm and onnxruntime [default: $VISUAL_SEARCH_PYTHON or python3].
     #[arg(long)]

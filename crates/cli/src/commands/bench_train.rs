@@ -49,7 +49,7 @@ pub struct Args {
     /// does not change their speed.
     #[arg(long)]
     lite0_weights: Option<PathBuf>,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::args::at_least_one)]
     batch: usize,
     /// Input side [default: each model's].
     #[arg(long)]

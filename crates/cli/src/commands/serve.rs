@@ -35,7 +35,7 @@ pub struct Args {
     #[command(flatten)]
     device: DeviceArgs,
     /// Most searches embedded in one forward pass.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = crate::args::at_least_one)]
     max_batch: usize,
     /// Most searches waiting for the model.
     #[arg(long, default_value_t = 64)]

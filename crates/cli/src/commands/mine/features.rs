@@ -27,10 +27,10 @@ pub struct Args {
     #[command(flatten)]
     fetch: FetchArgs,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::args::at_least_one)]
     batch_size: usize,
     /// Save the embeddings made so far every this many images.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = crate::args::at_least_one)]
     snapshot_every: usize,
     /// Fetch again the URLs an earlier run recorded as failed.
     #[arg(long)]
