@@ -1,7 +1,8 @@
 //! Outputs a finished job could not be written to are refused before the job: `index build`
 //! into a folder of other files or with a `--key-column` a row lacks, `embed` to a file that
-//! is not `.npy` / `.safetensors`, `rank` to anything but an `.npy` file; a batch size of 0
-//! (which stopped the loader on an assertion). Each run names weights that do not exist, so it can only
+//! is not `.npy` / `.safetensors`, `rank` to anything but an `.npy` file, `export --int8`
+//! with a calibration list or gate dev set it cannot use; a batch size of 0 (which stopped the
+//! loader on an assertion). Each run names weights that do not exist, so it can only
 //! end with the expected message if it stops before loading the model.
 
 use std::path::Path;
@@ -140,5 +141,37 @@ fn a_batch_size_of_zero_is_refused_with_the_flags_name() {
             "{text}"
         );
         assert!(!text.contains("panicked"), "{text}");
+    }
+}
+
+#[test]
+fn export_int8_checks_its_calibration_list_and_gate_set_before_exporting() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = dir.path().join("one.csv");
+    std::fs::write(&one, "img_path,product_id\na.jpg,1\n").unwrap();
+    let two = gallery(dir.path());
+    let out = dir.path().join("model");
+    let no_dev_set = dir.path().join("no-dev-set");
+    for (csv, gate, expected) in [
+        (one.to_str().unwrap(), None, "fewer than 2 images"),
+        (
+            two.as_str(),
+            Some(no_dev_set.to_str().unwrap()),
+            "no gallery.csv",
+        ),
+    ] {
+        let mut args = vec!["export", "--out", out.to_str().unwrap(), "--onnx", "--int8"];
+        args.extend(["--calibration-csv", csv]);
+        if let Some(gate) = gate {
+            args.extend(["--int8-gate-dataset", gate]);
+        }
+        args.extend(MODEL);
+        let (output, text) = run(&args);
+        assert!(
+            !output.status.success() && text.contains(expected),
+            "{text}"
+        );
+        assert!(!text.contains("lite0.pth"), "refused after loading: {text}");
+        assert!(!out.exists(), "nothing exported");
     }
 }

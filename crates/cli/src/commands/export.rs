@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
+use visual_search_data::Sample;
 use visual_search_data::transform::EvalTransform;
 use visual_search_inference::int8::{INT8_FILE, quantize_model_dir};
 use visual_search_inference::model::load_burn;
@@ -74,6 +75,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         half: args.f16,
         onnx: args.onnx,
     };
+    // The int8 step's inputs are checked before the export, not after it.
+    let calibration = match args.int8 {
+        true => Some(calibration_samples(&args)?),
+        false => None,
+    };
     let info = match (&args.checkpoint, &args.model) {
         (Some(checkpoint), _) => export_model_dir(checkpoint, &args.out, options, &device)?,
         (None, Some(name)) => export_pretrained(name, &args, options, &device)?,
@@ -89,10 +95,39 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         info.source,
         args.out.display()
     );
-    if args.int8 {
-        int8(&args)?;
+    if let Some(samples) = calibration {
+        int8(&args, &samples)?;
     }
     Ok(())
+}
+
+/// The calibration list's images (at least 2), and the gate dev set's two lists if one is given.
+fn calibration_samples(args: &Args) -> anyhow::Result<Vec<Sample>> {
+    let csv = args
+        .calibration_csv
+        .as_ref()
+        .context("--int8 needs --calibration-csv")?;
+    let root = args
+        .calibration_root
+        .clone()
+        .or_else(|| csv.parent().map(|p| p.to_path_buf()))
+        .unwrap_or_default();
+    let (_, samples) = read_samples(csv, &root, "")?;
+    if samples.len() < 2 {
+        bail!("{} lists fewer than 2 images", csv.display());
+    }
+    if let Some(dataset) = &args.int8_gate_dataset {
+        for list in ["gallery.csv", "queries.csv"] {
+            let path = dataset.join(list);
+            if !path.is_file() {
+                bail!(
+                    "--int8-gate-dataset {}: no {list} (a dev set holds gallery.csv and queries.csv)",
+                    dataset.display()
+                );
+            }
+        }
+    }
+    Ok(samples)
 }
 
 /// A registry model with pretrained weights as a model folder.
@@ -121,20 +156,7 @@ fn export_pretrained(
     Ok(export_embedder(&exported, &args.out, options)?)
 }
 
-fn int8(args: &Args) -> anyhow::Result<()> {
-    let csv = args
-        .calibration_csv
-        .as_ref()
-        .context("--int8 needs --calibration-csv")?;
-    let root = args
-        .calibration_root
-        .clone()
-        .or_else(|| csv.parent().map(|p| p.to_path_buf()))
-        .unwrap_or_default();
-    let (_, samples) = read_samples(csv, &root, "")?;
-    if samples.len() < 2 {
-        bail!("{} lists fewer than 2 images", csv.display());
-    }
+fn int8(args: &Args, samples: &[Sample]) -> anyhow::Result<()> {
     let take = args.calibration_images.clamp(2, samples.len());
     let info = read_info(&args.out)?;
     let size = info.input_size;
