@@ -95,7 +95,10 @@ fn index_and_serve_the_grocery_catalogue() {
     assert_eq!(first[2], "7", "{found}");
     // A misspelled filter column would find nothing whatever the photo: it is named instead.
     for (extra, expected) in [
-        (["--filter", "categroy=Fruit"], "categroy, which no item"),
+        (
+            ["--filter", "categroy=Fruit"],
+            "no catalogue item has categroy",
+        ),
         (["--k", "0"], "--k must be at least 1"),
     ] {
         let mut args = vec!["search", "--index", index.to_str().unwrap()];

@@ -112,6 +112,24 @@ impl Filter {
         unknown
     }
 
+    /// An error naming the columns [`Filter::unknown_columns`] finds, and listing `columns`,
+    /// for `search` and the server alike.
+    pub fn check_columns(&self, columns: &[String]) -> Result<(), RetrievalError> {
+        let unknown = self.unknown_columns(columns);
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        Err(RetrievalError::Invalid(format!(
+            "filter: no catalogue item has {} (metadata columns: {}; and label)",
+            unknown.join(", "),
+            if columns.is_empty() {
+                "none".to_string()
+            } else {
+                columns.join(", ")
+            }
+        )))
+    }
+
     /// Parses `name=value[|value…][,name=value…]`; an empty text is the empty filter. A value
     /// holding `,`, `|` or `"` is written in double quotes, a quote inside doubled
     /// (`brand="Smith, ""the"" baker"`). A name given twice must match both clauses.
@@ -286,6 +304,17 @@ mod tests {
         let columns = ["brand".to_string(), "category".to_string()];
         assert_eq!(f.unknown_columns(&columns), ["categroy"]);
         assert_eq!(f.unknown_columns(&[]), ["categroy", "brand"]);
+        let err = f.check_columns(&columns).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "filter: no catalogue item has categroy (metadata columns: brand, category; and label)"
+        );
+        assert!(
+            f.check_columns(&[])
+                .unwrap_err()
+                .to_string()
+                .contains("columns: none;")
+        );
         assert!(
             Filter::parse("label=1")
                 .unwrap()

@@ -420,23 +420,15 @@ async fn search_one(
 /// index has (a misspelled column matches nothing whatever the query), else nothing to say.
 /// Asked only then, as listing an index's columns reads every item's metadata.
 async fn explain_empty(index: &Arc<dyn Catalogue>, filter: Filter) -> Result<(), ApiError> {
+    let internal = |e: String| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e);
     let index = index.clone();
-    let unknown = tokio::task::spawn_blocking(move || {
-        index.metadata_columns().map(|columns| {
-            let unknown = filter.unknown_columns(&columns).join(", ");
-            (unknown, columns.join(", "))
-        })
-    })
-    .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    match unknown {
-        (unknown, _) if unknown.is_empty() => Ok(()),
-        (unknown, columns) => Err(bad_request(format!(
-            "filter: no catalogue item has {unknown} (metadata columns: {}; and label)",
-            if columns.is_empty() { "none" } else { &columns }
-        ))),
-    }
+    let columns = tokio::task::spawn_blocking(move || index.metadata_columns())
+        .await
+        .map_err(|e| internal(e.to_string()))?
+        .map_err(|e| internal(e.to_string()))?;
+    filter
+        .check_columns(&columns)
+        .map_err(|e| bad_request(e.to_string()))
 }
 
 /// [`search_one`]'s scan.

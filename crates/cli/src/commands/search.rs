@@ -66,20 +66,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // A search by item needs no model: open the index alone and load its model only for photos.
     let index = open_catalogue(&args.index, &args.pg)?;
     if !filter.clauses.is_empty() {
-        let columns = index.metadata_columns()?;
-        let unknown = filter.unknown_columns(&columns);
-        if !unknown.is_empty() {
-            anyhow::bail!(
-                "--filter names {}, which no item of {} has (its metadata columns: {}; and label)",
-                unknown.join(", "),
-                index.location(),
-                if columns.is_empty() {
-                    "none".to_string()
-                } else {
-                    columns.join(", ")
-                }
-            );
-        }
+        filter
+            .check_columns(&index.metadata_columns()?)
+            .with_context(|| format!("--filter on {}", index.location()))?;
     }
     let bbox = args
         .bbox
