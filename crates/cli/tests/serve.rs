@@ -175,6 +175,28 @@ fn index_and_serve_the_grocery_catalogue() {
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
     let (status, _, _) = http(addr, "POST", "/search?bbox=1,2,3", "image/jpeg", &photo);
     assert_eq!(status, 400);
+    // A misspelt parameter is refused, not dropped for its default; a wrong type is named.
+    for (query, named) in [
+        ("/search?top_k=5", "top_k"),
+        ("/search?k=ten", "k"),
+        ("/items/149/similar?K=5", "K"),
+    ] {
+        let method = if query.starts_with("/search") {
+            "POST"
+        } else {
+            "GET"
+        };
+        let (status, _, body) = http(addr, method, query, "image/jpeg", &photo);
+        let error = json(&body)["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            status == 400 && error.starts_with("query string: ") && error.contains(named),
+            "{query}: {status} {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
     let off_photo = "/search?bbox=100000,100000,50,50";
     let (status, _, body) = http(addr, "POST", off_photo, "image/jpeg", &photo);
     let text = String::from_utf8_lossy(&body);

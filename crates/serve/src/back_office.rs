@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Multipart, Query, Request, State};
+use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -32,6 +32,7 @@ use visual_search_retrieval::item_metadata::{Metadata, check_column_name, check_
 
 use crate::api_error::{ApiError, bad_request};
 use crate::query_image::{decode_query, prepare_catalogue_image};
+use crate::query_params::QueryParams;
 use crate::upload::{MAX_IMAGES, body_error, check_declared_length, is_multipart};
 use crate::{AppState, model_answer, queued};
 
@@ -124,6 +125,7 @@ fn reply(state: &AppState, route: &'static str, outcome: Result<WriteReply, ApiE
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct AddParams {
     mode: Option<String>,
 }
@@ -268,7 +270,7 @@ fn tempfile_in(dir: &Path) -> Result<(std::fs::File, PathBuf), String> {
 /// `POST /items?mode=upsert|add`.
 pub(crate) async fn add_items(
     State(state): State<Arc<AppState>>,
-    Query(params): Query<AddParams>,
+    QueryParams(params): QueryParams<AddParams>,
     request: Request,
 ) -> Response {
     let outcome = async {
@@ -406,6 +408,7 @@ pub(crate) async fn compact_index(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct DupsParams {
     threshold: Option<f32>,
     k: Option<usize>,
@@ -416,7 +419,7 @@ pub(crate) struct DupsParams {
 /// `index dups` finds them (`retrieval::catalogue_duplicates`).
 pub(crate) async fn duplicate_groups(
     State(state): State<Arc<AppState>>,
-    Query(params): Query<DupsParams>,
+    QueryParams(params): QueryParams<DupsParams>,
     request_headers: header::HeaderMap,
 ) -> Response {
     let outcome = async {

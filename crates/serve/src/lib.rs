@@ -29,6 +29,7 @@ pub mod inference;
 pub mod live_index;
 pub mod metrics;
 pub mod query_image;
+pub mod query_params;
 pub mod search_batcher;
 pub mod upload;
 pub mod vector_search;
@@ -38,7 +39,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -61,6 +62,7 @@ use crate::metrics::{Counters, Metrics};
 use crate::query_image::{
     decode_query, parse_bbox, prepare_decoded, prepare_query, prepare_windows, thumbnail_jpeg,
 };
+use crate::query_params::QueryParams;
 use crate::search_batcher::{QuerySpace, SearchBatcher};
 use crate::upload::read_upload;
 use crate::vector_search::search_vector;
@@ -158,6 +160,7 @@ impl AppState {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SearchParams {
     k: Option<usize>,
     bbox: Option<String>,
@@ -279,7 +282,7 @@ impl SearchResponse {
 
 async fn search(
     State(state): State<Arc<AppState>>,
-    Query(params): Query<SearchParams>,
+    QueryParams(params): QueryParams<SearchParams>,
     request: Request,
 ) -> Response {
     let started = Instant::now();
@@ -638,6 +641,7 @@ async fn auto_boxed_embedding(
 
 /// The `k` and `filter` query parameters of a search by item or by embedding.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct TopKParams {
     k: Option<usize>,
     filter: Option<String>,
@@ -646,7 +650,7 @@ struct TopKParams {
 async fn similar(
     State(state): State<Arc<AppState>>,
     UrlPath(id): UrlPath<String>,
-    Query(params): Query<TopKParams>,
+    QueryParams(params): QueryParams<TopKParams>,
 ) -> Response {
     let started = Instant::now();
     let not_found = || ApiError(StatusCode::NOT_FOUND, format!("no catalogue item {id}"));

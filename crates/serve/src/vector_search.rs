@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::Response;
 use serde::Deserialize;
 
 use crate::api_error::{ApiError, bad_request};
+use crate::query_params::QueryParams;
 use crate::{
     AppState, QueryKind, SearchResponse, Timings, TopKParams, answer_search, checked_k,
     parse_filter, search_one,
@@ -29,7 +30,7 @@ struct VectorQuery {
 
 pub(crate) async fn search_vector(
     State(state): State<Arc<AppState>>,
-    Query(params): Query<TopKParams>,
+    QueryParams(params): QueryParams<TopKParams>,
     body: Bytes,
 ) -> Response {
     let started = Instant::now();
