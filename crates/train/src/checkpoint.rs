@@ -1,9 +1,9 @@
 //! Crash-safe checkpoints of a run: `runs/NAME/checkpoints/step-NNNNNNN/` holding the embedder
 //! and head weights (no head in XBM phases), the three optimiser states, the XBM memory
 //! (`xbm_memory.safetensors`) and `state.json` (step, epoch position, class index, validation
-//! metrics). A checkpoint is written into a hidden temporary folder and
-//! renamed into place, then `runs/NAME/last` (a one-line file, itself replaced atomically) is
-//! pointed at it — a kill at any moment leaves the previous checkpoint intact and referenced.
+//! metrics), listed with sizes and checksums in `manifest.json` (`checkpoint_manifest`). A
+//! checkpoint is written into a hidden temporary folder and renamed into place, then
+//! `runs/NAME/last` (a one-line file, itself replaced atomically) is pointed at it — a kill at any moment leaves the previous checkpoint intact and referenced.
 //! The best checkpoints by dev mAP (and the latest) are kept; `runs/NAME/best` links the best.
 
 use std::path::{Path, PathBuf};
@@ -15,6 +15,7 @@ use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 use visual_search_model::losses::xbm::MemorySnapshot;
 
+use crate::checkpoint_manifest::{self, Depth};
 use crate::error::TrainError;
 use crate::fused_adamw::GradScale;
 use crate::labels::ClassIndex;
@@ -115,6 +116,7 @@ pub fn save_checkpoint(
     let json = serde_json::to_vec_pretty(state).map_err(|e| ck_err(tmp.path(), e.to_string()))?;
     std::fs::write(tmp.path().join("state.json"), json)
         .map_err(|e| TrainError::io(tmp.path(), e))?;
+    checkpoint_manifest::write_manifest(tmp.path())?;
     for f in std::fs::read_dir(tmp.path()).map_err(|e| TrainError::io(tmp.path(), e))? {
         let f = f.map_err(|e| TrainError::io(tmp.path(), e))?;
         std::fs::File::open(f.path())
@@ -216,11 +218,50 @@ fn write_pointer(run_dir: &Path, file: &str, content: &str) -> Result<(), TrainE
     Ok(())
 }
 
-/// The checkpoint `run_dir/last` points at, if any.
-/// What `--resume` continues from: the checkpoint `last` names, or an error that says what
-/// the run folder holds instead (no `last`, or a `last` naming a missing or broken checkpoint)
-/// — resuming never silently restarts at step 0 over an existing run.
-pub fn resume_checkpoint(run_dir: &Path) -> Result<PathBuf, TrainError> {
+/// Where `--resume` continues from, and the newer checkpoints it had to pass over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResumePoint {
+    pub dir: PathBuf,
+    /// Checkpoints newer than `dir` found damaged (folder, what is wrong), newest first.
+    pub passed_over: Vec<(PathBuf, String)>,
+}
+
+/// Why a checkpoint folder cannot be resumed from, if it cannot: no readable `state.json`, or
+/// a file that differs from what its manifest recorded.
+fn damage(dir: &Path) -> Option<String> {
+    if let Err(e) = read_state(dir) {
+        return Some(match e {
+            TrainError::Io { .. } => "state.json is missing".to_string(),
+            other => other.to_string(),
+        });
+    }
+    checkpoint_manifest::verify(dir, Depth::Contents).err()
+}
+
+/// The step-named checkpoint folders of a run with a readable state, newest first.
+fn checkpoints_newest_first(run_dir: &Path) -> Vec<(usize, PathBuf)> {
+    let mut all: Vec<(usize, PathBuf)> = std::fs::read_dir(run_dir.join("checkpoints"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("step-"))
+        })
+        .filter_map(|p| read_state(&p).ok().map(|s| (s.step, p)))
+        .collect();
+    all.sort_by_key(|(step, _)| std::cmp::Reverse(*step));
+    all
+}
+
+/// What `--resume` continues from: the checkpoint `last` names — or, when that one is
+/// damaged (a run folder copied in part, a file cut short or changed since it was written),
+/// the newest intact one before it, with the damaged ones listed for the user. Without a
+/// usable `last`, or without any intact checkpoint, an error says what the run folder holds —
+/// resuming never silently restarts at step 0 over an existing run.
+pub fn resume_checkpoint(run_dir: &Path) -> Result<ResumePoint, TrainError> {
     let last = run_dir.join("last");
     let text = match std::fs::read_to_string(&last) {
         Ok(t) => t,
@@ -253,35 +294,73 @@ pub fn resume_checkpoint(run_dir: &Path) -> Result<PathBuf, TrainError> {
     let escapes = Path::new(name)
         .components()
         .any(|c| !matches!(c, std::path::Component::Normal(_)));
-    if name.is_empty() || escapes || !dir.join("state.json").is_file() {
+    if name.is_empty() || escapes {
         return Err(ck_err(
             &last,
             format!(
-                "names {name:?}, which is not a checkpoint folder with a state.json; cannot resume \
+                "names {name:?}, which is not a checkpoint folder of this run; cannot resume \
                  (the run's files are left as they are)"
             ),
         ));
     }
-    Ok(dir)
+    let Some(why) = damage(&dir) else {
+        return Ok(ResumePoint {
+            dir,
+            passed_over: Vec::new(),
+        });
+    };
+    let mut passed_over = vec![(dir.clone(), why)];
+    for (_, candidate) in checkpoints_newest_first(run_dir) {
+        if candidate == dir {
+            continue;
+        }
+        match damage(&candidate) {
+            None => {
+                return Ok(ResumePoint {
+                    dir: candidate,
+                    passed_over,
+                });
+            }
+            Some(why) => passed_over.push((candidate, why)),
+        }
+    }
+    let listed: Vec<String> = passed_over
+        .iter()
+        .map(|(d, why)| format!("{}: {why}", d.display()))
+        .collect();
+    Err(ck_err(
+        &last,
+        format!(
+            "names {name:?}, which cannot be resumed from, and no other checkpoint of the run \
+             is intact; cannot resume (the run's files are left as they are): {}",
+            listed.join("; ")
+        ),
+    ))
 }
 
+/// The checkpoint `run_dir/last` points at, if any.
 pub fn last_checkpoint(run_dir: &Path) -> Option<PathBuf> {
     let text = std::fs::read_to_string(run_dir.join("last")).ok()?;
     let dir = run_dir.join(text.trim());
     dir.join("state.json").is_file().then_some(dir)
 }
 
-/// A checkpoint folder given directly, or a run folder (its `best`, else `last`).
+/// A checkpoint folder given directly, or a run folder (its `best`, else `last`), checked
+/// against its manifest: a damaged checkpoint is an error naming the file, never weights
+/// loaded from a changed file.
 pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf, TrainError> {
-    if path.join("state.json").is_file() {
-        return Ok(path.to_path_buf());
-    }
     let best = path.join("best");
-    if best.join("state.json").is_file() {
-        return Ok(std::fs::canonicalize(&best).unwrap_or(best));
-    }
-    last_checkpoint(path)
-        .ok_or_else(|| ck_err(path, "not a checkpoint folder nor a run folder with one"))
+    let dir = if path.join("state.json").is_file() {
+        path.to_path_buf()
+    } else if best.join("state.json").is_file() {
+        std::fs::canonicalize(&best).unwrap_or(best)
+    } else {
+        last_checkpoint(path)
+            .ok_or_else(|| ck_err(path, "not a checkpoint folder nor a run folder with one"))?
+    };
+    checkpoint_manifest::verify(&dir, Depth::Contents)
+        .map_err(|why| ck_err(&dir, format!("damaged checkpoint: {why}")))?;
+    Ok(dir)
 }
 
 /// Reads a checkpoint's state.
@@ -327,7 +406,8 @@ pub fn prune_checkpoints(run_dir: &Path, keep: usize) -> Result<Option<PathBuf>,
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with('.'));
-        if hidden || !path.is_dir() {
+        // A damaged checkpoint is neither ranked (it could become `best`) nor deleted.
+        if hidden || !path.is_dir() || checkpoint_manifest::verify(&path, Depth::Sizes).is_err() {
             continue;
         }
         if let Ok(state) = read_state(&path) {
@@ -364,7 +444,29 @@ pub fn prune_checkpoints(run_dir: &Path, keep: usize) -> Result<Option<PathBuf>,
 
 #[cfg(test)]
 mod tests {
-    use super::resume_checkpoint;
+    use super::{TrainState, resume_checkpoint};
+    use crate::labels::ClassIndex;
+
+    fn write_checkpoint(run: &std::path::Path, step: usize) -> std::path::PathBuf {
+        let ck = run.join(format!("checkpoints/step-{step:07}"));
+        std::fs::create_dir_all(&ck).unwrap();
+        let state = TrainState {
+            step,
+            epoch: 0,
+            batches_in_epoch: step,
+            image_size: 32,
+            model_name: "tiny_resnet".into(),
+            neck_dim: None,
+            gem: false,
+            classes: ClassIndex::from_labels([1, 2]),
+            metrics: None,
+            history: Vec::new(),
+        };
+        std::fs::write(ck.join("state.json"), serde_json::to_vec(&state).unwrap()).unwrap();
+        std::fs::write(ck.join("embedder.bpk"), vec![3u8; 100]).unwrap();
+        crate::checkpoint_manifest::write_manifest(&ck).unwrap();
+        ck
+    }
 
     #[test]
     fn resume_without_a_usable_last_is_an_error_that_says_what_is_there() {
@@ -375,23 +477,62 @@ mod tests {
             err.contains("no `last`") && err.contains("metrics.csv"),
             "{err}"
         );
-        std::fs::write(run.path().join("last"), "checkpoints/step-000040\n").unwrap();
+        std::fs::write(run.path().join("last"), "checkpoints/step-0000040\n").unwrap();
         let err = resume_checkpoint(run.path()).unwrap_err().to_string();
         assert!(
-            err.contains("step-000040") && err.contains("cannot resume"),
+            err.contains("step-0000040")
+                && err.contains("state.json is missing")
+                && err.contains("cannot resume"),
             "{err}"
         );
         std::fs::write(run.path().join("last"), "../elsewhere\n").unwrap();
         assert!(resume_checkpoint(run.path()).is_err());
-        let ck = run.path().join("checkpoints/step-000040");
-        std::fs::create_dir_all(&ck).unwrap();
-        std::fs::write(ck.join("state.json"), "{}").unwrap();
-        std::fs::write(run.path().join("last"), "checkpoints/step-000040\n").unwrap();
-        assert_eq!(resume_checkpoint(run.path()).unwrap(), ck);
+        let ck = write_checkpoint(run.path(), 40);
+        std::fs::write(run.path().join("last"), "checkpoints/step-0000040\n").unwrap();
+        let point = resume_checkpoint(run.path()).unwrap();
+        assert_eq!((point.dir, point.passed_over), (ck, Vec::new()));
         assert_eq!(
             std::fs::read_to_string(run.path().join("metrics.csv")).unwrap(),
             "step,loss\n1,2\n",
             "nothing is truncated"
+        );
+    }
+
+    #[test]
+    fn a_damaged_last_checkpoint_resumes_from_the_newest_intact_one() {
+        let run = tempfile::tempdir().unwrap();
+        let (oldest, older, newer, last) = (
+            write_checkpoint(run.path(), 10),
+            write_checkpoint(run.path(), 20),
+            write_checkpoint(run.path(), 30),
+            write_checkpoint(run.path(), 40),
+        );
+        std::fs::write(run.path().join("last"), "checkpoints/step-0000040\n").unwrap();
+        std::fs::write(last.join("embedder.bpk"), vec![3u8; 60]).unwrap();
+        std::fs::remove_file(newer.join("state.json")).unwrap();
+        std::fs::write(older.join("embedder.bpk"), vec![4u8; 100]).unwrap();
+        let point = resume_checkpoint(run.path()).unwrap();
+        assert_eq!(point.dir, oldest);
+        let passed: Vec<_> = point.passed_over.iter().map(|(d, _)| d.clone()).collect();
+        assert_eq!(
+            passed,
+            vec![last.clone(), older.clone()],
+            "{:?}",
+            point.passed_over
+        );
+        assert!(
+            point.passed_over[0]
+                .1
+                .contains("embedder.bpk has 60 bytes, 100")
+        );
+        assert!(point.passed_over[1].1.contains("embedder.bpk has changed"));
+
+        std::fs::write(oldest.join("embedder.bpk"), b"").unwrap();
+        let err = resume_checkpoint(run.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("no other checkpoint of the run is intact")
+                && err.contains("step-0000010"),
+            "{err}"
         );
     }
 }

@@ -87,6 +87,12 @@ pub enum TrainEvent {
         path: PathBuf,
         reason: String,
     },
+    /// `--resume` found this checkpoint damaged and continues from an earlier one (before
+    /// `Started`, whose `start_step` says which).
+    DamagedCheckpoint {
+        path: PathBuf,
+        reason: String,
+    },
     EarlyStop {
         step: usize,
     },
@@ -114,6 +120,9 @@ pub fn train(
 ) -> Result<TrainSummary, TrainError> {
     let started = Instant::now();
     let mut phase = Phase::prepare(config, options)?;
+    for (path, reason) in std::mem::take(&mut phase.passed_over) {
+        observer(TrainEvent::DamagedCheckpoint { path, reason });
+    }
     observer(phase.started_event());
     let first_validation = if options.validate_at_start && phase.resume_from.is_none() {
         Some(phase.validate_at(0, 0, observer)?)
@@ -204,6 +213,8 @@ struct Phase<'a> {
     device: Device,
     train_device: Device,
     resume_from: Option<PathBuf>,
+    /// Damaged checkpoints `--resume` passed over, for the observer.
+    passed_over: Vec<(PathBuf, String)>,
     state: TrainState,
     /// Taken out for the optimiser step, which consumes it.
     model: Option<TrainModel>,
@@ -259,10 +270,11 @@ impl<'a> Phase<'a> {
         let train_device = device.clone().autodiff();
         device.seed(config.dataset.seed);
 
-        let resume_from = if options.resume {
-            Some(resume_checkpoint(run_dir)?)
+        let (resume_from, passed_over) = if options.resume {
+            let point = resume_checkpoint(run_dir)?;
+            (Some(point.dir), point.passed_over)
         } else {
-            None
+            (None, Vec::new())
         };
         let state = match &resume_from {
             Some(dir) => read_state(dir)?,
@@ -339,6 +351,7 @@ impl<'a> Phase<'a> {
             device,
             train_device,
             resume_from,
+            passed_over,
             state,
             model: Some(model),
             optimizers,

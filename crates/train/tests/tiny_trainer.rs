@@ -8,7 +8,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::{config, dataset, flex_options, run};
-use visual_search_train::trainer::train;
+use visual_search_train::trainer::{TrainEvent, train};
 
 #[test]
 fn a_tiny_phase_trains_checkpoints_and_resumes_exactly() {
@@ -42,6 +42,44 @@ fn a_tiny_phase_trains_checkpoints_and_resumes_exactly() {
         assert!(
             (a - b).abs() <= 1e-5 * b.abs().max(1.0),
             "{resumed:?} vs {losses:?}"
+        );
+    }
+
+    // The last checkpoint damaged after it was written (one byte changed): `--resume` says so
+    // and continues from the one before (step 2), giving the straight run's later losses.
+    let dir = runs.path().join("damaged");
+    run(&stopped, &dir, false);
+    let weights = dir.join("checkpoints/step-0000003/embedder.bpk");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(&weights, &bytes).unwrap();
+    let err = visual_search_train::export::CheckpointEmbedder::load(
+        &dir.join("checkpoints/step-0000003"),
+        &visual_search_model::device::parse_device("flex").unwrap(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("embedder.bpk has changed"), "{err}");
+    let (mut damaged, mut later) = (Vec::new(), Vec::new());
+    let options = flex_options(&dir, true);
+    train(&straight, &options, &mut |e| match e {
+        TrainEvent::DamagedCheckpoint { path, reason } => damaged.push((path, reason)),
+        TrainEvent::Step { loss, .. } => later.push(loss),
+        _ => {}
+    })
+    .unwrap();
+    assert_eq!(damaged.len(), 1, "{damaged:?}");
+    assert!(
+        damaged[0].0.ends_with("step-0000003") && damaged[0].1.contains("embedder.bpk"),
+        "{damaged:?}"
+    );
+    assert_eq!(later.len(), 6, "steps 3..=8 again");
+    for (a, b) in later.iter().zip(&losses[2..]) {
+        assert!(
+            (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+            "{later:?} vs {losses:?}"
         );
     }
 

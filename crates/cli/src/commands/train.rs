@@ -153,6 +153,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let summary = train(&config, &options, &mut |event| match event {
         TrainEvent::Started { total_steps, steps_per_epoch, start_step, train_images, classes, memory_bytes } => {
             println!("{train_images} training images, {classes} classes, {steps_per_epoch} steps per epoch, {total_steps} steps");
+            if start_step > 0 {
+                println!("continuing from step {start_step}");
+            }
             if let (Some(bytes), HeadConfig::Xbm(x)) = (memory_bytes, &config.head) {
                 println!("XBM memory: {} rows, {:.1} MB on the device", x.memory_size, bytes as f64 / 1e6);
             }
@@ -186,6 +189,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             say(&bar, line);
         }
         TrainEvent::Skipped { path, reason } => eprintln!("skipped {}: {reason}", path.display()),
+        TrainEvent::DamagedCheckpoint { path, reason } => eprintln!(
+            "warning: checkpoint {} is damaged ({reason}); resuming from the newest intact one \
+             before it",
+            path.display()
+        ),
         TrainEvent::EarlyStop { step } => println!("early stopping at step {step}: no improvement"),
     })
     .with_context(|| format!("training {}", run_dir.display()))?;
