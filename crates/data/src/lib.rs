@@ -15,6 +15,7 @@ pub mod csv_table;
 pub mod datasets;
 pub mod error;
 pub mod fashion_mnist;
+pub mod file_check;
 pub mod formats;
 pub mod image;
 pub mod loader;

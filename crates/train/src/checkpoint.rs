@@ -407,7 +407,7 @@ pub fn prune_checkpoints(run_dir: &Path, keep: usize) -> Result<Option<PathBuf>,
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with('.'));
         // A damaged checkpoint is neither ranked (it could become `best`) nor deleted.
-        if hidden || !path.is_dir() || checkpoint_manifest::verify(&path, Depth::Sizes).is_err() {
+        if hidden || !path.is_dir() || checkpoint_manifest::verify(&path, Depth::Size).is_err() {
             continue;
         }
         if let Ok(state) = read_state(&path) {
