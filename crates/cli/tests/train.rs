@@ -139,7 +139,24 @@ fn train_until_killed(cfg: &str, runs: &str, name: &str, min_step: usize, total:
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    child.kill().unwrap(); // SIGKILL
+    // While it trains, a second `train` on its folder is refused at once.
+    let second = bin()
+        .args([
+            "train",
+            "--resume",
+            run.to_str().unwrap(),
+            "--device",
+            "flex",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        !second.status.success() && stderr.contains("another process is running training"),
+        "{stderr}"
+    );
+    assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+    child.kill().unwrap(); // SIGKILL: the lock goes with the process
     child.wait().unwrap();
     let at_kill = last_step(&run).unwrap();
     assert!(at_kill < total, "killed too late to test anything");

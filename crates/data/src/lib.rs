@@ -24,6 +24,7 @@ pub mod root_containment;
 pub mod sampler;
 pub mod shard;
 pub mod transform;
+pub mod work_lock;
 
 pub use error::{DataError, Result};
 pub use formats::{BBox, Crop, Sample};

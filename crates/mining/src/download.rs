@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use visual_search_data::image::{DecodeLimits, decode_rgb_bytes};
+use visual_search_data::work_lock::{lock_shared_folder, lock_work_folder};
 
 use crate::error::{MiningError, Result};
 use crate::fetch::{FetchConfig, fetch_all};
@@ -96,6 +97,9 @@ pub fn content_name(bytes: &[u8]) -> PathBuf {
     PathBuf::from(&hex[..2]).join(format!("{hex}.{ext}"))
 }
 
+/// The lock file of the one download writing a work folder's journal.
+const JOURNAL_LOCK_FILE: &str = ".download.lock";
+
 /// Removes what a killed run was writing (`images_dir/*/.partial-*`).
 fn sweep_partials(images_dir: &Path) -> Result<()> {
     for entry in std::fs::read_dir(images_dir).map_err(|e| MiningError::io(images_dir, e))? {
@@ -144,8 +148,13 @@ pub fn mine_download(
             }
         }
     }
+    // One download per work folder (its journal is rewritten at start), any number per image
+    // folder (the categories' downloads may share one): leftovers are swept only by a lone one.
+    let journal_dir = crate::pairs_table::parent_dir(journal);
+    std::fs::create_dir_all(journal_dir).map_err(|e| MiningError::io(journal_dir, e))?;
+    let _journal_lock = lock_work_folder(journal_dir, JOURNAL_LOCK_FILE, "mine download")?;
     std::fs::create_dir_all(images_dir).map_err(|e| MiningError::io(images_dir, e))?;
-    sweep_partials(images_dir)?;
+    let _images_lock = lock_shared_folder(images_dir, || sweep_partials(images_dir))?;
     let mut entries = read_journal(journal, images_dir)?;
     if retry_failed {
         entries.retain(|_, e| e.is_ok());
@@ -221,6 +230,50 @@ mod tests {
         assert_eq!(j.len(), 2);
         assert_eq!(j["http://a"], Ok(PathBuf::from("ab/abc.jpg")));
         assert_eq!(j["http://b"], Err("HTTP 404".to_string()));
+    }
+
+    #[test]
+    fn one_download_per_work_folder_and_no_sweep_under_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let kept = dir.path().join("kept.parquet");
+        crate::pairs_table::ProductWriter::create(&kept)
+            .unwrap()
+            .finish()
+            .unwrap();
+        let (images, journal) = (dir.path().join("images"), dir.path().join("downloads.csv"));
+        let run = || {
+            mine_download(
+                &kept,
+                &images,
+                &journal,
+                &FetchConfig::default(),
+                false,
+                &mut |_, _| {},
+            )
+        };
+        let held = lock_work_folder(dir.path(), JOURNAL_LOCK_FILE, "mine download").unwrap();
+        let err = run().err().unwrap().to_string();
+        assert!(
+            err.contains("another process is running mine download"),
+            "{err}"
+        );
+        drop(held);
+
+        // A partial file of a download still running elsewhere into the same image folder.
+        let partial = crate::partial_files::create_partial(&images.join("ab"))
+            .unwrap()
+            .keep()
+            .unwrap()
+            .1;
+        let other = lock_shared_folder::<MiningError>(&images, || Ok(())).unwrap();
+        run().unwrap();
+        assert!(partial.exists(), "swept under a live download");
+        drop(other);
+        run().unwrap();
+        assert!(
+            !partial.exists(),
+            "a lone download sweeps what a killed one left"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::{Deserialize, Serialize};
+use visual_search_data::work_lock::{WorkLock, lock_work_folder};
 
 use crate::error::{MiningError, Result};
 use crate::pairs_table::parent_dir;
@@ -52,7 +53,13 @@ pub struct FeatureStore {
     dir: PathBuf,
     dim: usize,
     next_chunk: u32,
+    /// One writer per folder: another would sweep this one's partial chunk and take its
+    /// chunk numbers.
+    _lock: WorkLock,
 }
+
+/// The lock file a writer holds in a features folder.
+const WRITER_LOCK_FILE: &str = ".writer.lock";
 
 fn schema(dim: usize) -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -96,6 +103,7 @@ impl FeatureStore {
     /// Opens (or starts) the folder for `model` embeddings of width `dim`.
     pub fn open_for_writing(dir: &Path, model: &str, dim: usize) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| MiningError::io(dir, e))?;
+        let lock = lock_work_folder(dir, WRITER_LOCK_FILE, "mine features")?;
         let meta_path = dir.join("meta.json");
         let wanted = StoreMeta {
             model: model.to_string(),
@@ -129,6 +137,7 @@ impl FeatureStore {
             dir: dir.to_path_buf(),
             dim,
             next_chunk,
+            _lock: lock,
         })
     }
 
@@ -267,6 +276,15 @@ mod tests {
             },
         ];
         store.write_chunk(&a).unwrap();
+        let err = FeatureStore::open_for_writing(dir.path(), "m", 3)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("another process is running mine features"),
+            "{err}"
+        );
+        drop(store);
         let mut store = FeatureStore::open_for_writing(dir.path(), "m", 3).unwrap();
         let b = vec![FeatureRecord {
             url: "http://c".into(),
@@ -279,6 +297,7 @@ mod tests {
         assert_eq!(all.len(), 3);
         assert_eq!(all["http://b"], Err("HTTP 404".to_string()));
         assert_eq!(all["http://a"], Ok(vec![1.0, 2.0, 3.0]));
+        drop(store);
         let err = FeatureStore::open_for_writing(dir.path(), "other", 3)
             .err()
             .unwrap()

@@ -19,6 +19,7 @@ use visual_search_data::image::Normalization;
 use visual_search_data::loader::{Batch, BatchLoader, LoaderConfig};
 use visual_search_data::sampler::{class_balanced_order, mix_seed, shuffled_order};
 use visual_search_data::transform::SampleTransform;
+use visual_search_data::work_lock::{WorkLock, lock_work_folder};
 use visual_search_model::compute_pool::on_pool;
 use visual_search_model::registry::lookup;
 
@@ -215,6 +216,8 @@ struct Phase<'a> {
     resume_from: Option<PathBuf>,
     /// Damaged checkpoints `--resume` passed over, for the observer.
     passed_over: Vec<(PathBuf, String)>,
+    /// The leader's hold on the run folder.
+    _run_lock: Option<WorkLock>,
     state: TrainState,
     /// Taken out for the optimiser step, which consumes it.
     model: Option<TrainModel>,
@@ -226,6 +229,9 @@ struct Phase<'a> {
     transform: Arc<dyn SampleTransform>,
     group: Option<Arc<ProcessGroup>>,
 }
+
+/// The lock file the leader holds in the run folder while it trains.
+const RUN_LOCK_FILE: &str = ".train.lock";
 
 /// Refuses to start a new run in a folder that holds one (its `config.yml` or checkpoints):
 /// the new run's checkpoints would be pruned against the old run's, and `best` could name
@@ -249,10 +255,17 @@ impl<'a> Phase<'a> {
         set_precision(config.optim.precision, &options.device)?;
         let run_dir = options.run_dir.as_path();
         let leader = options.group.as_ref().is_none_or(|g| g.is_leader());
+        std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
+        // The leader holds the run folder until the phase ends: a second `train` on it (a
+        // `--resume` in another terminal) would prune this one's checkpoints.
+        let run_lock = if leader {
+            Some(lock_work_folder(run_dir, RUN_LOCK_FILE, "training")?)
+        } else {
+            None
+        };
         if leader && !options.resume {
             refuse_an_earlier_run(run_dir)?;
         }
-        std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
         if options.group.is_some() && matches!(config.head, crate::config::HeadConfig::Xbm(_)) {
             return Err(TrainError::Invalid(
                 "data-parallel training of an XBM phase is not supported: each process's \
@@ -352,6 +365,7 @@ impl<'a> Phase<'a> {
             train_device,
             resume_from,
             passed_over,
+            _run_lock: run_lock,
             state,
             model: Some(model),
             optimizers,
