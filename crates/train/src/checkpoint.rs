@@ -3,7 +3,9 @@
 //! (`xbm_memory.safetensors`) and `state.json` (step, epoch position, class index, validation
 //! metrics), listed with sizes and checksums in `manifest.json` (`checkpoint_manifest`). A
 //! checkpoint is written into a hidden temporary folder and renamed into place, then
-//! `runs/NAME/last` (a one-line file, itself replaced atomically) is pointed at it — a kill at any moment leaves the previous checkpoint intact and referenced.
+//! `runs/NAME/last` (a one-line file, itself replaced atomically) is pointed at it — a kill at
+//! any moment leaves the previous checkpoint intact and referenced. A checkpoint damaged
+//! afterwards is passed over by `--resume` and set aside as `checkpoints/damaged-step-N`.
 //! The best checkpoints by dev mAP (and the latest) are kept; `runs/NAME/best` links the best.
 
 use std::path::{Path, PathBuf};
@@ -229,13 +231,30 @@ pub struct ResumePoint {
 /// Why a checkpoint folder cannot be resumed from, if it cannot: no readable `state.json`, or
 /// a file that differs from what its manifest recorded.
 fn damage(dir: &Path) -> Option<String> {
+    if !dir.join("state.json").is_file() {
+        return Some("state.json is missing".to_string());
+    }
     if let Err(e) = read_state(dir) {
-        return Some(match e {
-            TrainError::Io { .. } => "state.json is missing".to_string(),
-            other => other.to_string(),
-        });
+        return Some(e.to_string());
     }
     checkpoint_manifest::verify(dir, Depth::Contents).err()
+}
+
+/// Renames a damaged checkpoint of the run to `checkpoints/damaged-step-N`, out of what
+/// resuming, pruning and `best` look at, without deleting it; returns where it went. A folder
+/// outside `checkpoints/`, or one whose new name is taken, stays where it is.
+pub fn set_aside_damaged(run_dir: &Path, dir: &Path) -> Option<PathBuf> {
+    let name = dir.file_name()?.to_str()?;
+    let checkpoints = run_dir.join("checkpoints");
+    if dir.parent() != Some(checkpoints.as_path()) || !name.starts_with("step-") || !dir.is_dir() {
+        return None;
+    }
+    let target = checkpoints.join(format!("damaged-{name}"));
+    if target.exists() {
+        return None;
+    }
+    std::fs::rename(dir, &target).ok()?;
+    Some(target)
 }
 
 /// The step-named checkpoint folders of a run with a readable state, newest first.
@@ -402,12 +421,15 @@ pub fn prune_checkpoints(run_dir: &Path, keep: usize) -> Result<Option<PathBuf>,
     let mut all: Vec<(PathBuf, f64, usize)> = Vec::new();
     for entry in std::fs::read_dir(&dir).map_err(|e| TrainError::io(&dir, e))? {
         let path = entry.map_err(|e| TrainError::io(&dir, e))?.path();
-        let hidden = path
+        // Only `step-N` folders: not a checkpoint being written (`.step-N.XXXX`) nor one set
+        // aside as damaged; and a damaged one is neither ranked (it could become `best`) nor
+        // deleted.
+        let checkpoint = path
             .file_name()
             .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with('.'));
-        // A damaged checkpoint is neither ranked (it could become `best`) nor deleted.
-        if hidden || !path.is_dir() || checkpoint_manifest::verify(&path, Depth::Size).is_err() {
+            .is_some_and(|n| n.starts_with("step-"));
+        if !checkpoint || !path.is_dir() || checkpoint_manifest::verify(&path, Depth::Size).is_err()
+        {
             continue;
         }
         if let Ok(state) = read_state(&path) {

@@ -25,7 +25,7 @@ use visual_search_model::registry::lookup;
 
 use crate::checkpoint::{
     Optimizers, TrainState, ValidationMetrics, load_module, load_optimizers, prune_checkpoints,
-    read_state, resolve_checkpoint, resume_checkpoint, save_checkpoint,
+    read_state, resolve_checkpoint, resume_checkpoint, save_checkpoint, set_aside_damaged,
 };
 use crate::config::{Precision, SamplerKind, TrainConfig};
 use crate::data_parallel::ProcessGroup;
@@ -89,10 +89,11 @@ pub enum TrainEvent {
         reason: String,
     },
     /// `--resume` found this checkpoint damaged and continues from an earlier one (before
-    /// `Started`, whose `start_step` says which).
+    /// `Started`, whose `start_step` says which); `set_aside` is where it was moved.
     DamagedCheckpoint {
         path: PathBuf,
         reason: String,
+        set_aside: Option<PathBuf>,
     },
     EarlyStop {
         step: usize,
@@ -121,8 +122,12 @@ pub fn train(
 ) -> Result<TrainSummary, TrainError> {
     let started = Instant::now();
     let mut phase = Phase::prepare(config, options)?;
-    for (path, reason) in std::mem::take(&mut phase.passed_over) {
-        observer(TrainEvent::DamagedCheckpoint { path, reason });
+    for (path, reason, set_aside) in std::mem::take(&mut phase.passed_over) {
+        observer(TrainEvent::DamagedCheckpoint {
+            path,
+            reason,
+            set_aside,
+        });
     }
     observer(phase.started_event());
     let first_validation = if options.validate_at_start && phase.resume_from.is_none() {
@@ -214,8 +219,8 @@ struct Phase<'a> {
     device: Device,
     train_device: Device,
     resume_from: Option<PathBuf>,
-    /// Damaged checkpoints `--resume` passed over, for the observer.
-    passed_over: Vec<(PathBuf, String)>,
+    /// Damaged checkpoints `--resume` passed over (where each was set aside), for the observer.
+    passed_over: Vec<(PathBuf, String, Option<PathBuf>)>,
     /// The leader's hold on the run folder.
     _run_lock: Option<WorkLock>,
     state: TrainState,
@@ -285,7 +290,15 @@ impl<'a> Phase<'a> {
 
         let (resume_from, passed_over) = if options.resume {
             let point = resume_checkpoint(run_dir)?;
-            (Some(point.dir), point.passed_over)
+            let passed_over = point
+                .passed_over
+                .into_iter()
+                .map(|(dir, why)| {
+                    let set_aside = leader.then(|| set_aside_damaged(run_dir, &dir)).flatten();
+                    (dir, why, set_aside)
+                })
+                .collect();
+            (Some(point.dir), passed_over)
         } else {
             (None, Vec::new())
         };

@@ -65,7 +65,11 @@ fn a_tiny_phase_trains_checkpoints_and_resumes_exactly() {
     let (mut damaged, mut later) = (Vec::new(), Vec::new());
     let options = flex_options(&dir, true);
     train(&straight, &options, &mut |e| match e {
-        TrainEvent::DamagedCheckpoint { path, reason } => damaged.push((path, reason)),
+        TrainEvent::DamagedCheckpoint {
+            path,
+            reason,
+            set_aside,
+        } => damaged.push((path, reason, set_aside)),
         TrainEvent::Step { loss, .. } => later.push(loss),
         _ => {}
     })
@@ -75,6 +79,10 @@ fn a_tiny_phase_trains_checkpoints_and_resumes_exactly() {
         damaged[0].0.ends_with("step-0000003") && damaged[0].1.contains("embedder.bpk"),
         "{damaged:?}"
     );
+    // Set aside, not deleted: out of what resuming, pruning and `best` look at.
+    let aside = dir.join("checkpoints/damaged-step-0000003");
+    assert_eq!(damaged[0].2.as_deref(), Some(aside.as_path()));
+    assert_eq!(std::fs::read(aside.join("embedder.bpk")).unwrap(), bytes);
     assert_eq!(later.len(), 6, "steps 3..=8 again");
     for (a, b) in later.iter().zip(&losses[2..]) {
         assert!(

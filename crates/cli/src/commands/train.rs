@@ -189,10 +189,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             say(&bar, line);
         }
         TrainEvent::Skipped { path, reason } => eprintln!("skipped {}: {reason}", path.display()),
-        TrainEvent::DamagedCheckpoint { path, reason } => eprintln!(
-            "warning: checkpoint {} is damaged ({reason}); resuming from the newest intact one \
+        TrainEvent::DamagedCheckpoint { path, reason, set_aside } => eprintln!(
+            "warning: checkpoint {} is damaged ({reason}){}; resuming from the newest intact one \
              before it",
-            path.display()
+            path.display(),
+            set_aside.map_or(String::new(), |p| format!(", set aside as {}", p.display()))
         ),
         TrainEvent::EarlyStop { step } => println!("early stopping at step {step}: no improvement"),
     })
