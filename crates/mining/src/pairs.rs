@@ -65,6 +65,8 @@ pub fn mine_pairs(
     out: &Path,
     threads: usize,
 ) -> Result<PairsReport> {
+    // Before the reviews pass, which can take minutes on a large dump.
+    crate::pairs_table::check_replaceable(out)?;
     let mut report = PairsReport::default();
     let mut products: HashMap<String, Reviewed> = HashMap::new();
     report.reviews = stream_records(

@@ -50,8 +50,31 @@ pub struct ProductWriter {
     written: u64,
 }
 
+/// Refuses to replace `path` unless it is absent or a products table (an earlier run of this
+/// step): `--work-dir` may name a folder of the user's own files.
+pub(crate) fn check_replaceable(path: &Path) -> Result<()> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(MiningError::io(path, e)),
+    };
+    let ours = ParquetRecordBatchReaderBuilder::try_new(file)
+        .is_ok_and(|b| b.schema().fields() == schema().fields());
+    if ours {
+        Ok(())
+    } else {
+        Err(MiningError::invalid(
+            path,
+            "exists and is not a products table that `visual-search mine` wrote; refusing to \
+             replace it (choose another --work-dir, or move the file)",
+        ))
+    }
+}
+
 impl ProductWriter {
+    /// Starts writing `path`, which must be absent or a products table written before.
     pub fn create(path: &Path) -> Result<Self> {
+        check_replaceable(path)?;
         let tmp = crate::partial_files::create_partial(parent_dir(path))?;
         let file = tmp.reopen().map_err(|e| MiningError::io(path, e))?;
         let props = WriterProperties::builder()
@@ -274,6 +297,14 @@ mod tests {
         w.close().unwrap();
         let err = read_products(&path).unwrap_err().to_string();
         assert!(err.contains("asin") && err.contains("p.parquet"), "{err}");
+        // Nor replaced: neither another table nor a file that is not parquet at all.
+        let refused = |path: &Path| {
+            let err = ProductWriter::create(path).err().unwrap().to_string();
+            assert!(err.contains("refusing to replace it"), "{err}");
+        };
+        let before = std::fs::read(&path).unwrap();
+        refused(&path);
+        assert_eq!(std::fs::read(&path).unwrap(), before);
         std::fs::write(&path, b"PAR1 not really").unwrap();
         assert!(
             read_products(&path)
@@ -281,5 +312,10 @@ mod tests {
                 .to_string()
                 .contains("parquet")
         );
+        refused(&path);
+        // A products table written before is replaced (a step run again).
+        let table = dir.path().join("t.parquet");
+        ProductWriter::create(&table).unwrap().finish().unwrap();
+        ProductWriter::create(&table).unwrap().finish().unwrap();
     }
 }
