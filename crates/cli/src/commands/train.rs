@@ -29,7 +29,9 @@ pub struct Args {
     name: Option<String>,
     #[arg(long, default_value = "runs")]
     runs_dir: PathBuf,
-    /// Continue the run in this folder from its last checkpoint (uses its config.yml).
+    /// Continue the run in this folder from its last checkpoint (uses its config.yml); a last
+    /// checkpoint damaged since it was written is set aside and the newest intact one used.
+    /// A folder another `train` is running in is refused.
     #[arg(long, conflicts_with_all = ["config", "name"])]
     resume: Option<PathBuf>,
     /// Compute device: flex (CPU), tch, tch-cuda:N, cuda:N, wgpu or auto. On a CPU, `flex`
