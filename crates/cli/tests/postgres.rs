@@ -898,7 +898,12 @@ fn upsert_and_delete_are_transactions_that_survive_a_kill() {
     assert_eq!(twos, vec!["img/new-2.jpg"]);
 
     let keys: HashSet<String> = ["0".to_string(), "99".to_string(), "12345".to_string()].into();
-    assert_eq!(reopened.delete_keys(&keys).unwrap(), 5);
+    let deleted = reopened.delete_keys(&keys).unwrap();
+    assert_eq!(
+        (deleted.rows, deleted.unmatched),
+        (5, vec!["12345".to_string()]),
+        "product 0's four rows and 99's one; no product 12345"
+    );
     assert_eq!(reopened.rows(), 33, "the writing handle counts its change");
     assert!(reopened.compact().unwrap().contains("vacuumed"));
     let after = PgIndex::open(&opts).unwrap();

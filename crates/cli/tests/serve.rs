@@ -746,6 +746,25 @@ fn index_and_serve_the_grocery_catalogue() {
     );
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(json(&body)["removed"], 1);
+    assert!(
+        json(&body).get("unmatched_keys").is_none(),
+        "every key matched"
+    );
+    // A key no image has (here, the product just deleted) is named in the reply.
+    let (status, _, body) = http_with_headers(
+        w,
+        "DELETE",
+        "/items",
+        &auth,
+        "application/json",
+        br#"{"keys": ["9000", "9001"]}"#,
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json(&body)["removed"], 0);
+    assert_eq!(
+        json(&body)["unmatched_keys"],
+        serde_json::json!(["9000", "9001"])
+    );
     let (status, _, body) =
         http_with_headers(w, "POST", "/index/compact", &auth, "text/plain", b"");
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
@@ -1044,7 +1063,7 @@ fn a_killed_compact_leaves_the_old_version_or_the_new() {
     build_index(&idx, meta, &items, &emb).unwrap();
     let keys: std::collections::HashSet<String> = (0..1000).map(|k| (k * 7).to_string()).collect();
     let deleted = Index::open(&idx).unwrap().delete_keys(&keys).unwrap();
-    assert_eq!(deleted, 2000);
+    assert_eq!((deleted.rows, deleted.unmatched.len()), (2000, 0));
     let mut delay_ms = 1u64;
     loop {
         let mut child = common::bin()

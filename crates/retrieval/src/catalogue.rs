@@ -25,6 +25,24 @@ pub struct CatalogueHit {
     pub item: IndexItem,
 }
 
+/// What a delete by product keys did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Deleted {
+    /// Rows removed.
+    pub rows: usize,
+    /// The keys asked for that no row had (a typo, or a product already gone), sorted.
+    pub unmatched: Vec<String>,
+}
+
+impl Deleted {
+    /// The outcome when the rows of the `matched` keys out of `asked` went.
+    pub fn new(rows: usize, asked: &HashSet<String>, matched: &HashSet<String>) -> Self {
+        let mut unmatched: Vec<String> = asked.difference(matched).cloned().collect();
+        unmatched.sort();
+        Deleted { rows, unmatched }
+    }
+}
+
 /// An index that can be searched.
 pub trait Catalogue: Send + Sync {
     fn meta(&self) -> &IndexMeta;
@@ -78,8 +96,9 @@ pub trait Catalogue: Send + Sync {
         items: &[IndexItem],
         embeddings: &[f32],
     ) -> Result<(usize, usize), RetrievalError>;
-    /// Removes every item whose product key is in `keys`; returns how many rows went.
-    fn delete_keys(&self, keys: &HashSet<String>) -> Result<usize, RetrievalError>;
+    /// Removes every item whose product key is in `keys`; says how many rows went and which
+    /// keys matched none.
+    fn delete_keys(&self, keys: &HashSet<String>) -> Result<Deleted, RetrievalError>;
     /// Reclaims what deletes left behind; says what it did.
     fn compact(&self) -> Result<String, RetrievalError>;
     /// The stored vectors of rows `ids`, as f32, row-major in the order given.
@@ -128,7 +147,7 @@ impl Catalogue for Index {
         Index::upsert(self, items, embeddings)
     }
 
-    fn delete_keys(&self, keys: &HashSet<String>) -> Result<usize, RetrievalError> {
+    fn delete_keys(&self, keys: &HashSet<String>) -> Result<Deleted, RetrievalError> {
         Index::delete_keys(self, keys)
     }
 

@@ -43,6 +43,7 @@ use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 use visual_search_data::atomic_write::is_temp_file_of;
 
+use crate::catalogue::Deleted;
 use crate::error::RetrievalError;
 use crate::filter_postings::FilterPostings;
 use crate::index_post_processing::IndexPostProcessing;
@@ -953,14 +954,19 @@ impl Index {
 
     /// Tombstones every live row whose product key is in `keys`, as a new version that shares
     /// this one's embeddings file; returns how many rows were deleted (0: nothing written).
-    pub fn delete_keys(&self, keys: &HashSet<String>) -> Result<usize, RetrievalError> {
+    pub fn delete_keys(&self, keys: &HashSet<String>) -> Result<Deleted, RetrievalError> {
         self.write_latest(|latest| latest.delete_keys_here(keys))
     }
 
-    fn delete_keys_here(&self, keys: &HashSet<String>) -> Result<usize, RetrievalError> {
+    fn delete_keys_here(&self, keys: &HashSet<String>) -> Result<Deleted, RetrievalError> {
         let doomed = self.rows_with_keys(keys);
+        let matched: HashSet<String> = doomed
+            .iter()
+            .filter_map(|&r| self.meta.key_of(&self.items[r as usize]))
+            .collect();
+        let outcome = Deleted::new(doomed.len(), keys, &matched);
         if doomed.is_empty() {
-            return Ok(0);
+            return Ok(outcome);
         }
         let mut deleted = self.deleted.clone();
         deleted.extend(&doomed);
@@ -972,7 +978,7 @@ impl Index {
             EmbeddingSource::SameAs(&self.version_dir.join("embeddings.bin")),
             &deleted,
         )?;
-        Ok(doomed.len())
+        Ok(outcome)
     }
 
     /// Replaces the products of `items`: tombstones the live rows of every product key they
@@ -1342,8 +1348,14 @@ mod tests {
         };
         let before = inode(&index);
         let keys = |k: &[&str]| k.iter().map(|s| s.to_string()).collect::<HashSet<_>>();
-        assert_eq!(index.delete_keys(&keys(&["9"])).unwrap(), 0, "no such key");
-        assert_eq!(index.delete_keys(&keys(&["1"])).unwrap(), 2);
+        let none = index.delete_keys(&keys(&["9"])).unwrap();
+        assert_eq!(
+            (none.rows, none.unmatched),
+            (0, vec!["9".to_string()]),
+            "no such key"
+        );
+        let some = index.delete_keys(&keys(&["1", "8"])).unwrap();
+        assert_eq!((some.rows, some.unmatched), (2, vec!["8".to_string()]));
         let deleted = Index::open(&idx).unwrap();
         assert_eq!(deleted.meta.format_version, TOMBSTONE_FORMAT_VERSION);
         assert_eq!((deleted.rows(), deleted.meta.rows), (1, 3));
@@ -1400,7 +1412,7 @@ mod tests {
         // `second` still reads the first version; its write lands on top of `first`'s.
         second.append(&[item(3, "c.jpg")], &[0.6, 0.8]).unwrap();
         let keys: HashSet<String> = ["1".to_string()].into();
-        assert_eq!(first.delete_keys(&keys).unwrap(), 1);
+        assert_eq!(first.delete_keys(&keys).unwrap().rows, 1);
         let now = Index::open(&idx).unwrap();
         let paths: Vec<_> = now.items.iter().map(|i| i.path.clone()).collect();
         assert_eq!(paths, ["a.jpg", "b.jpg", "c.jpg"].map(PathBuf::from));
@@ -1434,7 +1446,7 @@ mod tests {
             .to_string();
         assert!(err.contains("has no sku"), "{err}");
         let keys: HashSet<String> = ["B-2".to_string()].into();
-        assert_eq!(index.delete_keys(&keys).unwrap(), 1);
+        assert_eq!(index.delete_keys(&keys).unwrap().rows, 1);
         let index = Index::open(&idx).unwrap();
         assert!(index.is_deleted(1) && !index.is_deleted(0));
         std::fs::write(index.version_dir.join(DELETED_FILE), 0u32.to_le_bytes()).unwrap();

@@ -11,6 +11,7 @@
 
 use std::collections::HashSet;
 
+use crate::catalogue::Deleted;
 use crate::error::RetrievalError;
 use crate::index::{IndexItem, IndexMeta};
 use crate::item_metadata::{Clause, Filter};
@@ -37,30 +38,48 @@ fn key_condition(
     .sql("metadata", first_param)
 }
 
-/// Deletes every row whose product key is in `keys`; returns how many went.
+/// Deletes every row whose product key is in `keys`; says how many went and which keys
+/// matched none (the statement returns each deleted row's key).
 pub fn delete_keys(
     opts: &PgOptions,
     meta: &IndexMeta,
     keys: &HashSet<String>,
-) -> Result<usize, RetrievalError> {
+) -> Result<Deleted, RetrievalError> {
     check_table(&opts.table)?;
     if keys.is_empty() {
-        return Ok(0);
+        return Ok(Deleted::default());
     }
     let mut c = connect_retrying(opts)?;
     ensure_metadata_column(&mut c, &opts.table)?;
-    let (condition, params) = key_condition(meta, keys, 1);
+    let (condition, mut params) = key_condition(meta, keys, 1);
+    let key = match meta.key_column.as_deref() {
+        None => "label::text".to_string(),
+        Some(column) => {
+            params.push(vec![column.to_string()]);
+            format!(
+                "jsonb_extract_path_text(metadata, VARIADIC ${}::text[])",
+                params.len()
+            )
+        }
+    };
     let params: Vec<&(dyn postgres::types::ToSql + Sync)> = params
         .iter()
         .map(|p| p as &(dyn postgres::types::ToSql + Sync))
         .collect();
-    let n = c
-        .execute(
-            &format!("DELETE FROM {} WHERE {condition}", opts.table),
+    let deleted = c
+        .query(
+            &format!(
+                "DELETE FROM {} WHERE {condition} RETURNING {key}",
+                opts.table
+            ),
             &params,
         )
         .map_err(|e| pg_err("deleting rows", e))?;
-    Ok(n as usize)
+    let matched: HashSet<String> = deleted
+        .iter()
+        .filter_map(|row| row.get::<_, Option<String>>(0))
+        .collect();
+    Ok(Deleted::new(deleted.len(), keys, &matched))
 }
 
 /// Replaces the products of `items` (every item must have a product key): deletes the rows of

@@ -28,7 +28,7 @@ use pgvector::Vector;
 use postgres::Client;
 use postgres::types::{Kind, Type};
 
-use crate::catalogue::{Catalogue, CatalogueHit};
+use crate::catalogue::{Catalogue, CatalogueHit, Deleted};
 use crate::error::RetrievalError;
 use crate::index::{IndexDtype, IndexItem, IndexMeta};
 use crate::item_metadata::{Filter, from_json};
@@ -422,7 +422,7 @@ impl Catalogue for PgIndex {
         Ok(changed)
     }
 
-    fn delete_keys(&self, keys: &HashSet<String>) -> Result<usize, RetrievalError> {
+    fn delete_keys(&self, keys: &HashSet<String>) -> Result<Deleted, RetrievalError> {
         let removed = crate::postgres_edit::delete_keys(&self.opts, &self.meta, keys)?;
         self.recount_after_write();
         Ok(removed)

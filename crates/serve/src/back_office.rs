@@ -51,7 +51,13 @@ struct WriteReply {
     /// Images the index serves after the change (for PostgreSQL, counted just after it, with
     /// what other writers committed meanwhile).
     rows: usize,
+    /// A delete's keys that no image had.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    unmatched_keys: Vec<String>,
 }
+
+/// What a write changed: rows removed and added, and a delete's keys that matched nothing.
+type WriteCounts = (usize, usize, Vec<String>);
 
 fn internal(e: impl ToString) -> ApiError {
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
@@ -90,10 +96,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Runs one write in the blocking pool and, for an on-disk index, serves the new version.
 async fn write(
     state: &Arc<AppState>,
-    op: impl FnOnce(&dyn Catalogue) -> Result<(usize, usize), String> + Send + 'static,
+    op: impl FnOnce(&dyn Catalogue) -> Result<WriteCounts, String> + Send + 'static,
 ) -> Result<WriteReply, ApiError> {
     let index = state.index.get();
-    let (removed, added) = tokio::task::spawn_blocking(move || op(index.as_ref()))
+    let (removed, added, unmatched_keys) = tokio::task::spawn_blocking(move || op(index.as_ref()))
         .await
         .map_err(internal)?
         .map_err(internal)?;
@@ -112,6 +118,7 @@ async fn write(
         removed,
         added,
         rows: state.index.get().rows(),
+        unmatched_keys,
     })
 }
 
@@ -343,11 +350,14 @@ pub(crate) async fn add_items(
             .collect();
         write(&state, move |index| {
             let written = if upsert {
-                index.upsert(&items, &rows).map_err(|e| e.to_string())
+                index
+                    .upsert(&items, &rows)
+                    .map(|(removed, added)| (removed, added, Vec::new()))
+                    .map_err(|e| e.to_string())
             } else {
                 index
                     .append(&items, &rows)
-                    .map(|_| (0, items.len()))
+                    .map(|_| (0, items.len(), Vec::new()))
                     .map_err(|e| e.to_string())
             };
             if written.is_ok() {
@@ -362,6 +372,7 @@ pub(crate) async fn add_items(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct DeleteBody {
     keys: Vec<String>,
 }
@@ -382,7 +393,7 @@ pub(crate) async fn delete_items(State(state): State<Arc<AppState>>, request: Re
         write(&state, move |index| {
             index
                 .delete_keys(&keys)
-                .map(|n| (n, 0))
+                .map(|d| (d.rows, 0, d.unmatched))
                 .map_err(|e| e.to_string())
         })
         .await
@@ -399,7 +410,10 @@ pub(crate) async fn compact_index(
     let outcome = async {
         authorize(&state, &request_headers)?;
         write(&state, |index| {
-            index.compact().map(|_| (0, 0)).map_err(|e| e.to_string())
+            index
+                .compact()
+                .map(|_| (0, 0, Vec::new()))
+                .map_err(|e| e.to_string())
         })
         .await
     }

@@ -535,15 +535,28 @@ fn delete(args: DeleteArgs) -> anyhow::Result<()> {
     }
     let index = open_catalogue(&args.index, &args.pg)?;
     let keys = index.meta().parse_keys(keys)?;
-    let n = index
+    let deleted = index
         .delete_keys(&keys)
         .with_context(|| format!("deleting from {}", index.location()))?;
     println!(
-        "deleted {n} images of {} {} key(s) from {}",
-        keys.len(),
+        "deleted {} images of {} {} key(s) from {}",
+        deleted.rows,
+        keys.len() - deleted.unmatched.len(),
         index.meta().key_name(),
         index.location()
     );
+    if !deleted.unmatched.is_empty() {
+        eprintln!(
+            "no image has {} {}: {}",
+            index.meta().key_name(),
+            if deleted.unmatched.len() == 1 {
+                "key"
+            } else {
+                "keys"
+            },
+            deleted.unmatched.join(", ")
+        );
+    }
     Ok(())
 }
 
