@@ -243,7 +243,7 @@ fn damage(dir: &Path) -> Option<String> {
 /// Renames a damaged checkpoint of the run to `checkpoints/damaged-step-N`, out of what
 /// resuming, pruning and `best` look at, without deleting it; returns where it went. A folder
 /// outside `checkpoints/`, or one whose new name is taken, stays where it is.
-pub fn set_aside_damaged(run_dir: &Path, dir: &Path) -> Option<PathBuf> {
+fn set_aside_damaged(run_dir: &Path, dir: &Path) -> Option<PathBuf> {
     let name = dir.file_name()?.to_str()?;
     let checkpoints = run_dir.join("checkpoints");
     if dir.parent() != Some(checkpoints.as_path()) || !name.starts_with("step-") || !dir.is_dir() {
@@ -255,6 +255,29 @@ pub fn set_aside_damaged(run_dir: &Path, dir: &Path) -> Option<PathBuf> {
     }
     std::fs::rename(dir, &target).ok()?;
     Some(target)
+}
+
+/// Puts a run back in order after [`resume_checkpoint`] passed over damaged checkpoints: sets
+/// each aside (where it went, in `point.passed_over`'s order), points `last` at the checkpoint
+/// resumed from and `best` at the best intact one, so `export` of the run works before the
+/// resumed run writes its next checkpoint.
+pub fn set_aside_passed_over(
+    run_dir: &Path,
+    point: &ResumePoint,
+    keep: usize,
+) -> Result<Vec<Option<PathBuf>>, TrainError> {
+    if point.passed_over.is_empty() {
+        return Ok(Vec::new());
+    }
+    let moved = point
+        .passed_over
+        .iter()
+        .map(|(dir, _)| set_aside_damaged(run_dir, dir))
+        .collect();
+    let relative = point.dir.strip_prefix(run_dir).unwrap_or(&point.dir);
+    write_pointer(run_dir, "last", &relative.to_string_lossy())?;
+    prune_checkpoints(run_dir, keep)?;
+    Ok(moved)
 }
 
 /// The step-named checkpoint folders of a run with a readable state, newest first.
@@ -548,6 +571,29 @@ mod tests {
                 .contains("embedder.bpk has 60 bytes, 100")
         );
         assert!(point.passed_over[1].1.contains("embedder.bpk has changed"));
+
+        // Set aside (kept, renamed), `last` and `best` on the intact one at once.
+        let moved = super::set_aside_passed_over(run.path(), &point, 3).unwrap();
+        let aside = |d: &std::path::Path| {
+            d.with_file_name(format!(
+                "damaged-{}",
+                d.file_name().unwrap().to_str().unwrap()
+            ))
+        };
+        assert_eq!(moved, vec![Some(aside(&last)), Some(aside(&older))]);
+        assert!(aside(&last).join("embedder.bpk").is_file() && !last.exists());
+        assert_eq!(
+            std::fs::read_to_string(run.path().join("last"))
+                .unwrap()
+                .trim(),
+            "checkpoints/step-0000010"
+        );
+        assert_eq!(
+            super::resolve_checkpoint(run.path()).unwrap(),
+            std::fs::canonicalize(&oldest).unwrap()
+        );
+        let again = resume_checkpoint(run.path()).unwrap();
+        assert_eq!((again.dir, again.passed_over.len()), (oldest.clone(), 0));
 
         std::fs::write(oldest.join("embedder.bpk"), b"").unwrap();
         let err = resume_checkpoint(run.path()).unwrap_err().to_string();

@@ -25,7 +25,7 @@ use visual_search_model::registry::lookup;
 
 use crate::checkpoint::{
     Optimizers, TrainState, ValidationMetrics, load_module, load_optimizers, prune_checkpoints,
-    read_state, resolve_checkpoint, resume_checkpoint, save_checkpoint, set_aside_damaged,
+    read_state, resolve_checkpoint, resume_checkpoint, save_checkpoint, set_aside_passed_over,
 };
 use crate::config::{Precision, SamplerKind, TrainConfig};
 use crate::data_parallel::ProcessGroup;
@@ -290,13 +290,16 @@ impl<'a> Phase<'a> {
 
         let (resume_from, passed_over) = if options.resume {
             let point = resume_checkpoint(run_dir)?;
+            let moved = if leader {
+                set_aside_passed_over(run_dir, &point, config.eval.keep_best)?
+            } else {
+                Vec::new()
+            };
+            let mut moved = moved.into_iter();
             let passed_over = point
                 .passed_over
                 .into_iter()
-                .map(|(dir, why)| {
-                    let set_aside = leader.then(|| set_aside_damaged(run_dir, &dir)).flatten();
-                    (dir, why, set_aside)
-                })
+                .map(|(dir, why)| (dir, why, moved.next().flatten()))
                 .collect();
             (Some(point.dir), passed_over)
         } else {

@@ -83,6 +83,10 @@ fn a_tiny_phase_trains_checkpoints_and_resumes_exactly() {
     let aside = dir.join("checkpoints/damaged-step-0000003");
     assert_eq!(damaged[0].2.as_deref(), Some(aside.as_path()));
     assert_eq!(std::fs::read(aside.join("embedder.bpk")).unwrap(), bytes);
+    assert!(
+        visual_search_train::checkpoint::resolve_checkpoint(&dir).is_ok(),
+        "the run's best is intact"
+    );
     assert_eq!(later.len(), 6, "steps 3..=8 again");
     for (a, b) in later.iter().zip(&losses[2..]) {
         assert!(
