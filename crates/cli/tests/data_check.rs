@@ -57,8 +57,26 @@ fn broken_copy_reports_every_problem_with_file_and_line() {
     )
     .unwrap();
 
+    // Query boxes on a 40x30 image: inside, outside it, and in fractions (read as pixels).
+    std::fs::write(
+        root.join("queries.csv"),
+        "img_path,product_id,bbox_x,bbox_y,bbox_w,bbox_h\n\
+         train/good.jpg,1,5,5,20,20\n\
+         train/good.jpg,1,100,100,20,20\n\
+         train/good.jpg,1,0.1,0.2,0.5,0.4\n",
+    )
+    .unwrap();
+
     let (ok, out) = visual_search(&["data", "check", "--dataset-dir", root.to_str().unwrap()]);
     assert!(!ok, "a broken dataset must fail the check:\n{out}");
+    assert!(
+        out.contains("queries.csv: line 3") && out.contains("lies outside the 40x30 image"),
+        "box outside the image:\n{out}"
+    );
+    assert!(
+        out.contains("queries.csv: line 4") && out.contains("covers only 1x1 pixels"),
+        "box in fractions:\n{out}"
+    );
     assert!(
         out.contains("train.csv: line 3") && out.contains("cut.jpg"),
         "truncated JPEG:\n{out}"
@@ -75,5 +93,5 @@ fn broken_copy_reports_every_problem_with_file_and_line() {
         out.contains("gallery.csv: missing column `product_id`"),
         "bad header:\n{out}"
     );
-    assert!(out.contains("4 problem(s) found"), "{out}");
+    assert!(out.contains("6 problem(s) found"), "{out}");
 }
