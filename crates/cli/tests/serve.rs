@@ -204,6 +204,14 @@ fn index_and_serve_the_grocery_catalogue() {
         status == 400 && text.contains("outside the"),
         "{status} {text}"
     );
+    // A box in fractions of the photo (read as pixels: one pixel) is refused, not searched.
+    let fractions = "/search?bbox=0.1,0.2,0.5,0.4";
+    let (status, _, body) = http(addr, "POST", fractions, "image/jpeg", &photo);
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        status == 400 && text.contains("covers only 1x1 pixels"),
+        "{status} {text}"
+    );
 
     let (status, _, body) = http(addr, "POST", "/search?k=1", "image/jpeg", &photo);
     assert_eq!(status, 200);

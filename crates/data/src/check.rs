@@ -14,8 +14,7 @@ use crate::error::{DataError, Result};
 use crate::formats::BBox;
 use crate::formats::dev_set::{parse_gallery, parse_queries};
 use crate::formats::product10k::parse_product10k;
-use crate::image::crop::box_overlap;
-use crate::image::{DecodeLimits, decode_rgb_file};
+use crate::image::{DecodeLimits, check_query_box, decode_rgb_file};
 
 /// Which list a CSV is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,28 +103,6 @@ struct Row {
     label: i64,
     /// A query's box, checked against its image's size when images are decoded.
     bbox: Option<BBox>,
-}
-
-/// A query box narrower or lower than this many pixels of its image is reported: nothing can
-/// be recognised in it, and it is what a box in fractions of the image (0.1, 0.2, 0.5, 0.4)
-/// read as pixels becomes.
-const MIN_BOX_SIDE: u32 = 4;
-
-/// Whether a query's box selects something of a `width × height` image.
-fn check_box(b: &BBox, width: u32, height: u32) -> std::result::Result<(), String> {
-    let described = format!("box {},{},{},{}", b.x, b.y, b.w, b.h);
-    match box_overlap(b, width, height) {
-        None => Err(format!(
-            "{described} lies outside the {width}x{height} image (the whole image is embedded \
-             instead)"
-        )),
-        Some(r) if r.width < MIN_BOX_SIDE || r.height < MIN_BOX_SIDE => Err(format!(
-            "{described} covers only {}x{} pixels of the {width}x{height} image (box \
-             coordinates are pixels, not fractions of the image)",
-            r.width, r.height
-        )),
-        Some(_) => Ok(()),
-    }
 }
 
 /// Checks every list found in `options.root`.
@@ -257,7 +234,7 @@ fn check_images(base: &Path, rows: &[Row], options: &CheckOptions) -> Vec<Result
         if options.decode {
             let image = decode_rgb_file(&path, &options.limits)?;
             match &row.bbox {
-                Some(b) => check_box(b, image.width(), image.height())
+                Some(b) => check_query_box(b, image.width(), image.height(), "image")
                     .map_err(|message| DataError::Invalid { path, message }),
                 None => Ok(()),
             }

@@ -3,7 +3,7 @@
 //! - `POST /search` — an image as `multipart/form-data` (field `image`; several `image` fields
 //!   are photos of one product, searched once with the mean of their embeddings) or as the raw
 //!   body; query `k` (default 10), optional `bbox=x,y,w,h` (pixels, applied to every photo;
-//!   400 when it misses one) and
+//!   400 when it misses one or selects under 4×4 pixels of it) and
 //!   `filter=category=Fruit,in_stock=true` (only items whose metadata match) → JSON top-k with
 //!   ids, labels, scores, metadata and image URLs, plus phase timings.
 //! - `POST /search/vector` — a JSON `{"embedding": [...]}` the client made itself (same

@@ -6,8 +6,8 @@ use std::path::Path;
 use image::RgbImage;
 use visual_search_data::formats::{BBox, Crop, Window};
 use visual_search_data::image::{
-    DecodeLimits, Normalization, Rect, box_overlap, crop_rect, decode_rgb_bytes, decode_rgb_file,
-    resize_rgb,
+    DecodeLimits, Normalization, Rect, check_query_box, crop_rect, decode_rgb_bytes,
+    decode_rgb_file, resize_rgb,
 };
 use visual_search_retrieval::index::Preprocessing;
 
@@ -26,21 +26,14 @@ pub fn parse_bbox(text: &str) -> Result<BBox, String> {
     }
 }
 
-/// Refuses a query box that does not overlap the photo. A catalogue row's box that misses its
-/// image keeps the whole image (`box_rect`, so a dataset with a few bad rows still loads), but a
-/// query box is typed by a person for this photo: one that misses it was given for another
-/// photo or another scale, and searching the whole photo instead would answer a different
-/// question without saying so.
+/// Refuses a query box that misses the photo or selects a few pixels of it
+/// ([`check_query_box`]). A catalogue row's box that misses its image keeps the whole image
+/// (`box_rect`, so a dataset with a few bad rows still loads), but a query box is typed by a
+/// person for this photo: one that misses it was given for another photo or another scale,
+/// one of a pixel or two was given in fractions of the photo, and searching anyway would
+/// answer a different question without saying so.
 pub fn check_box_on_photo(bbox: &BBox, image: &RgbImage) -> Result<(), String> {
-    let (w, h) = image.dimensions();
-    if box_overlap(bbox, w, h).is_some() {
-        Ok(())
-    } else {
-        Err(format!(
-            "bbox {},{},{},{} lies outside the {w}x{h} photo (x,y,w,h are pixels of the photo sent)",
-            bbox.x, bbox.y, bbox.w, bbox.h
-        ))
-    }
+    check_query_box(bbox, image.width(), image.height(), "photo")
 }
 
 /// CHW floats for the model from an uploaded image, cropped to `bbox` when given (which must

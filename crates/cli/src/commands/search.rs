@@ -42,8 +42,8 @@ pub struct Args {
     /// Results per photo.
     #[arg(long, default_value_t = 5)]
     k: usize,
-    /// Crop each photo to this box first: x,y,w,h in pixels (a box that misses a photo is an
-    /// error).
+    /// Crop each photo to this box first: x,y,w,h in pixels (a box that misses a photo, or
+    /// selects under 4×4 pixels of it, is an error).
     #[arg(long)]
     bbox: Option<String>,
     /// Only catalogue items whose metadata match: `name=value[|value…][,name=value…]` (every

@@ -60,6 +60,31 @@ pub fn box_overlap(b: &BBox, width: u32, height: u32) -> Option<Rect> {
     })
 }
 
+/// A query box narrower or lower than this many pixels of its image selects nothing a model
+/// can recognise; it is what a box in fractions of the image (0.1,0.2,0.5,0.4) read as pixels
+/// becomes.
+pub const MIN_QUERY_BOX_SIDE: u32 = 4;
+
+/// Whether a query box given for a `width × height` image (`what`: "image", "photo") can be
+/// searched with: it must overlap the image by at least [`MIN_QUERY_BOX_SIDE`] pixels each
+/// way. The error says which rule it breaks. (Where a list is only loaded, a box that misses
+/// its image keeps the whole image — [`box_rect`] — so a dataset with a few bad rows still
+/// loads; `data check`, `search` and the server refuse them with this.)
+pub fn check_query_box(b: &BBox, width: u32, height: u32, what: &str) -> Result<(), String> {
+    let described = format!("bbox {},{},{},{}", b.x, b.y, b.w, b.h);
+    match box_overlap(b, width, height) {
+        None => Err(format!(
+            "{described} lies outside the {width}x{height} {what} (x,y,w,h are pixels of the {what})"
+        )),
+        Some(r) if r.width < MIN_QUERY_BOX_SIDE || r.height < MIN_QUERY_BOX_SIDE => Err(format!(
+            "{described} covers only {}x{} pixels of the {width}x{height} {what} (x,y,w,h are \
+             pixels, not fractions of the {what})",
+            r.width, r.height
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
 /// Removes edge rows and columns whose mean intensity is exactly 255 (SPEC), i.e. whose every
 /// channel value is 255. An all-white image is kept whole.
 pub fn white_border_rect(image: &RgbImage) -> Rect {
@@ -117,6 +142,32 @@ mod tests {
         assert_eq!(white_border_rect(&white), Rect::full(4, 3));
         let grey = RgbImage::from_pixel(4, 3, Rgb([254, 255, 255]));
         assert_eq!(white_border_rect(&grey), Rect::full(4, 3));
+    }
+
+    #[test]
+    fn a_query_box_must_select_four_pixels_each_way() {
+        let b = |x, y, w, h| BBox { x, y, w, h };
+        assert_eq!(
+            check_query_box(&b(5.0, 5.0, 20.0, 20.0), 40, 30, "photo"),
+            Ok(())
+        );
+        // Partly outside, four pixels left inside: searched.
+        assert_eq!(
+            check_query_box(&b(36.0, 26.0, 50.0, 50.0), 40, 30, "photo"),
+            Ok(())
+        );
+        let err = check_query_box(&b(38.0, 0.0, 50.0, 50.0), 40, 30, "photo").unwrap_err();
+        assert!(
+            err.contains("covers only 2x30 pixels of the 40x30 photo"),
+            "{err}"
+        );
+        let err = check_query_box(&b(0.1, 0.2, 0.5, 0.4), 40, 30, "image").unwrap_err();
+        assert!(
+            err.contains("covers only 1x1 pixels") && err.contains("not fractions"),
+            "{err}"
+        );
+        let err = check_query_box(&b(100.0, 0.0, 5.0, 5.0), 40, 30, "photo").unwrap_err();
+        assert!(err.contains("lies outside the 40x30 photo"), "{err}");
     }
 
     #[test]

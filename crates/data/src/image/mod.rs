@@ -11,7 +11,7 @@ pub mod normalize;
 pub mod pillow_resample;
 pub mod resize;
 
-pub use crop::{Rect, box_overlap, crop_rect};
+pub use crop::{Rect, box_overlap, check_query_box, crop_rect};
 pub use decode::{DecodeLimits, decode_rgb_bytes, decode_rgb_file};
 pub use normalize::Normalization;
 pub use resize::{resize_rgb, shorter_side_size};
