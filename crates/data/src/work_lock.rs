@@ -10,6 +10,9 @@
 //! left runs only when no other job holds the folder, so it never removes a live job's
 //! half-written file. That lock is on the folder's own directory handle, so nothing is added
 //! to a folder of the user's images.
+//!
+//! Where the file system cannot lock (an NFS mount without its lock daemon), the job warns and
+//! runs unguarded, as it did before these locks: a safety net must not stop the work.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::Path;
@@ -19,7 +22,16 @@ use crate::error::{DataError, Result};
 /// Held while a job writes its folder; dropping it releases the lock.
 #[derive(Debug)]
 pub struct WorkLock {
-    _file: File,
+    _file: Option<File>,
+}
+
+/// The job runs without a lock where the file system cannot take one.
+fn unguarded(path: &Path, e: &std::io::Error) -> WorkLock {
+    tracing::warn!(
+        "{}: cannot take a lock ({e}); running without protection against a second job here",
+        path.display()
+    );
+    WorkLock { _file: None }
 }
 
 /// Locks `dir/file_name` for `job` (a phrase: "training", "mine features"), creating the file;
@@ -33,7 +45,7 @@ pub fn lock_work_folder(dir: &Path, file_name: &str, job: &str) -> Result<WorkLo
         .open(&path)
         .map_err(|e| DataError::io(&path, e))?;
     match file.try_lock() {
-        Ok(()) => Ok(WorkLock { _file: file }),
+        Ok(()) => Ok(WorkLock { _file: Some(file) }),
         Err(TryLockError::WouldBlock) => Err(DataError::Invalid {
             path: dir.to_path_buf(),
             message: format!(
@@ -41,7 +53,7 @@ pub fn lock_work_folder(dir: &Path, file_name: &str, job: &str) -> Result<WorkLo
                  wait for it to finish or stop it, then run this again"
             ),
         }),
-        Err(TryLockError::Error(e)) => Err(DataError::io(&path, e)),
+        Err(TryLockError::Error(e)) => Ok(unguarded(&path, &e)),
     }
 }
 
@@ -57,11 +69,16 @@ pub fn lock_shared_folder<E: From<DataError>>(
     match folder.try_lock() {
         Ok(()) => alone()?,
         Err(TryLockError::WouldBlock) => {}
-        Err(TryLockError::Error(e)) => return Err(DataError::io(dir, e).into()),
+        Err(TryLockError::Error(e)) => {
+            alone()?;
+            return Ok(unguarded(dir, &e));
+        }
     }
     // Converts an exclusive hold, or waits out another job's short exclusive one.
     folder.lock_shared().map_err(|e| DataError::io(dir, e))?;
-    Ok(WorkLock { _file: folder })
+    Ok(WorkLock {
+        _file: Some(folder),
+    })
 }
 
 #[cfg(test)]
