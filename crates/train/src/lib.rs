@@ -16,6 +16,7 @@ pub mod labels;
 pub mod metrics_log;
 pub mod optimizer_step;
 pub mod plots;
+pub mod resume_point;
 pub mod schedule;
 pub mod soup;
 pub mod train_model;

@@ -25,7 +25,7 @@ use visual_search_model::registry::lookup;
 
 use crate::checkpoint::{
     Optimizers, TrainState, ValidationMetrics, load_module, load_optimizers, prune_checkpoints,
-    read_state, resolve_checkpoint, resume_checkpoint, save_checkpoint, set_aside_passed_over,
+    read_state, resolve_checkpoint, save_checkpoint,
 };
 use crate::config::{Precision, SamplerKind, TrainConfig};
 use crate::data_parallel::ProcessGroup;
@@ -35,6 +35,7 @@ use crate::labels::ClassIndex;
 use crate::metrics_log::MetricsLog;
 use crate::optimizer_step::{Accumulators, StepSettings, optimizer_step};
 use crate::plots::plot_run;
+use crate::resume_point::{resume_checkpoint, set_aside_passed_over};
 use crate::schedule::WarmupCosine;
 use crate::train_model::{
     TrainModel, build_model, build_optimizers, materialize, set_training_flags,
