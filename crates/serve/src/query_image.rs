@@ -136,8 +136,19 @@ mod tests {
         let photo = RgbImage::new(40, 30);
         let on = |x, y, w, h| check_box_on_photo(&BBox { x, y, w, h }, &photo);
         assert!(on(0.0, 0.0, 40.0, 30.0).is_ok());
-        assert!(on(-10.0, -10.0, 11.0, 11.0).is_ok(), "one pixel inside");
-        assert!(on(39.5, 29.5, 100.0, 100.0).is_ok(), "half a pixel inside");
+        assert!(on(-10.0, -10.0, 14.0, 14.0).is_ok(), "four pixels inside");
+        assert!(
+            on(35.5, 25.5, 100.0, 100.0).is_ok(),
+            "four and a half pixels inside"
+        );
+        // A pixel or two of the photo is refused too: nothing to recognise in it.
+        for (x, y, w, h) in [(-10.0, -10.0, 11.0, 11.0), (39.5, 29.5, 100.0, 100.0)] {
+            let err = on(x, y, w, h).unwrap_err();
+            assert!(
+                err.contains("covers only 1x1 pixels of the 40x30 photo"),
+                "{err}"
+            );
+        }
         for (x, y, w, h) in [
             (40.0, 0.0, 5.0, 5.0),
             (0.0, 30.0, 5.0, 5.0),
