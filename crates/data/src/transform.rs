@@ -6,13 +6,16 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use image::RgbImage;
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::Result;
-use crate::formats::Sample;
-use crate::image::{DecodeLimits, Normalization, crop_rect, decode_rgb_file, resize_rgb};
+use crate::formats::{Crop, Sample};
+use crate::image::{
+    DecodeLimits, Normalization, check_query_box, crop_rect, decode_rgb_file, resize_rgb,
+};
 
 /// Turns one sample into `3 * height * width` normalised floats.
 pub trait SampleTransform: Send + Sync {
@@ -69,8 +72,33 @@ impl EvalTransform {
 
     /// Crop and resize of an already-decoded image.
     pub fn prepare_rgb(&self, image: &RgbImage, sample: &Sample) -> RgbImage {
+        if let Crop::Box(b) = &sample.crop
+            && let Err(why) = check_query_box(b, image.width(), image.height(), "image")
+        {
+            warn_unusable_box(sample, &why);
+        }
         let rect = crop_rect(image, &sample.crop);
         resize_rgb(image, rect, self.size, self.size)
+    }
+}
+
+/// How many unusable query boxes are named on stderr before the rest go unmentioned.
+const BOX_WARNINGS: usize = 3;
+static BOX_WARNINGS_GIVEN: AtomicUsize = AtomicUsize::new(0);
+
+/// A query box that misses its image (the whole image is embedded) or selects a pixel or two
+/// of it (that is embedded) still loads, so one bad row does not stop a ranking; the first few
+/// are named, since a list whose boxes are all in fractions of the image embeds nothing
+/// useful. `data check` lists every one.
+fn warn_unusable_box(sample: &Sample, why: &str) {
+    let given = BOX_WARNINGS_GIVEN.fetch_add(1, Ordering::Relaxed);
+    if given < BOX_WARNINGS {
+        let more = if given + 1 == BOX_WARNINGS {
+            " (further ones are not named; `visual-search data check` lists every one)"
+        } else {
+            ""
+        };
+        tracing::warn!("{}: {why}{more}", sample.path.display());
     }
 }
 
@@ -126,5 +154,47 @@ impl SampleTransform for PerRootTransform {
 
     fn load(&self, sample: &Sample, rng: &mut ChaCha8Rng, out: &mut [f32]) -> Result<()> {
         self.route(sample).load(sample, rng, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use image::{Rgb, RgbImage};
+
+    use super::{BOX_WARNINGS_GIVEN, EvalTransform};
+    use crate::formats::{BBox, Crop, Sample};
+    use crate::image::Normalization;
+
+    #[test]
+    fn an_unusable_query_box_is_counted_and_still_embedded() {
+        let transform = EvalTransform::new(
+            8,
+            Normalization {
+                mean: [0.5; 3],
+                std: [0.5; 3],
+            },
+        );
+        let image = RgbImage::from_pixel(40, 30, Rgb([10, 20, 30]));
+        let sample = |x, y, w, h| Sample {
+            path: "q.jpg".into(),
+            label: 1,
+            crop: Crop::Box(BBox { x, y, w, h }),
+        };
+        let before = BOX_WARNINGS_GIVEN.load(Ordering::Relaxed);
+        let out = transform.prepare_rgb(&image, &sample(5.0, 5.0, 20.0, 20.0));
+        assert_eq!(out.dimensions(), (8, 8));
+        assert_eq!(
+            BOX_WARNINGS_GIVEN.load(Ordering::Relaxed),
+            before,
+            "a good box"
+        );
+        // In fractions: one pixel, embedded as the list says; outside: the whole image.
+        for bad in [sample(0.1, 0.2, 0.5, 0.4), sample(100.0, 0.0, 5.0, 5.0)] {
+            let out = transform.prepare_rgb(&image, &bad);
+            assert_eq!(out.dimensions(), (8, 8));
+        }
+        assert!(BOX_WARNINGS_GIVEN.load(Ordering::Relaxed) >= before + 2);
     }
 }
