@@ -1,6 +1,7 @@
 //! `visual-search serve`: the HTTP search service over an index (see the serve crate).
 
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use visual_search_retrieval::auto_box::AutoBox;
@@ -108,6 +109,20 @@ impl Embedder for ModelEmbedder {
     }
 }
 
+/// What to say when the token file can be read by other users of the machine (as libpq says
+/// of a `.pgpass` looser than 0600): anyone who reads it can change the catalogue.
+fn loose_token_file(file: &Path, mode: u32) -> Option<String> {
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "{} can be read by other users (mode {:o}); `chmod 600 {}` keeps the write token \
+             to its owner",
+            file.display(),
+            mode & 0o777,
+            file.display()
+        )
+    })
+}
+
 /// The write settings, when `--write-token-file` turns writes on.
 fn write_config(args: &Args, folder: Option<&PathBuf>) -> anyhow::Result<Option<WriteConfig>> {
     let Some(file) = &args.write_token_file else {
@@ -117,6 +132,12 @@ fn write_config(args: &Args, folder: Option<&PathBuf>) -> anyhow::Result<Option<
         .with_context(|| format!("reading the write token from {}", file.display()))?
         .trim()
         .to_string();
+    if let Some(warning) = std::fs::metadata(file)
+        .ok()
+        .and_then(|m| loose_token_file(file, m.permissions().mode()))
+    {
+        eprintln!("warning: {warning}");
+    }
     if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
         anyhow::bail!(
             "{}: the write token must be at least 16 characters without spaces",
@@ -203,4 +224,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         std::io::stdout().flush()?;
         serve(listener, state).await.context("serving")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::loose_token_file;
+
+    #[test]
+    fn a_token_file_others_can_read_is_named() {
+        let file = Path::new("token");
+        assert_eq!(loose_token_file(file, 0o100600), None);
+        assert_eq!(loose_token_file(file, 0o100400), None);
+        let warning = loose_token_file(file, 0o100644).unwrap();
+        assert!(
+            warning.contains("mode 644") && warning.contains("chmod 600 token"),
+            "{warning}"
+        );
+        assert!(loose_token_file(file, 0o100640).is_some());
+    }
 }
