@@ -71,15 +71,19 @@ pub const MIN_QUERY_BOX_SIDE: u32 = 4;
 /// its image keeps the whole image — [`box_rect`] — so a dataset with a few bad rows still
 /// loads; `data check`, `search` and the server refuse them with this.)
 pub fn check_query_box(b: &BBox, width: u32, height: u32, what: &str) -> Result<(), String> {
-    let described = format!("bbox {},{},{},{}", b.x, b.y, b.w, b.h);
+    // Formatted only for an error: every query image of a ranking passes through here.
+    let described = || format!("bbox {},{},{},{}", b.x, b.y, b.w, b.h);
     match box_overlap(b, width, height) {
         None => Err(format!(
-            "{described} lies outside the {width}x{height} {what} (x,y,w,h are pixels of the {what})"
+            "{} lies outside the {width}x{height} {what} (x,y,w,h are pixels of the {what})",
+            described()
         )),
         Some(r) if r.width < MIN_QUERY_BOX_SIDE || r.height < MIN_QUERY_BOX_SIDE => Err(format!(
-            "{described} covers only {}x{} pixels of the {width}x{height} {what} (x,y,w,h are \
+            "{} covers only {}x{} pixels of the {width}x{height} {what} (x,y,w,h are \
              pixels, not fractions of the {what})",
-            r.width, r.height
+            described(),
+            r.width,
+            r.height
         )),
         Some(_) => Ok(()),
     }
