@@ -227,19 +227,23 @@ pub fn last_checkpoint(run_dir: &Path) -> Option<PathBuf> {
     dir.join("state.json").is_file().then_some(dir)
 }
 
-/// A checkpoint folder given directly, or a run folder (its `best`, else `last`), checked
-/// against its manifest: a damaged checkpoint is an error naming the file, never weights
-/// loaded from a changed file.
-pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf, TrainError> {
+/// A checkpoint folder given directly, or a run folder (its `best`, else `last`), not read.
+pub fn locate_checkpoint(path: &Path) -> Result<PathBuf, TrainError> {
     let best = path.join("best");
-    let dir = if path.join("state.json").is_file() {
-        path.to_path_buf()
+    if path.join("state.json").is_file() {
+        Ok(path.to_path_buf())
     } else if best.join("state.json").is_file() {
-        std::fs::canonicalize(&best).unwrap_or(best)
+        Ok(std::fs::canonicalize(&best).unwrap_or(best))
     } else {
         last_checkpoint(path)
-            .ok_or_else(|| ck_err(path, "not a checkpoint folder nor a run folder with one"))?
-    };
+            .ok_or_else(|| ck_err(path, "not a checkpoint folder nor a run folder with one"))
+    }
+}
+
+/// [`locate_checkpoint`], checked against its manifest before weights are loaded from it: a
+/// damaged checkpoint is an error naming the file, never weights loaded from a changed file.
+pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf, TrainError> {
+    let dir = locate_checkpoint(path)?;
     checkpoint_manifest::verify(&dir, Depth::Contents)
         .map_err(|why| ck_err(&dir, format!("damaged checkpoint: {why}")))?;
     Ok(dir)

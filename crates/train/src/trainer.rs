@@ -24,8 +24,8 @@ use visual_search_model::compute_pool::on_pool;
 use visual_search_model::registry::lookup;
 
 use crate::checkpoint::{
-    Optimizers, TrainState, ValidationMetrics, load_module, load_optimizers, prune_checkpoints,
-    read_state, resolve_checkpoint, save_checkpoint,
+    Optimizers, TrainState, ValidationMetrics, load_module, load_optimizers, locate_checkpoint,
+    prune_checkpoints, read_state, save_checkpoint,
 };
 use crate::config::{Precision, SamplerKind, TrainConfig};
 use crate::data_parallel::ProcessGroup;
@@ -138,7 +138,8 @@ pub fn train(
     };
     let last_validation = phase.state.metrics;
     let run = phase.run(observer)?;
-    let best_checkpoint = resolve_checkpoint(&options.run_dir).ok();
+    // Named, not loaded: the run has just written it, so it is not read again to check it.
+    let best_checkpoint = locate_checkpoint(&options.run_dir).ok();
     let best_map = best_checkpoint
         .as_ref()
         .and_then(|d| read_state(d).ok())
