@@ -16,8 +16,28 @@ use crate::error::TrainError;
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResumePoint {
     pub dir: PathBuf,
-    /// Checkpoints newer than `dir` found damaged (folder, what is wrong), newest first.
-    pub passed_over: Vec<(PathBuf, String)>,
+    /// Checkpoints newer than `dir` found damaged, newest first.
+    pub passed_over: Vec<DamagedCheckpoint>,
+}
+
+/// A checkpoint `--resume` passed over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DamagedCheckpoint {
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub reason: String,
+    /// Where [`set_aside_passed_over`] moved it, once it has.
+    pub set_aside: Option<PathBuf>,
+}
+
+impl DamagedCheckpoint {
+    fn new(path: PathBuf, reason: String) -> Self {
+        DamagedCheckpoint {
+            path,
+            reason,
+            set_aside: None,
+        }
+    }
 }
 
 /// Why a checkpoint folder cannot be resumed from, if it cannot: no readable `state.json`, or
@@ -50,26 +70,24 @@ fn set_aside_damaged(run_dir: &Path, dir: &Path) -> Option<PathBuf> {
 }
 
 /// Puts a run back in order after [`resume_checkpoint`] passed over damaged checkpoints: sets
-/// each aside (where it went, in `point.passed_over`'s order), points `last` at the checkpoint
+/// each aside (recording where it went in its `set_aside`), points `last` at the checkpoint
 /// resumed from and `best` at the best intact one, so `export` of the run works before the
 /// resumed run writes its next checkpoint.
 pub fn set_aside_passed_over(
     run_dir: &Path,
-    point: &ResumePoint,
+    point: &mut ResumePoint,
     keep: usize,
-) -> Result<Vec<Option<PathBuf>>, TrainError> {
+) -> Result<(), TrainError> {
     if point.passed_over.is_empty() {
-        return Ok(Vec::new());
+        return Ok(());
     }
-    let moved = point
-        .passed_over
-        .iter()
-        .map(|(dir, _)| set_aside_damaged(run_dir, dir))
-        .collect();
+    for damaged in &mut point.passed_over {
+        damaged.set_aside = set_aside_damaged(run_dir, &damaged.path);
+    }
     let relative = point.dir.strip_prefix(run_dir).unwrap_or(&point.dir);
     write_pointer(run_dir, "last", &relative.to_string_lossy())?;
     prune_checkpoints(run_dir, keep)?;
-    Ok(moved)
+    Ok(())
 }
 
 /// The step-named checkpoint folders of a run with a readable state, newest first.
@@ -143,7 +161,7 @@ pub fn resume_checkpoint(run_dir: &Path) -> Result<ResumePoint, TrainError> {
             passed_over: Vec::new(),
         });
     };
-    let mut passed_over = vec![(dir.clone(), why)];
+    let mut passed_over = vec![DamagedCheckpoint::new(dir.clone(), why)];
     for (_, candidate) in checkpoints_newest_first(run_dir) {
         if candidate == dir {
             continue;
@@ -155,12 +173,12 @@ pub fn resume_checkpoint(run_dir: &Path) -> Result<ResumePoint, TrainError> {
                     passed_over,
                 });
             }
-            Some(why) => passed_over.push((candidate, why)),
+            Some(why) => passed_over.push(DamagedCheckpoint::new(candidate, why)),
         }
     }
     let listed: Vec<String> = passed_over
         .iter()
-        .map(|(d, why)| format!("{}: {why}", d.display()))
+        .map(|d| format!("{}: {}", d.path.display(), d.reason))
         .collect();
     Err(ck_err(
         &last,
@@ -242,9 +260,9 @@ mod tests {
         std::fs::write(last.join("embedder.bpk"), vec![3u8; 60]).unwrap();
         std::fs::remove_file(newer.join("state.json")).unwrap();
         std::fs::write(older.join("embedder.bpk"), vec![4u8; 100]).unwrap();
-        let point = resume_checkpoint(run.path()).unwrap();
+        let mut point = resume_checkpoint(run.path()).unwrap();
         assert_eq!(point.dir, oldest);
-        let passed: Vec<_> = point.passed_over.iter().map(|(d, _)| d.clone()).collect();
+        let passed: Vec<_> = point.passed_over.iter().map(|d| d.path.clone()).collect();
         assert_eq!(
             passed,
             vec![last.clone(), older.clone()],
@@ -253,13 +271,22 @@ mod tests {
         );
         assert!(
             point.passed_over[0]
-                .1
+                .reason
                 .contains("embedder.bpk has 60 bytes, 100")
         );
-        assert!(point.passed_over[1].1.contains("embedder.bpk has changed"));
+        assert!(
+            point.passed_over[1]
+                .reason
+                .contains("embedder.bpk has changed")
+        );
 
         // Set aside (kept, renamed), `last` and `best` on the intact one at once.
-        let moved = set_aside_passed_over(run.path(), &point, 3).unwrap();
+        set_aside_passed_over(run.path(), &mut point, 3).unwrap();
+        let moved: Vec<_> = point
+            .passed_over
+            .iter()
+            .map(|d| d.set_aside.clone())
+            .collect();
         let aside = |d: &std::path::Path| {
             d.with_file_name(format!(
                 "damaged-{}",

@@ -35,7 +35,7 @@ use crate::labels::ClassIndex;
 use crate::metrics_log::MetricsLog;
 use crate::optimizer_step::{Accumulators, StepSettings, optimizer_step};
 use crate::plots::plot_run;
-use crate::resume_point::{resume_checkpoint, set_aside_passed_over};
+use crate::resume_point::{DamagedCheckpoint, resume_checkpoint, set_aside_passed_over};
 use crate::schedule::WarmupCosine;
 use crate::train_model::{
     TrainModel, build_model, build_optimizers, materialize, set_training_flags,
@@ -123,11 +123,11 @@ pub fn train(
 ) -> Result<TrainSummary, TrainError> {
     let started = Instant::now();
     let mut phase = Phase::prepare(config, options)?;
-    for (path, reason, set_aside) in std::mem::take(&mut phase.passed_over) {
+    for damaged in std::mem::take(&mut phase.passed_over) {
         observer(TrainEvent::DamagedCheckpoint {
-            path,
-            reason,
-            set_aside,
+            path: damaged.path,
+            reason: damaged.reason,
+            set_aside: damaged.set_aside,
         });
     }
     observer(phase.started_event());
@@ -221,8 +221,8 @@ struct Phase<'a> {
     device: Device,
     train_device: Device,
     resume_from: Option<PathBuf>,
-    /// Damaged checkpoints `--resume` passed over (where each was set aside), for the observer.
-    passed_over: Vec<(PathBuf, String, Option<PathBuf>)>,
+    /// Damaged checkpoints `--resume` passed over, for the observer.
+    passed_over: Vec<DamagedCheckpoint>,
     /// The leader's hold on the run folder.
     _run_lock: Option<WorkLock>,
     state: TrainState,
@@ -291,19 +291,11 @@ impl<'a> Phase<'a> {
         device.seed(config.dataset.seed);
 
         let (resume_from, passed_over) = if options.resume {
-            let point = resume_checkpoint(run_dir)?;
-            let moved = if leader {
-                set_aside_passed_over(run_dir, &point, config.eval.keep_best)?
-            } else {
-                Vec::new()
-            };
-            let mut moved = moved.into_iter();
-            let passed_over = point
-                .passed_over
-                .into_iter()
-                .map(|(dir, why)| (dir, why, moved.next().flatten()))
-                .collect();
-            (Some(point.dir), passed_over)
+            let mut point = resume_checkpoint(run_dir)?;
+            if leader {
+                set_aside_passed_over(run_dir, &mut point, config.eval.keep_best)?;
+            }
+            (Some(point.dir), point.passed_over)
         } else {
             (None, Vec::new())
         };
