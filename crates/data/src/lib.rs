@@ -16,6 +16,7 @@ pub mod datasets;
 pub mod error;
 pub mod fashion_mnist;
 pub mod file_check;
+pub mod folder_manifest;
 pub mod formats;
 pub mod image;
 pub mod loader;

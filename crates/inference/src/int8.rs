@@ -9,7 +9,7 @@ use prost::Message;
 
 use crate::error::{InferenceError, Result};
 use crate::model::finish_rows;
-use crate::model_dir::{ONNX_FILE, read_info};
+use crate::model_dir::{ONNX_FILE, read_info, refresh_manifest, verify_model_file};
 use crate::onnx::proto::ModelProto;
 use crate::onnx::quantize::{RangeObserver, activation_tensors, calibration_model, quantize};
 use crate::onnx::write_model;
@@ -63,6 +63,13 @@ pub fn weight_max() -> f32 {
     }
 }
 
+/// Removes `dir/model.int8.onnx` (refused by a later gate) and drops it from the manifest.
+pub fn remove_int8_model(dir: &Path) -> Result<()> {
+    let path = dir.join(INT8_FILE);
+    std::fs::remove_file(&path).map_err(|e| InferenceError::io(&path, e))?;
+    refresh_manifest(dir)
+}
+
 /// Quantises `dir/model.onnx` with `n` prepared images (`n × 3 × size × size`, the model's
 /// own preprocessing) and writes `dir/model.int8.onnx` if every gate image keeps a cosine of at
 /// least `min_cosine` to its f32 embedding.
@@ -82,6 +89,7 @@ pub fn quantize_model_dir(
         )));
     }
     let onnx_path = dir.join(ONNX_FILE);
+    verify_model_file(dir, ONNX_FILE)?;
     let bytes = std::fs::read(&onnx_path).map_err(|e| InferenceError::io(&onnx_path, e))?;
     let model = ModelProto::decode(bytes.as_slice())
         .map_err(|e| InferenceError::model_dir(&onnx_path, format!("not an ONNX model: {e}")))?;
@@ -137,6 +145,7 @@ pub fn quantize_model_dir(
     if min_cosine_seen >= min_cosine {
         std::fs::rename(&int8_tmp, dir.join(INT8_FILE))
             .map_err(|e| InferenceError::io(&dir.join(INT8_FILE), e))?;
+        refresh_manifest(dir)?;
         report.written = true;
     }
     Ok(report)

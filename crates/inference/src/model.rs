@@ -15,7 +15,7 @@ use visual_search_model::registry::{BuildOptions, ModelSpec, lookup};
 use crate::device_choice::{DeviceChoice, Precision};
 use crate::error::{InferenceError, Result};
 use crate::forward_passes::{images_per_pass, in_passes};
-use crate::model_dir::{ONNX_FILE, load_model_dir, read_info};
+use crate::model_dir::{ONNX_FILE, load_model_dir, read_info, verify_model_file};
 use crate::onnx_cache::cached_onnx_export;
 use crate::ort_runtime::OrtModel;
 
@@ -344,13 +344,18 @@ impl InferenceModel {
                         ),
                     ));
                 }
+                verify_model_file(dir, crate::int8::INT8_FILE)?;
                 Some((onnx, info))
             }
             ModelSource::Dir(dir) => {
                 let info = read_info(dir)?;
                 let onnx = dir.join(ONNX_FILE);
-                (onnx.exists() && options.size.is_none_or(|s| s == info.input_size))
-                    .then_some((onnx, info))
+                if onnx.exists() && options.size.is_none_or(|s| s == info.input_size) {
+                    verify_model_file(dir, ONNX_FILE)?;
+                    Some((onnx, info))
+                } else {
+                    None
+                }
             }
             ModelSource::Registry { .. } if options.precision == Precision::Int8 => {
                 return Err(InferenceError::Invalid(

@@ -3,6 +3,12 @@
 //! pooling) and, after `export --onnx`, `model.onnx` — so `embed`, `rank`, `eval`, `index` and
 //! `serve` need only the folder.
 //!
+//! A folder is copied to the machines that serve it, so it carries `manifest.json`
+//! (`data::folder_manifest`: size and CRC-32 of each file). Loading checks the file it loads
+//! against it: a copy cut short or a flipped bit is an error naming the file, never wrong
+//! weights served without a word. `model.json` is not checked (it is parsed and validated, and
+//! a user may edit it). Folders exported before the manifest have none and load as before.
+//!
 //! Writing never deletes what it did not create: a folder is replaced only when it is empty or
 //! holds an earlier export (its `model.json` and nothing but export files).
 
@@ -11,6 +17,8 @@ use std::path::{Path, PathBuf};
 use burn::store::{FloatCastAdapter, HalfPrecisionAdapter, ModuleSnapshot, SafetensorsStore};
 use burn::tensor::{DType, Device};
 use serde::{Deserialize, Serialize};
+use visual_search_data::file_check::Depth;
+use visual_search_data::folder_manifest::{self, MANIFEST_FILE};
 use visual_search_model::embedder::EmbeddingModel;
 use visual_search_model::registry::{BuildOptions, ModelSpec, lookup};
 
@@ -52,7 +60,13 @@ pub const INFO_FILE: &str = "model.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const ONNX_FILE: &str = "model.onnx";
 /// Files an export writes; a folder holding anything else is not ours to replace.
-const EXPORT_FILES: [&str; 4] = [INFO_FILE, WEIGHTS_FILE, ONNX_FILE, "model.int8.onnx"];
+const EXPORT_FILES: [&str; 5] = [
+    INFO_FILE,
+    WEIGHTS_FILE,
+    ONNX_FILE,
+    "model.int8.onnx",
+    MANIFEST_FILE,
+];
 
 /// Refuses to replace `out` unless it is absent, empty, or an earlier export.
 pub fn check_replaceable(out: &Path) -> Result<()> {
@@ -124,6 +138,7 @@ pub fn write_model_dir(
     std::fs::write(tmp.path().join(INFO_FILE), json)
         .map_err(|e| InferenceError::io(tmp.path(), e))?;
     extra(tmp.path())?;
+    folder_manifest::write_manifest(tmp.path())?;
     // Re-checked just before the swap: only an earlier export is ever removed.
     check_replaceable(out)?;
     if out.exists() {
@@ -185,6 +200,26 @@ pub fn export_embedder(
     Ok(info)
 }
 
+/// Checks `dir/name` (a file about to be loaded) against the folder's manifest, reading it
+/// whole: the error names the file and what changed.
+pub fn verify_model_file(dir: &Path, name: &str) -> Result<()> {
+    folder_manifest::verify_files(dir, &[name], Depth::Contents).map_err(|why| {
+        InferenceError::model_dir(
+            dir,
+            format!("damaged model folder: {why}; copy or export it again"),
+        )
+    })
+}
+
+/// Records a file added to or removed from an exported folder (`model.int8.onnx`) in its
+/// manifest, when it has one.
+pub fn refresh_manifest(dir: &Path) -> Result<()> {
+    if dir.join(MANIFEST_FILE).exists() {
+        folder_manifest::write_manifest(dir)?;
+    }
+    Ok(())
+}
+
 /// Reads `model.json`.
 pub fn read_info(dir: &Path) -> Result<ModelDirInfo> {
     let json_path = dir.join(INFO_FILE);
@@ -232,6 +267,7 @@ pub fn load_model_dir(
     };
     let mut model = EmbeddingModel::new(&spec, &options, info.neck_dim, device);
     let weights = dir.join(WEIGHTS_FILE);
+    verify_model_file(dir, WEIGHTS_FILE)?;
     let mut store =
         SafetensorsStore::from_file(&weights).with_from_adapter(FloatCastAdapter::to(DType::F32));
     let result = model.load_from(&mut store).map_err(|e| {

@@ -6,60 +6,22 @@
 
 mod common;
 
-use std::path::Path;
-
-use burn::tensor::Device;
-use common::{gallery_spread, lite0_and_grocery, lite0_pixels, model_fixture, ort_or_skip};
-use visual_search_inference::int8::{INT8_FILE, quantize_model_dir, weight_max};
-use visual_search_inference::model_dir::{
-    FORMAT_VERSION, ModelDirInfo, ONNX_FILE, write_model_dir,
+use common::{
+    export_folder, gallery_spread, lite0_and_grocery, lite0_pixels, ort_or_skip, tiny_lite,
 };
-use visual_search_inference::onnx::{export_model, write_model};
+use visual_search_inference::int8::{INT8_FILE, quantize_model_dir, weight_max};
 use visual_search_inference::ort_runtime;
 use visual_search_inference::{DeviceChoice, InferenceModel, LoadOptions, ModelSource, Precision};
-use visual_search_model::embedder::EmbeddingModel;
-use visual_search_model::registry::lookup;
-
-/// An exported folder (with model.onnx) of `model`.
-fn folder(name: &str, model: &EmbeddingModel, size: usize, out: &Path) {
-    let spec = lookup(name).unwrap();
-    let info = ModelDirInfo {
-        format_version: FORMAT_VERSION,
-        model: name.into(),
-        input_size: size,
-        mean: spec.mean,
-        std: spec.std,
-        embedding_dim: model.dim(),
-        neck_dim: None,
-        gem: false,
-        dtype: "f32".into(),
-        source: "test".into(),
-    };
-    write_model_dir(model, &info, out, false, |tmp| {
-        let proto = export_model(model, &spec.architecture, size, name)?;
-        write_model(&proto, &tmp.join(ONNX_FILE))
-    })
-    .unwrap();
-}
 
 #[test]
 fn a_gate_that_cannot_pass_writes_nothing() {
     if !ort_or_skip() {
         return;
     }
-    let device = Device::flex();
-    let spec = lookup("tiny_efficientnet_lite").unwrap();
-    let options = spec.default_options();
-    let model = EmbeddingModel::new(&spec, &options, None, &device)
-        .load_pretrained_backbone(
-            &spec,
-            &options,
-            &model_fixture("efficientnet_lite_tiny.safetensors"),
-        )
-        .unwrap();
+    let model = tiny_lite();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("model");
-    folder("tiny_efficientnet_lite", &model, 32, &out);
+    export_folder("tiny_efficientnet_lite", &model, 32, &out);
     let n = 8;
     let pixels: Vec<f32> = (0..n * 3 * 32 * 32)
         .map(|i| ((i * 7919) % 255) as f32 / 127.0 - 1.0)
@@ -78,7 +40,15 @@ fn a_gate_that_cannot_pass_writes_nothing() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["model.json", "model.onnx", "model.safetensors"]);
+    assert_eq!(
+        names,
+        [
+            "manifest.json",
+            "model.json",
+            "model.onnx",
+            "model.safetensors"
+        ]
+    );
 }
 
 #[test]
@@ -91,7 +61,7 @@ fn efficientnet_lite0_int8_is_gated_on_grocery_photos() {
     };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("lite0");
-    folder("efficientnet_lite0", &model, 224, &out);
+    export_folder("efficientnet_lite0", &model, 224, &out);
     let n = 32;
     let pixels = lite0_pixels(&gallery_spread(&grocery, n));
     let per = 3 * 224 * 224;

@@ -1,7 +1,7 @@
 //! Crash-safe checkpoints of a run: `runs/NAME/checkpoints/step-NNNNNNN/` holding the embedder
 //! and head weights (no head in XBM phases), the three optimiser states, the XBM memory
 //! (`xbm_memory.safetensors`) and `state.json` (step, epoch position, class index, validation
-//! metrics), listed with sizes and checksums in `manifest.json` (`checkpoint_manifest`). A
+//! metrics), listed with sizes and checksums in `manifest.json` (`data::folder_manifest`). A
 //! checkpoint is written into a hidden temporary folder and renamed into place, then
 //! `runs/NAME/last` (a one-line file, itself replaced atomically) is pointed at it — a kill at
 //! any moment leaves the previous checkpoint intact and referenced. A checkpoint damaged
@@ -17,11 +17,12 @@ use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 use visual_search_model::losses::xbm::MemorySnapshot;
 
-use crate::checkpoint_manifest::{self, Depth};
 use crate::error::TrainError;
 use crate::fused_adamw::GradScale;
 use crate::labels::ClassIndex;
 use crate::train_model::TrainModel;
+use visual_search_data::file_check::Depth;
+use visual_search_data::folder_manifest;
 
 /// Validation results of one checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -118,7 +119,7 @@ pub fn save_checkpoint(
     let json = serde_json::to_vec_pretty(state).map_err(|e| ck_err(tmp.path(), e.to_string()))?;
     std::fs::write(tmp.path().join("state.json"), json)
         .map_err(|e| TrainError::io(tmp.path(), e))?;
-    checkpoint_manifest::write_manifest(tmp.path())?;
+    folder_manifest::write_manifest(tmp.path())?;
     for f in std::fs::read_dir(tmp.path()).map_err(|e| TrainError::io(tmp.path(), e))? {
         let f = f.map_err(|e| TrainError::io(tmp.path(), e))?;
         std::fs::File::open(f.path())
@@ -244,7 +245,7 @@ pub fn locate_checkpoint(path: &Path) -> Result<PathBuf, TrainError> {
 /// damaged checkpoint is an error naming the file, never weights loaded from a changed file.
 pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf, TrainError> {
     let dir = locate_checkpoint(path)?;
-    checkpoint_manifest::verify(&dir, Depth::Contents)
+    folder_manifest::verify(&dir, Depth::Contents)
         .map_err(|why| ck_err(&dir, format!("damaged checkpoint: {why}")))?;
     Ok(dir)
 }
@@ -295,8 +296,7 @@ pub fn prune_checkpoints(run_dir: &Path, keep: usize) -> Result<Option<PathBuf>,
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with("step-"));
-        if !checkpoint || !path.is_dir() || checkpoint_manifest::verify(&path, Depth::Size).is_err()
-        {
+        if !checkpoint || !path.is_dir() || folder_manifest::verify(&path, Depth::Size).is_err() {
             continue;
         }
         if let Ok(state) = read_state(&path) {

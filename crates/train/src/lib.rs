@@ -3,7 +3,6 @@
 //! config, schedule, checkpoints and metrics log.
 
 pub mod checkpoint;
-pub mod checkpoint_manifest;
 pub mod config;
 pub mod data_parallel;
 pub mod embedding;

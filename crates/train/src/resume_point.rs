@@ -1,6 +1,6 @@
 //! Where `train --resume` continues a run from: the checkpoint `runs/NAME/last` names — or,
 //! when that one was damaged after it was written (a run folder copied in part, a file cut
-//! short or changed: `checkpoint_manifest`), the newest intact checkpoint before it. The
+//! short or changed: `data::folder_manifest`), the newest intact checkpoint before it. The
 //! damaged ones are set aside as `checkpoints/damaged-step-N` (kept, never deleted) and
 //! `last` / `best` pointed at intact ones, so the run is in order again before its next
 //! checkpoint. Without a usable `last`, or without any intact checkpoint, resuming is an
@@ -9,8 +9,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::{ck_err, prune_checkpoints, read_state, write_pointer};
-use crate::checkpoint_manifest::{self, Depth};
 use crate::error::TrainError;
+use visual_search_data::file_check::Depth;
+use visual_search_data::folder_manifest;
 
 /// Where `--resume` continues from, and the newer checkpoints it had to pass over.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,7 +50,7 @@ fn damage(dir: &Path) -> Option<String> {
     if let Err(e) = read_state(dir) {
         return Some(e.to_string());
     }
-    checkpoint_manifest::verify(dir, Depth::Contents).err()
+    folder_manifest::verify(dir, Depth::Contents).err()
 }
 
 /// Renames a damaged checkpoint of the run to `checkpoints/damaged-step-N`, out of what
@@ -213,7 +214,7 @@ mod tests {
         };
         std::fs::write(ck.join("state.json"), serde_json::to_vec(&state).unwrap()).unwrap();
         std::fs::write(ck.join("embedder.bpk"), vec![3u8; 100]).unwrap();
-        crate::checkpoint_manifest::write_manifest(&ck).unwrap();
+        visual_search_data::folder_manifest::write_manifest(&ck).unwrap();
         ck
     }
 

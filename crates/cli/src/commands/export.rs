@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use visual_search_data::Sample;
 use visual_search_data::transform::EvalTransform;
-use visual_search_inference::int8::{INT8_FILE, quantize_model_dir};
+use visual_search_inference::int8::{INT8_FILE, quantize_model_dir, remove_int8_model};
 use visual_search_inference::model::load_burn;
 use visual_search_inference::model_dir::{ExportedModel, ModelDirInfo, export_embedder, read_info};
 use visual_search_inference::{InferenceModel, LoadOptions, ModelSource, Precision};
@@ -16,8 +16,9 @@ use visual_search_train::export::{ExportOptions, export_model_dir};
 use crate::dev_set_run::{DevSetArgs, rank_dev_set};
 use crate::sample_lists::read_samples;
 
-/// Writes OUT/model.safetensors (embedder weights, f32 or f16) and OUT/model.json (model name,
-/// input size, mean/std, embedding width) from a checkpoint folder or a run folder (its best
+/// Writes OUT/model.safetensors (embedder weights, f32 or f16), OUT/model.json (model name,
+/// input size, mean/std, embedding width) and OUT/manifest.json (each file's size and CRC-32,
+/// checked when the folder is loaded) from a checkpoint folder or a run folder (its best
 /// checkpoint), or from a registry model with pretrained weights (--model/--weights). `embed`,
 /// `rank`, `eval`, `index` and `serve` take the folder with --model-dir. OUT must not exist,
 /// be empty, or be an earlier export: nothing else is ever deleted.
@@ -220,8 +221,7 @@ fn int8(args: &Args, samples: &[Sample]) -> anyhow::Result<()> {
             full - quant
         );
         if full - quant > INT8_MAX_MAP_DROP {
-            let path = args.out.join(INT8_FILE);
-            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            remove_int8_model(&args.out)?;
             bail!(
                 "int8 refused: mAP@1000 drops by {:.4} (> {INT8_MAX_MAP_DROP}); {INT8_FILE} removed",
                 full - quant

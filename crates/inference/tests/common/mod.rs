@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 use visual_search_data::Sample;
 use visual_search_data::transform::EvalTransform;
+use visual_search_inference::model_dir::{
+    FORMAT_VERSION, ModelDirInfo, ONNX_FILE, write_model_dir,
+};
+use visual_search_inference::onnx::{export_model, write_model};
 use visual_search_inference::ort_runtime;
 use visual_search_model::embedder::EmbeddingModel;
 use visual_search_model::registry::lookup;
@@ -82,4 +86,39 @@ pub fn lite0_pixels(samples: &[Sample]) -> Vec<f32> {
         panic!("sample {i}: {e}");
     }
     pixels
+}
+
+/// An exported folder (with model.onnx) of `model`.
+pub fn export_folder(name: &str, model: &EmbeddingModel, size: usize, out: &Path) {
+    let spec = lookup(name).unwrap();
+    let info = ModelDirInfo {
+        format_version: FORMAT_VERSION,
+        model: name.into(),
+        input_size: size,
+        mean: spec.mean,
+        std: spec.std,
+        embedding_dim: model.dim(),
+        neck_dim: None,
+        gem: false,
+        dtype: "f32".into(),
+        source: "test".into(),
+    };
+    write_model_dir(model, &info, out, false, |tmp| {
+        let proto = export_model(model, &spec.architecture, size, name)?;
+        write_model(&proto, &tmp.join(ONNX_FILE))
+    })
+    .unwrap();
+}
+
+/// `tiny_efficientnet_lite` with the PyTorch fixture's weights, on flex (exported at 32 px).
+pub fn tiny_lite() -> EmbeddingModel {
+    let spec = lookup("tiny_efficientnet_lite").unwrap();
+    let options = spec.default_options();
+    EmbeddingModel::new(&spec, &options, None, &Device::flex())
+        .load_pretrained_backbone(
+            &spec,
+            &options,
+            &model_fixture("efficientnet_lite_tiny.safetensors"),
+        )
+        .unwrap()
 }
