@@ -4,8 +4,13 @@
 //! products table, a per-image CSV (`user_images.csv`: asin, url, mean similarity, kept), a
 //! per-product CSV (`product_stats.csv`) and a histogram of the mean similarities with the
 //! threshold marked, which is how a user picks the threshold for a new model or category.
+//!
+//! `--work-dir` may hold a user's own files: each output replaces only an earlier output of
+//! this step (a products table, a CSV with this step's header, the histogram's PNG), checked
+//! for all four before anything is read or written.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::error::{MiningError, Result};
@@ -47,6 +52,48 @@ impl FilterOutputs {
     }
 }
 
+const USER_IMAGES_HEADER: [&str; 4] = ["asin", "url", "mean_similarity", "kept"];
+const PRODUCT_STATS_HEADER: [&str; 6] = [
+    "asin",
+    "product_images",
+    "user_images",
+    "embedded_user_images",
+    "kept_user_images",
+    "mean_similarity",
+];
+
+/// Refuses to replace `path` unless it is absent or starts with `header` (an earlier run).
+fn check_csv_replaceable(path: &Path, header: &[&str]) -> Result<()> {
+    let text = match std::fs::File::open(path) {
+        Ok(f) => {
+            let mut first = String::new();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(f).take(4096), &mut first)
+                .map_err(|e| MiningError::io(path, e))?;
+            first
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(MiningError::io(path, e)),
+    };
+    if text.trim_end_matches(['\r', '\n']) == header.join(",") {
+        return Ok(());
+    }
+    Err(MiningError::invalid(
+        path,
+        "exists and is not a report `visual-search mine filter` wrote (its first line is not \
+         this step's header); refusing to replace it (choose another --work-dir, or move the file)",
+    ))
+}
+
+impl FilterOutputs {
+    /// Whether every output is absent or an earlier output of this step.
+    fn check_replaceable(&self) -> Result<()> {
+        crate::pairs_table::check_replaceable(&self.kept)?;
+        check_csv_replaceable(&self.user_images_csv, &USER_IMAGES_HEADER)?;
+        check_csv_replaceable(&self.product_stats_csv, &PRODUCT_STATS_HEADER)?;
+        crate::similarity_histogram::check_replaceable(&self.histogram_png)
+    }
+}
+
 fn csv_err(path: &Path) -> impl Fn(csv::Error) -> MiningError + '_ {
     move |e| MiningError::invalid(path, e.to_string())
 }
@@ -76,6 +123,7 @@ pub fn mine_filter(
     threshold: f32,
     out: &FilterOutputs,
 ) -> Result<FilterReport> {
+    out.check_replaceable()?;
     let rows = read_products(products)?;
     let features: HashMap<String, Vec<f32>> = read_features(features_dir)?
         .into_iter()
@@ -95,17 +143,10 @@ pub fn mine_filter(
     let mut per_image = csv::Writer::from_writer(Vec::new());
     let mut per_product = csv::Writer::from_writer(Vec::new());
     per_image
-        .write_record(["asin", "url", "mean_similarity", "kept"])
+        .write_record(USER_IMAGES_HEADER)
         .map_err(csv_err(&out.user_images_csv))?;
     per_product
-        .write_record([
-            "asin",
-            "product_images",
-            "user_images",
-            "embedded_user_images",
-            "kept_user_images",
-            "mean_similarity",
-        ])
+        .write_record(PRODUCT_STATS_HEADER)
         .map_err(csv_err(&out.product_stats_csv))?;
     for row in rows {
         report.user_images += row.user_images.len();
@@ -203,5 +244,47 @@ mod tests {
         let u = normalized(&[1.0, 1.0]);
         assert!((mean_similarity(&u, &cat) - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6);
         assert!((mean_similarity(&cat[0], &cat) - 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_users_file_under_an_output_name_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = FilterOutputs::in_dir(dir.path());
+        let missing = dir.path().join("pairs.parquet");
+        // Earlier outputs of the step pass the check (the step then fails on the missing input).
+        std::fs::write(
+            &out.user_images_csv,
+            "asin,url,mean_similarity,kept\nB1,u,0.5,true\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &out.product_stats_csv,
+            PRODUCT_STATS_HEADER.join(",") + "\r\n",
+        )
+        .unwrap();
+        crate::similarity_histogram::draw_histogram(&out.histogram_png, &[0.5], 0.6).unwrap();
+        let err = mine_filter(&missing, dir.path(), 0.6, &out).unwrap_err();
+        assert!(err.to_string().contains("pairs.parquet"), "{err}");
+
+        for (path, theirs) in [
+            (&out.user_images_csv, b"name,notes\n".as_slice()),
+            (&out.product_stats_csv, b"".as_slice()),
+            (&out.histogram_png, b"\x89PNG\r\n\x1a\n".as_slice()),
+            (&out.kept, b"PAR1".as_slice()),
+        ] {
+            let before = std::fs::read(path).ok();
+            std::fs::write(path, theirs).unwrap();
+            let err = mine_filter(&missing, dir.path(), 0.6, &out).unwrap_err();
+            let name = path.file_name().unwrap().to_str().unwrap();
+            assert!(
+                err.to_string().contains(name) && err.to_string().contains("refusing"),
+                "{err}"
+            );
+            assert_eq!(std::fs::read(path).unwrap(), theirs, "{name} was changed");
+            match before {
+                Some(b) => std::fs::write(path, b).unwrap(),
+                None => std::fs::remove_file(path).unwrap(),
+            }
+        }
     }
 }

@@ -15,6 +15,34 @@ use crate::pairs_table::parent_dir;
 static FONT: &[u8] = include_bytes!("../../train/assets/DejaVuSans-ascii.ttf");
 static REGISTER: Once = Once::new();
 const BINS: usize = 40;
+/// The PNG's width and height in pixels.
+const SIZE: (u32, u32) = (800, 480);
+
+/// Refuses to replace `path` unless it is absent or a PNG of the histogram's size (an earlier
+/// run of `mine filter`): the work folder may hold a user's own images.
+pub(crate) fn check_replaceable(path: &Path) -> Result<()> {
+    let mut head = [0u8; 24];
+    match std::fs::File::open(path) {
+        Ok(mut f) => {
+            let n = std::io::Read::read(&mut f, &mut head).map_err(|e| MiningError::io(path, e))?;
+            let ours = n == head.len()
+                && head[..8] == *b"\x89PNG\r\n\x1a\n"
+                && head[12..16] == *b"IHDR"
+                && u32::from_be_bytes([head[16], head[17], head[18], head[19]]) == SIZE.0
+                && u32::from_be_bytes([head[20], head[21], head[22], head[23]]) == SIZE.1;
+            if ours {
+                return Ok(());
+            }
+            Err(MiningError::invalid(
+                path,
+                "exists and is not the histogram `visual-search mine filter` drew; refusing to \
+                 replace it (choose another --work-dir, or move the file)",
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(MiningError::io(path, e)),
+    }
+}
 
 /// Counts of `values` in `BINS` equal bins over [-1, 1].
 pub fn bin_counts(values: &[f32]) -> Vec<u32> {
@@ -37,7 +65,7 @@ pub fn draw_histogram(path: &Path, similarities: &[f32], threshold: f32) -> Resu
     let counts = bin_counts(similarities);
     let top = counts.iter().copied().max().unwrap_or(0).max(1);
     {
-        let root = BitMapBackend::new(&tmp, (800, 480)).into_drawing_area();
+        let root = BitMapBackend::new(&tmp, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
         let mut chart = ChartBuilder::on(&root)
             .caption(
