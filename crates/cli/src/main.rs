@@ -104,6 +104,9 @@ fn main() -> std::process::ExitCode {
         Command::Models => commands::list_models(),
         Command::Bench(c) => c.run(),
     };
+    if let Some(summary) = visual_search_data::transform::unusable_query_boxes_summary() {
+        eprintln!("warning: {summary}");
+    }
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

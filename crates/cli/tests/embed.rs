@@ -67,3 +67,49 @@ fn embeds_a_gallery_in_csv_order_and_reports_bad_rows() {
     }
     assert_eq!(e.dim, if weights_arg.is_some() { 1280 } else { 32 });
 }
+
+#[test]
+fn unusable_query_boxes_are_named_then_counted() {
+    let Some(root) = visual_search_data::datasets::locate_grocery() else {
+        visual_search_data::datasets::missing_test_dependency(
+            "grocery dataset not found (set VISUAL_SEARCH_DATASETS)",
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let queries = std::fs::read_to_string(root.join("queries.csv")).unwrap();
+    // Five boxes written in fractions of the photo (read as pixels: a sliver each), one good.
+    let mut lines = vec!["img_path,product_id,bbox_x,bbox_y,bbox_w,bbox_h".to_string()];
+    for (i, row) in queries.lines().skip(1).take(6).enumerate() {
+        let path = row.split(',').next().unwrap();
+        let bbox = if i == 5 {
+            "10,10,100,100"
+        } else {
+            "0.1,0.2,0.5,0.4"
+        };
+        lines.push(format!("{path},1,{bbox}"));
+    }
+    let csv = dir.path().join("queries.csv");
+    std::fs::write(&csv, lines.join("\n") + "\n").unwrap();
+    let out = dir.path().join("emb.safetensors");
+    let output = Command::new(env!("CARGO_BIN_EXE_visual-search"))
+        .args(["embed", "--csv", csv.to_str().unwrap(), "--root"])
+        .arg(&root)
+        .args(["--out", out.to_str().unwrap(), "--device", "flex"])
+        .args(["--model", "tiny_convnext", "--size", "32"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{text}");
+    assert_eq!(
+        text.matches("covers only").count(),
+        3,
+        "three named:\n{text}"
+    );
+    assert!(
+        text.contains("warning: 5 unusable query boxes were embedded")
+            && text.contains("data check"),
+        "{text}"
+    );
+    assert_eq!(read_embeddings(&out).unwrap().rows, 6);
+}

@@ -102,6 +102,24 @@ fn warn_unusable_box(sample: &Sample, why: &str) {
     }
 }
 
+/// How many times this process met an unusable query box so far (a box embedded in several
+/// passes — validations of a run — counts each time); the CLI prints the total when it is
+/// more than the few named.
+pub fn unusable_query_boxes() -> usize {
+    BOX_WARNINGS_GIVEN.load(Ordering::Relaxed)
+}
+
+/// The line the CLI ends with when more unusable boxes were met than were named.
+pub fn unusable_query_boxes_summary() -> Option<String> {
+    let n = unusable_query_boxes();
+    (n > BOX_WARNINGS).then(|| {
+        format!(
+            "{n} unusable query boxes were embedded as the whole image or a sliver of it \
+             ({BOX_WARNINGS} named above); `visual-search data check` lists every one"
+        )
+    })
+}
+
 impl SampleTransform for EvalTransform {
     fn output_size(&self) -> (u32, u32) {
         (self.size, self.size)
