@@ -1,6 +1,7 @@
 //! Outputs a finished job could not be written to are refused before the job: `index build`
 //! into a folder of other files or with a `--key-column` a row lacks, `embed` to a file that
-//! is not `.npy` / `.safetensors`, `rank` to anything but an `.npy` file, `export --int8`
+//! is not `.npy` / `.safetensors`, `rank` to anything but an `.npy` file, either over a file of
+//! the user's (a `--out gallery.npy` whose CSV would replace the dataset's list), `export --int8`
 //! with a calibration list or gate dev set it cannot use; a batch size of 0 (which stopped the
 //! loader on an assertion). Each run names weights that do not exist, so it can only
 //! end with the expected message if it stops before loading the model.
@@ -85,6 +86,22 @@ fn embed_refuses_an_output_that_is_not_an_embedding_file() {
     assert!(!output.status.success(), "{text}");
     assert!(text.contains("emb.txt") && text.contains(".npy"), "{text}");
     assert!(!text.contains("lite0.pth"), "refused after loading: {text}");
+
+    // A file of the user's under an embedding file's name is theirs, not an earlier output.
+    for name in ["emb.npy", "emb.safetensors"] {
+        let out = dir.path().join(name);
+        std::fs::write(&out, "my notes\n").unwrap();
+        let mut args = vec!["embed", "--csv", &csv, "--out", out.to_str().unwrap()];
+        args.extend(MODEL);
+        let (output, text) = run(&args);
+        assert!(!output.status.success(), "{text}");
+        assert!(
+            text.contains(name) && text.contains("refusing to replace it"),
+            "{text}"
+        );
+        assert!(!text.contains("lite0.pth"), "refused after loading: {text}");
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "my notes\n");
+    }
 }
 
 #[test]
@@ -122,6 +139,24 @@ fn rank_refuses_an_output_that_is_not_an_npy_file() {
         "{text}"
     );
     assert!(!dir.path().join("ranking.csv").exists());
+
+    // `--out DATASET/gallery.npy` would write its CSV over the dataset's gallery list.
+    let list = std::fs::read(dir.path().join("gallery.csv")).unwrap();
+    let out = dir.path().join("gallery.npy");
+    let mut args = vec!["rank", "--dataset-dir", dir.path().to_str().unwrap()];
+    args.extend(["--out", out.to_str().unwrap()]);
+    args.extend(MODEL);
+    let (output, text) = run(&args);
+    assert!(!output.status.success(), "{text}");
+    assert!(
+        text.contains("gallery.csv")
+            && text.contains("query_index,rank,gallery_index,score")
+            && text.contains("refusing to replace it"),
+        "{text}"
+    );
+    assert!(!text.contains("lite0.pth"), "refused after loading: {text}");
+    assert_eq!(std::fs::read(dir.path().join("gallery.csv")).unwrap(), list);
+    assert!(!out.exists());
 }
 
 #[test]

@@ -20,6 +20,7 @@ pub mod folder_manifest;
 pub mod formats;
 pub mod image;
 pub mod loader;
+pub mod output_file;
 pub mod repeated_photo_transform;
 pub mod root_containment;
 pub mod sampler;

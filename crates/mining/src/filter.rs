@@ -10,13 +10,13 @@
 //! for all four before anything is read or written.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::error::{MiningError, Result};
 use crate::feature_store::read_features;
 use crate::pairs_table::{ProductRow, ProductWriter, read_products};
 use crate::similarity_histogram::draw_histogram;
+use visual_search_data::output_file::{OutputFormat, check_replaceable_output};
 
 /// What `mine filter` did.
 #[derive(Debug, Default)]
@@ -62,34 +62,18 @@ const PRODUCT_STATS_HEADER: [&str; 6] = [
     "mean_similarity",
 ];
 
-/// Refuses to replace `path` unless it is absent or starts with `header` (an earlier run).
-fn check_csv_replaceable(path: &Path, header: &[&str]) -> Result<()> {
-    let text = match std::fs::File::open(path) {
-        Ok(f) => {
-            let mut first = String::new();
-            std::io::BufRead::read_line(&mut std::io::BufReader::new(f).take(4096), &mut first)
-                .map_err(|e| MiningError::io(path, e))?;
-            first
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(MiningError::io(path, e)),
-    };
-    if text.trim_end_matches(['\r', '\n']) == header.join(",") {
-        return Ok(());
-    }
-    Err(MiningError::invalid(
-        path,
-        "exists and is not a report `visual-search mine filter` wrote (its first line is not \
-         this step's header); refusing to replace it (choose another --work-dir, or move the file)",
-    ))
-}
-
 impl FilterOutputs {
     /// Whether every output is absent or an earlier output of this step.
     fn check_replaceable(&self) -> Result<()> {
         crate::pairs_table::check_replaceable(&self.kept)?;
-        check_csv_replaceable(&self.user_images_csv, &USER_IMAGES_HEADER)?;
-        check_csv_replaceable(&self.product_stats_csv, &PRODUCT_STATS_HEADER)?;
+        check_replaceable_output(
+            &self.user_images_csv,
+            OutputFormat::Csv(&USER_IMAGES_HEADER),
+        )?;
+        check_replaceable_output(
+            &self.product_stats_csv,
+            OutputFormat::Csv(&PRODUCT_STATS_HEADER),
+        )?;
         crate::similarity_histogram::check_replaceable(&self.histogram_png)
     }
 }
@@ -268,7 +252,7 @@ mod tests {
 
         for (path, theirs) in [
             (&out.user_images_csv, b"name,notes\n".as_slice()),
-            (&out.product_stats_csv, b"".as_slice()),
+            (&out.product_stats_csv, b"asin;notes\n".as_slice()),
             (&out.histogram_png, b"\x89PNG\r\n\x1a\n".as_slice()),
             (&out.kept, b"PAR1".as_slice()),
         ] {

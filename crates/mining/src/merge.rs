@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::download::read_journal;
 use crate::error::{MiningError, Result};
 use crate::pairs_table::read_products;
+use visual_search_data::output_file::{OutputFormat, check_replaceable_output};
 
 /// One category's mining folder after `mine download`.
 #[derive(Debug, Clone)]
@@ -51,6 +52,10 @@ pub struct MergeReport {
     pub images_claimed_twice: usize,
 }
 
+/// The training list's columns, and its labels file's.
+const LIST_HEADER: [&str; 2] = ["image_path", "label"];
+const LABELS_HEADER: [&str; 4] = ["label", "asin", "title", "images"];
+
 /// Merges `categories` into the list `out` and `labels` (both CSV, atomic).
 pub fn mine_merge(
     categories: &[CategoryInput],
@@ -58,6 +63,8 @@ pub fn mine_merge(
     out: &Path,
     labels: &Path,
 ) -> Result<MergeReport> {
+    check_replaceable_output(out, OutputFormat::Csv(&LIST_HEADER))?;
+    check_replaceable_output(labels, OutputFormat::Csv(&LABELS_HEADER))?;
     let mut report = MergeReport::default();
     // asin → (title, images as absolute paths, the same as a set: a product may list
     // thousands, so membership is not a scan)
@@ -105,11 +112,8 @@ pub fn mine_merge(
     let mut label_rows = csv::Writer::from_writer(Vec::new());
     let list_err = |e: csv::Error| MiningError::invalid(out, e.to_string());
     let label_err = |e: csv::Error| MiningError::invalid(labels, e.to_string());
-    list.write_record(["image_path", "label"])
-        .map_err(list_err)?;
-    label_rows
-        .write_record(["label", "asin", "title", "images"])
-        .map_err(label_err)?;
+    list.write_record(LIST_HEADER).map_err(list_err)?;
+    label_rows.write_record(LABELS_HEADER).map_err(label_err)?;
     let mut label = 0u64;
     for (asin, (title, images, _)) in &products {
         let images: Vec<&PathBuf> = images.iter().filter(|p| !contested.contains(*p)).collect();
@@ -145,4 +149,36 @@ pub fn mine_merge(
         visual_search_data::atomic_write::write_atomically(path, &bytes)?;
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MergeOptions, mine_merge};
+
+    #[test]
+    fn a_users_list_under_the_output_names_is_refused_before_any_category_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = MergeOptions {
+            min_images: 1,
+            include_product_images: false,
+            root: dir.path().to_path_buf(),
+        };
+        let (out, labels) = (dir.path().join("train.csv"), dir.path().join("labels.csv"));
+        for (path, theirs) in [(&out, "name,class,group\n"), (&labels, "label,name\n")] {
+            std::fs::write(path, theirs).unwrap();
+            let err = mine_merge(&[], &options, &out, &labels).unwrap_err();
+            let name = path.file_name().unwrap().to_str().unwrap();
+            assert!(
+                err.to_string().contains(name) && err.to_string().contains("refusing"),
+                "{err}"
+            );
+            assert_eq!(std::fs::read_to_string(path).unwrap(), theirs);
+            std::fs::remove_file(path).unwrap();
+        }
+        // Absent outputs (or earlier ones) are written.
+        mine_merge(&[], &options, &out, &labels).unwrap();
+        mine_merge(&[], &options, &out, &labels).unwrap();
+        let list = std::fs::read_to_string(&out).unwrap();
+        assert_eq!(list.trim_end(), "image_path,label");
+    }
 }

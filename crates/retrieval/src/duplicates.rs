@@ -71,12 +71,14 @@ pub struct GroupMember {
     pub path: String,
 }
 
+/// The columns of [`groups_csv`].
+pub const GROUPS_CSV_HEADER: [&str; 4] = ["group", "id", "label", "path"];
+
 /// `group,id,label,path` CSV of `members` (paths quoted as needed).
 pub fn groups_csv(members: &[GroupMember]) -> Result<Vec<u8>, RetrievalError> {
     let mut w = csv::Writer::from_writer(Vec::new());
     let invalid = |e: csv::Error| RetrievalError::Invalid(format!("writing the groups: {e}"));
-    w.write_record(["group", "id", "label", "path"])
-        .map_err(invalid)?;
+    w.write_record(GROUPS_CSV_HEADER).map_err(invalid)?;
     for m in members {
         w.write_record([
             m.group.to_string(),

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, TensorView};
+use visual_search_data::output_file::{OutputFormat, check_replaceable_output};
 
 use crate::error::RetrievalError;
 use crate::npy::{NpyDtype, encode_f32, read_f32, write_atomically};
@@ -55,13 +56,28 @@ impl EmbeddingFormat {
     }
 }
 
-/// Writes `.npy` or `.safetensors` (by extension).
+/// The format `path` names, if an embedding file may be written there: absent, empty, or a
+/// file of that format (an earlier output) — never a user's other file under that name.
+/// Commands call it before they embed.
+pub fn check_output(path: &Path) -> Result<EmbeddingFormat, RetrievalError> {
+    let format = EmbeddingFormat::of(path)?;
+    check_replaceable_output(
+        path,
+        match format {
+            EmbeddingFormat::Npy => OutputFormat::Npy,
+            EmbeddingFormat::Safetensors => OutputFormat::Safetensors,
+        },
+    )?;
+    Ok(format)
+}
+
+/// Writes `.npy` or `.safetensors` (by extension), where [`check_output`] allows.
 pub fn write_embeddings(
     path: &Path,
     e: &Embeddings,
     dtype: StoredDtype,
 ) -> Result<(), RetrievalError> {
-    let bytes = match EmbeddingFormat::of(path)? {
+    let bytes = match check_output(path)? {
         EmbeddingFormat::Npy => encode_f32(
             &e.data,
             e.rows,

@@ -31,3 +31,14 @@ impl RetrievalError {
         }
     }
 }
+
+impl From<visual_search_data::DataError> for RetrievalError {
+    fn from(e: visual_search_data::DataError) -> Self {
+        use visual_search_data::DataError;
+        match e {
+            DataError::Io { path, source } => RetrievalError::Io { path, source },
+            DataError::Invalid { path, message } => RetrievalError::Format { path, message },
+            other => RetrievalError::Invalid(other.to_string()),
+        }
+    }
+}

@@ -82,11 +82,9 @@ pub fn encode_i64(values: &[i64], rows: usize, cols: usize) -> Vec<u8> {
 /// [`write_atomically`](visual_search_data::atomic_write::write_atomically) (temp file
 /// `.<file name>.XXXXXX` in the same folder, then rename) with this crate's error.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), RetrievalError> {
-    use visual_search_data::error::DataError;
-    visual_search_data::atomic_write::write_atomically(path, bytes).map_err(|e| match e {
-        DataError::Io { path, source } => RetrievalError::Io { path, source },
-        other => RetrievalError::Invalid(other.to_string()),
-    })
+    Ok(visual_search_data::atomic_write::write_atomically(
+        path, bytes,
+    )?)
 }
 
 /// Reads a 2-D (or 1-D, as one row) float `.npy` as f32: `(values, rows, cols)`.

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use visual_search_retrieval::embedding_file::{EmbeddingFormat, StoredDtype, write_embeddings};
+use visual_search_retrieval::embedding_file::{StoredDtype, check_output, write_embeddings};
 
 use crate::args::model::ModelArgs;
 use crate::args::shard::ShardArgs;
@@ -48,7 +48,7 @@ pub enum DtypeArg {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    EmbeddingFormat::of(&args.out)?;
+    check_output(&args.out)?;
     let (kind, samples) = args.list.read()?;
     let mut views = String::new();
     if args.tta_flip {

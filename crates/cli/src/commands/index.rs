@@ -567,6 +567,12 @@ fn compact(args: InfoArgs) -> anyhow::Result<()> {
 }
 
 fn dups(args: DupsArgs) -> anyhow::Result<()> {
+    if let Some(out) = &args.out {
+        visual_search_data::output_file::check_replaceable_output(
+            out,
+            visual_search_data::output_file::OutputFormat::Csv(&duplicates::GROUPS_CSV_HEADER),
+        )?;
+    }
     let index = open_catalogue(&args.index, &args.pg)?;
     let settings = DupSettings {
         threshold: args.threshold,

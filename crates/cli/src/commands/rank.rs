@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use visual_search_data::output_file::{OutputFormat, check_replaceable_output};
 use visual_search_retrieval::npy::{encode_i64, write_atomically};
 use visual_search_retrieval::pipeline::rank;
 
@@ -38,9 +39,13 @@ pub struct Args {
     out: PathBuf,
 }
 
+/// The ranking CSV's columns.
+const CSV_HEADER: [&str; 4] = ["query_index", "rank", "gallery_index", "score"];
+
 /// Refuses, before any image is read, an `--out` the finished ranking could not be written
-/// to: one without the `.npy` extension (the CSV beside it would take the same name) or a
-/// folder.
+/// to: one without the `.npy` extension (the CSV beside it would take the same name), a
+/// folder, or a file of the user's at either name (`--out data/gallery.npy` must not replace
+/// the dataset's `gallery.csv`).
 fn check_out(out: &Path) -> anyhow::Result<()> {
     if out.extension().and_then(|e| e.to_str()) != Some("npy") {
         bail!(
@@ -48,9 +53,8 @@ fn check_out(out: &Path) -> anyhow::Result<()> {
             out.display()
         );
     }
-    if out.is_dir() {
-        bail!("{}: is a folder; name --out *.npy", out.display());
-    }
+    check_replaceable_output(out, OutputFormat::Npy)?;
+    check_replaceable_output(&out.with_extension("csv"), OutputFormat::Csv(&CSV_HEADER))?;
     Ok(())
 }
 
@@ -75,7 +79,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     write_atomically(&args.out, &encode_i64(&values, ranking.queries, ranking.k))
         .with_context(|| format!("writing {}", args.out.display()))?;
     let csv_path = args.out.with_extension("csv");
-    let mut csv = String::from("query_index,rank,gallery_index,score\n");
+    let mut csv = CSV_HEADER.join(",") + "\n";
     for q in 0..ranking.queries {
         for (r, (g, s)) in ranking.row(q).iter().zip(ranking.row_scores(q)).enumerate() {
             let _ = writeln!(csv, "{q},{r},{g},{s}");
