@@ -888,8 +888,9 @@ fn multipart_form(boundary: &str, photos: &[&[u8]]) -> Vec<u8> {
     form
 }
 
-/// Stalled and idle connections are closed after the header timeout, connections beyond the cap
-/// are refused without starving the others, and SIGTERM drains and exits.
+/// Stalled and idle connections are closed after the header timeout, trickled bodies after the
+/// body timeout, connections beyond the cap are refused without starving the others, and
+/// SIGTERM drains and exits.
 #[test]
 fn slow_and_idle_connections_time_out_and_sigterm_drains() {
     use std::io::{Read, Write};
@@ -919,6 +920,8 @@ fn slow_and_idle_connections_time_out_and_sigterm_drains() {
         &[
             "--header-timeout-s",
             "1",
+            "--body-timeout-s",
+            "2",
             "--max-connections",
             "20",
             "--drain-timeout-s",
@@ -952,6 +955,39 @@ fn slow_and_idle_connections_time_out_and_sigterm_drains() {
     let (status, _, body) = http(&addr, "GET", "/healthz", "text/plain", b"");
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     drop(idle);
+    // As many bodies trickled a byte at a time as the cap allows: each is cut off at the body
+    // deadline (408, connection closed), so the server is reachable again after it.
+    let mut slow: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.write_all(
+                b"POST /search/vector HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                  Content-Length: 100000\r\n\r\n{",
+            )
+            .unwrap();
+            s
+        })
+        .collect();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        for s in &mut slow {
+            let _ = s.write_all(b" ");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let (status, _, body) = http(&addr, "GET", "/healthz", "text/plain", b"");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let mut answer = Vec::new();
+    slow[0]
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = slow[0].read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 408") && answer.contains("did not arrive within 2 s"),
+        "{answer}"
+    );
+    drop(slow);
     // SIGTERM: the server drains and exits on its own.
     let status = server.terminate(Duration::from_secs(8));
     assert!(

@@ -15,8 +15,9 @@
 //!   plain HTML/JS compiled into the binary).
 //!
 //! Hostile input gets a 4xx with a JSON `{"error": …}` and never reaches the model: the body
-//! size is capped, images are decoded under a pixel limit, decoding runs on the blocking pool,
-//! each search has a deadline, and the model queue is bounded (503 when full). The model itself
+//! size is capped and must arrive within a deadline ([`body_deadline`]), images are decoded
+//! under a pixel limit, decoding runs on the blocking pool, each search has a deadline, and the
+//! model queue is bounded (503 when full). The model itself
 //! is behind [`inference::Embedder`], so this crate knows nothing of burn.
 //!
 //! Concurrent requests share work: their photos one forward pass ([`inference`]), and their
@@ -25,6 +26,7 @@
 pub mod api_error;
 pub mod back_office;
 pub mod batching;
+pub mod body_deadline;
 pub mod inference;
 pub mod live_index;
 pub mod metrics;
@@ -81,6 +83,9 @@ pub struct ServeConfig {
     /// A connection must send a complete request head within this time, also when idle
     /// between keep-alive requests; otherwise it is closed.
     pub header_timeout: Duration,
+    /// A request's body must arrive within this time of the request's start; otherwise it
+    /// is answered 408 and its connection closed ([`body_deadline`]).
+    pub body_timeout: Duration,
     /// Most open connections; more are closed at once (and counted in /metrics).
     pub max_connections: usize,
     /// On SIGINT/SIGTERM, how long open requests may finish before the server exits.
@@ -103,6 +108,7 @@ impl Default for ServeConfig {
             request_timeout: Duration::from_secs(30),
             max_k: 1000,
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
             max_connections: 256,
             drain_timeout: Duration::from_secs(10),
             max_concurrent_decodes: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -800,6 +806,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            body_deadline::body_deadline,
+        ))
         .with_state(state)
 }
 

@@ -53,6 +53,10 @@ pub struct Args {
     /// Seconds a connection may take to send a request head, idle keep-alive included.
     #[arg(long, default_value_t = ServeConfig::default().header_timeout.as_secs())]
     header_timeout_s: u64,
+    /// Seconds a request's body may take to arrive (408 and the connection closed after it):
+    /// a client trickling a body cannot hold a connection longer.
+    #[arg(long, default_value_t = ServeConfig::default().body_timeout.as_secs())]
+    body_timeout_s: u64,
     /// Most open connections; more are closed at once.
     #[arg(long, default_value_t = ServeConfig::default().max_connections)]
     max_connections: usize,
@@ -171,6 +175,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         max_pixels: args.max_megapixels.saturating_mul(1_000_000),
         request_timeout: Duration::from_secs(args.timeout_s),
         header_timeout: Duration::from_secs(args.header_timeout_s.max(1)),
+        body_timeout: Duration::from_secs(args.body_timeout_s.max(1)),
         max_connections: args.max_connections.max(1),
         drain_timeout: Duration::from_secs(args.drain_timeout_s),
         max_concurrent_decodes: args
