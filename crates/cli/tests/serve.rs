@@ -889,7 +889,7 @@ fn multipart_form(boundary: &str, photos: &[&[u8]]) -> Vec<u8> {
 }
 
 /// Stalled and idle connections are closed after the header timeout, trickled bodies after the
-/// body timeout, connections beyond the cap are refused without starving the others, and
+/// body timeout, clients that do not read their answers after the send timeout, connections beyond the cap are refused without starving the others, and
 /// SIGTERM drains and exits.
 #[test]
 fn slow_and_idle_connections_time_out_and_sigterm_drains() {
@@ -921,6 +921,8 @@ fn slow_and_idle_connections_time_out_and_sigterm_drains() {
             "--header-timeout-s",
             "1",
             "--body-timeout-s",
+            "2",
+            "--send-timeout-s",
             "2",
             "--max-connections",
             "20",
@@ -988,6 +990,31 @@ fn slow_and_idle_connections_time_out_and_sigterm_drains() {
         "{answer}"
     );
     drop(slow);
+    // A client that asks and never reads: its answers stop being written after the send
+    // timeout and the connection is closed, long before all of them were sent.
+    let deaf = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    deaf.set_recv_buffer_size(4096).unwrap();
+    let to: std::net::SocketAddr = addr.parse().unwrap();
+    deaf.connect(&to.into()).unwrap();
+    let mut deaf: TcpStream = deaf.into();
+    let asked = 2000; // 2.4 kB each: more than the server's send buffer (4 MB at most) holds
+    let request = b"GET /items/0/similar?k=1000 HTTP/1.1\r\nHost: x\r\n\r\n";
+    deaf.write_all(&request.repeat(asked)).unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    deaf.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answers = Vec::new();
+    let _ = deaf.read_to_end(&mut answers);
+    let answered = String::from_utf8_lossy(&answers)
+        .matches("HTTP/1.1 200")
+        .count();
+    assert!(
+        answered < asked,
+        "all {asked} answers ({} bytes) were sent to a client that did not read",
+        answers.len()
+    );
+    let (status, _, body) = http(&addr, "GET", "/healthz", "text/plain", b"");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     // SIGTERM: the server drains and exits on its own.
     let status = server.terminate(Duration::from_secs(8));
     assert!(

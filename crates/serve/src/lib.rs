@@ -15,7 +15,8 @@
 //!   plain HTML/JS compiled into the binary).
 //!
 //! Hostile input gets a 4xx with a JSON `{"error": …}` and never reaches the model: the body
-//! size is capped and must arrive within a deadline ([`body_deadline`]), images are decoded
+//! size is capped and must arrive within a deadline ([`body_deadline`]), a client must take
+//! its answers within one ([`send_deadline`]), images are decoded
 //! under a pixel limit, decoding runs on the blocking pool, each search has a deadline, and the
 //! model queue is bounded (503 when full). The model itself
 //! is behind [`inference::Embedder`], so this crate knows nothing of burn.
@@ -33,6 +34,7 @@ pub mod metrics;
 pub mod query_image;
 pub mod query_params;
 pub mod search_batcher;
+pub mod send_deadline;
 pub mod upload;
 pub mod vector_search;
 
@@ -86,6 +88,9 @@ pub struct ServeConfig {
     /// A request's body must arrive within this time of the request's start; otherwise it
     /// is answered 408 and its connection closed ([`body_deadline`]).
     pub body_timeout: Duration,
+    /// How long in all a connection's answers may wait for the client to take them between
+    /// two of its requests; after it the connection is closed ([`send_deadline`]).
+    pub send_timeout: Duration,
     /// Most open connections; more are closed at once (and counted in /metrics).
     pub max_connections: usize,
     /// On SIGINT/SIGTERM, how long open requests may finish before the server exits.
@@ -109,6 +114,7 @@ impl Default for ServeConfig {
             max_k: 1000,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
             max_connections: 256,
             drain_timeout: Duration::from_secs(10),
             max_concurrent_decodes: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -831,7 +837,8 @@ async fn shutdown_signal() {
 
 /// Serves until SIGINT/SIGTERM, then lets open requests finish for up to
 /// `config.drain_timeout`. Each connection must deliver a request head within
-/// `config.header_timeout` (idle keep-alive connections included); beyond
+/// `config.header_timeout` (idle keep-alive connections included) and take its answers
+/// within `config.send_timeout`; beyond
 /// `config.max_connections` new connections are closed at once.
 pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> std::io::Result<()> {
     use hyper::server::conn::http1::Builder;
@@ -868,6 +875,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> s
                     continue;
                 };
                 let service = TowerToHyperService::new(app.clone());
+                let stream = send_deadline::SendDeadline::new(stream, config.send_timeout);
                 let connection = builder.serve_connection(TokioIo::new(stream), service);
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {

@@ -57,6 +57,10 @@ pub struct Args {
     /// a client trickling a body cannot hold a connection longer.
     #[arg(long, default_value_t = ServeConfig::default().body_timeout.as_secs())]
     body_timeout_s: u64,
+    /// Seconds in all a connection's answers may wait for its client to read them (the
+    /// connection is closed after it): a client that never reads cannot hold a connection.
+    #[arg(long, default_value_t = ServeConfig::default().send_timeout.as_secs())]
+    send_timeout_s: u64,
     /// Most open connections; more are closed at once.
     #[arg(long, default_value_t = ServeConfig::default().max_connections)]
     max_connections: usize,
@@ -176,6 +180,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         request_timeout: Duration::from_secs(args.timeout_s),
         header_timeout: Duration::from_secs(args.header_timeout_s.max(1)),
         body_timeout: Duration::from_secs(args.body_timeout_s.max(1)),
+        send_timeout: Duration::from_secs(args.send_timeout_s.max(1)),
         max_connections: args.max_connections.max(1),
         drain_timeout: Duration::from_secs(args.drain_timeout_s),
         max_concurrent_decodes: args
