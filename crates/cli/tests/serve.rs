@@ -889,7 +889,8 @@ fn multipart_form(boundary: &str, photos: &[&[u8]]) -> Vec<u8> {
 }
 
 /// Stalled and idle connections are closed after the header timeout, trickled bodies after the
-/// body timeout, clients that do not read their answers after the send timeout, connections beyond the cap are refused without starving the others, and
+/// body timeout, clients that do not read their answers after the send timeout, unfinished
+/// uploads hold at most the body memory budget, connections beyond the cap are refused without starving the others, and
 /// SIGTERM drains and exits.
 #[test]
 fn slow_and_idle_connections_time_out_and_sigterm_drains() {
@@ -924,6 +925,8 @@ fn slow_and_idle_connections_time_out_and_sigterm_drains() {
             "2",
             "--send-timeout-s",
             "2",
+            "--max-body-memory-mb",
+            "8",
             "--max-connections",
             "20",
             "--drain-timeout-s",
@@ -990,6 +993,39 @@ fn slow_and_idle_connections_time_out_and_sigterm_drains() {
         "{answer}"
     );
     drop(slow);
+    // Unfinished uploads hold at most --max-body-memory-mb in all: the one that would pass it
+    // is answered 503, and the budget is given back when their connections go.
+    let unfinished = |bytes: usize| {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        let head = "POST /search/vector HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                    Content-Length: 4000000\r\n\r\n";
+        s.write_all(head.as_bytes()).unwrap();
+        let _ = s.write_all(&vec![b' '; bytes]);
+        s
+    };
+    let holding: Vec<TcpStream> = (0..2).map(|_| unfinished(3_000_000)).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut third = unfinished(3_000_000);
+    third
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = third.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 503") && answer.contains("retry-after: 1"),
+        "{answer}"
+    );
+    drop(holding);
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, _, body) = http(
+        &addr,
+        "POST",
+        "/search/vector",
+        "application/json",
+        &vec![b' '; 3_000_000],
+    );
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
     // A client that asks and never reads: its answers stop being written after the send
     // timeout and the connection is closed, long before all of them were sent.
     let deaf = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();

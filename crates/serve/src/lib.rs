@@ -28,6 +28,7 @@ pub mod api_error;
 pub mod back_office;
 pub mod batching;
 pub mod body_deadline;
+pub mod body_memory_budget;
 pub mod inference;
 pub mod live_index;
 pub mod metrics;
@@ -76,6 +77,9 @@ use crate::vector_search::search_vector;
 pub struct ServeConfig {
     /// Largest request body in bytes.
     pub max_body_bytes: usize,
+    /// Most bytes all request bodies may hold at once (at least `max_body_bytes`); a body
+    /// that would pass it is answered 503 ([`body_memory_budget`]).
+    pub max_body_memory: usize,
     /// Largest decoded image (width × height).
     pub max_pixels: u64,
     /// Deadline of one search, queueing included.
@@ -109,6 +113,7 @@ impl Default for ServeConfig {
     fn default() -> Self {
         ServeConfig {
             max_body_bytes: 20 << 20,
+            max_body_memory: 512 << 20,
             max_pixels: 25_000_000,
             request_timeout: Duration::from_secs(30),
             max_k: 1000,
@@ -800,6 +805,9 @@ async fn page() -> Html<&'static str> {
 /// The service's routes.
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.max_body_bytes;
+    let budget = Arc::new(body_memory_budget::BodyBudget::new(
+        state.config.max_body_memory.max(limit),
+    ));
     Router::new()
         .route("/", get(page))
         .route("/search", post(search))
@@ -812,6 +820,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            (state.clone(), budget),
+            body_memory_budget::limit_body_memory,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             body_deadline::body_deadline,

@@ -44,6 +44,10 @@ pub struct Args {
     /// Largest request body, MB.
     #[arg(long, default_value_t = 20)]
     max_body_mb: usize,
+    /// Largest total of request bodies held at once, MB (503 with Retry-After beyond it): bounds
+    /// the server's memory for uploads whatever --max-connections is [minimum: --max-body-mb].
+    #[arg(long, default_value_t = ServeConfig::default().max_body_memory >> 20)]
+    max_body_memory_mb: usize,
     /// Largest decoded upload, megapixels (a 12-24 MP phone photo fits; bigger is refused, 400).
     #[arg(long, default_value_t = ServeConfig::default().max_pixels / 1_000_000)]
     max_megapixels: u64,
@@ -175,7 +179,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let defaults = ServeConfig::default();
     let auto_box = AutoBox::default();
     let config = ServeConfig {
-        max_body_bytes: args.max_body_mb << 20,
+        max_body_bytes: args.max_body_mb.saturating_mul(1 << 20),
+        max_body_memory: args.max_body_memory_mb.saturating_mul(1 << 20),
         max_pixels: args.max_megapixels.saturating_mul(1_000_000),
         request_timeout: Duration::from_secs(args.timeout_s),
         header_timeout: Duration::from_secs(args.header_timeout_s.max(1)),

@@ -1,0 +1,165 @@
+//! A bound on the memory that request bodies hold in all. `--max-body-mb` bounds one body and
+//! `--max-connections` the number of connections, but their product is what a server must be
+//! able to hold: 256 × 20 MB is 5 GB, and a client needs nothing but uploads to get there
+//! (probed: 60 connections each holding an unfinished 20 MB upload took the server to 1.3 GB,
+//! so the defaults reach ~5 GB and a smaller machine's out-of-memory killer ends the service).
+//! Every body's bytes are counted against one budget (`ServeConfig::max_body_memory`) as they
+//! arrive and given back when the request is answered (or its connection dies); a body that
+//! would overdraw it fails, and the request is answered 503 with `Retry-After`, so the
+//! server sheds load instead of dying.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http_body::{Frame, SizeHint};
+
+use crate::AppState;
+use crate::api_error::ApiError;
+
+/// The bytes all request bodies may hold at once, and what they hold now.
+#[derive(Debug)]
+pub struct BodyBudget {
+    limit: usize,
+    held: AtomicUsize,
+}
+
+impl BodyBudget {
+    pub fn new(limit: usize) -> Self {
+        BodyBudget {
+            limit,
+            held: AtomicUsize::new(0),
+        }
+    }
+
+    /// Takes `n` bytes from the budget, unless that would overdraw it.
+    fn take(&self, n: usize) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(n).filter(|&after| after <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, n: usize) {
+        self.held.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+}
+
+/// What one request has taken; given back when it is dropped (answered, or its connection
+/// gone), whatever happened to the body.
+struct Charge {
+    budget: Arc<BodyBudget>,
+    taken: Arc<AtomicUsize>,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.give_back(self.taken.load(Ordering::Acquire));
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the server holds too many request bodies; retry shortly")]
+struct OverBudget;
+
+/// A request body whose frames are paid for from the budget.
+struct BudgetedBody {
+    inner: Body,
+    budget: Arc<BodyBudget>,
+    taken: Arc<AtomicUsize>,
+    refused: Arc<AtomicBool>,
+}
+
+impl http_body::Body for BudgetedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &poll
+            && let Some(data) = frame.data_ref()
+        {
+            if !this.budget.take(data.len()) {
+                this.refused.store(true, Ordering::Relaxed);
+                return Poll::Ready(Some(Err(axum::Error::new(OverBudget))));
+            }
+            this.taken.fetch_add(data.len(), Ordering::AcqRel);
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Middleware: pays for the request's body from the budget until the request is answered,
+/// and answers 503 when the handler failed because the budget was spent.
+pub async fn limit_body_memory(
+    State((state, budget)): State<(Arc<AppState>, Arc<BodyBudget>)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let charge = Charge {
+        budget: budget.clone(),
+        taken: Arc::new(AtomicUsize::new(0)),
+    };
+    let refused = Arc::new(AtomicBool::new(false));
+    let request = request.map(|inner| {
+        Body::new(BudgetedBody {
+            inner,
+            budget,
+            taken: charge.taken.clone(),
+            refused: refused.clone(),
+        })
+    });
+    let response = next.run(request).await;
+    drop(charge);
+    if !refused.load(Ordering::Relaxed) {
+        return response;
+    }
+    state.metrics.request("body_memory_spent", 503);
+    let mut response =
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, OverBudget.to_string()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BodyBudget;
+
+    #[test]
+    fn the_budget_is_never_overdrawn_and_refills() {
+        let budget = BodyBudget::new(100);
+        assert!(budget.take(60));
+        assert!(!budget.take(41), "would overdraw");
+        assert!(budget.take(40));
+        assert_eq!(budget.held(), 100);
+        budget.give_back(60);
+        assert!(budget.take(50));
+        assert_eq!(budget.held(), 90);
+    }
+}
