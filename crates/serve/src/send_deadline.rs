@@ -32,6 +32,8 @@ pub struct SendDeadline<S> {
 
 impl<S> SendDeadline<S> {
     pub fn new(inner: S, limit: Duration) -> Self {
+        // A limit beyond any deadline a clock can hold is no limit (and must not overflow).
+        let limit = limit.min(Duration::from_secs(100 * 365 * 86_400));
         SendDeadline {
             inner,
             limit,

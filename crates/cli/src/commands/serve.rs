@@ -166,7 +166,22 @@ fn write_config(args: &Args, folder: Option<&PathBuf>) -> anyhow::Result<Option<
     Ok(Some(WriteConfig { token, upload_dir }))
 }
 
+/// `--reload-every-s` as an interval (`None`: off), refused when it is no number of seconds
+/// (NaN, negative, infinite or too large to be a duration).
+fn reload_interval(seconds: f64) -> anyhow::Result<Option<Duration>> {
+    if seconds == 0.0 {
+        return Ok(None);
+    }
+    match Duration::try_from_secs_f64(seconds.max(0.05)) {
+        Ok(every) if seconds > 0.0 => Ok(Some(every)),
+        _ => anyhow::bail!(
+            "--reload-every-s must be 0 (off) or a positive number of seconds, got {seconds}"
+        ),
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let reload_every = reload_interval(args.reload_every_s)?;
     let folder = (!is_postgres_url(&args.index)).then(|| PathBuf::from(&args.index));
     let writes = write_config(&args, folder.as_ref())?;
     // Read before opening: a version written in between is then reloaded, never missed.
@@ -230,9 +245,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             listener.local_addr()?
         );
         if let Some(dir) = folder
-            && args.reload_every_s > 0.0
+            && let Some(every) = reload_every
         {
-            let every = Duration::from_secs_f64(args.reload_every_s.max(0.05));
             tokio::spawn(watch_folder(state.index.clone(), dir, every));
         }
         use std::io::Write;
@@ -243,6 +257,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_reload_interval_must_be_a_number_of_seconds() {
+        use std::time::Duration;
+        assert_eq!(super::reload_interval(0.0).unwrap(), None);
+        assert_eq!(
+            super::reload_interval(2.0).unwrap(),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            super::reload_interval(0.001).unwrap(),
+            Some(Duration::from_millis(50))
+        );
+        for bad in [-1.0, f64::NAN, f64::INFINITY, 1e300] {
+            let err = super::reload_interval(bad).unwrap_err().to_string();
+            assert!(err.contains("--reload-every-s"), "{bad}: {err}");
+        }
+    }
+
     use std::path::Path;
 
     use super::loose_token_file;
