@@ -184,7 +184,8 @@ impl<'a> ShardedList<'a> {
             merged.devices.join(", ")
         );
         let timings = EmbedTimings {
-            model: std::time::Duration::from_secs_f64(merged.model_seconds),
+            // From the parts' headers: a damaged one must not stop the merge over a timing.
+            model: std::time::Duration::try_from_secs_f64(merged.model_seconds).unwrap_or_default(),
             ..EmbedTimings::default()
         };
         Ok(EmbeddedSet {

@@ -25,10 +25,9 @@ pub struct FetchArgs {
 
 impl FetchArgs {
     pub fn config(&self) -> anyhow::Result<FetchConfig> {
-        let seconds = |name: &str, v: f64| {
-            if v.is_finite() && v >= 0.0 {
-                Ok(Duration::from_secs_f64(v))
-            } else {
+        let seconds = |name: &str, v: f64| match Duration::try_from_secs_f64(v) {
+            Ok(d) => Ok(d),
+            Err(_) => {
                 anyhow::bail!("--{name} must be a non-negative number of seconds, got {v}")
             }
         };
@@ -40,7 +39,40 @@ impl FetchArgs {
             timeout: seconds("timeout", self.timeout)?,
             retries: self.retries,
             backoff: seconds("backoff", self.backoff)?,
-            max_bytes: self.max_mib << 20,
+            max_bytes: self.max_mib.saturating_mul(1 << 20),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FetchArgs;
+
+    #[test]
+    fn seconds_that_are_no_duration_are_refused_by_name() {
+        let args = FetchArgs {
+            concurrency: 4,
+            timeout: 30.0,
+            retries: 3,
+            backoff: 0.5,
+            max_mib: u64::MAX,
+        };
+        assert_eq!(args.config().unwrap().max_bytes, u64::MAX);
+        for bad in [-1.0, f64::NAN, f64::INFINITY, 1e300] {
+            let err = FetchArgs {
+                timeout: bad,
+                ..args.clone()
+            }
+            .config()
+            .unwrap_err();
+            assert!(err.to_string().contains("--timeout"), "{bad}: {err}");
+            let err = FetchArgs {
+                backoff: bad,
+                ..args.clone()
+            }
+            .config()
+            .unwrap_err();
+            assert!(err.to_string().contains("--backoff"), "{bad}: {err}");
+        }
     }
 }
