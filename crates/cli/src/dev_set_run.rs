@@ -267,7 +267,7 @@ pub enum RankPreset {
 #[derive(clap::Args, Debug, Clone)]
 pub struct RankArgs {
     /// Results per query.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = crate::args::at_least_one)]
     pub top_k: usize,
     /// Subtract the mean of all query and gallery embeddings, then re-normalise.
     #[arg(long)]
@@ -279,26 +279,26 @@ pub struct RankArgs {
     #[arg(long)]
     pub qe_k: Option<usize>,
     /// α of query expansion.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, value_parser = crate::args::non_negative)]
     pub qe_alpha: f32,
     /// Query blending rounds: `;` between rounds, `,` between weights, the query's own weight
     /// first, then one per nearest gallery vector (e.g. `0.5,0.5;0.4,0.3,0.3`).
     #[arg(long, value_parser = parse_blend_rounds)]
     pub blend: Option<BlendRounds>,
     /// A gallery vector is blended into a query only when closer than this (L2 of unit vectors).
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, value_parser = crate::args::non_negative)]
     pub blend_max_distance: f32,
     /// Rank by the k-reciprocal re-ranking distance (Zhong et al. 2017) instead of the cosine.
     #[arg(long)]
     pub k_reciprocal: bool,
     /// k1 of k-reciprocal re-ranking (size of the reciprocal neighbourhoods).
-    #[arg(long, default_value_t = KReciprocal::default().k1)]
+    #[arg(long, default_value_t = KReciprocal::default().k1, value_parser = crate::args::at_least_one)]
     pub kr_k1: usize,
     /// k2 of k-reciprocal re-ranking (local query expansion; 1 turns it off).
-    #[arg(long, default_value_t = KReciprocal::default().k2)]
+    #[arg(long, default_value_t = KReciprocal::default().k2, value_parser = crate::args::at_least_one)]
     pub kr_k2: usize,
     /// λ of k-reciprocal re-ranking (weight of the original distance).
-    #[arg(long, default_value_t = KReciprocal::default().lambda)]
+    #[arg(long, default_value_t = KReciprocal::default().lambda, value_parser = crate::args::unit_interval)]
     pub kr_lambda: f32,
     /// A named chain of the options above.
     #[arg(long, value_enum)]

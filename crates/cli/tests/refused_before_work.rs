@@ -2,7 +2,8 @@
 //! into a folder of other files or with a `--key-column` a row lacks, `embed` to a file that
 //! is not `.npy` / `.safetensors`, `rank` to anything but an `.npy` file, either over a file of
 //! the user's (a `--out gallery.npy` whose CSV would replace the dataset's list), `export --int8`
-//! with a calibration list or gate dev set it cannot use; a batch size of 0 (which stopped the
+//! with a calibration list or gate dev set it cannot use; ranking settings that are no numbers
+//! (a NaN distance, `--top-k 0`); a batch size of 0 (which stopped the
 //! loader on an assertion). Each run names weights that do not exist, so it can only
 //! end with the expected message if it stops before loading the model.
 
@@ -208,5 +209,39 @@ fn export_int8_checks_its_calibration_list_and_gate_set_before_exporting() {
         );
         assert!(!text.contains("lite0.pth"), "refused after loading: {text}");
         assert!(!out.exists(), "nothing exported");
+    }
+}
+
+#[test]
+fn ranking_settings_that_are_no_numbers_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = gallery(dir.path());
+    let out = dir.path().join("idx");
+    // A NaN distance would be stored in the index's meta.json as `null`: only the read-back
+    // after embedding the whole catalogue caught it.
+    let mut args = vec!["index", "build", "--csv", &csv, "--blend", "0.5,0.5"];
+    args.extend([
+        "--blend-max-distance",
+        "nan",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    args.extend(MODEL);
+    let (output, text) = run(&args);
+    assert!(!output.status.success(), "{text}");
+    assert!(text.contains("--blend-max-distance"), "{text}");
+    assert!(!out.exists());
+    let dataset = dir.path().to_str().unwrap();
+    for (flag, value) in [
+        ("--top-k", "0"),
+        ("--qe-alpha", "nan"),
+        ("--kr-k1", "0"),
+        ("--kr-lambda", "1.5"),
+    ] {
+        let mut args = vec!["eval", "--dataset-dir", dataset, flag, value];
+        args.extend(MODEL);
+        let (output, text) = run(&args);
+        assert!(!output.status.success(), "{text}");
+        assert!(text.contains(flag), "{flag} {value}: {text}");
     }
 }

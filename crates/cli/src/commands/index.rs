@@ -77,7 +77,7 @@ pub struct DupsArgs {
     #[arg(long, default_value_t = duplicates::DEFAULT_THRESHOLD)]
     threshold: f32,
     /// Neighbours looked at per image (larger groups are still joined through chains).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = crate::args::at_least_one)]
     k: usize,
     /// A candidate pair is kept only when the images' 64-bit difference hashes (whole image
     /// against a grid of crops of the other) differ in at most this many bits: re-encoded,
@@ -127,7 +127,7 @@ pub struct IndexPostArgs {
     #[arg(long, value_parser = parse_blend_rounds)]
     blend: Option<BlendRounds>,
     /// A catalogue vector is blended into a query only when closer than this (L2).
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, value_parser = crate::args::non_negative)]
     blend_max_distance: f32,
     /// `winner`: the challenge 1st place's steps that apply to an index (centring and its two
     /// blending rounds; its DBA changes the whole catalogue, so it stays a `rank` option).
