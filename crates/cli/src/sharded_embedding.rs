@@ -1,8 +1,16 @@
 //! Embedding a list whole, as one worker of many, or from the workers' part files
 //! ([`ShardMode`]) — the step `embed` and `index build` share, so both split and merge the same
 //! way (the part format and its checks are in `retrieval::embedding_parts`).
+//!
+//! A whole run of a list longer than one part is made the workers' way too, as the one worker
+//! of one: part by part into the parts folder, then merged (bit for bit what an in-memory run
+//! makes), and the parts removed once the output is written. So a run killed after hours,
+//! started again with the same arguments, embeds only the parts it had not finished — the
+//! same safety as the workers': a part of another list, model or setting is refused, never
+//! reused. `--no-resume` embeds in memory only.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context;
 use visual_search_data::Sample;
@@ -12,8 +20,9 @@ use visual_search_inference::fingerprint::model_fingerprint;
 use visual_search_retrieval::embedding_file::Embeddings;
 use visual_search_retrieval::embedding_parts::{
     ExistingPart, PartHeader, PartJob, PartSkip, ShardSpec, batch_aligned_chunk_rows, chunk_ranges,
-    existing_part, list_digest, merge_parts, sweep_part_temps, write_part,
+    existing_part, list_digest, merge_parts, part_path, sweep_part_temps, write_part,
 };
+use visual_search_retrieval::postgres_connect::is_postgres_url;
 use visual_search_train::embedding::{EmbedTimings, EmbeddedSet};
 
 use crate::args::model::ModelArgs;
@@ -28,6 +37,21 @@ pub struct ShardedList<'a> {
     pub job: PartJob,
     pub samples: Arc<[Sample]>,
     pub list: &'a ListArgs,
+    /// A whole run made part by part, so that it can be resumed ([`ShardedList::finish`]
+    /// removes its parts).
+    resumable: bool,
+    /// The parts folder is the default `<output>.parts` (removed once empty).
+    default_parts_dir: bool,
+}
+
+/// What embedding one's share of the parts did.
+#[derive(Default)]
+struct PartsRun {
+    /// Parts found finished, and embedded now.
+    before: usize,
+    now: usize,
+    unreadable: usize,
+    timings: EmbedTimings,
 }
 
 impl<'a> ShardedList<'a> {
@@ -48,21 +72,32 @@ impl<'a> ShardedList<'a> {
             ModelSource::Registry { name, .. } => name.clone(),
             ModelSource::Dir(d) => d.display().to_string(),
         };
-        let fingerprint = match mode {
-            ShardMode::Whole => String::new(),
-            _ => model_fingerprint(&source)
+        let chunk_rows = batch_aligned_chunk_rows(shard.part_rows, list.batch_size);
+        // Random weights (no --weights) differ from run to run: no part could be reused.
+        let random_weights = matches!(source, ModelSource::Registry { weights: None, .. });
+        let resumable = mode == ShardMode::Whole
+            && !shard.no_resume
+            && !random_weights
+            && samples.len() > chunk_rows
+            && (shard.parts.is_some() || !is_postgres_url(&output.to_string_lossy()));
+        // Parts are recognised by the list's and the weights' digests; a run without parts
+        // needs neither.
+        let by_parts = mode != ShardMode::Whole || resumable;
+        let fingerprint = match by_parts {
+            false => String::new(),
+            true => model_fingerprint(&source)
                 .with_context(|| format!("reading the weights of {name}"))?,
         };
         let size = model
             .size
             .map_or_else(|| "its own size".to_string(), |s| format!("{s} px"));
         let job = PartJob {
-            list_digest: match mode {
-                ShardMode::Whole => String::new(),
-                _ => list_digest(&list.csv, &format!("prefix {}", list.prefix))?,
+            list_digest: match by_parts {
+                false => String::new(),
+                true => list_digest(&list.csv, &format!("prefix {}", list.prefix))?,
             },
             rows: samples.len(),
-            chunk_rows: batch_aligned_chunk_rows(shard.part_rows, list.batch_size),
+            chunk_rows,
             model: format!(
                 "{name} (weights {}) at {size}, {}{views}",
                 &fingerprint[..fingerprint.len().min(16)],
@@ -75,6 +110,8 @@ impl<'a> ShardedList<'a> {
             job,
             samples,
             list,
+            resumable,
+            default_parts_dir: shard.parts.is_none(),
         })
     }
 
@@ -90,14 +127,62 @@ impl<'a> ShardedList<'a> {
         embed: &mut dyn FnMut(Arc<[Sample]>) -> anyhow::Result<EmbeddedSet>,
     ) -> anyhow::Result<Option<EmbeddedSet>> {
         match self.mode {
+            ShardMode::Whole if self.resumable => self.whole_by_parts(device, embed).map(Some),
             ShardMode::Whole => embed(self.samples.clone()).map(Some),
             ShardMode::Worker(spec) => self.work(spec, device, embed).map(|()| None),
             ShardMode::Merge => {
-                let set = self.merge()?;
+                let set = self.merge(true)?;
                 report_skipped(&set.skipped, what, consequence);
                 Ok(Some(set))
             }
         }
+    }
+
+    /// After the output is written: a whole run made by parts removes them (and the default
+    /// parts folder once it is empty). A part that cannot be removed is only a warning.
+    pub fn finish(&self) {
+        if !(self.resumable && self.mode == ShardMode::Whole) {
+            return;
+        }
+        for rows in chunk_ranges(self.job.rows, self.job.chunk_rows) {
+            let path = part_path(&self.parts_dir, &rows);
+            if let Err(e) = std::fs::remove_file(&path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                eprintln!("warning: could not remove {}: {e}", path.display());
+            }
+        }
+        if self.default_parts_dir {
+            // Succeeds only when nothing else is in it.
+            let _ = std::fs::remove_dir(&self.parts_dir);
+        }
+    }
+
+    /// The whole list as the one worker of one, then merged: a killed run resumes from its
+    /// finished parts.
+    fn whole_by_parts(
+        &self,
+        device: &str,
+        embed: &mut dyn FnMut(Arc<[Sample]>) -> anyhow::Result<EmbeddedSet>,
+    ) -> anyhow::Result<EmbeddedSet> {
+        let start = Instant::now();
+        let whole = ShardSpec::new(0, 1).map_err(anyhow::Error::msg)?;
+        eprintln!(
+            "embedding in parts of {} rows in {} (a killed run started again resumes from them; \
+             --no-resume embeds in memory only)",
+            self.job.chunk_rows,
+            self.parts_dir.display()
+        );
+        let run = self.embed_parts(whole, device, embed)?;
+        if run.now == 0 {
+            eprintln!("all {} parts were embedded by an earlier run", run.before);
+        }
+        let mut set = self.merge(false)?;
+        set.timings = EmbedTimings {
+            total: start.elapsed(),
+            ..run.timings
+        };
+        Ok(set)
     }
 
     /// Whether this run makes the output from parts (and needs no model run).
@@ -111,16 +196,36 @@ impl<'a> ShardedList<'a> {
         device: &str,
         embed: &mut dyn FnMut(Arc<[Sample]>) -> anyhow::Result<EmbeddedSet>,
     ) -> anyhow::Result<()> {
+        let run = self.embed_parts(spec, device, embed)?;
+        println!(
+            "worker {spec}: {} parts ({} rows each) in {} ({} written before, {} now, {} unreadable images); when every worker is done, run again with --merge-parts",
+            run.before + run.now,
+            self.job.chunk_rows,
+            self.parts_dir.display(),
+            run.before,
+            run.now,
+            run.unreadable
+        );
+        Ok(())
+    }
+
+    /// Embeds the parts of worker `spec`'s share that are not finished yet.
+    fn embed_parts(
+        &self,
+        spec: ShardSpec,
+        device: &str,
+        embed: &mut dyn FnMut(Arc<[Sample]>) -> anyhow::Result<EmbeddedSet>,
+    ) -> anyhow::Result<PartsRun> {
         let chunks = chunk_ranges(self.job.rows, self.job.chunk_rows);
         let mine = &chunks[spec.share(chunks.len())];
         let dir = &self.parts_dir;
-        let (mut before, mut now, mut unreadable) = (0, 0, 0);
+        let mut run = PartsRun::default();
         // A killed run of this worker may have left temp files of its parts.
         sweep_part_temps(dir, mine);
         for (n, rows) in mine.iter().enumerate() {
             match existing_part(dir, &self.job, rows)? {
                 ExistingPart::Done => {
-                    before += 1;
+                    run.before += 1;
                     continue;
                 }
                 ExistingPart::Damaged(why) => {
@@ -128,14 +233,27 @@ impl<'a> ShardedList<'a> {
                 }
                 ExistingPart::Missing => {}
             }
+            let who = match self.mode {
+                ShardMode::Whole => String::new(),
+                _ => format!("worker {spec}: "),
+            };
+            if self.mode == ShardMode::Whole && run.now == 0 && run.before > 0 {
+                eprintln!(
+                    "resuming: {} of {} parts were embedded by an earlier run",
+                    run.before,
+                    mine.len()
+                );
+            }
             eprintln!(
-                "worker {spec}: part {} of {} (rows {}..{})",
+                "{who}part {} of {} (rows {}..{})",
                 n + 1,
                 mine.len(),
                 rows.start,
                 rows.end
             );
             let set = embed(self.samples[rows.clone()].to_vec().into())?;
+            run.timings.model += set.timings.model;
+            run.timings.waiting_for_data += set.timings.waiting_for_data;
             let skipped: Vec<PartSkip> = set
                 .skipped
                 .iter()
@@ -145,7 +263,7 @@ impl<'a> ShardedList<'a> {
                     reason: s.reason.clone(),
                 })
                 .collect();
-            unreadable += skipped.len();
+            run.unreadable += skipped.len();
             let header = PartHeader {
                 format: 0,
                 job: self.job.clone(),
@@ -158,18 +276,14 @@ impl<'a> ShardedList<'a> {
                 model_seconds: set.timings.model.as_secs_f64(),
             };
             write_part(dir, header, &set.embeddings.data)?;
-            now += 1;
+            run.now += 1;
         }
-        println!(
-            "worker {spec}: {} parts ({} rows each) in {} ({before} written before, {now} now, {unreadable} unreadable images); when every worker is done, run again with --merge-parts",
-            mine.len(),
-            self.job.chunk_rows,
-            dir.display()
-        );
-        Ok(())
+        Ok(run)
     }
 
-    fn merge(&self) -> anyhow::Result<EmbeddedSet> {
+    /// The list's embeddings from its parts; `say` reports the merge (a whole run by parts
+    /// does not).
+    fn merge(&self, say: bool) -> anyhow::Result<EmbeddedSet> {
         let merged = merge_parts(&self.parts_dir, &self.job).with_context(|| {
             format!(
                 "merging the parts of {} in {}",
@@ -177,12 +291,14 @@ impl<'a> ShardedList<'a> {
                 self.parts_dir.display()
             )
         })?;
-        eprintln!(
-            "merged {} parts ({:.1} s of model time on {})",
-            merged.parts,
-            merged.model_seconds,
-            merged.devices.join(", ")
-        );
+        if say {
+            eprintln!(
+                "merged {} parts ({:.1} s of model time on {})",
+                merged.parts,
+                merged.model_seconds,
+                merged.devices.join(", ")
+            );
+        }
         let timings = EmbedTimings {
             // From the parts' headers: a damaged one must not stop the merge over a timing.
             model: std::time::Duration::try_from_secs_f64(merged.model_seconds).unwrap_or_default(),

@@ -1,7 +1,8 @@
 //! Sharded workers (`--shard I/N`, then `--merge-parts`) make what one process makes, bit for
 //! bit: `embed` and `index build` with 1, 2 and 3 worker processes running at once on real
 //! grocery photos (one of them unreadable), a lost part redone by re-running its worker, and
-//! parts of another job refused. (`mine features` workers are tested in `mine.rs`.)
+//! parts of another job refused; one process without `--shard` resumes from the parts a killed
+//! run of it finished. (`mine features` workers are tested in `mine.rs`.)
 
 mod common;
 
@@ -96,8 +97,41 @@ fn sharded_embed_and_index_build_equal_one_process() {
     assert!(rows >= 20, "{rows}");
 
     let single = dir.path().join("single.safetensors");
-    run(&job_args(&["embed"], &csv, &weights, &single), &[]);
+    run(
+        &job_args(&["embed"], &csv, &weights, &single),
+        &["--no-resume"],
+    );
     let single_bytes = std::fs::read(&single).unwrap();
+
+    // One process without --shard embeds a list longer than a part by parts, so a killed run
+    // resumes: the same file, and the parts gone once it is written.
+    let whole = dir.path().join("whole.safetensors");
+    let whole_args = job_args(&["embed"], &csv, &weights, &whole);
+    let text = run(&whole_args, &[]);
+    assert!(text.contains("embedding in parts of 6 rows"), "{text}");
+    assert!(std::fs::read(&whole).unwrap() == single_bytes);
+    let whole_parts = dir.path().join("whole.safetensors.parts");
+    assert!(!whole_parts.exists());
+    // Killed after two parts: what `--shard 0/1` leaves with the rest missing.
+    run(&whole_args, &["--shard", "0/1"]);
+    for entry in std::fs::read_dir(&whole_parts).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if name.as_str() >= "rows-000000000012" {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    std::fs::remove_file(&whole).unwrap();
+    let text = run(&whole_args, &[]);
+    assert!(
+        text.contains(&format!(
+            "resuming: 2 of {} parts were embedded by an earlier run",
+            rows.div_ceil(6)
+        )) && !text.contains("part 1 of"),
+        "{text}"
+    );
+    assert!(std::fs::read(&whole).unwrap() == single_bytes);
+    assert!(!whole_parts.exists());
     for n in 1..=3 {
         let out = dir.path().join(format!("sharded-{n}.safetensors"));
         let args = job_args(&["embed"], &csv, &weights, &out);

@@ -40,6 +40,11 @@ pub struct ShardArgs {
     /// worker redoes. Workers and the merge must agree.
     #[arg(long, default_value_t = DEFAULT_CHUNK_ROWS)]
     pub part_rows: usize,
+    /// Without --shard, a list longer than one part is still embedded part by part into the
+    /// parts folder, so a killed run, started again with the same arguments, keeps the parts
+    /// it finished (the parts go once the output is written). This embeds it in memory only.
+    #[arg(long)]
+    pub no_resume: bool,
 }
 
 /// What this run does with the job.
@@ -59,6 +64,7 @@ impl Default for ShardArgs {
             worker: WorkerArgs::default(),
             parts: None,
             part_rows: DEFAULT_CHUNK_ROWS,
+            no_resume: false,
         }
     }
 }

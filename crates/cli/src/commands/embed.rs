@@ -87,6 +87,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     write_embeddings(&args.out, &result.embeddings, dtype)
         .with_context(|| format!("writing {}", args.out.display()))?;
+    sharded.finish();
     let (rows, dim) = (result.embeddings.rows, result.embeddings.dim);
     let t = &result.timings;
     match scales.first() {

@@ -391,6 +391,7 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         build_index(Path::new(&args.out), meta, &items, &rows)
             .with_context(|| format!("writing the index {}", args.out))?;
     }
+    sharded.finish();
     println!(
         "indexed {} images ({} × {}, {:?}) into {}",
         items.len(),
