@@ -15,55 +15,38 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use http_body::{Frame, SizeHint};
 
 use crate::AppState;
 use crate::api_error::ApiError;
+use crate::body_guard::{FrameGuard, FramePoll, GuardedBody};
 
 /// The error a late body ends with (what the handler's extractor sees).
 #[derive(Debug, thiserror::Error)]
 #[error("the request body did not arrive within {0:?}")]
 struct BodyTimedOut(Duration);
 
-/// A request body that fails once its deadline has passed, and says so in `expired`.
-struct DeadlineBody {
-    inner: Body,
+/// Fails a body's wait once its deadline has passed, and says so in `expired`.
+struct Deadline {
     deadline: Pin<Box<tokio::time::Sleep>>,
     limit: Duration,
     expired: Arc<AtomicBool>,
 }
 
-impl http_body::Body for DeadlineBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let this = &mut *self;
+impl FrameGuard for Deadline {
+    fn check(&mut self, cx: &mut Context<'_>, poll: FramePoll) -> FramePoll {
         // What has arrived is taken first; the deadline only ends a wait.
-        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
-            return Poll::Ready(frame);
+        if poll.is_ready() {
+            return poll;
         }
-        if this.deadline.as_mut().poll(cx).is_ready() {
-            this.expired.store(true, Ordering::Relaxed);
-            return Poll::Ready(Some(Err(axum::Error::new(BodyTimedOut(this.limit)))));
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            self.expired.store(true, Ordering::Relaxed);
+            return Poll::Ready(Some(Err(axum::Error::new(BodyTimedOut(self.limit)))));
         }
         Poll::Pending
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -77,12 +60,12 @@ pub async fn body_deadline(
     let limit = state.config.body_timeout;
     let expired = Arc::new(AtomicBool::new(false));
     let request = request.map(|inner| {
-        Body::new(DeadlineBody {
-            inner,
+        let deadline = Deadline {
             deadline: Box::pin(tokio::time::sleep(limit)),
             limit,
             expired: expired.clone(),
-        })
+        };
+        GuardedBody::wrap(inner, deadline)
     });
     let response = next.run(request).await;
     if !expired.load(Ordering::Relaxed) {

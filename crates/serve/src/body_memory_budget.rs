@@ -8,20 +8,18 @@
 //! would overdraw it fails, and the request is answered 503 with `Retry-After`, so the
 //! server sheds load instead of dying.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
-use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use http_body::{Frame, SizeHint};
 
 use crate::AppState;
 use crate::api_error::ApiError;
+use crate::body_guard::{FrameGuard, FramePoll, GuardedBody};
 
 /// The bytes all request bodies may hold at once, and what they hold now.
 #[derive(Debug)]
@@ -74,42 +72,25 @@ impl Drop for Charge {
 #[error("the server holds too many request bodies; retry shortly")]
 struct OverBudget;
 
-/// A request body whose frames are paid for from the budget.
-struct BudgetedBody {
-    inner: Body,
+/// Pays for a body's frames from the budget as they arrive.
+struct Payment {
     budget: Arc<BodyBudget>,
     taken: Arc<AtomicUsize>,
     refused: Arc<AtomicBool>,
 }
 
-impl http_body::Body for BudgetedBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let this = &mut *self;
-        let poll = Pin::new(&mut this.inner).poll_frame(cx);
+impl FrameGuard for Payment {
+    fn check(&mut self, _: &mut Context<'_>, poll: FramePoll) -> FramePoll {
         if let Poll::Ready(Some(Ok(frame))) = &poll
             && let Some(data) = frame.data_ref()
         {
-            if !this.budget.take(data.len()) {
-                this.refused.store(true, Ordering::Relaxed);
+            if !self.budget.take(data.len()) {
+                self.refused.store(true, Ordering::Relaxed);
                 return Poll::Ready(Some(Err(axum::Error::new(OverBudget))));
             }
-            this.taken.fetch_add(data.len(), Ordering::AcqRel);
+            self.taken.fetch_add(data.len(), Ordering::AcqRel);
         }
         poll
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -126,12 +107,12 @@ pub async fn limit_body_memory(
     };
     let refused = Arc::new(AtomicBool::new(false));
     let request = request.map(|inner| {
-        Body::new(BudgetedBody {
-            inner,
+        let payment = Payment {
             budget,
             taken: charge.taken.clone(),
             refused: refused.clone(),
-        })
+        };
+        GuardedBody::wrap(inner, payment)
     });
     let response = next.run(request).await;
     drop(charge);

@@ -28,6 +28,7 @@ pub mod api_error;
 pub mod back_office;
 pub mod batching;
 pub mod body_deadline;
+pub mod body_guard;
 pub mod body_memory_budget;
 pub mod inference;
 pub mod live_index;
