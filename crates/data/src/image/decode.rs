@@ -48,10 +48,31 @@ impl Default for DecodeLimits {
     }
 }
 
+/// Opens an image file, refusing anything but a regular file. Opened non-blocking, so a FIFO
+/// named `x.jpg` in a catalogue (or a device) is refused at once instead of hanging the
+/// loader in `open` until some writer appears.
+fn open_image_file(path: &Path) -> Result<(std::fs::File, u64)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| DataError::io(path, e))?;
+    let meta = file.metadata().map_err(|e| DataError::io(path, e))?;
+    if !meta.is_file() {
+        return Err(DataError::Invalid {
+            path: path.to_path_buf(),
+            message:
+                "is not a regular file (a folder, FIFO, socket or device); an image must be one"
+                    .to_string(),
+        });
+    }
+    Ok((file, meta.len()))
+}
+
 /// Reads and decodes an image file.
 pub fn decode_rgb_file(path: &Path, limits: &DecodeLimits) -> Result<RgbImage> {
-    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
-    let size = file.metadata().map_err(|e| DataError::io(path, e))?.len();
+    let (file, size) = open_image_file(path)?;
     if size > limits.max_file_bytes {
         return Err(DataError::FileTooLarge {
             path: path.to_path_buf(),
@@ -220,6 +241,22 @@ mod tests {
         let mut out = Cursor::new(Vec::new());
         image.write_to(&mut out, format).unwrap();
         out.into_inner()
+    }
+
+    #[test]
+    fn a_fifo_or_folder_named_like_an_image_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.jpg");
+        let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo only creates the node.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        let folder = dir.path().join("folder.jpg");
+        std::fs::create_dir(&folder).unwrap();
+        for path in [&fifo, &folder] {
+            // Without the check the FIFO blocks in `open` for ever (no writer ever comes).
+            let err = decode_rgb_file(path, &DecodeLimits::default()).unwrap_err();
+            assert!(err.to_string().contains("is not a regular file"), "{err}");
+        }
     }
 
     #[test]
