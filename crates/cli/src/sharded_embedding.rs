@@ -15,6 +15,7 @@ use std::time::Instant;
 use anyhow::Context;
 use visual_search_data::Sample;
 use visual_search_data::loader::SkippedSample;
+use visual_search_data::work_lock::{Hold, WorkLock, hold_folder};
 use visual_search_inference::ModelSource;
 use visual_search_inference::fingerprint::model_fingerprint;
 use visual_search_retrieval::embedding_file::Embeddings;
@@ -42,6 +43,20 @@ pub struct ShardedList<'a> {
     resumable: bool,
     /// The parts folder is the default `<output>.parts` (removed once empty).
     default_parts_dir: bool,
+    /// The parts folder held for this run: alone by a whole run (it removes the parts at the
+    /// end), shared by a worker.
+    _hold: Option<WorkLock>,
+}
+
+impl Drop for ShardedList<'_> {
+    /// A run that made the default parts folder and wrote nothing into it (it failed before
+    /// its first part) leaves no empty folder behind.
+    fn drop(&mut self) {
+        // Workers may be creating the shared folder at this moment: only a whole run cleans.
+        if self.mode == ShardMode::Whole && self.default_parts_dir && self._hold.is_some() {
+            let _ = std::fs::remove_dir(&self.parts_dir);
+        }
+    }
 }
 
 /// What embedding one's share of the parts did.
@@ -104,14 +119,29 @@ impl<'a> ShardedList<'a> {
                 model.device.dtype.name()
             ),
         };
+        let parts_dir = shard.parts_dir(output);
+        let hold = match (mode, resumable) {
+            (ShardMode::Whole, true) => Some(Hold::Alone),
+            (ShardMode::Worker(_), _) => Some(Hold::Shared),
+            _ => None,
+        };
+        let _hold = match hold {
+            Some(hold) => {
+                std::fs::create_dir_all(&parts_dir)
+                    .with_context(|| format!("creating {}", parts_dir.display()))?;
+                Some(hold_folder(&parts_dir, hold, "an embedding of this list")?)
+            }
+            None => None,
+        };
         Ok(ShardedList {
             mode,
-            parts_dir: shard.parts_dir(output),
+            parts_dir,
             job,
             samples,
             list,
             resumable,
             default_parts_dir: shard.parts.is_none(),
+            _hold,
         })
     }
 

@@ -132,6 +132,21 @@ fn sharded_embed_and_index_build_equal_one_process() {
     );
     assert!(std::fs::read(&whole).unwrap() == single_bytes);
     assert!(!whole_parts.exists());
+    // While another process embeds this list (here: holds its parts folder), a second run of
+    // the same command is refused instead of removing that one's parts under it.
+    std::fs::create_dir(&whole_parts).unwrap();
+    let held = visual_search_data::work_lock::hold_folder(
+        &whole_parts,
+        visual_search_data::work_lock::Hold::Shared,
+        "a worker",
+    )
+    .unwrap();
+    let second = bin().args(&whole_args).output().unwrap();
+    let text = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{text}");
+    assert!(text.contains("another process is running"), "{text}");
+    drop(held);
+    std::fs::remove_dir(&whole_parts).unwrap();
     for n in 1..=3 {
         let out = dir.path().join(format!("sharded-{n}.safetensors"));
         let args = job_args(&["embed"], &csv, &weights, &out);

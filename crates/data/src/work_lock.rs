@@ -11,6 +11,9 @@
 //! half-written file. That lock is on the folder's own directory handle, so nothing is added
 //! to a folder of the user's images.
 //!
+//! A folder of part files is held by its directory handle too ([`hold_folder`]): shared by
+//! the workers of one job, alone by a whole run that removes its parts when it is done.
+//!
 //! Where the file system cannot lock (an NFS mount without its lock daemon), the job warns and
 //! runs unguarded, as it did before these locks: a safety net must not stop the work.
 
@@ -81,9 +84,64 @@ pub fn lock_shared_folder<E: From<DataError>>(
     })
 }
 
+/// How [`hold_folder`] holds a folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// No other job may hold it (a whole run that removes what it wrote).
+    Alone,
+    /// Jobs of the same kind may share it (workers of one job), but not with one holding it
+    /// alone.
+    Shared,
+}
+
+/// Holds the folder `dir` itself (its directory handle: nothing is added to it) for `job`;
+/// refuses when another process's hold conflicts.
+pub fn hold_folder(dir: &Path, hold: Hold, job: &str) -> Result<WorkLock> {
+    let folder = File::open(dir).map_err(|e| DataError::io(dir, e))?;
+    let taken = match hold {
+        Hold::Alone => folder.try_lock(),
+        Hold::Shared => folder.try_lock_shared(),
+    };
+    match taken {
+        Ok(()) => Ok(WorkLock {
+            _file: Some(folder),
+        }),
+        Err(TryLockError::WouldBlock) => Err(DataError::Invalid {
+            path: dir.to_path_buf(),
+            message: format!(
+                "another process is running {job} with this folder; wait for it to finish or \
+                 stop it, then run this again"
+            ),
+        }),
+        Err(TryLockError::Error(e)) => Ok(unguarded(dir, &e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{lock_shared_folder, lock_work_folder};
+    use super::{Hold, hold_folder, lock_shared_folder, lock_work_folder};
+
+    #[test]
+    fn a_folder_held_alone_is_refused_to_any_other_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = hold_folder(dir.path(), Hold::Shared, "embed").unwrap();
+        let b = hold_folder(dir.path(), Hold::Shared, "embed").unwrap();
+        let err = hold_folder(dir.path(), Hold::Alone, "embed").unwrap_err();
+        assert!(
+            err.to_string().contains("another process is running embed"),
+            "{err}"
+        );
+        drop((a, b));
+        let alone = hold_folder(dir.path(), Hold::Alone, "embed").unwrap();
+        assert!(hold_folder(dir.path(), Hold::Shared, "embed").is_err());
+        assert!(hold_folder(dir.path(), Hold::Alone, "embed").is_err());
+        drop(alone);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "no file added"
+        );
+    }
     use crate::error::DataError;
 
     #[test]
