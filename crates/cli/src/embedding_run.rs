@@ -119,12 +119,13 @@ pub fn report_skipped(skipped: &[SkippedSample], what: &str, consequence: &str) 
         skipped.len()
     );
     for s in skipped.iter().take(20) {
-        eprintln!(
-            "  row {}: {}: {}",
-            s.sample_index,
-            s.path.display(),
-            s.reason
-        );
+        let path = s.path.display().to_string();
+        // The data crate's errors start with the file already.
+        let reason = s
+            .reason
+            .strip_prefix(&format!("{path}: "))
+            .unwrap_or(&s.reason);
+        eprintln!("  row {}: {path}: {reason}", s.sample_index);
     }
     if skipped.len() > 20 {
         eprintln!("  … and {} more", skipped.len() - 20);

@@ -52,6 +52,12 @@ fn embeds_a_gallery_in_csv_order_and_reports_bad_rows() {
         text.contains("1 image(s) could not be read") && text.contains("row 2"),
         "{text}"
     );
+    let missing = root.join("no/such/image.jpg").display().to_string();
+    assert!(
+        text.contains(&format!("row 2: {missing}: No such file"))
+            && !text.contains(&format!("{missing}: {missing}")),
+        "the file named once per line: {text}"
+    );
 
     let e = read_embeddings(&out).unwrap();
     assert_eq!(e.rows, 7);

@@ -142,9 +142,14 @@ impl Shared {
                     continue;
                 }
                 Ok(Err(e)) => e.to_string(),
-                Err(panic) => format!("internal error while loading: {}", panic_message(&panic)),
+                Err(panic) => format!(
+                    "{}: internal error while loading: {}",
+                    sample.path.display(),
+                    panic_message(&panic)
+                ),
             };
-            tracing::warn!("skipped {}: {reason}", sample.path.display());
+            // The reason names the file (every data error starts with its path).
+            tracing::warn!("skipped {reason}");
             skipped.push(SkippedSample {
                 sample_index,
                 path: sample.path.clone(),
