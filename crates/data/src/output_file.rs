@@ -2,7 +2,9 @@
 //! beside its `.npy`, `mine merge`'s labels beside its list): a file already there is replaced
 //! only when it is what the command writes — an earlier run's output — or empty. A user's
 //! notes, a dataset's `gallery.csv` or another tool's list under that name is refused before
-//! any work starts, naming the file and what it should have been.
+//! any work starts, naming the file and what it should have been. Folder outputs (an index, an
+//! exported model) keep their own rules of what is theirs and share [`foreign_entries`] and
+//! [`some_names`] to say what else a folder holds.
 
 use std::io::Read;
 use std::path::Path;
@@ -84,9 +86,55 @@ pub fn check_replaceable_output(path: &Path, format: OutputFormat<'_>) -> Result
     })
 }
 
+/// The names in `dir` that `ours` does not recognise, sorted; `None` when `dir` does not exist.
+pub fn foreign_entries(
+    dir: &Path,
+    ours: impl Fn(&str) -> bool,
+) -> std::io::Result<Option<Vec<String>>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut foreign: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !ours(name))
+        .collect();
+    foreign.sort_unstable();
+    Ok(Some(foreign))
+}
+
+/// The first five of `names` and how many more: what a refusal says a folder holds.
+pub fn some_names(names: &[String]) -> String {
+    let shown = names[..names.len().min(5)].join(", ");
+    match names.len().saturating_sub(5) {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{OutputFormat, check_replaceable_output};
+    use super::{OutputFormat, check_replaceable_output, foreign_entries, some_names};
+
+    #[test]
+    fn a_folders_foreign_entries_are_listed_sorted_and_named_five_at_most() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            foreign_entries(&dir.path().join("none"), |_| false).unwrap(),
+            None
+        );
+        for name in ["g", "b", "current", "a", "f", "e", "d", "c"] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        let foreign = foreign_entries(dir.path(), |n| n == "current")
+            .unwrap()
+            .unwrap();
+        assert_eq!(foreign, ["a", "b", "c", "d", "e", "f", "g"]);
+        assert_eq!(some_names(&foreign), "a, b, c, d, e and 2 more");
+        assert_eq!(some_names(&foreign[..2]), "a, b");
+    }
 
     #[test]
     fn only_absent_empty_or_same_format_files_are_replaceable() {

@@ -19,6 +19,7 @@ use burn::tensor::{DType, Device};
 use serde::{Deserialize, Serialize};
 use visual_search_data::file_check::Depth;
 use visual_search_data::folder_manifest::{self, MANIFEST_FILE};
+use visual_search_data::output_file::{foreign_entries, some_names};
 use visual_search_model::embedder::EmbeddingModel;
 use visual_search_model::registry::{BuildOptions, ModelSpec, lookup};
 
@@ -79,29 +80,26 @@ pub fn check_replaceable(out: &Path) -> Result<()> {
             "exists and is not a folder; refusing to replace it",
         ));
     }
-    let entries: Vec<String> = std::fs::read_dir(out)
+    let foreign = foreign_entries(out, |n| EXPORT_FILES.contains(&n))
         .map_err(|e| InferenceError::io(out, e))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    let foreign: Vec<&String> = entries
-        .iter()
-        .filter(|n| !EXPORT_FILES.contains(&n.as_str()))
-        .collect();
-    if entries.is_empty() || (foreign.is_empty() && entries.iter().any(|n| n == INFO_FILE)) {
+        .unwrap_or_default();
+    let earlier_export = out.join(INFO_FILE).is_file();
+    let empty = std::fs::read_dir(out)
+        .map_err(|e| InferenceError::io(out, e))?
+        .next()
+        .is_none();
+    if empty || (foreign.is_empty() && earlier_export) {
         return Ok(());
     }
+    let holds = match foreign.is_empty() {
+        true => format!("export files but no {INFO_FILE}"),
+        false => some_names(&foreign),
+    };
     Err(InferenceError::model_dir(
         out,
         format!(
-            "is not empty and is not an exported model folder (it holds {}); refusing to \
-             delete it — choose another --out",
-            foreign
-                .iter()
-                .take(5)
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            "is not empty and is not an exported model folder (it holds {holds}); refusing to \
+             delete it — choose another --out"
         ),
     ))
 }

@@ -42,6 +42,7 @@ use half::f16;
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 use visual_search_data::atomic_write::is_temp_file_of;
+use visual_search_data::output_file::{foreign_entries, some_names};
 
 use crate::catalogue::Deleted;
 use crate::error::RetrievalError;
@@ -564,9 +565,9 @@ pub fn check_build_target(dir: &Path) -> Result<(), RetrievalError> {
     if dir.join("current").is_file() {
         return Ok(());
     }
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+    let foreign = match foreign_entries(dir, is_index_entry) {
+        Ok(None) => return Ok(()),
+        Ok(Some(foreign)) => foreign,
         Err(_) if !dir.is_dir() => {
             return Err(fmt_err(
                 dir,
@@ -575,29 +576,15 @@ pub fn check_build_target(dir: &Path) -> Result<(), RetrievalError> {
         }
         Err(e) => return Err(RetrievalError::io(dir, e)),
     };
-    let foreign: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| !is_index_entry(name))
-        .collect();
     if foreign.is_empty() {
         return Ok(());
     }
-    let mut shown: Vec<&str> = foreign.iter().map(String::as_str).collect();
-    shown.sort_unstable();
-    let more = shown.len().saturating_sub(5);
-    shown.truncate(5);
     Err(fmt_err(
         dir,
         format!(
-            "is not empty and is not an index (it holds {}{}); refusing to write into it — \
+            "is not empty and is not an index (it holds {}); refusing to write into it — \
              choose another --out",
-            shown.join(", "),
-            if more > 0 {
-                format!(" and {more} more")
-            } else {
-                String::new()
-            }
+            some_names(&foreign)
         ),
     ))
 }
