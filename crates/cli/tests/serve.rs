@@ -99,7 +99,7 @@ fn index_and_serve_the_grocery_catalogue() {
             ["--filter", "categroy=Fruit"],
             "no catalogue item has categroy",
         ),
-        (["--k", "0"], "--k must be at least 1"),
+        (["--k", "0"], "'--k <K>': must be at least 1"),
     ] {
         let mut args = vec!["search", "--index", index.to_str().unwrap()];
         args.extend(extra);

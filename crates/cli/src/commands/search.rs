@@ -40,7 +40,7 @@ pub struct Args {
     #[arg(long, conflicts_with = "images")]
     item: Option<u64>,
     /// Results per photo.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = crate::args::at_least_one)]
     k: usize,
     /// Crop each photo to this box first: x,y,w,h in pixels (a box that misses a photo, or
     /// selects under 4×4 pixels of it, is an error).
@@ -59,9 +59,6 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.k == 0 {
-        anyhow::bail!("--k must be at least 1");
-    }
     let filter = args.filter.clone().unwrap_or_default();
     // A search by item needs no model: open the index alone and load its model only for photos.
     let index = open_catalogue(&args.index, &args.pg)?;
