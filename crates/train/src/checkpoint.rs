@@ -51,9 +51,52 @@ pub struct TrainState {
     #[serde(default)]
     pub gem: bool,
     pub classes: ClassIndex,
+    /// What the run trains on, so `--resume` can refuse a list that changed since (absent in
+    /// checkpoints written before it was recorded).
+    #[serde(default)]
+    pub train_list: Option<TrainListId>,
     pub metrics: Option<ValidationMetrics>,
     /// (step, dev mAP) of every validation so far, for early stopping.
     pub history: Vec<(usize, f64)>,
+}
+
+/// A training list as resuming sees it: its length and its labels in order (what the epoch
+/// order and the class index are made from). Image paths are left out, so a run resumes with
+/// its data moved to another folder or machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainListId {
+    pub images: usize,
+    pub labels_crc32: u32,
+}
+
+impl TrainListId {
+    pub fn of(samples: &[visual_search_data::Sample]) -> Self {
+        let mut hasher = crc32fast::Hasher::new();
+        for s in samples {
+            hasher.update(&s.label.to_le_bytes());
+        }
+        TrainListId {
+            images: samples.len(),
+            labels_crc32: hasher.finalize(),
+        }
+    }
+
+    /// Refuses to resume a run that started on `self` with the list `now`.
+    pub fn check_resumed_with(&self, now: &TrainListId) -> Result<(), TrainError> {
+        if self == now {
+            return Ok(());
+        }
+        let what = match self.images == now.images {
+            true => format!("its {} labels are not the same", now.images),
+            false => format!("{} images then, {} now", self.images, now.images),
+        };
+        Err(TrainError::Invalid(format!(
+            "--resume: the training list is not the one this run started with ({what}); a \
+             resumed run must see the same list — put the list back, or start a new run with \
+             `model.pretrain_model:` set to this run's checkpoint to go on from its weights"
+        )))
+    }
 }
 
 /// The three optimisers of a run, and the gradient scale (clipping factor) they all apply.

@@ -209,6 +209,7 @@ mod tests {
             neck_dim: None,
             gem: false,
             classes: ClassIndex::from_labels([1, 2]),
+            train_list: None,
             metrics: None,
             history: Vec::new(),
         };

@@ -24,8 +24,8 @@ use visual_search_model::compute_pool::on_pool;
 use visual_search_model::registry::lookup;
 
 use crate::checkpoint::{
-    Optimizers, TrainState, ValidationMetrics, load_module, load_optimizers, locate_checkpoint,
-    prune_checkpoints, read_state, save_checkpoint,
+    Optimizers, TrainListId, TrainState, ValidationMetrics, load_module, load_optimizers,
+    locate_checkpoint, prune_checkpoints, read_state, save_checkpoint,
 };
 use crate::config::{Precision, SamplerKind, TrainConfig};
 use crate::data_parallel::ProcessGroup;
@@ -299,8 +299,32 @@ impl<'a> Phase<'a> {
         } else {
             (None, Vec::new())
         };
+        let train_list = TrainListId::of(&data.train);
         let state = match &resume_from {
-            Some(dir) => read_state(dir)?,
+            Some(dir) => {
+                let mut state = read_state(dir)?;
+                match &state.train_list {
+                    Some(then) => then.check_resumed_with(&train_list)?,
+                    // A checkpoint from before the list was recorded: at least every label
+                    // must be one the run's head knows.
+                    None => {
+                        if let Some(s) = data
+                            .train
+                            .iter()
+                            .find(|s| state.classes.index_of(s.label).is_none())
+                        {
+                            return Err(TrainError::Invalid(format!(
+                                "--resume: {} has label {}, which the training list this run \
+                                 started with did not have; a resumed run must see the same list",
+                                s.path.display(),
+                                s.label
+                            )));
+                        }
+                        state.train_list = Some(train_list);
+                    }
+                }
+                state
+            }
             None => TrainState {
                 step: 0,
                 epoch: 0,
@@ -310,6 +334,7 @@ impl<'a> Phase<'a> {
                 neck_dim: config.model.embedding_dim,
                 gem: config.model.gem,
                 classes: ClassIndex::from_labels(data.train.iter().map(|s| s.label)),
+                train_list: Some(train_list),
                 metrics: None,
                 history: Vec::new(),
             },

@@ -1,7 +1,7 @@
 //! The trainer end to end on a tiny model and generated images, with no external data, so it
 //! runs everywhere CI does: an ArcFace phase validates, checkpoints and resumes exactly where it
-//! stopped; an XBM phase starts from its checkpoint; a new run in a finished run's folder and a
-//! config asking for f16 are refused (bf16: `bf16_training.rs`).
+//! stopped (and refuses to resume on a changed training list); an XBM phase starts from its
+//! checkpoint; a new run in a finished run's folder and a config asking for f16 are refused (bf16: `bf16_training.rs`).
 
 mod common;
 
@@ -10,8 +10,13 @@ use std::path::PathBuf;
 use common::{config, dataset, flex_options, run};
 use visual_search_train::trainer::{TrainEvent, train};
 
+/// The device's random generator is process-wide (`device.seed`): two trainings at once in
+/// this test binary would draw from it in turn and neither would be reproducible.
+static ONE_TRAINING_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn a_tiny_phase_trains_checkpoints_and_resumes_exactly() {
+    let _alone = ONE_TRAINING_AT_A_TIME.lock();
     let data = tempfile::tempdir().unwrap();
     dataset(data.path());
     let runs = tempfile::tempdir().unwrap();
@@ -123,6 +128,51 @@ fn a_tiny_phase_trains_checkpoints_and_resumes_exactly() {
         std::fs::read(runs.path().join("straight/metrics.csv")).unwrap(),
         metrics
     );
+}
+
+#[test]
+fn resuming_with_a_changed_training_list_is_refused() {
+    let _alone = ONE_TRAINING_AT_A_TIME.lock();
+    let data = tempfile::tempdir().unwrap();
+    dataset(data.path());
+    let runs = tempfile::tempdir().unwrap();
+    let arcface = "  type: arcface\n  k: 2\n  s: 16.0";
+    let stopped = config(data.path(), arcface, "  max_steps: 2");
+    let dir = runs.path().join("run");
+    run(&stopped, &dir, false);
+    let list = data.path().join("train.csv");
+    let original = std::fs::read_to_string(&list).unwrap();
+    // A class added (its label unknown to the run's head: this panicked in the ArcFace loss),
+    // and a list of the same length with two labels swapped (another epoch order).
+    let first_row = original.lines().nth(1).unwrap();
+    let added = format!("{original}{}\n", first_row.replace(",0,", ",99,"));
+    let mut rows: Vec<String> = original.lines().map(String::from).collect();
+    let last = rows.len() - 1;
+    let (a, b) = (rows[1].clone(), rows[last].clone());
+    let label = |r: &str| r.split(',').nth(1).unwrap().to_string();
+    rows[1] = a.replacen(&format!(",{},", label(&a)), &format!(",{},", label(&b)), 1);
+    rows[last] = b.replacen(&format!(",{},", label(&b)), &format!(",{},", label(&a)), 1);
+    let swapped = rows.join("\n") + "\n";
+    let more = config(data.path(), arcface, "  max_steps: 4");
+    for (changed, expected) in [
+        (added, "32 images then, 33 now"),
+        (swapped, "labels are not the same"),
+    ] {
+        std::fs::write(&list, changed).unwrap();
+        let err = train(&more, &flex_options(&dir, true), &mut |_| {})
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("the training list is not the one this run started with")
+                && err.contains(expected),
+            "{err}"
+        );
+    }
+    // The list put back: the run goes on.
+    std::fs::write(&list, original).unwrap();
+    let (summary, _) = run(&more, &dir, true);
+    assert_eq!(summary.steps, 4);
 }
 
 #[test]
