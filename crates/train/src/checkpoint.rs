@@ -60,6 +60,54 @@ pub struct TrainState {
     pub history: Vec<(usize, f64)>,
 }
 
+impl TrainState {
+    /// Refuses to resume this run under a config that builds another model: a changed
+    /// `model.name`, `model.embedding_dim` or `model.gem` would not load (or load into the
+    /// wrong layers), and a changed `dataset.input_size` would train at one size while the
+    /// checkpoints, and the model exported from them, declare the other.
+    /// `model_name` is the registry's name for `config.model.name`.
+    pub fn check_resumed_with(
+        &self,
+        config: &crate::config::TrainConfig,
+        model_name: &str,
+    ) -> Result<(), TrainError> {
+        let m = &config.model;
+        let differs = |key: &str, then: String, now: String| {
+            Err(TrainError::Invalid(format!(
+                "--resume: {key} is {now} in the config but this run was trained with {then}; \
+                 a resumed run must build the same model — put it back, or start a new run with \
+                 `model.pretrain_model:` set to this run's checkpoint"
+            )))
+        };
+        if self.model_name != model_name {
+            return differs(
+                "model.name",
+                self.model_name.clone(),
+                model_name.to_string(),
+            );
+        }
+        if self.image_size != config.dataset.input_size {
+            return differs(
+                "dataset.input_size",
+                self.image_size.to_string(),
+                config.dataset.input_size.to_string(),
+            );
+        }
+        if self.neck_dim != m.embedding_dim {
+            let show = |d: Option<usize>| d.map_or("none".to_string(), |d| d.to_string());
+            return differs(
+                "model.embedding_dim",
+                show(self.neck_dim),
+                show(m.embedding_dim),
+            );
+        }
+        if self.gem != m.gem {
+            return differs("model.gem", self.gem.to_string(), m.gem.to_string());
+        }
+        Ok(())
+    }
+}
+
 /// A training list as resuming sees it: its length and its labels in order (what the epoch
 /// order and the class index are made from). Image paths are left out, so a run resumes with
 /// its data moved to another folder or machine.

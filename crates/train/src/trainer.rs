@@ -303,6 +303,7 @@ impl<'a> Phase<'a> {
         let state = match &resume_from {
             Some(dir) => {
                 let mut state = read_state(dir)?;
+                state.check_resumed_with(config, &spec.name)?;
                 match &state.train_list {
                     Some(then) => then.check_resumed_with(&train_list)?,
                     // A checkpoint from before the list was recorded: at least every label

@@ -1,6 +1,6 @@
 //! The trainer end to end on a tiny model and generated images, with no external data, so it
 //! runs everywhere CI does: an ArcFace phase validates, checkpoints and resumes exactly where it
-//! stopped (and refuses to resume on a changed training list); an XBM phase starts from its
+//! stopped (and refuses to resume on a changed training list or model); an XBM phase starts from its
 //! checkpoint; a new run in a finished run's folder and a config asking for f16 are refused (bf16: `bf16_training.rs`).
 
 mod common;
@@ -131,7 +131,7 @@ fn a_tiny_phase_trains_checkpoints_and_resumes_exactly() {
 }
 
 #[test]
-fn resuming_with_a_changed_training_list_is_refused() {
+fn resuming_with_a_changed_training_list_or_model_is_refused() {
     let _alone = ONE_TRAINING_AT_A_TIME.lock();
     let data = tempfile::tempdir().unwrap();
     dataset(data.path());
@@ -169,8 +169,19 @@ fn resuming_with_a_changed_training_list_is_refused() {
             "{err}"
         );
     }
-    // The list put back: the run goes on.
+    // The list put back, a config that builds another model: refused too, naming the key.
     std::fs::write(&list, original).unwrap();
+    let mut bigger = more.clone();
+    bigger.dataset.input_size += 16;
+    let err = train(&bigger, &flex_options(&dir, true), &mut |_| {})
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("dataset.input_size is") && err.contains("this run was trained with"),
+        "{err}"
+    );
+    // Both as they were: the run goes on.
     let (summary, _) = run(&more, &dir, true);
     assert_eq!(summary.steps, 4);
 }
