@@ -138,7 +138,8 @@ pub struct AppState {
     pub queue: InferenceQueue,
     pub config: ServeConfig,
     pub metrics: Metrics,
-    /// Permits for upload decodes (`config.max_concurrent_decodes`).
+    /// Permits for decodes of uploads and of catalogue photos for thumbnails
+    /// (`config.max_concurrent_decodes`).
     pub decoders: tokio::sync::Semaphore,
     /// The folder of an on-disk index, reopened after each write made over HTTP.
     pub index_folder: Option<std::path::PathBuf>,
@@ -730,23 +731,39 @@ async fn image(State(state): State<Arc<AppState>>, UrlPath(id): UrlPath<String>)
                 max_pixels: state.config.max_pixels,
                 ..DecodeLimits::default()
             };
-            match tokio::task::spawn_blocking(move || {
-                thumbnail_jpeg(Path::new(&path), 256, &limits)
-            })
-            .await
-            {
-                Ok(Ok(jpeg)) => (
-                    [
-                        (header::CONTENT_TYPE, "image/jpeg"),
-                        (header::CACHE_CONTROL, "max-age=3600"),
-                    ],
-                    jpeg,
-                )
-                    .into_response(),
-                Ok(Err(e)) => ApiError(StatusCode::NOT_FOUND, e).into_response(),
-                Err(e) => {
+            // A catalogue photo is decoded whole before it is shrunk: thumbnails take the
+            // upload decoders' permits, so their memory is bounded like theirs (32 requests at
+            // once for 24 Mpx photos took the server to 5 GB before).
+            let permit =
+                tokio::time::timeout(state.config.request_timeout, state.decoders.acquire()).await;
+            match permit {
+                Ok(Ok(_permit)) => {
+                    match tokio::task::spawn_blocking(move || {
+                        thumbnail_jpeg(Path::new(&path), 256, &limits)
+                    })
+                    .await
+                    {
+                        Ok(Ok(jpeg)) => (
+                            [
+                                (header::CONTENT_TYPE, "image/jpeg"),
+                                (header::CACHE_CONTROL, "max-age=3600"),
+                            ],
+                            jpeg,
+                        )
+                            .into_response(),
+                        Ok(Err(e)) => ApiError(StatusCode::NOT_FOUND, e).into_response(),
+                        Err(e) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                            .into_response(),
+                    }
+                }
+                Ok(Err(e)) => {
                     ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
                 }
+                Err(_) => ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many images are being decoded; retry shortly".into(),
+                )
+                .into_response(),
             }
         }
     };
