@@ -308,6 +308,7 @@ pub(crate) async fn add_items(
         };
         let images = form.images;
         let n = images.len();
+        let permit = crate::decode_permit(&state).await?;
         let (prepared, kept) = tokio::task::spawn_blocking(move || {
             let mut prepared = Vec::with_capacity(n);
             let mut kept = KeptUploads::default();
@@ -327,6 +328,7 @@ pub(crate) async fn add_items(
         })
         .await
         .map_err(internal)??;
+        drop(permit);
         let mut pending = Vec::with_capacity(n);
         for pixels in prepared {
             pending.push(queued(state.queue.submit(pixels))?);

@@ -732,12 +732,10 @@ async fn image(State(state): State<Arc<AppState>>, UrlPath(id): UrlPath<String>)
                 ..DecodeLimits::default()
             };
             // A catalogue photo is decoded whole before it is shrunk: thumbnails take the
-            // upload decoders' permits, so their memory is bounded like theirs (32 requests at
-            // once for 24 Mpx photos took the server to 5 GB before).
-            let permit =
-                tokio::time::timeout(state.config.request_timeout, state.decoders.acquire()).await;
-            match permit {
-                Ok(Ok(_permit)) => {
+            // decoders' permits, so their memory is bounded like uploads' (32 requests at once
+            // for 24 Mpx photos took the server to 5 GB before).
+            match decode_permit(&state).await {
+                Ok(_permit) => {
                     match tokio::task::spawn_blocking(move || {
                         thumbnail_jpeg(Path::new(&path), 256, &limits)
                     })
@@ -756,19 +754,28 @@ async fn image(State(state): State<Arc<AppState>>, UrlPath(id): UrlPath<String>)
                             .into_response(),
                     }
                 }
-                Ok(Err(e)) => {
-                    ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
-                }
-                Err(_) => ApiError(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "too many images are being decoded; retry shortly".into(),
-                )
-                .into_response(),
+                Err(e) => e.into_response(),
             }
         }
     };
     state.metrics.request("images", response.status().as_u16());
     response
+}
+
+/// One of the decoders' permits (`--max-decodes`), waited for within the request deadline and
+/// 503 after it: every whole-photo decode a request causes — an upload, a catalogue photo for
+/// a thumbnail or an upload to the catalogue — holds one, so their memory is bounded together.
+pub(crate) async fn decode_permit(
+    state: &AppState,
+) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+    match tokio::time::timeout(state.config.request_timeout, state.decoders.acquire()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        Ok(Err(e)) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Err(_) => Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many images are being decoded; retry shortly".into(),
+        )),
+    }
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> &'static str {
