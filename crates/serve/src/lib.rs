@@ -15,11 +15,12 @@
 //!   plain HTML/JS compiled into the binary).
 //!
 //! Hostile input gets a 4xx with a JSON `{"error": …}` and never reaches the model: the body
-//! size is capped and must arrive within a deadline ([`body_deadline`]), a client must take
-//! its answers within one ([`send_deadline`]), images are decoded
-//! under a pixel limit, decoding runs on the blocking pool, each search has a deadline, and the
-//! model queue is bounded (503 when full). The model itself
-//! is behind [`inference::Embedder`], so this crate knows nothing of burn.
+//! size is capped and must arrive within a deadline ([`body_deadline`]), bodies held at once
+//! share a memory budget ([`body_memory_budget`]), a client must take its answers within one
+//! ([`send_deadline`]), images are decoded under a pixel limit and a bounded number at a time
+//! ([`decode_permit`]), decoding runs on the blocking pool, each search has a deadline, and the
+//! model queue is bounded (503 when full). The model itself is behind
+//! [`inference::Embedder`], so this crate knows nothing of burn.
 //!
 //! Concurrent requests share work: their photos one forward pass ([`inference`]), and their
 //! searches of the embedded index one scan of its rows ([`search_batcher`]).
@@ -138,8 +139,8 @@ pub struct AppState {
     pub queue: InferenceQueue,
     pub config: ServeConfig,
     pub metrics: Metrics,
-    /// Permits for decodes of uploads and of catalogue photos for thumbnails
-    /// (`config.max_concurrent_decodes`).
+    /// Permits for whole-photo decodes (`config.max_concurrent_decodes`), taken through
+    /// [`decode_permit`].
     pub decoders: tokio::sync::Semaphore,
     /// The folder of an on-disk index, reopened after each write made over HTTP.
     pub index_folder: Option<std::path::PathBuf>,
@@ -377,11 +378,7 @@ async fn run_search(
     let index = state.index.get();
     let pre = index.meta().preprocessing.clone();
     // Decodes wait for a permit (bounded memory); the request's deadline still applies.
-    let _permit = state
-        .decoders
-        .acquire()
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let _permit = decode_permit(&state).await?;
     let photos = images.len();
     let (embedding, found_box, decoded) = match auto_box {
         Some(params) => {
@@ -763,8 +760,9 @@ async fn image(State(state): State<Arc<AppState>>, UrlPath(id): UrlPath<String>)
 }
 
 /// One of the decoders' permits (`--max-decodes`), waited for within the request deadline and
-/// 503 after it: every whole-photo decode a request causes — an upload, a catalogue photo for
-/// a thumbnail or an upload to the catalogue — holds one, so their memory is bounded together.
+/// 503 after it: every whole-photo decode a request causes — a search's photos, a catalogue
+/// photo for a thumbnail, a photo added to the catalogue — holds one, so their memory is
+/// bounded together. (A search runs under its own deadline too, which ends it first: 504.)
 pub(crate) async fn decode_permit(
     state: &AppState,
 ) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
