@@ -38,8 +38,8 @@ pub struct ShardedList<'a> {
     pub job: PartJob,
     pub samples: Arc<[Sample]>,
     pub list: &'a ListArgs,
-    /// A whole run made part by part, so that it can be resumed ([`ShardedList::finish`]
-    /// removes its parts).
+    /// A whole run (`ShardMode::Whole`) made part by part, so that it can be resumed
+    /// ([`ShardedList::finish`] removes its parts).
     resumable: bool,
     /// The parts folder is the default `<output>.parts` (removed once empty).
     default_parts_dir: bool,
@@ -49,11 +49,13 @@ pub struct ShardedList<'a> {
 }
 
 impl Drop for ShardedList<'_> {
-    /// A run that made the default parts folder and wrote nothing into it (it failed before
-    /// its first part) leaves no empty folder behind.
+    /// A whole run by parts leaves no empty default parts folder behind: neither when it
+    /// succeeded ([`ShardedList::finish`] removed the parts) nor when it failed before its
+    /// first part. (Workers may be creating their shared folder at this moment: only a whole
+    /// run cleans.)
     fn drop(&mut self) {
-        // Workers may be creating the shared folder at this moment: only a whole run cleans.
-        if self.mode == ShardMode::Whole && self.default_parts_dir && self._hold.is_some() {
+        if self.resumable && self.default_parts_dir {
+            // Succeeds only when nothing else is in it.
             let _ = std::fs::remove_dir(&self.parts_dir);
         }
     }
@@ -168,10 +170,11 @@ impl<'a> ShardedList<'a> {
         }
     }
 
-    /// After the output is written: a whole run made by parts removes them (and the default
-    /// parts folder once it is empty). A part that cannot be removed is only a warning.
+    /// After the output is written: a whole run made by parts removes them (its default
+    /// parts folder goes when the list is dropped). A part that cannot be removed is only a
+    /// warning.
     pub fn finish(&self) {
-        if !(self.resumable && self.mode == ShardMode::Whole) {
+        if !self.resumable {
             return;
         }
         for rows in chunk_ranges(self.job.rows, self.job.chunk_rows) {
@@ -181,10 +184,6 @@ impl<'a> ShardedList<'a> {
             {
                 eprintln!("warning: could not remove {}: {e}", path.display());
             }
-        }
-        if self.default_parts_dir {
-            // Succeeds only when nothing else is in it.
-            let _ = std::fs::remove_dir(&self.parts_dir);
         }
     }
 
@@ -267,7 +266,7 @@ impl<'a> ShardedList<'a> {
                 ShardMode::Whole => String::new(),
                 _ => format!("worker {spec}: "),
             };
-            if self.mode == ShardMode::Whole && run.now == 0 && run.before > 0 {
+            if self.resumable && run.now == 0 && run.before > 0 {
                 eprintln!(
                     "resuming: {} of {} parts were embedded by an earlier run",
                     run.before,
