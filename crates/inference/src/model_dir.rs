@@ -80,15 +80,17 @@ pub fn check_replaceable(out: &Path) -> Result<()> {
             "exists and is not a folder; refusing to replace it",
         ));
     }
-    let foreign = foreign_entries(out, |n| EXPORT_FILES.contains(&n))
+    // One listing: every entry, then those an export does not write.
+    let entries = foreign_entries(out, |_| false)
         .map_err(|e| InferenceError::io(out, e))?
         .unwrap_or_default();
+    let foreign: Vec<String> = entries
+        .iter()
+        .filter(|n| !EXPORT_FILES.contains(&n.as_str()))
+        .cloned()
+        .collect();
     let earlier_export = out.join(INFO_FILE).is_file();
-    let empty = std::fs::read_dir(out)
-        .map_err(|e| InferenceError::io(out, e))?
-        .next()
-        .is_none();
-    if empty || (foreign.is_empty() && earlier_export) {
+    if entries.is_empty() || (foreign.is_empty() && earlier_export) {
         return Ok(());
     }
     let holds = match foreign.is_empty() {
