@@ -120,6 +120,7 @@ pub fn hold_folder(dir: &Path, hold: Hold, job: &str) -> Result<WorkLock> {
 #[cfg(test)]
 mod tests {
     use super::{Hold, hold_folder, lock_shared_folder, lock_work_folder};
+    use crate::error::DataError;
 
     #[test]
     fn a_folder_held_alone_is_refused_to_any_other_holder() {
@@ -142,7 +143,6 @@ mod tests {
             "no file added"
         );
     }
-    use crate::error::DataError;
 
     #[test]
     fn a_second_holder_is_refused_until_the_first_lets_go() {

@@ -257,6 +257,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
+    use super::loose_token_file;
+
     #[test]
     fn a_reload_interval_must_be_a_number_of_seconds() {
         use std::time::Duration;
@@ -274,10 +278,6 @@ mod tests {
             assert!(err.contains("--reload-every-s"), "{bad}: {err}");
         }
     }
-
-    use std::path::Path;
-
-    use super::loose_token_file;
 
     #[test]
     fn a_token_file_others_can_read_is_named() {
