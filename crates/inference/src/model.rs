@@ -82,6 +82,9 @@ pub enum Engine {
     Burn {
         model: EmbeddingModel,
         device: Device,
+        /// Whether its products run in bf16 on AMX (flex `--dtype bf16`); put back in force
+        /// before each of its forward passes, as the switch is process-wide.
+        bf16_products: bool,
     },
     Ort(OrtModel),
 }
@@ -131,8 +134,10 @@ impl Default for LoadOptions {
 /// bf16 on flex with AMX: f32 tensors, with the convolutions' and linear layers' products in
 /// bf16 on AMX tiles (f32 sums) — faster than f32 and than burn's bf16 tensors, which flex
 /// computes without AMX. On flex this sets the process-wide matmul precision (`bf16` or back
-/// to f32: the model loaded last decides). True when bf16 products are now in force; false
-/// where the CPU or the device has no such path (then a bf16 model's tensors are cast to bf16).
+/// to f32); each model sets its own again before each forward pass ([`InferenceModel::embed`]),
+/// so models of both precisions in one process (a benchmark's alternating rounds) each run
+/// their own, one at a time. True when bf16 products are now in force; false where the CPU or
+/// the device has no such path (then a bf16 model's tensors are cast to bf16).
 fn native_bf16_products(device: &Device, bf16: bool) -> bool {
     use visual_search_model::train_ops::{MatmulPrecision, set_matmul_precision_for};
     let wanted = if bf16 {
@@ -267,16 +272,22 @@ impl InferenceModel {
             dim: model.dim(),
             spec,
             preprocessing,
-            engine: Engine::Burn { model, device },
+            engine: Engine::Burn {
+                model,
+                device,
+                bf16_products: false,
+            },
             device_name: device_name.to_string(),
         }
     }
 
     fn load_on_burn(source: &ModelSource, options: &LoadOptions, name: String) -> Result<Loaded> {
         let mut device = visual_search_model::device::parse_device(&name)?;
+        let bf16_products =
+            options.precision == Precision::Bf16 && native_bf16_products(&device, true);
         let float = match options.precision {
             Precision::F16 => FloatDType::F16,
-            Precision::Bf16 if native_bf16_products(&device, true) => FloatDType::F32,
+            Precision::Bf16 if bf16_products => FloatDType::F32,
             Precision::Bf16 => {
                 if matches!(name.as_str(), "flex" | "cpu") && !options.quiet {
                     eprintln!(
@@ -318,7 +329,11 @@ impl InferenceModel {
             dim: model.dim(),
             spec,
             preprocessing,
-            engine: Engine::Burn { model, device },
+            engine: Engine::Burn {
+                model,
+                device,
+                bf16_products,
+            },
             device_name: name,
         })
     }
@@ -398,7 +413,14 @@ impl InferenceModel {
             )));
         }
         let mut rows = match &self.engine {
-            Engine::Burn { model, device } => burn_features(model, device, pixels, n, s),
+            Engine::Burn {
+                model,
+                device,
+                bf16_products,
+            } => {
+                native_bf16_products(device, *bf16_products);
+                burn_features(model, device, pixels, n, s)
+            }
             Engine::Ort(session) => session.run(&pixels, n, s)?,
         };
         finish_rows(&mut rows, self.dim);

@@ -5,6 +5,9 @@
 //! Without AMX, bf16 on flex is burn's bf16 tensors, which a process that already ran an f32
 //! model on flex cannot switch to: the load must say so.
 //!
+//! With AMX, an f32 and a bf16 model loaded side by side each run their own precision (the
+//! switch is process-wide; each model puts its own back in force before a forward pass).
+//!
 //! Its own test binary: the matmul precision is process-wide.
 
 mod common;
@@ -31,8 +34,7 @@ fn load(
     )
 }
 
-fn embed(weights: &std::path::Path, precision: Precision, pixels: &[f32], n: usize) -> Vec<f32> {
-    let model = load(weights, precision).unwrap();
+fn embed(model: &InferenceModel, pixels: &[f32], n: usize) -> Vec<f32> {
     model.embed(pixels.to_vec(), n).unwrap()
 }
 
@@ -48,7 +50,8 @@ fn lite0_bf16_products_keep_features_and_neighbours() {
     let n = 32;
     let pixels = lite0_pixels(&gallery_spread(&grocery, n));
 
-    let f32_rows = embed(&weights, Precision::F32, &pixels, n);
+    let f32_model = load(&weights, Precision::F32).unwrap();
+    let f32_rows = embed(&f32_model, &pixels, n);
     assert_eq!(matmul_precision(), MatmulPrecision::F32);
     if !native_bf16() {
         // Without AMX, bf16 on flex means burn's bf16 tensors, and burn fixes a device's float
@@ -64,8 +67,17 @@ fn lite0_bf16_products_keep_features_and_neighbours() {
         assert_eq!(matmul_precision(), MatmulPrecision::F32);
         return;
     }
-    let bf16_rows = embed(&weights, Precision::Bf16, &pixels, n);
+    let bf16_model = load(&weights, Precision::Bf16).unwrap();
+    // Loaded after it, the bf16 model must not change what the f32 model computes.
+    assert_eq!(
+        embed(&f32_model, &pixels, n),
+        f32_rows,
+        "the f32 model ran bf16 products after a bf16 model was loaded"
+    );
+    let bf16_rows = embed(&bf16_model, &pixels, n);
     assert_eq!(matmul_precision(), MatmulPrecision::Bf16);
+    assert_eq!(embed(&f32_model, &pixels, n), f32_rows);
+    assert_eq!(embed(&bf16_model, &pixels, n), bf16_rows);
     let dim = f32_rows.len() / n;
     let a: Vec<&[f32]> = f32_rows.chunks(dim).collect();
     let b: Vec<&[f32]> = bf16_rows.chunks(dim).collect();
