@@ -4,15 +4,19 @@
 //! A frozen batch norm is folded into its convolution in training
 //! ([`crate::layers::conv_bn_act`]), so the convolution's forward pass adds the bias and applies
 //! the activation while its output is warm, and its backward pass starts here: one parallel,
-//! branch-free, vectorised pass (`super::vectorized`) that masks the output gradient where the
+//! branch-free, vectorised pass that masks the output gradient where the
 //! activation did not pass — in place — and sums it per channel for the bias. Composed from
 //! burn's operations the batch norm and activation were four full-size tensors forward (mul,
 //! add, relu, clamp) and as many again backward; then one fused affine pass each way, which
 //! still read and wrote every activation once more than this.
+//!
+//! The masking pass is written with explicit AVX-512 / AVX2 instructions ([`x86`]): compiled
+//! for AVX-512 from portable code, the compiler kept it scalar (a masked scalar move per value)
+//! and it took a fifth of a Lite0 bf16 train step on an AMX Xeon.
 
 use rayon::prelude::*;
 
-use super::vectorized::vectorized;
+use super::vectorized::Simd;
 
 /// The activation after a convolution (and the batch norm folded into it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,14 +82,15 @@ pub fn mask_pre_activation_grad(
         .par_chunks_mut(plane)
         .zip(z.par_chunks(plane))
         .map(|(g_p, z_p)| {
-            vectorized(
-                #[inline(always)]
-                || match activation {
-                    Activation::Identity => masked_plane(g_p, z_p, Activation::Identity),
-                    Activation::Relu => masked_plane(g_p, z_p, Activation::Relu),
-                    Activation::Relu6 => masked_plane(g_p, z_p, Activation::Relu6),
-                },
-            )
+            match Simd::detect() {
+                // SAFETY: the CPU has AVX-512F.
+                #[cfg(target_arch = "x86_64")]
+                Simd::Avx512 => unsafe { x86::masked_plane_avx512(g_p, z_p, activation) },
+                // SAFETY: the CPU has AVX2.
+                #[cfg(target_arch = "x86_64")]
+                Simd::Avx2 => unsafe { x86::masked_plane_avx2(g_p, z_p, activation) },
+                Simd::Portable => masked_plane(g_p, z_p, activation),
+            }
         })
         .collect();
     let mut per_channel = vec![0.0f64; channels];
@@ -97,7 +102,6 @@ pub fn mask_pre_activation_grad(
 
 /// One plane of [`mask_pre_activation_grad`]: masks `g` in place and returns its sum, in eight
 /// running sums (one per SIMD lane) added up in f64.
-#[inline(always)]
 fn masked_plane(g: &mut [f32], z: &[f32], activation: Activation) -> f64 {
     let mut sum = [0.0f32; 8];
     let (g8, g_rest) = g.as_chunks_mut::<8>();
@@ -120,4 +124,157 @@ fn masked_plane(g: &mut [f32], z: &[f32], activation: Activation) -> f64 {
 #[inline(always)]
 fn masked(g: f32, keep: bool) -> f32 {
     f32::from_bits(g.to_bits() & (keep as u32).wrapping_neg())
+}
+
+/// [`masked_plane`] in AVX-512 and AVX2 registers: the same masks (ordered compares, so a NaN
+/// output blocks the gradient as `passes` does) and the same +0.0 where blocked; the sum in 16
+/// (AVX-512) or 8 (AVX2, as [`masked_plane`]) running f32 sums, added up in f64.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::Activation;
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn masked_plane_avx512(
+        g: &mut [f32],
+        z: &[f32],
+        activation: Activation,
+    ) -> f64 {
+        assert_eq!(g.len(), z.len());
+        let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
+        let mut acc = _mm512_setzero_ps();
+        let (g16, g_rest) = g.as_chunks_mut::<16>();
+        let (z16, z_rest) = z.as_chunks::<16>();
+        for (d, v) in g16.iter_mut().zip(z16) {
+            // SAFETY: `d` and `v` are 16 floats each.
+            let gv = unsafe { _mm512_loadu_ps(d.as_ptr()) };
+            let kept = match activation {
+                Activation::Identity => gv,
+                Activation::Relu | Activation::Relu6 => {
+                    let zv = unsafe { _mm512_loadu_ps(v.as_ptr()) };
+                    let mut keep = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(zv, zero);
+                    if activation == Activation::Relu6 {
+                        keep &= _mm512_cmp_ps_mask::<_CMP_LT_OQ>(zv, six);
+                    }
+                    let kept = _mm512_maskz_mov_ps(keep, gv);
+                    // SAFETY: as above.
+                    unsafe { _mm512_storeu_ps(d.as_mut_ptr(), kept) };
+                    kept
+                }
+            };
+            acc = _mm512_add_ps(acc, kept);
+        }
+        let mut lanes = [0.0f32; 16];
+        // SAFETY: 16 floats.
+        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc) };
+        finish(&mut lanes, g_rest, z_rest, activation)
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn masked_plane_avx2(
+        g: &mut [f32],
+        z: &[f32],
+        activation: Activation,
+    ) -> f64 {
+        assert_eq!(g.len(), z.len());
+        let (zero, six) = (_mm256_setzero_ps(), _mm256_set1_ps(6.0));
+        let mut acc = _mm256_setzero_ps();
+        let (g8, g_rest) = g.as_chunks_mut::<8>();
+        let (z8, z_rest) = z.as_chunks::<8>();
+        for (d, v) in g8.iter_mut().zip(z8) {
+            // SAFETY: `d` and `v` are 8 floats each.
+            let gv = unsafe { _mm256_loadu_ps(d.as_ptr()) };
+            let kept = match activation {
+                Activation::Identity => gv,
+                Activation::Relu | Activation::Relu6 => {
+                    let zv = unsafe { _mm256_loadu_ps(v.as_ptr()) };
+                    let mut keep = _mm256_cmp_ps::<_CMP_GT_OQ>(zv, zero);
+                    if activation == Activation::Relu6 {
+                        keep = _mm256_and_ps(keep, _mm256_cmp_ps::<_CMP_LT_OQ>(zv, six));
+                    }
+                    let kept = _mm256_and_ps(keep, gv);
+                    // SAFETY: as above.
+                    unsafe { _mm256_storeu_ps(d.as_mut_ptr(), kept) };
+                    kept
+                }
+            };
+            acc = _mm256_add_ps(acc, kept);
+        }
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: 8 floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+        finish(&mut lanes, g_rest, z_rest, activation)
+    }
+
+    /// Masks the values past the last full register and adds them to the running sums (value
+    /// `i` to sum `i`), then adds the sums up in f64.
+    fn finish(lanes: &mut [f32], g: &mut [f32], z: &[f32], activation: Activation) -> f64 {
+        for (lane, (d, &v)) in lanes.iter_mut().zip(g.iter_mut().zip(z)) {
+            *d = super::masked(*d, activation.passes(v));
+            *lane += *d;
+        }
+        lanes.iter().map(|&v| v as f64).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vector passes mask exactly as the portable one (NaN, ±0, both edges of ReLU6,
+    /// every tail length) and sum to the same within f32 rounding.
+    #[test]
+    fn vector_passes_match_the_portable_one() {
+        let specials = [
+            f32::NAN,
+            0.0,
+            -0.0,
+            6.0,
+            5.999,
+            1e-30,
+            -1e-30,
+            7.0,
+            -3.0,
+            2.5,
+        ];
+        for len in 0..70 {
+            let z: Vec<f32> = (0..len)
+                .map(|i| specials[(i * 7 + len) % specials.len()])
+                .collect();
+            let g: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+            for activation in [Activation::Identity, Activation::Relu, Activation::Relu6] {
+                let mut want = g.clone();
+                let want_sum = masked_plane(&mut want, &z, activation);
+                let mut results = vec![("portable", want.clone(), want_sum)];
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if std::arch::is_x86_feature_detected!("avx512f") {
+                        let mut got = g.clone();
+                        // SAFETY: the CPU has AVX-512F.
+                        let sum = unsafe { x86::masked_plane_avx512(&mut got, &z, activation) };
+                        results.push(("avx512", got, sum));
+                    }
+                    if std::arch::is_x86_feature_detected!("avx2") {
+                        let mut got = g.clone();
+                        // SAFETY: the CPU has AVX2.
+                        let sum = unsafe { x86::masked_plane_avx2(&mut got, &z, activation) };
+                        results.push(("avx2", got, sum));
+                    }
+                }
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                for (name, got, got_sum) in results {
+                    assert_eq!(
+                        bits(&got),
+                        bits(&want),
+                        "{name}, {activation:?}, {len} values"
+                    );
+                    assert!(
+                        (got_sum - want_sum).abs() <= 1e-5 * (1.0 + want_sum.abs()),
+                        "{name}, {activation:?}, {len} values: sum {got_sum} vs {want_sum}"
+                    );
+                }
+            }
+        }
+    }
 }
