@@ -13,6 +13,12 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// 500 with `e`'s message: a failure of the server's own (a blocking task that panicked, a
+/// store that could not be read), not of the request.
+pub fn internal(e: impl ToString) -> ApiError {
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
 pub fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, message.into())
 }

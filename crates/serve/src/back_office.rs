@@ -30,7 +30,7 @@ use visual_search_retrieval::catalogue_duplicates::{DupSettings, find_duplicate_
 use visual_search_retrieval::index::IndexItem;
 use visual_search_retrieval::item_metadata::{Metadata, check_column_name, check_value};
 
-use crate::api_error::{ApiError, bad_request};
+use crate::api_error::{ApiError, bad_request, internal};
 use crate::query_image::{decode_query, prepare_catalogue_image};
 use crate::query_params::QueryParams;
 use crate::upload::{MAX_IMAGES, body_error, check_declared_length, is_multipart};
@@ -58,10 +58,6 @@ struct WriteReply {
 
 /// What a write changed: rows removed and added, and a delete's keys that matched nothing.
 type WriteCounts = (usize, usize, Vec<String>);
-
-fn internal(e: impl ToString) -> ApiError {
-    ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-}
 
 /// 403 when writes are off, 401 without the right bearer token.
 fn authorize<'a>(

@@ -61,7 +61,7 @@ use visual_search_retrieval::index::Preprocessing;
 use visual_search_retrieval::index_post_processing::{item_query, without_item};
 use visual_search_retrieval::item_metadata::{Filter, Metadata};
 
-use crate::api_error::{ApiError, bad_request};
+use crate::api_error::{ApiError, bad_request, internal};
 use crate::back_office::{WriteConfig, add_items, compact_index, delete_items, duplicate_groups};
 use crate::inference::{InferenceQueue, QueueError};
 use crate::live_index::LiveIndex;
@@ -439,12 +439,11 @@ async fn search_one(
 /// index has (a misspelled column matches nothing whatever the query), else nothing to say.
 /// Asked only then, as listing an index's columns reads every item's metadata.
 async fn explain_empty(index: &Arc<dyn Catalogue>, filter: Filter) -> Result<(), ApiError> {
-    let internal = |e: String| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e);
     let index = index.clone();
     let columns = tokio::task::spawn_blocking(move || index.metadata_columns())
         .await
-        .map_err(|e| internal(e.to_string()))?
-        .map_err(|e| internal(e.to_string()))?;
+        .map_err(internal)?
+        .map_err(internal)?;
     filter
         .check_columns(&columns)
         .map_err(|e| bad_request(e.to_string()))
@@ -458,7 +457,6 @@ async fn scan_one(
     k: usize,
     filter: Filter,
 ) -> Result<Vec<CatalogueHit>, ApiError> {
-    let internal = |e: String| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e);
     if index.scans_queries_together() {
         return state
             .searches
@@ -470,8 +468,8 @@ async fn scan_one(
     let mut hits =
         tokio::task::spawn_blocking(move || searcher.search_items(&embedding, k, &filter))
             .await
-            .map_err(|e| internal(e.to_string()))?
-            .map_err(|e| internal(e.to_string()))?;
+            .map_err(internal)?
+            .map_err(internal)?;
     Ok(hits.pop().unwrap_or_default())
 }
 
@@ -503,18 +501,17 @@ async fn scan_similar(
     k: usize,
     filter: Filter,
 ) -> Result<Option<Vec<CatalogueHit>>, ApiError> {
-    let internal = |e: String| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e);
     let searcher = index.clone();
     if !index.scans_queries_together() {
         return tokio::task::spawn_blocking(move || searcher.similar_items(id, k, &filter))
             .await
-            .map_err(|e| internal(e.to_string()))?
-            .map_err(|e| internal(e.to_string()));
+            .map_err(internal)?
+            .map_err(internal);
     }
     let query = tokio::task::spawn_blocking(move || item_query(searcher.as_ref(), id))
         .await
-        .map_err(|e| internal(e.to_string()))?
-        .map_err(|e| internal(e.to_string()))?;
+        .map_err(internal)?
+        .map_err(internal)?;
     let Some(query) = query else {
         return Ok(None);
     };
@@ -533,10 +530,7 @@ async fn scan_similar(
 }
 
 fn model_stopped() -> ApiError {
-    ApiError(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "the model thread stopped".into(),
-    )
+    internal("the model thread stopped")
 }
 
 /// A job's place in the model queue, or why there is none.
@@ -556,10 +550,7 @@ fn queued<T>(submitted: Result<T, QueueError>) -> Result<T, ApiError> {
 async fn model_answer(
     reply: tokio::sync::oneshot::Receiver<Result<Vec<f32>, String>>,
 ) -> Result<Vec<f32>, ApiError> {
-    reply
-        .await
-        .map_err(|_| model_stopped())?
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))
+    reply.await.map_err(|_| model_stopped())?.map_err(internal)
 }
 
 /// The embeddings of `images` (each cropped to `bbox` when given), and when decoding ended.
@@ -585,7 +576,7 @@ async fn photo_embeddings(
             .collect::<Result<Vec<Vec<f32>>, String>>()
     })
     .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(internal)?
     .map_err(bad_request)?;
     let decoded = Instant::now();
     let mut pending = Vec::with_capacity(photos);
@@ -611,7 +602,6 @@ async fn auto_boxed_embedding(
     limits: &DecodeLimits,
     filter: &Filter,
 ) -> Result<(Vec<f32>, Option<BBox>, Instant), ApiError> {
-    let internal = |e: String| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e);
     let limits = *limits;
     let (photo_pre, window_pre) = (
         pre.clone(),
@@ -629,7 +619,7 @@ async fn auto_boxed_embedding(
         Ok::<_, String>((photo, crops, (image.width(), image.height())))
     })
     .await
-    .map_err(|e| internal(e.to_string()))?
+    .map_err(internal)?
     .map_err(bad_request)?;
     let decoded = Instant::now();
     let photo = queued(state.queue.submit(photo_pixels))?;
@@ -642,8 +632,8 @@ async fn auto_boxed_embedding(
             .map(|choice| (choice, whole, rows))
     })
     .await
-    .map_err(|e| internal(e.to_string()))?
-    .map_err(|e| internal(e.to_string()))?;
+    .map_err(internal)?
+    .map_err(internal)?;
     Ok(match choice {
         // The window's own embedding is the query: nothing more is embedded.
         Some(c) => (
@@ -718,7 +708,7 @@ async fn image(State(state): State<Arc<AppState>>, UrlPath(id): UrlPath<String>)
         }
     };
     let response = match lookup {
-        Err(e) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => internal(e).into_response(),
         Ok(None) => {
             ApiError(StatusCode::NOT_FOUND, format!("no catalogue image {id}")).into_response()
         }
@@ -747,8 +737,7 @@ async fn image(State(state): State<Arc<AppState>>, UrlPath(id): UrlPath<String>)
                         )
                             .into_response(),
                         Ok(Err(e)) => ApiError(StatusCode::NOT_FOUND, e).into_response(),
-                        Err(e) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-                            .into_response(),
+                        Err(e) => internal(e).into_response(),
                     }
                 }
                 Err(e) => e.into_response(),
@@ -768,7 +757,7 @@ pub(crate) async fn decode_permit(
 ) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
     match tokio::time::timeout(state.config.request_timeout, state.decoders.acquire()).await {
         Ok(Ok(permit)) => Ok(permit),
-        Ok(Err(e)) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Ok(Err(e)) => Err(internal(e)),
         Err(_) => Err(ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many images are being decoded; retry shortly".into(),
