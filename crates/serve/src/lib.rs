@@ -698,54 +698,46 @@ async fn similar(
 }
 
 async fn image(State(state): State<Arc<AppState>>, UrlPath(id): UrlPath<String>) -> Response {
-    let lookup = match id.parse::<u64>() {
-        Err(_) => Ok(None),
-        Ok(i) => {
-            let s = state.index.get();
-            tokio::task::spawn_blocking(move || s.item(i))
-                .await
-                .unwrap_or_else(|e| Err(RetrievalError::Invalid(e.to_string())))
-        }
-    };
-    let response = match lookup {
-        Err(e) => internal(e).into_response(),
-        Ok(None) => {
-            ApiError(StatusCode::NOT_FOUND, format!("no catalogue image {id}")).into_response()
-        }
-        Ok(Some(item)) => {
-            let path = item.path.clone();
-            let limits = DecodeLimits {
-                max_pixels: state.config.max_pixels,
-                ..DecodeLimits::default()
-            };
-            // A catalogue photo is decoded whole before it is shrunk: thumbnails take the
-            // decoders' permits, so their memory is bounded like uploads' (32 requests at once
-            // for 24 Mpx photos took the server to 5 GB before).
-            match decode_permit(&state).await {
-                Ok(_permit) => {
-                    match tokio::task::spawn_blocking(move || {
-                        thumbnail_jpeg(Path::new(&path), 256, &limits)
-                    })
-                    .await
-                    {
-                        Ok(Ok(jpeg)) => (
-                            [
-                                (header::CONTENT_TYPE, "image/jpeg"),
-                                (header::CACHE_CONTROL, "max-age=3600"),
-                            ],
-                            jpeg,
-                        )
-                            .into_response(),
-                        Ok(Err(e)) => ApiError(StatusCode::NOT_FOUND, e).into_response(),
-                        Err(e) => internal(e).into_response(),
-                    }
-                }
-                Err(e) => e.into_response(),
-            }
-        }
+    let response = match thumbnail(&state, &id).await {
+        Ok(jpeg) => (
+            [
+                (header::CONTENT_TYPE, "image/jpeg"),
+                (header::CACHE_CONTROL, "max-age=3600"),
+            ],
+            jpeg,
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
     };
     state.metrics.request("images", response.status().as_u16());
     response
+}
+
+/// The JPEG thumbnail (256 px) of catalogue image `id`; 404 for an id the catalogue does not
+/// hold or a photo that cannot be read.
+async fn thumbnail(state: &AppState, id: &str) -> Result<Vec<u8>, ApiError> {
+    let not_found = || ApiError(StatusCode::NOT_FOUND, format!("no catalogue image {id}"));
+    let Ok(i) = id.parse::<u64>() else {
+        return Err(not_found());
+    };
+    let index = state.index.get();
+    let item = tokio::task::spawn_blocking(move || index.item(i))
+        .await
+        .unwrap_or_else(|e| Err(RetrievalError::Invalid(e.to_string())))
+        .map_err(internal)?
+        .ok_or_else(not_found)?;
+    let limits = DecodeLimits {
+        max_pixels: state.config.max_pixels,
+        ..DecodeLimits::default()
+    };
+    // A catalogue photo is decoded whole before it is shrunk: thumbnails take the decoders'
+    // permits, so their memory is bounded like uploads' (32 requests at once for 24 Mpx
+    // photos took the server to 5 GB before).
+    let _permit = decode_permit(state).await?;
+    tokio::task::spawn_blocking(move || thumbnail_jpeg(Path::new(&item.path), 256, &limits))
+        .await
+        .map_err(internal)?
+        .map_err(|e| ApiError(StatusCode::NOT_FOUND, e))
 }
 
 /// One of the decoders' permits (`--max-decodes`), waited for within the request deadline and
