@@ -106,6 +106,32 @@ impl TrainState {
         }
         Ok(())
     }
+
+    /// Refuses to resume this run on a training list other than the one it started with. A
+    /// checkpoint from before the list was recorded can only be checked for labels its head
+    /// does not know; it then records `samples` as its list.
+    pub fn check_resumed_list(
+        &mut self,
+        samples: &[visual_search_data::Sample],
+    ) -> Result<(), TrainError> {
+        let now = TrainListId::of(samples);
+        if let Some(then) = &self.train_list {
+            return then.check_resumed_with(&now);
+        }
+        if let Some(s) = samples
+            .iter()
+            .find(|s| self.classes.index_of(s.label).is_none())
+        {
+            return Err(TrainError::Invalid(format!(
+                "--resume: {} has label {}, which the training list this run started with did \
+                 not have; a resumed run must see the same list",
+                s.path.display(),
+                s.label
+            )));
+        }
+        self.train_list = Some(now);
+        Ok(())
+    }
 }
 
 /// A training list as resuming sees it: its length and its labels in order (what the epoch

@@ -299,31 +299,11 @@ impl<'a> Phase<'a> {
         } else {
             (None, Vec::new())
         };
-        let train_list = TrainListId::of(&data.train);
         let state = match &resume_from {
             Some(dir) => {
                 let mut state = read_state(dir)?;
                 state.check_resumed_with(config, &spec.name)?;
-                match &state.train_list {
-                    Some(then) => then.check_resumed_with(&train_list)?,
-                    // A checkpoint from before the list was recorded: at least every label
-                    // must be one the run's head knows.
-                    None => {
-                        if let Some(s) = data
-                            .train
-                            .iter()
-                            .find(|s| state.classes.index_of(s.label).is_none())
-                        {
-                            return Err(TrainError::Invalid(format!(
-                                "--resume: {} has label {}, which the training list this run \
-                                 started with did not have; a resumed run must see the same list",
-                                s.path.display(),
-                                s.label
-                            )));
-                        }
-                        state.train_list = Some(train_list);
-                    }
-                }
+                state.check_resumed_list(&data.train)?;
                 state
             }
             None => TrainState {
@@ -335,7 +315,7 @@ impl<'a> Phase<'a> {
                 neck_dim: config.model.embedding_dim,
                 gem: config.model.gem,
                 classes: ClassIndex::from_labels(data.train.iter().map(|s| s.label)),
-                train_list: Some(train_list),
+                train_list: Some(TrainListId::of(&data.train)),
                 metrics: None,
                 history: Vec::new(),
             },
