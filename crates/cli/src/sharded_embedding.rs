@@ -249,6 +249,10 @@ impl<'a> ShardedList<'a> {
         let mine = &chunks[spec.share(chunks.len())];
         let dir = &self.parts_dir;
         let mut run = PartsRun::default();
+        let who = match self.mode {
+            ShardMode::Whole => String::new(),
+            _ => format!("worker {spec}: "),
+        };
         // A killed run of this worker may have left temp files of its parts.
         sweep_part_temps(dir, mine);
         for (n, rows) in mine.iter().enumerate() {
@@ -262,10 +266,6 @@ impl<'a> ShardedList<'a> {
                 }
                 ExistingPart::Missing => {}
             }
-            let who = match self.mode {
-                ShardMode::Whole => String::new(),
-                _ => format!("worker {spec}: "),
-            };
             if self.resumable && run.now == 0 && run.before > 0 {
                 eprintln!(
                     "resuming: {} of {} parts were embedded by an earlier run",
