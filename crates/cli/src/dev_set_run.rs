@@ -272,11 +272,11 @@ pub struct RankArgs {
     /// Subtract the mean of all query and gallery embeddings, then re-normalise.
     #[arg(long)]
     pub centre: bool,
-    /// Database-side augmentation with K neighbours (the solution used 5).
-    #[arg(long)]
+    /// Database-side augmentation with K ≥ 1 neighbours (the solution used 5).
+    #[arg(long, value_parser = crate::args::at_least_one)]
     pub dba_k: Option<usize>,
-    /// α-query expansion with K neighbours.
-    #[arg(long)]
+    /// α-query expansion with K ≥ 1 neighbours.
+    #[arg(long, value_parser = crate::args::at_least_one)]
     pub qe_k: Option<usize>,
     /// α of query expansion.
     #[arg(long, default_value_t = 3.0, value_parser = crate::args::non_negative)]

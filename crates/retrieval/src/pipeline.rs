@@ -71,7 +71,8 @@ pub fn rank(
     if options.centre {
         centre_on_joint_mean(&mut queries, &mut gallery, dim);
     }
-    if let Some(k) = options.dba_k {
+    // DBA with no neighbours is no DBA: nor its standardisation, which alone moves rankings.
+    if let Some(k) = options.dba_k.filter(|&k| k > 0) {
         let reference = gallery.clone();
         standardize(&reference, dim, &mut [&mut gallery, &mut queries]);
         sanitize_and_normalize(&mut queries, dim);
@@ -93,4 +94,45 @@ pub fn rank(
         ),
     };
     (ranking, start.elapsed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Vectors whose per-dimension spread differs a lot, so that DBA's standardisation, if it
+    /// ran, would change the ranking.
+    fn skewed(rows: usize, dim: usize, seed: usize) -> Vec<f32> {
+        (0..rows * dim)
+            .map(|i| {
+                let v = ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0 - 1.0;
+                v * (1 + (i % dim) * 10) as f32 + if i % dim == 0 { 5.0 } else { 0.0 }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn dba_with_no_neighbours_changes_nothing() {
+        let dim = 8;
+        let (queries, gallery) = (skewed(6, dim, 1), skewed(40, dim, 2));
+        let plain = RankOptions {
+            top_k: 10,
+            ..RankOptions::default()
+        };
+        let (expected, _) = rank(queries.clone(), gallery.clone(), dim, &plain);
+        let none = RankOptions {
+            dba_k: Some(0),
+            ..plain.clone()
+        };
+        assert_eq!(
+            rank(queries.clone(), gallery.clone(), dim, &none).0,
+            expected
+        );
+        // The same data does move under DBA with neighbours (the test could fail).
+        let one = RankOptions {
+            dba_k: Some(1),
+            ..plain
+        };
+        assert_ne!(rank(queries, gallery, dim, &one).0, expected);
+    }
 }

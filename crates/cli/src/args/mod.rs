@@ -35,6 +35,16 @@ pub fn unit_interval(text: &str) -> Result<f32, String> {
     }
 }
 
+/// A cosine threshold: a number in [-1, 1] (NaN would make every comparison false and a
+/// gate's report read "(< NaN)").
+pub fn cosine(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if (-1.0..=1.0).contains(&v) => Ok(v),
+        Ok(v) => Err(format!("must be a cosine in [-1, 1], got {v}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -48,6 +58,11 @@ mod tests {
         assert_eq!(super::unit_interval("0.3"), Ok(0.3));
         for bad in ["nan", "1.5", "-0.1"] {
             assert!(super::unit_interval(bad).is_err(), "{bad}");
+        }
+        assert_eq!(super::cosine("0.99"), Ok(0.99));
+        assert_eq!(super::cosine("-1"), Ok(-1.0));
+        for bad in ["nan", "NaN", "1.01", "-inf", "x"] {
+            assert!(super::cosine(bad).is_err(), "{bad}");
         }
     }
 }

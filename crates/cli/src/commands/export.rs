@@ -60,7 +60,8 @@ pub struct Args {
     /// Images taken (evenly spread over the list): half calibrate, half check.
     #[arg(long, default_value_t = 256)]
     calibration_images: usize,
-    #[arg(long, default_value_t = 0.99)]
+    /// The int8 gate's least per-image cosine to the f32 embedding, in [-1, 1].
+    #[arg(long, default_value_t = 0.99, value_parser = crate::args::cosine)]
     int8_min_cosine: f64,
     /// A dev set (gallery.csv + queries.csv) on which int8 must keep mAP@1000 within 0.005.
     #[arg(long)]
