@@ -13,12 +13,14 @@
 //!
 //! The bias's gradient (`bias_grad`) is the output gradient's channel sums, whatever the grouping.
 
+use std::mem::MaybeUninit;
+
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::conv_geometry::im2col;
 pub use super::conv_geometry::{ChannelOrder, ConvGeometry};
-use super::gemm_views::{Matrix, MatrixRef, Operand, gemm, gemm_f32};
+use super::gemm_views::{Matrix, MatrixRef, Operand, gemm, gemm_f32, gemm_into_uninit};
 use super::vectorized::{sum_f64, vectorized};
 use super::{depthwise_input_grad, depthwise_weight_grad};
 
@@ -114,7 +116,8 @@ fn dense_weight_grad(x: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f32> {
 fn dense_input_grad(weight: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f32> {
     let rows = g.col_rows();
     let image = g.in_channels * g.in_plane();
-    let mut dx = vec![0.0f32; g.batch * image];
+    let len = g.batch * image;
+    let mut dx: Vec<f32> = Vec::with_capacity(len);
     // Parallel over images when there are enough of them, else inside each GEMM.
     let across_images = g.batch >= rayon::current_num_threads();
     let inner = if across_images {
@@ -125,17 +128,12 @@ fn dense_input_grad(weight: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f32> {
     // col[r, p] = Σ_co weight[co, r] · gy[co, p]; the weight is shared by every image.
     let w_t = Operand::lhs(MatrixRef::transposed(weight, rows, g.out_channels), true);
     // `col` is one patch-matrix buffer per thread, overwritten by each image's GEMM.
-    let run = |col: &mut Vec<f32>, (n, dx_n): (usize, &mut [f32])| {
+    let run = |col: &mut Vec<f32>, (n, dx_n): (usize, &mut [MaybeUninit<f32>])| {
         let gy_n = &gy[n * g.out_channels * g.out_plane()..][..g.out_channels * g.out_plane()];
         let gy_m = Operand::F32(MatrixRef::row_major(gy_n, g.out_channels, g.out_plane()));
         if g.is_plain_pointwise() {
-            gemm(
-                Matrix::row_major(dx_n, rows, g.out_plane()),
-                false,
-                &w_t,
-                &gy_m,
-                inner,
-            );
+            // The product is the image's whole gradient: written, never zeroed first.
+            gemm_into_uninit(dx_n, rows, g.out_plane(), &w_t, &gy_m, inner);
         } else {
             col.resize(rows * g.out_plane(), 0.0);
             gemm(
@@ -145,19 +143,31 @@ fn dense_input_grad(weight: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f32> {
                 &gy_m,
                 inner,
             );
+            for v in dx_n.iter_mut() {
+                v.write(0.0);
+            }
+            // SAFETY: every element was just written, and `MaybeUninit<f32>` has the layout
+            // of `f32`.
+            let dx_n = unsafe { &mut *(dx_n as *mut [MaybeUninit<f32>] as *mut [f32]) };
             col2im_add(col, g, dx_n);
         }
     };
-    if across_images {
-        dx.par_chunks_mut(image)
-            .enumerate()
-            .for_each_init(Vec::new, run);
-    } else {
-        let mut col = Vec::new();
-        dx.chunks_mut(image)
-            .enumerate()
-            .for_each(|item| run(&mut col, item));
+    let out = &mut dx.spare_capacity_mut()[..len];
+    if image > 0 {
+        if across_images {
+            out.par_chunks_mut(image)
+                .enumerate()
+                .for_each_init(Vec::new, run);
+        } else {
+            let mut col = Vec::new();
+            out.chunks_mut(image)
+                .enumerate()
+                .for_each(|item| run(&mut col, item));
+        }
     }
+    // SAFETY: the images' chunks cover all `len` elements (none when `image` is 0), and `run`
+    // wrote every element of each.
+    unsafe { dx.set_len(len) };
     dx
 }
 

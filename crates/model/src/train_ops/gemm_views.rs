@@ -224,6 +224,36 @@ pub(super) fn gemm_then(
     activation.apply(&mut dst.data[..dst.rows * dst.cols]);
 }
 
+/// `dst = lhs · rhs` ([`gemm`], in the [`matmul_precision`]) into memory that may not be
+/// initialised, as a `rows × cols` row-major matrix. Both GEMMs only store into an output they
+/// do not accumulate onto: the `gemm` crate's `read_dst = false` never loads it, and
+/// [`amx_gemm`]'s store writes each finished block without reading the destination. Returns
+/// `dst`, now initialised: a gradient that a product overwrites in full (a 1×1 convolution's
+/// input gradient) skips the zero-fill that `vec![0.0; …]` cost (3.7 % of a Lite0 bf16
+/// training step in `perf`, in the allocator's `memset`).
+pub(super) fn gemm_into_uninit<'a>(
+    dst: &'a mut [MaybeUninit<f32>],
+    rows: usize,
+    cols: usize,
+    lhs: &Operand<'_>,
+    rhs: &Operand<'_>,
+    parallelism: Parallelism,
+) -> &'a mut [f32] {
+    assert_eq!(dst.len(), rows * cols);
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and the product below writes every
+    // one of the `rows · cols` elements before anything reads them (see above; `gemm` asserts
+    // the shapes, and with an empty shape there are no elements).
+    let dst = unsafe { &mut *(dst as *mut [MaybeUninit<f32>] as *mut [f32]) };
+    gemm(
+        Matrix::row_major(dst, rows, cols),
+        false,
+        lhs,
+        rhs,
+        parallelism,
+    );
+    dst
+}
+
 /// `dst = scale · lhs · rhs` in f32 whatever the [`matmul_precision`], on this thread: for
 /// products too small to gain from bf16 (attention's per-head products).
 pub(super) fn gemm_f32_scaled(
