@@ -92,6 +92,9 @@ impl<'a> ShardedList<'a> {
         let chunk_rows = batch_aligned_chunk_rows(shard.part_rows, list.batch_size);
         // Random weights (no --weights) differ from run to run: no part could be reused.
         let random_weights = matches!(source, ModelSource::Registry { weights: None, .. });
+        if mode != ShardMode::Whole {
+            model.require_weights_for_workers()?;
+        }
         let resumable = mode == ShardMode::Whole
             && !shard.no_resume
             && !random_weights

@@ -3,9 +3,10 @@
 //! is not `.npy` / `.safetensors`, `rank` to anything but an `.npy` file, either over a file of
 //! the user's (a `--out gallery.npy` whose CSV would replace the dataset's list), `export --int8`
 //! with a calibration list or gate dev set it cannot use; ranking settings that are no numbers
-//! (a NaN distance, `--top-k 0`); a batch size of 0 (which stopped the
-//! loader on an assertion). Each run names weights that do not exist, so it can only
-//! end with the expected message if it stops before loading the model.
+//! (a NaN distance, `--top-k 0`, `--dba-k 0`), an int8 gate that is no cosine; sharded workers
+//! without weights (each would draw its own); a batch size of 0 (which stopped the
+//! loader on an assertion). Each run with weights names weights that do not exist, so it can
+//! only end with the expected message if it stops before loading the model.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -237,6 +238,9 @@ fn ranking_settings_that_are_no_numbers_are_refused_by_name() {
         ("--qe-alpha", "nan"),
         ("--kr-k1", "0"),
         ("--kr-lambda", "1.5"),
+        // DBA with 0 neighbours skipped the augmentation but still standardised both sides.
+        ("--dba-k", "0"),
+        ("--qe-k", "0"),
     ] {
         let mut args = vec!["eval", "--dataset-dir", dataset, flag, value];
         args.extend(MODEL);
@@ -244,4 +248,62 @@ fn ranking_settings_that_are_no_numbers_are_refused_by_name() {
         assert!(!output.status.success(), "{text}");
         assert!(text.contains(flag), "{flag} {value}: {text}");
     }
+}
+
+#[test]
+fn an_int8_gate_that_is_no_cosine_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = gallery(dir.path());
+    let out = dir.path().join("model");
+    for value in ["nan", "1.5"] {
+        let mut args = vec!["export", "--out", out.to_str().unwrap(), "--onnx", "--int8"];
+        args.extend(["--calibration-csv", &csv, "--int8-min-cosine", value]);
+        args.extend(MODEL);
+        let (output, text) = run(&args);
+        assert_eq!(output.status.code(), Some(2), "{text}");
+        assert!(
+            text.contains("--int8-min-cosine") && text.contains("[-1, 1]"),
+            "{text}"
+        );
+        assert!(!out.exists(), "nothing exported");
+    }
+}
+
+/// Workers without `--weights` would each draw their own random weights, and the merge would
+/// join embeddings of different models: refused, for workers and the merge alike.
+#[test]
+fn sharded_runs_without_weights_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = gallery(dir.path());
+    let out = dir.path().join("emb.npy");
+    for command in [&["embed"][..], &["index", "build"]] {
+        for mode in [&["--shard", "0/2"][..], &["--merge-parts"]] {
+            let mut args = command.to_vec();
+            args.extend(["--csv", &csv, "--out", out.to_str().unwrap()]);
+            args.extend(["--model", "efficientnet_lite0", "--device", "flex"]);
+            args.extend(mode);
+            let (output, text) = run(&args);
+            assert!(!output.status.success(), "{command:?} {mode:?}: {text}");
+            assert!(
+                text.contains("no --weights") && text.contains("same weights"),
+                "{command:?} {mode:?}: {text}"
+            );
+            assert!(!out.exists());
+            assert!(!dir.path().join("emb.npy.parts").exists());
+        }
+    }
+    // `mine features` workers: refused before the pairs file (a placeholder here) is read.
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    std::fs::write(work.join("pairs.parquet"), "not read").unwrap();
+    let mut args = vec!["mine", "features", "--work-dir", work.to_str().unwrap()];
+    args.extend(["--model", "efficientnet_lite0", "--shard", "0/2"]);
+    let (output, text) = run(&args);
+    assert!(!output.status.success(), "{text}");
+    assert!(text.contains("no --weights"), "{text}");
+    let names: Vec<_> = std::fs::read_dir(&work)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["pairs.parquet"]);
 }

@@ -112,6 +112,23 @@ impl ModelArgs {
         }
     }
 
+    /// Refuses a registry model without `--weights` in a worker of a sharded job: each worker
+    /// would draw its own random weights, and the merge would join embeddings of different
+    /// models under one name.
+    pub fn require_weights_for_workers(&self) -> anyhow::Result<()> {
+        if let ModelSource::Registry {
+            name,
+            weights: None,
+        } = self.source()
+        {
+            anyhow::bail!(
+                "{name} has no --weights: workers (--shard) and --merge-parts need the same \
+                 weights in every process; pass --weights FILE or an exported model folder"
+            );
+        }
+        Ok(())
+    }
+
     pub fn load(&self) -> anyhow::Result<InferenceModel> {
         let source = self.source();
         let what = match &source {

@@ -80,7 +80,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     work.require(&work.pairs(), "pairs")?;
     let shard = match a.worker.mode()? {
         ShardMode::Merge => return merge(&work, a.snapshot_every),
-        ShardMode::Worker(spec) => Some(spec),
+        ShardMode::Worker(spec) => {
+            a.model.require_weights_for_workers()?;
+            Some(spec)
+        }
         ShardMode::Whole => None,
     };
     let mut embedder = ModelEmbedder::load(&a.model)?;
