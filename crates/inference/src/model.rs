@@ -82,8 +82,8 @@ pub enum Engine {
     Burn {
         model: EmbeddingModel,
         device: Device,
-        /// Whether its products run in bf16 on AMX (flex `--dtype bf16`); put back in force
-        /// before each of its forward passes, as the switch is process-wide.
+        /// Whether its products run in bf16 on AMX (flex `--dtype bf16`); in force for each of
+        /// its forward passes, as the switch is process-wide.
         bf16_products: bool,
     },
     Ort(OrtModel),
@@ -134,10 +134,11 @@ impl Default for LoadOptions {
 /// bf16 on flex with AMX: f32 tensors, with the convolutions' and linear layers' products in
 /// bf16 on AMX tiles (f32 sums) — faster than f32 and than burn's bf16 tensors, which flex
 /// computes without AMX. On flex this sets the process-wide matmul precision (`bf16` or back
-/// to f32); each model sets its own again before each forward pass ([`InferenceModel::embed`]),
-/// so models of both precisions in one process (a benchmark's alternating rounds) each run
-/// their own, one at a time. True when bf16 products are now in force; false where the CPU or
-/// the device has no such path (then a bf16 model's tensors are cast to bf16).
+/// to f32); each model runs each forward pass with its own in force ([`InferenceModel::embed`]
+/// through `with_matmul_precision_for`), so models of both precisions in one process (a
+/// benchmark's alternating rounds, two models serving from two threads) each run their own.
+/// True when bf16 products are now in force; false where the CPU or the device has no such
+/// path (then a bf16 model's tensors are cast to bf16).
 fn native_bf16_products(device: &Device, bf16: bool) -> bool {
     use visual_search_model::train_ops::{MatmulPrecision, set_matmul_precision_for};
     let wanted = if bf16 {
@@ -418,8 +419,14 @@ impl InferenceModel {
                 device,
                 bf16_products,
             } => {
-                native_bf16_products(device, *bf16_products);
-                burn_features(model, device, pixels, n, s)
+                use visual_search_model::train_ops::{MatmulPrecision, with_matmul_precision_for};
+                let precision = match bf16_products {
+                    true => MatmulPrecision::Bf16,
+                    false => MatmulPrecision::F32,
+                };
+                with_matmul_precision_for(device, precision, || {
+                    burn_features(model, device, pixels, n, s)
+                })
             }
             Engine::Ort(session) => session.run(&pixels, n, s)?,
         };

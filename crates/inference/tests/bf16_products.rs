@@ -5,8 +5,10 @@
 //! Without AMX, bf16 on flex is burn's bf16 tensors, which a process that already ran an f32
 //! model on flex cannot switch to: the load must say so.
 //!
-//! With AMX, an f32 and a bf16 model loaded side by side each run their own precision (the
-//! switch is process-wide; each model puts its own back in force before a forward pass).
+//! With AMX, an f32 and a bf16 model loaded side by side each run their own precision, one
+//! after the other and from two threads at once (the switch is process-wide; each forward
+//! pass runs with its model's in force, and a switch waits for the passes running under the
+//! other).
 //!
 //! Its own test binary: the matmul precision is process-wide.
 
@@ -98,4 +100,25 @@ fn lite0_bf16_products_keep_features_and_neighbours() {
     }
     eprintln!("bf16 products: worst cosine to f32 {worst}, largest similarity change {drift}");
     assert!(drift <= 0.008, "similarities moved by {drift}");
+
+    // Both models embedding at once on two threads: neither may run under the other's
+    // precision (the switch waits for the running passes of the other precision).
+    let few = 4;
+    let pixels = &pixels[..few * pixels.len() / n];
+    let alone = [
+        embed(&f32_model, pixels, few),
+        embed(&bf16_model, pixels, few),
+    ];
+    std::thread::scope(|scope| {
+        for (model, want) in [&f32_model, &bf16_model].into_iter().zip(&alone) {
+            scope.spawn(move || {
+                for round in 0..6 {
+                    assert!(
+                        embed(model, pixels, few) == *want,
+                        "round {round}: a model ran under the other's precision"
+                    );
+                }
+            });
+        }
+    });
 }

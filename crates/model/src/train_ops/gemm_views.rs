@@ -7,6 +7,7 @@
 
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{PoisonError, RwLock};
 
 use gemm::Parallelism;
 
@@ -25,6 +26,10 @@ pub enum MatmulPrecision {
 
 static BF16_PRODUCTS: AtomicBool = AtomicBool::new(false);
 
+/// Held shared by the passes of [`with_matmul_precision`] while they run, and exclusively by
+/// [`set_matmul_precision`] while it switches: the switch never happens under a running pass.
+static PRECISION_GATE: RwLock<()> = RwLock::new(());
+
 /// Whether this CPU multiplies bf16 natively (AMX-BF16 tiles, permitted by the OS).
 pub fn native_bf16() -> bool {
     amx_gemm::available()
@@ -33,10 +38,45 @@ pub fn native_bf16() -> bool {
 /// Sets the process-wide precision of the products in convolutions and linear layers on flex
 /// (every model and thread of this process). Returns the precision now in force: bf16 only
 /// where [`native_bf16`], else f32.
+/// Waits for the passes of [`with_matmul_precision`] running now to finish.
 pub fn set_matmul_precision(precision: MatmulPrecision) -> MatmulPrecision {
-    let bf16 = precision == MatmulPrecision::Bf16 && native_bf16();
-    BF16_PRODUCTS.store(bf16, Ordering::Relaxed);
+    let _switch = PRECISION_GATE
+        .write()
+        .unwrap_or_else(PoisonError::into_inner);
+    BF16_PRODUCTS.store(
+        in_force(precision) == MatmulPrecision::Bf16,
+        Ordering::Relaxed,
+    );
     matmul_precision()
+}
+
+/// What [`set_matmul_precision`] puts in force when asked for `precision`.
+fn in_force(precision: MatmulPrecision) -> MatmulPrecision {
+    if precision == MatmulPrecision::Bf16 && native_bf16() {
+        MatmulPrecision::Bf16
+    } else {
+        MatmulPrecision::F32
+    }
+}
+
+/// Runs `f` (a model's forward pass) with `precision` in force, as [`set_matmul_precision`]
+/// puts it, for the whole of `f`: passes of the same precision run together on any threads,
+/// and a pass that needs the other one waits until they are done (and they for it). Two
+/// models of different precisions in one process, embedding on two threads at once, each get
+/// their own — with only the switch, one could flip it under the other's running pass.
+pub fn with_matmul_precision<R>(precision: MatmulPrecision, f: impl FnOnce() -> R) -> R {
+    let wanted = in_force(precision);
+    loop {
+        {
+            let _pass = PRECISION_GATE
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            if matmul_precision() == wanted {
+                return f();
+            }
+        }
+        set_matmul_precision(precision);
+    }
 }
 
 /// The precision [`set_matmul_precision`] put in force.

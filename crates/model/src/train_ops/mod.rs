@@ -51,7 +51,9 @@ use burn::tensor::ops::ConvOptions;
 
 pub use activation_kernels::Activation;
 pub use adamw_kernels::AdamWScalars;
-pub use gemm_views::{MatmulPrecision, matmul_precision, native_bf16, set_matmul_precision};
+pub use gemm_views::{
+    MatmulPrecision, matmul_precision, native_bf16, set_matmul_precision, with_matmul_precision,
+};
 pub use linear_kernels::LinearActivation;
 
 #[cfg(feature = "flex")]
@@ -69,6 +71,20 @@ pub fn set_matmul_precision_for(
         set_matmul_precision(precision)
     } else {
         MatmulPrecision::F32
+    }
+}
+
+/// Runs `f` with `precision` in force for the products of models on `device`: on flex as
+/// [`with_matmul_precision`] (no other pass switches it meanwhile); elsewhere just `f`.
+pub fn with_matmul_precision_for<R>(
+    device: &burn::tensor::Device,
+    precision: MatmulPrecision,
+    f: impl FnOnce() -> R,
+) -> R {
+    if crate::device::is_flex(device) {
+        with_matmul_precision(precision, f)
+    } else {
+        f()
     }
 }
 
