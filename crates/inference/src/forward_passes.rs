@@ -9,18 +9,27 @@
 //! batch statistics, so each image's features do not depend on the others in its pass. Accelerators keep whole
 //! batches (they want them large), and so does ONNX Runtime, which plans its own memory: in
 //! passes of 8 it gained on Lite0 and ConvNeXt-tiny but lost on ResNet-50 and ViT-B/32.
+//!
+//! A vision transformer keeps whole batches on the CPU too: its activations are a few tokens
+//! per image (50 × 3,072 floats at the widest for ViT-B/32), and its linear layers run faster
+//! on many rows at once — one f32 block of 800 token rows per thread instead of two of 200
+//! (the `gemm` crate packs the weight again for every block): ViT-B/32's batch of 32 embedded
+//! 11 % faster on an AVX-512 Xeon (BENCHMARKS.md, "Whole batches through ViT on flex"), with
+//! the same bits out.
 
 use burn::tensor::Device;
+use visual_search_model::backbones::Backbone;
 use visual_search_model::device::is_flex;
+use visual_search_model::embedder::EmbeddingModel;
 
 /// Images per forward pass on the CPU, unless the machine has more compute threads.
 pub const CPU_IMAGES_PER_PASS: usize = 8;
 
 /// The most images one forward pass on `device` takes: on flex [`CPU_IMAGES_PER_PASS`], or one
 /// per compute thread on a larger machine (so that every thread still has an image); on an
-/// accelerator the whole batch.
-pub fn images_per_pass(device: &Device) -> usize {
-    if is_flex(device) {
+/// accelerator, and for a vision transformer anywhere, the whole batch.
+pub fn images_per_pass(device: &Device, model: &EmbeddingModel) -> usize {
+    if is_flex(device) && !matches!(model.backbone, Backbone::Vit(_)) {
         CPU_IMAGES_PER_PASS.max(rayon::current_num_threads())
     } else {
         usize::MAX

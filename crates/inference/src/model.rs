@@ -445,7 +445,7 @@ pub fn burn_features(
     size: usize,
 ) -> Vec<f32> {
     on_pool(device, || {
-        in_passes(pixels, n, images_per_pass(device), |pass, images| {
+        in_passes(pixels, n, images_per_pass(device, model), |pass, images| {
             let data = TensorData::new(pass, [images, 3, size, size]);
             let x = Tensor::<4>::from_data(data, device).cast(device.settings().float_dtype);
             model.features(x).into_data().iter::<f32>().collect()

@@ -3,7 +3,7 @@
 //! family (tiny configs, seeded random weights).
 
 use burn::tensor::Device;
-use visual_search_inference::forward_passes::images_per_pass;
+use visual_search_inference::forward_passes::{CPU_IMAGES_PER_PASS, images_per_pass};
 use visual_search_inference::model::burn_features;
 use visual_search_model::embedder::EmbeddingModel;
 use visual_search_model::registry::lookup;
@@ -21,8 +21,9 @@ fn check(name: &str) {
     let device = Device::flex();
     let spec = lookup(name).unwrap();
     let model = EmbeddingModel::new(&spec, &spec.default_options(), None, &device);
-    // Two full passes and a partial one.
-    let n = 2 * images_per_pass(&device) + 3;
+    // Two full passes and a partial one (one pass of as many for a transformer, which takes
+    // whole batches).
+    let n = 2 * images_per_pass(&device, &model).min(CPU_IMAGES_PER_PASS) + 3;
     let embed = |images: &[f32], m: usize| burn_features(&model, &device, images.to_vec(), m, SIZE);
     check_rows(name, &pixels(n), n, embed);
 }
@@ -66,4 +67,21 @@ fn vit_in_passes() {
 #[test]
 fn resnet_in_passes() {
     check("tiny_resnet");
+}
+
+/// On flex, CNNs go in cache-sized passes and a vision transformer in whole batches.
+#[test]
+fn transformers_take_whole_batches() {
+    let device = Device::flex();
+    for (name, whole) in [
+        ("tiny_vit", true),
+        ("tiny_convnext", false),
+        ("tiny_efficientnet_lite", false),
+        ("tiny_resnet", false),
+    ] {
+        let spec = lookup(name).unwrap();
+        let model = EmbeddingModel::new(&spec, &spec.default_options(), None, &device);
+        let per_pass = images_per_pass(&device, &model);
+        assert_eq!(per_pass == usize::MAX, whole, "{name}: {per_pass}");
+    }
 }
