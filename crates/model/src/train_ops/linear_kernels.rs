@@ -41,11 +41,16 @@ const BLOCK_VALUES: usize = 1 << 16;
 const MIN_BLOCK_ROWS: usize = 256;
 
 /// The fewest rows per block, where there are enough rows, when the `gemm` crate multiplies
-/// in f32 (and so packs the weight again for every block; bf16 products pack it once per
-/// layer): on an AVX-512 Xeon, ViT-B/32's four linear layers at 1,600 rows ran 3–14 % faster
-/// in two blocks of 800 than in six of 267, and ConvNeXt-tiny's MLPs no slower in blocks of
-/// 784 than of 256, their outputs out of L2 before the GELU notwithstanding.
+/// in f32 by a weight of at least [`LARGE_WEIGHT_VALUES`] (and so packs it again for every
+/// block; bf16 products pack it once per layer): on an AVX-512 Xeon, ViT-B/32's linear layers
+/// at 1,600 rows ran 3–14 % faster in two blocks of 800 than in six of 267.
 const MIN_F32_BLOCK_ROWS: usize = 768;
+
+/// Weights this large (4 MiB of f32: ViT-B/32's qkv and MLP weights, ConvNeXt-tiny's last
+/// stage) take [`MIN_F32_BLOCK_ROWS`]. Smaller ones keep blocks that stay in L2: with every
+/// layer in large blocks, ConvNeXt-tiny's f32 training step (100,352 rows in its first stage)
+/// lost about 7 %.
+const LARGE_WEIGHT_VALUES: usize = 1 << 20;
 
 /// A linear layer's `[d_in, d_out]` weight, as its values lie in memory.
 #[derive(Debug, Clone, Copy)]
@@ -83,9 +88,11 @@ pub fn forward(
     activation: LinearActivation,
 ) -> Vec<f32> {
     let threads = rayon::current_num_threads();
-    let block_rows = match matmul_precision() {
-        MatmulPrecision::F32 => f32_block_rows(rows, bias.len(), threads),
-        MatmulPrecision::Bf16 => block_rows(rows, bias.len(), threads, MIN_BLOCK_ROWS),
+    let repacked_large_weight =
+        matmul_precision() == MatmulPrecision::F32 && weight.len() >= LARGE_WEIGHT_VALUES;
+    let block_rows = match repacked_large_weight {
+        true => f32_block_rows(rows, bias.len(), threads),
+        false => block_rows(rows, bias.len(), threads, MIN_BLOCK_ROWS),
     };
     forward_in_blocks(x, weight, bias, rows, activation, block_rows)
 }
@@ -312,7 +319,7 @@ mod tests {
         assert_eq!(f32_block_rows(400, 768, 2), 200);
         // One image (50 rows): the GEMM splits across threads, as before.
         assert_eq!(f32_block_rows(50, 3072, 2), MIN_BLOCK_ROWS);
-        // ConvNeXt-tiny's MLP, 8 images at 56 × 56: 32 blocks of 784 rows.
+        // Many rows: blocks of about 768 rows, an even number of them.
         assert_eq!(f32_block_rows(25_088, 1536, 2), 784);
     }
 
