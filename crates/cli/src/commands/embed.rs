@@ -47,6 +47,16 @@ pub enum DtypeArg {
     F16,
 }
 
+impl DtypeArg {
+    /// The name as typed on the command line.
+    fn name(self) -> &'static str {
+        match self {
+            DtypeArg::F32 => "f32",
+            DtypeArg::F16 => "f16",
+        }
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     check_output(&args.out)?;
     let (kind, samples) = args.list.read()?;
@@ -92,16 +102,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let t = &result.timings;
     match scales.first() {
         None => println!(
-            "wrote {rows} x {dim} embeddings ({:?}) merged from {} to {}",
-            args.out_dtype,
+            "wrote {rows} x {dim} {} embeddings merged from {} to {}",
+            args.out_dtype.name(),
             sharded.parts_dir.display(),
             args.out.display()
         ),
         Some(loaded) => println!(
-            "wrote {rows} x {dim} embeddings ({} on {}, {:?}) to {} in {:.1}s ({:.1} images/s; model {:.1}s, waiting for images {:.1}s)",
+            // The model's precision and the stored one differ (`--dtype bf16` stores f32).
+            "wrote {rows} x {dim} {} embeddings ({} on {} in {}) to {} in {:.1}s ({:.1} images/s; model {:.1}s, waiting for images {:.1}s)",
+            args.out_dtype.name(),
             loaded.spec.name,
             loaded.device_name,
-            args.out_dtype,
+            args.model.device.dtype.name(),
             args.out.display(),
             t.total.as_secs_f64(),
             rows as f64 / t.total.as_secs_f64(),

@@ -101,14 +101,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         vec!["total".into(), secs(total)],
     ];
     println!(
-        "ranked {} queries against {} gallery images ({}{} at {} px on {}, {:?}); top {} written to {} and {}",
+        "ranked {} queries against {} gallery images ({}{} at {} px on {} in {}); top {} written to {} and {}",
         ranking.queries,
         set.gallery.embeddings.rows,
         loaded.spec.name,
         ensemble_note(&members),
         loaded.preprocessing.size,
         loaded.device_name,
-        args.model.device.dtype,
+        args.model.device.dtype.name(),
         ranking.k,
         args.out.display(),
         csv_path.display()
