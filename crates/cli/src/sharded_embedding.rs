@@ -91,7 +91,7 @@ impl<'a> ShardedList<'a> {
         };
         let chunk_rows = batch_aligned_chunk_rows(shard.part_rows, list.batch_size);
         // Random weights (no --weights) differ from run to run: no part could be reused.
-        let random_weights = matches!(source, ModelSource::Registry { weights: None, .. });
+        let random_weights = model.random_weights();
         if mode != ShardMode::Whole {
             model.require_weights_for_workers()?;
         }

@@ -112,18 +112,20 @@ impl ModelArgs {
         }
     }
 
+    /// A registry model without `--weights`: its weights are drawn afresh by every load.
+    pub fn random_weights(&self) -> bool {
+        matches!(self.source(), ModelSource::Registry { weights: None, .. })
+    }
+
     /// Refuses a registry model without `--weights` in a worker of a sharded job: each worker
     /// would draw its own random weights, and the merge would join embeddings of different
     /// models under one name.
     pub fn require_weights_for_workers(&self) -> anyhow::Result<()> {
-        if let ModelSource::Registry {
-            name,
-            weights: None,
-        } = self.source()
-        {
+        if self.random_weights() {
             anyhow::bail!(
-                "{name} has no --weights: workers (--shard) and --merge-parts need the same \
-                 weights in every process; pass --weights FILE or an exported model folder"
+                "{} has no --weights: workers (--shard) and --merge-parts need the same \
+                 weights in every process; pass --weights FILE or an exported model folder",
+                self.model.as_deref().unwrap_or_default()
             );
         }
         Ok(())

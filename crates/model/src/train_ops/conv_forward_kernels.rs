@@ -31,7 +31,7 @@ use super::activation_kernels::Activation;
 use super::conv_geometry::{ChannelOrder, ConvGeometry, im2col};
 use super::depthwise_forward;
 use super::gemm_views::{
-    MatmulPrecision, Matrix, MatrixRef, Operand, f32_product_into, gemm_then, matmul_precision,
+    MatmulPrecision, Matrix, MatrixRef, Operand, gemm_into_uninit, gemm_then, matmul_precision,
 };
 use super::vectorized::vectorized;
 
@@ -131,10 +131,10 @@ fn dense(
         // (and the residual) and applies the activation while the output is warm. Writing the
         // bias rows before the product was 6 % of a ResNet-50 inference pass, and the
         // activation a second pass after it.
-        let weight = MatrixRef::row_major(weight, co, rows);
+        let weight = Operand::F32(MatrixRef::row_major(weight, co, rows));
         return per_image(g.batch, image_len, |col, n, image, split| {
-            let rhs = MatrixRef::row_major(patches(x, n, g, col, split), rows, p);
-            let y_n = f32_product_into(image, &weight, &rhs, inner(split));
+            let rhs = Operand::F32(MatrixRef::row_major(patches(x, n, g, col, split), rows, p));
+            let y_n = gemm_into_uninit(image, co, p, &weight, &rhs, inner(split));
             let residual_n = residual_of(n);
             if split {
                 parallel_epilogue(y_n, p, bias, residual_n, activation);

@@ -2,8 +2,8 @@
 //! (convolutions forward and backward, the inference `Linear`): the `gemm` crate's f32 GEMM
 //! (the GEMM burn-flex itself uses), or, when the process-wide matmul precision is bf16 and
 //! the CPU has AMX, [`super::amx_gemm`]'s bf16 products with f32 sums. One more checked entry,
-//! [`f32_product_into`], writes an f32 product into memory not yet initialised (a
-//! convolution's output, whose bias and activation follow in one pass).
+//! [`gemm_into_uninit`], writes a product into memory not yet initialised (a convolution's
+//! output, whose bias and activation follow in one pass; a 1×1 convolution's input gradient).
 
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -266,11 +266,13 @@ pub(super) fn gemm_then(
 
 /// `dst = lhs · rhs` ([`gemm`], in the [`matmul_precision`]) into memory that may not be
 /// initialised, as a `rows × cols` row-major matrix. Both GEMMs only store into an output they
-/// do not accumulate onto: the `gemm` crate's `read_dst = false` never loads it, and
-/// [`amx_gemm`]'s store writes each finished block without reading the destination. Returns
-/// `dst`, now initialised: a gradient that a product overwrites in full (a 1×1 convolution's
-/// input gradient) skips the zero-fill that `vec![0.0; …]` cost (3.7 % of a Lite0 bf16
-/// training step in `perf`, in the allocator's `memset`).
+/// do not accumulate onto: the `gemm` crate's `read_dst = false` never loads it (BLAS's β = 0:
+/// "C need not be set on input"; for `k = 0` it writes zeros), and [`amx_gemm`]'s store writes
+/// each finished block without reading the destination. Returns `dst`, now initialised. A
+/// convolution's output gets its bias and activation in one pass after this instead of a pass
+/// that writes the bias rows before the product and one that applies the activation after it;
+/// a gradient that a product overwrites in full (a 1×1 convolution's input gradient) skips the
+/// zero-fill that `vec![0.0; …]` cost (3.7 % of a Lite0 bf16 training step in `perf`).
 pub(super) fn gemm_into_uninit<'a>(
     dst: &'a mut [MaybeUninit<f32>],
     rows: usize,
@@ -347,41 +349,6 @@ fn f32_gemm(
             parallelism,
         )
     }
-}
-
-/// `dst = lhs · rhs` in f32, written into memory that may not be initialised: the GEMM only
-/// stores into its output unless asked to accumulate (the `gemm` crate's `read_dst`, BLAS's
-/// β = 0: "C need not be set on input"). Returns `dst`, now initialised. A convolution's
-/// output gets its bias and activation in one pass after this instead of a pass that writes
-/// the bias rows before the product and one that applies the activation after it.
-pub(super) fn f32_product_into<'a>(
-    dst: &'a mut [MaybeUninit<f32>],
-    lhs: &MatrixRef<'_>,
-    rhs: &MatrixRef<'_>,
-    parallelism: Parallelism,
-) -> &'a mut [f32] {
-    let (rows, cols) = (lhs.rows, rhs.cols);
-    assert!(lhs.cols == rhs.rows && dst.len() == rows * cols && lhs.fits() && rhs.fits());
-    if rows > 0 && cols > 0 {
-        // SAFETY: `dst` holds the `rows × cols` output (asserted) and is borrowed mutably, the
-        // inputs fit their slices (asserted), and without accumulation the GEMM writes every
-        // output value and reads none (for `k = 0` it writes zeros).
-        unsafe {
-            f32_gemm_into(
-                dst.as_mut_ptr().cast(),
-                rows,
-                cols,
-                false,
-                lhs,
-                rhs,
-                1.0,
-                parallelism,
-            )
-        }
-    }
-    // SAFETY: every element was written above (or there are none), and `MaybeUninit<f32>` has
-    // the layout of `f32`.
-    unsafe { &mut *(dst as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// [`f32_gemm`] on a raw `rows × cols` row-major output.
