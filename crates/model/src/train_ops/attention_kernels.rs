@@ -19,6 +19,8 @@
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::attention_head_avx512;
 use super::gelu_kernels::exp as exp_nonpositive;
 use super::gemm_views::{Matrix, MatrixRef, gemm_f32_scaled};
 use super::vectorized::vectorized;
@@ -46,6 +48,70 @@ impl AttentionShape {
 pub fn forward(qkv: &[f32], shape: AttentionShape) -> Vec<f32> {
     let (n, d, dh) = (shape.tokens, shape.width(), shape.head_dim);
     assert_eq!(qkv.len(), shape.batch * n * 3 * d);
+    #[cfg(target_arch = "x86_64")]
+    if dh == attention_head_avx512::HEAD_DIM && attention_head_avx512::available() {
+        return forward_avx512(qkv, shape);
+    }
+    forward_gemm(qkv, shape)
+}
+
+/// The output rows, shared by the parallel heads: each writes only its own columns.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct SharedRows(*mut f32);
+
+// SAFETY: the tasks that share it write disjoint elements (one head's columns of one image's
+// rows each), and nothing reads them until every task is done.
+#[cfg(target_arch = "x86_64")]
+unsafe impl Send for SharedRows {}
+#[cfg(target_arch = "x86_64")]
+unsafe impl Sync for SharedRows {}
+
+#[cfg(target_arch = "x86_64")]
+impl SharedRows {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// [`forward`] through [`attention_head_avx512`]: each (image, head) writes its output
+/// straight into the token rows.
+#[cfg(target_arch = "x86_64")]
+fn forward_avx512(qkv: &[f32], shape: AttentionShape) -> Vec<f32> {
+    let (n, d, dh) = (shape.tokens, shape.width(), shape.head_dim);
+    let len = shape.batch * n * d;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let rows = SharedRows(out.as_mut_ptr());
+    (0..shape.batch * shape.heads)
+        .into_par_iter()
+        .for_each_init(attention_head_avx512::Scratch::default, |scratch, task| {
+            let (image, head) = (task / shape.heads, task % shape.heads);
+            let qkv = &qkv[image * n * 3 * d..][..n * 3 * d];
+            let part = |i: usize| &qkv[i * d + head * dh..];
+            let one = attention_head_avx512::Head {
+                q: part(0),
+                k: part(1),
+                v: part(2),
+                stride: 3 * d,
+                tokens: n,
+                scale: shape.scale(),
+            };
+            // SAFETY: `forward` dispatched here only where the CPU has AVX-512F; this task
+            // writes rows `image·n..(image + 1)·n` at columns `head·dh..(head + 1)·dh` of the
+            // `[batch·n, d]` output, which no other task writes, all inside `len`.
+            unsafe {
+                let first = rows.get().add(image * n * d + head * dh);
+                attention_head_avx512::forward(&one, first, d, scratch);
+            }
+        });
+    // SAFETY: the tasks above wrote every (image, head) block, covering all `len` elements.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// [`forward`] with the `gemm` crate's products: any head size, any CPU.
+fn forward_gemm(qkv: &[f32], shape: AttentionShape) -> Vec<f32> {
+    let (n, d, dh) = (shape.tokens, shape.width(), shape.head_dim);
     // One `[tokens, head_dim]` block per (image, head), so that a single image's heads still
     // run in parallel (a one-photo search); then interleaved into token rows.
     let mut blocks = vec![0.0f32; shape.batch * n * d];
@@ -241,6 +307,27 @@ mod tests {
         let ours = forward(&qkv, SHAPE);
         for (a, b) in ours.iter().zip(reference(&qkv, SHAPE)) {
             assert!((*a as f64 - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    /// ViT's head size takes the AVX-512 kernel where the CPU has it: token counts around its
+    /// six-row and 64-key blocks, against the definition and the `gemm` path.
+    #[test]
+    fn head_size_64_matches_the_definition() {
+        for tokens in [1, 5, 6, 7, 50, 64, 65, 130] {
+            let shape = AttentionShape {
+                batch: 2,
+                tokens,
+                heads: 2,
+                head_dim: 64,
+            };
+            let qkv = values(shape.batch * tokens * 3 * shape.width(), tokens as u32);
+            let ours = forward(&qkv, shape);
+            let gemm = forward_gemm(&qkv, shape);
+            for ((a, g), b) in ours.iter().zip(&gemm).zip(reference(&qkv, shape)) {
+                assert!((*a as f64 - b).abs() < 1e-5, "{tokens} tokens: {a} vs {b}");
+                assert!((a - g).abs() < 1e-5, "{tokens} tokens: {a} vs gemm {g}");
+            }
         }
     }
 

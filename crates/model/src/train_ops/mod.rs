@@ -22,6 +22,8 @@
 pub mod activation_kernels;
 pub mod adamw_kernels;
 mod amx_gemm;
+#[cfg(target_arch = "x86_64")]
+mod attention_head_avx512;
 pub mod attention_kernels;
 pub mod bf16_casts;
 pub mod conv_forward_kernels;
