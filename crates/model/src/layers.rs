@@ -11,7 +11,8 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Distribution, Tensor};
 
 use crate::train_ops::{
-    Activation, LinearActivation, conv2d_act, conv2d_add_act, linear_2d, scale_out_channels,
+    Activation, LinearActivation, conv2d_act, conv2d_add_act, linear_2d, linear_2d_add,
+    scale_out_channels,
 };
 
 /// TensorFlow "same" padding for one dimension: `(before, after)`.
@@ -191,6 +192,21 @@ fn linear_act<const D: usize>(
         linear.bias.as_ref().map(|b| b.val()),
         activation,
     )
+}
+
+/// `residual + linear.forward(x)` (`residual` shaped as the result), one pass in inference on
+/// flex: a transformer block's projection back onto its residual stream.
+pub fn linear_add<const D: usize>(linear: &Linear, x: Tensor<D>, residual: Tensor<D>) -> Tensor<D> {
+    let dims = residual.dims();
+    let [d_in, d_out] = linear.weight.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let y = linear_2d_add(
+        x.reshape([rows, d_in]),
+        linear.weight.val(),
+        linear.bias.as_ref().map(|b| b.val()),
+        residual.reshape([rows, d_out]),
+    );
+    y.reshape(dims)
 }
 
 /// `x · weight (+ bias)` over the last dimension of `x` (`weight` is `[d_in, d_out]`), with

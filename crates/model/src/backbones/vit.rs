@@ -14,7 +14,10 @@ use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::interpolate::bicubic_resize;
-use crate::layers::{conv, drop_path, layer_norm, linear, linear_gelu, matmul_rows, quick_gelu};
+use crate::layers::{
+    conv, drop_path, drop_path_applies, layer_norm, linear, linear_add, linear_gelu, matmul_rows,
+    quick_gelu,
+};
 use crate::train_ops::multi_head_attention;
 use crate::weights::WeightMapping;
 
@@ -169,13 +172,14 @@ pub struct Attention {
 }
 
 impl Attention {
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+    /// The heads' outputs side by side, before `out_proj`.
+    fn attend(&self, x: Tensor<3>) -> Tensor<3> {
         let qkv = matmul_rows(
             x,
             self.in_proj_weight.val().transpose(),
             Some(self.in_proj_bias.val()),
         );
-        linear(&self.out_proj, multi_head_attention(qkv, self.heads))
+        multi_head_attention(qkv, self.heads)
     }
 }
 
@@ -188,13 +192,13 @@ pub struct ClipMlp {
 }
 
 impl ClipMlp {
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = if self.quick_gelu {
+    /// The activated hidden layer, before `c_proj`.
+    fn hidden(&self, x: Tensor<3>) -> Tensor<3> {
+        if self.quick_gelu {
             quick_gelu(linear(&self.c_fc, x))
         } else {
             linear_gelu(&self.c_fc, x)
-        };
-        linear(&self.c_proj, x)
+        }
     }
 }
 
@@ -225,16 +229,27 @@ fn scaled(ls: &Option<LayerScale>, x: Tensor<3>) -> Tensor<3> {
 
 impl ResidualAttentionBlock {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let a = scaled(
-            &self.ls_1,
-            self.attn.forward(layer_norm(&self.ln_1, x.clone(), LN_EPS)),
-        );
-        let x = x + drop_path(a, self.drop_path);
-        let m = scaled(
-            &self.ls_2,
-            self.mlp.forward(layer_norm(&self.ln_2, x.clone(), LN_EPS)),
-        );
-        x + drop_path(m, self.drop_path)
+        let a = self.attn.attend(layer_norm(&self.ln_1, x.clone(), LN_EPS));
+        let x = self.add_branch(x, a, &self.attn.out_proj, &self.ls_1);
+        let m = self.mlp.hidden(layer_norm(&self.ln_2, x.clone(), LN_EPS));
+        self.add_branch(x, m, &self.mlp.c_proj, &self.ls_2)
+    }
+
+    /// `x + drop_path(ls · proj(hidden))`. Without a layer scale or stochastic depth (every
+    /// inference pass of the OpenCLIP towers), the projection accumulates onto `x` in one
+    /// pass ([`linear_add`]).
+    fn add_branch(
+        &self,
+        x: Tensor<3>,
+        hidden: Tensor<3>,
+        proj: &Linear,
+        ls: &Option<LayerScale>,
+    ) -> Tensor<3> {
+        if ls.is_none() && !drop_path_applies(&x, self.drop_path) {
+            return linear_add(proj, hidden, x);
+        }
+        let y = scaled(ls, linear(proj, hidden));
+        x + drop_path(y, self.drop_path)
     }
 }
 

@@ -140,6 +140,15 @@ pub trait TrainOps: Backend {
         activation: LinearActivation,
     ) -> FloatTensor<Self>;
 
+    /// `residual + (x · weight + bias)` for a 2-D `x` and `residual` shaped as the result: the
+    /// product accumulates onto `residual + bias` where our kernels cover it.
+    fn fused_linear_add(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
     /// LayerNorm over the channels (dimension 1) of an NCHW-shaped `x`, in `x`'s memory layout.
     fn train_layer_norm_2d(
         x: FloatTensor<Self>,
@@ -325,6 +334,35 @@ impl TrainOps for Flex {
         }
     }
 
+    fn fused_linear_add(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        residual: FlexTensor,
+    ) -> FlexTensor {
+        let [rows, _] = x.shape().dims();
+        let [d_out] = bias.shape().dims();
+        let dtypes = [x.dtype(), weight.dtype(), bias.dtype(), residual.dtype()];
+        if dtypes != [DType::F32; 4] || residual.shape().dims() != [rows, d_out] {
+            let y = Flex::fused_linear(x, weight, bias, LinearActivation::Identity);
+            return Flex::float_add(y, residual);
+        }
+        let (x, (weight, layout), bias, residual) = (
+            x.to_contiguous(),
+            linear_weight(weight),
+            bias.to_contiguous(),
+            residual.to_contiguous(),
+        );
+        let y = linear_kernels::forward_onto(
+            f32_slice(&x),
+            weight_values(&weight, layout),
+            f32_slice(&bias),
+            f32_slice(&residual),
+            rows,
+        );
+        FlexTensor::from_data(TensorData::new(y, [rows, d_out]))
+    }
+
     fn train_layer_norm_2d(
         x: FlexTensor,
         gamma: FlexTensor,
@@ -470,6 +508,18 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
             LinearActivation::Identity => y,
             LinearActivation::Gelu => Self::train_gelu(y),
         }
+    }
+
+    /// The linear layer then burn's addition (whose gradient passes through): inference
+    /// takes flex's one pass (`train_ops::linear_2d_add` routes it there).
+    fn fused_linear_add(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let y = Self::fused_linear(x, weight, bias, LinearActivation::Identity);
+        Self::float_add(y, residual)
     }
 
     fn train_conv2d(

@@ -87,14 +87,43 @@ pub fn forward(
     rows: usize,
     activation: LinearActivation,
 ) -> Vec<f32> {
+    let block_rows = rows_per_block(weight, rows, bias.len());
+    forward_blocks(x, weight, bias, None, rows, activation, block_rows)
+}
+
+/// `residual + (x · weight + bias)`, `residual` shaped as the result: a transformer block's
+/// projection back onto its residual stream. Each block of rows starts as `residual + bias`
+/// and the product accumulates onto it — no separate pass over the sum (24 such passes over
+/// `[1600, 768]` in a ViT-B/32 batch of 32, 2 % of its forward time).
+pub fn forward_onto(
+    x: &[f32],
+    weight: Weight<'_>,
+    bias: &[f32],
+    residual: &[f32],
+    rows: usize,
+) -> Vec<f32> {
+    assert_eq!(residual.len(), rows * bias.len());
+    let block_rows = rows_per_block(weight, rows, bias.len());
+    forward_blocks(
+        x,
+        weight,
+        bias,
+        Some(residual),
+        rows,
+        LinearActivation::Identity,
+        block_rows,
+    )
+}
+
+/// The block size [`forward`] picks for this product.
+fn rows_per_block(weight: Weight<'_>, rows: usize, d_out: usize) -> usize {
     let threads = rayon::current_num_threads();
     let repacked_large_weight =
         matmul_precision() == MatmulPrecision::F32 && weight.len() >= LARGE_WEIGHT_VALUES;
-    let block_rows = match repacked_large_weight {
-        true => f32_block_rows(rows, bias.len(), threads),
-        false => block_rows(rows, bias.len(), threads, MIN_BLOCK_ROWS),
-    };
-    forward_in_blocks(x, weight, bias, rows, activation, block_rows)
+    match repacked_large_weight {
+        true => f32_block_rows(rows, d_out, threads),
+        false => block_rows(rows, d_out, threads, MIN_BLOCK_ROWS),
+    }
 }
 
 /// [`block_rows`] for f32 products: blocks of at least [`MIN_F32_BLOCK_ROWS`] when there are
@@ -133,6 +162,19 @@ pub fn forward_in_blocks(
     activation: LinearActivation,
     block_rows: usize,
 ) -> Vec<f32> {
+    forward_blocks(x, weight, bias, None, rows, activation, block_rows)
+}
+
+/// [`forward`], or [`forward_onto`] with a `residual`, in blocks of `block_rows` rows.
+fn forward_blocks(
+    x: &[f32],
+    weight: Weight<'_>,
+    bias: &[f32],
+    residual: Option<&[f32]>,
+    rows: usize,
+    activation: LinearActivation,
+    block_rows: usize,
+) -> Vec<f32> {
     assert!(block_rows > 0);
     let d_out = bias.len();
     let d_in = x.len().checked_div(rows).unwrap_or(0);
@@ -153,9 +195,21 @@ pub fn forward_in_blocks(
     // The weight is shared by every block: under bf16 products it is packed once here.
     let weight = Operand::rhs(weight.view(d_in, d_out), true);
     let run = |(index, block): (usize, &mut [MaybeUninit<f32>])| {
-        for row in block.chunks_mut(d_out) {
-            for (v, &b) in row.iter_mut().zip(bias) {
-                v.write(b);
+        match residual {
+            None => {
+                for row in block.chunks_mut(d_out) {
+                    for (v, &b) in row.iter_mut().zip(bias) {
+                        v.write(b);
+                    }
+                }
+            }
+            Some(residual) => {
+                let residual = &residual[index * block_rows * d_out..][..block.len()];
+                for (row, residual) in block.chunks_mut(d_out).zip(residual.chunks(d_out)) {
+                    for ((v, &b), &r) in row.iter_mut().zip(bias).zip(residual) {
+                        v.write(r + b);
+                    }
+                }
             }
         }
         // SAFETY: every element of `block` was just written, and `MaybeUninit<f32>` has the
@@ -354,6 +408,45 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// `forward_onto` is `residual + forward(...)`, up to the rounding of where the residual
+    /// joins the sum (first here, last there), over several blockings.
+    #[test]
+    fn forward_onto_adds_the_residual() {
+        let (rows, d_in, d_out) = (900, 300, 96);
+        let x: Vec<f32> = (0..rows * d_in)
+            .map(|i| ((i * 7919) % 2003) as f32 / 1001.0 - 1.0)
+            .collect();
+        let w: Vec<f32> = (0..d_in * d_out)
+            .map(|i| ((i * 104_729) % 2003) as f32 / 1001.0 - 1.0)
+            .collect();
+        let bias: Vec<f32> = (0..d_out).map(|i| i as f32 / 10.0 - 3.0).collect();
+        let residual: Vec<f32> = (0..rows * d_out)
+            .map(|i| ((i * 31) % 997) as f32 / 99.0 - 5.0)
+            .collect();
+        let weight = Weight::RowMajor(&w);
+        let plain = forward(&x, weight, &bias, rows, LinearActivation::Identity);
+        let onto = forward_onto(&x, weight, &bias, &residual, rows);
+        for block in [rows, 64, 301] {
+            let blocked = forward_blocks(
+                &x,
+                weight,
+                &bias,
+                Some(&residual),
+                rows,
+                LinearActivation::Identity,
+                block,
+            );
+            assert_eq!(blocked, onto, "blocks of {block} rows");
+        }
+        for ((&p, &r), &o) in plain.iter().zip(&residual).zip(&onto) {
+            let want = p + r;
+            assert!(
+                (o - want).abs() <= 1e-5 * (1.0 + p.abs() + r.abs()),
+                "{o} vs {want}"
+            );
         }
     }
 

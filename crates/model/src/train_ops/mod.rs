@@ -270,6 +270,29 @@ pub fn linear_2d(
     }
 }
 
+/// `residual + (x · weight + bias)` over the rows of `x` (`residual` shaped as the result): in
+/// inference on flex the product accumulates onto `residual + bias` in one pass
+/// ([`linear_kernels::forward_onto`]); otherwise [`linear_2d`] then an addition.
+pub fn linear_2d_add(
+    x: Tensor<2>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+    residual: Tensor<2>,
+) -> Tensor<2> {
+    #[cfg(feature = "flex")]
+    if runs_on_flex(&x) && !x.device().is_autodiff() {
+        use burn::backend::Dispatch;
+        let bias = bias.unwrap_or_else(|| zero_bias(weight.dims()[1], &x));
+        return Tensor::<2>::from_dispatch(<Dispatch as flex_ext::TrainOps>::fused_linear_add(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            bias.into_dispatch(),
+            residual.into_dispatch(),
+        ));
+    }
+    linear_2d(x, weight, bias, LinearActivation::Identity) + residual
+}
+
 /// Multi-head self-attention, `softmax(q·kᵀ/√dh)·v` per head, over the packed projection
 /// `qkv` (`[b, n, 3·d]`, PyTorch `nn.MultiheadAttention`'s `in_proj` layout: q, k, v, each
 /// `[heads, dh]`): `[b, n, d]`, heads side by side. Our kernels both ways on flex in f32
