@@ -36,6 +36,11 @@ pub fn cache_root() -> Result<PathBuf> {
         .ok_or_else(|| InferenceError::Invalid("no HOME to keep the ONNX export cache in".into()))
 }
 
+/// The exporter's graph layout, part of the cache key: raised when the graphs it writes change
+/// (2: ViT's blocks on 2-D token rows), so that exports cached by an older binary are made
+/// again rather than kept.
+const GRAPH_LAYOUT: u32 = 2;
+
 fn cache_key(source: &ModelSource, size: Option<usize>) -> Result<String> {
     // The size the export is laid out for, whether given or the model's own.
     let size = match (size, source) {
@@ -45,7 +50,7 @@ fn cache_key(source: &ModelSource, size: Option<usize>) -> Result<String> {
     };
     let mut h = Sha256::new();
     h.update(format!(
-        "format 1; opset {}; size {size};",
+        "format {GRAPH_LAYOUT}; opset {}; size {size};",
         crate::onnx::OPSET
     ));
     hash_source(&mut h, source)?;

@@ -2,7 +2,8 @@
 //! export size (the token count is fixed in the graph; the batch axis is free).
 //!
 //! Attention is written as PyTorch's `nn.MultiheadAttention` exports it: one packed QKV
-//! projection, a reshape into heads, `softmax(q·kᵀ/√d)·v`, the output projection. The class
+//! projection (over the token rows of the whole batch, `[batch·tokens, width]`), a reshape into
+//! heads, `softmax(q·kᵀ/√d)·v`, the output projection. The class
 //! token is pooled before `ln_post` (LayerNorm is per token, so this equals normalising every
 //! token and taking the first).
 
@@ -45,7 +46,7 @@ fn attention(g: &mut GraphBuilder, x: &str, block: &ResidualAttentionBlock, n: u
     let qkv = g.linear(x, &w_t, [d, three_d], Some(&b));
     let h = attn.heads;
     let dh = d / h;
-    let qkv = g.reshape(&qkv, &[0, n as i64, 3, h as i64, dh as i64]);
+    let qkv = g.reshape(&qkv, &[-1, n as i64, 3, h as i64, dh as i64]);
     let qkv = g.transpose(&qkv, &[2, 0, 3, 1, 4]);
     let pick = |g: &mut GraphBuilder, i: i64| {
         let idx = g.ints("qkv_index", &[], &[i]);
@@ -61,7 +62,7 @@ fn attention(g: &mut GraphBuilder, x: &str, block: &ResidualAttentionBlock, n: u
     let probs = g.op("Softmax", &[&scores], vec![attr_int("axis", -1)]);
     let out = g.op("MatMul", &[&probs, &v], vec![]);
     let out = g.transpose(&out, &[0, 2, 1, 3]);
-    let out = g.reshape(&out, &[0, n as i64, d as i64]);
+    let out = g.reshape(&out, &[-1, d as i64]);
     linear_layer(g, &out, &attn.out_proj)
 }
 
@@ -91,7 +92,12 @@ pub fn vit(g: &mut GraphBuilder, m: &VisionTransformer, x: Feature) -> String {
     let pos = values(pos);
     let pos = g.weight("positional_embedding", &[1, n, d], &pos);
     let x = g.op("Add", &[&x, &pos], vec![]);
-    let mut x = ln(g, &x, &m.ln_pre);
+    let x = ln(g, &x, &m.ln_pre);
+    // The blocks run on `[batch·tokens, width]`: every linear layer is then a 2-D MatMul + Add,
+    // which ONNX Runtime fuses into one Gemm (bias added inside the product; on 3-D inputs
+    // the bias was a separate pass over every projection's output, as it is in PyTorch's own
+    // export for all but the attention output).
+    let mut x = g.reshape(&x, &[-1, d as i64]);
     for block in &m.transformer.resblocks {
         let a = ln(g, &x, &block.ln_1);
         let a = attention(g, &a, block, n);
@@ -108,6 +114,7 @@ pub fn vit(g: &mut GraphBuilder, m: &VisionTransformer, x: Feature) -> String {
         let h = layer_scale(g, h, &block.ls_2);
         x = g.op("Add", &[&x, &h], vec![]);
     }
+    let x = g.reshape(&x, &[-1, n as i64, d as i64]);
     let first = g.ints("cls_index", &[], &[0]);
     let pooled = g.op("Gather", &[&x, &first], vec![attr_int("axis", 1)]);
     let pooled = ln(g, &pooled, &m.ln_post);
