@@ -37,9 +37,9 @@ pub fn cache_root() -> Result<PathBuf> {
 }
 
 /// The exporter's graph layout, part of the cache key: raised when the graphs it writes change
-/// (2: ViT's blocks on 2-D token rows), so that exports cached by an older binary are made
-/// again rather than kept.
-const GRAPH_LAYOUT: u32 = 2;
+/// (2: ViT's blocks on 2-D token rows; 3: ConvNeXt's layer scale folded into its MLP), so
+/// that exports cached by an older binary are made again rather than kept.
+const GRAPH_LAYOUT: u32 = 3;
 
 fn cache_key(source: &ModelSource, size: Option<usize>) -> Result<String> {
     // The size the export is laid out for, whether given or the model's own.
