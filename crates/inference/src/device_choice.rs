@@ -1,9 +1,13 @@
 //! Device names a user gives (`--device`): burn's devices (`flex`, `tch`, `tch-cuda:N`,
 //! `cuda:N`, `wgpu`), ONNX Runtime (`ort`, `ort-cuda:N`), or `auto` — the fastest engine this
 //! build and machine have: a compiled GPU backend, else ONNX Runtime when its library is found,
-//! else the CPU backend compiled in.
+//! else the CPU backend compiled in — except a ViT in f32 on an AVX-512 CPU, which flex runs
+//! faster than ONNX Runtime (ViT-B/32 at batch 32 on a 2-core AMX Xeon: 43.0 against 37.9
+//! images/s, BENCHMARKS.md "Attention heads in registers"); the CNNs are faster on `ort`.
 
 use std::str::FromStr;
+
+use visual_search_model::registry::Architecture;
 
 use crate::error::{InferenceError, Result};
 use crate::ort_runtime::{self, OrtTarget};
@@ -60,15 +64,26 @@ impl FromStr for DeviceChoice {
 }
 
 impl DeviceChoice {
-    /// Replaces `Auto` by the engine it means here (see the module docs). Lower precisions
-    /// run on burn's devices only.
-    pub fn resolve(&self, precision: Precision) -> Result<DeviceChoice> {
+    /// Replaces `Auto` by the engine it means here for a model of `architecture` (see the
+    /// module docs). Lower precisions run on burn's devices only.
+    pub fn resolve(
+        &self,
+        precision: Precision,
+        architecture: Option<&Architecture>,
+    ) -> Result<DeviceChoice> {
         match self {
             DeviceChoice::Auto => {
                 let compiled = visual_search_model::device::compiled_backends();
                 let gpu = compiled.iter().find(|b| matches!(**b, "cuda" | "wgpu"));
                 if let Some(gpu) = gpu {
                     return Ok(DeviceChoice::Burn(gpu.to_string()));
+                }
+                let flex_first = precision == Precision::F32
+                    && matches!(architecture, Some(Architecture::Vit(_)))
+                    && compiled.contains(&"flex")
+                    && cpu_has_avx512();
+                if flex_first {
+                    return Ok(DeviceChoice::Burn("flex".into()));
                 }
                 if matches!(precision, Precision::F32 | Precision::Int8) && ort_runtime::available()
                 {
@@ -81,5 +96,57 @@ impl DeviceChoice {
             }
             other => Ok(other.clone()),
         }
+    }
+}
+
+/// Whether this CPU has AVX-512F (flex's attention and GEMM kernels' widest path).
+fn cpu_has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use visual_search_model::registry::lookup;
+
+    /// `auto` sends a ViT in f32 to flex exactly where the CPU has AVX-512 (and no GPU backend
+    /// is compiled in); a CNN, another precision, or no AVX-512 keeps the general order.
+    #[test]
+    fn auto_runs_vit_on_flex_with_avx512() {
+        let compiled = visual_search_model::device::compiled_backends();
+        if compiled.iter().any(|b| matches!(*b, "cuda" | "wgpu")) || !compiled.contains(&"flex") {
+            eprintln!("SKIPPED auto_runs_vit_on_flex_with_avx512: a GPU build or no flex");
+            return;
+        }
+        let vit = lookup("vit_b32_clip").unwrap().architecture;
+        let lite0 = lookup("efficientnet_lite0").unwrap().architecture;
+        let general = DeviceChoice::Auto.resolve(Precision::F32, None).unwrap();
+        let flex = DeviceChoice::Burn("flex".into());
+        let want_vit = if cpu_has_avx512() { &flex } else { &general };
+        assert_eq!(
+            &DeviceChoice::Auto
+                .resolve(Precision::F32, Some(&vit))
+                .unwrap(),
+            want_vit
+        );
+        assert_eq!(
+            DeviceChoice::Auto
+                .resolve(Precision::F32, Some(&lite0))
+                .unwrap(),
+            general
+        );
+        assert_eq!(
+            DeviceChoice::Auto
+                .resolve(Precision::Int8, Some(&vit))
+                .unwrap(),
+            DeviceChoice::Auto.resolve(Precision::Int8, None).unwrap()
+        );
     }
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use visual_search_data::image::Normalization;
 use visual_search_model::compute_pool::on_pool;
 use visual_search_model::embedder::EmbeddingModel;
-use visual_search_model::registry::{BuildOptions, ModelSpec, lookup};
+use visual_search_model::registry::{Architecture, BuildOptions, ModelSpec, lookup};
 
 use crate::device_choice::{DeviceChoice, Precision};
 use crate::error::{InferenceError, Result};
@@ -203,6 +203,16 @@ fn check_size(size: Option<usize>) -> Result<()> {
     }
 }
 
+/// The architecture `source` will load as, where its name is known (for `--device auto`); a
+/// source that cannot be read is reported by the load itself.
+fn architecture_of(source: &ModelSource) -> Option<Architecture> {
+    let name = match source {
+        ModelSource::Registry { name, .. } => name.clone(),
+        ModelSource::Dir(dir) => read_info(dir).ok()?.model,
+    };
+    lookup(&name).ok().map(|spec| spec.architecture)
+}
+
 impl InferenceModel {
     /// Loads `source` as `options` say.
     pub fn load(source: &ModelSource, options: &LoadOptions) -> Result<Self> {
@@ -221,7 +231,14 @@ impl InferenceModel {
                 size: 0,
             },
         };
-        let loaded = match options.device.resolve(options.precision)? {
+        let architecture = match options.device {
+            DeviceChoice::Auto => architecture_of(source),
+            _ => None,
+        };
+        let loaded = match options
+            .device
+            .resolve(options.precision, architecture.as_ref())?
+        {
             DeviceChoice::Ort(target) => {
                 if matches!(options.precision, Precision::F16 | Precision::Bf16) {
                     return Err(InferenceError::Invalid(
