@@ -1,9 +1,11 @@
 //! Device names a user gives (`--device`): burn's devices (`flex`, `tch`, `tch-cuda:N`,
 //! `cuda:N`, `wgpu`), ONNX Runtime (`ort`, `ort-cuda:N`), or `auto` — the fastest engine this
 //! build and machine have: a compiled GPU backend, else ONNX Runtime when its library is found,
-//! else the CPU backend compiled in — except a ViT in f32 on an AVX-512 CPU, which flex runs
-//! faster than ONNX Runtime (ViT-B/32 at batch 32 on a 2-core AMX Xeon: 43.0 against 37.9
-//! images/s, BENCHMARKS.md "Attention heads in registers"); the CNNs are faster on `ort`.
+//! else the CPU backend compiled in — except a ViT or a ConvNeXt in f32 on an AVX-512 CPU,
+//! which flex runs faster than ONNX Runtime (batch 32 on a 2-core AMX Xeon, BENCHMARKS.md
+//! "Attention heads in registers": ViT-B/32 43.0 against 37.9 images/s, ConvNeXt-tiny 32.1
+//! against 26.9); EfficientNet-Lite and ResNet are faster on `ort` (275 against 204, 49.2
+//! against 34.9).
 
 use std::str::FromStr;
 
@@ -79,7 +81,10 @@ impl DeviceChoice {
                     return Ok(DeviceChoice::Burn(gpu.to_string()));
                 }
                 let flex_first = precision == Precision::F32
-                    && matches!(architecture, Some(Architecture::Vit(_)))
+                    && matches!(
+                        architecture,
+                        Some(Architecture::Vit(_) | Architecture::ConvNext(_))
+                    )
                     && compiled.contains(&"flex")
                     && cpu_has_avx512();
                 if flex_first {
@@ -116,25 +121,35 @@ mod tests {
     use super::*;
     use visual_search_model::registry::lookup;
 
-    /// `auto` sends a ViT in f32 to flex exactly where the CPU has AVX-512 (and no GPU backend
-    /// is compiled in); a CNN, another precision, or no AVX-512 keeps the general order.
+    /// `auto` sends a ViT or a ConvNeXt in f32 to flex exactly where the CPU has AVX-512 (and
+    /// no GPU backend is compiled in); Lite0, another precision, or no AVX-512 keeps the
+    /// general order.
     #[test]
-    fn auto_runs_vit_on_flex_with_avx512() {
+    fn auto_runs_vit_and_convnext_on_flex_with_avx512() {
         let compiled = visual_search_model::device::compiled_backends();
         if compiled.iter().any(|b| matches!(*b, "cuda" | "wgpu")) || !compiled.contains(&"flex") {
-            eprintln!("SKIPPED auto_runs_vit_on_flex_with_avx512: a GPU build or no flex");
+            eprintln!(
+                "SKIPPED auto_runs_vit_and_convnext_on_flex_with_avx512: a GPU build or no flex"
+            );
             return;
         }
         let vit = lookup("vit_b32_clip").unwrap().architecture;
+        let convnext = lookup("convnext_tiny").unwrap().architecture;
         let lite0 = lookup("efficientnet_lite0").unwrap().architecture;
         let general = DeviceChoice::Auto.resolve(Precision::F32, None).unwrap();
         let flex = DeviceChoice::Burn("flex".into());
-        let want_vit = if cpu_has_avx512() { &flex } else { &general };
+        let want_flex = if cpu_has_avx512() { &flex } else { &general };
         assert_eq!(
             &DeviceChoice::Auto
                 .resolve(Precision::F32, Some(&vit))
                 .unwrap(),
-            want_vit
+            want_flex
+        );
+        assert_eq!(
+            &DeviceChoice::Auto
+                .resolve(Precision::F32, Some(&convnext))
+                .unwrap(),
+            want_flex
         );
         assert_eq!(
             DeviceChoice::Auto

@@ -36,8 +36,9 @@ pub struct ModelArgs {
 pub struct DeviceArgs {
     /// Compute device: ort (ONNX Runtime, CPU), ort-cuda:N, flex (pure-Rust CPU), tch,
     /// tch-cuda:N, cuda:N, wgpu, or auto: a compiled GPU backend, else ONNX Runtime when its
-    /// library is found (tools/install_onnxruntime.sh), else flex — and flex for a ViT in f32
-    /// on a CPU with AVX-512, where it is the faster of the two. Registry models and folders
+    /// library is found (tools/install_onnxruntime.sh), else flex — and flex for a ViT or a
+    /// ConvNeXt in f32 on a CPU with AVX-512, where it is the faster of the two. Registry
+    /// models and folders
     /// without model.onnx are exported to ONNX once, into ~/.cache/visual-search/onnx.
     #[arg(long, default_value = "auto")]
     pub device: String,
