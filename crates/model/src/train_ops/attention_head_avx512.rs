@@ -206,14 +206,7 @@ unsafe fn scores<const R: usize>(head: &Head<'_>, row: usize, padded: usize, s: 
             // SAFETY (whole block): `keys_t` is `[HEAD_DIM][padded]` and `block + KEYS ≤
             // padded`; each query row holds HEAD_DIM values (the caller's asserts).
             let k = unsafe { keys_t.add(c * padded + block) };
-            let kv = unsafe {
-                [
-                    _mm512_loadu_ps(k),
-                    _mm512_loadu_ps(k.add(16)),
-                    _mm512_loadu_ps(k.add(32)),
-                    _mm512_loadu_ps(k.add(48)),
-                ]
-            };
+            let kv = unsafe { load_64(k) };
             for (r, acc) in acc.iter_mut().enumerate() {
                 let q =
                     _mm512_set1_ps(unsafe { *head.q.get_unchecked((row + r) * head.stride + c) });
@@ -230,6 +223,18 @@ unsafe fn scores<const R: usize>(head: &Head<'_>, row: usize, padded: usize, s: 
             }
         }
     }
+}
+
+/// 64 consecutive values as four vectors.
+///
+/// # Safety
+/// `p` must be valid for reading 64 values, and the CPU must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+unsafe fn load_64(p: *const f32) -> [__m512; 4] {
+    // SAFETY: the caller's.
+    unsafe { std::array::from_fn(|j| _mm512_loadu_ps(p.add(16 * j))) }
 }
 
 /// `out` rows `row..row + R` = their probabilities times the values.
@@ -250,14 +255,7 @@ unsafe fn weighted_values<const R: usize>(
         // SAFETY: token `t`'s value holds HEAD_DIM values (the caller's asserts), and the
         // probabilities are `[tokens][padded]` with `t < tokens ≤ padded`.
         let v = unsafe { head.v.as_ptr().add(t * head.stride) };
-        let vv = unsafe {
-            [
-                _mm512_loadu_ps(v),
-                _mm512_loadu_ps(v.add(16)),
-                _mm512_loadu_ps(v.add(32)),
-                _mm512_loadu_ps(v.add(48)),
-            ]
-        };
+        let vv = unsafe { load_64(v) };
         for (r, acc) in acc.iter_mut().enumerate() {
             let w = _mm512_set1_ps(unsafe { *p.add((row + r) * padded + t) });
             for (a, &v) in acc.iter_mut().zip(&vv) {

@@ -377,6 +377,13 @@ mod tests {
         assert_eq!(f32_block_rows(25_088, 1536, 2), 784);
     }
 
+    /// `len` values in [-1, 1), spread by `multiplier`.
+    fn pattern(len: usize, multiplier: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i * multiplier) % 2003) as f32 / 1001.0 - 1.0)
+            .collect()
+    }
+
     /// However the rows are blocked, each output is the same sum in the same order: the f32
     /// products give the same bits for every blocking the rules above make (the `gemm` crate's
     /// depth blocking depends on the inner dimension only once the output is wider than 64;
@@ -384,12 +391,7 @@ mod tests {
     #[test]
     fn f32_outputs_do_not_depend_on_the_blocking() {
         let (rows, d_in, d_out) = (1000, 600, 130);
-        let x: Vec<f32> = (0..rows * d_in)
-            .map(|i| ((i * 7919) % 2003) as f32 / 1001.0 - 1.0)
-            .collect();
-        let w: Vec<f32> = (0..d_in * d_out)
-            .map(|i| ((i * 104_729) % 2003) as f32 / 1001.0 - 1.0)
-            .collect();
+        let (x, w) = (pattern(rows * d_in, 7919), pattern(d_in * d_out, 104_729));
         let bias: Vec<f32> = (0..d_out).map(|i| i as f32 / 100.0).collect();
         for (layout, weight) in [
             ("row-major", Weight::RowMajor(&w)),
@@ -416,12 +418,7 @@ mod tests {
     #[test]
     fn forward_onto_adds_the_residual() {
         let (rows, d_in, d_out) = (900, 300, 96);
-        let x: Vec<f32> = (0..rows * d_in)
-            .map(|i| ((i * 7919) % 2003) as f32 / 1001.0 - 1.0)
-            .collect();
-        let w: Vec<f32> = (0..d_in * d_out)
-            .map(|i| ((i * 104_729) % 2003) as f32 / 1001.0 - 1.0)
-            .collect();
+        let (x, w) = (pattern(rows * d_in, 7919), pattern(d_in * d_out, 104_729));
         let bias: Vec<f32> = (0..d_out).map(|i| i as f32 / 10.0 - 3.0).collect();
         let residual: Vec<f32> = (0..rows * d_out)
             .map(|i| ((i * 31) % 997) as f32 / 99.0 - 5.0)
