@@ -21,7 +21,9 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::gelu_kernels;
-use super::gemm_views::{MatmulPrecision, Matrix, MatrixRef, Operand, gemm, matmul_precision};
+use super::gemm_views::{
+    MatmulPrecision, Matrix, MatrixRef, Operand, gemm, gemm_into_uninit, matmul_precision,
+};
 use super::vectorized::vectorized;
 
 /// What follows the product.
@@ -313,33 +315,23 @@ pub fn bias_grad(gy: &[f32], d_out: usize) -> Vec<f32> {
     sums.into_iter().map(|v| v as f32).collect()
 }
 
-/// `lhs · rhs` into a new row-major matrix, the GEMM split across threads. The output is
-/// zeroed in parallel too (on the calling thread alone, `vec![0.0; …]` was the main thread's
-/// largest cost in a ViT step while the workers waited).
+/// `lhs · rhs` into a new row-major matrix, the GEMM split across threads, written straight
+/// into memory not zeroed first (a parallel zero-fill before it was a pass over every weight
+/// gradient and input gradient of a ViT step; on the calling thread alone, before that, the
+/// main thread's largest cost while the workers waited).
 fn product(lhs: MatrixRef<'_>, rhs: MatrixRef<'_>) -> Vec<f32> {
     let (rows, cols) = (lhs.rows, rhs.cols);
-    let mut y = zeros(rows * cols);
-    gemm(
-        Matrix::row_major(&mut y, rows, cols),
-        false,
+    let len = rows * cols;
+    let mut y: Vec<f32> = Vec::with_capacity(len);
+    gemm_into_uninit(
+        &mut y.spare_capacity_mut()[..len],
+        rows,
+        cols,
         &Operand::F32(lhs),
         &Operand::F32(rhs),
         Parallelism::Rayon(0),
     );
-    y
-}
-
-/// `len` zeros, written in parallel blocks.
-fn zeros(len: usize) -> Vec<f32> {
-    let mut y: Vec<f32> = Vec::with_capacity(len);
-    y.spare_capacity_mut()[..len]
-        .par_chunks_mut(BLOCK_VALUES)
-        .for_each(|block| {
-            for v in block {
-                v.write(0.0);
-            }
-        });
-    // SAFETY: the blocks cover all `len` elements, each written above.
+    // SAFETY: `gemm_into_uninit` wrote all `len` elements.
     unsafe { y.set_len(len) };
     y
 }
@@ -459,6 +451,5 @@ mod tests {
             assert!((g as f64 - want).abs() <= 1e-5 * want.abs().max(1.0), "{c}");
         }
         assert_eq!(bias_grad(&[], 3), vec![0.0; 3]);
-        assert_eq!(zeros(5), vec![0.0; 5]);
     }
 }
