@@ -311,10 +311,10 @@ mod tests {
     }
 
     /// ViT's head size takes the AVX-512 kernel where the CPU has it: token counts around its
-    /// six-row and 64-key blocks, against the definition and the `gemm` path.
+    /// six-row and 64-key blocks and ViT-B/16's 197, against the definition and the `gemm` path.
     #[test]
     fn head_size_64_matches_the_definition() {
-        for tokens in [1, 5, 6, 7, 50, 64, 65, 130] {
+        for tokens in [1, 5, 6, 7, 50, 64, 65, 130, 197] {
             let shape = AttentionShape {
                 batch: 2,
                 tokens,
