@@ -41,100 +41,254 @@ pub(super) fn available() -> bool {
 /// Per-thread buffers reused from head to head.
 #[derive(Default)]
 pub(super) struct Scratch {
-    /// The keys transposed, `[HEAD_DIM][padded keys]`.
+    /// Keys (or values) transposed, `[HEAD_DIM][padded tokens]`.
     keys_t: Vec<f32>,
-    /// The scores, then the probabilities, `[tokens][padded keys]`.
+    /// The scores, then the probabilities, `[tokens][padded]`.
     scores: Vec<f32>,
+    /// The backward pass's probability gradients, then the scores' gradients, `[tokens][padded]`.
+    grads: Vec<f32>,
 }
 
-/// One head of one image. Token `t`'s query, key and value are `q[t·stride..][..64]`,
-/// `k[t·stride..]`, `v[t·stride..]`; its output goes to `out[t·out_stride..][..64]`.
-pub(super) struct Head<'a> {
-    pub q: &'a [f32],
-    pub k: &'a [f32],
-    pub v: &'a [f32],
+/// `tokens` rows of [`HEAD_DIM`] values, `stride` apart, from `data[0]`: one head's slice of
+/// the packed projection (or of its gradient).
+#[derive(Clone, Copy)]
+pub(super) struct Rows<'a> {
+    pub data: &'a [f32],
     pub stride: usize,
+}
+
+impl Rows<'_> {
+    fn fits(&self, tokens: usize) -> bool {
+        tokens == 0 || (tokens - 1) * self.stride + HEAD_DIM <= self.data.len()
+    }
+
+    fn ptr(&self) -> *const f32 {
+        self.data.as_ptr()
+    }
+}
+
+/// One head of one image.
+pub(super) struct Head<'a> {
+    pub q: Rows<'a>,
+    pub k: Rows<'a>,
+    pub v: Rows<'a>,
     pub tokens: usize,
     pub scale: f32,
 }
 
 impl Head<'_> {
-    fn fits(&self, slice: &[f32], stride: usize) -> bool {
-        self.tokens == 0 || (self.tokens - 1) * stride + HEAD_DIM <= slice.len()
+    fn check(&self) {
+        let n = self.tokens;
+        assert!(self.q.fits(n) && self.k.fits(n) && self.v.fits(n));
+    }
+
+    /// Keys (and scores) padded to whole 64-key blocks.
+    fn padded(&self) -> usize {
+        self.tokens.div_ceil(KEYS) * KEYS
     }
 }
 
-/// Writes the head's output rows into `out` (token `t` at `out[t·out_stride..][..64]`).
+/// Output rows: token `t`'s [`HEAD_DIM`] values at `ptr + t·stride`.
+#[derive(Clone, Copy)]
+pub(super) struct OutRows {
+    pub ptr: *mut f32,
+    pub stride: usize,
+}
+
+/// A `[rows][terms]` matrix of weights read as `(r, t) → ptr[r·row_stride + t·term_stride]`:
+/// the probabilities or their gradients, as they are or transposed.
+#[derive(Clone, Copy)]
+struct Weights {
+    ptr: *const f32,
+    row_stride: usize,
+    term_stride: usize,
+}
+
+/// Writes the head's output rows into `out`.
 ///
 /// # Safety
 /// The CPU must have AVX-512F ([`available`]), and `out` must be valid for writes at every
-/// one of those rows, written by no one else while this runs.
+/// one of the head's rows, written by no one else while this runs.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-pub(super) unsafe fn forward(head: &Head<'_>, out: *mut f32, out_stride: usize, s: &mut Scratch) {
+pub(super) unsafe fn forward(head: &Head<'_>, out: OutRows, s: &mut Scratch) {
+    head.check();
     let n = head.tokens;
-    assert!(head.fits(head.q, head.stride) && head.fits(head.k, head.stride));
-    assert!(head.fits(head.v, head.stride) && out_stride >= HEAD_DIM);
     if n == 0 {
         return;
     }
-    let padded = n.div_ceil(KEYS) * KEYS;
+    // SAFETY: the rows are checked above and the scratch sized by `probabilities`; the
+    // caller vouches for `out`.
+    unsafe {
+        let padded = probabilities(head, s);
+        let p = Weights {
+            ptr: s.scores.as_ptr(),
+            row_stride: padded,
+            term_stride: 1,
+        };
+        weighted(p, n, n, head.v, out);
+    }
+}
+
+/// Writes the gradients of the head's q, k and v rows (`dq`, `dk`, `dv`) given the gradient
+/// `g` of its output rows.
+///
+/// # Safety
+/// As [`forward`], for each of `dq`, `dk` and `dv`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(super) unsafe fn backward(
+    head: &Head<'_>,
+    g: Rows<'_>,
+    [dq, dk, dv]: [OutRows; 3],
+    s: &mut Scratch,
+) {
+    head.check();
+    let n = head.tokens;
+    assert!(g.fits(n));
+    if n == 0 {
+        return;
+    }
+    // SAFETY (whole body): the rows are checked above, the scratch is sized by
+    // `probabilities` and here, and the caller vouches for the outputs.
+    unsafe {
+        let padded = probabilities(head, s);
+        // dP = g · vᵀ, then dS = scale · P ⊙ (dP − rowsum(P ⊙ dP)) (the softmax's backward
+        // and the scale the scores were multiplied by).
+        s.grads.resize(n * padded, 0.0);
+        transpose_rows(head.v, n, padded, s.keys_t.as_mut_ptr());
+        products(g, n, s.keys_t.as_ptr(), padded, 1.0, s.grads.as_mut_ptr());
+        for (ds, p) in s
+            .grads
+            .chunks_exact_mut(padded)
+            .zip(s.scores.chunks_exact(padded))
+        {
+            softmax_backward(&mut ds[..n], &p[..n], head.scale);
+        }
+        let rows = |m: &[f32]| Weights {
+            ptr: m.as_ptr(),
+            row_stride: padded,
+            term_stride: 1,
+        };
+        let columns = |m: &[f32]| Weights {
+            ptr: m.as_ptr(),
+            row_stride: 1,
+            term_stride: padded,
+        };
+        // dq = dS · k; dk = dSᵀ · q; dv = Pᵀ · g
+        weighted(rows(&s.grads), n, n, head.k, dq);
+        weighted(columns(&s.grads), n, n, head.q, dk);
+        weighted(columns(&s.scores), n, n, g, dv);
+    }
+}
+
+/// `softmax(q·kᵀ·scale)` into `s.scores` (`[tokens][padded]`); returns `padded`.
+///
+/// # Safety
+/// AVX-512F, and the head's rows checked ([`Head::check`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn probabilities(head: &Head<'_>, s: &mut Scratch) -> usize {
+    let (n, padded) = (head.tokens, head.padded());
     s.keys_t.resize(HEAD_DIM * padded, 0.0);
     s.scores.resize(n * padded, 0.0);
-    // SAFETY: every key holds HEAD_DIM values (asserted above), and `keys_t` is
-    // `[HEAD_DIM][padded]` with `t < n ≤ padded`.
-    unsafe { transpose_keys(head, padded, s.keys_t.as_mut_ptr()) };
+    // SAFETY: the keys are checked rows; `keys_t` and the scores are sized above.
+    unsafe {
+        transpose_rows(head.k, n, padded, s.keys_t.as_mut_ptr());
+        products(
+            head.q,
+            n,
+            s.keys_t.as_ptr(),
+            padded,
+            head.scale,
+            s.scores.as_mut_ptr(),
+        );
+    }
+    for row in s.scores.chunks_exact_mut(padded) {
+        softmax(&mut row[..n]);
+    }
+    padded
+}
+
+/// `out[r][..padded] = scale · lhs[r] · keys_t` for the `n` rows of `lhs`.
+///
+/// # Safety
+/// AVX-512F; `lhs` holds `n` checked rows, `keys_t` is `[HEAD_DIM][padded]` and `out` is
+/// `[n][padded]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn products(
+    lhs: Rows<'_>,
+    n: usize,
+    keys_t: *const f32,
+    padded: usize,
+    scale: f32,
+    out: *mut f32,
+) {
     let mut row = 0;
     while row < n {
         let rows = (n - row).min(ROWS);
-        // SAFETY: rows `row..row + rows` of q and of the scores exist (asserted and sized
-        // above), and `keys_t` holds `padded` columns for each of the 64 dimensions.
+        // SAFETY: rows `row..row + rows` exist in `lhs` and `out`.
         unsafe {
             match rows {
-                6 => scores::<6>(head, row, padded, s),
-                5 => scores::<5>(head, row, padded, s),
-                4 => scores::<4>(head, row, padded, s),
-                3 => scores::<3>(head, row, padded, s),
-                2 => scores::<2>(head, row, padded, s),
-                _ => scores::<1>(head, row, padded, s),
-            }
-        }
-        for r in row..row + rows {
-            softmax(&mut s.scores[r * padded..][..n]);
-        }
-        // SAFETY: as above for the probabilities and v; the caller vouches for `out`.
-        unsafe {
-            match rows {
-                6 => weighted_values::<6>(head, row, padded, s, out, out_stride),
-                5 => weighted_values::<5>(head, row, padded, s, out, out_stride),
-                4 => weighted_values::<4>(head, row, padded, s, out, out_stride),
-                3 => weighted_values::<3>(head, row, padded, s, out, out_stride),
-                2 => weighted_values::<2>(head, row, padded, s, out, out_stride),
-                _ => weighted_values::<1>(head, row, padded, s, out, out_stride),
+                6 => products_block::<6>(lhs, row, keys_t, padded, scale, out),
+                5 => products_block::<5>(lhs, row, keys_t, padded, scale, out),
+                4 => products_block::<4>(lhs, row, keys_t, padded, scale, out),
+                3 => products_block::<3>(lhs, row, keys_t, padded, scale, out),
+                2 => products_block::<2>(lhs, row, keys_t, padded, scale, out),
+                _ => products_block::<1>(lhs, row, keys_t, padded, scale, out),
             }
         }
         row += rows;
     }
 }
 
-/// `keys_t[c][t] = k[t][c]`, sixteen keys at a time through registers: sixteen 16-value
-/// pieces of sixteen keys, transposed in-register, give sixteen 16-key pieces of the output
-/// (one element at a time, this copy was a fifth of the kernel's time).
+/// `out` rows = `weights · values` for `n` output rows and `terms` terms.
+///
+/// # Safety
+/// AVX-512F; `weights` readable at every `(r, t)` with `r < n`, `t < terms`; `values` holds
+/// `terms` checked rows; `out` writable at its `n` rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn weighted(weights: Weights, n: usize, terms: usize, values: Rows<'_>, out: OutRows) {
+    let mut row = 0;
+    while row < n {
+        let rows = (n - row).min(ROWS);
+        // SAFETY: forwarded.
+        unsafe {
+            match rows {
+                6 => weighted_block::<6>(weights, row, terms, values, out),
+                5 => weighted_block::<5>(weights, row, terms, values, out),
+                4 => weighted_block::<4>(weights, row, terms, values, out),
+                3 => weighted_block::<3>(weights, row, terms, values, out),
+                2 => weighted_block::<2>(weights, row, terms, values, out),
+                _ => weighted_block::<1>(weights, row, terms, values, out),
+            }
+        }
+        row += rows;
+    }
+}
+
+/// `keys_t[c][t] = rows[t][c]`, sixteen rows at a time through registers: sixteen 16-value
+/// pieces of sixteen rows, transposed in-register, give sixteen 16-token pieces of the output
+/// (one element at a time, this copy was a fifth of the forward kernel's time).
+///
+/// # Safety
+/// AVX-512F; `rows` holds `n` checked rows and `keys_t` is `[HEAD_DIM][padded]`, `n ≤ padded`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[inline]
-unsafe fn transpose_keys(head: &Head<'_>, padded: usize, keys_t: *mut f32) {
-    let n = head.tokens;
-    let k = head.k.as_ptr();
+unsafe fn transpose_rows(rows: Rows<'_>, n: usize, padded: usize, keys_t: *mut f32) {
+    let k = rows.ptr();
     let mut t0 = 0;
     while t0 + 16 <= n {
         for c0 in (0..HEAD_DIM).step_by(16) {
-            let mut rows = [_mm512_setzero_ps(); 16];
-            for (i, r) in rows.iter_mut().enumerate() {
-                // SAFETY: key `t0 + i < n` holds HEAD_DIM values.
-                *r = unsafe { _mm512_loadu_ps(k.add((t0 + i) * head.stride + c0)) };
+            let mut block = [_mm512_setzero_ps(); 16];
+            for (i, r) in block.iter_mut().enumerate() {
+                // SAFETY: row `t0 + i < n` holds HEAD_DIM values.
+                *r = unsafe { _mm512_loadu_ps(k.add((t0 + i) * rows.stride + c0)) };
             }
-            let cols = transpose_16x16(rows);
+            let cols = transpose_16x16(block);
             for (i, c) in cols.iter().enumerate() {
                 // SAFETY: row `c0 + i < HEAD_DIM` of `keys_t`, columns `t0..t0 + 16 ≤ n`.
                 unsafe { _mm512_storeu_ps(keys_t.add((c0 + i) * padded + t0), *c) };
@@ -145,7 +299,7 @@ unsafe fn transpose_keys(head: &Head<'_>, padded: usize, keys_t: *mut f32) {
     for t in t0..n {
         for c in 0..HEAD_DIM {
             // SAFETY: as above, one element at a time.
-            unsafe { *keys_t.add(c * padded + t) = *k.add(t * head.stride + c) };
+            unsafe { *keys_t.add(c * padded + t) = *k.add(t * rows.stride + c) };
         }
     }
 }
@@ -192,31 +346,38 @@ fn transpose_16x16(r: [__m512; 16]) -> [__m512; 16] {
     c
 }
 
-/// Scores of queries `row..row + R` against every (padded) key, times the scale.
+/// `out` rows `row..row + R` = `scale · lhs rows · keys_t`, 64 columns at a time.
+///
+/// # Safety
+/// As [`products`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[inline]
-unsafe fn scores<const R: usize>(head: &Head<'_>, row: usize, padded: usize, s: &mut Scratch) {
-    let scale = _mm512_set1_ps(head.scale);
-    let keys_t = s.keys_t.as_ptr();
-    let out = s.scores.as_mut_ptr();
+unsafe fn products_block<const R: usize>(
+    lhs: Rows<'_>,
+    row: usize,
+    keys_t: *const f32,
+    padded: usize,
+    scale: f32,
+    out: *mut f32,
+) {
+    let scale = _mm512_set1_ps(scale);
+    let lhs_ptr = lhs.ptr();
     for block in (0..padded).step_by(KEYS) {
         let mut acc = [[_mm512_setzero_ps(); 4]; R];
         for c in 0..HEAD_DIM {
             // SAFETY (whole block): `keys_t` is `[HEAD_DIM][padded]` and `block + KEYS ≤
-            // padded`; each query row holds HEAD_DIM values (the caller's asserts).
-            let k = unsafe { keys_t.add(c * padded + block) };
-            let kv = unsafe { load_64(k) };
+            // padded`; each lhs row holds HEAD_DIM values (the caller's).
+            let kv = unsafe { load_64(keys_t.add(c * padded + block)) };
             for (r, acc) in acc.iter_mut().enumerate() {
-                let q =
-                    _mm512_set1_ps(unsafe { *head.q.get_unchecked((row + r) * head.stride + c) });
+                let q = _mm512_set1_ps(unsafe { *lhs_ptr.add((row + r) * lhs.stride + c) });
                 for (a, &k) in acc.iter_mut().zip(&kv) {
                     *a = _mm512_fmadd_ps(q, k, *a);
                 }
             }
         }
         for (r, acc) in acc.iter().enumerate() {
-            // SAFETY: the scores are `[tokens][padded]` and `row + r < tokens`.
+            // SAFETY: `out` is `[n][padded]` and `row + r < n`.
             let dst = unsafe { out.add((row + r) * padded + block) };
             for (j, &a) in acc.iter().enumerate() {
                 unsafe { _mm512_storeu_ps(dst.add(16 * j), _mm512_mul_ps(a, scale)) };
@@ -237,27 +398,28 @@ unsafe fn load_64(p: *const f32) -> [__m512; 4] {
     unsafe { std::array::from_fn(|j| _mm512_loadu_ps(p.add(16 * j))) }
 }
 
-/// `out` rows `row..row + R` = their probabilities times the values.
+/// `out` rows `row..row + R` = their weights times the values.
+///
+/// # Safety
+/// As [`weighted`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[inline]
-unsafe fn weighted_values<const R: usize>(
-    head: &Head<'_>,
+unsafe fn weighted_block<const R: usize>(
+    weights: Weights,
     row: usize,
-    padded: usize,
-    s: &Scratch,
-    out: *mut f32,
-    out_stride: usize,
+    terms: usize,
+    values: Rows<'_>,
+    out: OutRows,
 ) {
     let mut acc = [[_mm512_setzero_ps(); 4]; R];
-    let p = s.scores.as_ptr();
-    for t in 0..head.tokens {
-        // SAFETY: token `t`'s value holds HEAD_DIM values (the caller's asserts), and the
-        // probabilities are `[tokens][padded]` with `t < tokens ≤ padded`.
-        let v = unsafe { head.v.as_ptr().add(t * head.stride) };
-        let vv = unsafe { load_64(v) };
+    for t in 0..terms {
+        // SAFETY: value row `t` holds HEAD_DIM values, and the weights are readable at
+        // `(row + r, t)` (the caller's).
+        let vv = unsafe { load_64(values.ptr().add(t * values.stride)) };
         for (r, acc) in acc.iter_mut().enumerate() {
-            let w = _mm512_set1_ps(unsafe { *p.add((row + r) * padded + t) });
+            let at = (row + r) * weights.row_stride + t * weights.term_stride;
+            let w = _mm512_set1_ps(unsafe { *weights.ptr.add(at) });
             for (a, &v) in acc.iter_mut().zip(&vv) {
                 *a = _mm512_fmadd_ps(w, v, *a);
             }
@@ -265,7 +427,7 @@ unsafe fn weighted_values<const R: usize>(
     }
     for (r, acc) in acc.iter().enumerate() {
         // SAFETY: the caller vouches for output row `row + r`, HEAD_DIM values.
-        let dst = unsafe { out.add((row + r) * out_stride) };
+        let dst = unsafe { out.ptr.add((row + r) * out.stride) };
         for (j, &a) in acc.iter().enumerate() {
             unsafe { _mm512_storeu_ps(dst.add(16 * j), a) };
         }
@@ -304,6 +466,29 @@ fn softmax(row: &mut [f32]) {
     let inv = 1.0 / (sums.iter().sum::<f32>() + rest);
     for v in row.iter_mut() {
         *v *= inv;
+    }
+}
+
+/// `ds = scale · p ⊙ (ds − Σ p ⊙ ds)` over one row (the softmax's backward), inside the
+/// AVX-512 kernel.
+#[inline(always)]
+fn softmax_backward(ds: &mut [f32], p: &[f32], scale: f32) {
+    let mut sums = [0.0f32; 16];
+    let (ds_chunks, p_chunks) = (ds.chunks_exact(16), p.chunks_exact(16));
+    let rest: f32 = ds_chunks
+        .remainder()
+        .iter()
+        .zip(p_chunks.remainder())
+        .map(|(d, p)| d * p)
+        .sum();
+    for (d, p) in ds_chunks.zip(p_chunks) {
+        for ((sum, d), p) in sums.iter_mut().zip(d).zip(p) {
+            *sum += d * p;
+        }
+    }
+    let dot = sums.iter().sum::<f32>() + rest;
+    for (d, &p) in ds.iter_mut().zip(p) {
+        *d = scale * p * (*d - dot);
     }
 }
 

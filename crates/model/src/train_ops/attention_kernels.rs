@@ -86,27 +86,79 @@ fn forward_avx512(qkv: &[f32], shape: AttentionShape) -> Vec<f32> {
         .into_par_iter()
         .for_each_init(attention_head_avx512::Scratch::default, |scratch, task| {
             let (image, head) = (task / shape.heads, task % shape.heads);
-            let qkv = &qkv[image * n * 3 * d..][..n * 3 * d];
-            let part = |i: usize| &qkv[i * d + head * dh..];
-            let one = attention_head_avx512::Head {
-                q: part(0),
-                k: part(1),
-                v: part(2),
-                stride: 3 * d,
-                tokens: n,
-                scale: shape.scale(),
-            };
+            let one = head_rows(qkv, shape, image, head);
             // SAFETY: `forward` dispatched here only where the CPU has AVX-512F; this task
             // writes rows `image·n..(image + 1)·n` at columns `head·dh..(head + 1)·dh` of the
             // `[batch·n, d]` output, which no other task writes, all inside `len`.
             unsafe {
                 let first = rows.get().add(image * n * d + head * dh);
-                attention_head_avx512::forward(&one, first, d, scratch);
+                let out = attention_head_avx512::OutRows {
+                    ptr: first,
+                    stride: d,
+                };
+                attention_head_avx512::forward(&one, out, scratch);
             }
         });
     // SAFETY: the tasks above wrote every (image, head) block, covering all `len` elements.
     unsafe { out.set_len(len) };
     out
+}
+
+/// [`backward`] through [`attention_head_avx512`]: each (image, head) writes its dq, dk and dv
+/// straight into the packed gradient's token rows.
+#[cfg(target_arch = "x86_64")]
+fn backward_avx512(qkv: &[f32], gy: &[f32], shape: AttentionShape) -> Vec<f32> {
+    let (n, d, dh) = (shape.tokens, shape.width(), shape.head_dim);
+    let len = qkv.len();
+    let mut dqkv: Vec<f32> = Vec::with_capacity(len);
+    let rows = SharedRows(dqkv.as_mut_ptr());
+    (0..shape.batch * shape.heads)
+        .into_par_iter()
+        .for_each_init(attention_head_avx512::Scratch::default, |scratch, task| {
+            let (image, head) = (task / shape.heads, task % shape.heads);
+            let one = head_rows(qkv, shape, image, head);
+            let g = attention_head_avx512::Rows {
+                data: &gy[image * n * d + head * dh..],
+                stride: d,
+            };
+            // SAFETY: `backward` dispatched here only where the CPU has AVX-512F; this task
+            // writes rows `image·n..(image + 1)·n` at columns `part·d + head·dh..+dh` (q, k, v)
+            // of the `[batch·n, 3·d]` gradient, which no other task writes, all inside `len`.
+            unsafe {
+                let part = |i: usize| attention_head_avx512::OutRows {
+                    ptr: rows.get().add(image * n * 3 * d + i * d + head * dh),
+                    stride: 3 * d,
+                };
+                attention_head_avx512::backward(&one, g, [part(0), part(1), part(2)], scratch);
+            }
+        });
+    // SAFETY: every (image, head) task wrote its q, k and v columns of its image's rows: all
+    // `len` elements.
+    unsafe { dqkv.set_len(len) };
+    dqkv
+}
+
+/// The q, k and v rows of `head` of `image` in the packed projection.
+#[cfg(target_arch = "x86_64")]
+fn head_rows(
+    qkv: &[f32],
+    shape: AttentionShape,
+    image: usize,
+    head: usize,
+) -> attention_head_avx512::Head<'_> {
+    let (n, d, dh) = (shape.tokens, shape.width(), shape.head_dim);
+    let qkv = &qkv[image * n * 3 * d..][..n * 3 * d];
+    let part = |i: usize| attention_head_avx512::Rows {
+        data: &qkv[i * d + head * dh..],
+        stride: 3 * d,
+    };
+    attention_head_avx512::Head {
+        q: part(0),
+        k: part(1),
+        v: part(2),
+        tokens: n,
+        scale: shape.scale(),
+    }
 }
 
 /// [`forward`] with the `gemm` crate's products: any head size, any CPU.
@@ -153,6 +205,16 @@ pub fn backward(qkv: &[f32], gy: &[f32], shape: AttentionShape) -> Vec<f32> {
     let (n, d, dh) = (shape.tokens, shape.width(), shape.head_dim);
     assert_eq!(qkv.len(), shape.batch * n * 3 * d);
     assert_eq!(gy.len(), shape.batch * n * d);
+    #[cfg(target_arch = "x86_64")]
+    if dh == attention_head_avx512::HEAD_DIM && attention_head_avx512::available() {
+        return backward_avx512(qkv, gy, shape);
+    }
+    backward_gemm(qkv, gy, shape)
+}
+
+/// [`backward`] with the `gemm` crate's products: any head size, any CPU.
+fn backward_gemm(qkv: &[f32], gy: &[f32], shape: AttentionShape) -> Vec<f32> {
+    let (n, d, dh) = (shape.tokens, shape.width(), shape.head_dim);
     let scale = shape.scale();
     // Per (image, head): dq, dk, dv as three `[tokens, head_dim]` blocks, then interleaved.
     let mut blocks = vec![0.0f32; qkv.len()];
@@ -310,8 +372,10 @@ mod tests {
         }
     }
 
-    /// ViT's head size takes the AVX-512 kernel where the CPU has it: token counts around its
-    /// six-row and 64-key blocks and ViT-B/16's 197, against the definition and the `gemm` path.
+    /// ViT's head size takes the AVX-512 kernels where the CPU has them: token counts around
+    /// their six-row and 64-key blocks and ViT-B/16's 197, the forward pass against the
+    /// definition and the `gemm` path, the backward pass against the `gemm` path (which the
+    /// finite-difference test below checks).
     #[test]
     fn head_size_64_matches_the_definition() {
         for tokens in [1, 5, 6, 7, 50, 64, 65, 130, 197] {
@@ -327,6 +391,16 @@ mod tests {
             for ((a, g), b) in ours.iter().zip(&gemm).zip(reference(&qkv, shape)) {
                 assert!((*a as f64 - b).abs() < 1e-5, "{tokens} tokens: {a} vs {b}");
                 assert!((a - g).abs() < 1e-5, "{tokens} tokens: {a} vs gemm {g}");
+            }
+            let gy = values(shape.batch * tokens * shape.width(), 5 + tokens as u32);
+            let ours = backward(&qkv, &gy, shape);
+            let gemm = backward_gemm(&qkv, &gy, shape);
+            assert_eq!(ours.len(), gemm.len());
+            for (i, (a, g)) in ours.iter().zip(&gemm).enumerate() {
+                assert!(
+                    (a - g).abs() <= 1e-5 * (1.0 + g.abs()),
+                    "{tokens} tokens, gradient [{i}]: {a} vs gemm {g}"
+                );
             }
         }
     }
