@@ -16,6 +16,7 @@
 use std::arch::x86_64::*;
 
 use super::gelu_kernels::exp as exp_nonpositive;
+use super::vectorized::sum_f64_pairs;
 
 /// The head size this kernel handles (ViT-B/32, B/16, L/14 all use 64).
 pub(super) const HEAD_DIM: usize = 64;
@@ -473,20 +474,7 @@ fn softmax(row: &mut [f32]) {
 /// AVX-512 kernel.
 #[inline(always)]
 fn softmax_backward(ds: &mut [f32], p: &[f32], scale: f32) {
-    let mut sums = [0.0f32; 16];
-    let (ds_chunks, p_chunks) = (ds.chunks_exact(16), p.chunks_exact(16));
-    let rest: f32 = ds_chunks
-        .remainder()
-        .iter()
-        .zip(p_chunks.remainder())
-        .map(|(d, p)| d * p)
-        .sum();
-    for (d, p) in ds_chunks.zip(p_chunks) {
-        for ((sum, d), p) in sums.iter_mut().zip(d).zip(p) {
-            *sum += d * p;
-        }
-    }
-    let dot = sums.iter().sum::<f32>() + rest;
+    let dot = sum_f64_pairs(ds, p) as f32;
     for (d, &p) in ds.iter_mut().zip(p) {
         *d = scale * p * (*d - dot);
     }
