@@ -135,8 +135,17 @@ pub fn write_model_dir(
         .map_err(|e| InferenceError::model_dir(out, format!("writing weights: {e}")))?;
     let json = serde_json::to_vec_pretty(info)
         .map_err(|e| InferenceError::model_dir(out, e.to_string()))?;
-    std::fs::write(tmp.path().join(INFO_FILE), json)
-        .map_err(|e| InferenceError::io(tmp.path(), e))?;
+    let info_path = tmp.path().join(INFO_FILE);
+    std::fs::write(&info_path, json).map_err(|e| InferenceError::io(tmp.path(), e))?;
+    // burn writes the weights through a private temp file (mode 0600); give them the mode
+    // any file gets here (0666 less the umask, as `model.json` just did), so that a service
+    // account can read a folder its owner exported.
+    let plain = std::fs::metadata(&info_path)
+        .map_err(|e| InferenceError::io(&info_path, e))?
+        .permissions();
+    let weights_path = tmp.path().join(WEIGHTS_FILE);
+    std::fs::set_permissions(&weights_path, plain)
+        .map_err(|e| InferenceError::io(&weights_path, e))?;
     extra(tmp.path())?;
     folder_manifest::write_manifest(tmp.path())?;
     // Re-checked just before the swap: only an earlier export is ever removed.

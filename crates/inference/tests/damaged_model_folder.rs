@@ -1,7 +1,8 @@
 //! An exported model folder copied in part or changed afterwards is refused when it is loaded,
 //! naming the file (its manifest records each file's size and CRC-32); a folder exported
 //! before manifests existed loads as before; adding and removing the int8 model keeps the
-//! manifest true. The ONNX Runtime half skips (fails under CI) without the library.
+//! manifest true; its files get the mode of any new file. The ONNX Runtime half skips (fails
+//! under CI) without the library.
 
 mod common;
 
@@ -37,6 +38,23 @@ fn flip_byte(path: &Path) -> impl FnOnce() + use<> {
     std::fs::write(path, bytes).unwrap();
     let path = path.to_path_buf();
     move || std::fs::write(path, original).unwrap()
+}
+
+/// Every file of an export has the mode a plain new file gets (burn wrote the weights 0600,
+/// unreadable to anyone but the exporting user).
+#[test]
+fn exported_files_have_the_mode_of_plain_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, b"x").unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let out = dir.path().join("model");
+    export_folder("tiny_efficientnet_lite", &tiny_lite(), 32, &out);
+    for entry in std::fs::read_dir(&out).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path), mode(&plain), "{}", path.display());
+    }
 }
 
 #[test]
