@@ -15,8 +15,7 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::gelu_kernels::exp as exp_nonpositive;
-use super::vectorized::sum_f64_pairs;
+use super::attention_kernels::{softmax, softmax_backward};
 
 /// The head size this kernel handles (ViT-B/32, B/16, L/14 all use 64).
 pub(super) const HEAD_DIM: usize = 64;
@@ -432,51 +431,6 @@ unsafe fn weighted_block<const R: usize>(
         for (j, &a) in acc.iter().enumerate() {
             unsafe { _mm512_storeu_ps(dst.add(16 * j), a) };
         }
-    }
-}
-
-/// `row = softmax(row)`, compiled inside the AVX-512 kernel (the loops vectorise).
-#[inline(always)]
-fn softmax(row: &mut [f32]) {
-    let mut max = [f32::NEG_INFINITY; 16];
-    let chunks = row.chunks_exact(16);
-    let rest = chunks
-        .remainder()
-        .iter()
-        .copied()
-        .fold(f32::NEG_INFINITY, f32::max);
-    for chunk in chunks {
-        for (m, &v) in max.iter_mut().zip(chunk) {
-            *m = m.max(v);
-        }
-    }
-    let max = max.iter().copied().fold(rest, f32::max);
-    let mut sums = [0.0f32; 16];
-    let mut chunks = row.chunks_exact_mut(16);
-    for chunk in &mut chunks {
-        for (sum, v) in sums.iter_mut().zip(chunk) {
-            *v = exp_nonpositive(*v - max);
-            *sum += *v;
-        }
-    }
-    let mut rest = 0.0;
-    for v in chunks.into_remainder() {
-        *v = exp_nonpositive(*v - max);
-        rest += *v;
-    }
-    let inv = 1.0 / (sums.iter().sum::<f32>() + rest);
-    for v in row.iter_mut() {
-        *v *= inv;
-    }
-}
-
-/// `ds = scale · p ⊙ (ds − Σ p ⊙ ds)` over one row (the softmax's backward), inside the
-/// AVX-512 kernel.
-#[inline(always)]
-fn softmax_backward(ds: &mut [f32], p: &[f32], scale: f32) {
-    let dot = sum_f64_pairs(ds, p) as f32;
-    for (d, &p) in ds.iter_mut().zip(p) {
-        *d = scale * p * (*d - dot);
     }
 }
 

@@ -29,7 +29,7 @@ use rayon::prelude::*;
 use super::attention_head_avx512;
 use super::gelu_kernels::exp as exp_nonpositive;
 use super::gemm_views::{Matrix, MatrixRef, gemm_f32_scaled};
-use super::vectorized::vectorized;
+use super::vectorized::{sum_f64_pairs, vectorized};
 
 /// The shape of one attention call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,7 +245,10 @@ fn backward_gemm(qkv: &[f32], gy: &[f32], shape: AttentionShape) -> Vec<f32> {
             // dS = P ⊙ (dP − rowsum(P ⊙ dP)), the softmax's backward, times the scale the
             // scores were multiplied by.
             for (ds, p) in ds.chunks_exact_mut(n).zip(p.chunks_exact(n)) {
-                softmax_backward_row(ds, p, scale);
+                vectorized(
+                    #[inline(always)]
+                    || softmax_backward(ds, p, scale),
+                );
             }
             // dq = dS · k; dk = dSᵀ · q; dv = Pᵀ · g
             let (dq, rest) = block.split_at_mut(n * dh);
@@ -283,43 +286,57 @@ fn probabilities(qkv: &[f32], shape: AttentionShape, head: usize, p: &mut [f32])
         shape.scale(),
     );
     for row in p.chunks_exact_mut(n) {
-        softmax_row(row);
+        vectorized(
+            #[inline(always)]
+            || softmax(row),
+        );
     }
 }
 
-/// `row = softmax(row)`.
-fn softmax_row(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    vectorized(
-        #[inline(always)]
-        || {
-            for s in row.iter_mut() {
-                *s = exp_nonpositive(*s - max);
-            }
-        },
-    );
-    let inv = 1.0 / row.iter().sum::<f32>();
-    vectorized(
-        #[inline(always)]
-        || {
-            for s in row.iter_mut() {
-                *s *= inv;
-            }
-        },
-    );
+/// `row = softmax(row)`, with sixteen running maxima and sums so that the loops vectorise when
+/// inlined into a vectorised function (the AVX-512 head kernel, or [`vectorized`] here).
+#[inline(always)]
+pub(super) fn softmax(row: &mut [f32]) {
+    let mut max = [f32::NEG_INFINITY; 16];
+    let chunks = row.chunks_exact(16);
+    let rest = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for chunk in chunks {
+        for (m, &v) in max.iter_mut().zip(chunk) {
+            *m = m.max(v);
+        }
+    }
+    let max = max.iter().copied().fold(rest, f32::max);
+    let mut sums = [0.0f32; 16];
+    let mut chunks = row.chunks_exact_mut(16);
+    for chunk in &mut chunks {
+        for (sum, v) in sums.iter_mut().zip(chunk) {
+            *v = exp_nonpositive(*v - max);
+            *sum += *v;
+        }
+    }
+    let mut rest = 0.0;
+    for v in chunks.into_remainder() {
+        *v = exp_nonpositive(*v - max);
+        rest += *v;
+    }
+    let inv = 1.0 / (sums.iter().sum::<f32>() + rest);
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
 }
 
-/// `ds = scale · p ⊙ (ds − Σ p ⊙ ds)` over one row.
-fn softmax_backward_row(ds: &mut [f32], p: &[f32], scale: f32) {
-    let dot: f32 = ds.iter().zip(p).map(|(s, p)| s * p).sum();
-    vectorized(
-        #[inline(always)]
-        || {
-            for (s, &p) in ds.iter_mut().zip(p) {
-                *s = scale * p * (*s - dot);
-            }
-        },
-    );
+/// `ds = scale · p ⊙ (ds − Σ p ⊙ ds)` over one row (the softmax's backward, times the scale
+/// the scores were multiplied by), inlined as [`softmax`] is.
+#[inline(always)]
+pub(super) fn softmax_backward(ds: &mut [f32], p: &[f32], scale: f32) {
+    let dot = sum_f64_pairs(ds, p) as f32;
+    for (d, &p) in ds.iter_mut().zip(p) {
+        *d = scale * p * (*d - dot);
+    }
 }
 
 #[cfg(test)]
