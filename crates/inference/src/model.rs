@@ -11,6 +11,7 @@ use visual_search_data::image::Normalization;
 use visual_search_model::compute_pool::on_pool;
 use visual_search_model::embedder::EmbeddingModel;
 use visual_search_model::registry::{Architecture, BuildOptions, ModelSpec, lookup};
+use visual_search_model::train_ops::MatmulPrecision;
 
 use crate::device_choice::{DeviceChoice, Precision};
 use crate::error::{InferenceError, Result};
@@ -140,13 +141,17 @@ impl Default for LoadOptions {
 /// True when bf16 products are now in force; false where the CPU or the device has no such
 /// path (then a bf16 model's tensors are cast to bf16).
 fn native_bf16_products(device: &Device, bf16: bool) -> bool {
-    use visual_search_model::train_ops::{MatmulPrecision, set_matmul_precision_for};
-    let wanted = if bf16 {
+    use visual_search_model::train_ops::set_matmul_precision_for;
+    set_matmul_precision_for(device, products_precision(bf16)) == MatmulPrecision::Bf16
+}
+
+/// The matmul precision of a model whose products run in bf16 (`bf16`) or f32.
+fn products_precision(bf16: bool) -> MatmulPrecision {
+    if bf16 {
         MatmulPrecision::Bf16
     } else {
         MatmulPrecision::F32
-    };
-    set_matmul_precision_for(device, wanted) == MatmulPrecision::Bf16
+    }
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {
@@ -436,11 +441,8 @@ impl InferenceModel {
                 device,
                 bf16_products,
             } => {
-                use visual_search_model::train_ops::{MatmulPrecision, with_matmul_precision_for};
-                let precision = match bf16_products {
-                    true => MatmulPrecision::Bf16,
-                    false => MatmulPrecision::F32,
-                };
+                use visual_search_model::train_ops::with_matmul_precision_for;
+                let precision = products_precision(*bf16_products);
                 with_matmul_precision_for(device, precision, || {
                     burn_features(model, device, pixels, n, s)
                 })

@@ -38,8 +38,8 @@ pub struct DeviceArgs {
     /// tch-cuda:N, cuda:N, wgpu, or auto: a compiled GPU backend, else ONNX Runtime when its
     /// library is found (tools/install_onnxruntime.sh), else flex — and flex for a ViT or a
     /// ConvNeXt in f32 on a CPU with AVX-512, where it is the faster of the two. Registry
-    /// models and folders
-    /// without model.onnx are exported to ONNX once, into ~/.cache/visual-search/onnx.
+    /// models and folders without model.onnx are exported to ONNX once, into
+    /// ~/.cache/visual-search/onnx.
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Precision of the model: f32; bf16 (on flex with AMX: f32 tensors with the
