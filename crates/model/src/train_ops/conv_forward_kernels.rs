@@ -12,8 +12,8 @@
 //!   residual a ResNet block adds after its last convolution, when given — and applies the
 //!   activation while the image's output is warm. The residual costs no pass of its own: it
 //!   replaces a separate addition and ReLU over every block's output (5 % of a ResNet-50
-//!   inference pass). Under bf16 products the output starts as the bias (+ residual) rows, the
-//!   AMX GEMM accumulates onto them and applies the activation as each block is stored.
+//!   inference pass). Under bf16 products the AMX GEMM's store adds the bias (+ residual) and
+//!   applies the activation as it writes each block: no pass of its own at all.
 //!   Whole rounds of one image per thread run side by side; the images left over (fewer than
 //!   the threads: a single photo, an odd batch) each split their im2col, GEMM and output pass
 //!   across the threads.
@@ -31,7 +31,8 @@ use super::activation_kernels::Activation;
 use super::conv_geometry::{ChannelOrder, ConvGeometry, im2col};
 use super::depthwise_forward;
 use super::gemm_views::{
-    MatmulPrecision, Matrix, MatrixRef, Operand, gemm_into_uninit, gemm_then, matmul_precision,
+    Epilogue, MatmulPrecision, MatrixRef, Operand, gemm_into_uninit, gemm_into_uninit_then,
+    matmul_precision,
 };
 use super::vectorized::vectorized;
 
@@ -147,22 +148,26 @@ fn dense(
             y_n
         });
     }
-    // bf16 products: the weight is shared by every image and packed once here; each image
-    // starts as its bias (+ residual) rows, and the AMX GEMM accumulates onto them and applies
-    // the activation as each block is stored.
+    // bf16 products: the weight is shared by every image and packed once here; the AMX
+    // store adds the bias (and the residual) and applies the activation as each block of an
+    // image's output is written.
     let weight = Operand::lhs(MatrixRef::row_major(weight, co, rows), true);
     per_image(g.batch, image_len, |col, n, image, split| {
-        let y_n = start_rows(image, p, bias, residual_of(n));
         let rhs = MatrixRef::row_major(patches(x, n, g, col, split), rows, p);
-        gemm_then(
-            Matrix::row_major(y_n, co, p),
-            bias.is_some() || residual.is_some(),
+        let epilogue = Epilogue {
+            row_bias: bias,
+            addend: residual_of(n),
+            activation,
+        };
+        gemm_into_uninit_then(
+            image,
+            co,
+            p,
             &weight,
             &Operand::F32(rhs),
             inner(split),
-            activation,
-        );
-        y_n
+            epilogue,
+        )
     })
 }
 
@@ -300,32 +305,6 @@ fn epilogue_with(
             }
         }
     }
-}
-
-/// Writes `bias[r]` (zero without a bias; plus `residual`'s same value, when given) into every
-/// value of row `r` of an image's `[rows, plane]` output and returns it, initialised.
-fn start_rows<'a>(
-    image: &'a mut [MaybeUninit<f32>],
-    plane: usize,
-    bias: Option<&[f32]>,
-    residual: Option<&[f32]>,
-) -> &'a mut [f32] {
-    for (r, values) in image.chunks_mut(plane).enumerate() {
-        let b = bias.map_or(0.0, |b| b[r]);
-        match residual {
-            None => values.iter_mut().for_each(|v| {
-                v.write(b);
-            }),
-            Some(residual) => {
-                for (v, &s) in values.iter_mut().zip(&residual[r * plane..][..plane]) {
-                    v.write(s + b);
-                }
-            }
-        }
-    }
-    // SAFETY: every element of `image` was just written (its rows of `plane` values cover it),
-    // and `MaybeUninit<f32>` has the layout of `f32`.
-    unsafe { &mut *(image as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use gemm::Parallelism;
 
 use super::activation_kernels::Activation;
 use super::amx_gemm;
+pub(super) use super::amx_gemm::Epilogue;
 
 /// The precision of the products inside our f32 GEMMs, like PyTorch's
 /// `torch.set_float32_matmul_precision`: inputs, outputs and sums stay f32 either way.
@@ -229,19 +230,20 @@ pub(super) fn gemm_f32(
     );
 }
 
-/// [`gemm`], then `activation` over `dst`: under bf16 products in the same pass as each
-/// block of the result is stored, else as a pass after the GEMM.
-pub(super) fn gemm_then(
+/// [`gemm`], then the [`Epilogue`] over `dst` (a bias per row, an addend shaped as `dst`, the
+/// activation): under bf16 products in the same pass as each block of the result is stored,
+/// else as a pass after the GEMM.
+fn gemm_then(
     mut dst: Matrix<'_>,
     accumulate: bool,
     lhs: &Operand<'_>,
     rhs: &Operand<'_>,
     parallelism: Parallelism,
-    activation: Activation,
+    epilogue: Epilogue<'_>,
 ) {
     let ((m, k), (k2, n)) = (lhs.shape(), rhs.shape());
     assert!(m == dst.rows && n == dst.cols && k == k2);
-    assert!(dst.rows * dst.cols <= dst.data.len());
+    assert!(dst.rows * dst.cols <= dst.data.len() && epilogue.fits(m, n));
     for operand in [lhs, rhs] {
         if let Operand::F32(view) = operand {
             assert!(view.fits());
@@ -257,11 +259,11 @@ pub(super) fn gemm_then(
         _ => {
             let parallel = !matches!(parallelism, Parallelism::None);
             let (lhs, rhs) = (lhs.side(), rhs.side());
-            return amx_gemm::gemm(dst, accumulate, lhs, rhs, parallel, activation);
+            return amx_gemm::gemm(dst, accumulate, lhs, rhs, parallel, epilogue);
         }
     };
     f32_gemm(&mut dst, accumulate, lhs, rhs, 1.0, parallelism);
-    activation.apply(&mut dst.data[..dst.rows * dst.cols]);
+    epilogue.apply(&mut dst.data[..dst.rows * dst.cols], dst.cols);
 }
 
 /// `dst = lhs · rhs` ([`gemm`], in the [`matmul_precision`]) into memory that may not be
@@ -281,17 +283,33 @@ pub(super) fn gemm_into_uninit<'a>(
     rhs: &Operand<'_>,
     parallelism: Parallelism,
 ) -> &'a mut [f32] {
+    let identity = Epilogue::activation(Activation::Identity);
+    gemm_into_uninit_then(dst, rows, cols, lhs, rhs, parallelism, identity)
+}
+
+/// [`gemm_into_uninit`], then the [`Epilogue`]: under bf16 products in the AMX store (a
+/// convolution's bias, residual and activation with no pass of their own over its output).
+pub(super) fn gemm_into_uninit_then<'a>(
+    dst: &'a mut [MaybeUninit<f32>],
+    rows: usize,
+    cols: usize,
+    lhs: &Operand<'_>,
+    rhs: &Operand<'_>,
+    parallelism: Parallelism,
+    epilogue: Epilogue<'_>,
+) -> &'a mut [f32] {
     assert_eq!(dst.len(), rows * cols);
     // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and the product below writes every
-    // one of the `rows · cols` elements before anything reads them (see above; `gemm` asserts
-    // the shapes, and with an empty shape there are no elements).
+    // one of the `rows · cols` elements before anything reads them (see above; `gemm_then`
+    // asserts the shapes, and with an empty shape there are no elements).
     let dst = unsafe { &mut *(dst as *mut [MaybeUninit<f32>] as *mut [f32]) };
-    gemm(
+    gemm_then(
         Matrix::row_major(dst, rows, cols),
         false,
         lhs,
         rhs,
         parallelism,
+        epilogue,
     );
     dst
 }
@@ -479,7 +497,8 @@ pub(super) fn gemm(
     rhs: &Operand<'_>,
     parallelism: Parallelism,
 ) {
-    gemm_then(dst, accumulate, lhs, rhs, parallelism, Activation::Identity);
+    let identity = Epilogue::activation(Activation::Identity);
+    gemm_then(dst, accumulate, lhs, rhs, parallelism, identity);
 }
 
 #[cfg(test)]
