@@ -11,7 +11,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Distribution, Tensor};
 
 use crate::train_ops::{
-    Activation, LinearActivation, conv2d_act, conv2d_add_act, linear_2d, linear_2d_add,
+    Activation, LinearActivation, Storage, conv2d_act, conv2d_stored, linear_2d, linear_2d_add,
     scale_out_channels,
 };
 
@@ -38,8 +38,21 @@ pub fn conv_tf_same_bn_act(
     x: Tensor<4>,
     activation: Activation,
 ) -> Tensor<4> {
+    conv_tf_same_bn_act_stored(conv, bn, x, activation, Storage::F32)
+}
+
+/// [`conv_tf_same_bn_act`] whose output a training pass keeps as `storage` says (bf16 under
+/// mixed precision on flex, for an output only our convolutions read; see
+/// [`crate::train_ops::stored`]).
+pub fn conv_tf_same_bn_act_stored(
+    conv: &Conv2d,
+    bn: &Option<BatchNorm>,
+    x: Tensor<4>,
+    activation: Activation,
+    storage: Storage,
+) -> Tensor<4> {
     let padding = tf_same_conv_padding(conv, &x);
-    conv_padded_bn_act(conv, bn, x, padding, None, activation)
+    conv_padded_bn_act(conv, bn, x, padding, None, activation, storage)
 }
 
 /// `activation(batch_norm(conv(x)) + residual)` with TF "same" padding: an inverted-residual
@@ -52,7 +65,15 @@ pub fn conv_tf_same_bn_add_act(
     activation: Activation,
 ) -> Tensor<4> {
     let padding = tf_same_conv_padding(conv, &x);
-    conv_padded_bn_act(conv, bn, x, padding, Some(residual), activation)
+    conv_padded_bn_act(
+        conv,
+        bn,
+        x,
+        padding,
+        Some(residual),
+        activation,
+        Storage::F32,
+    )
 }
 
 /// The `(before, after)` TF "same" padding per spatial dimension of `conv` over `x`.
@@ -72,7 +93,7 @@ pub fn conv_bn_act(
     activation: Activation,
 ) -> Tensor<4> {
     let padding = burn_padding(conv, &x);
-    conv_padded_bn_act(conv, bn, x, padding, None, activation)
+    conv_padded_bn_act(conv, bn, x, padding, None, activation, Storage::F32)
 }
 
 /// `activation(batch_norm(conv(x)) + residual)` with burn's padding rules: a residual block's
@@ -87,7 +108,15 @@ pub fn conv_bn_add_act(
     activation: Activation,
 ) -> Tensor<4> {
     let padding = burn_padding(conv, &x);
-    conv_padded_bn_act(conv, bn, x, padding, Some(residual), activation)
+    conv_padded_bn_act(
+        conv,
+        bn,
+        x,
+        padding,
+        Some(residual),
+        activation,
+        Storage::F32,
+    )
 }
 
 /// `conv.forward(x)` (burn's padding rules), through [`crate::train_ops::conv2d`] so that flex
@@ -120,6 +149,7 @@ fn conv_padded_bn_act(
     padding: [(usize, usize); 2],
     residual: Option<Tensor<4>>,
     activation: Activation,
+    storage: Storage,
 ) -> Tensor<4> {
     let options = ConvOptions::new_with_padding(conv.stride, padding, conv.dilation, conv.groups);
     let (weight, bias) = match frozen_batch_norm_folded(conv, bn, &x) {
@@ -135,10 +165,7 @@ fn conv_padded_bn_act(
         }
         None => (conv.weight.val(), conv.bias.as_ref().map(|b| b.val())),
     };
-    match residual {
-        Some(r) => conv2d_add_act(x, weight, bias, r, options, activation),
-        None => conv2d_act(x, weight, bias, options, activation),
-    }
+    conv2d_stored(x, weight, bias, residual, options, activation, storage)
 }
 
 /// In a training pass with frozen batch-norm statistics (the recipe's `freeze_batchnorm`), the

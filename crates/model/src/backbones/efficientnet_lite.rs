@@ -12,9 +12,12 @@ use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{conv_tf_same_bn_act, conv_tf_same_bn_add_act, drop_path, drop_path_applies};
+use crate::layers::{
+    conv_tf_same_bn_act, conv_tf_same_bn_act_stored, conv_tf_same_bn_add_act, drop_path,
+    drop_path_applies,
+};
 use crate::pooling::{Pooling, PoolingKind};
-use crate::train_ops::Activation;
+use crate::train_ops::{Activation, Storage};
 use crate::weights::WeightMapping;
 
 /// Width/depth multipliers and sizes of one EfficientNet-Lite.
@@ -174,12 +177,16 @@ pub struct MbConvBlock {
 }
 
 impl MbConvBlock {
+    /// The expanded activations (the expansion's and the depthwise layer's outputs, six times
+    /// the block's channels) feed only the next convolution: a training pass under mixed
+    /// precision keeps them in bf16 ([`Storage::Bf16`]), as PyTorch's autocast does.
     fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         let mut x = input.clone();
+        let (relu6, inner) = (Activation::Relu6, Storage::Bf16);
         if let Some(conv) = &self.expand_conv {
-            x = conv_tf_same_bn_act(conv, &self.bn0, x, Activation::Relu6);
+            x = conv_tf_same_bn_act_stored(conv, &self.bn0, x, relu6, inner);
         }
-        x = conv_tf_same_bn_act(&self.depthwise_conv, &self.bn1, x, Activation::Relu6);
+        x = conv_tf_same_bn_act_stored(&self.depthwise_conv, &self.bn1, x, relu6, inner);
         if !self.skip {
             return conv_tf_same_bn_act(&self.project_conv, &self.bn2, x, Activation::Identity);
         }

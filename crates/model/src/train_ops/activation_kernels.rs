@@ -16,6 +16,7 @@
 
 use rayon::prelude::*;
 
+use super::stored::{Element, Stored};
 use super::vectorized::Simd;
 
 /// The activation after a convolution (and the batch norm folded into it).
@@ -73,23 +74,51 @@ pub fn mask_pre_activation_grad(
     channels: usize,
     activation: Activation,
 ) -> Vec<f32> {
+    mask_pre_activation_grad_stored(Stored::F32(z), g, plane, channels, activation)
+}
+
+/// [`mask_pre_activation_grad`] of an output stored in f32 or bf16 ([`super::stored`]): a
+/// bf16 output is widened as it is read (exactly), so the gradient passes where the stored
+/// value lies inside the activation's range — as PyTorch's autocast, whose ReLU6 backward
+/// reads its bf16 tensors.
+pub(super) fn mask_pre_activation_grad_stored(
+    z: Stored<'_>,
+    g: &mut [f32],
+    plane: usize,
+    channels: usize,
+    activation: Activation,
+) -> Vec<f32> {
     assert_eq!(z.len(), g.len());
     if plane == 0 || channels == 0 {
         g.fill(0.0);
         return vec![0.0; channels];
     }
+    let simd = Simd::detect();
+    #[cfg(target_arch = "x86_64")]
+    let bf16_vectors = std::arch::is_x86_feature_detected!("avx512bw");
     let sums: Vec<f64> = g
         .par_chunks_mut(plane)
-        .zip(z.par_chunks(plane))
-        .map(|(g_p, z_p)| {
-            match Simd::detect() {
+        .enumerate()
+        .map(|(p, g_p)| {
+            let z_p = z.slice(p * plane, g_p.len());
+            match (simd, z_p) {
                 // SAFETY: the CPU has AVX-512F.
                 #[cfg(target_arch = "x86_64")]
-                Simd::Avx512 => unsafe { x86::masked_plane_avx512(g_p, z_p, activation) },
+                (Simd::Avx512, Stored::F32(z_p)) => unsafe {
+                    x86::masked_plane_avx512(g_p, z_p, activation)
+                },
+                // SAFETY: the CPU has AVX-512F and BW.
+                #[cfg(target_arch = "x86_64")]
+                (Simd::Avx512, Stored::Bf16(z_p)) if bf16_vectors => unsafe {
+                    x86::masked_plane_bf16_avx512(g_p, z_p, activation)
+                },
                 // SAFETY: the CPU has AVX2.
                 #[cfg(target_arch = "x86_64")]
-                Simd::Avx2 => unsafe { x86::masked_plane_avx2(g_p, z_p, activation) },
-                Simd::Portable => masked_plane(g_p, z_p, activation),
+                (Simd::Avx2, Stored::F32(z_p)) => unsafe {
+                    x86::masked_plane_avx2(g_p, z_p, activation)
+                },
+                (_, Stored::F32(z_p)) => masked_plane(g_p, z_p, activation),
+                (_, Stored::Bf16(z_p)) => masked_plane(g_p, z_p, activation),
             }
         })
         .collect();
@@ -102,18 +131,18 @@ pub fn mask_pre_activation_grad(
 
 /// One plane of [`mask_pre_activation_grad`]: masks `g` in place and returns its sum, in eight
 /// running sums (one per SIMD lane) added up in f64.
-fn masked_plane(g: &mut [f32], z: &[f32], activation: Activation) -> f64 {
+fn masked_plane<Z: Element>(g: &mut [f32], z: &[Z], activation: Activation) -> f64 {
     let mut sum = [0.0f32; 8];
     let (g8, g_rest) = g.as_chunks_mut::<8>();
     let (z8, z_rest) = z.as_chunks::<8>();
     for (d, v) in g8.iter_mut().zip(z8) {
         for lane in 0..8 {
-            d[lane] = masked(d[lane], activation.passes(v[lane]));
+            d[lane] = masked(d[lane], activation.passes(v[lane].to_f32()));
             sum[lane] += d[lane];
         }
     }
     for (lane, (d, &v)) in g_rest.iter_mut().zip(z_rest).enumerate() {
-        *d = masked(*d, activation.passes(v));
+        *d = masked(*d, activation.passes(v.to_f32()));
         sum[lane] += *d;
     }
     sum.iter().map(|&v| v as f64).sum()
@@ -133,6 +162,9 @@ fn masked(g: f32, keep: bool) -> f32 {
 mod x86 {
     use std::arch::x86_64::*;
 
+    use half::bf16;
+
+    use super::super::stored::Element;
     use super::Activation;
 
     #[target_feature(enable = "avx512f")]
@@ -141,34 +173,55 @@ mod x86 {
         z: &[f32],
         activation: Activation,
     ) -> f64 {
+        // SAFETY: AVX-512F, which loading f32 needs.
+        unsafe { masked_plane_16(g, z, activation) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn masked_plane_bf16_avx512(
+        g: &mut [f32],
+        z: &[bf16],
+        activation: Activation,
+    ) -> f64 {
+        // SAFETY: AVX-512F and BW, which loading bf16 needs.
+        unsafe { masked_plane_16(g, z, activation) }
+    }
+
+    /// The AVX-512 body, `z` loaded by its element type.
+    ///
+    /// # Safety
+    /// The CPU has what `Z::load16` needs.
+    #[inline(always)]
+    unsafe fn masked_plane_16<Z: Element>(g: &mut [f32], z: &[Z], activation: Activation) -> f64 {
         assert_eq!(g.len(), z.len());
-        let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
-        let mut acc = _mm512_setzero_ps();
-        let (g16, g_rest) = g.as_chunks_mut::<16>();
-        let (z16, z_rest) = z.as_chunks::<16>();
-        for (d, v) in g16.iter_mut().zip(z16) {
-            // SAFETY: `d` and `v` are 16 floats each.
-            let gv = unsafe { _mm512_loadu_ps(d.as_ptr()) };
-            let kept = match activation {
-                Activation::Identity => gv,
-                Activation::Relu | Activation::Relu6 => {
-                    let zv = unsafe { _mm512_loadu_ps(v.as_ptr()) };
-                    let mut keep = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(zv, zero);
-                    if activation == Activation::Relu6 {
-                        keep &= _mm512_cmp_ps_mask::<_CMP_LT_OQ>(zv, six);
+        // SAFETY: AVX-512F (the caller's contract) for every intrinsic below.
+        unsafe {
+            let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
+            let mut acc = _mm512_setzero_ps();
+            let (g16, g_rest) = g.as_chunks_mut::<16>();
+            let (z16, z_rest) = z.as_chunks::<16>();
+            for (d, v) in g16.iter_mut().zip(z16) {
+                // `d` and `v` are 16 values each.
+                let gv = _mm512_loadu_ps(d.as_ptr());
+                let kept = match activation {
+                    Activation::Identity => gv,
+                    Activation::Relu | Activation::Relu6 => {
+                        let zv = Z::load16(v.as_ptr(), u16::MAX);
+                        let mut keep = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(zv, zero);
+                        if activation == Activation::Relu6 {
+                            keep &= _mm512_cmp_ps_mask::<_CMP_LT_OQ>(zv, six);
+                        }
+                        let kept = _mm512_maskz_mov_ps(keep, gv);
+                        _mm512_storeu_ps(d.as_mut_ptr(), kept);
+                        kept
                     }
-                    let kept = _mm512_maskz_mov_ps(keep, gv);
-                    // SAFETY: as above.
-                    unsafe { _mm512_storeu_ps(d.as_mut_ptr(), kept) };
-                    kept
-                }
-            };
-            acc = _mm512_add_ps(acc, kept);
+                };
+                acc = _mm512_add_ps(acc, kept);
+            }
+            let mut lanes = [0.0f32; 16];
+            _mm512_storeu_ps(lanes.as_mut_ptr(), acc);
+            finish(&mut lanes, g_rest, z_rest, activation)
         }
-        let mut lanes = [0.0f32; 16];
-        // SAFETY: 16 floats.
-        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc) };
-        finish(&mut lanes, g_rest, z_rest, activation)
     }
 
     #[target_feature(enable = "avx2")]
@@ -209,9 +262,14 @@ mod x86 {
 
     /// Masks the values past the last full register and adds them to the running sums (value
     /// `i` to sum `i`), then adds the sums up in f64.
-    fn finish(lanes: &mut [f32], g: &mut [f32], z: &[f32], activation: Activation) -> f64 {
+    fn finish<Z: Element>(
+        lanes: &mut [f32],
+        g: &mut [f32],
+        z: &[Z],
+        activation: Activation,
+    ) -> f64 {
         for (lane, (d, &v)) in lanes.iter_mut().zip(g.iter_mut().zip(z)) {
-            *d = super::masked(*d, activation.passes(v));
+            *d = super::masked(*d, activation.passes(v.to_f32()));
             *lane += *d;
         }
         lanes.iter().map(|&v| v as f64).sum()
@@ -220,6 +278,7 @@ mod x86 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::stored::{rounded, to_bf16};
     use super::*;
 
     /// The vector passes mask exactly as the portable one (NaN, ±0, both edges of ReLU6,
@@ -262,11 +321,32 @@ mod tests {
                         results.push(("avx2", got, sum));
                     }
                 }
+                // An output stored in bf16 masks as its widened values do (NaN, ±0 and 6.0
+                // survive the rounding; 5.999 rounds to 6.0 and blocks).
+                let (z_bf16, z_rounded) = (to_bf16(&z), rounded(&z));
+                let mut from_rounded = g.clone();
+                let rounded_sum = masked_plane(&mut from_rounded, &z_rounded, activation);
+                let mut got = g.clone();
+                let sum = masked_plane(&mut got, &z_bf16, activation);
+                results.push(("portable bf16", got, sum));
+                #[cfg(target_arch = "x86_64")]
+                if std::arch::is_x86_feature_detected!("avx512bw") {
+                    let mut got = g.clone();
+                    // SAFETY: the CPU has AVX-512F and BW.
+                    let sum =
+                        unsafe { x86::masked_plane_bf16_avx512(&mut got, &z_bf16, activation) };
+                    results.push(("avx512 bf16", got, sum));
+                }
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 for (name, got, got_sum) in results {
+                    let (want, want_sum) = if name.ends_with("bf16") {
+                        (&from_rounded, rounded_sum)
+                    } else {
+                        (&want, want_sum)
+                    };
                     assert_eq!(
                         bits(&got),
-                        bits(&want),
+                        bits(want),
                         "{name}, {activation:?}, {len} values"
                     );
                     assert!(

@@ -1,5 +1,5 @@
 //! `C (+)= A · B` for f32 matrices with the products in bf16 and the sums in f32, on Intel AMX
-//! tiles: what [`super::gemm_views::gemm_f32`] runs when the matmul precision is bf16
+//! tiles: what [`super::gemm_views::gemm`] runs when the matmul precision is bf16
 //! ([`super::gemm_views::set_matmul_precision`]) — PyTorch's
 //! `torch.set_float32_matmul_precision("medium")`.
 //!
@@ -25,8 +25,11 @@
 
 use rayon::prelude::*;
 
+use half::bf16;
+
 use super::activation_kernels::Activation;
 use super::gemm_views::{Matrix, MatrixRef};
+use super::stored::Element;
 
 /// Whether this CPU and OS run AMX-BF16 tiles (checked and permission asked once).
 pub(super) fn available() -> bool {
@@ -40,6 +43,7 @@ fn detect() -> bool {
     // bit 24 = AMX-TILE.
     let cpu = std::arch::is_x86_feature_detected!("avx512f")
         && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl")
         && std::arch::is_x86_feature_detected!("avx512bf16")
         && {
             let leaf = std::arch::x86_64::__cpuid_count(7, 0);
@@ -115,6 +119,8 @@ impl Packed {
 /// already [`Packed`] for its side.
 pub(super) enum Side<'a> {
     View(MatrixRef<'a>),
+    /// Values stored in bf16: packed without rounding.
+    Bf16View(MatrixRef<'a, bf16>),
     Packed(&'a Packed),
 }
 
@@ -122,6 +128,7 @@ impl Side<'_> {
     fn shape(&self) -> (usize, usize) {
         match self {
             Side::View(m) => (m.rows, m.cols),
+            Side::Bf16View(m) => (m.rows, m.cols),
             Side::Packed(p) => (p.rows, p.cols),
         }
     }
@@ -140,8 +147,8 @@ thread_local! {
 /// `dst = lhs · rhs`, or `dst += lhs · rhs` when `accumulate`, with bf16 products. Call only
 /// when [`available`]; a packed `lhs` must have been packed with [`Packed::lhs`], a packed `rhs`
 /// with [`Packed::rhs`].
-pub(super) fn gemm(
-    dst: Matrix<'_>,
+pub(super) fn gemm<T: Element>(
+    dst: Matrix<'_, T>,
     accumulate: bool,
     lhs: Side<'_>,
     rhs: Side<'_>,
@@ -154,7 +161,7 @@ pub(super) fn gemm(
     assert!(epilogue.fits(m, n));
     if k == 0 || m == 0 || n == 0 {
         if !accumulate {
-            dst.data[..m * n].fill(0.0);
+            dst.data[..m * n].fill(T::from_f32(0.0));
         }
         epilogue.apply(&mut dst.data[..m * n], n);
         return;
@@ -167,11 +174,19 @@ pub(super) fn gemm(
             pack::rows(&v, mp, kp, reused(&mut a_buffer, mp * kp), parallel);
             &a_buffer[..mp * kp]
         }
+        Side::Bf16View(v) => {
+            pack::bf16_rows(&v, mp, kp, reused(&mut a_buffer, mp * kp), parallel);
+            &a_buffer[..mp * kp]
+        }
     };
     let b: &[u16] = match rhs {
         Side::Packed(p) => &p.data,
         Side::View(v) => {
             pack::pairs(&v, kp, np, reused(&mut b_buffer, kp * np), parallel);
+            &b_buffer[..kp * np]
+        }
+        Side::Bf16View(v) => {
+            pack::bf16_pairs(&v, kp, np, reused(&mut b_buffer, kp * np), parallel);
             &b_buffer[..kp * np]
         }
     };
@@ -199,8 +214,8 @@ fn reused(buffer: &mut Vec<u16>, len: usize) -> &mut [u16] {
 /// The tile loop over packed `a` (`[mp][kp]`) and `b` (pairs, `np` columns) into `out`
 /// (`rows × n`).
 #[allow(clippy::too_many_arguments)]
-fn products(
-    out: &mut [f32],
+fn products<T: Element>(
+    out: &mut [T],
     n: usize,
     store: Store,
     a: &[u16],
@@ -212,7 +227,7 @@ fn products(
     let chunk = (B_CHUNK_BYTES / (2 * kp) / 32 * 32).clamp(32, np);
     for n0 in (0..np).step_by(chunk) {
         let columns = n0..(n0 + chunk).min(np);
-        let strip = |(s, rows): (usize, &mut [f32])| {
+        let strip = |(s, rows): (usize, &mut [T])| {
             let tiles = Tiles::load();
             let mut block = [0f32; 32 * 32];
             let a_strip = &a[s * 32 * kp..][..32 * kp];
@@ -276,7 +291,7 @@ impl Epilogue<'_> {
 
     /// `y[r, c] = activation(y[r, c] + row_bias[r] + addend[r, c])` over a row-major `y` of
     /// rows of `n` values: the same sums in the same order as the store.
-    pub(super) fn apply(&self, y: &mut [f32], n: usize) {
+    pub(super) fn apply<T: Element>(&self, y: &mut [T], n: usize) {
         if n == 0 {
             return;
         }
@@ -284,7 +299,7 @@ impl Epilogue<'_> {
             let b = self.row_bias.map(|b| b[r]);
             let addend = self.addend.map(|a| &a[r * n..][..n]);
             for (c, v) in row.iter_mut().enumerate() {
-                *v = self.value(*v, b, addend.map(|a| a[c]));
+                *v = T::from_f32(self.value(v.to_f32(), b, addend.map(|a| a[c])));
             }
         }
     }
@@ -314,11 +329,18 @@ struct Store<'a> {
 impl Store<'_> {
     /// Stores `block` into the rows of `rows` (row length `n`; the output's rows from
     /// `first_row`) at column `j`, clipped to the matrix.
-    fn block(self, block: &[f32; 32 * 32], rows: &mut [f32], first_row: usize, n: usize, j: usize) {
+    fn block<T: Element>(
+        self,
+        block: &[f32; 32 * 32],
+        rows: &mut [T],
+        first_row: usize,
+        n: usize,
+        j: usize,
+    ) {
         #[cfg(target_arch = "x86_64")]
         {
-            // SAFETY: the store runs only inside an AMX product, and every CPU with AMX-BF16
-            // has AVX-512F (`available` checks it).
+            // SAFETY: the store runs only inside an AMX product, and `available` checked
+            // AVX-512 F, BW, VL and BF16.
             unsafe { self.block_avx512(block, rows, first_row, n, j) }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -326,10 +348,10 @@ impl Store<'_> {
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    fn block_scalar(
+    fn block_scalar<T: Element>(
         self,
         block: &[f32; 32 * 32],
-        rows: &mut [f32],
+        rows: &mut [T],
         first_row: usize,
         n: usize,
         j: usize,
@@ -341,8 +363,8 @@ impl Store<'_> {
             let bias = e.row_bias.map(|b| b[r]);
             let addend = e.addend.map(|a| &a[r * n + j..][..width]);
             for (c, (d, s)) in row[j..j + width].iter_mut().zip(sums).enumerate() {
-                let sum = if self.accumulate { *d + s } else { *s };
-                *d = e.value(sum, bias, addend.map(|a| a[c]));
+                let sum = if self.accumulate { d.to_f32() + s } else { *s };
+                *d = T::from_f32(e.value(sum, bias, addend.map(|a| a[c])));
             }
         }
     }
@@ -352,13 +374,13 @@ impl Store<'_> {
     /// as [`Activation::of`] has them (`max(v, 0)` is 0 for NaN, ReLU6's clamp keeps NaN).
     ///
     /// # Safety
-    /// The CPU has AVX-512F.
+    /// The CPU has AVX-512 F, BW, VL and BF16.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn block_avx512(
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    unsafe fn block_avx512<T: Element>(
         self,
         block: &[f32; 32 * 32],
-        rows: &mut [f32],
+        rows: &mut [T],
         first_row: usize,
         n: usize,
         j: usize,
@@ -387,7 +409,7 @@ impl Store<'_> {
                     let mut v = _mm512_loadu_ps(sums.as_ptr().add(c0));
                     let out = row.as_mut_ptr().add(c0);
                     if self.accumulate {
-                        v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, out), v);
+                        v = _mm512_add_ps(T::load16(out, mask), v);
                     }
                     if let Some(b) = e.row_bias {
                         v = _mm512_add_ps(v, _mm512_set1_ps(b[r]));
@@ -400,7 +422,7 @@ impl Store<'_> {
                         Activation::Relu => _mm512_max_ps(v, zero),
                         Activation::Relu6 => _mm512_min_ps(six, _mm512_max_ps(zero, v)),
                     };
-                    _mm512_mask_storeu_ps(out, mask, v);
+                    T::store16(out, mask, v);
                 }
             }
         }
@@ -519,6 +541,8 @@ mod tile {
 
 /// Rounding f32 to bf16 and packing into the tile layouts.
 mod pack {
+    use half::bf16;
+
     use super::super::gemm_views::MatrixRef;
     use super::for_each_chunk;
 
@@ -608,6 +632,74 @@ mod pack {
         for_each_chunk(out, GROUP * 16 * kp, parallel, fill_group);
     }
 
+    /// [`rows`] of a matrix stored in bf16: its values as they are (no rounding).
+    pub(super) fn bf16_rows(
+        m: &MatrixRef<'_, bf16>,
+        mp: usize,
+        kp: usize,
+        out: &mut [u16],
+        parallel: bool,
+    ) {
+        assert_eq!(out.len(), mp * kp);
+        let fill = |(r, row): (usize, &mut [u16])| {
+            let filled = if r < m.rows { m.cols } else { 0 };
+            for (c, v) in row[..filled].iter_mut().enumerate() {
+                *v = m.data[r * m.row_stride + c * m.col_stride].to_bits();
+            }
+            row[filled..].fill(0);
+        };
+        for_each_chunk(out, kp, parallel, fill);
+    }
+
+    /// [`pairs`] of a matrix stored in bf16: its values as they are, in the pair-interleaved
+    /// layout; row-major full 16-column blocks and column-major matrices (a transposed view)
+    /// in vector registers.
+    pub(super) fn bf16_pairs(
+        m: &MatrixRef<'_, bf16>,
+        kp: usize,
+        np: usize,
+        out: &mut [u16],
+        parallel: bool,
+    ) {
+        assert_eq!(out.len(), np * kp);
+        let row_major = m.col_stride == 1 && simd::usable();
+        let column_major = m.row_stride == 1 && m.col_stride != 1 && simd::usable();
+        let fill = |(block, tile): (usize, &mut [u16])| {
+            let c0 = block * 16;
+            if c0 >= m.cols {
+                tile.fill(0);
+                return;
+            }
+            let width = (m.cols - c0).min(16);
+            if row_major && width == 16 {
+                // SAFETY: AVX-512 BW (`usable`); a full block of 16 columns from `c0`, `tile`
+                // one block of `kp` rows.
+                unsafe { simd::bf16_pairs_16(m, c0, tile) };
+                return;
+            }
+            if column_major {
+                // SAFETY: AVX-512 BW (`usable`); `tile` is one 16-column block of `kp` rows,
+                // reads masked to `m`'s size.
+                unsafe { simd::bf16_pairs_from_columns(m, c0, kp, tile) };
+                return;
+            }
+            tile.fill(0);
+            for (p, pair) in tile.chunks_mut(32).enumerate() {
+                for e in 0..2 {
+                    let r = 2 * p + e;
+                    if r >= m.rows {
+                        break;
+                    }
+                    for c in 0..width {
+                        pair[2 * c + e] =
+                            m.data[r * m.row_stride + (c0 + c) * m.col_stride].to_bits();
+                    }
+                }
+            }
+        };
+        for_each_chunk(out, 16 * kp, parallel, fill);
+    }
+
     /// 16-column blocks packed together by [`pairs`].
     const GROUP: usize = 4;
 
@@ -628,6 +720,8 @@ mod pack {
     #[cfg(target_arch = "x86_64")]
     mod simd {
         use std::arch::x86_64::*;
+
+        use half::bf16;
 
         use super::super::super::gemm_views::MatrixRef;
 
@@ -691,6 +785,74 @@ mod pack {
                         );
                         _mm512_storeu_si512(pair.as_mut_ptr() as *mut __m512i, v);
                     }
+                }
+            }
+        }
+
+        /// One full block of 16 columns from `c0` of a row-major bf16 `m` into its
+        /// pair-interleaved tile column `[kp/2][16][2]` (`tile`); rows past `m` are zero.
+        #[target_feature(enable = "avx512f,avx512bw")]
+        pub(super) unsafe fn bf16_pairs_16(m: &MatrixRef<'_, bf16>, c0: usize, tile: &mut [u16]) {
+            let interleave = _mm512_set_epi16(
+                31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5,
+                20, 4, 19, 3, 18, 2, 17, 1, 16, 0,
+            );
+            let row = |r: usize| {
+                if r < m.rows {
+                    // SAFETY: the caller guarantees 16 columns from `c0` in every row.
+                    unsafe { _mm256_loadu_si256(m.data.as_ptr().add(r * m.row_stride + c0).cast()) }
+                } else {
+                    _mm256_setzero_si256()
+                }
+            };
+            for (p, pair) in tile.chunks_exact_mut(32).enumerate() {
+                let both =
+                    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(row(2 * p)), row(2 * p + 1));
+                // SAFETY: `pair` is 32 u16 = 64 bytes.
+                unsafe {
+                    _mm512_storeu_si512(
+                        pair.as_mut_ptr().cast(),
+                        _mm512_permutexvar_epi16(interleave, both),
+                    )
+                };
+            }
+        }
+
+        /// [`pairs_from_columns`] of a column-major bf16 `m`: 32 rows of a column are already
+        /// 16 pairs, one load.
+        #[target_feature(enable = "avx512f,avx512bw")]
+        pub(super) unsafe fn bf16_pairs_from_columns(
+            m: &MatrixRef<'_, bf16>,
+            c0: usize,
+            kp: usize,
+            tile: &mut [u16],
+        ) {
+            let width = m.cols.saturating_sub(c0).min(16);
+            for k0 in (0..kp).step_by(32) {
+                let left = m.rows.saturating_sub(k0).min(32);
+                let mask: u32 = if left >= 32 {
+                    u32::MAX
+                } else {
+                    (1u32 << left) - 1
+                };
+                let mut v = [_mm512_setzero_si512(); 16];
+                if mask != 0 {
+                    for (n, v) in v.iter_mut().enumerate().take(width) {
+                        // SAFETY: rows `k0..k0 + left` of column `c0 + n < m.cols` are inside
+                        // `m`; masked lanes are not read.
+                        *v = unsafe {
+                            _mm512_maskz_loadu_epi16(
+                                mask,
+                                m.data.as_ptr().add(k0 + (c0 + n) * m.col_stride).cast(),
+                            )
+                        };
+                    }
+                }
+                transpose_16x16(&mut v);
+                for (p, v) in v.iter().enumerate() {
+                    let pair = &mut tile[(k0 / 2 + p) * 32..][..32];
+                    // SAFETY: `pair` is 32 u16 = 64 bytes.
+                    unsafe { _mm512_storeu_si512(pair.as_mut_ptr() as *mut __m512i, *v) };
                 }
             }
         }
@@ -811,9 +973,19 @@ mod pack {
 
     #[cfg(not(target_arch = "x86_64"))]
     mod simd {
+        use half::bf16;
+
         use super::super::super::gemm_views::MatrixRef;
         pub(super) fn usable() -> bool {
             false
+        }
+        pub(super) unsafe fn bf16_pairs_16(_: &MatrixRef<'_, bf16>, _: usize, _: &mut [u16]) {}
+        pub(super) unsafe fn bf16_pairs_from_columns(
+            _: &MatrixRef<'_, bf16>,
+            _: usize,
+            _: usize,
+            _: &mut [u16],
+        ) {
         }
         pub(super) unsafe fn rows_from_columns(
             _: &MatrixRef<'_>,
@@ -1010,6 +1182,86 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Operands stored in bf16 (row-major, transposed, strided) pack exactly as f32 operands
+    /// holding the same values, and a bf16 output holds the f32 output rounded to nearest
+    /// even: bit for bit.
+    #[test]
+    fn bf16_operands_and_outputs_match_the_f32_ones() {
+        if !available() {
+            eprintln!("SKIPPED: no AMX-BF16 on this CPU, bf16 operands never reach the products");
+            return;
+        }
+        let (m, k, n) = (45, 70, 83);
+        let rounded = |v: Vec<f32>| -> Vec<f32> { v.iter().map(|&x| round(x) as f32).collect() };
+        let a = rounded(values(m * k, 9));
+        let b = rounded(values(k * n, 10));
+        let to_bf16 = |v: &[f32]| -> Vec<bf16> { v.iter().map(|&x| bf16::from_f32(x)).collect() };
+        // b stored as [n][k] too, for the transposed (column-major) views.
+        let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+        let (a16, b16, bt16) = (to_bf16(&a), to_bf16(&b), to_bf16(&bt));
+        let identity = Epilogue::activation(Activation::Relu6);
+        for transposed in [false, true] {
+            let (rv, rv16) = if transposed {
+                (
+                    MatrixRef::transposed(&bt, k, n),
+                    MatrixRef::transposed(&bt16, k, n),
+                )
+            } else {
+                (
+                    MatrixRef::row_major(&b, k, n),
+                    MatrixRef::row_major(&b16, k, n),
+                )
+            };
+            // A strided left operand: every other row of a taller matrix.
+            let (lv, lv16) = if transposed {
+                (
+                    MatrixRef::row_major(&a, m, k),
+                    MatrixRef::row_major(&a16, m, k),
+                )
+            } else {
+                (
+                    MatrixRef::strided_rows(&a, m / 2, k, 2 * k),
+                    MatrixRef::strided_rows(&a16, m / 2, k, 2 * k),
+                )
+            };
+            let rows = lv.rows;
+            let mut want = vec![0.0f32; rows * n];
+            gemm(
+                Matrix::row_major(&mut want, rows, n),
+                false,
+                Side::View(lv.clone()),
+                Side::View(rv.clone()),
+                true,
+                identity,
+            );
+            let mut got = vec![0.0f32; rows * n];
+            let (l16, r16) = (Side::Bf16View(lv16.clone()), Side::Bf16View(rv16.clone()));
+            gemm(
+                Matrix::row_major(&mut got, rows, n),
+                false,
+                l16,
+                r16,
+                true,
+                identity,
+            );
+            assert_eq!(got, want, "bf16 operands, transposed {transposed}");
+            let mut got16 = vec![bf16::ZERO; rows * n];
+            gemm(
+                Matrix::row_major(&mut got16, rows, n),
+                false,
+                Side::View(lv.clone()),
+                Side::View(rv.clone()),
+                true,
+                identity,
+            );
+            assert_eq!(
+                got16,
+                to_bf16(&want),
+                "bf16 output, transposed {transposed}"
+            );
         }
     }
 }

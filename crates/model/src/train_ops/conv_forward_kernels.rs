@@ -25,6 +25,7 @@
 use std::mem::MaybeUninit;
 
 use gemm::Parallelism;
+use half::bf16;
 use rayon::prelude::*;
 
 use super::activation_kernels::Activation;
@@ -34,6 +35,7 @@ use super::gemm_views::{
     Epilogue, MatmulPrecision, MatrixRef, Operand, gemm_into_uninit, gemm_into_uninit_then,
     matmul_precision,
 };
+use super::stored::{Element, Storage, Stored, StoredVec};
 use super::vectorized::vectorized;
 
 /// [`forward`] of a depthwise convolution on a channels-last (NHWC) `x`, into a channels-last
@@ -48,29 +50,17 @@ pub fn depthwise_channels_last(
     if !g.is_depthwise() {
         return None;
     }
-    Some(depthwise(
-        x,
+    assert_eq!(x.len(), g.batch * g.in_channels * g.in_plane());
+    assert!(bias.is_none_or(|b| b.len() == g.out_channels));
+    assert_eq!(weight.len(), g.out_channels * g.kernel_h * g.kernel_w);
+    Some(depthwise_forward::forward_f32(
+        Stored::F32(x),
         weight,
         bias,
         g,
         activation,
         ChannelOrder::Last,
     ))
-}
-
-/// A depthwise convolution's forward pass, its input and result laid out as `order` says.
-fn depthwise(
-    x: &[f32],
-    weight: &[f32],
-    bias: Option<&[f32]>,
-    g: &ConvGeometry,
-    activation: Activation,
-    order: ChannelOrder,
-) -> Vec<f32> {
-    assert_eq!(x.len(), g.batch * g.in_channels * g.in_plane());
-    assert!(bias.is_none_or(|b| b.len() == g.out_channels));
-    assert_eq!(weight.len(), g.out_channels * g.kernel_h * g.kernel_w);
-    depthwise_forward::forward(x, weight, bias, g, activation, order)
 }
 
 /// `activation(conv2d(x, weight) + bias + residual)`, shape `[batch, out_channels, out_h,
@@ -85,6 +75,34 @@ pub fn forward(
     g: &ConvGeometry,
     activation: Activation,
 ) -> Option<Vec<f32>> {
+    let y = forward_stored(
+        Stored::F32(x),
+        weight,
+        bias,
+        residual,
+        g,
+        activation,
+        Storage::F32,
+    )?;
+    match y {
+        StoredVec::F32(y) => Some(y),
+        StoredVec::Bf16(_) => unreachable!("an f32 result was asked for"),
+    }
+}
+
+/// [`forward`] from an input stored in f32 or bf16, into the storage asked for (see
+/// [`super::stored`]): under bf16 products a 1×1 convolution reads a bf16 input as the AMX
+/// packing's source and its store rounds a bf16 output, and a depthwise one widens and
+/// rounds as it copies to and from its channel blocks.
+pub(super) fn forward_stored(
+    x: Stored<'_>,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    g: &ConvGeometry,
+    activation: Activation,
+    storage: Storage,
+) -> Option<StoredVec> {
     assert_eq!(x.len(), g.batch * g.in_channels * g.in_plane());
     assert!(bias.is_none_or(|b| b.len() == g.out_channels));
     assert!(residual.is_none_or(|r| r.len() == g.batch * g.out_channels * g.out_plane()));
@@ -92,23 +110,60 @@ pub fn forward(
         if residual.is_some() {
             return None;
         }
-        Some(depthwise(
-            x,
-            weight,
-            bias,
-            g,
-            activation,
-            ChannelOrder::First,
+        assert_eq!(weight.len(), g.out_channels * g.kernel_h * g.kernel_w);
+        let order = ChannelOrder::First;
+        Some(depthwise_forward::forward(
+            x, weight, bias, g, activation, order, storage,
         ))
     } else if g.groups == 1 {
         assert_eq!(weight.len(), g.out_channels * g.col_rows());
-        Some(dense(x, weight, bias, residual, g, activation))
+        let bf16_products = matmul_precision() == MatmulPrecision::Bf16;
+        Some(match (x, storage) {
+            (Stored::F32(x), Storage::F32) if !bf16_products => {
+                StoredVec::F32(dense_f32(x, weight, bias, residual, g, activation))
+            }
+            (Stored::F32(x), Storage::Bf16) if !bf16_products => {
+                let y = dense_f32(x, weight, bias, residual, g, activation);
+                StoredVec::Bf16(y.into_iter().map(bf16::from_f32).collect())
+            }
+            (Stored::Bf16(_), _) if !(bf16_products && g.is_plain_pointwise()) => {
+                // Only a 1×1 convolution's bf16 products read bf16 as it lies; anything else
+                // (never asked for by our models) widens it first.
+                let x = x.widened();
+                return forward_stored(
+                    Stored::F32(&x),
+                    weight,
+                    bias,
+                    residual,
+                    g,
+                    activation,
+                    storage,
+                );
+            }
+            // Only bf16 products get here.
+            (_, Storage::F32) => {
+                StoredVec::F32(dense_amx(x, weight, bias, residual, g, activation))
+            }
+            (_, Storage::Bf16) => {
+                StoredVec::Bf16(dense_amx(x, weight, bias, residual, g, activation))
+            }
+        })
     } else {
         None
     }
 }
 
-fn dense(
+/// An image split across the threads (see [`per_image`]) splits its GEMM too.
+fn inner(split: bool) -> Parallelism {
+    if split {
+        Parallelism::Rayon(0)
+    } else {
+        Parallelism::None
+    }
+}
+
+/// A dense convolution with f32 products.
+fn dense_f32(
     x: &[f32],
     weight: &[f32],
     bias: Option<&[f32]>,
@@ -118,56 +173,64 @@ fn dense(
 ) -> Vec<f32> {
     let (rows, p, co) = (g.col_rows(), g.out_plane(), g.out_channels);
     let image_len = co * p;
-    // An image split across the threads (see `per_image`) splits its GEMM too.
-    let inner = |split: bool| {
-        if split {
-            Parallelism::Rayon(0)
-        } else {
-            Parallelism::None
-        }
-    };
     let residual_of = |n: usize| residual.map(|r| &r[n * image_len..][..image_len]);
-    if matmul_precision() == MatmulPrecision::F32 {
-        // Each image's GEMM writes its output (no fill before it), then one pass adds the bias
-        // (and the residual) and applies the activation while the output is warm. Writing the
-        // bias rows before the product was 6 % of a ResNet-50 inference pass, and the
-        // activation a second pass after it.
-        let weight = Operand::F32(MatrixRef::row_major(weight, co, rows));
-        return per_image(g.batch, image_len, |col, n, image, split| {
-            let rhs = Operand::F32(MatrixRef::row_major(patches(x, n, g, col, split), rows, p));
-            let y_n = gemm_into_uninit(image, co, p, &weight, &rhs, inner(split));
-            let residual_n = residual_of(n);
-            if split {
-                parallel_epilogue(y_n, p, bias, residual_n, activation);
-            } else {
-                vectorized(
-                    #[inline(always)]
-                    || epilogue(y_n, p, bias, residual_n, activation),
-                );
-            }
-            y_n
-        });
-    }
-    // bf16 products: the weight is shared by every image and packed once here; the AMX
-    // store adds the bias (and the residual) and applies the activation as each block of an
-    // image's output is written.
+    // Each image's GEMM writes its output (no fill before it), then one pass adds the bias
+    // (and the residual) and applies the activation while the output is warm. Writing the
+    // bias rows before the product was 6 % of a ResNet-50 inference pass, and the activation
+    // a second pass after it.
+    let weight = Operand::F32(MatrixRef::row_major(weight, co, rows));
+    per_image(g.batch, image_len, |col, n, image, split| {
+        let rhs = Operand::F32(MatrixRef::row_major(patches(x, n, g, col, split), rows, p));
+        let y_n = gemm_into_uninit(image, co, p, &weight, &rhs, inner(split));
+        let residual_n = residual_of(n);
+        if split {
+            parallel_epilogue(y_n, p, bias, residual_n, activation);
+        } else {
+            vectorized(
+                #[inline(always)]
+                || epilogue(y_n, p, bias, residual_n, activation),
+            );
+        }
+        y_n
+    })
+}
+
+/// A dense convolution with bf16 products, into f32 or bf16 (`T`): the weight is shared by
+/// every image and packed once here; the AMX store adds the bias (and the residual) and
+/// applies the activation as each block of an image's output is written. A bf16 `x` must be a
+/// plain pointwise convolution's (read as it lies, no im2col).
+fn dense_amx<T: Element>(
+    x: Stored<'_>,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    g: &ConvGeometry,
+    activation: Activation,
+) -> Vec<T> {
+    let (rows, p, co) = (g.col_rows(), g.out_plane(), g.out_channels);
+    let image_len = co * p;
+    let in_image = g.in_channels * g.in_plane();
     let weight = Operand::lhs(MatrixRef::row_major(weight, co, rows), true);
     per_image(g.batch, image_len, |col, n, image, split| {
-        let rhs = MatrixRef::row_major(patches(x, n, g, col, split), rows, p);
+        let rhs = match x {
+            Stored::F32(x) => {
+                Operand::F32(MatrixRef::row_major(patches(x, n, g, col, split), rows, p))
+            }
+            Stored::Bf16(x) => {
+                assert!(g.is_plain_pointwise(), "a bf16 input is read as it lies");
+                Operand::Bf16View(MatrixRef::row_major(
+                    &x[n * in_image..][..in_image],
+                    rows,
+                    p,
+                ))
+            }
+        };
         let epilogue = Epilogue {
             row_bias: bias,
-            addend: residual_of(n),
+            addend: residual.map(|r| &r[n * image_len..][..image_len]),
             activation,
         };
-        gemm_into_uninit_then(
-            image,
-            co,
-            p,
-            &weight,
-            &Operand::F32(rhs),
-            inner(split),
-            epilogue,
-        )
+        gemm_into_uninit_then(image, co, p, &weight, &rhs, inner(split), epilogue)
     })
 }
 
@@ -179,20 +242,20 @@ fn dense(
 /// fewer than the threads, run one after another, each split across the threads (`split`
 /// true). With every image its own task, a batch of 3 on 2 threads kept one thread idle for a
 /// third of each convolution (Lite0 at batch 3 ran at 107 img/s, at batches 2 and 4 at 129–131).
-fn per_image(
+fn per_image<T: Send>(
     batch: usize,
     image_len: usize,
-    write: impl for<'a> Fn(&mut Vec<f32>, usize, &'a mut [MaybeUninit<f32>], bool) -> &'a mut [f32]
+    write: impl for<'a> Fn(&mut Vec<f32>, usize, &'a mut [MaybeUninit<T>], bool) -> &'a mut [T]
     + Sync
     + Send,
-) -> Vec<f32> {
+) -> Vec<T> {
     let len = batch * image_len;
-    let mut y: Vec<f32> = Vec::with_capacity(len);
+    let mut y: Vec<T> = Vec::with_capacity(len);
     if len == 0 {
         return y;
     }
-    let run = |col: &mut Vec<f32>, n: usize, image: &mut [MaybeUninit<f32>], split: bool| {
-        let (start, size) = (image.as_ptr() as *const f32, image.len());
+    let run = |col: &mut Vec<f32>, n: usize, image: &mut [MaybeUninit<T>], split: bool| {
+        let (start, size) = (image.as_ptr() as *const T, image.len());
         let written = write(col, n, image, split);
         // An initialised view of exactly this image's memory is what marks it written.
         assert!(written.as_ptr() == start && written.len() == size);

@@ -20,7 +20,10 @@ use rayon::prelude::*;
 
 use super::conv_geometry::im2col;
 pub use super::conv_geometry::{ChannelOrder, ConvGeometry};
-use super::gemm_views::{Matrix, MatrixRef, Operand, gemm, gemm_f32, gemm_into_uninit};
+use super::gemm_views::{
+    MatmulPrecision, Matrix, MatrixRef, Operand, gemm, gemm_into_uninit, matmul_precision,
+};
+use super::stored::Stored;
 use super::vectorized::{sum_f64, vectorized};
 use super::{depthwise_input_grad, depthwise_weight_grad};
 
@@ -33,7 +36,16 @@ pub fn weight_grad(x: &[f32], gy: &[f32], g: &ConvGeometry) -> Option<Vec<f32>> 
 /// [`weight_grad`] from an input and an output gradient each laid out as its order says;
 /// `None` also for a channels-last operand of a non-depthwise convolution.
 pub fn weight_grad_in(
-    x: (&[f32], ChannelOrder),
+    (x, x_order): (&[f32], ChannelOrder),
+    gy: (&[f32], ChannelOrder),
+    g: &ConvGeometry,
+) -> Option<Vec<f32>> {
+    weight_grad_stored((Stored::F32(x), x_order), gy, g)
+}
+
+/// [`weight_grad_in`] from an input stored in f32 or bf16 ([`super::stored`]).
+pub(super) fn weight_grad_stored(
+    x: (Stored<'_>, ChannelOrder),
     gy: (&[f32], ChannelOrder),
     g: &ConvGeometry,
 ) -> Option<Vec<f32>> {
@@ -70,7 +82,18 @@ pub fn input_grad_in(
     }
 }
 
-fn dense_weight_grad(x: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f32> {
+fn dense_weight_grad(x: Stored<'_>, gy: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    let widened: Vec<f32>;
+    let x = match x {
+        Stored::F32(x) => Stored::F32(x),
+        // Only a 1×1 convolution's bf16 products read bf16 as it lies; anything else (never
+        // asked for by our models) widens it first.
+        Stored::Bf16(_) if !(bf16_products() && g.is_plain_pointwise()) => {
+            widened = x.widened();
+            Stored::F32(&widened)
+        }
+        Stored::Bf16(x) => Stored::Bf16(x),
+    };
     let rows = g.col_rows();
     let size = g.out_channels * rows;
     let chunks = g.batch.min(rayon::current_num_threads()).max(1);
@@ -82,21 +105,30 @@ fn dense_weight_grad(x: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f32> {
             let mut col = Vec::new();
             let images = chunk * per_chunk..((chunk + 1) * per_chunk).min(g.batch);
             for n in images {
-                let x_n = &x[n * g.in_channels * g.in_plane()..][..g.in_channels * g.in_plane()];
+                let x_n = x.slice(
+                    n * g.in_channels * g.in_plane(),
+                    g.in_channels * g.in_plane(),
+                );
                 let gy_n =
                     &gy[n * g.out_channels * g.out_plane()..][..g.out_channels * g.out_plane()];
-                let col_n: &[f32] = if g.is_plain_pointwise() {
-                    x_n
-                } else {
-                    im2col(x_n, g, &mut col, false);
-                    &col
+                let col_n = match x_n {
+                    Stored::F32(x_n) if g.is_plain_pointwise() => {
+                        Operand::F32(MatrixRef::transposed(x_n, g.out_plane(), rows))
+                    }
+                    Stored::F32(x_n) => {
+                        im2col(x_n, g, &mut col, false);
+                        Operand::F32(MatrixRef::transposed(&col, g.out_plane(), rows))
+                    }
+                    Stored::Bf16(x_n) => {
+                        Operand::Bf16View(MatrixRef::transposed(x_n, g.out_plane(), rows))
+                    }
                 };
                 // dw[co, r] += Σ_p gy[co, p] · col[r, p]
-                gemm_f32(
+                gemm(
                     Matrix::row_major(&mut dw, g.out_channels, rows),
                     true,
-                    MatrixRef::row_major(gy_n, g.out_channels, g.out_plane()),
-                    MatrixRef::transposed(col_n, g.out_plane(), rows),
+                    &Operand::F32(MatrixRef::row_major(gy_n, g.out_channels, g.out_plane())),
+                    &col_n,
                     Parallelism::None,
                 );
             }
@@ -111,6 +143,11 @@ fn dense_weight_grad(x: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f32> {
         }
     }
     dw
+}
+
+/// Whether the products are bf16 now (a bf16 input is read as it lies only then).
+fn bf16_products() -> bool {
+    matmul_precision() == MatmulPrecision::Bf16
 }
 
 fn dense_input_grad(weight: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f32> {

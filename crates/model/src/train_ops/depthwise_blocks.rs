@@ -12,7 +12,10 @@
 
 use std::mem::MaybeUninit;
 
+use half::bf16;
+
 use super::conv_geometry::{ChannelOrder, ConvGeometry};
+use super::stored::{self, Stored};
 use super::vectorized::Simd;
 
 /// Channels per block: one AVX-512 register of f32.
@@ -65,11 +68,11 @@ pub(super) fn block_weights(weight: &[f32], channels: usize, taps: usize) -> Vec
 /// The jobs of an NCHW result `[images][channels][plane]`: one per image and block of
 /// [`LANES`] channels, as `(image, block, its planes)` (the last block of an image may hold
 /// fewer planes).
-pub(super) fn plane_blocks(
-    result: &mut [MaybeUninit<f32>],
+pub(super) fn plane_blocks<T>(
+    result: &mut [MaybeUninit<T>],
     channels: usize,
     plane: usize,
-) -> Vec<(usize, usize, &mut [MaybeUninit<f32>])> {
+) -> Vec<(usize, usize, &mut [MaybeUninit<T>])> {
     let mut jobs = Vec::new();
     if plane == 0 || channels == 0 {
         return jobs;
@@ -139,21 +142,26 @@ impl Lanes for [f32; LANES] {
 }
 
 /// `line[p·LANES + l] = planes[l·plane + start + p]` for every pixel `p < line.len() / LANES`
-/// and lane `l`: one row of [`LANES`] NCHW planes interleaved pixel by pixel (8×8 register
-/// transposes where the CPU has AVX2; written as loops, these were scalar moves 64 bytes apart,
-/// about 40 % of the depthwise forward's samples in `perf`).
+/// and lane `l`: one row of [`LANES`] NCHW planes interleaved pixel by pixel, widened to f32
+/// from bf16 planes (8×8 register transposes where the CPU has AVX2; written as loops, these
+/// were scalar moves 64 bytes apart, about 40 % of the depthwise forward's samples in `perf`).
 #[inline]
-pub(super) fn interleave(planes: &[f32], plane: usize, start: usize, line: &mut [f32]) {
+pub(super) fn interleave(planes: Stored<'_>, plane: usize, start: usize, line: &mut [f32]) {
     let cols = line.len() / LANES;
     assert!(start + cols <= plane && planes.len() >= LANES * plane);
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2; the bounds are asserted above.
-        return unsafe { x86::interleave(planes, plane, start, line, cols) };
+        return unsafe {
+            match planes {
+                Stored::F32(planes) => x86::interleave(planes, plane, start, line, cols),
+                Stored::Bf16(planes) => x86::interleave_bf16(planes, plane, start, line, cols),
+            }
+        };
     }
     for p in 0..cols {
         for l in 0..LANES {
-            line[p * LANES + l] = planes[l * plane + start + p];
+            line[p * LANES + l] = planes.get(l * plane + start + p);
         }
     }
 }
@@ -185,9 +193,34 @@ pub(super) fn deinterleave(
     }
 }
 
+/// [`deinterleave`] into bf16 planes, each value rounded to nearest even.
+#[inline]
+pub(super) fn deinterleave_bf16(
+    line: &[f32],
+    planes: &mut [MaybeUninit<bf16>],
+    plane: usize,
+    start: usize,
+) {
+    let cols = line.len() / LANES;
+    assert!(start + cols <= plane && planes.len() >= LANES * plane);
+    #[cfg(target_arch = "x86_64")]
+    if stored::has_avx512_bf16() {
+        // SAFETY: the CPU has AVX-512 BF16, BW and VL (and so AVX2); bounds as in
+        // `interleave`.
+        return unsafe { x86::deinterleave_bf16_avx512(line, planes, plane, start, cols) };
+    }
+    for p in 0..cols {
+        for l in 0..LANES {
+            planes[l * plane + start + p].write(bf16::from_f32(line[p * LANES + l]));
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    use half::bf16;
 
     use super::{LANES, Lanes};
 
@@ -233,8 +266,8 @@ mod x86 {
         )
     }
 
-    /// [`super::interleave`]: eight pixels of eight channels per transpose, the last pixels
-    /// (fewer than eight) through masked loads.
+    /// [`super::interleave`] of f32 planes: eight pixels of eight channels per transpose, the
+    /// last pixels (fewer than eight) through masked loads.
     ///
     /// # Safety
     /// The CPU has AVX2; `start + cols <= plane`, `planes` holds `LANES` planes of `plane`
@@ -247,27 +280,91 @@ mod x86 {
         line: &mut [f32],
         cols: usize,
     ) {
-        let (src, dst) = (planes.as_ptr(), line.as_mut_ptr());
+        let src = planes.as_ptr();
+        // SAFETY: the caller's contract; `load` reads `count` values from `offset`, or eight
+        // when they lie inside `planes` (`interleave_with`).
+        unsafe {
+            interleave_with(
+                planes.len(),
+                plane,
+                start,
+                line,
+                cols,
+                |offset, count, whole| {
+                    if whole {
+                        _mm256_loadu_ps(src.add(offset))
+                    } else {
+                        _mm256_maskload_ps(src.add(offset), first_lanes(count))
+                    }
+                },
+            )
+        }
+    }
+
+    /// [`super::interleave`] of bf16 planes, each value widened to f32 (exact: bf16 is the
+    /// upper half of an f32).
+    ///
+    /// # Safety
+    /// As [`interleave`].
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn interleave_bf16(
+        planes: &[bf16],
+        plane: usize,
+        start: usize,
+        line: &mut [f32],
+        cols: usize,
+    ) {
+        let src = planes.as_ptr().cast::<u16>();
+        // SAFETY: as in `interleave`.
+        unsafe {
+            interleave_with(
+                planes.len(),
+                plane,
+                start,
+                line,
+                cols,
+                |offset, count, whole| {
+                    let halves = if whole {
+                        _mm_loadu_si128(src.add(offset).cast())
+                    } else {
+                        let mut first = [0u16; 8];
+                        std::ptr::copy_nonoverlapping(src.add(offset), first.as_mut_ptr(), count);
+                        _mm_loadu_si128(first.as_ptr().cast())
+                    };
+                    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(halves)))
+                },
+            )
+        }
+    }
+
+    /// The body of the two [`interleave`]s over planes of `len` values; `load(offset, count,
+    /// whole)` returns the values from `offset` as f32, reading only the first `count` unless
+    /// `whole` says eight lie inside the planes.
+    ///
+    /// # Safety
+    /// As [`interleave`]; `load` reads nothing past `offset + count` when not `whole`.
+    #[inline(always)]
+    unsafe fn interleave_with(
+        len: usize,
+        plane: usize,
+        start: usize,
+        line: &mut [f32],
+        cols: usize,
+        load: impl Fn(usize, usize, bool) -> __m256,
+    ) {
+        let dst = line.as_mut_ptr();
         for p in (0..cols).step_by(8) {
             let count = (cols - p).min(8);
-            // Eight values from every row's first pixel stay inside `planes` (the values past
-            // `count`, if any, belong to later pixels and are not stored), except near its end,
-            // where only the first `count` are loaded.
-            let whole = (LANES - 1) * plane + start + p + 8 <= planes.len();
-            let mask = first_lanes(count);
+            // Eight values from every row's first pixel stay inside the planes (the values
+            // past `count`, if any, belong to later pixels and are not stored), except near
+            // their end, where only the first `count` are loaded.
+            let whole = (LANES - 1) * plane + start + p + 8 <= len;
             for half in 0..LANES / 8 {
-                // SAFETY: rows `half·8 + i` of the planes from pixel `start + p`, eight values
-                // if `whole`, else `count`, lie inside `planes` (above), and pixels
-                // `p .. p + count` inside `line` (the caller's bounds).
+                let rows =
+                    std::array::from_fn(|i| load((half * 8 + i) * plane + start + p, count, whole));
+                // SAFETY: AVX2 (the caller's contract); pixels `p .. p + count` lie inside
+                // `line` (the caller's bounds).
                 unsafe {
-                    let rows = std::array::from_fn(|i| {
-                        let from = src.add((half * 8 + i) * plane + start + p);
-                        if whole {
-                            _mm256_loadu_ps(from)
-                        } else {
-                            _mm256_maskload_ps(from, mask)
-                        }
-                    });
                     for (j, v) in transpose8(rows).into_iter().take(count).enumerate() {
                         _mm256_storeu_ps(dst.add((p + j) * LANES + half * 8), v);
                     }
@@ -289,12 +386,17 @@ mod x86 {
         start: usize,
         cols: usize,
     ) {
-        // SAFETY: the caller's contract.
+        let dst = planes.as_mut_ptr().cast::<f32>();
+        // SAFETY: the caller's contract; `store` writes `count` values from `offset`.
         unsafe {
-            deinterleave_with(line, planes, plane, start, cols, |to, v, count| {
-                let mut values = [0.0f32; 8];
-                _mm256_storeu_ps(values.as_mut_ptr(), v);
-                std::ptr::copy_nonoverlapping(values.as_ptr(), to, count);
+            deinterleave_with(line, plane, start, cols, |offset, v, count| {
+                if count == 8 {
+                    _mm256_storeu_ps(dst.add(offset), v);
+                } else {
+                    let mut values = [0.0f32; 8];
+                    _mm256_storeu_ps(values.as_mut_ptr(), v);
+                    std::ptr::copy_nonoverlapping(values.as_ptr(), dst.add(offset), count);
+                }
             })
         }
     }
@@ -313,34 +415,59 @@ mod x86 {
         start: usize,
         cols: usize,
     ) {
+        let dst = planes.as_mut_ptr().cast::<f32>();
         // SAFETY: the caller's contract; the mask covers the first `count` values only.
         unsafe {
-            deinterleave_with(line, planes, plane, start, cols, |to, v, count| {
-                _mm256_mask_storeu_ps(to, ((1u32 << count) - 1) as __mmask8, v)
+            deinterleave_with(line, plane, start, cols, |offset, v, count| {
+                _mm256_mask_storeu_ps(dst.add(offset), ((1u32 << count) - 1) as __mmask8, v)
             })
         }
     }
 
-    /// The body of the two [`deinterleave`]s; `store_first(to, v, count)` writes the first
-    /// `count` (< 8) values of `v` at `to`.
+    /// [`super::deinterleave_bf16`]: as [`deinterleave_avx512`], each group of eight values
+    /// rounded to bf16 in one instruction.
     ///
     /// # Safety
-    /// As [`deinterleave`]; `store_first` writes nothing past `to + count`.
-    #[inline(always)]
-    unsafe fn deinterleave_with(
+    /// As [`deinterleave`], on a CPU with AVX-512 BF16, BW and VL.
+    #[target_feature(enable = "avx2,avx512f,avx512vl,avx512bw,avx512bf16")]
+    pub(super) unsafe fn deinterleave_bf16_avx512(
         line: &[f32],
-        planes: &mut [std::mem::MaybeUninit<f32>],
+        planes: &mut [std::mem::MaybeUninit<bf16>],
         plane: usize,
         start: usize,
         cols: usize,
-        store_first: impl Fn(*mut f32, __m256, usize),
     ) {
-        let (src, dst) = (line.as_ptr(), planes.as_mut_ptr().cast::<f32>());
+        let dst = planes.as_mut_ptr().cast::<u16>();
+        // SAFETY: the caller's contract; the mask covers the first `count` values only.
+        unsafe {
+            deinterleave_with(line, plane, start, cols, |offset, v, count| {
+                let rounded: __m128i = std::mem::transmute(_mm256_cvtneps_pbh(v));
+                let mask = ((1u32 << count) - 1) as __mmask8;
+                _mm_mask_storeu_epi16(dst.add(offset).cast(), mask, rounded)
+            })
+        }
+    }
+
+    /// The body of the [`deinterleave`]s; `store(offset, v, count)` writes the first `count`
+    /// (≤ 8) values of `v` from element `offset` of the planes.
+    ///
+    /// # Safety
+    /// As [`deinterleave`]; `store` writes nothing past `offset + count`.
+    #[inline(always)]
+    unsafe fn deinterleave_with(
+        line: &[f32],
+        plane: usize,
+        start: usize,
+        cols: usize,
+        store: impl Fn(usize, __m256, usize),
+    ) {
+        let src = line.as_ptr();
         for p in (0..cols).step_by(8) {
             let count = (cols - p).min(8);
             for half in 0..LANES / 8 {
-                // SAFETY: the mirror of `interleave`'s accesses, inside the caller's bounds:
-                // pixels past `count` are neither read from `line` nor written.
+                // SAFETY: AVX2 (the caller's contract); the mirror of `interleave`'s accesses,
+                // inside the caller's bounds: pixels past `count` are neither read from `line`
+                // nor written.
                 unsafe {
                     let pixels = std::array::from_fn(|j| {
                         if j < count {
@@ -350,12 +477,7 @@ mod x86 {
                         }
                     });
                     for (i, v) in transpose8(pixels).into_iter().enumerate() {
-                        let to = dst.add((half * 8 + i) * plane + start + p);
-                        if count == 8 {
-                            _mm256_storeu_ps(to, v);
-                        } else {
-                            store_first(to, v, count);
-                        }
+                        store((half * 8 + i) * plane + start + p, v, count);
                     }
                 }
             }
@@ -471,7 +593,7 @@ impl PaddedInput {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn fill_from(
         &self,
-        x: &[f32],
+        x: Stored<'_>,
         order: ChannelOrder,
         n: usize,
         channels: usize,
@@ -490,21 +612,21 @@ impl PaddedInput {
         for ih in 0..rows {
             let line =
                 &mut buffer[((ih + self.top) * self.width + self.left) * LANES..][..cols * LANES];
-            match order {
-                ChannelOrder::First if lanes == LANES => {
-                    let block = &x[(n * channels + c0) * plane..][..LANES * plane];
+            match (order, x) {
+                (ChannelOrder::First, _) if lanes == LANES => {
+                    let block = x.slice((n * channels + c0) * plane, LANES * plane);
                     interleave(block, plane, ih * self.in_w, line);
                 }
-                ChannelOrder::First => {
-                    let block = &x[(n * channels + c0) * plane..][..lanes * plane];
+                (ChannelOrder::First, _) => {
+                    let block = x.slice((n * channels + c0) * plane, lanes * plane);
                     for lane in 0..lanes {
-                        let source = &block[lane * plane + ih * self.in_w..][..cols];
-                        for (pixel, &v) in line.chunks_exact_mut(LANES).zip(source) {
-                            pixel[lane] = v;
+                        let first = lane * plane + ih * self.in_w;
+                        for (p, pixel) in line.chunks_exact_mut(LANES).enumerate() {
+                            pixel[lane] = block.get(first + p);
                         }
                     }
                 }
-                ChannelOrder::Last => {
+                (ChannelOrder::Last, Stored::F32(x)) => {
                     let source = &x[(n * plane + ih * self.in_w) * channels..][..cols * channels];
                     let pixels = line
                         .chunks_exact_mut(LANES)
@@ -517,6 +639,14 @@ impl PaddedInput {
                     } else {
                         for (pixel, values) in pixels {
                             pixel[..lanes].copy_from_slice(&values[c0..c0 + lanes]);
+                        }
+                    }
+                }
+                (ChannelOrder::Last, Stored::Bf16(_)) => {
+                    let first = (n * plane + ih * self.in_w) * channels + c0;
+                    for (p, pixel) in line.chunks_exact_mut(LANES).enumerate() {
+                        for (lane, v) in pixel[..lanes].iter_mut().enumerate() {
+                            *v = x.get(first + p * channels + lane);
                         }
                     }
                 }
@@ -546,7 +676,7 @@ mod tests {
         let plane = 40;
         let planes: Vec<f32> = (0..LANES * plane).map(|i| i as f32).collect();
         let mut line = vec![-1.0; cols * LANES];
-        interleave(&planes, plane, start, &mut line);
+        interleave(Stored::F32(&planes), plane, start, &mut line);
         for p in 0..cols {
             for l in 0..LANES {
                 assert_eq!(
@@ -564,6 +694,49 @@ mod tests {
                 let v = unsafe { v.assume_init() };
                 let inside = (start..start + cols).contains(&(i % plane));
                 assert_eq!(v, if inside { planes[i] } else { -1.0 }, "{name}: {i}");
+            }
+        }
+    }
+
+    /// bf16 planes widen exactly into the interleaved line (the f32 line of the same values),
+    /// and a line rounds into bf16 planes as `half` rounds each value (to nearest even): every
+    /// remainder length, up to the planes' very end, values that round up, down and to even.
+    #[test]
+    fn bf16_planes_widen_and_round_exactly() {
+        let plane = 40;
+        let values: Vec<f32> = (0..LANES * plane)
+            .map(|i| (i as f32 * 0.731).sin() * 3.0 + (i % 7) as f32 * 1e-3)
+            .collect();
+        let rounded = stored::rounded(&values);
+        let as_bf16 = stored::to_bf16(&values);
+        for start in [3, 16] {
+            for cols in 17..=24 {
+                let mut want = vec![-1.0; cols * LANES];
+                interleave(Stored::F32(&rounded), plane, start, &mut want);
+                let mut got = vec![-1.0; cols * LANES];
+                interleave(Stored::Bf16(&as_bf16), plane, start, &mut got);
+                assert_eq!(got, want, "interleave from {start}, {cols} pixels");
+
+                let line: Vec<f32> = (0..cols * LANES)
+                    .map(|i| values[i % values.len()])
+                    .collect();
+                let mut back = vec![MaybeUninit::new(bf16::from_f32(-1.0)); LANES * plane];
+                deinterleave_bf16(&line, &mut back, plane, start);
+                for (i, v) in back.iter().enumerate() {
+                    // SAFETY: every element was initialised by `vec!`.
+                    let v = unsafe { v.assume_init() };
+                    let (l, p) = (i / plane, i % plane);
+                    let want = if (start..start + cols).contains(&p) {
+                        bf16::from_f32(line[(p - start) * LANES + l])
+                    } else {
+                        bf16::from_f32(-1.0)
+                    };
+                    assert_eq!(
+                        v.to_bits(),
+                        want.to_bits(),
+                        "deinterleave {start}, {cols}: {i}"
+                    );
+                }
             }
         }
     }
@@ -619,7 +792,15 @@ mod tests {
         let padded = PaddedInput::new(&g);
         let mut buffer = Vec::new();
         for (n, c0, lanes) in [(0, 0, 16), (1, 32, 5), (1, 16, 16), (0, 32, 5), (0, 0, 16)] {
-            padded.fill_from(&x, ChannelOrder::First, n, 37, c0, lanes, &mut buffer);
+            padded.fill_from(
+                Stored::F32(&x),
+                ChannelOrder::First,
+                n,
+                37,
+                c0,
+                lanes,
+                &mut buffer,
+            );
             assert_eq!(buffer.len(), padded.height * padded.width * LANES);
             for (i, &v) in buffer.iter().enumerate() {
                 let (pixel, l) = (i / LANES, i % LANES);

@@ -14,38 +14,68 @@
 
 use std::mem::MaybeUninit;
 
+use half::bf16;
 use rayon::prelude::*;
 
 use super::activation_kernels::Activation;
 use super::conv_geometry::{ChannelOrder, ConvGeometry};
 use super::depthwise_blocks::{self, BlockKernel, LANES, Lanes, PaddedInput, lanes, lanes_mut};
+use super::stored::{Storage, Stored, StoredVec};
 use super::vectorized::Simd;
 
 /// Output pixels accumulated together (independent multiply-add chains per tap).
 const PIXELS: usize = 4;
 
 /// `activation(depthwise_conv2d(x, weight) + bias)` for `g.is_depthwise()`; `weight` is
-/// `[channels, 1, kernel_h, kernel_w]`; `x` and the result are laid out as `order` says.
+/// `[channels, 1, kernel_h, kernel_w]`; `x` and the result are laid out as `order` says, the
+/// result stored as `storage` says (bf16 for NCHW only: a channels-last result is f32).
 pub(super) fn forward(
-    x: &[f32],
+    x: Stored<'_>,
     weight: &[f32],
     bias: Option<&[f32]>,
     g: &ConvGeometry,
     activation: Activation,
     order: ChannelOrder,
-) -> Vec<f32> {
-    forward_on(Simd::detect(), x, weight, bias, g, activation, order)
+    storage: Storage,
+) -> StoredVec {
+    forward_on(
+        Simd::detect(),
+        x,
+        weight,
+        bias,
+        g,
+        activation,
+        order,
+        storage,
+    )
 }
 
-fn forward_on(
-    simd: Simd,
-    x: &[f32],
+/// [`forward`] into f32, in either layout.
+pub(super) fn forward_f32(
+    x: Stored<'_>,
     weight: &[f32],
     bias: Option<&[f32]>,
     g: &ConvGeometry,
     activation: Activation,
     order: ChannelOrder,
 ) -> Vec<f32> {
+    match forward(x, weight, bias, g, activation, order, Storage::F32) {
+        StoredVec::F32(y) => y,
+        StoredVec::Bf16(_) => unreachable!("an f32 result was asked for"),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn forward_on(
+    simd: Simd,
+    x: Stored<'_>,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    g: &ConvGeometry,
+    activation: Activation,
+    order: ChannelOrder,
+    storage: Storage,
+) -> StoredVec {
     let channels = g.out_channels;
     let taps = g.kernel_h * g.kernel_w;
     let block_weights = depthwise_blocks::block_weights(weight, channels, taps);
@@ -57,8 +87,7 @@ fn forward_on(
     let padded = PaddedInput::new(g);
     let out_plane = g.out_plane();
     let len = g.batch * channels * out_plane;
-    let mut y: Vec<f32> = Vec::with_capacity(len);
-    let run_block = |input: &mut Vec<f32>, row: &mut Vec<f32>, n, block, dest| {
+    let run_block = |input: &mut Vec<f32>, row: &mut Vec<f32>, n, block, dest: Destination<'_>| {
         let c0 = block * LANES;
         let block = Block {
             x,
@@ -80,21 +109,25 @@ fn forward_on(
         };
         depthwise_blocks::run(simd, run);
     };
-    match order {
-        ChannelOrder::First => {
-            let jobs = depthwise_blocks::plane_blocks(
-                &mut y.spare_capacity_mut()[..len],
-                channels,
-                out_plane,
-            );
-            jobs.into_par_iter().for_each_init(
-                || (Vec::new(), Vec::new()),
-                |(input, row), (n, block, planes)| {
-                    run_block(input, row, n, block, Destination::Planes(planes));
-                },
-            );
-        }
-        ChannelOrder::Last => {
+    match (order, storage) {
+        (ChannelOrder::First, Storage::F32) => StoredVec::F32(per_plane_block(
+            len,
+            channels,
+            out_plane,
+            |input, row, n, block, planes| {
+                run_block(input, row, n, block, Destination::Planes(planes))
+            },
+        )),
+        (ChannelOrder::First, Storage::Bf16) => StoredVec::Bf16(per_plane_block(
+            len,
+            channels,
+            out_plane,
+            |input, row, n, block, planes| {
+                run_block(input, row, n, block, Destination::Bf16Planes(planes))
+            },
+        )),
+        (ChannelOrder::Last, _) => {
+            let mut y: Vec<f32> = Vec::with_capacity(len);
             let out = SharedOut(y.as_mut_ptr());
             let blocks = channels.div_ceil(LANES);
             let jobs: Vec<(usize, usize)> = (0..g.batch)
@@ -112,8 +145,32 @@ fn forward_on(
                     run_block(input, row, n, block, dest);
                 },
             );
+            // SAFETY: the jobs cover the buffer's `len` elements exactly once (every image,
+            // every block of its channels), and each job wrote every element of its block:
+            // each of its lanes' values at row `oh` for every `oh < out_h`, all `out_w` pixels
+            // of the row.
+            unsafe { y.set_len(len) };
+            StoredVec::F32(y)
         }
     }
+}
+
+/// An NCHW result of `len` values: `run(input, row, n, block, planes)` writes every value of
+/// the planes of image `n`'s channel block `block`, with scratch buffers of its task; blocks
+/// run in parallel.
+fn per_plane_block<T: Send>(
+    len: usize,
+    channels: usize,
+    out_plane: usize,
+    run: impl Fn(&mut Vec<f32>, &mut Vec<f32>, usize, usize, &mut [MaybeUninit<T>]) + Sync + Send,
+) -> Vec<T> {
+    let mut y: Vec<T> = Vec::with_capacity(len);
+    let jobs =
+        depthwise_blocks::plane_blocks(&mut y.spare_capacity_mut()[..len], channels, out_plane);
+    jobs.into_par_iter().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(input, row), (n, block, planes)| run(input, row, n, block, planes),
+    );
     // SAFETY: the jobs cover the buffer's `len` elements exactly once (every image, every
     // block of its channels), and each job wrote every element of its block: each of its lanes'
     // values at row `oh` for every `oh < out_h`, all `out_w` pixels of the row.
@@ -137,13 +194,15 @@ impl SharedOut {
 enum Destination<'a> {
     /// The block's `lanes` NCHW planes.
     Planes(&'a mut [MaybeUninit<f32>]),
+    /// The same, rounded to bf16.
+    Bf16Planes(&'a mut [MaybeUninit<bf16>]),
     /// Its image's NHWC values, from the first; the block writes its channels of every pixel.
     ChannelsLast { image: *mut f32, channels: usize },
 }
 
 /// One block of [`LANES`] channels of one image.
 struct Block<'a> {
-    x: &'a [f32],
+    x: Stored<'a>,
     order: ChannelOrder,
     n: usize,
     /// First channel of the block.
@@ -194,6 +253,17 @@ impl BlockKernel for BlockRun<'_, '_> {
                         let out = &mut plane[oh * g.out_w..][..g.out_w];
                         for (o, pixel) in out.iter_mut().zip(row.chunks_exact(LANES)) {
                             o.write(pixel[lane]);
+                        }
+                    }
+                }
+                Destination::Bf16Planes(planes) if lanes == LANES => {
+                    depthwise_blocks::deinterleave_bf16(row, planes, out_plane, oh * g.out_w);
+                }
+                Destination::Bf16Planes(planes) => {
+                    for (lane, plane) in planes.chunks_mut(out_plane).enumerate() {
+                        let out = &mut plane[oh * g.out_w..][..g.out_w];
+                        for (o, pixel) in out.iter_mut().zip(row.chunks_exact(LANES)) {
+                            o.write(bf16::from_f32(pixel[lane]));
                         }
                     }
                 }
@@ -266,6 +336,7 @@ fn output_row<V: Lanes>(
 #[cfg(test)]
 mod tests {
     use super::super::depthwise_blocks::nchw_to_nhwc;
+    use super::super::stored;
     use super::*;
 
     /// Every instruction set this CPU has gives the portable version's values (the parity test
@@ -291,15 +362,20 @@ mod tests {
         let x: Vec<f32> = (0..2 * 37 * 11 * 13).map(value).collect();
         let w: Vec<f32> = (0..37 * 15).map(|i| value(i + 3)).collect();
         let b: Vec<f32> = (0..37).map(|i| value(i + 11)).collect();
-        let portable = forward_on(
-            Simd::Portable,
-            &x,
-            &w,
-            Some(&b),
-            &g,
-            Activation::Relu6,
-            ChannelOrder::First,
-        );
+        let run = |simd, x: &[f32], order| {
+            let y = forward_on(
+                simd,
+                Stored::F32(x),
+                &w,
+                Some(&b),
+                &g,
+                Activation::Relu6,
+                order,
+                Storage::F32,
+            );
+            y.into_f32()
+        };
+        let portable = run(Simd::Portable, &x, ChannelOrder::First);
         let detected = Simd::detect();
         #[allow(unused_mut)]
         let mut available = vec![detected, Simd::Portable];
@@ -311,29 +387,34 @@ mod tests {
             available.push(Simd::Avx2);
         }
         for simd in available {
-            let got = forward_on(
-                simd,
-                &x,
-                &w,
-                Some(&b),
-                &g,
-                Activation::Relu6,
-                ChannelOrder::First,
-            );
+            let got = run(simd, &x, ChannelOrder::First);
             for (a, p) in got.iter().zip(&portable) {
                 assert!((a - p).abs() <= 1e-5, "{simd:?}: {a} vs {p}");
             }
             // Channels-last in and out: the same values, transposed.
-            let got_last = forward_on(
-                simd,
-                &nchw_to_nhwc(&x, 2, 37, 11 * 13),
-                &w,
-                Some(&b),
-                &g,
-                Activation::Relu6,
-                ChannelOrder::Last,
-            );
+            let got_last = run(simd, &nchw_to_nhwc(&x, 2, 37, 11 * 13), ChannelOrder::Last);
             assert_eq!(got_last, nchw_to_nhwc(&got, 2, 37, 6 * 7), "{simd:?}");
+            // Stored in bf16 in and out: the f32 pass over the widened input, each output
+            // rounded (the full blocks through the vector stores, the partial one scalar).
+            let x_bf16 = stored::to_bf16(&x);
+            let from_rounded = run(simd, &stored::rounded(&x), ChannelOrder::First);
+            for storage in [Storage::F32, Storage::Bf16] {
+                let got = forward_on(
+                    simd,
+                    Stored::Bf16(&x_bf16),
+                    &w,
+                    Some(&b),
+                    &g,
+                    Activation::Relu6,
+                    ChannelOrder::First,
+                    storage,
+                );
+                let want = match storage {
+                    Storage::F32 => StoredVec::F32(from_rounded.clone()),
+                    Storage::Bf16 => StoredVec::Bf16(stored::to_bf16(&from_rounded)),
+                };
+                assert_eq!(got, want, "{simd:?}, {storage:?}");
+            }
         }
     }
 }

@@ -21,6 +21,7 @@ use super::activation_kernels::Activation;
 use super::conv_geometry::{ChannelOrder, ConvGeometry};
 use super::depthwise_blocks::{self, BlockKernel, LANES, Lanes, PaddedInput, lanes, lanes_mut};
 use super::depthwise_forward;
+use super::stored::Stored;
 use super::vectorized::Simd;
 
 /// `dL/dx` of a depthwise convolution (`g.is_depthwise()`), `[batch, channels, in_h, in_w]`
@@ -33,8 +34,8 @@ pub(super) fn input_grad(
     order: ChannelOrder,
 ) -> Option<Vec<f32>> {
     match (flipped_correlation(g), order) {
-        (Some(flipped), _) => Some(depthwise_forward::forward(
-            gy,
+        (Some(flipped), _) => Some(depthwise_forward::forward_f32(
+            Stored::F32(gy),
             &flip_taps(weight, g.kernel_h * g.kernel_w),
             None,
             &flipped,
@@ -91,7 +92,15 @@ fn scattered(simd: Simd, weight: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f3
         |(grad, sums), (n, block, planes)| {
             let lanes = planes.len() / in_plane;
             let c0 = block * LANES;
-            grad_layout.fill_from(gy, ChannelOrder::First, n, channels, c0, lanes, grad);
+            grad_layout.fill_from(
+                Stored::F32(gy),
+                ChannelOrder::First,
+                n,
+                channels,
+                c0,
+                lanes,
+                grad,
+            );
             sums.clear();
             sums.resize(padded.height * padded.width * LANES, 0.0);
             depthwise_blocks::run(

@@ -17,6 +17,7 @@ use rayon::prelude::*;
 
 use super::conv_geometry::{ChannelOrder, ConvGeometry};
 use super::depthwise_blocks::{self, BlockKernel, LANES, Lanes, PaddedInput, lanes};
+use super::stored::Stored;
 use super::vectorized::Simd;
 
 /// Taps of one kernel row accumulated per pass over the output gradient (ConvNeXt's 7×7
@@ -27,9 +28,9 @@ const TAPS_AT_ONCE: usize = 8;
 const JOBS_PER_THREAD: usize = 4;
 
 /// `dL/dweight` of a depthwise convolution (`g.is_depthwise()`), `[channels, 1, kh, kw]`, from
-/// its input `x` and output gradient `gy`, each laid out as its order says.
+/// its input `x` (f32 or bf16) and output gradient `gy`, each laid out as its order says.
 pub(super) fn weight_grad(
-    x: (&[f32], ChannelOrder),
+    x: (Stored<'_>, ChannelOrder),
     gy: (&[f32], ChannelOrder),
     g: &ConvGeometry,
 ) -> Vec<f32> {
@@ -38,7 +39,7 @@ pub(super) fn weight_grad(
 
 fn weight_grad_on(
     simd: Simd,
-    (x, x_order): (&[f32], ChannelOrder),
+    (x, x_order): (Stored<'_>, ChannelOrder),
     (gy, gy_order): (&[f32], ChannelOrder),
     g: &ConvGeometry,
 ) -> Vec<f32> {
@@ -72,7 +73,7 @@ fn weight_grad_on(
                 let mut sums = vec![0.0f32; taps * LANES];
                 for n in images {
                     padded.fill_from(x, x_order, n, channels, c0, lanes, input);
-                    grad_layout.fill_from(gy, gy_order, n, channels, c0, lanes, grad);
+                    grad_layout.fill_from(Stored::F32(gy), gy_order, n, channels, c0, lanes, grad);
                     depthwise_blocks::run(
                         simd,
                         Accumulate {
@@ -173,6 +174,7 @@ impl Accumulate<'_> {
 #[cfg(test)]
 mod tests {
     use super::super::depthwise_blocks::nchw_to_nhwc;
+    use super::super::stored;
     use super::*;
 
     /// Every instruction set this CPU has gives the definition's values (the parity test
@@ -227,7 +229,7 @@ mod tests {
         for simd in available {
             let got = weight_grad_on(
                 simd,
-                (&x, ChannelOrder::First),
+                (Stored::F32(&x), ChannelOrder::First),
                 (&gy, ChannelOrder::First),
                 &g,
             );
@@ -237,20 +239,38 @@ mod tests {
             // Either input channels-last: the same sums in the same order.
             for (xs, gys) in [
                 (
-                    (&x_last[..], ChannelOrder::Last),
+                    (Stored::F32(&x_last), ChannelOrder::Last),
                     (&gy[..], ChannelOrder::First),
                 ),
                 (
-                    (&x[..], ChannelOrder::First),
+                    (Stored::F32(&x), ChannelOrder::First),
                     (&gy_last[..], ChannelOrder::Last),
                 ),
                 (
-                    (&x_last[..], ChannelOrder::Last),
+                    (Stored::F32(&x_last), ChannelOrder::Last),
                     (&gy_last[..], ChannelOrder::Last),
                 ),
             ] {
                 assert_eq!(weight_grad_on(simd, xs, gys, &g), got, "{simd:?}");
             }
+            // An input stored in bf16: the sums of its widened values, in the same order.
+            let (x_bf16, x_rounded) = (stored::to_bf16(&x), stored::rounded(&x));
+            let first = |x| (x, ChannelOrder::First);
+            assert_eq!(
+                weight_grad_on(
+                    simd,
+                    first(Stored::Bf16(&x_bf16)),
+                    (&gy, ChannelOrder::First),
+                    &g
+                ),
+                weight_grad_on(
+                    simd,
+                    first(Stored::F32(&x_rounded)),
+                    (&gy, ChannelOrder::First),
+                    &g
+                ),
+                "{simd:?}, bf16 input"
+            );
         }
     }
 }

@@ -61,6 +61,8 @@ use super::linear_kernels::{self, LinearActivation, Weight, WeightLayout};
 use super::max_pool_kernels::{self, PoolGeometry};
 use super::op_profile::{self, OpKind, Phase};
 use super::row_scale_kernels;
+use super::stored::{Storage, Stored, StoredVec};
+use super::{MatmulPrecision, matmul_precision};
 
 #[backend_extension(Flex, Autodiff)]
 pub trait TrainOps: Backend {
@@ -73,13 +75,15 @@ pub trait TrainOps: Backend {
 
     /// `activation(conv2d(x, weight) + bias)`, in one pass where our kernels cover it; in
     /// training one tracked operation whose backward pass is ours (the activation's and the
-    /// bias's gradients from the output and the output gradient).
+    /// bias's gradients from the output and the output gradient). The output is stored as
+    /// `storage` asks where our kernels run with bf16 products, else in f32 ([`Storage`]).
     fn fused_conv2d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         options: ConvOptions<2>,
         activation: Activation,
+        storage: Storage,
     ) -> FloatTensor<Self>;
 
     /// `w[r, ..] · s[r]`: an f32 weight `[rows, ..]` scaled per row by `s` (`[rows]`).
@@ -113,7 +117,7 @@ pub trait TrainOps: Backend {
     fn fused_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self>;
 
     /// `activation(conv2d(x, weight) + bias + residual)`, in one pass where our kernels cover
-    /// it; the residual has the output's shape.
+    /// it; the residual has the output's shape; the output stored as in `fused_conv2d`.
     fn fused_conv2d_add(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -121,6 +125,7 @@ pub trait TrainOps: Backend {
         residual: FloatTensor<Self>,
         options: ConvOptions<2>,
         activation: Activation,
+        storage: Storage,
     ) -> FloatTensor<Self>;
 
     /// Max pooling of an NCHW tensor (symmetric padding, floor rounding), without indices.
@@ -168,8 +173,9 @@ pub trait TrainOps: Backend {
 
 impl TrainOps for Flex {
     fn train_conv2d(x: FlexTensor, weight: FlexTensor, options: ConvOptions<2>) -> FlexTensor {
-        our_forward(&x, &weight, None, None, &options, Activation::Identity)
-            .unwrap_or_else(|| Flex::conv2d(x, weight, None, options))
+        let identity = Activation::Identity;
+        our_forward(&x, &weight, None, None, &options, identity, Storage::F32)
+            .unwrap_or_else(|| Flex::conv2d(contiguous_f32(x), weight, None, options))
     }
 
     fn fused_conv2d(
@@ -178,8 +184,9 @@ impl TrainOps for Flex {
         bias: FlexTensor,
         options: ConvOptions<2>,
         activation: Activation,
+        storage: Storage,
     ) -> FlexTensor {
-        flex_conv2d(x, weight, bias, None, options, activation)
+        flex_conv2d(x, weight, bias, None, options, activation, storage)
     }
 
     fn fused_conv2d_add(
@@ -189,8 +196,17 @@ impl TrainOps for Flex {
         residual: FlexTensor,
         options: ConvOptions<2>,
         activation: Activation,
+        storage: Storage,
     ) -> FlexTensor {
-        flex_conv2d(x, weight, bias, Some(residual), options, activation)
+        flex_conv2d(
+            x,
+            weight,
+            bias,
+            Some(residual),
+            options,
+            activation,
+            storage,
+        )
     }
 
     fn fused_max_pool2d(
@@ -562,13 +578,16 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
         bias: FloatTensor<Self>,
         options: ConvOptions<2>,
         activation: Activation,
+        storage: Storage,
     ) -> FloatTensor<Self> {
         tracked_conv_bias::<C, _, 3>(
             TrainConvBiasBackward,
             [x, weight, bias],
             options,
             activation,
-            |[x, weight, bias], options| Flex::fused_conv2d(x, weight, bias, options, activation),
+            |[x, weight, bias], options| {
+                Flex::fused_conv2d(x, weight, bias, options, activation, storage)
+            },
         )
     }
 
@@ -583,10 +602,12 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
         residual: FloatTensor<Self>,
         options: ConvOptions<2>,
         activation: Activation,
+        storage: Storage,
     ) -> FloatTensor<Self> {
         let out_shape = conv_out_shape(&x.shape().dims(), &weight.shape().dims(), &options);
         if out_shape != Some(residual.shape().dims()) {
-            let y = Self::fused_conv2d(x, weight, bias, options, Activation::Identity);
+            let identity = Activation::Identity;
+            let y = Self::fused_conv2d(x, weight, bias, options, identity, Storage::F32);
             return activate_tracked::<C>(Self::float_add(y, residual), activation);
         }
         tracked_conv_bias::<C, _, 4>(
@@ -595,7 +616,7 @@ impl<C: CheckpointStrategy> TrainOps for Autodiff<Flex, C> {
             options,
             activation,
             |[x, weight, bias, residual], options| {
-                Flex::fused_conv2d_add(x, weight, bias, residual, options, activation)
+                Flex::fused_conv2d_add(x, weight, bias, residual, options, activation, storage)
             },
         )
     }
@@ -933,15 +954,18 @@ fn register_conv_grads(
     options: ConvOptions<2>,
     grads: &mut Gradients,
 ) {
+    // burn's gradients (where ours do not apply) take an f32 input, never a bf16-stored one.
     if let Some(id) = node_x {
         let grad = our_grad(ConvGrad::Input, &x, &weight, &gy, &options).unwrap_or_else(|| {
-            Flex::conv2d_x_backward(x.clone(), weight.clone(), gy.clone(), options.clone())
+            let x = contiguous_f32(x.clone());
+            Flex::conv2d_x_backward(x, weight.clone(), gy.clone(), options.clone())
         });
         grads.register::<Flex>(id, grad);
     }
     if let Some(id) = node_weight {
-        let grad = our_grad(ConvGrad::Weight, &x, &weight, &gy, &options)
-            .unwrap_or_else(|| Flex::conv2d_weight_backward(x, weight, gy, options));
+        let grad = our_grad(ConvGrad::Weight, &x, &weight, &gy, &options).unwrap_or_else(|| {
+            Flex::conv2d_weight_backward(contiguous_f32(x), weight, gy, options)
+        });
         grads.register::<Flex>(id, grad);
     }
 }
@@ -973,10 +997,14 @@ fn pre_activation_grad(
 ) -> (FlexTensor, FlexTensor) {
     let (shape, dtype) = (output.shape(), gy.dtype());
     let [_, channels, _, _] = shape.dims();
-    let output = contiguous_f32(output.clone());
+    // The output as it was stored (f32, or bf16 under mixed precision).
+    let output = match output.dtype() {
+        DType::BF16 => output.to_contiguous(),
+        _ => contiguous_f32(output.clone()),
+    };
     let mut gy = owned_f32(gy);
-    let sums = activation_kernels::mask_pre_activation_grad(
-        f32_slice(&output),
+    let sums = activation_kernels::mask_pre_activation_grad_stored(
+        stored_values(&output).expect("a contiguous f32 or bf16 output"),
         owned_values(&mut gy),
         plane_size(&shape),
         channels,
@@ -1075,7 +1103,9 @@ fn our_grad(
         }
         ConvGrad::Weight => {
             let x_values = x.to_contiguous();
-            let dw = kernels::weight_grad(x_values.as_slice::<f32>()?, gy, &geometry)?;
+            let x_values = (stored_values(&x_values)?, ChannelOrder::First);
+            let gy = (gy, ChannelOrder::First);
+            let dw = kernels::weight_grad_stored(x_values, gy, &geometry)?;
             (dw, weight.shape())
         }
     };
@@ -1116,6 +1146,7 @@ fn flex_conv2d(
     residual: Option<FlexTensor>,
     options: ConvOptions<2>,
     activation: Activation,
+    storage: Storage,
 ) -> FlexTensor {
     let ours = our_forward(
         &x,
@@ -1124,11 +1155,13 @@ fn flex_conv2d(
         residual.as_ref(),
         &options,
         activation,
+        storage,
     );
     if let Some(y) = ours {
         return y;
     }
-    let y = Flex::conv2d(x, weight, Some(bias), options);
+    // burn's convolution takes an f32 input, never a bf16-stored one.
+    let y = Flex::conv2d(contiguous_f32(x), weight, Some(bias), options);
     let y = match residual {
         Some(r) => Flex::float_add(y, r),
         None => y,
@@ -1175,7 +1208,9 @@ fn conv_out_shape(
     ])
 }
 
-/// The convolution's output from our forward kernels, or `None` where they do not apply.
+/// The convolution's output from our forward kernels, or `None` where they do not apply. The
+/// output is stored in bf16 when `storage` asks for it and the products are bf16 (mixed
+/// precision: see [`super::stored`]), else in f32; the input may be either.
 fn our_forward(
     x: &FlexTensor,
     weight: &FlexTensor,
@@ -1183,6 +1218,7 @@ fn our_forward(
     residual: Option<&FlexTensor>,
     options: &ConvOptions<2>,
     activation: Activation,
+    storage: Storage,
 ) -> Option<FlexTensor> {
     if bias.is_some_and(|b| b.dtype() != DType::F32) {
         return None;
@@ -1216,26 +1252,43 @@ fn our_forward(
         Some(r) => Some(r.as_slice::<f32>()?),
         None => None,
     };
-    let y = conv_forward_kernels::forward(
-        x.as_slice::<f32>()?,
+    let storage = match storage {
+        Storage::Bf16 if matmul_precision() == MatmulPrecision::Bf16 => Storage::Bf16,
+        _ => Storage::F32,
+    };
+    let y = conv_forward_kernels::forward_stored(
+        stored_values(&x)?,
         weight,
         bias,
         residual,
         &geometry,
         activation,
+        storage,
     )?;
-    Some(FlexTensor::from_data(TensorData::new(y, out_shape)))
+    Some(match y {
+        StoredVec::F32(y) => FlexTensor::from_data(TensorData::new(y, out_shape)),
+        StoredVec::Bf16(y) => FlexTensor::from_data(TensorData::new(y, out_shape)),
+    })
+}
+
+/// The values of a contiguous f32 or bf16 tensor as our kernels read them.
+fn stored_values(t: &FlexTensor) -> Option<Stored<'_>> {
+    match t.dtype() {
+        DType::F32 => Some(Stored::F32(t.as_slice::<f32>()?)),
+        DType::BF16 => Some(Stored::Bf16(t.as_slice::<half::bf16>()?)),
+        _ => None,
+    }
 }
 
 /// The kernels' view of this convolution (`out_shape` is the output's, or its gradient's), or
-/// `None` when it is not an f32 one.
+/// `None` when it is not an f32 one (its input may be stored in bf16, see [`super::stored`]).
 fn geometry(
     x: &FlexTensor,
     weight: &FlexTensor,
     out_shape: &[usize; 4],
     options: &ConvOptions<2>,
 ) -> Option<ConvGeometry> {
-    if [x.dtype(), weight.dtype()] != [DType::F32; 2] {
+    if !matches!(x.dtype(), DType::F32 | DType::BF16) || weight.dtype() != DType::F32 {
         return None;
     }
     let [batch, in_channels, in_h, in_w] = x.shape().dims();

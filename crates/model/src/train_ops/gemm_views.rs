@@ -11,9 +11,12 @@ use std::sync::{PoisonError, RwLock};
 
 use gemm::Parallelism;
 
+use half::bf16;
+
 use super::activation_kernels::Activation;
 use super::amx_gemm;
 pub(super) use super::amx_gemm::Epilogue;
+use super::stored::Element;
 
 /// The precision of the products inside our f32 GEMMs, like PyTorch's
 /// `torch.set_float32_matmul_precision`: inputs, outputs and sums stay f32 either way.
@@ -89,18 +92,20 @@ pub fn matmul_precision() -> MatmulPrecision {
     }
 }
 
-/// A read-only matrix view: element `(r, c)` at `r · row_stride + c · col_stride`.
+/// A read-only matrix view: element `(r, c)` at `r · row_stride + c · col_stride`; of f32
+/// values, or of bf16 ones (activations stored so, see [`super::stored`]), which only the
+/// bf16 products read.
 #[derive(Clone)]
-pub(super) struct MatrixRef<'a> {
-    pub(super) data: &'a [f32],
+pub(super) struct MatrixRef<'a, T = f32> {
+    pub(super) data: &'a [T],
     pub(super) rows: usize,
     pub(super) cols: usize,
     pub(super) row_stride: usize,
     pub(super) col_stride: usize,
 }
 
-impl<'a> MatrixRef<'a> {
-    pub(super) fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+impl<'a, T> MatrixRef<'a, T> {
+    pub(super) fn row_major(data: &'a [T], rows: usize, cols: usize) -> Self {
         Self {
             data,
             rows,
@@ -111,7 +116,7 @@ impl<'a> MatrixRef<'a> {
     }
 
     /// The transpose of a row-major `[cols, rows]` matrix, seen as `[rows, cols]`.
-    pub(super) fn transposed(data: &'a [f32], rows: usize, cols: usize) -> Self {
+    pub(super) fn transposed(data: &'a [T], rows: usize, cols: usize) -> Self {
         Self {
             data,
             rows,
@@ -122,12 +127,7 @@ impl<'a> MatrixRef<'a> {
     }
 
     /// `rows × cols` with rows `row_stride` apart, starting at `data[0]`.
-    pub(super) fn strided_rows(
-        data: &'a [f32],
-        rows: usize,
-        cols: usize,
-        row_stride: usize,
-    ) -> Self {
+    pub(super) fn strided_rows(data: &'a [T], rows: usize, cols: usize, row_stride: usize) -> Self {
         Self {
             data,
             rows,
@@ -156,15 +156,15 @@ impl<'a> MatrixRef<'a> {
     }
 }
 
-/// A row-major output matrix.
-pub(super) struct Matrix<'a> {
-    pub(super) data: &'a mut [f32],
+/// A row-major output matrix (f32, or bf16 from the bf16 products).
+pub(super) struct Matrix<'a, T = f32> {
+    pub(super) data: &'a mut [T],
     pub(super) rows: usize,
     pub(super) cols: usize,
 }
 
-impl<'a> Matrix<'a> {
-    pub(super) fn row_major(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
+impl<'a, T> Matrix<'a, T> {
+    pub(super) fn row_major(data: &'a mut [T], rows: usize, cols: usize) -> Self {
         Self { data, rows, cols }
     }
 }
@@ -173,6 +173,8 @@ impl<'a> Matrix<'a> {
 /// rows): under bf16 products it is rounded and packed once ([`amx_gemm::Packed`]).
 pub(super) enum Operand<'a> {
     F32(MatrixRef<'a>),
+    /// bf16 values as they are stored (products in bf16 only).
+    Bf16View(MatrixRef<'a, bf16>),
     Bf16(amx_gemm::Packed),
 }
 
@@ -200,6 +202,7 @@ impl<'a> Operand<'a> {
     fn side(&self) -> amx_gemm::Side<'_> {
         match self {
             Operand::F32(m) => amx_gemm::Side::View(m.clone()),
+            Operand::Bf16View(m) => amx_gemm::Side::Bf16View(m.clone()),
             Operand::Bf16(p) => amx_gemm::Side::Packed(p),
         }
     }
@@ -207,34 +210,26 @@ impl<'a> Operand<'a> {
     fn shape(&self) -> (usize, usize) {
         match self {
             Operand::F32(m) => (m.rows, m.cols),
+            Operand::Bf16View(m) => (m.rows, m.cols),
             Operand::Bf16(p) => (p.rows(), p.cols()),
+        }
+    }
+
+    fn fits(&self) -> bool {
+        match self {
+            Operand::F32(m) => m.fits(),
+            Operand::Bf16View(m) => m.fits(),
+            Operand::Bf16(_) => true,
         }
     }
 }
 
-/// `dst = lhs · rhs`, or `dst += lhs · rhs` when `accumulate`, with products in the
-/// [`matmul_precision`].
-pub(super) fn gemm_f32(
-    dst: Matrix<'_>,
-    accumulate: bool,
-    lhs: MatrixRef<'_>,
-    rhs: MatrixRef<'_>,
-    parallelism: Parallelism,
-) {
-    gemm(
-        dst,
-        accumulate,
-        &Operand::F32(lhs),
-        &Operand::F32(rhs),
-        parallelism,
-    );
-}
-
 /// [`gemm`], then the [`Epilogue`] over `dst` (a bias per row, an addend shaped as `dst`, the
 /// activation): under bf16 products in the same pass as each block of the result is stored,
-/// else as a pass after the GEMM.
-fn gemm_then(
-    mut dst: Matrix<'_>,
+/// else as a pass after the GEMM. A bf16 `dst` or operand takes the bf16 products (which
+/// [`MatmulPrecision::Bf16`] is only ever set for on a CPU with them).
+fn gemm_then<T: Element>(
+    dst: Matrix<'_, T>,
     accumulate: bool,
     lhs: &Operand<'_>,
     rhs: &Operand<'_>,
@@ -244,26 +239,22 @@ fn gemm_then(
     let ((m, k), (k2, n)) = (lhs.shape(), rhs.shape());
     assert!(m == dst.rows && n == dst.cols && k == k2);
     assert!(dst.rows * dst.cols <= dst.data.len() && epilogue.fits(m, n));
-    for operand in [lhs, rhs] {
-        if let Operand::F32(view) = operand {
-            assert!(view.fits());
-        }
-    }
+    assert!(lhs.fits() && rhs.fits());
     if dst.rows == 0 || dst.cols == 0 {
         return;
     }
-    let (lhs, rhs) = match (lhs, rhs) {
-        (Operand::F32(lhs), Operand::F32(rhs)) if matmul_precision() == MatmulPrecision::F32 => {
-            (lhs, rhs)
-        }
-        _ => {
-            let parallel = !matches!(parallelism, Parallelism::None);
-            let (lhs, rhs) = (lhs.side(), rhs.side());
-            return amx_gemm::gemm(dst, accumulate, lhs, rhs, parallel, epilogue);
-        }
-    };
-    f32_gemm(&mut dst, accumulate, lhs, rhs, 1.0, parallelism);
-    epilogue.apply(&mut dst.data[..dst.rows * dst.cols], dst.cols);
+    if matmul_precision() == MatmulPrecision::F32
+        && let (Operand::F32(lhs), Operand::F32(rhs)) = (lhs, rhs)
+        && let Some(out) = T::as_f32_mut(&mut dst.data[..m * n])
+    {
+        let mut out = Matrix::row_major(out, m, n);
+        f32_gemm(&mut out, accumulate, lhs, rhs, 1.0, parallelism);
+        epilogue.apply(out.data, n);
+        return;
+    }
+    let parallel = !matches!(parallelism, Parallelism::None);
+    let (lhs, rhs) = (lhs.side(), rhs.side());
+    amx_gemm::gemm(dst, accumulate, lhs, rhs, parallel, epilogue);
 }
 
 /// `dst = lhs · rhs` ([`gemm`], in the [`matmul_precision`]) into memory that may not be
@@ -288,23 +279,24 @@ pub(super) fn gemm_into_uninit<'a>(
 }
 
 /// [`gemm_into_uninit`], then the [`Epilogue`]: under bf16 products in the AMX store (a
-/// convolution's bias, residual and activation with no pass of their own over its output).
-pub(super) fn gemm_into_uninit_then<'a>(
-    dst: &'a mut [MaybeUninit<f32>],
+/// convolution's bias, residual and activation with no pass of their own over its output),
+/// which also writes a bf16 `dst`.
+pub(super) fn gemm_into_uninit_then<'a, T: Element>(
+    dst: &'a mut [MaybeUninit<T>],
     rows: usize,
     cols: usize,
     lhs: &Operand<'_>,
     rhs: &Operand<'_>,
     parallelism: Parallelism,
     epilogue: Epilogue<'_>,
-) -> &'a mut [f32] {
+) -> &'a mut [T] {
     assert_eq!(dst.len(), rows * cols);
-    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and the product below writes every
+    // SAFETY: `MaybeUninit<T>` has the layout of `T`, and the product below writes every
     // one of the `rows · cols` elements before anything reads them (see above; `gemm_then`
     // asserts the shapes, and with an empty shape there are no elements).
-    let dst = unsafe { &mut *(dst as *mut [MaybeUninit<f32>] as *mut [f32]) };
+    let dst = unsafe { &mut *(dst as *mut [MaybeUninit<T>] as *mut [T]) };
     gemm_then(
-        Matrix::row_major(dst, rows, cols),
+        Matrix::row_major(&mut *dst, rows, cols),
         false,
         lhs,
         rhs,
@@ -488,8 +480,9 @@ unsafe fn f32_gemm_raw(
     }
 }
 
-/// [`gemm_f32`] with operands that may be packed already ([`Operand`]): bf16 products when
-/// either is packed or the [`matmul_precision`] is bf16.
+/// `dst = lhs · rhs`, or `dst += lhs · rhs` when `accumulate`, with operands that may be
+/// packed already ([`Operand`]): bf16 products when either is packed or stored in bf16, or the
+/// [`matmul_precision`] is bf16.
 pub(super) fn gemm(
     dst: Matrix<'_>,
     accumulate: bool,

@@ -44,6 +44,7 @@ pub mod linear_kernels;
 pub mod max_pool_kernels;
 pub mod op_profile;
 pub mod row_scale_kernels;
+pub mod stored;
 mod vectorized;
 
 use burn::nn::LayerNorm;
@@ -57,6 +58,7 @@ pub use gemm_views::{
     MatmulPrecision, matmul_precision, native_bf16, set_matmul_precision, with_matmul_precision,
 };
 pub use linear_kernels::LinearActivation;
+pub use stored::Storage;
 
 #[cfg(feature = "flex")]
 const F32: burn::tensor::DType = burn::tensor::DType::F32;
@@ -125,7 +127,7 @@ pub fn conv2d_act(
     options: ConvOptions<2>,
     activation: Activation,
 ) -> Tensor<4> {
-    conv2d_residual_act(x, weight, bias, None, options, activation)
+    conv2d_residual_act(x, weight, bias, None, options, activation, Storage::F32)
 }
 
 /// `activation(conv2d(x, weight) + bias + residual)` (a residual block's last convolution, the
@@ -139,7 +141,32 @@ pub fn conv2d_add_act(
     options: ConvOptions<2>,
     activation: Activation,
 ) -> Tensor<4> {
-    conv2d_residual_act(x, weight, bias, Some(residual), options, activation)
+    conv2d_residual_act(
+        x,
+        weight,
+        bias,
+        Some(residual),
+        options,
+        activation,
+        Storage::F32,
+    )
+}
+
+/// [`conv2d_act`] (with a residual: [`conv2d_add_act`]) whose output a training pass on flex
+/// keeps as `storage` says: in bf16 under bf16 products (mixed precision), where the output
+/// feeds only our convolutions — an inverted-residual block's expanded activations. The
+/// tensor returned is then bf16; anywhere else (inference, f32 products, other backends) f32
+/// as usual. See [`stored`].
+pub fn conv2d_stored(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    residual: Option<Tensor<4>>,
+    options: ConvOptions<2>,
+    activation: Activation,
+    storage: Storage,
+) -> Tensor<4> {
+    conv2d_residual_act(x, weight, bias, residual, options, activation, storage)
 }
 
 fn conv2d_residual_act(
@@ -149,16 +176,19 @@ fn conv2d_residual_act(
     residual: Option<Tensor<4>>,
     options: ConvOptions<2>,
     activation: Activation,
+    storage: Storage,
 ) -> Tensor<4> {
     #[cfg(feature = "flex")]
     if runs_on_flex(&x) && !x.device().is_autodiff() {
         use burn::backend::Dispatch;
-        let bias = bias.unwrap_or_else(|| zero_bias(weight.dims()[0], &x));
+        let bias = bias.unwrap_or_else(|| zero_bias(weight.dims()[0], &weight));
         let (x, weight, bias) = (
             x.into_dispatch(),
             weight.into_dispatch(),
             bias.into_dispatch(),
         );
+        // Inference keeps f32 activations.
+        let storage = Storage::F32;
         return Tensor::<4>::from_dispatch(match residual {
             Some(r) => <Dispatch as flex_ext::TrainOps>::fused_conv2d_add(
                 x,
@@ -167,17 +197,18 @@ fn conv2d_residual_act(
                 r.into_dispatch(),
                 options,
                 activation,
+                storage,
             ),
-            None => {
-                <Dispatch as flex_ext::TrainOps>::fused_conv2d(x, weight, bias, options, activation)
-            }
+            None => <Dispatch as flex_ext::TrainOps>::fused_conv2d(
+                x, weight, bias, options, activation, storage,
+            ),
         });
     }
     match residual {
         #[cfg(feature = "flex")]
         Some(r) if runs_on_flex_autodiff(&x) => {
             use burn::backend::Dispatch;
-            let bias = bias.unwrap_or_else(|| zero_bias(weight.dims()[0], &x));
+            let bias = bias.unwrap_or_else(|| zero_bias(weight.dims()[0], &weight));
             Tensor::<4>::from_dispatch(<Dispatch as flex_ext::TrainOps>::fused_conv2d_add(
                 x.into_dispatch(),
                 weight.into_dispatch(),
@@ -185,13 +216,14 @@ fn conv2d_residual_act(
                 r.into_dispatch(),
                 options,
                 activation,
+                storage,
             ))
         }
         Some(r) => {
-            let y = conv2d_training(x, weight, bias, options, Activation::Identity);
+            let y = conv2d_training(x, weight, bias, options, Activation::Identity, Storage::F32);
             crate::layers::activate(y + r, activation)
         }
-        None => conv2d_training(x, weight, bias, options, activation),
+        None => conv2d_training(x, weight, bias, options, activation, storage),
     }
 }
 
@@ -204,28 +236,34 @@ fn conv2d_training(
     bias: Option<Tensor<1>>,
     options: ConvOptions<2>,
     activation: Activation,
+    storage: Storage,
 ) -> Tensor<4> {
     #[cfg(feature = "flex")]
     if runs_on_flex_autodiff(&x) {
         use burn::backend::Dispatch;
-        return Tensor::<4>::from_dispatch(match (bias, activation) {
-            (None, Activation::Identity) => <Dispatch as flex_ext::TrainOps>::train_conv2d(
-                x.into_dispatch(),
-                weight.into_dispatch(),
-                options,
-            ),
-            (bias, activation) => {
-                let bias = bias.unwrap_or_else(|| zero_bias(weight.dims()[0], &x));
+        return Tensor::<4>::from_dispatch(match (bias, activation, storage) {
+            (None, Activation::Identity, Storage::F32) => {
+                <Dispatch as flex_ext::TrainOps>::train_conv2d(
+                    x.into_dispatch(),
+                    weight.into_dispatch(),
+                    options,
+                )
+            }
+            (bias, activation, storage) => {
+                let bias = bias.unwrap_or_else(|| zero_bias(weight.dims()[0], &weight));
                 <Dispatch as flex_ext::TrainOps>::fused_conv2d(
                     x.into_dispatch(),
                     weight.into_dispatch(),
                     bias.into_dispatch(),
                     options,
                     activation,
+                    storage,
                 )
             }
         });
     }
+    #[cfg(not(feature = "flex"))]
+    let _ = storage;
     let y = if bf16_casts::applies(&x) {
         bf16_casts::conv2d(x, weight, bias, options)
     } else {
