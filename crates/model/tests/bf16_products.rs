@@ -151,9 +151,10 @@ fn linear_layer_in_any_blocking() {
 /// An inverted-residual block (1×1 expansion, ReLU6; depthwise 3×3, ReLU6; 1×1 projection
 /// and the shortcut; then a strided depthwise 5×5 variant without it) trained on flex with
 /// its expanded activations stored in bf16 (`Storage::Bf16`, what EfficientNet-Lite's blocks
-/// ask for) against the same block with them in f32, both with bf16 products: the expanded
-/// tensors really are bf16, and the output and every gradient (input, weights, biases) stay
-/// within bf16's tolerance of the f32-stored run while differing from it.
+/// ask for; their gradients are then bf16 too) against the same block with them in f32, both
+/// with bf16 products: the expanded tensors really are bf16, and the output and every
+/// gradient (input, weights, biases) stay within bf16's tolerance of the f32-stored run while
+/// differing from it.
 ///
 /// The data keeps every activation clear of ReLU6's edges (checked): an output within bf16's
 /// rounding of 0 or 6 would pass the gradient in one run and block it in the other (as

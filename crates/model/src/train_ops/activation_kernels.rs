@@ -16,7 +16,9 @@
 
 use rayon::prelude::*;
 
-use super::stored::{Element, Stored};
+use half::bf16;
+
+use super::stored::{self, Element, Stored, StoredMut};
 use super::vectorized::Simd;
 
 /// The activation after a convolution (and the batch norm folded into it).
@@ -74,54 +76,39 @@ pub fn mask_pre_activation_grad(
     channels: usize,
     activation: Activation,
 ) -> Vec<f32> {
-    mask_pre_activation_grad_stored(Stored::F32(z), g, plane, channels, activation)
+    mask_pre_activation_grad_stored(
+        Stored::F32(z),
+        StoredMut::F32(g),
+        plane,
+        channels,
+        activation,
+    )
 }
 
-/// [`mask_pre_activation_grad`] of an output stored in f32 or bf16 ([`super::stored`]): a
-/// bf16 output is widened as it is read (exactly), so the gradient passes where the stored
-/// value lies inside the activation's range — as PyTorch's autocast, whose ReLU6 backward
-/// reads its bf16 tensors.
+/// [`mask_pre_activation_grad`] of an output and an output gradient each stored in f32 or
+/// bf16 ([`super::stored`]): a bf16 output is widened as it is read (exactly), so the gradient
+/// passes where the stored value lies inside the activation's range — as PyTorch's autocast,
+/// whose ReLU6 backward reads its bf16 tensors; a bf16 gradient is masked in place (a kept
+/// value is stored back unchanged), its sums taken in f32 as an f32 one's.
 pub(super) fn mask_pre_activation_grad_stored(
     z: Stored<'_>,
-    g: &mut [f32],
+    g: StoredMut<'_>,
     plane: usize,
     channels: usize,
     activation: Activation,
 ) -> Vec<f32> {
     assert_eq!(z.len(), g.len());
     if plane == 0 || channels == 0 {
-        g.fill(0.0);
+        match g {
+            StoredMut::F32(g) => g.fill(0.0),
+            StoredMut::Bf16(g) => g.fill(bf16::ZERO),
+        }
         return vec![0.0; channels];
     }
-    let simd = Simd::detect();
-    #[cfg(target_arch = "x86_64")]
-    let bf16_vectors = std::arch::is_x86_feature_detected!("avx512bw");
-    let sums: Vec<f64> = g
-        .par_chunks_mut(plane)
-        .enumerate()
-        .map(|(p, g_p)| {
-            let z_p = z.slice(p * plane, g_p.len());
-            match (simd, z_p) {
-                // SAFETY: the CPU has AVX-512F.
-                #[cfg(target_arch = "x86_64")]
-                (Simd::Avx512, Stored::F32(z_p)) => unsafe {
-                    x86::masked_plane_avx512(g_p, z_p, activation)
-                },
-                // SAFETY: the CPU has AVX-512F and BW.
-                #[cfg(target_arch = "x86_64")]
-                (Simd::Avx512, Stored::Bf16(z_p)) if bf16_vectors => unsafe {
-                    x86::masked_plane_bf16_avx512(g_p, z_p, activation)
-                },
-                // SAFETY: the CPU has AVX2.
-                #[cfg(target_arch = "x86_64")]
-                (Simd::Avx2, Stored::F32(z_p)) => unsafe {
-                    x86::masked_plane_avx2(g_p, z_p, activation)
-                },
-                (_, Stored::F32(z_p)) => masked_plane(g_p, z_p, activation),
-                (_, Stored::Bf16(z_p)) => masked_plane(g_p, z_p, activation),
-            }
-        })
-        .collect();
+    let sums: Vec<f64> = match g {
+        StoredMut::F32(g) => masked_planes(z, g, plane, activation),
+        StoredMut::Bf16(g) => masked_planes(z, g, plane, activation),
+    };
     let mut per_channel = vec![0.0f64; channels];
     for (p, sum) in sums.into_iter().enumerate() {
         per_channel[p % channels] += sum;
@@ -129,21 +116,67 @@ pub(super) fn mask_pre_activation_grad_stored(
     per_channel.into_iter().map(|v| v as f32).collect()
 }
 
+/// Each plane of `g` masked (in parallel), and its sum.
+fn masked_planes<G: Element>(
+    z: Stored<'_>,
+    g: &mut [G],
+    plane: usize,
+    activation: Activation,
+) -> Vec<f64> {
+    let simd = Simd::detect();
+    let mixed_vectors = stored::has_avx512_bf16();
+    g.par_chunks_mut(plane)
+        .enumerate()
+        .map(|(p, g_p)| {
+            let z_p = z.slice(p * plane, g_p.len());
+            // f32 in and out: the plain AVX-512 or AVX2 pass.
+            #[cfg(target_arch = "x86_64")]
+            if let (Some(g_p), Stored::F32(z_p)) = (G::as_f32_mut(g_p), z_p) {
+                match simd {
+                    // SAFETY: the CPU has AVX-512F.
+                    Simd::Avx512 => {
+                        return unsafe { x86::masked_plane_avx512(g_p, z_p, activation) };
+                    }
+                    // SAFETY: the CPU has AVX2.
+                    Simd::Avx2 => return unsafe { x86::masked_plane_avx2(g_p, z_p, activation) },
+                    Simd::Portable => {}
+                }
+            }
+            match z_p {
+                // SAFETY: the CPU has AVX-512 F, BW, VL and BF16.
+                #[cfg(target_arch = "x86_64")]
+                Stored::F32(z_p) if mixed_vectors => unsafe {
+                    x86::masked_plane_bf16_avx512(g_p, z_p, activation)
+                },
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                Stored::Bf16(z_p) if mixed_vectors => unsafe {
+                    x86::masked_plane_bf16_avx512(g_p, z_p, activation)
+                },
+                Stored::F32(z_p) => masked_plane(g_p, z_p, activation),
+                Stored::Bf16(z_p) => masked_plane(g_p, z_p, activation),
+            }
+        })
+        .collect()
+}
+
 /// One plane of [`mask_pre_activation_grad`]: masks `g` in place and returns its sum, in eight
 /// running sums (one per SIMD lane) added up in f64.
-fn masked_plane<Z: Element>(g: &mut [f32], z: &[Z], activation: Activation) -> f64 {
+fn masked_plane<Z: Element, G: Element>(g: &mut [G], z: &[Z], activation: Activation) -> f64 {
     let mut sum = [0.0f32; 8];
     let (g8, g_rest) = g.as_chunks_mut::<8>();
     let (z8, z_rest) = z.as_chunks::<8>();
     for (d, v) in g8.iter_mut().zip(z8) {
         for lane in 0..8 {
-            d[lane] = masked(d[lane], activation.passes(v[lane].to_f32()));
-            sum[lane] += d[lane];
+            let kept = masked(d[lane].to_f32(), activation.passes(v[lane].to_f32()));
+            d[lane] = G::from_f32(kept);
+            sum[lane] += kept;
         }
     }
     for (lane, (d, &v)) in g_rest.iter_mut().zip(z_rest).enumerate() {
-        *d = masked(*d, activation.passes(v.to_f32()));
-        sum[lane] += *d;
+        let kept = masked(d.to_f32(), activation.passes(v.to_f32()));
+        *d = G::from_f32(kept);
+        sum[lane] += kept;
     }
     sum.iter().map(|&v| v as f64).sum()
 }
@@ -162,8 +195,6 @@ fn masked(g: f32, keep: bool) -> f32 {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use half::bf16;
-
     use super::super::stored::Element;
     use super::Activation;
 
@@ -173,36 +204,41 @@ mod x86 {
         z: &[f32],
         activation: Activation,
     ) -> f64 {
-        // SAFETY: AVX-512F, which loading f32 needs.
+        // SAFETY: AVX-512F, which loading and storing f32 need.
         unsafe { masked_plane_16(g, z, activation) }
     }
 
-    #[target_feature(enable = "avx512f,avx512bw")]
-    pub(super) unsafe fn masked_plane_bf16_avx512(
-        g: &mut [f32],
-        z: &[bf16],
+    /// [`masked_plane_avx512`] with either side stored in bf16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub(super) unsafe fn masked_plane_bf16_avx512<Z: Element, G: Element>(
+        g: &mut [G],
+        z: &[Z],
         activation: Activation,
     ) -> f64 {
-        // SAFETY: AVX-512F and BW, which loading bf16 needs.
+        // SAFETY: AVX-512 F, BW, VL and BF16, which loading and storing bf16 need.
         unsafe { masked_plane_16(g, z, activation) }
     }
 
-    /// The AVX-512 body, `z` loaded by its element type.
+    /// The AVX-512 body, `z` and `g` loaded (and `g` stored) by their element types.
     ///
     /// # Safety
-    /// The CPU has what `Z::load16` needs.
+    /// The CPU has what `Z::load16`, `G::load16` and `G::store16` need.
     #[inline(always)]
-    unsafe fn masked_plane_16<Z: Element>(g: &mut [f32], z: &[Z], activation: Activation) -> f64 {
+    unsafe fn masked_plane_16<Z: Element, G: Element>(
+        g: &mut [G],
+        z: &[Z],
+        activation: Activation,
+    ) -> f64 {
         assert_eq!(g.len(), z.len());
-        // SAFETY: AVX-512F (the caller's contract) for every intrinsic below.
+        // SAFETY: AVX-512F (the caller's contract) for every intrinsic below; each chunk is
+        // 16 values.
         unsafe {
             let (zero, six) = (_mm512_setzero_ps(), _mm512_set1_ps(6.0));
             let mut acc = _mm512_setzero_ps();
             let (g16, g_rest) = g.as_chunks_mut::<16>();
             let (z16, z_rest) = z.as_chunks::<16>();
             for (d, v) in g16.iter_mut().zip(z16) {
-                // `d` and `v` are 16 values each.
-                let gv = _mm512_loadu_ps(d.as_ptr());
+                let gv = G::load16(d.as_ptr(), u16::MAX);
                 let kept = match activation {
                     Activation::Identity => gv,
                     Activation::Relu | Activation::Relu6 => {
@@ -212,7 +248,7 @@ mod x86 {
                             keep &= _mm512_cmp_ps_mask::<_CMP_LT_OQ>(zv, six);
                         }
                         let kept = _mm512_maskz_mov_ps(keep, gv);
-                        _mm512_storeu_ps(d.as_mut_ptr(), kept);
+                        G::store16(d.as_mut_ptr(), u16::MAX, kept);
                         kept
                     }
                 };
@@ -262,15 +298,16 @@ mod x86 {
 
     /// Masks the values past the last full register and adds them to the running sums (value
     /// `i` to sum `i`), then adds the sums up in f64.
-    fn finish<Z: Element>(
+    fn finish<Z: Element, G: Element>(
         lanes: &mut [f32],
-        g: &mut [f32],
+        g: &mut [G],
         z: &[Z],
         activation: Activation,
     ) -> f64 {
         for (lane, (d, &v)) in lanes.iter_mut().zip(g.iter_mut().zip(z)) {
-            *d = super::masked(*d, activation.passes(v.to_f32()));
-            *lane += *d;
+            let kept = super::masked(d.to_f32(), activation.passes(v.to_f32()));
+            *d = G::from_f32(kept);
+            *lane += kept;
         }
         lanes.iter().map(|&v| v as f64).sum()
     }
@@ -330,9 +367,9 @@ mod tests {
                 let sum = masked_plane(&mut got, &z_bf16, activation);
                 results.push(("portable bf16", got, sum));
                 #[cfg(target_arch = "x86_64")]
-                if std::arch::is_x86_feature_detected!("avx512bw") {
+                if stored::has_avx512_bf16() {
                     let mut got = g.clone();
-                    // SAFETY: the CPU has AVX-512F and BW.
+                    // SAFETY: the CPU has AVX-512 F, BW, VL and BF16.
                     let sum =
                         unsafe { x86::masked_plane_bf16_avx512(&mut got, &z_bf16, activation) };
                     results.push(("avx512 bf16", got, sum));
@@ -352,6 +389,52 @@ mod tests {
                     assert!(
                         (got_sum - want_sum).abs() <= 1e-5 * (1.0 + want_sum.abs()),
                         "{name}, {activation:?}, {len} values: sum {got_sum} vs {want_sum}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A gradient stored in bf16 is masked in place as its widened values are in f32 (the
+    /// kept values stored back unchanged, +0.0 where blocked) and sums the same, whichever
+    /// way its output is stored; planes of every tail length, in parallel.
+    #[test]
+    fn bf16_gradients_mask_in_place_as_f32() {
+        let (plane, channels, images) = (37, 5, 3);
+        let len = plane * channels * images;
+        let z: Vec<f32> = (0..len)
+            .map(|i| (i as f32 * 0.61).sin() * 4.0 + 2.0)
+            .collect();
+        let g = rounded(
+            &(0..len)
+                .map(|i| (i as f32 * 0.37).cos() * 3.0)
+                .collect::<Vec<_>>(),
+        );
+        for activation in [Activation::Identity, Activation::Relu, Activation::Relu6] {
+            for z_bf16 in [false, true] {
+                let z_values = if z_bf16 { rounded(&z) } else { z.clone() };
+                let z16 = to_bf16(&z);
+                let z_stored = if z_bf16 {
+                    Stored::Bf16(&z16)
+                } else {
+                    Stored::F32(&z)
+                };
+                let mut want = g.clone();
+                let want_sums =
+                    mask_pre_activation_grad(&z_values, &mut want, plane, channels, activation);
+                let mut got = to_bf16(&g);
+                let sums = mask_pre_activation_grad_stored(
+                    z_stored,
+                    StoredMut::Bf16(&mut got),
+                    plane,
+                    channels,
+                    activation,
+                );
+                assert_eq!(got, to_bf16(&want), "{activation:?}, bf16 output {z_bf16}");
+                for (a, b) in sums.iter().zip(&want_sums) {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                        "{activation:?}: {a} vs {b}"
                     );
                 }
             }

@@ -643,8 +643,16 @@ mod pack {
         assert_eq!(out.len(), mp * kp);
         let fill = |(r, row): (usize, &mut [u16])| {
             let filled = if r < m.rows { m.cols } else { 0 };
-            for (c, v) in row[..filled].iter_mut().enumerate() {
-                *v = m.data[r * m.row_stride + c * m.col_stride].to_bits();
+            if filled > 0 && m.col_stride == 1 {
+                // A row-major row is already the packed row: one copy of its bits.
+                let src = &m.data[r * m.row_stride..][..filled];
+                // SAFETY: `bf16` is `repr(transparent)` over its `u16` bits.
+                let bits = unsafe { &*(src as *const [bf16] as *const [u16]) };
+                row[..filled].copy_from_slice(bits);
+            } else {
+                for (c, v) in row[..filled].iter_mut().enumerate() {
+                    *v = m.data[r * m.row_stride + c * m.col_stride].to_bits();
+                }
             }
             row[filled..].fill(0);
         };
@@ -1215,11 +1223,12 @@ mod tests {
                     MatrixRef::row_major(&b16, k, n),
                 )
             };
-            // A strided left operand: every other row of a taller matrix.
+            // With the transposed right operand a transposed (column-major) left one, else a
+            // strided one: every other row of a taller matrix.
             let (lv, lv16) = if transposed {
                 (
-                    MatrixRef::row_major(&a, m, k),
-                    MatrixRef::row_major(&a16, m, k),
+                    MatrixRef::row_major(&a, k, m).t(),
+                    MatrixRef::row_major(&a16, k, m).t(),
                 )
             } else {
                 (

@@ -16,14 +16,17 @@
 use std::mem::MaybeUninit;
 
 use gemm::Parallelism;
+use half::bf16;
 use rayon::prelude::*;
 
+use super::activation_kernels::Activation;
 use super::conv_geometry::im2col;
 pub use super::conv_geometry::{ChannelOrder, ConvGeometry};
 use super::gemm_views::{
-    MatmulPrecision, Matrix, MatrixRef, Operand, gemm, gemm_into_uninit, matmul_precision,
+    Epilogue, MatmulPrecision, Matrix, MatrixRef, Operand, gemm, gemm_into_uninit_then,
+    matmul_precision,
 };
-use super::stored::Stored;
+use super::stored::{Element, Storage, Stored, StoredVec};
 use super::vectorized::{sum_f64, vectorized};
 use super::{depthwise_input_grad, depthwise_weight_grad};
 
@@ -37,16 +40,17 @@ pub fn weight_grad(x: &[f32], gy: &[f32], g: &ConvGeometry) -> Option<Vec<f32>> 
 /// `None` also for a channels-last operand of a non-depthwise convolution.
 pub fn weight_grad_in(
     (x, x_order): (&[f32], ChannelOrder),
-    gy: (&[f32], ChannelOrder),
+    (gy, gy_order): (&[f32], ChannelOrder),
     g: &ConvGeometry,
 ) -> Option<Vec<f32>> {
-    weight_grad_stored((Stored::F32(x), x_order), gy, g)
+    weight_grad_stored((Stored::F32(x), x_order), (Stored::F32(gy), gy_order), g)
 }
 
-/// [`weight_grad_in`] from an input stored in f32 or bf16 ([`super::stored`]).
+/// [`weight_grad_in`] from an input and an output gradient each stored in f32 or bf16
+/// ([`super::stored`]).
 pub(super) fn weight_grad_stored(
     x: (Stored<'_>, ChannelOrder),
-    gy: (&[f32], ChannelOrder),
+    gy: (Stored<'_>, ChannelOrder),
     g: &ConvGeometry,
 ) -> Option<Vec<f32>> {
     let nchw = x.1 == ChannelOrder::First && gy.1 == ChannelOrder::First;
@@ -73,26 +77,45 @@ pub fn input_grad_in(
     (gy, order): (&[f32], ChannelOrder),
     g: &ConvGeometry,
 ) -> Option<Vec<f32>> {
+    let dx = input_grad_stored(weight, (Stored::F32(gy), order), g, Storage::F32)?;
+    Some(dx.into_f32())
+}
+
+/// [`input_grad_in`] from an output gradient stored in f32 or bf16, into the storage asked
+/// for (a bf16-stored input's gradient is bf16, see [`super::stored`]).
+pub(super) fn input_grad_stored(
+    weight: &[f32],
+    (gy, order): (Stored<'_>, ChannelOrder),
+    g: &ConvGeometry,
+    storage: Storage,
+) -> Option<StoredVec> {
     if g.is_depthwise() {
-        depthwise_input_grad::input_grad(weight, gy, g, order)
+        depthwise_input_grad::input_grad(weight, gy, g, order, storage)
     } else if g.groups == 1 && order == ChannelOrder::First {
-        Some(dense_input_grad(weight, gy, g))
+        Some(dense_input_grad(weight, gy, g, storage))
     } else {
         None
     }
 }
 
-fn dense_weight_grad(x: Stored<'_>, gy: &[f32], g: &ConvGeometry) -> Vec<f32> {
-    let widened: Vec<f32>;
+fn dense_weight_grad(x: Stored<'_>, gy: Stored<'_>, g: &ConvGeometry) -> Vec<f32> {
+    // Only a 1×1 convolution's bf16 products read a bf16 input as it lies, and only bf16
+    // products a bf16 output gradient; anything else (never asked for by our models) widens
+    // them first.
+    let (x_widened, gy_widened): (Vec<f32>, Vec<f32>);
     let x = match x {
-        Stored::F32(x) => Stored::F32(x),
-        // Only a 1×1 convolution's bf16 products read bf16 as it lies; anything else (never
-        // asked for by our models) widens it first.
         Stored::Bf16(_) if !(bf16_products() && g.is_plain_pointwise()) => {
-            widened = x.widened();
-            Stored::F32(&widened)
+            x_widened = x.widened();
+            Stored::F32(&x_widened)
         }
-        Stored::Bf16(x) => Stored::Bf16(x),
+        x => x,
+    };
+    let gy = match gy {
+        Stored::Bf16(_) if !bf16_products() => {
+            gy_widened = gy.widened();
+            Stored::F32(&gy_widened)
+        }
+        gy => gy,
     };
     let rows = g.col_rows();
     let size = g.out_channels * rows;
@@ -109,8 +132,10 @@ fn dense_weight_grad(x: Stored<'_>, gy: &[f32], g: &ConvGeometry) -> Vec<f32> {
                     n * g.in_channels * g.in_plane(),
                     g.in_channels * g.in_plane(),
                 );
-                let gy_n =
-                    &gy[n * g.out_channels * g.out_plane()..][..g.out_channels * g.out_plane()];
+                let gy_n = gy.slice(
+                    n * g.out_channels * g.out_plane(),
+                    g.out_channels * g.out_plane(),
+                );
                 let col_n = match x_n {
                     Stored::F32(x_n) if g.is_plain_pointwise() => {
                         Operand::F32(MatrixRef::transposed(x_n, g.out_plane(), rows))
@@ -127,7 +152,7 @@ fn dense_weight_grad(x: Stored<'_>, gy: &[f32], g: &ConvGeometry) -> Vec<f32> {
                 gemm(
                     Matrix::row_major(&mut dw, g.out_channels, rows),
                     true,
-                    &Operand::F32(MatrixRef::row_major(gy_n, g.out_channels, g.out_plane())),
+                    &rows_operand(gy_n, g.out_channels, g.out_plane()),
                     &col_n,
                     Parallelism::None,
                 );
@@ -150,11 +175,50 @@ fn bf16_products() -> bool {
     matmul_precision() == MatmulPrecision::Bf16
 }
 
-fn dense_input_grad(weight: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f32> {
+/// `rows × cols` stored values as a row-major GEMM operand.
+fn rows_operand(values: Stored<'_>, rows: usize, cols: usize) -> Operand<'_> {
+    match values {
+        Stored::F32(v) => Operand::F32(MatrixRef::row_major(v, rows, cols)),
+        Stored::Bf16(v) => Operand::Bf16View(MatrixRef::row_major(v, rows, cols)),
+    }
+}
+
+/// The input gradient of a dense convolution, stored as `storage` says: a bf16 output
+/// gradient read as it lies and a bf16 result written by the AMX store under bf16 products;
+/// without them (never asked for by our models) through f32.
+fn dense_input_grad(
+    weight: &[f32],
+    gy: Stored<'_>,
+    g: &ConvGeometry,
+    storage: Storage,
+) -> StoredVec {
+    if !bf16_products() {
+        let widened;
+        let gy = match gy {
+            Stored::F32(gy) => gy,
+            Stored::Bf16(_) => {
+                widened = gy.widened();
+                &widened
+            }
+        };
+        let dx: Vec<f32> = dense_input_grad_into(weight, Stored::F32(gy), g);
+        return match storage {
+            Storage::F32 => StoredVec::F32(dx),
+            Storage::Bf16 => StoredVec::Bf16(dx.into_iter().map(bf16::from_f32).collect()),
+        };
+    }
+    match storage {
+        Storage::F32 => StoredVec::F32(dense_input_grad_into(weight, gy, g)),
+        Storage::Bf16 => StoredVec::Bf16(dense_input_grad_into(weight, gy, g)),
+    }
+}
+
+/// [`dense_input_grad`] into `T` (bf16 only under bf16 products).
+fn dense_input_grad_into<T: Element>(weight: &[f32], gy: Stored<'_>, g: &ConvGeometry) -> Vec<T> {
     let rows = g.col_rows();
     let image = g.in_channels * g.in_plane();
     let len = g.batch * image;
-    let mut dx: Vec<f32> = Vec::with_capacity(len);
+    let mut dx: Vec<T> = Vec::with_capacity(len);
     // Parallel over images when there are enough of them, else inside each GEMM.
     let across_images = g.batch >= rayon::current_num_threads();
     let inner = if across_images {
@@ -165,12 +229,16 @@ fn dense_input_grad(weight: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f32> {
     // col[r, p] = Σ_co weight[co, r] · gy[co, p]; the weight is shared by every image.
     let w_t = Operand::lhs(MatrixRef::transposed(weight, rows, g.out_channels), true);
     // `col` is one patch-matrix buffer per thread, overwritten by each image's GEMM.
-    let run = |col: &mut Vec<f32>, (n, dx_n): (usize, &mut [MaybeUninit<f32>])| {
-        let gy_n = &gy[n * g.out_channels * g.out_plane()..][..g.out_channels * g.out_plane()];
-        let gy_m = Operand::F32(MatrixRef::row_major(gy_n, g.out_channels, g.out_plane()));
+    let run = |col: &mut Vec<f32>, (n, dx_n): (usize, &mut [MaybeUninit<T>])| {
+        let gy_n = gy.slice(
+            n * g.out_channels * g.out_plane(),
+            g.out_channels * g.out_plane(),
+        );
+        let gy_m = rows_operand(gy_n, g.out_channels, g.out_plane());
         if g.is_plain_pointwise() {
             // The product is the image's whole gradient: written, never zeroed first.
-            gemm_into_uninit(dx_n, rows, g.out_plane(), &w_t, &gy_m, inner);
+            let identity = Epilogue::activation(Activation::Identity);
+            gemm_into_uninit_then(dx_n, rows, g.out_plane(), &w_t, &gy_m, inner, identity);
         } else {
             col.resize(rows * g.out_plane(), 0.0);
             gemm(
@@ -180,13 +248,11 @@ fn dense_input_grad(weight: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f32> {
                 &gy_m,
                 inner,
             );
-            for v in dx_n.iter_mut() {
-                v.write(0.0);
+            let mut sums = vec![0.0f32; image];
+            col2im_add(col, g, &mut sums);
+            for (d, v) in dx_n.iter_mut().zip(sums) {
+                d.write(T::from_f32(v));
             }
-            // SAFETY: every element was just written, and `MaybeUninit<f32>` has the layout
-            // of `f32`.
-            let dx_n = unsafe { &mut *(dx_n as *mut [MaybeUninit<f32>] as *mut [f32]) };
-            col2im_add(col, g, dx_n);
         }
     };
     let out = &mut dx.spare_capacity_mut()[..len];

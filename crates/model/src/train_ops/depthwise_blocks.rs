@@ -216,6 +216,26 @@ pub(super) fn deinterleave_bf16(
     }
 }
 
+/// An element type block rows are copied back to NCHW planes in: f32 ([`deinterleave`]) or
+/// bf16 ([`deinterleave_bf16`]).
+pub(super) trait PlaneElement: stored::Element {
+    fn deinterleave(line: &[f32], planes: &mut [MaybeUninit<Self>], plane: usize, start: usize);
+}
+
+impl PlaneElement for f32 {
+    #[inline]
+    fn deinterleave(line: &[f32], planes: &mut [MaybeUninit<Self>], plane: usize, start: usize) {
+        deinterleave(line, planes, plane, start)
+    }
+}
+
+impl PlaneElement for bf16 {
+    #[inline]
+    fn deinterleave(line: &[f32], planes: &mut [MaybeUninit<Self>], plane: usize, start: usize) {
+        deinterleave_bf16(line, planes, plane, start)
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;

@@ -19,30 +19,38 @@ use rayon::prelude::*;
 
 use super::activation_kernels::Activation;
 use super::conv_geometry::{ChannelOrder, ConvGeometry};
-use super::depthwise_blocks::{self, BlockKernel, LANES, Lanes, PaddedInput, lanes, lanes_mut};
+use super::depthwise_blocks::{
+    self, BlockKernel, LANES, Lanes, PaddedInput, PlaneElement, lanes, lanes_mut,
+};
 use super::depthwise_forward;
-use super::stored::Stored;
+use super::stored::{Storage, Stored, StoredVec};
 use super::vectorized::Simd;
 
 /// `dL/dx` of a depthwise convolution (`g.is_depthwise()`), `[batch, channels, in_h, in_w]`
-/// laid out as `gy` (`order`); `weight` is `[channels, 1, kernel_h, kernel_w]`. `None` for a
+/// laid out as `gy` (`order`) and stored as `storage` says (NCHW only; a channels-last result
+/// is f32); `weight` is `[channels, 1, kernel_h, kernel_w]`, `gy` f32 or bf16. `None` for a
 /// channels-last `gy` of a strided convolution (the scatter form is NCHW only).
 pub(super) fn input_grad(
     weight: &[f32],
-    gy: &[f32],
+    gy: Stored<'_>,
     g: &ConvGeometry,
     order: ChannelOrder,
-) -> Option<Vec<f32>> {
+    storage: Storage,
+) -> Option<StoredVec> {
     match (flipped_correlation(g), order) {
-        (Some(flipped), _) => Some(depthwise_forward::forward_f32(
-            Stored::F32(gy),
+        (Some(flipped), _) => Some(depthwise_forward::forward(
+            gy,
             &flip_taps(weight, g.kernel_h * g.kernel_w),
             None,
             &flipped,
             Activation::Identity,
             order,
+            storage,
         )),
-        (None, ChannelOrder::First) => Some(scattered(Simd::detect(), weight, gy, g)),
+        (None, ChannelOrder::First) => Some(match storage {
+            Storage::F32 => StoredVec::F32(scattered(Simd::detect(), weight, gy, g)),
+            Storage::Bf16 => StoredVec::Bf16(scattered(Simd::detect(), weight, gy, g)),
+        }),
         (None, ChannelOrder::Last) => None,
     }
 }
@@ -75,8 +83,14 @@ fn flip_taps(weight: &[f32], taps: usize) -> Vec<f32> {
         .collect()
 }
 
-/// The scatter form, for any stride (the tests run it on stride-1 geometries too).
-fn scattered(simd: Simd, weight: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f32> {
+/// The scatter form, for any stride (the tests run it on stride-1 geometries too), into f32
+/// or bf16 (`T`).
+fn scattered<T: PlaneElement>(
+    simd: Simd,
+    weight: &[f32],
+    gy: Stored<'_>,
+    g: &ConvGeometry,
+) -> Vec<T> {
     let channels = g.in_channels;
     let taps = g.kernel_h * g.kernel_w;
     let block_weights = depthwise_blocks::block_weights(weight, channels, taps);
@@ -84,7 +98,7 @@ fn scattered(simd: Simd, weight: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f3
     let grad_layout = PaddedInput::unpadded(g.out_h, g.out_w);
     let in_plane = g.in_plane();
     let len = g.batch * channels * in_plane;
-    let mut dx: Vec<f32> = Vec::with_capacity(len);
+    let mut dx: Vec<T> = Vec::with_capacity(len);
     let jobs =
         depthwise_blocks::plane_blocks(&mut dx.spare_capacity_mut()[..len], channels, in_plane);
     jobs.into_par_iter().for_each_init(
@@ -92,15 +106,7 @@ fn scattered(simd: Simd, weight: &[f32], gy: &[f32], g: &ConvGeometry) -> Vec<f3
         |(grad, sums), (n, block, planes)| {
             let lanes = planes.len() / in_plane;
             let c0 = block * LANES;
-            grad_layout.fill_from(
-                Stored::F32(gy),
-                ChannelOrder::First,
-                n,
-                channels,
-                c0,
-                lanes,
-                grad,
-            );
+            grad_layout.fill_from(gy, ChannelOrder::First, n, channels, c0, lanes, grad);
             sums.clear();
             sums.resize(padded.height * padded.width * LANES, 0.0);
             depthwise_blocks::run(
@@ -163,16 +169,18 @@ impl BlockKernel for Scatter<'_> {
     }
 }
 
-/// Copies the input positions of the padded buffer `sums` to the block's NCHW `planes`, and
-/// zeros where no tap reaches (input rows or columns past the padded buffer's reach).
-fn write_interior(
+/// Copies the input positions of the padded buffer `sums` to the block's NCHW `planes` (f32,
+/// or rounded to bf16), and zeros where no tap reaches (input rows or columns past the padded
+/// buffer's reach).
+fn write_interior<T: PlaneElement>(
     sums: &[f32],
     padded: &PaddedInput,
     g: &ConvGeometry,
-    planes: &mut [MaybeUninit<f32>],
+    planes: &mut [MaybeUninit<T>],
 ) {
     let (top, left) = (g.pad_begin[0], g.pad_begin[1]);
     let in_plane = g.in_plane();
+    let zero = T::from_f32(0.0);
     if planes.len() == LANES * in_plane {
         // Whole rows through the transposes; zeros where no tap reached.
         let cols = g.in_w.min(padded.width.saturating_sub(left));
@@ -181,12 +189,12 @@ fn write_interior(
             let mut written = 0;
             if py < padded.height {
                 let line = &sums[(py * padded.width + left) * LANES..][..cols * LANES];
-                depthwise_blocks::deinterleave(line, planes, in_plane, start);
+                T::deinterleave(line, planes, in_plane, start);
                 written = cols;
             }
             for plane in planes.chunks_mut(in_plane) {
                 for out in &mut plane[start + written..start + g.in_w] {
-                    out.write(0.0);
+                    out.write(zero);
                 }
             }
         }
@@ -202,7 +210,7 @@ fn write_interior(
                 } else {
                     0.0
                 };
-                out.write(v);
+                out.write(T::from_f32(v));
             }
         }
     }
@@ -211,6 +219,7 @@ fn write_interior(
 #[cfg(test)]
 mod tests {
     use super::super::depthwise_blocks::nchw_to_nhwc;
+    use super::super::stored;
     use super::*;
 
     /// The scatter form on every instruction set this CPU has, against the definition, on a
@@ -283,18 +292,39 @@ mod tests {
             }
             let mut results: Vec<(String, Vec<f32>)> = available
                 .into_iter()
-                .map(|simd| (format!("{simd:?}"), scattered(simd, &w, &gy, &g)))
+                .map(|simd| {
+                    let got: Vec<f32> = scattered(simd, &w, Stored::F32(&gy), &g);
+                    (format!("{simd:?}"), got)
+                })
                 .collect();
-            let production = input_grad(&w, &gy, &g, ChannelOrder::First).unwrap();
+            let f32_grad = |gy: &[f32], order| {
+                input_grad(&w, Stored::F32(gy), &g, order, Storage::F32).map(StoredVec::into_f32)
+            };
+            let production = f32_grad(&gy, ChannelOrder::First).unwrap();
             // Channels-last: the same values, transposed (stride 1), or not covered.
             let gy_last = nchw_to_nhwc(&gy, g.batch, g.in_channels, g.out_plane());
-            match input_grad(&w, &gy_last, &g, ChannelOrder::Last) {
+            match f32_grad(&gy_last, ChannelOrder::Last) {
                 Some(last) => assert_eq!(
                     last,
                     nchw_to_nhwc(&production, g.batch, g.in_channels, g.in_plane())
                 ),
                 None => assert_ne!(g.stride, [1, 1]),
             }
+            // A bf16 output gradient, into bf16: the f32 path on its widened values, each
+            // result rounded (either form).
+            let gy_bf16 = stored::to_bf16(&gy);
+            let from_rounded = f32_grad(&stored::rounded(&gy), ChannelOrder::First).unwrap();
+            let bf16_grad = input_grad(
+                &w,
+                Stored::Bf16(&gy_bf16),
+                &g,
+                ChannelOrder::First,
+                Storage::Bf16,
+            );
+            assert_eq!(
+                bf16_grad,
+                Some(StoredVec::Bf16(stored::to_bf16(&from_rounded)))
+            );
             results.push(("production path".into(), production));
             for (name, got) in results {
                 assert_eq!(got.len(), want.len());

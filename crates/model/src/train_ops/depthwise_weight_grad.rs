@@ -28,10 +28,10 @@ const TAPS_AT_ONCE: usize = 8;
 const JOBS_PER_THREAD: usize = 4;
 
 /// `dL/dweight` of a depthwise convolution (`g.is_depthwise()`), `[channels, 1, kh, kw]`, from
-/// its input `x` (f32 or bf16) and output gradient `gy`, each laid out as its order says.
+/// its input `x` and output gradient `gy` (each f32 or bf16), each laid out as its order says.
 pub(super) fn weight_grad(
     x: (Stored<'_>, ChannelOrder),
-    gy: (&[f32], ChannelOrder),
+    gy: (Stored<'_>, ChannelOrder),
     g: &ConvGeometry,
 ) -> Vec<f32> {
     weight_grad_on(Simd::detect(), x, gy, g)
@@ -40,7 +40,7 @@ pub(super) fn weight_grad(
 fn weight_grad_on(
     simd: Simd,
     (x, x_order): (Stored<'_>, ChannelOrder),
-    (gy, gy_order): (&[f32], ChannelOrder),
+    (gy, gy_order): (Stored<'_>, ChannelOrder),
     g: &ConvGeometry,
 ) -> Vec<f32> {
     let channels = g.out_channels;
@@ -73,7 +73,7 @@ fn weight_grad_on(
                 let mut sums = vec![0.0f32; taps * LANES];
                 for n in images {
                     padded.fill_from(x, x_order, n, channels, c0, lanes, input);
-                    grad_layout.fill_from(Stored::F32(gy), gy_order, n, channels, c0, lanes, grad);
+                    grad_layout.fill_from(gy, gy_order, n, channels, c0, lanes, grad);
                     depthwise_blocks::run(
                         simd,
                         Accumulate {
@@ -230,7 +230,7 @@ mod tests {
             let got = weight_grad_on(
                 simd,
                 (Stored::F32(&x), ChannelOrder::First),
-                (&gy, ChannelOrder::First),
+                (Stored::F32(&gy), ChannelOrder::First),
                 &g,
             );
             for (a, w) in got.iter().zip(&want) {
@@ -240,36 +240,30 @@ mod tests {
             for (xs, gys) in [
                 (
                     (Stored::F32(&x_last), ChannelOrder::Last),
-                    (&gy[..], ChannelOrder::First),
+                    (Stored::F32(&gy), ChannelOrder::First),
                 ),
                 (
                     (Stored::F32(&x), ChannelOrder::First),
-                    (&gy_last[..], ChannelOrder::Last),
+                    (Stored::F32(&gy_last), ChannelOrder::Last),
                 ),
                 (
                     (Stored::F32(&x_last), ChannelOrder::Last),
-                    (&gy_last[..], ChannelOrder::Last),
+                    (Stored::F32(&gy_last), ChannelOrder::Last),
                 ),
             ] {
                 assert_eq!(weight_grad_on(simd, xs, gys, &g), got, "{simd:?}");
             }
-            // An input stored in bf16: the sums of its widened values, in the same order.
+            // An input and an output gradient stored in bf16: the sums of their widened
+            // values, in the same order.
             let (x_bf16, x_rounded) = (stored::to_bf16(&x), stored::rounded(&x));
-            let first = |x| (x, ChannelOrder::First);
+            let (gy_bf16, gy_rounded) = (stored::to_bf16(&gy), stored::rounded(&gy));
+            let first = |v| (v, ChannelOrder::First);
+            let bf16_stored = (Stored::Bf16(&x_bf16), Stored::Bf16(&gy_bf16));
+            let rounded = (Stored::F32(&x_rounded), Stored::F32(&gy_rounded));
             assert_eq!(
-                weight_grad_on(
-                    simd,
-                    first(Stored::Bf16(&x_bf16)),
-                    (&gy, ChannelOrder::First),
-                    &g
-                ),
-                weight_grad_on(
-                    simd,
-                    first(Stored::F32(&x_rounded)),
-                    (&gy, ChannelOrder::First),
-                    &g
-                ),
-                "{simd:?}, bf16 input"
+                weight_grad_on(simd, first(bf16_stored.0), first(bf16_stored.1), &g),
+                weight_grad_on(simd, first(rounded.0), first(rounded.1), &g),
+                "{simd:?}, bf16 input and output gradient"
             );
         }
     }

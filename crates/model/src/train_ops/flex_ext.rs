@@ -61,7 +61,7 @@ use super::linear_kernels::{self, LinearActivation, Weight, WeightLayout};
 use super::max_pool_kernels::{self, PoolGeometry};
 use super::op_profile::{self, OpKind, Phase};
 use super::row_scale_kernels;
-use super::stored::{Storage, Stored, StoredVec};
+use super::stored::{Storage, Stored, StoredMut, StoredVec};
 use super::{MatmulPrecision, matmul_precision};
 
 #[backend_extension(Flex, Autodiff)]
@@ -920,13 +920,16 @@ fn conv_bias_backward(
     let weight = checkpointer.retrieve_node_output::<FlexTensor>(weight_state);
     let kind = conv_kind(&x, &weight, options.groups);
     op_profile::timed(kind, Phase::Backward, || {
+        // The bias's gradient in the parameters' dtype (a bf16-stored output's gradient is
+        // bf16, the bias f32).
+        let params = weight.dtype();
         let (gy, bias_grad) = match activated {
             Some((output, activation)) => {
-                let (gy, sums) = pre_activation_grad(&output, gy, activation);
+                let (gy, sums) = pre_activation_grad(&output, gy, activation, params);
                 (gy, Some(sums))
             }
             None => {
-                let bias_grad = node_bias.is_some().then(|| conv_bias_grad(&gy));
+                let bias_grad = node_bias.is_some().then(|| conv_bias_grad(&gy, params));
                 (gy, bias_grad)
             }
         };
@@ -936,7 +939,11 @@ fn conv_bias_backward(
         // The residual's gradient is the output gradient's buffer itself (no copy), registered
         // once the convolution's gradients are done with it; where the residual already has a
         // gradient (a ResNet block's input also feeds its first convolution) burn adds the two.
-        let residual_grad = node_residual.map(|id| (id, gy.clone()));
+        // (Our fused residual is f32: an output gradient stored in bf16 is widened for it.)
+        let residual_grad = node_residual.map(|id| match gy.dtype() {
+            DType::BF16 => (id, contiguous_f32(gy.clone())),
+            _ => (id, gy.clone()),
+        });
         register_conv_grads([node_x, node_weight], x, weight, gy, options, grads);
         if let Some((id, grad)) = residual_grad {
             grads.register::<Flex>(id, grad);
@@ -957,14 +964,14 @@ fn register_conv_grads(
     // burn's gradients (where ours do not apply) take an f32 input, never a bf16-stored one.
     if let Some(id) = node_x {
         let grad = our_grad(ConvGrad::Input, &x, &weight, &gy, &options).unwrap_or_else(|| {
-            let x = contiguous_f32(x.clone());
-            Flex::conv2d_x_backward(x, weight.clone(), gy.clone(), options.clone())
+            let (x, gy) = (contiguous_f32(x.clone()), contiguous_f32(gy.clone()));
+            Flex::conv2d_x_backward(x, weight.clone(), gy, options.clone())
         });
         grads.register::<Flex>(id, grad);
     }
     if let Some(id) = node_weight {
         let grad = our_grad(ConvGrad::Weight, &x, &weight, &gy, &options).unwrap_or_else(|| {
-            Flex::conv2d_weight_backward(contiguous_f32(x), weight, gy, options)
+            Flex::conv2d_weight_backward(contiguous_f32(x), weight, contiguous_f32(gy), options)
         });
         grads.register::<Flex>(id, grad);
     }
@@ -972,7 +979,7 @@ fn register_conv_grads(
 
 /// The gradient of `conv2d(…) + bias` with respect to `bias`: the output gradient summed over
 /// every image and position of each channel, from a channels-last gradient as it lies.
-fn conv_bias_grad(gy: &FlexTensor) -> FlexTensor {
+fn conv_bias_grad(gy: &FlexTensor, dtype: DType) -> FlexTensor {
     let [batch, channels, h, w] = gy.shape().dims();
     let sums = match channels_last_values(gy) {
         Some(values) => linear_kernels::bias_grad(values, channels),
@@ -983,7 +990,7 @@ fn conv_bias_grad(gy: &FlexTensor) -> FlexTensor {
     };
     cast_from_f32(
         FlexTensor::from_data(TensorData::new(sums, [channels])),
-        gy.dtype(),
+        dtype,
     )
 }
 
@@ -994,15 +1001,13 @@ fn pre_activation_grad(
     output: &FlexTensor,
     gy: FlexTensor,
     activation: Activation,
+    sums_dtype: DType,
 ) -> (FlexTensor, FlexTensor) {
     let (shape, dtype) = (output.shape(), gy.dtype());
     let [_, channels, _, _] = shape.dims();
-    // The output as it was stored (f32, or bf16 under mixed precision).
-    let output = match output.dtype() {
-        DType::BF16 => output.to_contiguous(),
-        _ => contiguous_f32(output.clone()),
-    };
-    let mut gy = owned_f32(gy);
+    // The output and its gradient as they are stored (f32, or bf16 under mixed precision).
+    let output = contiguous_stored(output.clone());
+    let mut gy = owned_stored(gy);
     let sums = activation_kernels::mask_pre_activation_grad_stored(
         stored_values(&output).expect("a contiguous f32 or bf16 output"),
         owned_values(&mut gy),
@@ -1011,34 +1016,61 @@ fn pre_activation_grad(
         activation,
     );
     let sums = FlexTensor::from_data(TensorData::new(sums, [channels]));
-    (cast_from_f32(gy, dtype), cast_from_f32(sums, dtype))
+    let gy = match gy.dtype() {
+        DType::BF16 => gy,
+        _ => cast_from_f32(gy, dtype),
+    };
+    (gy, cast_from_f32(sums, sums_dtype))
 }
 
-/// `t` as a contiguous f32 tensor whose values are its own to overwrite (for a kernel that
-/// writes a gradient over the output gradient it reads, [`pre_activation_grad`]): `t` itself
-/// when nothing else holds its values, else a copy.
-fn owned_f32(t: FlexTensor) -> FlexTensor {
-    let mut t = contiguous_f32(t);
+/// `t` contiguous, as f32 unless it is stored in bf16 (which our kernels read as it is).
+fn contiguous_stored(t: FlexTensor) -> FlexTensor {
+    match t.dtype() {
+        DType::BF16 => t.to_contiguous(),
+        _ => contiguous_f32(t),
+    }
+}
+
+/// `t` as a contiguous f32 or bf16 tensor ([`contiguous_stored`]) whose values are its own to
+/// overwrite (for a kernel that writes a gradient over the output gradient it reads,
+/// [`pre_activation_grad`]): `t` itself when nothing else holds its values, else a copy.
+fn owned_stored(t: FlexTensor) -> FlexTensor {
+    let mut t = contiguous_stored(t);
     if unique_values_mut(&mut t).is_none() {
-        t = FlexTensor::from_data(TensorData::new(f32_slice(&t).to_vec(), t.shape()));
+        t = match t.dtype() {
+            DType::BF16 => {
+                let values = t.as_slice::<half::bf16>().map(<[_]>::to_vec);
+                FlexTensor::from_data(TensorData::new(values.unwrap_or_default(), t.shape()))
+            }
+            _ => FlexTensor::from_data(TensorData::new(f32_slice(&t).to_vec(), t.shape())),
+        };
     }
     t
 }
 
-/// The values of a tensor from [`owned_f32`], to overwrite.
-fn owned_values(t: &mut FlexTensor) -> &mut [f32] {
-    unique_values_mut(t).expect("owned_f32 returns a tensor that alone holds its values")
+/// The values of a tensor from [`owned_stored`], to overwrite.
+fn owned_values(t: &mut FlexTensor) -> StoredMut<'_> {
+    unique_values_mut(t).expect("owned_stored returns a tensor that alone holds its values")
 }
 
-/// The values of a contiguous f32 tensor to overwrite, when it is their only holder and they
-/// are its whole buffer.
-fn unique_values_mut(t: &mut FlexTensor) -> Option<&mut [f32]> {
+/// The values of a contiguous f32 or bf16 tensor to overwrite, when it is their only holder
+/// and they are its whole buffer.
+fn unique_values_mut(t: &mut FlexTensor) -> Option<StoredMut<'_>> {
     let len = t.shape().num_elements();
-    if t.dtype() != DType::F32 || t.layout().contiguous_offsets() != Some((0, len)) {
+    if t.layout().contiguous_offsets() != Some((0, len)) {
         return None;
     }
-    t.try_storage_mut::<f32>()
-        .filter(|values| values.len() == len)
+    match t.dtype() {
+        DType::F32 => t
+            .try_storage_mut::<f32>()
+            .filter(|values| values.len() == len)
+            .map(StoredMut::F32),
+        DType::BF16 => t
+            .try_storage_mut::<half::bf16>()
+            .filter(|values| values.len() == len)
+            .map(StoredMut::Bf16),
+        _ => None,
+    }
 }
 
 /// The profile's kind of a convolution of `x` with `weight` in `groups` groups.
@@ -1093,23 +1125,27 @@ fn our_grad(
             return grad;
         }
     }
-    let gy = gy.to_contiguous();
-    let gy = gy.as_slice::<f32>()?;
-    let (values, shape) = match which {
+    let gy = contiguous_stored(gy.clone());
+    let gy = (stored_values(&gy)?, ChannelOrder::First);
+    match which {
         ConvGrad::Input => {
+            // The gradient of a bf16-stored input is stored in bf16 too.
+            let storage = match x.dtype() {
+                DType::BF16 => Storage::Bf16,
+                _ => Storage::F32,
+            };
             let weight_values = weight.to_contiguous();
-            let dx = kernels::input_grad(weight_values.as_slice::<f32>()?, gy, &geometry)?;
-            (dx, x.shape())
+            let weight_values = weight_values.as_slice::<f32>()?;
+            let dx = kernels::input_grad_stored(weight_values, gy, &geometry, storage)?;
+            Some(stored_tensor(dx, x.shape()))
         }
         ConvGrad::Weight => {
-            let x_values = x.to_contiguous();
+            let x_values = contiguous_stored(x.clone());
             let x_values = (stored_values(&x_values)?, ChannelOrder::First);
-            let gy = (gy, ChannelOrder::First);
             let dw = kernels::weight_grad_stored(x_values, gy, &geometry)?;
-            (dw, weight.shape())
+            Some(FlexTensor::from_data(TensorData::new(dw, weight.shape())))
         }
-    };
-    Some(FlexTensor::from_data(TensorData::new(values, shape)))
+    }
 }
 
 /// The NHWC values of a `[n, c, h, w]` f32 tensor whose memory is channels-last — an NHWC
@@ -1265,10 +1301,15 @@ fn our_forward(
         activation,
         storage,
     )?;
-    Some(match y {
-        StoredVec::F32(y) => FlexTensor::from_data(TensorData::new(y, out_shape)),
-        StoredVec::Bf16(y) => FlexTensor::from_data(TensorData::new(y, out_shape)),
-    })
+    Some(stored_tensor(y, out_shape))
+}
+
+/// A kernel's output as a tensor of `shape`, in the dtype it was stored in.
+fn stored_tensor(values: StoredVec, shape: impl Into<burn::tensor::Shape>) -> FlexTensor {
+    match values {
+        StoredVec::F32(v) => FlexTensor::from_data(TensorData::new(v, shape)),
+        StoredVec::Bf16(v) => FlexTensor::from_data(TensorData::new(v, shape)),
+    }
 }
 
 /// The values of a contiguous f32 or bf16 tensor as our kernels read them.

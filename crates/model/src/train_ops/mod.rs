@@ -12,10 +12,13 @@
 //! [`gelu_kernels`] in place of flex's scalar-libm GELU; an inference `Linear` runs
 //! [`linear_kernels`] (product, bias and GELU in one pass); and an AdamW step runs
 //! [`adamw_kernels`] (one parallel pass per parameter, the clipping factor inside) after
-//! [`grad_norm_kernels`]' global-norm sums. Only f32 tensors take these paths. In a training
-//! pass a convolution's bias and activation, when it has them (a frozen batch norm folded into
-//! it, then ReLU/ReLU6), run in the same operation: forward in its output pass, backward as one
-//! in-place pass over the output gradient ([`activation_kernels`]) with the bias's channel sums.
+//! [`grad_norm_kernels`]' global-norm sums. Only f32 tensors take these paths, except the
+//! activations a convolution is asked to keep in bf16 under mixed precision ([`stored`]: an
+//! inverted-residual block's expanded ones) and their gradients, which the convolution kernels
+//! read and write. In a training pass a convolution's bias and activation, when it has them (a
+//! frozen batch norm folded into it, then ReLU/ReLU6), run in the same operation: forward in
+//! its output pass, backward as one in-place pass over the output gradient
+//! ([`activation_kernels`]) with the bias's channel sums.
 //! [`op_profile`] times these operations by kind, forward, backward
 //! and in the optimiser step, when asked.
 
