@@ -563,18 +563,13 @@ mod pack {
             return;
         }
         let fill = |(r, row): (usize, &mut [u16])| {
-            let filled = if r < m.rows { m.cols } else { 0 };
-            if filled > 0 {
-                if m.col_stride == 1 {
-                    let src = &m.data[r * m.row_stride..][..m.cols];
-                    convert(src, &mut row[..m.cols]);
-                } else {
-                    for (c, v) in row[..m.cols].iter_mut().enumerate() {
-                        *v = bf16(m.data[r * m.row_stride + c * m.col_stride]);
-                    }
-                }
+            if r < m.rows && m.col_stride == 1 {
+                let src = &m.data[r * m.row_stride..][..m.cols];
+                convert(src, &mut row[..m.cols]);
+                row[m.cols..].fill(0);
+            } else {
+                row_by_value(m, r, row);
             }
-            row[filled..].fill(0);
         };
         for_each_chunk(out, kp, parallel, fill);
     }
@@ -592,28 +587,12 @@ mod pack {
         };
         let fill = |block: usize, tile: &mut [u16]| {
             let c0 = block * 16;
-            if c0 >= m.cols {
-                tile.fill(0);
-                return;
-            }
-            let width = (m.cols - c0).min(16);
-            if m.col_stride != 1 && m.row_stride == 1 && simd::usable() {
+            if c0 < m.cols && m.col_stride != 1 && m.row_stride == 1 && simd::usable() {
                 // SAFETY: the CPU has AVX-512BW and AVX512-BF16 (`usable`); `tile` is one
                 // 16-column block of `kp` rows, and reads stay inside `m` (masked to its size).
                 unsafe { simd::pairs_from_columns(m, c0, kp, tile) };
-                return;
-            }
-            tile.fill(0);
-            for (p, pair) in tile.chunks_mut(32).enumerate() {
-                for e in 0..2 {
-                    let r = 2 * p + e;
-                    if r >= m.rows {
-                        break;
-                    }
-                    for c in 0..width {
-                        pair[2 * c + e] = bf16(m.data[r * m.row_stride + (c0 + c) * m.col_stride]);
-                    }
-                }
+            } else {
+                pairs_by_value(m, c0, tile);
             }
         };
         let fill_group = |(group, tiles): (usize, &mut [u16])| {
@@ -642,19 +621,16 @@ mod pack {
     ) {
         assert_eq!(out.len(), mp * kp);
         let fill = |(r, row): (usize, &mut [u16])| {
-            let filled = if r < m.rows { m.cols } else { 0 };
-            if filled > 0 && m.col_stride == 1 {
+            if r < m.rows && m.col_stride == 1 {
                 // A row-major row is already the packed row: one copy of its bits.
-                let src = &m.data[r * m.row_stride..][..filled];
+                let src = &m.data[r * m.row_stride..][..m.cols];
                 // SAFETY: `bf16` is `repr(transparent)` over its `u16` bits.
                 let bits = unsafe { &*(src as *const [bf16] as *const [u16]) };
-                row[..filled].copy_from_slice(bits);
+                row[..m.cols].copy_from_slice(bits);
+                row[m.cols..].fill(0);
             } else {
-                for (c, v) in row[..filled].iter_mut().enumerate() {
-                    *v = m.data[r * m.row_stride + c * m.col_stride].to_bits();
-                }
+                row_by_value(m, r, row);
             }
-            row[filled..].fill(0);
         };
         for_each_chunk(out, kp, parallel, fill);
     }
@@ -674,35 +650,16 @@ mod pack {
         let column_major = m.row_stride == 1 && m.col_stride != 1 && simd::usable();
         let fill = |(block, tile): (usize, &mut [u16])| {
             let c0 = block * 16;
-            if c0 >= m.cols {
-                tile.fill(0);
-                return;
-            }
-            let width = (m.cols - c0).min(16);
-            if row_major && width == 16 {
+            if row_major && c0 + 16 <= m.cols {
                 // SAFETY: AVX-512 BW (`usable`); a full block of 16 columns from `c0`, `tile`
                 // one block of `kp` rows.
                 unsafe { simd::bf16_pairs_16(m, c0, tile) };
-                return;
-            }
-            if column_major {
+            } else if column_major && c0 < m.cols {
                 // SAFETY: AVX-512 BW (`usable`); `tile` is one 16-column block of `kp` rows,
                 // reads masked to `m`'s size.
                 unsafe { simd::bf16_pairs_from_columns(m, c0, kp, tile) };
-                return;
-            }
-            tile.fill(0);
-            for (p, pair) in tile.chunks_mut(32).enumerate() {
-                for e in 0..2 {
-                    let r = 2 * p + e;
-                    if r >= m.rows {
-                        break;
-                    }
-                    for c in 0..width {
-                        pair[2 * c + e] =
-                            m.data[r * m.row_stride + (c0 + c) * m.col_stride].to_bits();
-                    }
-                }
+            } else {
+                pairs_by_value(m, c0, tile);
             }
         };
         for_each_chunk(out, 16 * kp, parallel, fill);
@@ -710,6 +667,51 @@ mod pack {
 
     /// 16-column blocks packed together by [`pairs`].
     const GROUP: usize = 4;
+
+    /// An element the packers take: f32 (rounded to bf16) or bf16 (as it is).
+    trait Source: Copy {
+        fn bits(self) -> u16;
+    }
+
+    impl Source for f32 {
+        fn bits(self) -> u16 {
+            bf16(self)
+        }
+    }
+
+    impl Source for half::bf16 {
+        fn bits(self) -> u16 {
+            self.to_bits()
+        }
+    }
+
+    /// Row `r` of `m` into `row`, zero-padded (all zero past `m`'s rows), one value at a
+    /// time: the path of any strides the vector packers do not take.
+    fn row_by_value<T: Source>(m: &MatrixRef<'_, T>, r: usize, row: &mut [u16]) {
+        let filled = if r < m.rows { m.cols } else { 0 };
+        for (c, v) in row[..filled].iter_mut().enumerate() {
+            *v = m.data[r * m.row_stride + c * m.col_stride].bits();
+        }
+        row[filled..].fill(0);
+    }
+
+    /// The 16-column block from `c0` of `m` in the pair-interleaved layout (`tile`, zero past
+    /// `m`), one value at a time.
+    fn pairs_by_value<T: Source>(m: &MatrixRef<'_, T>, c0: usize, tile: &mut [u16]) {
+        let width = m.cols.saturating_sub(c0).min(16);
+        tile.fill(0);
+        for (p, pair) in tile.chunks_mut(32).enumerate() {
+            for e in 0..2 {
+                let r = 2 * p + e;
+                if r >= m.rows {
+                    break;
+                }
+                for c in 0..width {
+                    pair[2 * c + e] = m.data[r * m.row_stride + (c0 + c) * m.col_stride].bits();
+                }
+            }
+        }
+    }
 
     fn convert(src: &[f32], dst: &mut [u16]) {
         if simd::usable() {
