@@ -248,10 +248,21 @@ fn dense_input_grad_into<T: Element>(weight: &[f32], gy: Stored<'_>, g: &ConvGeo
                 &gy_m,
                 inner,
             );
-            let mut sums = vec![0.0f32; image];
-            col2im_add(col, g, &mut sums);
-            for (d, v) in dx_n.iter_mut().zip(sums) {
-                d.write(T::from_f32(v));
+            for v in dx_n.iter_mut() {
+                v.write(T::from_f32(0.0));
+            }
+            // SAFETY: every element was just written, and `MaybeUninit<T>` has the layout of
+            // `T`.
+            let dx_n = unsafe { &mut *(dx_n as *mut [MaybeUninit<T>] as *mut [T]) };
+            match T::as_f32_mut(dx_n) {
+                Some(dx_n) => col2im_add(col, g, dx_n),
+                None => {
+                    let mut sums = vec![0.0f32; image];
+                    col2im_add(col, g, &mut sums);
+                    for (d, v) in dx_n.iter_mut().zip(sums) {
+                        *d = T::from_f32(v);
+                    }
+                }
             }
         }
     };
