@@ -39,9 +39,10 @@ pub struct Args {
     /// runs as fast on `tch` (a `--features tch` build) as on `flex` or faster, so `auto` picks
     /// `tch` for ViT when it is compiled, flex otherwise, or a compiled GPU backend
     /// (`tch-cuda:0`, `cuda:0`). Precision is the config's `optim.precision`: `bf16` (mixed) on
-    /// flex needs a CPU with AMX (then `auto` picks flex; 1.7x f32 for ResNet and ViT); on tch
-    /// and the GPU backends it is bf16 casts around their convolutions and matmuls, for a GPU
-    /// (see README "Precision" and BENCHMARKS.md "Training throughput").
+    /// flex needs a CPU with AMX (then `auto` picks flex; 1.6x–1.7x our f32 step for Lite0,
+    /// ResNet and ViT, with EfficientNet-Lite's expanded activations kept in bf16 as autocast
+    /// keeps them); on tch and the GPU backends it is bf16 casts around their convolutions and
+    /// matmuls, for a GPU (see README "Precision" and BENCHMARKS.md "Training throughput").
     #[arg(long, default_value = "auto")]
     device: String,
     /// Skip the validation before the first step (the zero-shot baseline).
