@@ -1,5 +1,6 @@
 //! `--dtype bf16` on flex: with AMX, an f32 model whose convolutions and linear layers multiply
-//! in bf16 (f32 sums). EfficientNet-Lite0 with its ImageNet weights on 32 grocery gallery
+//! in bf16 (f32 sums), its inverted-residual blocks keeping their expanded activations in bf16
+//! (`train_ops::stored`). EfficientNet-Lite0 with its ImageNet weights on 32 grocery gallery
 //! photos stays within cosine 0.999 of f32 per image, and no pairwise similarity moves by more
 //! than 0.008 (the dev-set gate, mAP@1000 within 0.002, is measured in BENCHMARKS.md).
 //! Without AMX, bf16 on flex is burn's bf16 tensors, which a process that already ran an f32

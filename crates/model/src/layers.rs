@@ -41,8 +41,8 @@ pub fn conv_tf_same_bn_act(
     conv_tf_same_bn_act_stored(conv, bn, x, activation, Storage::F32)
 }
 
-/// [`conv_tf_same_bn_act`] whose output a training pass keeps as `storage` says (bf16 under
-/// mixed precision on flex, for an output only our convolutions read; see
+/// [`conv_tf_same_bn_act`] whose output a pass on flex keeps as `storage` says (bf16 under
+/// bf16 products, for an output only our convolutions read; see
 /// [`crate::train_ops::stored`]).
 pub fn conv_tf_same_bn_act_stored(
     conv: &Conv2d,

@@ -43,10 +43,10 @@ pub struct DeviceArgs {
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Precision of the model: f32; bf16 (on flex with AMX: f32 tensors with the
-    /// convolutions' and linear layers' products in bf16, the fastest CPU path; elsewhere
-    /// bf16 tensors, on flex without AMX several times slower than f32); f16 on burn devices
-    /// that support it; int8 on ONNX Runtime from a
-    /// folder's gated model.int8.onnx (export --onnx --int8).
+    /// convolutions' and linear layers' products in bf16 and EfficientNet-Lite's expanded
+    /// activations stored in bf16, the fastest CPU path; elsewhere bf16 tensors, on flex
+    /// without AMX several times slower than f32); f16 on burn devices that support it; int8
+    /// on ONNX Runtime from a folder's gated model.int8.onnx (export --onnx --int8).
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: Precision,
 }

@@ -178,8 +178,9 @@ pub struct MbConvBlock {
 
 impl MbConvBlock {
     /// The expanded activations (the expansion's and the depthwise layer's outputs, six times
-    /// the block's channels) feed only the next convolution: a training pass under mixed
-    /// precision keeps them in bf16 ([`Storage::Bf16`]), as PyTorch's autocast does.
+    /// the block's channels) feed only the next convolution: a pass on flex under bf16
+    /// products (mixed-precision training, `--dtype bf16` inference) keeps them in bf16
+    /// ([`Storage::Bf16`]), as PyTorch's autocast does.
     fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         let mut x = input.clone();
         let (relu6, inner) = (Activation::Relu6, Storage::Bf16);

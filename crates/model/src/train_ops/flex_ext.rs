@@ -11,7 +11,9 @@
 //!   not cover (another dtype, a grouping other than 1 or depthwise). A depthwise layer whose
 //!   input (or output gradient) is channels-last in memory — ConvNeXt's residual stream, NHWC
 //!   between its LayerNorms and MLPs — is computed in that layout, in and out, with no NCHW
-//!   copy;
+//!   copy. Under bf16 products a convolution asked to keep its output in bf16
+//!   ([`super::stored`]) writes it so, and its gradient is bf16 too: the kernels read and
+//!   write both as they lie;
 //! - **max pool** (inference): without the indices burn-flex computes for a backward pass
 //!   ([`super::max_pool_kernels`]); autodiff keeps burn's;
 //! - **per-row weight scaling** (a frozen batch norm folded into its convolution in training):

@@ -155,11 +155,11 @@ pub fn conv2d_add_act(
     )
 }
 
-/// [`conv2d_act`] (with a residual: [`conv2d_add_act`]) whose output a training pass on flex
-/// keeps as `storage` says: in bf16 under bf16 products (mixed precision), where the output
-/// feeds only our convolutions — an inverted-residual block's expanded activations. The
-/// tensor returned is then bf16; anywhere else (inference, f32 products, other backends) f32
-/// as usual. See [`stored`].
+/// [`conv2d_act`] (with a residual: [`conv2d_add_act`]) whose output a pass on flex keeps as
+/// `storage` says: in bf16 under bf16 products (mixed-precision training, `--dtype bf16`
+/// inference), where the output feeds only our convolutions — an inverted-residual block's
+/// expanded activations. The tensor returned is then bf16; anywhere else (f32 products, other
+/// backends) f32 as usual. See [`stored`].
 pub fn conv2d_stored(
     x: Tensor<4>,
     weight: Tensor<4>,
@@ -190,8 +190,6 @@ fn conv2d_residual_act(
             weight.into_dispatch(),
             bias.into_dispatch(),
         );
-        // Inference keeps f32 activations.
-        let storage = Storage::F32;
         return Tensor::<4>::from_dispatch(match residual {
             Some(r) => <Dispatch as flex_ext::TrainOps>::fused_conv2d_add(
                 x,
