@@ -1,7 +1,8 @@
 //! The f32 forward pass of a 2-D convolution (NCHW, contiguous) with its bias and activation
 //! in the same pass: what an inference pass on flex runs once batch norm is folded into the
 //! convolutions, and what a training pass on flex runs too (a frozen batch norm folded into the
-//! convolution at each pass, [`crate::layers::conv_bn_act`]).
+//! convolution at each pass, [`crate::layers::conv_bn_act`]). Under bf16 products the input
+//! and the output may be stored in bf16 ([`forward_stored`], [`super::stored`]).
 //!
 //! burn-flex's own convolution is correct but, on a BN-folded EfficientNet-Lite0 (batch 32),
 //! spent more time around its GEMMs than in them: a separate bias pass and a separate ReLU6

@@ -1,4 +1,5 @@
-//! The f32 gradient kernels of a 2-D convolution (NCHW, contiguous), on plain slices.
+//! The f32 gradient kernels of a 2-D convolution (NCHW, contiguous), on plain slices; an
+//! input or output gradient may be stored in bf16 ([`super::stored`]), widened as it is read.
 //!
 //! Two families, which are what our backbones train:
 //! - **groups = 1** (pointwise 1×1, stems, patchify, ResNet's k×k): per image, an im2col matrix

@@ -1,5 +1,6 @@
 //! The f32 forward pass of a depthwise 2-D convolution (NCHW, or NHWC in and out), with its bias
-//! and activation, vectorised across channels ([`depthwise_blocks`]' layout).
+//! and activation, vectorised across channels ([`depthwise_blocks`]' layout); an NCHW input
+//! or result may be stored in bf16 ([`super::stored`]), widened and rounded at the copies.
 //!
 //! EfficientNet's depthwise layers run on planes as small as 7×7 (1,152 channels): a loop along
 //! the width of such a plane does 7 multiply-adds per setup, and a stride-2 layer reads every

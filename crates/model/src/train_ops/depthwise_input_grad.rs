@@ -1,5 +1,6 @@
 //! The f32 input gradient of a depthwise 2-D convolution (NCHW), vectorised across channels
-//! ([`depthwise_blocks`]' layout).
+//! ([`depthwise_blocks`]' layout); the output gradient read and the input gradient written
+//! may be stored in bf16 ([`super::stored`]).
 //!
 //! `dx[i] = Σ_tap w[tap] · gy[o]` over the output pixels `o` whose tap reads input pixel `i`.
 //! Looping over a plane's rows, as this did, left runs of 7–14 multiply-adds per setup on

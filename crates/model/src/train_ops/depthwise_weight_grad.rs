@@ -1,5 +1,5 @@
-//! The f32 weight gradient of a depthwise 2-D convolution (NCHW or NHWC inputs), vectorised
-//! across channels ([`depthwise_blocks`]' layout).
+//! The f32 weight gradient of a depthwise 2-D convolution (NCHW or NHWC inputs, f32 or stored
+//! in bf16: [`super::stored`]), vectorised across channels ([`depthwise_blocks`]' layout).
 //!
 //! `dw[c][tap] = Σ_n Σ_out gy[n][c][out] · x[n][c][in(out, tap)]`. Along a plane's rows this is
 //! a dot product per tap and row, as short as 7 values on ConvNeXt's last stage and strided on
