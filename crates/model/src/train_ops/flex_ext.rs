@@ -1041,8 +1041,11 @@ fn owned_stored(t: FlexTensor) -> FlexTensor {
     if unique_values_mut(&mut t).is_none() {
         t = match t.dtype() {
             DType::BF16 => {
-                let values = t.as_slice::<half::bf16>().map(<[_]>::to_vec);
-                FlexTensor::from_data(TensorData::new(values.unwrap_or_default(), t.shape()))
+                let values = t
+                    .as_slice::<half::bf16>()
+                    .expect("contiguous_stored returns a contiguous bf16 tensor")
+                    .to_vec();
+                FlexTensor::from_data(TensorData::new(values, t.shape()))
             }
             _ => FlexTensor::from_data(TensorData::new(f32_slice(&t).to_vec(), t.shape())),
         };
@@ -1707,4 +1710,50 @@ fn weight_values(w: &FlexTensor, layout: WeightLayout) -> Weight<'_> {
 fn f32_slice(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>()
         .expect("the fused operations are only called with contiguous f32 tensors")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An output gradient another tensor still holds is copied before it is masked in place,
+    /// in its own dtype (f32, or bf16 for a bf16-stored activation's); one held alone is
+    /// taken as it is, without a copy.
+    #[test]
+    fn owned_stored_copies_only_shared_values_in_their_dtype() {
+        let values = [1.0f32, -2.0, 3.5, 0.25];
+        let bf16_values: Vec<half::bf16> =
+            values.iter().map(|&v| half::bf16::from_f32(v)).collect();
+        let tensors = [
+            FlexTensor::from_data(TensorData::new(values.to_vec(), [2, 2])),
+            FlexTensor::from_data(TensorData::new(bf16_values, [2, 2])),
+        ];
+        let widened = |t: &FlexTensor| match stored_values(t).unwrap() {
+            Stored::F32(v) => v.to_vec(),
+            Stored::Bf16(v) => v.iter().map(|b| b.to_f32()).collect(),
+        };
+        for t in tensors {
+            let dtype = t.dtype();
+            let held = t.clone();
+            let mut owned = owned_stored(t);
+            assert_eq!(owned.dtype(), dtype);
+            match owned_values(&mut owned) {
+                StoredMut::F32(v) => v.fill(0.0),
+                StoredMut::Bf16(v) => v.fill(half::bf16::ZERO),
+            }
+            assert_eq!(widened(&held), values, "{dtype:?}: the held values changed");
+            assert_eq!(widened(&owned), [0.0; 4], "{dtype:?}");
+
+            let first = |t: &FlexTensor| match stored_values(t).unwrap() {
+                Stored::F32(v) => v.as_ptr() as usize,
+                Stored::Bf16(v) => v.as_ptr() as usize,
+            };
+            let at = first(&held);
+            assert_eq!(
+                first(&owned_stored(held)),
+                at,
+                "{dtype:?}: copied a lone tensor"
+            );
+        }
+    }
 }
