@@ -12,8 +12,9 @@ fn hashes_match_pil() {
         return;
     };
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dhash.json");
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e:?}"));
     let fixture: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
     let photos = fixture["photos"].as_array().unwrap();
     let mut mismatched = Vec::new();
     let mut hashes = Vec::new();
