@@ -183,13 +183,17 @@ fn dense_f32(
     per_image(g.batch, image_len, |col, n, image, split| {
         let rhs = Operand::F32(MatrixRef::row_major(patches(x, n, g, col, split), rows, p));
         let y_n = gemm_into_uninit(image, co, p, &weight, &rhs, inner(split));
-        let residual_n = residual_of(n);
+        let epilogue = Epilogue {
+            row_bias: bias,
+            addend: residual_of(n),
+            activation,
+        };
         if split {
-            parallel_epilogue(y_n, p, bias, residual_n, activation);
+            parallel_epilogue(y_n, p, epilogue);
         } else {
             vectorized(
                 #[inline(always)]
-                || epilogue(y_n, p, bias, residual_n, activation),
+                || epilogue.apply(y_n, p),
             );
         }
         y_n
@@ -298,17 +302,17 @@ fn patches<'a>(
     }
 }
 
-/// [`epilogue`] over blocks of rows in parallel: for an image split across the threads (see
-/// [`per_image`]), so that its bias, residual and activation pass is not left to one thread
-/// while the others wait (4 % of a batch-1 Lite0 pass ran so).
-fn parallel_epilogue(
-    y: &mut [f32],
-    plane: usize,
-    bias: Option<&[f32]>,
-    residual: Option<&[f32]>,
-    activation: Activation,
-) {
-    if plane == 0 || (activation == Activation::Identity && bias.is_none() && residual.is_none()) {
+/// [`Epilogue::apply`] over blocks of rows in parallel: for an image split across the threads
+/// (see [`per_image`]), so that its bias, residual and activation pass is not left to one
+/// thread while the others wait (4 % of a batch-1 Lite0 pass ran so).
+fn parallel_epilogue(y: &mut [f32], plane: usize, epilogue: Epilogue<'_>) {
+    let Epilogue {
+        row_bias,
+        addend,
+        activation,
+    } = epilogue;
+    if plane == 0 || (activation == Activation::Identity && row_bias.is_none() && addend.is_none())
+    {
         return;
     }
     let rows = y.len() / plane;
@@ -320,55 +324,16 @@ fn parallel_epilogue(
         .enumerate()
         .for_each(|(i, block)| {
             let (first, count) = (i * block_rows, block.len() / plane);
-            let bias = bias.map(|b| &b[first..first + count]);
-            let residual = residual.map(|r| &r[first * plane..][..block.len()]);
+            let epilogue = Epilogue {
+                row_bias: row_bias.map(|b| &b[first..first + count]),
+                addend: addend.map(|r| &r[first * plane..][..block.len()]),
+                activation,
+            };
             vectorized(
                 #[inline(always)]
-                || epilogue(block, plane, bias, residual, activation),
+                || epilogue.apply(block, plane),
             );
         });
-}
-
-/// `y[r, i] = activation(y[r, i] + bias[r] + residual[r, i])` over rows of `plane` values.
-#[inline(always)]
-fn epilogue(
-    y: &mut [f32],
-    plane: usize,
-    bias: Option<&[f32]>,
-    residual: Option<&[f32]>,
-    activation: Activation,
-) {
-    match activation {
-        Activation::Identity if bias.is_none() && residual.is_none() => {}
-        Activation::Identity => epilogue_with(y, plane, bias, residual, |v| v),
-        Activation::Relu => epilogue_with(y, plane, bias, residual, |v| Activation::Relu.of(v)),
-        Activation::Relu6 => epilogue_with(y, plane, bias, residual, |v| Activation::Relu6.of(v)),
-    }
-}
-
-#[inline(always)]
-fn epilogue_with(
-    y: &mut [f32],
-    plane: usize,
-    bias: Option<&[f32]>,
-    residual: Option<&[f32]>,
-    f: impl Fn(f32) -> f32,
-) {
-    for (r, row) in y.chunks_mut(plane).enumerate() {
-        let b = bias.map_or(0.0, |b| b[r]);
-        match residual {
-            Some(res) => {
-                for (v, &s) in row.iter_mut().zip(&res[r * plane..][..plane]) {
-                    *v = f(*v + b + s);
-                }
-            }
-            None => {
-                for v in row {
-                    *v = f(*v + b);
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]
