@@ -217,19 +217,14 @@ fn dense_amx<T: Element>(
     let in_image = g.in_channels * g.in_plane();
     let weight = Operand::lhs(MatrixRef::row_major(weight, co, rows), true);
     per_image(g.batch, image_len, |col, n, image, split| {
-        let rhs = match x {
-            Stored::F32(x) => {
-                Operand::F32(MatrixRef::row_major(patches(x, n, g, col, split), rows, p))
-            }
-            Stored::Bf16(x) => {
+        let x_n = match x {
+            Stored::F32(x) => Stored::F32(patches(x, n, g, col, split)),
+            Stored::Bf16(_) => {
                 assert!(g.is_plain_pointwise(), "a bf16 input is read as it lies");
-                Operand::Bf16View(MatrixRef::row_major(
-                    &x[n * in_image..][..in_image],
-                    rows,
-                    p,
-                ))
+                x.slice(n * in_image, in_image)
             }
         };
+        let rhs = Operand::stored_rows(x_n, rows, p);
         let epilogue = Epilogue {
             row_bias: bias,
             addend: residual.map(|r| &r[n * image_len..][..image_len]),

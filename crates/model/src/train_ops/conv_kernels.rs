@@ -103,19 +103,15 @@ fn dense_weight_grad(x: Stored<'_>, gy: Stored<'_>, g: &ConvGeometry) -> Vec<f32
     // Only a 1×1 convolution's bf16 products read a bf16 input as it lies, and only bf16
     // products a bf16 output gradient; anything else (never asked for by our models) widens
     // them first.
-    let (x_widened, gy_widened): (Vec<f32>, Vec<f32>);
+    let (mut x_widened, mut gy_widened) = (Vec::new(), Vec::new());
     let x = match x {
         Stored::Bf16(_) if !(bf16_products() && g.is_plain_pointwise()) => {
-            x_widened = x.widened();
-            Stored::F32(&x_widened)
+            Stored::F32(x.f32_values(&mut x_widened))
         }
         x => x,
     };
     let gy = match gy {
-        Stored::Bf16(_) if !bf16_products() => {
-            gy_widened = gy.widened();
-            Stored::F32(&gy_widened)
-        }
+        Stored::Bf16(_) if !bf16_products() => Stored::F32(gy.f32_values(&mut gy_widened)),
         gy => gy,
     };
     let rows = g.col_rows();
@@ -153,7 +149,7 @@ fn dense_weight_grad(x: Stored<'_>, gy: Stored<'_>, g: &ConvGeometry) -> Vec<f32
                 gemm(
                     Matrix::row_major(&mut dw, g.out_channels, rows),
                     true,
-                    &rows_operand(gy_n, g.out_channels, g.out_plane()),
+                    &Operand::stored_rows(gy_n, g.out_channels, g.out_plane()),
                     &col_n,
                     Parallelism::None,
                 );
@@ -176,14 +172,6 @@ fn bf16_products() -> bool {
     matmul_precision() == MatmulPrecision::Bf16
 }
 
-/// `rows × cols` stored values as a row-major GEMM operand.
-fn rows_operand(values: Stored<'_>, rows: usize, cols: usize) -> Operand<'_> {
-    match values {
-        Stored::F32(v) => Operand::F32(MatrixRef::row_major(v, rows, cols)),
-        Stored::Bf16(v) => Operand::Bf16View(MatrixRef::row_major(v, rows, cols)),
-    }
-}
-
 /// The input gradient of a dense convolution, stored as `storage` says: a bf16 output
 /// gradient read as it lies and a bf16 result written by the AMX store under bf16 products;
 /// without them (never asked for by our models) through f32.
@@ -194,15 +182,9 @@ fn dense_input_grad(
     storage: Storage,
 ) -> StoredVec {
     if !bf16_products() {
-        let widened;
-        let gy = match gy {
-            Stored::F32(gy) => gy,
-            Stored::Bf16(_) => {
-                widened = gy.widened();
-                &widened
-            }
-        };
-        let dx: Vec<f32> = dense_input_grad_into(weight, Stored::F32(gy), g);
+        let mut widened = Vec::new();
+        let gy = Stored::F32(gy.f32_values(&mut widened));
+        let dx: Vec<f32> = dense_input_grad_into(weight, gy, g);
         return match storage {
             Storage::F32 => StoredVec::F32(dx),
             Storage::Bf16 => StoredVec::Bf16(dx.into_iter().map(bf16::from_f32).collect()),
@@ -235,7 +217,7 @@ fn dense_input_grad_into<T: Element>(weight: &[f32], gy: Stored<'_>, g: &ConvGeo
             n * g.out_channels * g.out_plane(),
             g.out_channels * g.out_plane(),
         );
-        let gy_m = rows_operand(gy_n, g.out_channels, g.out_plane());
+        let gy_m = Operand::stored_rows(gy_n, g.out_channels, g.out_plane());
         if g.is_plain_pointwise() {
             // The product is the image's whole gradient: written, never zeroed first.
             let identity = Epilogue::activation(Activation::Identity);

@@ -16,7 +16,7 @@ use half::bf16;
 use super::activation_kernels::Activation;
 use super::amx_gemm;
 pub(super) use super::amx_gemm::Epilogue;
-use super::stored::Element;
+use super::stored::{Element, Stored};
 
 /// The precision of the products inside our f32 GEMMs, like PyTorch's
 /// `torch.set_float32_matmul_precision`: inputs, outputs and sums stay f32 either way.
@@ -196,6 +196,15 @@ impl<'a> Operand<'a> {
             Operand::Bf16(amx_gemm::Packed::rhs(&m, parallel))
         } else {
             Operand::F32(m)
+        }
+    }
+
+    /// `rows × cols` row-major values as they are stored: f32, or bf16 (read by the bf16
+    /// products as they lie).
+    pub(super) fn stored_rows(values: Stored<'a>, rows: usize, cols: usize) -> Self {
+        match values {
+            Stored::F32(v) => Operand::F32(MatrixRef::row_major(v, rows, cols)),
+            Stored::Bf16(v) => Operand::Bf16View(MatrixRef::row_major(v, rows, cols)),
         }
     }
 

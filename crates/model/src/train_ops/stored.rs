@@ -62,6 +62,20 @@ impl<'a> Stored<'a> {
     pub(super) fn widened(self) -> Vec<f32> {
         (0..self.len()).map(|i| self.get(i)).collect()
     }
+
+    /// The values as f32: as they are, or [`Stored::widened`] into `buffer`.
+    pub(super) fn f32_values<'b>(self, buffer: &'b mut Vec<f32>) -> &'b [f32]
+    where
+        'a: 'b,
+    {
+        match self {
+            Stored::F32(v) => v,
+            Stored::Bf16(_) => {
+                *buffer = self.widened();
+                buffer
+            }
+        }
+    }
 }
 
 /// A writable run of stored values (a gradient rewritten in place).
