@@ -181,8 +181,11 @@ fn conv2d_residual_act(
     activation: Activation,
     storage: Storage,
 ) -> Tensor<4> {
+    // On flex, inference and a training pass with a residual are one fused operation; a
+    // training pass without one goes through `conv2d_training` (a bias-free convolution with
+    // no activation is its own tracked operation there).
     #[cfg(feature = "flex")]
-    if runs_on_flex(&x) && !x.device().is_autodiff() {
+    if runs_on_flex(&x) && (residual.is_some() || !x.device().is_autodiff()) {
         use burn::backend::Dispatch;
         let bias = bias.unwrap_or_else(|| zero_bias(weight.dims()[0], &weight));
         let (x, weight, bias) = (
@@ -206,20 +209,6 @@ fn conv2d_residual_act(
         });
     }
     match residual {
-        #[cfg(feature = "flex")]
-        Some(r) if runs_on_flex_autodiff(&x) => {
-            use burn::backend::Dispatch;
-            let bias = bias.unwrap_or_else(|| zero_bias(weight.dims()[0], &weight));
-            Tensor::<4>::from_dispatch(<Dispatch as flex_ext::TrainOps>::fused_conv2d_add(
-                x.into_dispatch(),
-                weight.into_dispatch(),
-                bias.into_dispatch(),
-                r.into_dispatch(),
-                options,
-                activation,
-                storage,
-            ))
-        }
         Some(r) => {
             let y = conv2d_training(x, weight, bias, options, Activation::Identity, Storage::F32);
             crate::layers::activate(y + r, activation)
